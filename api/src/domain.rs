@@ -1,0 +1,447 @@
+//! The `Domain` resource: storage, encryption, external connections, token limits and
+//! registry deployment settings of one registry. Pure data, no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{DeletionPolicy, SecretRef};
+use crate::duration::{DURATION_SCHEMA_PATTERN, parse_duration};
+
+/// Shortest lifetime of a registry token.
+pub const TOKEN_TTL_MIN: Duration = Duration::from_secs(15 * 60);
+/// Longest lifetime of a registry token, and the default `tokens.maxTTL`.
+pub const TOKEN_TTL_CEILING: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// A Domain is the boundary of storage, encryption, deduplication and identity: one
+/// registry deployment serving the Repositories attached to it.
+// Several printer columns share `type_ = "string"`, which clippy takes for a repeated
+// attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "wharf.dev",
+    version = "v1alpha1",
+    kind = "Domain",
+    namespaced,
+    status = "DomainStatus",
+    derive = "PartialEq",
+    shortname = "wdom",
+    category = "wharf",
+    doc = "A Domain is the boundary of storage, encryption, deduplication and identity of Wharf: one registry deployment serving the Repositories attached to it.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainSpec {
+    /// Where packages are stored. Exactly one backend must be set.
+    pub storage: StorageSpec,
+    /// Encryption at rest. When omitted, the operator generates a key per Domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+    /// The external registries Repositories of this Domain may connect to, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_connections: Vec<ExternalConnection>,
+    /// Which namespaces may attach Repositories to this Domain. Defaults to the Domain's own
+    /// namespace (`from: Same`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_namespaces: Option<RepositoryNamespaces>,
+    /// Limits for registry tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenSpec>,
+    /// Settings of the registry Deployment and Service the operator creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryDeploymentSpec>,
+    /// What happens to stored packages when the Domain is deleted: Retain (default) or Delete.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+impl DomainSpec {
+    /// A spec with the given storage and every other field at its default.
+    pub fn new(storage: StorageSpec) -> Self {
+        DomainSpec {
+            storage,
+            encryption: None,
+            external_connections: Vec::new(),
+            repository_namespaces: None,
+            tokens: None,
+            registry: None,
+            deletion_policy: DeletionPolicy::default(),
+        }
+    }
+
+    /// The longest lifetime a registry token may have: `tokens.maxTTL`, kept between
+    /// [`TOKEN_TTL_MIN`] and [`TOKEN_TTL_CEILING`]; the ceiling (12h) when unset or invalid
+    /// (validation reports an invalid value).
+    pub fn max_token_ttl(&self) -> Duration {
+        self.tokens
+            .as_ref()
+            .and_then(|tokens| tokens.max_ttl.as_deref())
+            .and_then(|text| parse_duration(text).ok())
+            .map_or(TOKEN_TTL_CEILING, |ttl| ttl.clamp(TOKEN_TTL_MIN, TOKEN_TTL_CEILING))
+    }
+
+    /// The external connection of the catalogue with this name.
+    pub fn external_connection(&self, name: &str) -> Option<&ExternalConnection> {
+        self.external_connections.iter().find(|connection| connection.name == name)
+    }
+
+    /// Which namespaces may attach Repositories; `Same` when unset.
+    pub fn namespaces_from(&self) -> NamespacesFrom {
+        self.repository_namespaces.as_ref().map_or(NamespacesFrom::Same, |namespaces| namespaces.from)
+    }
+}
+
+/// Observed state of a Domain.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainStatus {
+    /// Ready, Reconciling and Stalled conditions, with a reason and a message for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Base URL of the registry inside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Object storage of a Domain. Exactly one backend must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+    /// A Google Cloud Storage bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<GcsStorage>,
+    /// An Azure Blob Storage container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureStorage>,
+    /// A local folder (in a cluster, on a PersistentVolume). Only one registry replica can
+    /// use it safely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemStorage>,
+    /// Memory of the registry process: ephemeral, for tests and demos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStorage>,
+}
+
+impl StorageSpec {
+    /// Storage in a local folder.
+    pub fn filesystem(path: &str) -> Self {
+        StorageSpec { filesystem: Some(FilesystemStorage { path: path.to_owned() }), ..StorageSpec::default() }
+    }
+
+    /// Storage in memory (ephemeral).
+    pub fn memory() -> Self {
+        StorageSpec { memory: Some(MemoryStorage {}), ..StorageSpec::default() }
+    }
+
+    /// The YAML names of the backends that are set (`s3`, `gcs`, `azure`, `filesystem`,
+    /// `memory`); a valid spec has exactly one.
+    pub fn backends(&self) -> Vec<&'static str> {
+        let StorageSpec { s3, gcs, azure, filesystem, memory } = self;
+        [
+            ("s3", s3.is_some()),
+            ("gcs", gcs.is_some()),
+            ("azure", azure.is_some()),
+            ("filesystem", filesystem.is_some()),
+            ("memory", memory.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// An S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket, so several Domains can share one bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Region, such as us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL of an S3-compatible service; empty or omitted for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Secret with the access key (keys `accessKeyId`, `secretAccessKey`). When omitted,
+    /// the ambient credentials of the pod are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Allow plain HTTP to the endpoint (test servers on loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+}
+
+/// A Google Cloud Storage bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcsStorage {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object name prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Secret with a service account key (JSON). When omitted, the ambient credentials of
+    /// the pod are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// An Azure Blob Storage container.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureStorage {
+    /// Storage account name.
+    pub account: String,
+    /// Container name.
+    pub container: String,
+    /// Blob name prefix inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Secret with the account key. When omitted, the ambient credentials of the pod are
+    /// used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// A local folder.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesystemStorage {
+    /// Path of the folder; created when missing.
+    pub path: String,
+}
+
+/// Memory of the registry process: ephemeral, for tests and demos. Takes no settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStorage {}
+
+/// Encryption at rest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSpec {
+    /// Secret holding the Domain's key-encryption key.
+    pub key_secret_ref: SecretRef,
+}
+
+/// An external registry in the Domain's catalogue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalConnection {
+    /// Name Repositories use in `externalConnection`; unique in the Domain.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Package format the external registry speaks.
+    pub format: PackageFormat,
+    /// Base URL of the external registry (http or https).
+    pub url: String,
+    /// Secret with credentials for the external registry (keys `username` and `password`,
+    /// or `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// Package formats Wharf serves.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageFormat {
+    /// npm packages (also pnpm, yarn).
+    Npm,
+    /// Python packages (pip, uv, twine, poetry).
+    Pypi,
+    /// Maven artifacts (mvn, gradle).
+    Maven,
+    /// NuGet packages (dotnet, nuget).
+    Nuget,
+    /// Swift packages (swift package registry).
+    Swift,
+    /// Cargo crates.
+    Cargo,
+    /// Go modules (GOPROXY protocol).
+    Go,
+    /// Generic files, versioned by name.
+    Generic,
+}
+
+impl PackageFormat {
+    /// Every format, in the order of the URL documentation.
+    pub const ALL: [PackageFormat; 8] = [
+        PackageFormat::Npm,
+        PackageFormat::Pypi,
+        PackageFormat::Maven,
+        PackageFormat::Nuget,
+        PackageFormat::Swift,
+        PackageFormat::Cargo,
+        PackageFormat::Go,
+        PackageFormat::Generic,
+    ];
+
+    /// The lowercase name used in YAML, URLs and patterns (`npm`, `pypi`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PackageFormat::Npm => "npm",
+            PackageFormat::Pypi => "pypi",
+            PackageFormat::Maven => "maven",
+            PackageFormat::Nuget => "nuget",
+            PackageFormat::Swift => "swift",
+            PackageFormat::Cargo => "cargo",
+            PackageFormat::Go => "go",
+            PackageFormat::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for PackageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A format name that Wharf does not serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown package format `{0}`; expected one of npm, pypi, maven, nuget, swift, cargo, go, generic")]
+pub struct UnknownFormatError(pub String);
+
+impl FromStr for PackageFormat {
+    type Err = UnknownFormatError;
+
+    /// Parses a format name, ignoring case (`PyPI` is `pypi`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        PackageFormat::ALL
+            .into_iter()
+            .find(|format| format.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| UnknownFormatError(text.to_owned()))
+    }
+}
+
+/// Which namespaces may attach Repositories to a Domain.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryNamespaces {
+    /// Same (the Domain's namespace, the default), All, or Selector (namespaces whose
+    /// labels match `selector`).
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Label selector for namespaces; required when `from` is Selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Where Repositories of a Domain may live.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NamespacesFrom {
+    /// Only the Domain's own namespace.
+    #[default]
+    Same,
+    /// Any namespace.
+    All,
+    /// Namespaces whose labels match the selector.
+    Selector,
+}
+
+/// Limits for registry tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSpec {
+    /// Longest lifetime of a registry token, between 15m and 12h (the default), such as
+    /// `1h` or `90m`.
+    #[serde(rename = "maxTTL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_SCHEMA_PATTERN))]
+    pub max_ttl: Option<String>,
+}
+
+/// Settings of the registry Deployment and Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryDeploymentSpec {
+    /// Number of registry pods (all share the storage). Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// The Service in front of the registry pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+    /// Compute resources of the registry container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The Service in front of the registry pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type: ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Service port. Defaults to 8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_round_trip() {
+        for format in PackageFormat::ALL {
+            assert_eq!(format.as_str().parse::<PackageFormat>().unwrap(), format);
+            assert_eq!(serde_json::to_value(format).unwrap(), serde_json::Value::String(format.as_str().to_owned()));
+        }
+        assert_eq!("PyPI".parse::<PackageFormat>().unwrap(), PackageFormat::Pypi);
+        let error = "rubygems".parse::<PackageFormat>().unwrap_err();
+        assert!(error.to_string().starts_with("unknown package format `rubygems`"));
+    }
+
+    #[test]
+    fn token_ttl_defaults_and_ceiling() {
+        let mut spec = DomainSpec::new(StorageSpec::memory());
+        assert_eq!(spec.max_token_ttl(), TOKEN_TTL_CEILING);
+        spec.tokens = Some(TokenSpec { max_ttl: Some("1h".into()) });
+        assert_eq!(spec.max_token_ttl(), Duration::from_secs(3600));
+        spec.tokens = Some(TokenSpec { max_ttl: Some("7d".into()) });
+        assert_eq!(spec.max_token_ttl(), TOKEN_TTL_CEILING);
+        spec.tokens = Some(TokenSpec { max_ttl: Some("1m".into()) });
+        assert_eq!(spec.max_token_ttl(), TOKEN_TTL_MIN);
+    }
+
+    #[test]
+    fn wire_names_follow_the_design() {
+        let spec: DomainSpec = serde_json::from_value(serde_json::json!({
+            "storage": {"s3": {"bucket": "b", "credentialsSecretRef": {"name": "s"}, "allowHttp": true}},
+            "tokens": {"maxTTL": "2h"},
+            "repositoryNamespaces": {"from": "Selector", "selector": {"matchLabels": {"wharf.dev/domain": "acme"}}},
+            "registry": {"replicas": 2, "service": {"type": "ClusterIP", "port": 8080}},
+            "deletionPolicy": "Delete"
+        }))
+        .unwrap();
+        assert_eq!(spec.storage.backends(), vec!["s3"]);
+        assert_eq!(spec.namespaces_from(), NamespacesFrom::Selector);
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["tokens"]["maxTTL"], "2h");
+        assert_eq!(back["registry"]["service"]["type"], "ClusterIP");
+        assert_eq!(back["storage"]["s3"]["credentialsSecretRef"]["name"], "s");
+    }
+}

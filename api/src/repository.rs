@@ -1,0 +1,148 @@
+//! The `Repository` resource: a named place in a Domain to publish and install packages
+//! of every format, with its upstreams and access rules. Pure data, no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{DeletionPolicy, DomainRef, RepositoryRef, Subject, SubjectKind};
+
+/// Most upstreams a Repository may list.
+pub const MAX_UPSTREAMS: usize = 10;
+
+/// A Repository holds packages of every format in a Domain; it may read through other
+/// Repositories of the Domain (upstreams) and one external connection.
+// Several printer columns share `type_ = "string"`, which clippy takes for a repeated
+// attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "wharf.dev",
+    version = "v1alpha1",
+    kind = "Repository",
+    plural = "repositories",
+    namespaced,
+    status = "RepositoryStatus",
+    derive = "PartialEq",
+    shortname = "wrepo",
+    category = "wharf",
+    doc = "A Repository of Wharf holds packages of every format in a Domain; it may read through other Repositories of the Domain (upstreams) and one external connection.",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domainRef.name"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Description", type_ = "string", priority = "1", json_path = ".spec.description"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpec {
+    /// The Domain this Repository belongs to. Its namespace defaults to the Repository's.
+    pub domain_ref: DomainRef,
+    /// What the Repository is for, shown to people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Other Repositories of the same Domain searched, in this order, for packages this one
+    /// does not hold (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub upstreams: Vec<RepositoryRef>,
+    /// Name of an external connection from the Domain's catalogue (at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_connection: Option<String>,
+    /// Who may read and who may publish.
+    #[serde(default)]
+    pub access: AccessSpec,
+    /// What happens to stored packages when the Repository is deleted: Retain (default) or
+    /// Delete.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+impl RepositorySpec {
+    /// A spec in the given Domain with every other field at its default (private, no
+    /// upstreams).
+    pub fn new(domain_ref: DomainRef) -> Self {
+        RepositorySpec {
+            domain_ref,
+            description: None,
+            upstreams: Vec::new(),
+            external_connection: None,
+            access: AccessSpec::default(),
+            deletion_policy: DeletionPolicy::default(),
+        }
+    }
+}
+
+/// Who may read from and publish to a Repository. Nobody but a Domain admin has access
+/// unless listed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSpec {
+    /// Subjects that may install packages. Publishers may always read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<Subject>,
+    /// Subjects that may publish, change version statuses and delete versions. Anonymous is
+    /// not allowed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Subject>,
+}
+
+/// Observed state of a Repository.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryStatus {
+    /// Ready, Reconciling and Stalled conditions, with a reason and a message for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Client endpoint per package format (`npm` → its registry URL), for copy and paste.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
+}
+
+impl Repository {
+    /// Whether anyone may read without credentials.
+    pub fn allows_anonymous_read(&self) -> bool {
+        self.spec.access.read.iter().any(|subject| subject.kind == SubjectKind::Anonymous)
+    }
+
+    /// The name of the Repository (empty if the object has none).
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The upstream names, in search order.
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.spec.upstreams.iter().map(|upstream| upstream.name.as_str())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_read() {
+        let mut repository = Repository::new("main", RepositorySpec::new(DomainRef::default()));
+        assert!(!repository.allows_anonymous_read());
+        repository.spec.access.publish.push(Subject::service_account("ci", "bot"));
+        assert!(!repository.allows_anonymous_read());
+        repository.spec.access.read.push(Subject::anonymous());
+        assert!(repository.allows_anonymous_read());
+        assert_eq!(repository.name(), "main");
+    }
+
+    #[test]
+    fn serializes_with_api_version_and_kind() {
+        let repository = Repository::new("main", RepositorySpec::new(DomainRef::default()));
+        let value = serde_json::to_value(&repository).unwrap();
+        assert_eq!(value["apiVersion"], "wharf.dev/v1alpha1");
+        assert_eq!(value["kind"], "Repository");
+        assert_eq!(value["spec"]["deletionPolicy"], "Retain");
+    }
+}

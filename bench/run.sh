@@ -1,0 +1,608 @@
+#!/usr/bin/env bash
+# Wharf benchmark: Wharf vs nginx (same bytes, static) vs Verdaccio, pypiserver, devpi.
+# Loopback only; servers pinned to one CPU, wrk to the other; every server this
+# script starts is ended by PID in the EXIT trap. See bench/README.md.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+OUT=$BENCH_DIR/out
+RUN=$OUT/run              # per-run state, wiped at start
+ART=$OUT/artifacts        # generated artifacts, cached between runs
+GEN="python3 $BENCH_DIR/gen.py"
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_WARMUP=${BENCH_WARMUP:-2}
+BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}
+BENCH_VERSIONS=${BENCH_VERSIONS:-50}
+BENCH_ARTIFACT_BYTES=${BENCH_ARTIFACT_BYTES:-1048576}
+BENCH_BIG_MIB=${BENCH_BIG_MIB:-200}
+BENCH_NPM_BIG=${BENCH_NPM_BIG:-1}
+BENCH_IDLE_WAIT=${BENCH_IDLE_WAIT:-5}
+BENCH_ONLY_PEERS=${BENCH_ONLY_PEERS:-0}
+BENCH_SKIP_PEERS=${BENCH_SKIP_PEERS:-0}
+BENCH_SKIP_BUILD=${BENCH_SKIP_BUILD:-0}
+BENCH_SERVER_CPU=${BENCH_SERVER_CPU:-0}
+BENCH_LOAD_CPU=${BENCH_LOAD_CPU:-1}
+BENCH_WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-10}
+BENCH_WHARF_LOG=${BENCH_WHARF_LOG:-warn}
+BENCH_VERDACCIO_VERSION=${BENCH_VERDACCIO_VERSION:-6.8.0}
+WHARF_BIN=${WHARF_BIN:-$ROOT/target/release/wharf-registry}
+
+PKG=bench-pkg
+PKG_DIST=bench_pkg
+FIRST_VERSION=1.0.0
+BIG_VERSION=2.0.0
+ADMIN_TOKEN=bench-admin-$RANDOM$RANDOM$RANDOM
+PEER_PASSWORD=bench-$RANDOM$RANDOM
+
+ACCEPT_ABBREV='Accept: application/vnd.npm.install-v1+json'
+ACCEPT_HTML='Accept: text/html'
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+NOTES=()
+note() { log "note: $*"; NOTES+=("$*"); }
+
+# ------------------------------------------------------------ process control --
+PIDS=()
+declare -A PID_OF=()
+
+cleanup() {
+  local rc=$? pid i
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for i in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "PID $pid did not stop on TERM; sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  [ "${#PIDS[@]}" -gt 0 ] && log "stopped ${#PIDS[@]} server(s): ${PIDS[*]}"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_server NAME LOGFILE CMD... : run CMD pinned to the server CPU, in the
+# background; taskset and env exec, so $! is the server's own PID.
+start_server() {
+  local name=$1 logfile=$2
+  shift 2
+  taskset -c "$BENCH_SERVER_CPU" "$@" >"$logfile" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  PID_OF[$name]=$pid
+  log "started $name (PID $pid), log $logfile"
+}
+
+# wait_http NAME URL [SECONDS]
+wait_http() {
+  local name=$1 url=$2 limit=${3:-60} i
+  for i in $(seq 1 $((limit * 5))); do
+    if ! kill -0 "${PID_OF[$name]}" 2>/dev/null; then
+      log "$name exited early; last log lines:"; tail -n 30 "$RUN/$name.log" >&2 || true
+      return 1
+    fi
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)" = 200 ]; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  log "$name not ready at $url after ${limit}s; last log lines:"; tail -n 30 "$RUN/$name.log" >&2 || true
+  return 1
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# try FUNC ARGS... : run FUNC in a subshell with errexit in force; sets TRY_RC.
+# (Call it as a plain command, never inside if/||/&&, or errexit is ignored.)
+TRY_RC=0
+try() {
+  set +e
+  ( set -e; "$@" )
+  TRY_RC=$?
+  set -e
+}
+
+kib_field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+mib_of_kib() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1024 }'; }
+
+META=$RUN/meta.tsv
+meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
+
+# ---------------------------------------------------------------- preflight --
+[ "$BENCH_ONLY_PEERS" = 1 ] && [ "$BENCH_SKIP_PEERS" = 1 ] && die "BENCH_ONLY_PEERS=1 and BENCH_SKIP_PEERS=1 leave nothing to measure"
+NCPU=$(nproc)
+if [ "$NCPU" -lt 2 ]; then
+  BENCH_SERVER_CPU=0 BENCH_LOAD_CPU=0
+  echo "[bench] only one CPU: servers and wrk share CPU 0; ratios are still comparable, absolute numbers are not" >&2
+fi
+[ "$BENCH_SERVER_CPU" != "$BENCH_LOAD_CPU" ] || [ "$NCPU" -lt 2 ] || die "BENCH_SERVER_CPU and BENCH_LOAD_CPU must differ"
+for tool in python3 curl taskset awk; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+mkdir -p "$OUT"
+rm -rf "$RUN"
+mkdir -p "$RUN" "$ART" "$RUN/wrk" "$RUN/bodies"
+: >"$META"
+RESULTS=$RUN/results.tsv
+printf 'server\tendpoint\trps\tp99_ms\tnon2xx\tsocket_errors\tbody_bytes\n' >"$RESULTS"
+T0=$(date +%s)
+
+# ------------------------------------------------------------------- build --
+if [ "$BENCH_ONLY_PEERS" != 1 ]; then
+  if [ "$BENCH_SKIP_BUILD" != 1 ]; then
+    log "cargo build --release -p wharf-registry"
+    (cd "$ROOT" && cargo build --release -p wharf-registry)
+  fi
+  [ -x "$WHARF_BIN" ] || die "no Wharf binary at $WHARF_BIN (build it, or set WHARF_BIN, or BENCH_ONLY_PEERS=1)"
+fi
+
+# ----------------------------------------------------------- install peers --
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null || die "$* missing and no apt-get to install it"
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+NGINX_BIN=$(command -v nginx || true)
+[ -n "$NGINX_BIN" ] || [ ! -x /usr/sbin/nginx ] || NGINX_BIN=/usr/sbin/nginx
+if [ -z "$NGINX_BIN" ]; then apt_install nginx; NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx); fi
+command -v wrk >/dev/null || apt_install wrk
+command -v wrk >/dev/null || die "wrk not found after install"
+
+VENV=$OUT/venv
+NPM_PREFIX=$OUT/npm
+NPM_CACHE=$OUT/npm-cache
+command -v npm >/dev/null || die "npm not found (needed for npm publish)"
+# twine is needed for every PyPI upload, Wharf's included
+if [ ! -x "$VENV/bin/twine" ] || { [ "$BENCH_SKIP_PEERS" != 1 ] && [ ! -x "$VENV/bin/devpi-server" ]; }; then
+  log "creating $VENV (twine, pypiserver[cache], devpi-server, devpi-client)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check twine 'pypiserver[cache]' passlib devpi-server devpi-client
+fi
+if [ "$BENCH_SKIP_PEERS" != 1 ] && [ ! -x "$NPM_PREFIX/node_modules/.bin/verdaccio" ]; then
+  log "installing verdaccio@$BENCH_VERDACCIO_VERSION into $NPM_PREFIX"
+  mkdir -p "$NPM_PREFIX"
+  # verdaccio 6.8 with node-fetch pinned to 2.7.0 installs on Node 20 (6.10+ wants Node 22)
+  cat >"$NPM_PREFIX/package.json" <<'EOF'
+{"name": "wharf-bench-peers", "private": true, "version": "0.0.0", "overrides": {"node-fetch": "2.7.0"}}
+EOF
+  npm install --prefix "$NPM_PREFIX" --cache "$NPM_CACHE" --no-audit --no-fund --loglevel=error \
+    "verdaccio@$BENCH_VERDACCIO_VERSION" >&2
+fi
+
+# -------------------------------------------------------------- artifacts --
+log "generating artifacts ($BENCH_VERSIONS versions, $BENCH_ARTIFACT_BYTES-byte payloads) in $ART (cached)"
+$GEN npm-tgz --out "$ART/npm" --name "$PKG" --count "$BENCH_VERSIONS" --size "$BENCH_ARTIFACT_BYTES" >"$RUN/npm-files.txt"
+$GEN wheels --out "$ART/pypi" --name "$PKG" --count "$BENCH_VERSIONS" --size "$BENCH_ARTIFACT_BYTES" >"$RUN/wheel-files.txt"
+mapfile -t NPM_FILES <"$RUN/npm-files.txt"
+mapfile -t WHEEL_FILES <"$RUN/wheel-files.txt"
+FIRST_TGZ=$ART/npm/$PKG-$FIRST_VERSION.tgz
+FIRST_WHL=$ART/pypi/$PKG_DIST-$FIRST_VERSION-py3-none-any.whl
+
+# ------------------------------------------------------------------- seeding --
+# npm_publish_all REGISTRY_URL TOKEN NAME : real `npm publish` of every tarball
+npm_publish_all() {
+  local registry=$1 token=$2 name=$3 f
+  local rc=$RUN/$name.npmrc authkey=${registry#http:}
+  cat >"$rc" <<EOF
+registry=$registry
+$authkey:_authToken=$token
+update-notifier=false
+fund=false
+audit=false
+EOF
+  log "$name: npm publish ${#NPM_FILES[@]} tarballs"
+  for f in "${NPM_FILES[@]}"; do
+    timeout 120 npm publish "$f" --userconfig "$rc" --registry "$registry" --cache "$NPM_CACHE" \
+      --loglevel=error >>"$RUN/$name.publish.log" 2>&1 \
+      || { tail -n 20 "$RUN/$name.publish.log" >&2; return 1; }
+  done
+}
+
+twine_upload() { # URL USER PASSWORD NAME FILES...
+  local url=$1 user=$2 pass=$3 name=$4
+  shift 4
+  log "$name: twine upload $# file(s)"
+  TWINE_NON_INTERACTIVE=1 timeout 900 "$VENV/bin/twine" upload --non-interactive --disable-progress-bar \
+    --repository-url "$url" -u "$user" -p "$pass" "$@" >>"$RUN/$name.upload.log" 2>&1 \
+    || { tail -n 20 "$RUN/$name.upload.log" >&2; return 1; }
+}
+
+# fetch URL OUTFILE [HEADER] : GET, fail unless 200; prints "bytes content-type"
+fetch() {
+  local url=$1 outfile=$2 hdr=${3:-}
+  local args=(-s --max-time 30 -o "$outfile" -w '%{http_code} %{size_download} %{content_type}')
+  [ -n "$hdr" ] && args+=(-H "$hdr")
+  local res
+  res=$(curl "${args[@]}" "$url")
+  [ "${res%% *}" = 200 ] || { log "GET $url -> ${res%% *}"; return 1; }
+  echo "${res#* }"
+}
+
+declare -A URL=() # URL[server:endpoint]
+
+# ------------------------------------------------------------------- Wharf --
+WHARF_ON=0
+[ "$BENCH_ONLY_PEERS" != 1 ] && WHARF_ON=1
+if [ "$WHARF_ON" = 1 ]; then
+  WHARF_PORT=${WHARF_PORT:-$(free_port)}
+  WHARF_URL=http://127.0.0.1:$WHARF_PORT
+  mkdir -p "$RUN/wharf-data"
+  start_server wharf "$RUN/wharf.log" env WHARF_ADMIN_TOKEN="$ADMIN_TOKEN" RUST_LOG="$BENCH_WHARF_LOG" \
+    "$WHARF_BIN" serve --listen "127.0.0.1:$WHARF_PORT" --data "$RUN/wharf-data"
+  wait_http wharf "$WHARF_URL/readyz" 60 || die "Wharf did not become ready"
+  sleep 1
+  RSS_START=$(kib_field "${PID_OF[wharf]}" VmRSS)
+  meta rss_start_mib "$(mib_of_kib "$RSS_START")"
+  TOKEN_JSON=$(curl -sf --max-time 10 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+    -d '{"repositories":["main"],"permissions":["read","publish"],"ttlSeconds":3600}' "$WHARF_URL/api/v1/auth/token") \
+    || die "minting a Wharf token failed"
+  WHARF_TOKEN=$(printf '%s' "$TOKEN_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  npm_publish_all "$WHARF_URL/npm/main/" "$WHARF_TOKEN" wharf || die "npm publish to Wharf failed"
+  twine_upload "$WHARF_URL/pypi/main/" __token__ "$WHARF_TOKEN" wharf "${WHEEL_FILES[@]}" || die "twine upload to Wharf failed"
+  URL[wharf:packument]=$WHARF_URL/npm/main/$PKG
+  URL[wharf:simple]=$WHARF_URL/pypi/main/simple/$PKG/
+fi
+
+# -------------------------------------------------------------- Verdaccio --
+PEERS_ON=0
+[ "$BENCH_SKIP_PEERS" != 1 ] && PEERS_ON=1
+ENABLED_PEERS=()
+if [ "$PEERS_ON" = 1 ]; then
+  VERDACCIO_PORT=${VERDACCIO_PORT:-$(free_port)}
+  VERDACCIO_URL=http://127.0.0.1:$VERDACCIO_PORT
+  mkdir -p "$RUN/verdaccio/storage"
+  # no uplinks: Verdaccio never proxies anywhere; publish needs a (locally created) user
+  cat >"$RUN/verdaccio/config.yaml" <<EOF
+storage: $RUN/verdaccio/storage
+auth:
+  htpasswd:
+    file: $RUN/verdaccio/htpasswd
+    max_users: 10
+uplinks: {}
+packages:
+  '**':
+    access: \$all
+    publish: \$authenticated
+    unpublish: \$authenticated
+max_body_size: $((BENCH_BIG_MIB * 2))mb
+web:
+  enable: false
+server:
+  keepAliveTimeout: 60
+log: { type: stdout, format: pretty, level: warn }
+EOF
+  start_server verdaccio "$RUN/verdaccio.log" "$NPM_PREFIX/node_modules/.bin/verdaccio" \
+    --config "$RUN/verdaccio/config.yaml" --listen "127.0.0.1:$VERDACCIO_PORT"
+  seed_verdaccio() {
+    wait_http verdaccio "$VERDACCIO_URL/-/ping" 60
+    local tok
+    tok=$(curl -sf --max-time 10 -X PUT -H 'content-type: application/json' \
+      -d "{\"name\":\"bench\",\"password\":\"$PEER_PASSWORD\"}" \
+      "$VERDACCIO_URL/-/user/org.couchdb.user:bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    npm_publish_all "$VERDACCIO_URL/" "$tok" verdaccio
+  }
+  try seed_verdaccio
+  if [ "$TRY_RC" = 0 ]; then
+    ENABLED_PEERS+=(verdaccio)
+    URL[verdaccio:packument]=$VERDACCIO_URL/$PKG
+  else
+    note "Verdaccio setup/seeding failed (see $RUN/verdaccio.log, $RUN/verdaccio.publish.log); its rows are empty"
+  fi
+
+  # -------------------------------------------------------------- pypiserver --
+  PYPISERVER_PORT=${PYPISERVER_PORT:-$(free_port)}
+  PYPISERVER_URL=http://127.0.0.1:$PYPISERVER_PORT
+  mkdir -p "$RUN/pypiserver/packages"
+  # -a . -P . : no authentication (loopback only); watchdog (pypiserver[cache]) enables its digest cache
+  start_server pypiserver "$RUN/pypiserver.log" "$VENV/bin/pypi-server" run \
+    -i 127.0.0.1 -p "$PYPISERVER_PORT" -a . -P . --disable-fallback "$RUN/pypiserver/packages"
+  seed_pypiserver() {
+    wait_http pypiserver "$PYPISERVER_URL/health" 60
+    twine_upload "$PYPISERVER_URL/" bench "$PEER_PASSWORD" pypiserver "${WHEEL_FILES[@]}"
+  }
+  try seed_pypiserver
+  if [ "$TRY_RC" = 0 ]; then
+    ENABLED_PEERS+=(pypiserver)
+    URL[pypiserver:simple]=$PYPISERVER_URL/simple/$PKG/
+  else
+    note "pypiserver setup/seeding failed (see $RUN/pypiserver*.log); its rows are empty"
+  fi
+
+  # ------------------------------------------------------------------ devpi --
+  DEVPI_PORT=${DEVPI_PORT:-$(free_port)}
+  DEVPI_URL=http://127.0.0.1:$DEVPI_PORT
+  mkdir -p "$RUN/devpi"
+  # warnings only, like nginx with access_log off (devpi logs every request at INFO)
+  cat >"$RUN/devpi/logging.json" <<'EOF'
+{"version": 1, "disable_existing_loggers": false,
+ "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
+ "root": {"level": "WARNING", "handlers": ["stderr"]}}
+EOF
+  DEVPI_INIT_RC=0
+  timeout 120 "$VENV/bin/devpi-init" --serverdir "$RUN/devpi/server" --no-root-pypi \
+    --root-passwd "$PEER_PASSWORD" >"$RUN/devpi-init.log" 2>&1 || DEVPI_INIT_RC=$?
+  if [ "$DEVPI_INIT_RC" = 0 ]; then
+    start_server devpi "$RUN/devpi.log" "$VENV/bin/devpi-server" --serverdir "$RUN/devpi/server" \
+      --host 127.0.0.1 --port "$DEVPI_PORT" --offline-mode --logger-cfg "$RUN/devpi/logging.json"
+  fi
+  seed_devpi() {
+    [ "$DEVPI_INIT_RC" = 0 ]
+    wait_http devpi "$DEVPI_URL/+api" 90
+    local d=(timeout 60 "$VENV/bin/devpi" --clientdir "$RUN/devpi/client")
+    {
+      "${d[@]}" use "$DEVPI_URL/"
+      "${d[@]}" login root --password "$PEER_PASSWORD"
+      "${d[@]}" index -c bench bases= volatile=True
+    } >>"$RUN/devpi.client.log" 2>&1 || { tail -n 20 "$RUN/devpi.client.log" >&2; return 1; }
+    twine_upload "$DEVPI_URL/root/bench/" root "$PEER_PASSWORD" devpi "${WHEEL_FILES[@]}"
+  }
+  try seed_devpi
+  if [ "$TRY_RC" = 0 ]; then
+    ENABLED_PEERS+=(devpi)
+    URL[devpi:simple]=$DEVPI_URL/root/bench/+simple/$PKG/
+  else
+    note "devpi setup/seeding failed (see $RUN/devpi*.log); its rows are empty"
+  fi
+fi
+
+# -------------------------------------------- resolve artifact URLs, verify --
+SERVERS=()
+[ "$WHARF_ON" = 1 ] && SERVERS+=(wharf)
+SERVERS+=("${ENABLED_PEERS[@]}")
+declare -A SIZE=() CTYPE=()
+for s in "${SERVERS[@]}"; do
+  if [ -n "${URL[$s:packument]:-}" ]; then
+    if r=$(fetch "${URL[$s:packument]}" "$RUN/bodies/$s.packument" "$ACCEPT_ABBREV"); then
+      SIZE[$s:packument]=${r%% *}; CTYPE[$s:packument]=${r#* }
+      if u=$($GEN tarball-url "$RUN/bodies/$s.packument" "$FIRST_VERSION" "${URL[$s:packument]}"); then
+        URL[$s:tarball]=$u
+      else
+        note "$s: no dist.tarball for $FIRST_VERSION in its packument"
+      fi
+    else
+      note "$s: packument GET failed"; unset "URL[$s:packument]"
+    fi
+  fi
+  if [ -n "${URL[$s:simple]:-}" ]; then
+    if r=$(fetch "${URL[$s:simple]}" "$RUN/bodies/$s.simple" "$ACCEPT_HTML"); then
+      SIZE[$s:simple]=${r%% *}; CTYPE[$s:simple]=${r#* }
+      n=$(grep -o "$PKG_DIST-[0-9.]*-py3-none-any.whl" "$RUN/bodies/$s.simple" | sort -u | wc -l || true)
+      [ "$n" = "$BENCH_VERSIONS" ] || note "$s: simple page lists $n distinct wheels, expected $BENCH_VERSIONS"
+      if u=$($GEN link-url "$RUN/bodies/$s.simple" "$(basename "$FIRST_WHL")" "${URL[$s:simple]}"); then
+        URL[$s:wheel]=$u
+      else
+        note "$s: no link to $(basename "$FIRST_WHL") on its simple page"
+      fi
+    else
+      note "$s: simple page GET failed"; unset "URL[$s:simple]"
+    fi
+  fi
+  for ep in tarball wheel; do
+    [ -n "${URL[$s:$ep]:-}" ] || continue
+    want=$FIRST_TGZ; [ $ep = wheel ] && want=$FIRST_WHL
+    if r=$(fetch "${URL[$s:$ep]}" "$RUN/bodies/$s.$ep"); then
+      SIZE[$s:$ep]=${r%% *}; CTYPE[$s:$ep]=${r#* }
+      cmp -s "$RUN/bodies/$s.$ep" "$want" || note "$s: $ep body differs from the published file"
+    else
+      note "$s: $ep GET failed"; unset "URL[$s:$ep]"
+    fi
+  done
+done
+
+# ------------------------------------------------------------------- nginx --
+# nginx serves, as static files, the very bytes a registry returned: Wharf's,
+# or (peers-only run) Verdaccio's packument and pypiserver's simple page.
+NGINX_DIR=$RUN/nginx
+mkdir -p "$NGINX_DIR/html" "$NGINX_DIR/tmp" "$NGINX_DIR/logs"
+declare -A NGINX_FILE=([packument]=packument [tarball]=tarball.tgz [simple]=simple.html [wheel]=wheel.whl)
+declare -A NGINX_SRC=()
+for ep in packument tarball simple wheel; do
+  for s in wharf verdaccio pypiserver devpi; do
+    if [ -f "$RUN/bodies/$s.$ep" ] && [ -n "${URL[$s:$ep]:-}" ]; then
+      NGINX_SRC[$ep]=$s
+      cp "$RUN/bodies/$s.$ep" "$NGINX_DIR/html/${NGINX_FILE[$ep]}"
+      break
+    fi
+  done
+done
+chmod -R a+rX "$NGINX_DIR/html"
+NGINX_PORT=${NGINX_PORT:-$(free_port)}
+NGINX_URL=http://127.0.0.1:$NGINX_PORT
+{
+  cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $NGINX_DIR/nginx.pid;
+error_log $NGINX_DIR/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 1000000;
+  client_body_temp_path $NGINX_DIR/tmp/body;
+  proxy_temp_path $NGINX_DIR/tmp/proxy;
+  fastcgi_temp_path $NGINX_DIR/tmp/fastcgi;
+  uwsgi_temp_path $NGINX_DIR/tmp/uwsgi;
+  scgi_temp_path $NGINX_DIR/tmp/scgi;
+  types { }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $NGINX_DIR/html;
+EOF
+  for ep in packument tarball simple wheel; do
+    s=${NGINX_SRC[$ep]:-}
+    [ -n "$s" ] || continue
+    ct=${CTYPE[$s:$ep]:-application/octet-stream}
+    printf '    location = /%s { default_type "%s"; }\n' "${NGINX_FILE[$ep]}" "$ct"
+  done
+  echo "  }"
+  echo "}"
+} >"$NGINX_DIR/nginx.conf"
+"$NGINX_BIN" -t -q -e "$NGINX_DIR/logs/error.log" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" \
+  || die "nginx config test failed ($NGINX_DIR/nginx.conf)"
+start_server nginx "$RUN/nginx.log" "$NGINX_BIN" -e "$NGINX_DIR/logs/error.log" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf"
+for ep in packument tarball simple wheel; do
+  [ -n "${NGINX_SRC[$ep]:-}" ] && URL[nginx:$ep]=$NGINX_URL/${NGINX_FILE[$ep]}
+done
+first_nginx_ep=$(for ep in packument tarball simple wheel; do [ -n "${URL[nginx:$ep]:-}" ] && echo "$ep" && break; done || true)
+[ -n "$first_nginx_ep" ] || die "no bodies to serve with nginx: every registry failed"
+wait_http nginx "${URL[nginx:$first_nginx_ep]}" 30 || die "nginx did not start"
+for ep in packument tarball simple wheel; do
+  [ -n "${URL[nginx:$ep]:-}" ] || continue
+  r=$(fetch "${URL[nginx:$ep]}" "$RUN/bodies/nginx.$ep") || die "nginx GET /${NGINX_FILE[$ep]} failed"
+  SIZE[nginx:$ep]=${r%% *}
+  cmp -s "$RUN/bodies/nginx.$ep" "$RUN/bodies/${NGINX_SRC[$ep]}.$ep" || die "nginx body for $ep differs from ${NGINX_SRC[$ep]}'s"
+done
+
+# ------------------------------------------------------------- idle memory --
+if [ "$WHARF_ON" = 1 ]; then
+  log "Wharf idle for ${BENCH_IDLE_WAIT}s before reading RSS"
+  sleep "$BENCH_IDLE_WAIT"
+  meta rss_idle_mib "$(mib_of_kib "$(kib_field "${PID_OF[wharf]}" VmRSS)")"
+fi
+
+# -------------------------------------------------------------------- load --
+header_for() {
+  case $1 in
+    packument) echo "$ACCEPT_ABBREV" ;;
+    simple) echo "$ACCEPT_HTML" ;;
+    *) echo "" ;;
+  esac
+}
+run_wrk() { # SERVER ENDPOINT
+  local s=$1 ep=$2 url=${URL[$1:$2]:-} hdr args out
+  [ -n "$url" ] || return 0
+  hdr=$(header_for "$ep")
+  # wrk's default 2 s timeout would drop every response of a slow peer (pypiserver)
+  args=(-t1 "-c$BENCH_CONNECTIONS" --timeout "${BENCH_WRK_TIMEOUT}s")
+  [ -n "$hdr" ] && args+=(-H "$hdr")
+  out=$RUN/wrk/$s.$ep.txt
+  if [ "$BENCH_WARMUP" -gt 0 ]; then
+    timeout $((BENCH_WARMUP + 30)) taskset -c "$BENCH_LOAD_CPU" wrk "${args[@]}" "-d${BENCH_WARMUP}s" "$url" \
+      >"$RUN/wrk/$s.$ep.warmup.txt" 2>&1 || true
+    # a slow server is still working off the warm-up's abandoned requests: one
+    # request that completes means its queue has drained
+    curl -s -o /dev/null --max-time 120 ${hdr:+-H "$hdr"} "$url" || true
+  fi
+  if ! timeout $((BENCH_SECONDS + 30)) taskset -c "$BENCH_LOAD_CPU" wrk "${args[@]}" "-d${BENCH_SECONDS}s" \
+      --latency "$url" >"$out" 2>&1; then
+    note "wrk against $s $ep failed (see $out)"
+  fi
+  local parsed
+  parsed=$($GEN parse-wrk "$out")
+  printf '%s\t%s\t%s\t%s\n' "$s" "$ep" "$parsed" "${SIZE[$s:$ep]:-}" >>"$RESULTS"
+  log "$(printf '%-10s %-9s req/s=%-9s p99_ms=%-7s bad=%s' "$s" "$ep" $(echo "$parsed" | cut -f1) \
+    $(echo "$parsed" | cut -f2) $(( $(echo "$parsed" | cut -f3) + $(echo "$parsed" | cut -f4) )))"
+}
+# Anything else burning CPU (a build, say) skews every number: measure it with
+# all servers idle, before and after the load phase, and say so in the report.
+busy_pct() {
+  local s1 s2
+  s1=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)
+  sleep 2
+  s2=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat)
+  awk -v a="$s1" -v b="$s2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; i = y[2] - x[2];
+    printf "%.0f", (t > 0 ? 100 * (t - i) / t : 0) }'
+}
+check_quiet() {
+  local pct
+  pct=$(busy_pct)
+  meta "background_cpu_pct_$1" "$pct"
+  if [ "$pct" -gt 10 ]; then
+    note "machine not quiet $1 the load phase: ${pct}% of all CPU busy while the servers idled (another build or job?); treat the numbers with care"
+  fi
+}
+check_quiet before
+log "load: wrk -t1 -c$BENCH_CONNECTIONS -d${BENCH_SECONDS}s (+${BENCH_WARMUP}s warm-up) on CPU $BENCH_LOAD_CPU, servers on CPU $BENCH_SERVER_CPU"
+for ep in packument tarball simple wheel; do
+  for s in nginx wharf verdaccio pypiserver devpi; do
+    run_wrk "$s" "$ep"
+  done
+done
+
+check_quiet after
+
+# --------------------------------------------------------- publish 200 MiB --
+# Peak RSS rise: reset VmHWM (clear_refs 5), read it, publish, read it again.
+if [ "$WHARF_ON" = 1 ]; then
+  WPID=${PID_OF[wharf]}
+  meta rss_after_load_mib "$(mib_of_kib "$(kib_field "$WPID" VmRSS)")"
+  BIG_BYTES=$((BENCH_BIG_MIB * 1024 * 1024))
+  measure_publish() { # KEY COMMAND...
+    local key=$1 before after
+    shift
+    if ! { echo 5 >"/proc/$WPID/clear_refs"; } 2>/dev/null; then
+      note "could not reset VmHWM (/proc/$WPID/clear_refs); the $key rise is measured from the earlier peak"
+    fi
+    before=$(kib_field "$WPID" VmHWM)
+    if "$@"; then meta "publish_${key}_status" ok; else meta "publish_${key}_status" "FAIL: publish failed"; fi
+    kill -0 "$WPID" 2>/dev/null || { meta "publish_${key}_status" "FAIL: Wharf died"; return 0; }
+    after=$(kib_field "$WPID" VmHWM)
+    meta "publish_${key}_hwm_before_mib" "$(mib_of_kib "$before")"
+    meta "publish_${key}_hwm_after_mib" "$(mib_of_kib "$after")"
+    meta "publish_${key}_rise_mib" "$(mib_of_kib $((after - before)))"
+    log "publish $key ${BENCH_BIG_MIB} MiB: VmHWM $(mib_of_kib "$before") -> $(mib_of_kib "$after") MiB"
+  }
+  log "generating ${BENCH_BIG_MIB} MiB wheel"
+  BIG_WHL=$($GEN wheels --out "$ART/big" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
+  publish_big_wheel() { twine_upload "$WHARF_URL/pypi/main/" __token__ "$WHARF_TOKEN" wharf-big "$BIG_WHL"; }
+  measure_publish pypi publish_big_wheel
+  if [ "$BENCH_NPM_BIG" = 1 ]; then
+    log "generating ${BENCH_BIG_MIB} MiB npm tarball"
+    BIG_TGZ=$($GEN npm-tgz --out "$ART/big" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
+    publish_big_tgz() {
+      local saved=("${NPM_FILES[@]}")
+      NPM_FILES=("$BIG_TGZ")
+      local rc=0
+      npm_publish_all "$WHARF_URL/npm/main/" "$WHARF_TOKEN" wharf-big || rc=$?
+      NPM_FILES=("${saved[@]}")
+      return $rc
+    }
+    measure_publish npm publish_big_tgz
+  else
+    meta publish_npm_status skipped
+  fi
+fi
+
+# ------------------------------------------------------------------ report --
+meta date "$(date '+%Y-%m-%d %H:%M:%S %Z')"
+meta seconds "$BENCH_SECONDS"
+meta connections "$BENCH_CONNECTIONS"
+meta versions "$BENCH_VERSIONS"
+meta server_cpu "$BENCH_SERVER_CPU"
+meta load_cpu "$BENCH_LOAD_CPU"
+meta wharf "$([ "$WHARF_ON" = 1 ] && echo yes || echo no)"
+for ep in packument tarball simple wheel; do
+  [ -n "${NGINX_SRC[$ep]:-}" ] && [ "${NGINX_SRC[$ep]}" != wharf ] && [ "$WHARF_ON" = 1 ] \
+    && note "nginx serves ${NGINX_SRC[$ep]}'s $ep body (Wharf's was not available)"
+done
+NOTES+=("wrk, not the servers, may be the ceiling for the 1 MiB rows: it runs on one core and reads every byte")
+meta notes "$(IFS='|'; echo "${NOTES[*]}" | sed 's/|/ | /g')"
+$GEN report "$RESULTS" "$META" "$OUT/results.md"
+cp "$OUT/results.md" "$RUN/results.md"
+log "done in $(( $(date +%s) - T0 ))s; results in $OUT/results.md, raw wrk output in $RUN/wrk/"

@@ -1,0 +1,221 @@
+//! Identities and registry tokens: minting and verifying short-lived
+//! signed tokens, and deciding what a caller may do. Pure logic, no I/O.
+//!
+//! Tokens are compact JWS (HS256) so standard tools can decode them; the
+//! signing key belongs to the Domain.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Token lifetimes the Domain allows, in seconds.
+pub const MIN_TOKEN_TTL_SECONDS: u64 = 900;
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 43_200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Read,
+    Publish,
+    Admin,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Publish => "publish",
+            Permission::Admin => "admin",
+        }
+    }
+}
+
+/// What a registry token grants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenClaims {
+    /// Who the token was minted for.
+    pub sub: String,
+    /// The Domain that signed it.
+    pub dom: String,
+    /// Repository names; `*` means every repository of the Domain.
+    pub repos: Vec<String>,
+    pub perms: Vec<Permission>,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// The caller of a request, once its credential was checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    /// The bootstrap admin token.
+    Admin,
+    Token(TokenClaims),
+}
+
+impl Principal {
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Anonymous => "anonymous",
+            Principal::Admin => "admin",
+            Principal::Token(claims) => &claims.sub,
+        }
+    }
+
+    /// Whether this principal's credential grants `permission` on `repo`.
+    /// Publishing implies reading; admin implies everything. Anonymous
+    /// access is decided by the Repository's `access`, not here.
+    pub fn grants(&self, repo: &str, permission: Permission) -> bool {
+        match self {
+            Principal::Anonymous => false,
+            Principal::Admin => true,
+            Principal::Token(claims) => {
+                let repo_ok = claims.repos.iter().any(|r| r == "*" || r == repo);
+                let perm_ok = claims.perms.iter().any(|p| {
+                    *p == permission
+                        || *p == Permission::Admin
+                        || (*p == Permission::Publish && permission == Permission::Read)
+                });
+                repo_ok && perm_ok
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token signature is invalid")]
+    BadSignature,
+    #[error("the token expired")]
+    Expired,
+    #[error("the token was issued for domain {0}")]
+    WrongDomain(String),
+}
+
+/// Mints and verifies the tokens of one Domain.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: Vec<u8>,
+    domain: String,
+}
+
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+impl TokenSigner {
+    pub fn new(key: Vec<u8>, domain: impl Into<String>) -> Self {
+        TokenSigner { key, domain: domain.into() }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    pub fn mint(&self, claims: &TokenClaims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(HEADER);
+        // Claims are plain strings and numbers: serialising cannot fail.
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let signing_input = format!("{header}.{payload}");
+        let signature = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
+        format!("{signing_input}.{signature}")
+    }
+
+    pub fn verify(&self, token: &str, now: i64) -> Result<TokenClaims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(header.as_bytes());
+        mac.update(b".");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
+        if header != HEADER.as_bytes() {
+            return Err(TokenError::Malformed);
+        }
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let claims: TokenClaims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+        if claims.dom != self.domain {
+            return Err(TokenError::WrongDomain(claims.dom));
+        }
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("hmac accepts any key length"))
+    }
+
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(input);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// Compares two secrets in constant time.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn claims(repos: &[&str], perms: &[Permission], exp: i64) -> TokenClaims {
+        TokenClaims {
+            sub: "ci".into(),
+            dom: "default".into(),
+            repos: repos.iter().map(|r| r.to_string()).collect(),
+            perms: perms.to_vec(),
+            iat: 0,
+            exp,
+            jti: "1".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let signer = TokenSigner::new(b"key".to_vec(), "default");
+        let token = signer.mint(&claims(&["main"], &[Permission::Read], 100));
+        assert_eq!(signer.verify(&token, 50).unwrap().repos, vec!["main"]);
+        assert_eq!(signer.verify(&token, 100), Err(TokenError::Expired));
+        let other = TokenSigner::new(b"other".to_vec(), "default");
+        assert_eq!(other.verify(&token, 50), Err(TokenError::BadSignature));
+        let foreign = TokenSigner::new(b"key".to_vec(), "acme");
+        assert_eq!(foreign.verify(&token, 50), Err(TokenError::WrongDomain("default".into())));
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims(&["*"], &[Permission::Admin], 100)).unwrap());
+        parts[1] = &forged;
+        assert_eq!(signer.verify(&parts.join("."), 50), Err(TokenError::BadSignature));
+        assert_eq!(signer.verify("not-a-token", 50), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn grants_follow_scope() {
+        let read = Principal::Token(claims(&["main"], &[Permission::Read], 1));
+        assert!(read.grants("main", Permission::Read));
+        assert!(!read.grants("main", Permission::Publish));
+        assert!(!read.grants("other", Permission::Read));
+        let publish = Principal::Token(claims(&["*"], &[Permission::Publish], 1));
+        assert!(publish.grants("any", Permission::Read));
+        assert!(publish.grants("any", Permission::Publish));
+        assert!(!publish.grants("any", Permission::Admin));
+        assert!(Principal::Admin.grants("x", Permission::Admin));
+        assert!(!Principal::Anonymous.grants("x", Permission::Read));
+        assert!(secrets_equal("abc", "abc") && !secrets_equal("abc", "abd") && !secrets_equal("ab", "abc"));
+    }
+}

@@ -1,0 +1,618 @@
+//! The format-neutral core: publishing versions and assets, statuses and
+//! tags, reading package indexes. Knows nothing of HTTP; does storage I/O
+//! through [`Storage`].
+//!
+//! Write path: asset bytes are staged under content-addressed keys first,
+//! then a create-once record decides which publisher won, then the
+//! package index is replaced by compare-and-swap. A crash between steps
+//! leaves unreferenced blobs or a record not yet indexed; the next publish
+//! of the same version indexes it (see [`Registry::publish_version`]).
+
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::Stream;
+
+pub use model::*;
+
+use crate::storage::{BlobBody, BlobDigests, BodyError, Created, Storage, StorageError, keys};
+
+/// How often one index write retries after losing a compare-and-swap.
+const MAX_INDEX_ATTEMPTS: u32 = 200;
+/// Packages whose index stays cached in memory, per process.
+const MAX_CACHED_PACKAGES: usize = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("version {version} is {actual}, not {expected}")]
+    StatusMismatch { version: String, expected: &'static str, actual: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("too many concurrent writers on package {0}; try again")]
+    Contention(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A package index as read at one revision, with its encodings cached so a
+/// hot package is serialised once per change, not once per request.
+pub struct PackageSnapshot {
+    pub revision: u64,
+    pub index: PackageIndex,
+    renders: Mutex<HashMap<String, Rendered>>,
+}
+
+/// An encoded response body and its entity tag.
+#[derive(Clone)]
+pub struct Rendered {
+    pub body: Bytes,
+    pub etag: String,
+}
+
+impl PackageSnapshot {
+    fn new(revision: u64, index: PackageIndex) -> Self {
+        PackageSnapshot { revision, index, renders: Mutex::new(HashMap::new()) }
+    }
+
+    /// The body `render` produces for this revision, computed once per
+    /// `key` (a format's variant and base URL).
+    pub fn rendered(&self, key: &str, render: impl FnOnce(&PackageIndex) -> Bytes) -> Rendered {
+        if let Some(hit) = self.renders.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return hit.clone();
+        }
+        let body = render(&self.index);
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
+        let rendered = Rendered { etag: format!("\"{}\"", hex::encode(&digest[..12])), body };
+        let mut renders = self.renders.lock().unwrap_or_else(|e| e.into_inner());
+        if renders.len() > 16 {
+            renders.clear();
+        }
+        renders.insert(key.to_owned(), rendered.clone());
+        rendered
+    }
+}
+
+type CacheKey = (String, PackageId);
+
+/// The core service of one Domain.
+pub struct Registry {
+    storage: Storage,
+    snapshots: Mutex<HashMap<CacheKey, Arc<PackageSnapshot>>>,
+}
+
+impl Registry {
+    pub fn new(storage: Storage) -> Self {
+        Registry { storage, snapshots: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Streams an upload into the Domain's blob store (see [`Storage::stage_blob`]).
+    pub async fn stage_asset<S>(&self, body: S, limit: u64) -> Result<BlobDigests, CoreError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send,
+    {
+        Ok(self.storage.stage_blob(body, limit).await?)
+    }
+
+    pub async fn store_small_asset(&self, bytes: Bytes) -> Result<BlobDigests, CoreError> {
+        Ok(self.storage.put_small_blob(bytes).await?)
+    }
+
+    pub async fn open_blob(&self, sha256: &str, range: Option<std::ops::Range<u64>>) -> Result<BlobBody, CoreError> {
+        self.storage.open_blob(sha256, range).await?.ok_or_else(|| CoreError::NotFound(format!("blob {sha256}")))
+    }
+
+    /// Publishes a whole version at once. Of concurrent publishers of one
+    /// version exactly one creates it; the others get a conflict, or
+    /// [`PublishOutcome::AlreadyPublished`] when their assets are identical.
+    pub async fn publish_version(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        new: NewVersion,
+    ) -> Result<PublishOutcome, CoreError> {
+        let now = Utc::now();
+        let record = VersionRecord {
+            version: new.version.clone(),
+            created: now,
+            metadata: new.metadata,
+            assets: new
+                .assets
+                .into_iter()
+                .map(|a| AssetRef { name: a.name, digests: a.digests, created: now, metadata: a.metadata })
+                .collect(),
+        };
+        let key = keys::version_record(repo, id.format.as_str(), &id.name, &new.version);
+        let (record, outcome) = match self.storage.create_json(&key, &record).await? {
+            Created::Created => (record, PublishOutcome::Created),
+            Created::AlreadyExists(existing) => {
+                if !same_assets(&existing.assets, &record.assets) {
+                    return Err(CoreError::Conflict(format!(
+                        "{} {}@{} was already published with different contents",
+                        id.format.as_str(),
+                        display_name,
+                        new.version
+                    )));
+                }
+                (existing, PublishOutcome::AlreadyPublished)
+            }
+        };
+        // Runs on both paths: a publisher that crashed after creating the
+        // record is completed by the next identical publish.
+        self.update_index(repo, id, display_name, |index| {
+            let mut changed = false;
+            if !index.versions.contains_key(&record.version) {
+                index.versions.insert(
+                    record.version.clone(),
+                    VersionEntry {
+                        status: VersionStatus::Published,
+                        created: record.created,
+                        metadata: record.metadata.clone(),
+                        assets: record.assets.iter().map(|a| (a.name.clone(), a.clone())).collect(),
+                        deprecated: None,
+                    },
+                );
+                changed = true;
+            }
+            if outcome == PublishOutcome::Created {
+                for tag in &new.tags {
+                    index.tags.insert(tag.clone(), record.version.clone());
+                    changed = true;
+                }
+            }
+            Ok(changed)
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Adds one file to a version, creating the version on its first file
+    /// (PyPI uploads each file of a release separately). A file name is
+    /// bound to its first bytes forever.
+    pub async fn add_asset(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        version: &str,
+        version_metadata: serde_json::Value,
+        asset: NewAsset,
+    ) -> Result<PublishOutcome, CoreError> {
+        let now = Utc::now();
+        let format = id.format.as_str();
+        let record =
+            VersionRecord { version: version.to_owned(), created: now, metadata: version_metadata, assets: Vec::new() };
+        let record =
+            match self.storage.create_json(&keys::version_record(repo, format, &id.name, version), &record).await? {
+                Created::Created => record,
+                Created::AlreadyExists(existing) => existing,
+            };
+        let asset = AssetRef { name: asset.name, digests: asset.digests, created: now, metadata: asset.metadata };
+        let asset_key = keys::asset_record(repo, format, &id.name, version, &asset.name);
+        let (asset, outcome) = match self.storage.create_json(&asset_key, &asset).await? {
+            Created::Created => (asset, PublishOutcome::Created),
+            Created::AlreadyExists(existing) if existing.digests.sha256 == asset.digests.sha256 => {
+                (existing, PublishOutcome::AlreadyPublished)
+            }
+            Created::AlreadyExists(_) => {
+                return Err(CoreError::Conflict(format!(
+                    "File already exists: {} was already uploaded with different contents",
+                    asset.name
+                )));
+            }
+        };
+        self.update_index(repo, id, display_name, |index| {
+            let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
+                status: VersionStatus::Published,
+                created: record.created,
+                metadata: record.metadata.clone(),
+                assets: Default::default(),
+                deprecated: None,
+            });
+            if !entry.status.is_installable() {
+                return Err(CoreError::Conflict(format!(
+                    "version {version} is {}; no files can be added to it",
+                    entry.status.as_str()
+                )));
+            }
+            if entry.assets.contains_key(&asset.name) {
+                return Ok(false);
+            }
+            entry.assets.insert(asset.name.clone(), asset.clone());
+            Ok(true)
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Changes a version's status, optionally only from `expected`.
+    pub async fn set_status(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        version: &str,
+        expected: Option<VersionStatus>,
+        status: VersionStatus,
+    ) -> Result<(), CoreError> {
+        self.update_existing(repo, id, |index| {
+            let entry =
+                index.versions.get_mut(version).ok_or_else(|| CoreError::NotFound(format!("version {version}")))?;
+            if let Some(expected) = expected
+                && entry.status != expected
+            {
+                return Err(CoreError::StatusMismatch {
+                    version: version.to_owned(),
+                    expected: expected.as_str(),
+                    actual: entry.status.as_str(),
+                });
+            }
+            if entry.status == status {
+                return Ok(false);
+            }
+            if entry.status == VersionStatus::Disposed {
+                return Err(CoreError::Conflict(format!("version {version} is Disposed, which is final")));
+            }
+            entry.status = status;
+            if status == VersionStatus::Disposed {
+                // The blobs stay until garbage collection finds them
+                // unreferenced across the Domain.
+                entry.assets.clear();
+            }
+            index.tags.retain(|_, v| v != version || status.is_listed());
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Points `tag` at `version`, which must be listed.
+    pub async fn set_tag(&self, repo: &str, id: &PackageId, tag: &str, version: &str) -> Result<(), CoreError> {
+        self.update_existing(repo, id, |index| {
+            match index.versions.get(version) {
+                Some(entry) if entry.status.is_listed() => {}
+                Some(entry) => {
+                    return Err(CoreError::Invalid(format!(
+                        "version {version} is {} and cannot be tagged",
+                        entry.status.as_str()
+                    )));
+                }
+                None => return Err(CoreError::NotFound(format!("version {version}"))),
+            }
+            Ok(index.tags.insert(tag.to_owned(), version.to_owned()).as_deref() != Some(version))
+        })
+        .await
+    }
+
+    pub async fn remove_tag(&self, repo: &str, id: &PackageId, tag: &str) -> Result<(), CoreError> {
+        if tag == "latest" {
+            return Err(CoreError::Invalid("the latest tag cannot be removed".into()));
+        }
+        self.update_existing(repo, id, |index| Ok(index.tags.remove(tag).is_some())).await
+    }
+
+    /// Sets or clears the deprecation message of some versions.
+    pub async fn set_deprecations(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        messages: &[(String, Option<String>)],
+    ) -> Result<(), CoreError> {
+        self.update_existing(repo, id, |index| {
+            let mut changed = false;
+            for (version, message) in messages {
+                if let Some(entry) = index.versions.get_mut(version)
+                    && entry.deprecated != *message
+                {
+                    entry.deprecated = message.clone();
+                    changed = true;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// The package as it is now: a cached snapshot, revalidated by probing
+    /// for a newer revision so a write on any replica is seen at once.
+    pub async fn package(&self, repo: &str, id: &PackageId) -> Result<Option<Arc<PackageSnapshot>>, CoreError> {
+        let cache_key = (repo.to_owned(), id.clone());
+        let dir = keys::package_index(repo, id.format.as_str(), &id.name);
+        let cached = self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).cloned();
+        if let Some(snapshot) = cached {
+            if !self.storage.revision_exists(&dir, snapshot.revision + 1).await? {
+                return Ok(Some(snapshot));
+            }
+        }
+        let Some((revision, bytes)) = self.storage.latest_revision(&dir).await? else {
+            return Ok(None);
+        };
+        let index: PackageIndex =
+            serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
+        Ok(Some(self.remember(cache_key, PackageSnapshot::new(revision, index))))
+    }
+
+    /// Names of the packages of one format in a repository (normalised).
+    pub async fn package_names(&self, repo: &str, format: wharf_api::PackageFormat) -> Result<Vec<String>, CoreError> {
+        Ok(self.storage.list_children(&keys::packages(repo, format.as_str())).await?)
+    }
+
+    fn remember(&self, key: CacheKey, snapshot: PackageSnapshot) -> Arc<PackageSnapshot> {
+        let snapshot = Arc::new(snapshot);
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshots.len() >= MAX_CACHED_PACKAGES {
+            snapshots.clear();
+        }
+        match snapshots.get(&key) {
+            // Never replace a newer snapshot another request cached.
+            Some(existing) if existing.revision > snapshot.revision => existing.clone(),
+            _ => {
+                snapshots.insert(key, snapshot.clone());
+                snapshot
+            }
+        }
+    }
+
+    async fn update_existing(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        change: impl FnMut(&mut PackageIndex) -> Result<bool, CoreError>,
+    ) -> Result<(), CoreError> {
+        if self.package(repo, id).await?.is_none() {
+            return Err(CoreError::NotFound(format!("package {}", id.name)));
+        }
+        self.update_index(repo, id, &id.name, change).await
+    }
+
+    /// Compare-and-swap on a package index: read the newest revision, apply
+    /// `change` (which says whether it changed anything), create the next
+    /// revision; on losing the race, start over from the winner's index.
+    async fn update_index(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        mut change: impl FnMut(&mut PackageIndex) -> Result<bool, CoreError>,
+    ) -> Result<(), CoreError> {
+        let dir = keys::package_index(repo, id.format.as_str(), &id.name);
+        for attempt in 0..MAX_INDEX_ATTEMPTS {
+            let current = self.package(repo, id).await?;
+            let (revision, mut index) = match &current {
+                Some(snapshot) => (snapshot.revision, snapshot.index.clone()),
+                None => (0, PackageIndex { display_name: display_name.to_owned(), ..Default::default() }),
+            };
+            if !change(&mut index)? {
+                return Ok(());
+            }
+            let now = Utc::now();
+            index.created.get_or_insert(now);
+            index.modified = Some(now);
+            repair_latest(&mut index);
+            let bytes =
+                serde_json::to_vec(&index).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
+            let next = revision + 1;
+            if self.storage.create_revision(&dir, next, Bytes::from(bytes)).await? {
+                self.remember((repo.to_owned(), id.clone()), PackageSnapshot::new(next, index));
+                if next > 2 {
+                    let storage = self.storage.clone();
+                    tokio::spawn(async move { storage.prune_revisions(&dir, next - 1).await });
+                }
+                return Ok(());
+            }
+            // Lost the race: back off a little, with jitter, so 50
+            // concurrent writers do not all collide again.
+            let jitter = rand::random::<u64>() % (1 + u64::from(attempt.min(20)));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        Err(CoreError::Contention(id.name.clone()))
+    }
+}
+
+fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.digests.sha256 == y.digests.sha256)
+}
+
+/// `latest` must name a listed version whenever one exists: retarget it to
+/// the newest listed version when it names a version that is gone or hidden.
+/// Ordering is by publish time; formats with their own ordering set the tag.
+fn repair_latest(index: &mut PackageIndex) {
+    let valid =
+        index.tags.get("latest").and_then(|v| index.versions.get(v)).is_some_and(|entry| entry.status.is_listed());
+    if valid {
+        return;
+    }
+    match index.listed_versions().max_by_key(|(_, entry)| entry.created) {
+        Some((version, _)) => {
+            let version = version.clone();
+            index.tags.insert("latest".into(), version);
+        }
+        None => {
+            index.tags.remove("latest");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use wharf_api::PackageFormat;
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::new(Storage::new(Arc::new(InMemory::new()))))
+    }
+
+    async fn blob(registry: &Registry, bytes: &'static [u8]) -> BlobDigests {
+        let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from_static(bytes))]);
+        registry.stage_asset(body, 1 << 20).await.unwrap()
+    }
+
+    fn npm(name: &str) -> PackageId {
+        PackageId::new(PackageFormat::Npm, name)
+    }
+
+    fn version(v: &str, digests: BlobDigests) -> NewVersion {
+        NewVersion {
+            version: v.into(),
+            metadata: serde_json::json!({"version": v}),
+            assets: vec![NewAsset { name: format!("pkg-{v}.tgz"), digests, metadata: Default::default() }],
+            tags: vec!["latest".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_then_read_and_republish() {
+        let registry = registry();
+        let id = npm("pkg");
+        let a = blob(&registry, b"a").await;
+        let b = blob(&registry, b"b").await;
+        let outcome = registry.publish_version("main", &id, "pkg", version("1.0.0", a.clone())).await.unwrap();
+        assert_eq!(outcome, PublishOutcome::Created);
+        let again = registry.publish_version("main", &id, "pkg", version("1.0.0", a.clone())).await.unwrap();
+        assert_eq!(again, PublishOutcome::AlreadyPublished);
+        let err = registry.publish_version("main", &id, "pkg", version("1.0.0", b)).await.unwrap_err();
+        assert!(matches!(err, CoreError::Conflict(_)), "{err}");
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0.0"].assets["pkg-1.0.0.tgz"].digests, a);
+        assert_eq!(snapshot.index.tags["latest"], "1.0.0");
+        assert!(registry.package("other", &id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishes_of_one_version_have_one_winner() {
+        let registry = registry();
+        let id = npm("race");
+        let mut digests = Vec::new();
+        for i in 0..50u8 {
+            let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from(vec![i; 10]))]);
+            digests.push(registry.stage_asset(body, 1024).await.unwrap());
+        }
+        let attempts = digests.iter().cloned().map(|d| {
+            let registry = registry.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let sha = d.sha256.clone();
+                (registry.publish_version("main", &id, "race", version("1.0.0", d)).await, sha)
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(r, _)| matches!(r, Ok(PublishOutcome::Created))).collect();
+        assert_eq!(winners.len(), 1);
+        assert!(results.iter().filter(|(r, _)| r.is_err()).all(|(r, _)| matches!(r, Err(CoreError::Conflict(_)))));
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0.0"].assets["pkg-1.0.0.tgz"].digests.sha256, winners[0].1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishes_of_different_versions_all_land() {
+        let registry = registry();
+        let id = npm("many");
+        let d = blob(&registry, b"x").await;
+        let attempts = (0..20).map(|i| {
+            let registry = registry.clone();
+            let id = id.clone();
+            let d = d.clone();
+            tokio::spawn(
+                async move { registry.publish_version("main", &id, "many", version(&format!("1.0.{i}"), d)).await },
+            )
+        });
+        for result in futures::future::join_all(attempts).await {
+            assert_eq!(result.unwrap().unwrap(), PublishOutcome::Created);
+        }
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn status_changes_are_compare_and_swap() {
+        let registry = registry();
+        let id = npm("pkg");
+        let d = blob(&registry, b"a").await;
+        registry.publish_version("main", &id, "pkg", version("1.0.0", d.clone())).await.unwrap();
+        registry.publish_version("main", &id, "pkg", version("1.1.0", d)).await.unwrap();
+        let err = registry
+            .set_status("main", &id, "1.1.0", Some(VersionStatus::Unlisted), VersionStatus::Archived)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoreError::StatusMismatch { .. }));
+        registry
+            .set_status("main", &id, "1.1.0", Some(VersionStatus::Published), VersionStatus::Unlisted)
+            .await
+            .unwrap();
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.1.0"].status, VersionStatus::Unlisted);
+        assert_eq!(snapshot.index.tags["latest"], "1.0.0", "latest moves off a hidden version");
+        registry.set_status("main", &id, "1.0.0", None, VersionStatus::Disposed).await.unwrap();
+        let err = registry.set_status("main", &id, "1.0.0", None, VersionStatus::Published).await.unwrap_err();
+        assert!(matches!(err, CoreError::Conflict(_)));
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert!(snapshot.index.versions["1.0.0"].assets.is_empty());
+        assert!(!snapshot.index.tags.contains_key("latest"));
+    }
+
+    #[tokio::test]
+    async fn assets_are_bound_to_their_first_bytes() {
+        let registry = registry();
+        let id = PackageId::new(PackageFormat::Pypi, "demo");
+        let a = blob(&registry, b"wheel").await;
+        let b = blob(&registry, b"other").await;
+        let asset = |d: BlobDigests| NewAsset {
+            name: "demo-1.0-py3-none-any.whl".into(),
+            digests: d,
+            metadata: Default::default(),
+        };
+        let meta = serde_json::json!({});
+        assert_eq!(
+            registry.add_asset("main", &id, "Demo", "1.0", meta.clone(), asset(a.clone())).await.unwrap(),
+            PublishOutcome::Created
+        );
+        assert_eq!(
+            registry.add_asset("main", &id, "Demo", "1.0", meta.clone(), asset(a)).await.unwrap(),
+            PublishOutcome::AlreadyPublished
+        );
+        let err = registry.add_asset("main", &id, "Demo", "1.0", meta, asset(b)).await.unwrap_err();
+        assert!(err.to_string().contains("File already exists"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_second_registry_sees_writes_at_once() {
+        let storage = Storage::new(Arc::new(InMemory::new()));
+        let one = Registry::new(storage.clone());
+        let two = Registry::new(storage);
+        let id = npm("pkg");
+        let d = blob(&one, b"a").await;
+        one.publish_version("main", &id, "pkg", version("1.0.0", d.clone())).await.unwrap();
+        assert_eq!(two.package("main", &id).await.unwrap().unwrap().index.versions.len(), 1);
+        one.publish_version("main", &id, "pkg", version("1.1.0", d)).await.unwrap();
+        assert_eq!(two.package("main", &id).await.unwrap().unwrap().index.versions.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn tags_and_deprecations() {
+        let registry = registry();
+        let id = npm("pkg");
+        let d = blob(&registry, b"a").await;
+        registry.publish_version("main", &id, "pkg", version("1.0.0", d)).await.unwrap();
+        registry.set_tag("main", &id, "beta", "1.0.0").await.unwrap();
+        assert!(matches!(registry.set_tag("main", &id, "beta", "9.9.9").await, Err(CoreError::NotFound(_))));
+        assert!(matches!(registry.remove_tag("main", &id, "latest").await, Err(CoreError::Invalid(_))));
+        registry.remove_tag("main", &id, "beta").await.unwrap();
+        registry.set_deprecations("main", &id, &[("1.0.0".into(), Some("use 2".into()))]).await.unwrap();
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0.0"].deprecated.as_deref(), Some("use 2"));
+        assert!(!snapshot.index.tags.contains_key("beta"));
+    }
+}

@@ -1,0 +1,143 @@
+//! The format-neutral data model: packages, versions, assets and statuses.
+//! Pure data, no I/O.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use wharf_api::PackageFormat;
+
+use crate::storage::BlobDigests;
+
+/// A package within a repository: its format and its name as the format
+/// normalises it (the storage key). The name the publisher spelled is kept
+/// in [`PackageIndex::display_name`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PackageId {
+    pub format: PackageFormat,
+    pub name: String,
+}
+
+impl PackageId {
+    pub fn new(format: PackageFormat, name: impl Into<String>) -> Self {
+        PackageId { format, name: name.into() }
+    }
+}
+
+/// A version's lifecycle. Versions are immutable; only this changes, and
+/// only by compare-and-swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionStatus {
+    /// Listed and installable.
+    Published,
+    /// A multi-asset upload still in progress: neither listed nor installable.
+    Unfinished,
+    /// Installable by exact version, hidden from listings and ranges
+    /// (PyPI and Cargo "yanked", NuGet "unlisted").
+    Unlisted,
+    /// Not installable; reversible.
+    Archived,
+    /// Assets deleted; irreversible.
+    Disposed,
+}
+
+impl VersionStatus {
+    /// Shown in listings, ranges and `latest`.
+    pub fn is_listed(self) -> bool {
+        self == VersionStatus::Published
+    }
+
+    /// Its assets can be downloaded.
+    pub fn is_installable(self) -> bool {
+        matches!(self, VersionStatus::Published | VersionStatus::Unlisted)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Published => "Published",
+            VersionStatus::Unfinished => "Unfinished",
+            VersionStatus::Unlisted => "Unlisted",
+            VersionStatus::Archived => "Archived",
+            VersionStatus::Disposed => "Disposed",
+        }
+    }
+}
+
+/// One file of a version, pointing at a content-addressed blob.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssetRef {
+    pub name: String,
+    pub digests: BlobDigests,
+    pub created: DateTime<Utc>,
+    /// Format-specific facts about the file (a wheel's `requires-python`
+    /// and core-metadata digest, say).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub metadata: serde_json::Value,
+}
+
+/// The create-once record of a version: whoever creates it won the publish.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub version: String,
+    pub created: DateTime<Utc>,
+    pub metadata: serde_json::Value,
+    pub assets: Vec<AssetRef>,
+}
+
+/// A version as listed in its package's index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub status: VersionStatus,
+    pub created: DateTime<Utc>,
+    /// The format's own description of the version (npm's manifest, a
+    /// wheel's core metadata fields), as published. Immutable.
+    pub metadata: serde_json::Value,
+    pub assets: BTreeMap<String, AssetRef>,
+    /// A deprecation message (npm, NuGet); the one mutable annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<String>,
+}
+
+/// The read model of a package: every version with its status, and the
+/// package's mutable pointers. Replaced as a whole by compare-and-swap.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PackageIndex {
+    pub display_name: String,
+    pub created: Option<DateTime<Utc>>,
+    pub modified: Option<DateTime<Utc>>,
+    pub versions: BTreeMap<String, VersionEntry>,
+    /// Named pointers to versions (npm dist-tags).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl PackageIndex {
+    pub fn listed_versions(&self) -> impl Iterator<Item = (&String, &VersionEntry)> {
+        self.versions.iter().filter(|(_, v)| v.status.is_listed())
+    }
+}
+
+/// A file about to become an asset: its bytes are already in storage.
+#[derive(Clone, Debug)]
+pub struct NewAsset {
+    pub name: String,
+    pub digests: BlobDigests,
+    pub metadata: serde_json::Value,
+}
+
+/// A whole version published in one request (npm, Cargo).
+#[derive(Clone, Debug)]
+pub struct NewVersion {
+    pub version: String,
+    pub metadata: serde_json::Value,
+    pub assets: Vec<NewAsset>,
+    /// Tags to point at this version in the same write.
+    pub tags: Vec<String>,
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    Created,
+    /// The same bytes were already published: nothing changed.
+    AlreadyPublished,
+}

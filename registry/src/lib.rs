@@ -1,0 +1,10 @@
+//! The Wharf registry: HTTP (axum) → format adapters → a format-neutral
+//! core → storage on `object_store`. See ARCHITECTURE.md for a walk
+//! through one publish and one install.
+
+pub mod auth;
+pub mod core;
+pub mod formats;
+pub mod server;
+pub mod startup;
+pub mod storage;

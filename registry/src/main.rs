@@ -1,0 +1,100 @@
+//! `wharf-registry`: the registry server's command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use wharf_api::DomainConfig;
+use wharf_registry::server::Limits;
+use wharf_registry::startup::{self, ServeOptions};
+
+#[derive(Parser)]
+#[command(name = "wharf-registry", version, about = "Wharf artifact registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the registry. Without --config: Domain `default` with one
+    /// Repository `main`, stored under --data.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A file or folder of Wharf resources (Domain, Repository, UpstreamPolicy YAML).
+    #[arg(long, env = "WHARF_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data folder of the embedded default configuration.
+    #[arg(long, env = "WHARF_DATA", default_value = "./wharf-data")]
+    data: String,
+    /// Log format.
+    #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Largest artifact accepted in one upload, in bytes.
+    #[arg(long, env = "WHARF_MAX_UPLOAD_BYTES", default_value_t = Limits::default().max_upload_bytes)]
+    max_upload_bytes: u64,
+    /// Largest metadata document (npm publish document without its tarball,
+    /// PyPI upload fields), in bytes.
+    #[arg(long, env = "WHARF_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
+    max_metadata_bytes: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let Cli { command: Command::Serve(args) } = Cli::parse();
+    init_tracing(args.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => DomainConfig::embedded_default(&args.data),
+    };
+    let (admin_token, generated) = match std::env::var("WHARF_ADMIN_TOKEN") {
+        Ok(token) if !token.is_empty() => (token, false),
+        _ => (hex::encode(rand::random::<[u8; 24]>()), true),
+    };
+    let signing_key = std::env::var("WHARF_TOKEN_SIGNING_KEY").ok().filter(|k| !k.is_empty()).map(String::into_bytes);
+    let options = ServeOptions {
+        listen: args.listen,
+        admin_token,
+        signing_key,
+        limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
+    };
+    let store = startup::open_store(&config)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", options.listen))?;
+    let listen = listener.local_addr().context("failed to read the bound address")?;
+    println!("{}", startup::banner(&config, listen, &options.admin_token, generated));
+    let state = startup::build_state(config, store, &options).await?;
+    tracing::info!(%listen, "serving");
+    startup::serve(listener, state).await
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

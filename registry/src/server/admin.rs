@@ -1,0 +1,201 @@
+//! The management API under `/api/v1/`: tokens, repositories, versions and
+//! their statuses.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use wharf_api::PackageFormat;
+
+use super::credentials::authenticate;
+use super::{ApiError, ErrorStyle, SharedState};
+use crate::auth::{MIN_TOKEN_TTL_SECONDS, Permission, Principal, TokenClaims};
+use crate::core::{PackageId, VersionStatus};
+use crate::formats;
+
+const STYLE: ErrorStyle = ErrorStyle::Json;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Repository names, or `["*"]` for all of the Domain's.
+    repositories: Vec<String>,
+    permissions: Vec<Permission>,
+    ttl_seconds: Option<u64>,
+    /// Who the token is for; shown by `npm whoami` and in logs.
+    subject: Option<String>,
+}
+
+/// `POST /api/v1/auth/token`: an admin mints a scoped, short-lived token.
+pub async fn mint_token(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, &headers, "api", STYLE)?;
+    match &principal {
+        Principal::Anonymous => {
+            return Err(ApiError::unauthorized("an admin token is required to mint tokens", "api", STYLE));
+        }
+        p if !p.grants("*", Permission::Admin) => {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "only an admin may mint tokens", STYLE));
+        }
+        _ => {}
+    }
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    if request.repositories.is_empty() || request.permissions.is_empty() {
+        return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
+    }
+    for repo in &request.repositories {
+        if repo != "*" && state.config.repository(repo).is_none() {
+            return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
+        }
+    }
+    let max_ttl = state.config.domain.spec.max_token_ttl().as_secs();
+    let ttl = request.ttl_seconds.unwrap_or(max_ttl);
+    if !(MIN_TOKEN_TTL_SECONDS..=max_ttl).contains(&ttl) {
+        return Err(ApiError::bad_request(
+            format!("ttlSeconds must be between {MIN_TOKEN_TTL_SECONDS} and {max_ttl}"),
+            STYLE,
+        ));
+    }
+    let subject = request.subject.unwrap_or_else(|| "token".into());
+    if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("subject must be 1–128 printable characters", STYLE));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let claims = TokenClaims {
+        sub: subject,
+        dom: state.signer.domain().to_owned(),
+        repos: request.repositories,
+        perms: request.permissions,
+        iat: now,
+        exp: now + ttl as i64,
+        jti: uuid::Uuid::new_v4().to_string(),
+    };
+    let token = state.signer.mint(&claims);
+    let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).map(|t| t.to_rfc3339());
+    tracing::info!(subject = %claims.sub, repositories = ?claims.repos, permissions = ?claims.perms, ttl, "minted token");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token,
+            "expiresAt": expires_at,
+            "repositories": claims.repos,
+            "permissions": claims.perms,
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/repositories`: the repositories this caller may read.
+pub async fn list_repositories(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, &headers, "api", STYLE)?;
+    let repositories: Vec<_> = state
+        .config
+        .repositories
+        .iter()
+        .filter(|r| {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            r.allows_anonymous_read() || principal.grants(name, Permission::Read)
+        })
+        .map(|r| {
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            json!({
+                "name": name,
+                "description": r.spec.description,
+                "anonymousRead": r.allows_anonymous_read(),
+                "endpoints": {"npm": format!("/npm/{name}/"), "pypi": format!("/pypi/{name}/simple/")},
+            })
+        })
+        .collect();
+    Ok(Json(json!({"domain": state.signer.domain(), "repositories": repositories})).into_response())
+}
+
+/// Normalises a package name by its format's rules.
+fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
+    let format: PackageFormat =
+        format.parse().map_err(|_| ApiError::bad_request(format!("unknown package format {format}"), STYLE))?;
+    let name = match format {
+        PackageFormat::Npm => {
+            formats::npm::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            package.to_owned()
+        }
+        PackageFormat::Pypi => {
+            formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            formats::pypi::normalize_name(package)
+        }
+        other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
+    };
+    Ok(PackageId::new(format, name))
+}
+
+/// `GET …/packages/{format}/{package}/versions/{version}`.
+pub async fn get_version(
+    Path((repo, format, package, version)): Path<(String, String, String, String)>,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let repository = state.repository(&repo, STYLE)?;
+    state.authorize(&headers, repository, Permission::Read, STYLE)?;
+    let id = package_id(&format, &package)?;
+    let snapshot = state
+        .registry
+        .package(&repo, &id)
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .ok_or_else(|| ApiError::not_found(format!("package {package} not found"), STYLE))?;
+    let entry = snapshot
+        .index
+        .versions
+        .get(&version)
+        .ok_or_else(|| ApiError::not_found(format!("version {version} not found"), STYLE))?;
+    let assets: Vec<_> = entry
+        .assets
+        .values()
+        .map(|a| json!({"name": a.name, "size": a.digests.size, "sha256": a.digests.sha256, "created": a.created}))
+        .collect();
+    Ok(Json(json!({
+        "package": snapshot.index.display_name,
+        "version": version,
+        "status": entry.status.as_str(),
+        "created": entry.created,
+        "deprecated": entry.deprecated,
+        "assets": assets,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusRequest {
+    status: VersionStatus,
+    /// Change only if the version is in this status now.
+    expected_status: Option<VersionStatus>,
+}
+
+/// `PUT …/versions/{version}/status`: Published ↔ Unlisted ↔ Archived, or
+/// Disposed for good. Needs publish rights on the repository.
+pub async fn set_status(
+    Path((repo, format, package, version)): Path<(String, String, String, String)>,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Json<StatusRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let repository = state.repository(&repo, STYLE)?;
+    state.authorize(&headers, repository, Permission::Publish, STYLE)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    if request.status == VersionStatus::Unfinished {
+        return Err(ApiError::bad_request("a version cannot be set back to Unfinished", STYLE));
+    }
+    let id = package_id(&format, &package)?;
+    state
+        .registry
+        .set_status(&repo, &id, &version, request.expected_status, request.status)
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?;
+    Ok(Json(json!({"version": version, "status": request.status.as_str()})).into_response())
+}

@@ -1,0 +1,103 @@
+//! Errors as HTTP responses, in exactly one place: the status code, the
+//! body each client understands, and the `WWW-Authenticate` challenge that
+//! makes clients retry with credentials.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::core::CoreError;
+use crate::storage::StorageError;
+
+/// The error body a client expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// `{"error": "…"}`: npm and the management API.
+    Json,
+    /// Plain text, with the message also as the reason phrase: what twine,
+    /// pip and uv print.
+    Text,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub style: ErrorStyle,
+    /// The realm of a `WWW-Authenticate: Basic` challenge (401 only).
+    challenge: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>, style: ErrorStyle) -> Self {
+        ApiError { status, message: message.into(), style, challenge: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>, style: ErrorStyle) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message, style)
+    }
+
+    pub fn not_found(message: impl Into<String>, style: ErrorStyle) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message, style)
+    }
+
+    /// 401 with a Basic challenge. npm reads the challenge for the words
+    /// `otp` and `ipaddress`; the realm never contains either.
+    pub fn unauthorized(message: impl Into<String>, repo: &str, style: ErrorStyle) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            style,
+            challenge: Some(format!("wharf/{repo}")),
+        }
+    }
+
+    /// Maps a core error; server-side failures are logged here with their
+    /// cause chain and answered generically.
+    pub fn from_core(error: CoreError, style: ErrorStyle) -> Self {
+        let status = match &error {
+            CoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            CoreError::Conflict(_) | CoreError::StatusMismatch { .. } => StatusCode::CONFLICT,
+            CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CoreError::Contention(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CoreError::Storage(storage) => return Self::from_storage(storage, style),
+        };
+        Self::new(status, error.to_string(), style)
+    }
+
+    pub fn from_storage(error: &StorageError, style: ErrorStyle) -> Self {
+        match error {
+            StorageError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), style),
+            StorageError::Body(_) => Self::bad_request(super::error_chain(error), style),
+            _ => Self::internal(error, style),
+        }
+    }
+
+    pub fn internal(error: &dyn std::error::Error, style: ErrorStyle) -> Self {
+        tracing::error!(error = %super::error_chain(error), "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the registry's log", style)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = match self.style {
+            ErrorStyle::Json => (self.status, axum::Json(serde_json::json!({"error": self.message}))).into_response(),
+            ErrorStyle::Text => {
+                let mut response = (self.status, format!("{}\n", self.message)).into_response();
+                // twine shows the reason phrase; make it the message.
+                let phrase: String =
+                    self.message.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(200).collect();
+                if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(phrase.into_bytes()) {
+                    response.extensions_mut().insert(reason);
+                }
+                response
+            }
+        };
+        if let Some(realm) = self.challenge
+            && let Ok(value) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
+        {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,68 @@
+//! Refuses request paths that could step outside what they name: `..` and
+//! `.` segments (also percent-encoded), NUL and backslashes, and encoded
+//! slashes except in an npm scoped name (`@scope%2fname`).
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, ErrorStyle};
+
+pub async fn reject_unsafe_paths(request: Request, next: Next) -> Response {
+    if let Err(reason) = check_path(request.uri().path()) {
+        return ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request path: {reason}"), ErrorStyle::Json)
+            .into_response();
+    }
+    next.run(request).await
+}
+
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    for raw in path.split('/') {
+        let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
+        if decoded.contains(&0) {
+            return Err("it contains a NUL byte");
+        }
+        if decoded.contains(&b'\\') {
+            return Err("it contains a backslash");
+        }
+        if decoded.as_slice() == b"." || decoded.as_slice() == b".." {
+            return Err("it contains a . or .. segment");
+        }
+        if decoded.contains(&b'/') {
+            let mut parts = decoded.split(|b| *b == b'/');
+            let scoped = decoded.first() == Some(&b'@')
+                && parts.clone().count() == 2
+                && parts.all(|p| !p.is_empty() && p != b"." && p != b".." && p != b"@");
+            if !scoped {
+                return Err("it contains an encoded slash");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_path;
+
+    #[test]
+    fn paths() {
+        assert!(check_path("/npm/main/@acme%2ftools").is_ok());
+        assert!(check_path("/npm/main/left-pad/-/left-pad-1.0.0.tgz").is_ok());
+        assert!(check_path("/pypi/main/simple/demo/").is_ok());
+        for bad in [
+            "/npm/main/../x",
+            "/npm/main/%2e%2e/x",
+            "/npm/main/%2E%2e",
+            "/npm/main/.",
+            "/pypi/main/files/a%2fb/1/x",
+            "/npm/main/@acme%2f..",
+            "/npm/main/@acme%2fa%2fb",
+            "/npm/main/a%00b",
+            "/npm/main/a%5cb",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Prometheus metrics: requests by route, method and status, their
+//! durations, and the bytes that went in and out.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::SharedState;
+
+/// A handler's name for what a request did (`npm_packument`), set as a
+/// response extension; more useful than one catch-all route pattern.
+#[derive(Clone, Copy, Debug)]
+pub struct Operation(pub &'static str);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone)]
+struct DurationBuckets;
+
+impl MetricConstructor<Histogram> for DurationBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 100 µs … ~13 s
+        Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, DurationBuckets>,
+    bytes_in: Family<RouteLabels, Counter>,
+    bytes_out: Family<RouteLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wharf");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Family::<RouteLabels, Histogram, DurationBuckets>::new_with_constructor(DurationBuckets);
+        let bytes_in = Family::<RouteLabels, Counter>::default();
+        let bytes_out = Family::<RouteLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "Time to the response head, by route", durations.clone());
+        registry.register("http_request_bytes", "Declared request body bytes, by route", bytes_in.clone());
+        registry.register("http_response_bytes", "Declared response body bytes, by route", bytes_out.clone());
+        Metrics { registry, requests, durations, bytes_in, bytes_out }
+    }
+}
+
+fn content_length(headers: &axum::http::HeaderMap) -> u64 {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+pub async fn track(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let matched = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let bytes_in = content_length(request.headers());
+    let response = next.run(request).await;
+    let route = match response.extensions().get::<Operation>() {
+        Some(operation) => operation.0.to_owned(),
+        None => matched.unwrap_or_else(|| "unmatched".into()),
+    };
+    let metrics = &state.metrics;
+    let labels = RouteLabels { route: route.clone() };
+    metrics.requests.get_or_create(&RequestLabels { route, method, status: response.status().as_u16() }).inc();
+    metrics.durations.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    metrics.bytes_in.get_or_create(&labels).inc_by(bytes_in);
+    metrics.bytes_out.get_or_create(&labels).inc_by(content_length(response.headers()));
+    response
+}
+
+pub async fn render(State(state): State<SharedState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

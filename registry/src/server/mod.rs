@@ -1,0 +1,168 @@
+//! The HTTP layer: routing, authentication, limits, and errors turned into
+//! the status codes and bodies each client understands. Handlers extract,
+//! call the core, encode.
+
+mod admin;
+mod blob;
+mod credentials;
+mod error;
+mod guard;
+pub mod metrics;
+mod npm;
+mod pypi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use wharf_api::DomainConfig;
+use wharf_api::Repository;
+
+use crate::auth::{Permission, Principal, TokenSigner};
+use crate::core::Registry;
+
+pub use error::{ApiError, ErrorStyle};
+
+/// Request limits, configurable on the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest artifact accepted in one upload.
+    pub max_upload_bytes: u64,
+    /// Largest metadata document (an npm publish document without its
+    /// tarball, the text fields of a PyPI upload).
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_upload_bytes: 1024 * 1024 * 1024, max_metadata_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Everything a handler needs, shared by all requests.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub config: Arc<DomainConfig>,
+    pub signer: TokenSigner,
+    pub admin_token: String,
+    pub limits: Limits,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn repository(&self, name: &str, style: ErrorStyle) -> Result<&Repository, ApiError> {
+        self.config
+            .repository(name)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {name} not found"), style))
+    }
+
+    /// Decides whether the request may do `permission` on `repo`: anonymous
+    /// reads where the Repository's `access` admits them, else a valid
+    /// credential whose scope covers the repository and permission.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        repo: &Repository,
+        permission: Permission,
+        style: ErrorStyle,
+    ) -> Result<Principal, ApiError> {
+        let name = repo.metadata.name.as_deref().unwrap_or_default();
+        let principal = credentials::authenticate(self, headers, name, style)?;
+        if principal == Principal::Anonymous {
+            if permission == Permission::Read && repo.allows_anonymous_read() {
+                return Ok(principal);
+            }
+            return Err(ApiError::unauthorized(format!("authentication required for repository {name}"), name, style));
+        }
+        if !principal.grants(name, permission) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{} may not {} on repository {name}", principal.name(), permission.as_str()),
+                style,
+            ));
+        }
+        Ok(principal)
+    }
+}
+
+/// The registry's whole HTTP surface.
+pub fn app(state: SharedState) -> Router {
+    let uploads = Router::new()
+        .route("/npm/{repo}", any(npm::dispatch_root))
+        .route("/npm/{repo}/{*rest}", any(npm::dispatch))
+        .route("/pypi/{repo}/", post(pypi::upload))
+        .route("/pypi/{repo}/legacy/", post(pypi::upload))
+        // Uploads enforce their own streaming limits (413).
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/api/v1/auth/token", post(admin::mint_token))
+        .route("/api/v1/repositories", get(admin::list_repositories))
+        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", get(admin::get_version))
+        .route(
+            "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",
+            put(admin::set_status),
+        )
+        .route("/pypi/{repo}/simple/", get(pypi::root))
+        .route("/pypi/{repo}/simple", get(pypi::redirect_root))
+        .route("/pypi/{repo}/simple/{project}/", get(pypi::project))
+        .route("/pypi/{repo}/simple/{project}", get(pypi::redirect_project))
+        .route("/pypi/{repo}/files/{project}/{version}/{filename}", get(pypi::file))
+        .merge(uploads)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn(guard::reject_unsafe_paths))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    match state.registry.storage().check().await {
+        Ok(()) => "ready".into_response(),
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "storage is not reachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage is not reachable").into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not found", ErrorStyle::Json)
+}
+
+/// An error and its causes on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The URL clients used to reach us (scheme and host), for links that must
+/// be absolute (npm tarball URLs).
+pub fn origin(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let scheme = header("x-forwarded-proto").filter(|p| *p == "https" || *p == "http").unwrap_or("http");
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+#[cfg(test)]
+mod tests;

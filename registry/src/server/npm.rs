@@ -1,0 +1,423 @@
+//! npm endpoints under `/npm/{repo}/`: packuments, tarballs, publish,
+//! dist-tags, deprecation, ping and whoami.
+//!
+//! Paths are dispatched by hand: a scoped name arrives either as one
+//! segment (`@scope%2fname`) or as two (`@scope/name`), and what follows
+//! it decides the operation.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use wharf_api::{PackageFormat, Repository};
+
+use super::metrics::Operation;
+use super::{ApiError, ErrorStyle, SharedState, blob};
+use crate::auth::Permission;
+use crate::core::{NewAsset, NewVersion, PackageId, PublishOutcome};
+use crate::formats::npm::publish_body::{Event, PublishBodySplitter};
+use crate::formats::npm::{self as format, PublishRequest};
+use crate::storage::{BodyError, SyncBlobReader};
+
+const STYLE: ErrorStyle = ErrorStyle::Json;
+/// Largest unpacked size of a package tarball.
+const MAX_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+pub async fn dispatch_root(Path(repo): Path<String>, state: State<SharedState>, request: Request) -> Response {
+    route(state.0, repo, String::new(), request).await
+}
+
+pub async fn dispatch(
+    Path((repo, rest)): Path<(String, String)>,
+    state: State<SharedState>,
+    request: Request,
+) -> Response {
+    route(state.0, repo, rest, request).await
+}
+
+async fn route(state: SharedState, repo_name: String, rest: String, request: Request) -> Response {
+    let (operation, result) = handle(&state, &repo_name, &rest, request).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(Operation(operation));
+    response
+}
+
+async fn handle(
+    state: &SharedState,
+    repo_name: &str,
+    rest: &str,
+    request: Request,
+) -> (&'static str, Result<Response, ApiError>) {
+    let repo = match state.repository(repo_name, STYLE) {
+        Ok(repo) => repo,
+        Err(e) => return ("npm", Err(e)),
+    };
+    // The router already percent-decoded `rest`; `@scope/name` and
+    // `@scope%2fname` now look alike.
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    match segments.as_slice() {
+        ["-", "ping"] => ("npm_ping", Ok(axum::Json(json!({})).into_response())),
+        ["-", "whoami"] => ("npm_whoami", whoami(state, repo, &headers)),
+        ["-", "npm", "v1", "security", ..] | ["-", "v1", "security", ..] => {
+            // No advisories database: answer "none" so installs don't fail.
+            ("npm_audit", Ok(axum::Json(json!({})).into_response()))
+        }
+        ["-", "package", tail @ ..] => {
+            ("npm_dist_tags", dist_tags(state, repo, &method, &headers, tail, request).await)
+        }
+        [] => ("npm", Err(ApiError::not_found("not found", STYLE))),
+        _ => {
+            let (name, tail) = split_name(&segments);
+            if let Err(e) = format::validate_name(&name) {
+                return ("npm", Err(ApiError::bad_request(e.to_string(), STYLE)));
+            }
+            match (tail, get, &method) {
+                ([], true, _) => ("npm_packument", packument(state, repo, &name, &headers).await),
+                ([], _, &Method::PUT) | (["-rev", _], _, &Method::PUT) => {
+                    ("npm_publish", publish(state, repo, &name, &headers, request).await)
+                }
+                (["-", file], true, _) => ("npm_tarball", tarball(state, repo, &name, file, &method, &headers).await),
+                ([spec], true, _) => ("npm_version", version(state, repo, &name, spec, &headers).await),
+                _ => (
+                    "npm",
+                    Err(ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        format!(
+                            "{method} is not supported here; versions are immutable (change their status through /api/v1)"
+                        ),
+                        STYLE,
+                    )),
+                ),
+            }
+        }
+    }
+}
+
+/// Splits the package name off the front of the path.
+fn split_name<'a>(segments: &'a [&'a str]) -> (String, &'a [&'a str]) {
+    match segments {
+        [scope, name, tail @ ..] if scope.starts_with('@') && !scope.contains('/') => (format!("{scope}/{name}"), tail),
+        [name, tail @ ..] => ((*name).to_owned(), tail),
+        [] => (String::new(), segments),
+    }
+}
+
+fn package_id(name: &str) -> PackageId {
+    PackageId::new(PackageFormat::Npm, name)
+}
+
+fn whoami(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let principal = state.authorize(headers, repo, Permission::Read, STYLE)?;
+    if principal == crate::auth::Principal::Anonymous {
+        let name = repo.metadata.name.as_deref().unwrap_or_default();
+        return Err(ApiError::unauthorized("not logged in", name, STYLE));
+    }
+    Ok(axum::Json(json!({"username": principal.name()})).into_response())
+}
+
+async fn packument(
+    state: &SharedState,
+    repo: &Repository,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
+    let snapshot = state
+        .registry
+        .package(repo_name, &package_id(name))
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let abbreviated = accept.contains(format::ABBREVIATED_CONTENT_TYPE);
+    let base = format!("{}/npm/{repo_name}", super::origin(headers));
+    let key = format!("npm:{abbreviated}:{base}");
+    let rendered = snapshot.rendered(&key, |index| format::render_packument(index, name, &base, abbreviated));
+    let content_type = if abbreviated { format::ABBREVIATED_CONTENT_TYPE } else { "application/json" };
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
+        response_headers.insert(header::ETAG, etag);
+    }
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
+    }
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok((response_headers, rendered.body).into_response())
+}
+
+async fn version(
+    state: &SharedState,
+    repo: &Repository,
+    name: &str,
+    spec: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
+    let snapshot = state
+        .registry
+        .package(repo_name, &package_id(name))
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+    let version = snapshot.index.tags.get(spec).map(String::as_str).unwrap_or(spec);
+    let entry = snapshot
+        .index
+        .versions
+        .get(version)
+        .filter(|e| e.status.is_installable())
+        .ok_or_else(|| ApiError::not_found(format!("version {spec} of {name} not found"), STYLE))?;
+    let base = format!("{}/npm/{repo_name}", super::origin(headers));
+    Ok(axum::Json(format::version_manifest(entry, name, version, &base)).into_response())
+}
+
+async fn tarball(
+    state: &SharedState,
+    repo: &Repository,
+    name: &str,
+    file: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
+    let bare = name.rsplit('/').next().unwrap_or(name);
+    let version = file
+        .strip_suffix(".tgz")
+        .and_then(|stem| stem.strip_prefix(bare))
+        .and_then(|stem| stem.strip_prefix('-'))
+        .ok_or_else(|| ApiError::not_found(format!("{file} is not a tarball of {name}"), STYLE))?;
+    let snapshot = state
+        .registry
+        .package(repo_name, &package_id(name))
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+    let entry = snapshot
+        .index
+        .versions
+        .get(version)
+        .ok_or_else(|| ApiError::not_found(format!("{name}@{version} not found"), STYLE))?;
+    if !entry.status.is_installable() {
+        return Err(ApiError::not_found(format!("{name}@{version} is {}", entry.status.as_str()), STYLE));
+    }
+    let asset = entry
+        .assets
+        .get(&format::tarball_filename(name, version))
+        .ok_or_else(|| ApiError::not_found(format!("{file} not found"), STYLE))?;
+    blob::serve(&state.registry, &asset.digests, "application/octet-stream", method, headers, STYLE).await
+}
+
+async fn publish(
+    state: &SharedState,
+    repo: &Repository,
+    name: &str,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
+    let limits = state.limits;
+    // base64 inflates by 4/3; the document around it by up to the metadata limit.
+    let max_body = limits.max_upload_bytes / 3 * 4 + 4 + limits.max_metadata_bytes as u64;
+    let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(too_large(limits.max_upload_bytes));
+    }
+
+    let mut splitter = PublishBodySplitter::new(limits.max_metadata_bytes);
+    let mut body = request.into_body().into_data_stream();
+    let mut received = 0u64;
+    let mut staging: Option<(
+        String,
+        tokio::task::JoinHandle<_>,
+        futures::channel::mpsc::Sender<Result<bytes::Bytes, BodyError>>,
+    )> = None;
+    let mut staged = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("failed to read the request body: {e}"), STYLE))?;
+        received += chunk.len() as u64;
+        if received > max_body {
+            return Err(too_large(limits.max_upload_bytes));
+        }
+        let events = splitter.feed(&chunk).map_err(|e| {
+            let status = match e {
+                format::publish_body::SplitError::MetadataTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, e.to_string(), STYLE)
+        })?;
+        for event in events {
+            match event {
+                Event::AttachmentStart(file) => {
+                    let (sender, receiver) = futures::channel::mpsc::channel(4);
+                    let registry = state.registry.clone();
+                    let task =
+                        tokio::spawn(async move { registry.stage_asset(receiver, limits.max_upload_bytes).await });
+                    staging = Some((file, task, sender));
+                }
+                Event::AttachmentData(bytes) => {
+                    if let Some((_, _, sender)) = staging.as_mut() {
+                        // A closed channel means staging failed; its
+                        // error is reported when the task is joined.
+                        let _ = sender.send(Ok(bytes.into())).await;
+                    }
+                }
+                Event::AttachmentEnd => {
+                    if let Some((file, task, sender)) = staging.take() {
+                        drop(sender);
+                        staged.push((file, task));
+                    }
+                }
+            }
+        }
+    }
+    let skeleton = splitter.finish().map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let mut attachments = Vec::new();
+    for (file, task) in staged {
+        let digests =
+            task.await.map_err(|e| ApiError::internal(&e, STYLE))?.map_err(|e| ApiError::from_core(e, STYLE))?;
+        attachments.push((file, digests));
+    }
+
+    let id = package_id(name);
+    let new = match format::parse_publish(&skeleton, name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))? {
+        PublishRequest::Deprecate(messages) => {
+            state
+                .registry
+                .set_deprecations(repo_name, &id, &messages)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?;
+            return Ok(axum::Json(json!({"ok": true})).into_response());
+        }
+        PublishRequest::Publish(new) => new,
+    };
+    let digests = attachments
+        .into_iter()
+        .find(|(file, _)| *file == new.attachment)
+        .map(|(_, d)| d)
+        .ok_or_else(|| ApiError::bad_request(format!("attachment {} has no data", new.attachment), STYLE))?;
+    let mismatch = |what: &str| ApiError::bad_request(format!("the tarball does not match its declared {what}"), STYLE);
+    if new.declared_length.is_some_and(|n| n != digests.size) {
+        return Err(mismatch("length"));
+    }
+    if new.declared_shasum.as_ref().is_some_and(|s| *s != digests.sha1) {
+        return Err(mismatch("shasum"));
+    }
+    if new
+        .declared_integrity
+        .as_ref()
+        .is_some_and(|i| i.starts_with("sha512-") && *i != format::integrity(&digests.sha512))
+    {
+        return Err(mismatch("integrity"));
+    }
+    let reader = SyncBlobReader::new(
+        state.registry.storage().clone(),
+        tokio::runtime::Handle::current(),
+        digests.sha256.clone(),
+        digests.size,
+    );
+    let info = tokio::task::spawn_blocking(move || format::inspect_tarball(reader, MAX_UNPACKED_BYTES))
+        .await
+        .map_err(|e| ApiError::internal(&e, STYLE))?
+        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    if info.name != name || info.version != new.version {
+        return Err(ApiError::bad_request(
+            format!(
+                "the tarball's package.json says {}@{}, but the document publishes {name}@{}",
+                info.name, info.version, new.version
+            ),
+            STYLE,
+        ));
+    }
+    let outcome = state
+        .registry
+        .publish_version(
+            repo_name,
+            &id,
+            name,
+            NewVersion {
+                version: new.version.clone(),
+                metadata: new.manifest,
+                assets: vec![NewAsset {
+                    name: format::tarball_filename(name, &new.version),
+                    digests,
+                    metadata: json!({"fileCount": info.file_count, "unpackedSize": info.unpacked_size}),
+                }],
+                tags: new.tags,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            crate::core::CoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                format!("cannot publish over the previously published version {}", new.version),
+                STYLE,
+            ),
+            other => ApiError::from_core(other, STYLE),
+        })?;
+    let status = match outcome {
+        PublishOutcome::Created => StatusCode::CREATED,
+        PublishOutcome::AlreadyPublished => StatusCode::OK,
+    };
+    Ok((status, axum::Json(json!({"ok": true, "id": name}))).into_response())
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the package exceeds the upload limit of {limit} bytes"),
+        STYLE,
+    )
+}
+
+/// `/-/package/{name}/dist-tags[/{tag}]`.
+async fn dist_tags(
+    state: &SharedState,
+    repo: &Repository,
+    method: &Method,
+    headers: &HeaderMap,
+    tail: &[&str],
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (name, rest) = split_name(tail);
+    format::validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
+    let id = package_id(&name);
+    let registry = &state.registry;
+    match (rest, method) {
+        (["dist-tags"], &Method::GET) => {
+            state.authorize(headers, repo, Permission::Read, STYLE)?;
+            let snapshot = registry
+                .package(repo_name, &id)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?
+                .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+            Ok(axum::Json(&snapshot.index.tags).into_response())
+        }
+        (["dist-tags", tag], &Method::PUT) | (["dist-tags", tag], &Method::POST) => {
+            state.authorize(headers, repo, Permission::Publish, STYLE)?;
+            format::validate_tag(tag).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            let body = axum::body::to_bytes(request.into_body(), 4096)
+                .await
+                .map_err(|e| ApiError::bad_request(format!("failed to read the body: {e}"), STYLE))?;
+            let version: String = serde_json::from_slice(&body)
+                .map_err(|_| ApiError::bad_request("the body must be a JSON string naming a version", STYLE))?;
+            registry.set_tag(repo_name, &id, tag, &version).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+            Ok((StatusCode::CREATED, axum::Json(json!({"ok": true}))).into_response())
+        }
+        (["dist-tags", tag], &Method::DELETE) => {
+            state.authorize(headers, repo, Permission::Publish, STYLE)?;
+            registry.remove_tag(repo_name, &id, tag).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+            Ok(axum::Json(json!({"ok": true})).into_response())
+        }
+        _ => Err(ApiError::not_found("not found", STYLE)),
+    }
+}

@@ -1,0 +1,292 @@
+//! PyPI endpoints under `/pypi/{repo}/`: the legacy upload API (twine,
+//! uv publish), the simple index in HTML and JSON, files and their PEP 658
+//! metadata.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use futures::TryStreamExt;
+use serde_json::json;
+use wharf_api::{PackageFormat, Repository};
+
+use super::metrics::Operation;
+use super::{ApiError, ErrorStyle, SharedState, blob};
+use crate::auth::Permission;
+use crate::core::{NewAsset, PackageId};
+use crate::formats::pypi::{self as format, DistKind};
+use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
+
+const STYLE: ErrorStyle = ErrorStyle::Text;
+
+fn tagged(operation: &'static str, result: Result<Response, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(Operation(operation));
+    response
+}
+
+fn repo_name(repo: &Repository) -> &str {
+    repo.metadata.name.as_deref().unwrap_or_default()
+}
+
+pub async fn redirect_root(Path(repo): Path<String>) -> Redirect {
+    Redirect::permanent(&format!("/pypi/{repo}/simple/"))
+}
+
+pub async fn redirect_project(Path((repo, project)): Path<(String, String)>) -> Redirect {
+    Redirect::permanent(&format!("/pypi/{repo}/simple/{}/", format::normalize_name(&project)))
+}
+
+pub async fn root(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    let result = async {
+        let repo = state.repository(&repo, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        let mut names = state
+            .registry
+            .package_names(repo_name(repo), PackageFormat::Pypi)
+            .await
+            .map_err(|e| ApiError::from_core(e, STYLE))?;
+        names.sort();
+        let json_form = format::prefers_json(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+        let content_type = if json_form { format::JSON_CONTENT_TYPE } else { "text/html; charset=utf-8" };
+        Ok(([(header::CONTENT_TYPE, content_type), (header::VARY, "Accept")], format::render_root(&names, json_form))
+            .into_response())
+    }
+    .await;
+    tagged("pypi_simple_root", result)
+}
+
+pub async fn project(
+    Path((repo, project)): Path<(String, String)>,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let repo = state.repository(&repo, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        let normalized = format::normalize_name(&project);
+        if normalized != project {
+            return Ok(Redirect::permanent(&format!("/pypi/{}/simple/{normalized}/", repo_name(repo))).into_response());
+        }
+        format::validate_name(&project).map_err(|e| ApiError::not_found(e.to_string(), STYLE))?;
+        let snapshot = state
+            .registry
+            .package(repo_name(repo), &PackageId::new(PackageFormat::Pypi, &normalized))
+            .await
+            .map_err(|e| ApiError::from_core(e, STYLE))?
+            .ok_or_else(|| ApiError::not_found(format!("project {normalized} not found"), STYLE))?;
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let json_form = format::prefers_json(accept);
+        let asked_versioned_html = accept.is_some_and(|a| a.contains(format::HTML_CONTENT_TYPE));
+        let (key, content_type) = match (json_form, asked_versioned_html) {
+            (true, _) => ("pypi:json", format::JSON_CONTENT_TYPE),
+            (false, true) => ("pypi:html", format::HTML_CONTENT_TYPE),
+            (false, false) => ("pypi:html", "text/html; charset=utf-8"),
+        };
+        let rendered = snapshot.rendered(key, |index| {
+            if json_form {
+                format::render_project_json(index, &normalized)
+            } else {
+                format::render_project_html(index, &normalized)
+            }
+        });
+        let mut response_headers = HeaderMap::new();
+        response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
+        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
+            response_headers.insert(header::ETAG, etag);
+        }
+        if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
+            return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
+        }
+        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        Ok((response_headers, rendered.body).into_response())
+    }
+    .await;
+    tagged("pypi_simple_project", result)
+}
+
+pub async fn file(
+    Path((repo, project, version, filename)): Path<(String, String, String, String)>,
+    State(state): State<SharedState>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let repo = state.repository(&repo, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        let (asset_name, metadata_file) = match filename.strip_suffix(".metadata") {
+            Some(asset) => (asset, true),
+            None => (filename.as_str(), false),
+        };
+        let missing = || ApiError::not_found(format!("file {filename} not found"), STYLE);
+        let snapshot = state
+            .registry
+            .package(repo_name(repo), &PackageId::new(PackageFormat::Pypi, &project))
+            .await
+            .map_err(|e| ApiError::from_core(e, STYLE))?
+            .ok_or_else(missing)?;
+        let entry = snapshot.index.versions.get(&version).ok_or_else(missing)?;
+        if !entry.status.is_installable() {
+            return Err(ApiError::not_found(format!("{project} {version} is {}", entry.status.as_str()), STYLE));
+        }
+        let asset = entry.assets.get(asset_name).ok_or_else(missing)?;
+        if !metadata_file {
+            return blob::serve(&state.registry, &asset.digests, "application/octet-stream", &method, &headers, STYLE)
+                .await;
+        }
+        let sha256 = asset.metadata.get("core_metadata_sha256").and_then(|v| v.as_str()).ok_or_else(missing)?;
+        let size = asset.metadata.get("core_metadata_size").and_then(|v| v.as_u64()).unwrap_or(0);
+        let digests = BlobDigests {
+            sha256: sha256.to_owned(),
+            sha512: String::new(),
+            sha1: String::new(),
+            md5: String::new(),
+            size,
+        };
+        blob::serve(&state.registry, &digests, "text/plain; charset=utf-8", &method, &headers, STYLE).await
+    }
+    .await;
+    tagged("pypi_file", result)
+}
+
+/// The legacy upload API: one `multipart/form-data` POST per file.
+pub async fn upload(
+    Path(repo): Path<String>,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    tagged("pypi_upload", upload_file(&state, &repo, &headers, multipart).await)
+}
+
+async fn upload_file(
+    state: &SharedState,
+    repo: &str,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let repo = state.repository(repo, STYLE)?;
+    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    let mut multipart =
+        multipart.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {e}"), STYLE))?;
+    let limits = state.limits;
+    let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut text_bytes = 0usize;
+    let mut content: Option<(String, BlobDigests)> = None;
+    let bad_form = |e: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request(format!("malformed upload form: {e}"), STYLE)
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad_form)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "content" {
+            if content.is_some() {
+                return Err(ApiError::bad_request("the form has more than one content field", STYLE));
+            }
+            let filename = field
+                .file_name()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::bad_request("the content field has no file name", STYLE))?;
+            let body = field.map_err(|e| Box::new(e) as BodyError);
+            let digests = state
+                .registry
+                .stage_asset(body, limits.max_upload_bytes)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?;
+            content = Some((filename, digests));
+        } else {
+            let mut field = field;
+            let mut value = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
+                text_bytes += chunk.len();
+                if text_bytes > limits.max_metadata_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the upload's metadata fields exceed {} bytes", limits.max_metadata_bytes),
+                        STYLE,
+                    ));
+                }
+                value.extend_from_slice(&chunk);
+            }
+            let value = String::from_utf8(value)
+                .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8"), STYLE))?;
+            fields.entry(name).or_default().push(value);
+        }
+    }
+    let field = |key: &str| fields.get(key).and_then(|v| v.first()).map(String::as_str);
+    match field(":action") {
+        Some("file_upload") => {}
+        other => {
+            return Err(ApiError::bad_request(format!("unsupported :action {other:?}; only file_upload is"), STYLE));
+        }
+    }
+    let (filename, digests) = content.ok_or_else(|| ApiError::bad_request("the upload has no content file", STYLE))?;
+    let name = field("name").ok_or_else(|| ApiError::bad_request("the upload has no name field", STYLE))?;
+    let version = field("version").ok_or_else(|| ApiError::bad_request("the upload has no version field", STYLE))?;
+    format::validate_name(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let version = format::normalize_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let project = format::normalize_name(name);
+    let dist = format::parse_filename(&filename).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    if dist.project != project || dist.version != version {
+        return Err(ApiError::bad_request(
+            format!("file name {filename} does not match the project {name} version {version}"),
+            STYLE,
+        ));
+    }
+    let expected_filetype = match dist.kind {
+        DistKind::Wheel => "bdist_wheel",
+        DistKind::Sdist => "sdist",
+    };
+    if field("filetype").is_some_and(|t| t != expected_filetype) {
+        return Err(ApiError::bad_request(format!("filetype must be {expected_filetype} for {filename}"), STYLE));
+    }
+    let digest_mismatch = |which: &str| ApiError::bad_request(format!("the file does not match its {which}"), STYLE);
+    if field("sha256_digest").is_some_and(|d| !d.eq_ignore_ascii_case(&digests.sha256)) {
+        return Err(digest_mismatch("sha256_digest"));
+    }
+    if field("md5_digest").is_some_and(|d| !d.is_empty() && !d.eq_ignore_ascii_case(&digests.md5)) {
+        return Err(digest_mismatch("md5_digest"));
+    }
+
+    let reader = SyncBlobReader::new(
+        state.registry.storage().clone(),
+        tokio::runtime::Handle::current(),
+        digests.sha256.clone(),
+        digests.size,
+    );
+    let inspected = {
+        let filename = filename.clone();
+        tokio::task::spawn_blocking(move || match dist.kind {
+            DistKind::Wheel => {
+                format::wheel_metadata(reader, &dist, &filename).map(|(bytes, meta)| (Some(bytes), meta))
+            }
+            DistKind::Sdist => format::sdist_metadata(reader, &dist, &filename).map(|meta| (None, meta)),
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e, STYLE))?
+        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
+    };
+    let (metadata_file, core) = inspected;
+    let requires_python =
+        core.requires_python.or_else(|| field("requires_python").filter(|r| !r.is_empty()).map(str::to_owned));
+    let mut asset_metadata = json!({"filetype": expected_filetype, "requires_python": requires_python});
+    if let Some(bytes) = metadata_file {
+        let stored = state.registry.store_small_asset(bytes.into()).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+        asset_metadata["core_metadata_sha256"] = json!(stored.sha256);
+        asset_metadata["core_metadata_size"] = json!(stored.size);
+    }
+    state
+        .registry
+        .add_asset(
+            repo_name(repo),
+            &PackageId::new(PackageFormat::Pypi, &project),
+            name,
+            &version,
+            format::version_metadata(&fields),
+            NewAsset { name: filename, digests, metadata: asset_metadata },
+        )
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?;
+    Ok((StatusCode::OK, "OK\n").into_response())
+}

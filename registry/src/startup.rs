@@ -1,0 +1,113 @@
+//! Turns a Domain configuration into a running server: opens its storage,
+//! loads or generates its keys, binds, and shuts down gracefully. Does I/O.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use wharf_api::DomainConfig;
+
+use crate::auth::TokenSigner;
+use crate::core::Registry;
+use crate::server::{self, AppState, Limits, metrics::Metrics};
+use crate::storage::Storage;
+
+/// Opens the object store the Domain's `storage` names.
+pub fn open_store(config: &DomainConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let storage = &config.domain.spec.storage;
+    if let Some(fs) = &storage.filesystem {
+        std::fs::create_dir_all(&fs.path).with_context(|| format!("failed to create the data folder {}", fs.path))?;
+        let store = LocalFileSystem::new_with_prefix(&fs.path)
+            .with_context(|| format!("failed to open filesystem storage at {}", fs.path))?
+            // Removes empty folders left by deletes (old index revisions).
+            .with_automatic_cleanup(true);
+        return Ok(Arc::new(store));
+    }
+    if storage.memory.is_some() {
+        return Ok(Arc::new(InMemory::new()));
+    }
+    bail!("storage backend {:?} is not supported by this build yet; use filesystem or memory", storage.backends())
+}
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub admin_token: String,
+    /// Overrides the signing key kept in storage (all replicas must agree).
+    pub signing_key: Option<Vec<u8>>,
+    pub limits: Limits,
+}
+
+/// Builds the shared state the router serves from.
+pub async fn build_state(
+    config: DomainConfig,
+    store: Arc<dyn ObjectStore>,
+    options: &ServeOptions,
+) -> anyhow::Result<Arc<AppState>> {
+    let storage = Storage::new(store);
+    let key = match &options.signing_key {
+        Some(key) => key.clone(),
+        None => storage.token_signing_key().await.context("failed to load the token signing key")?,
+    };
+    let domain = config.domain_name().to_owned();
+    Ok(Arc::new(AppState {
+        registry: Arc::new(Registry::new(storage)),
+        signer: TokenSigner::new(key, domain),
+        admin_token: options.admin_token.clone(),
+        limits: options.limits,
+        metrics: Arc::new(Metrics::default()),
+        config: Arc::new(config),
+    }))
+}
+
+/// Serves until SIGINT or SIGTERM; requests in flight (uploads included)
+/// are allowed to finish first.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> anyhow::Result<()> {
+    axum::serve(listener, server::app(state)).with_graceful_shutdown(shutdown_signal()).await.context("server failed")
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// What a newcomer needs to point clients at the registry.
+pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, token_generated: bool) -> String {
+    let base = format!("http://{listen}");
+    let mut text = format!("Wharf registry for Domain {:?} listening on {base}\n", config.domain_name());
+    for repo in &config.repositories {
+        let name = repo.metadata.name.as_deref().unwrap_or_default();
+        let access = if repo.allows_anonymous_read() { "anonymous read" } else { "private" };
+        text.push_str(&format!("\nRepository {name} ({access}):\n"));
+        text.push_str(&format!("  npm:  npm config set registry {base}/npm/{name}/\n"));
+        text.push_str(&format!("        echo '//{listen}/npm/{name}/:_authToken=${{WHARF_TOKEN}}' >> .npmrc\n"));
+        text.push_str(&format!("  pip:  pip install --index-url {base}/pypi/{name}/simple/ PACKAGE\n"));
+        text.push_str(&format!(
+            "  twine upload --repository-url {base}/pypi/{name}/ -u __token__ -p \"$WHARF_TOKEN\" dist/*\n"
+        ));
+    }
+    if token_generated {
+        text.push_str(&format!("\nGenerated admin token (set WHARF_ADMIN_TOKEN to choose one): {admin_token}\n"));
+    }
+    text.push_str(&format!(
+        "\nMint a publish token:\n  curl -s -X POST {base}/api/v1/auth/token -H \"Authorization: Bearer $WHARF_ADMIN_TOKEN\" \\\n    -H 'content-type: application/json' -d '{{\"repositories\":[\"*\"],\"permissions\":[\"read\",\"publish\"]}}'\n"
+    ));
+    text
+}

@@ -1,0 +1,586 @@
+//! Object storage for one Domain: content-addressed blobs, create-once
+//! records and revisioned documents, on any `object_store` backend. Does I/O.
+//!
+//! Every key the registry writes is built here ([`keys`]), so the layout is
+//! visible in one place:
+//!
+//! ```text
+//! blobs/sha256/ab/abcdef…                                   asset bytes, stored once per Domain
+//! uploads/{uuid}                                            staging area for streaming uploads
+//! repositories/{repo}/{format}/{name}/index/{rev}.json      package index revisions (compare-and-swap)
+//! repositories/{repo}/{format}/{name}/versions/{v}/record.json          create-once version record
+//! repositories/{repo}/{format}/{name}/versions/{v}/assets/{file}.json   create-once asset record
+//! keys/token-signing                                        generated token signing key
+//! ```
+//!
+//! Only small records use conditional writes: multipart uploads cannot be
+//! conditional, and `LocalFileSystem` has no `PutMode::Update`, so large
+//! bytes go under content-addressed keys (an overwrite is harmless) and
+//! compare-and-swap is built from `PutMode::Create` of numbered revisions.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use md5::Md5;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    WriteMultipart,
+};
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
+
+/// Part size for multipart uploads: S3's minimum, and small enough that a
+/// streaming upload holds at most a few parts in memory.
+const UPLOAD_PART_SIZE: usize = 5 * 1024 * 1024;
+/// How many parts of one upload may be in flight at once.
+const UPLOAD_CONCURRENCY: usize = 2;
+/// Read size when streaming a blob from a local file.
+const FILE_READ_CHUNK: usize = 256 * 1024;
+
+/// An error from a body stream handed to [`Storage::stage_blob`].
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("failed to {action} {key}")]
+    Store {
+        action: &'static str,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("failed to read the request body")]
+    Body(#[source] BodyError),
+    #[error("failed to decode stored document {key}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("failed to read stored blob")]
+    Io(#[source] std::io::Error),
+}
+
+impl StorageError {
+    fn store(action: &'static str, key: &Path, source: object_store::Error) -> Self {
+        StorageError::Store { action, key: key.to_string(), source }
+    }
+}
+
+/// The digests of a blob, computed while it streamed in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobDigests {
+    /// Hex SHA-256: the blob's address.
+    pub sha256: String,
+    /// Hex SHA-512 (npm's `integrity`, Maven's `.sha512`).
+    pub sha512: String,
+    /// Hex SHA-1 (npm's `shasum`, Maven's `.sha1`).
+    pub sha1: String,
+    /// Hex MD5 (PyPI's `md5_digest`, Maven's `.md5`).
+    pub md5: String,
+    pub size: u64,
+}
+
+/// A blob opened for streaming to a client.
+pub struct BlobBody {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// The byte range `stream` yields.
+    pub range: Range<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
+}
+
+/// Outcome of a create-once write.
+pub enum Created<T> {
+    Created,
+    /// Somebody else created it first; this is what they wrote.
+    AlreadyExists(T),
+}
+
+/// The storage of one Domain.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+}
+
+pub mod keys {
+    //! The storage layout: every object key the registry uses.
+    use object_store::path::{Path, PathPart};
+
+    fn path<'a>(parts: impl IntoIterator<Item = &'a str>) -> Path {
+        Path::from_iter(parts.into_iter().map(PathPart::from))
+    }
+
+    pub fn blob(sha256: &str) -> Path {
+        let shard = sha256.get(..2).unwrap_or("00");
+        path(["blobs", "sha256", shard, sha256])
+    }
+
+    pub fn upload(id: &str) -> Path {
+        path(["uploads", id])
+    }
+
+    pub fn packages(repo: &str, format: &str) -> Path {
+        path(["repositories", repo, format])
+    }
+
+    pub fn package_index(repo: &str, format: &str, name: &str) -> Path {
+        path(["repositories", repo, format, name, "index"])
+    }
+
+    pub fn package_index_revision(index: &Path, revision: u64) -> Path {
+        index.clone().join(format!("{revision:020}.json"))
+    }
+
+    pub fn version_record(repo: &str, format: &str, name: &str, version: &str) -> Path {
+        path(["repositories", repo, format, name, "versions", version, "record.json"])
+    }
+
+    pub fn asset_record(repo: &str, format: &str, name: &str, version: &str, asset: &str) -> Path {
+        let file = format!("{asset}.json");
+        path(["repositories", repo, format, name, "versions", version, "assets", &file])
+    }
+
+    pub fn token_signing_key() -> Path {
+        path(["keys", "token-signing"])
+    }
+}
+
+impl Storage {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Storage { store }
+    }
+
+    /// Streams `body` into a content-addressed blob, hashing as it goes,
+    /// and refuses it once it passes `limit` bytes. Nothing is buffered
+    /// beyond a couple of upload parts.
+    pub async fn stage_blob<S>(&self, body: S, limit: u64) -> Result<BlobDigests, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send,
+    {
+        let staging = keys::upload(&uuid::Uuid::new_v4().to_string());
+        let upload =
+            self.store.put_multipart(&staging).await.map_err(|e| StorageError::store("start upload", &staging, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
+        let mut hashes = Hashes::default();
+        let mut body = std::pin::pin!(body);
+        let streamed: Result<(), StorageError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(StorageError::Body)?;
+                hashes.update(&chunk);
+                if hashes.size > limit {
+                    return Err(StorageError::TooLarge { limit });
+                }
+                writer
+                    .wait_for_capacity(UPLOAD_CONCURRENCY)
+                    .await
+                    .map_err(|e| StorageError::store("upload part of", &staging, e))?;
+                writer.write(&chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = streamed {
+            // Best effort: an aborted upload leaves at most a staging object
+            // that garbage collection removes.
+            let _ = writer.abort().await;
+            return Err(error);
+        }
+        writer.finish().await.map_err(|e| StorageError::store("finish upload", &staging, e))?;
+
+        let digests = hashes.finish();
+        let target = keys::blob(&digests.sha256);
+        match self.store.head(&target).await {
+            Ok(_) => {
+                // Deduplicated: the Domain already holds these bytes.
+                let _ = self.store.delete(&staging).await;
+            }
+            Err(object_store::Error::NotFound { .. }) => self
+                .store
+                .rename(&staging, &target)
+                .await
+                .map_err(|e| StorageError::store("move upload to", &target, e))?,
+            Err(e) => return Err(StorageError::store("look up", &target, e)),
+        }
+        Ok(digests)
+    }
+
+    /// Stores small bytes (a wheel's METADATA, say) as a blob.
+    pub async fn put_small_blob(&self, bytes: Bytes) -> Result<BlobDigests, StorageError> {
+        let mut hashes = Hashes::default();
+        hashes.update(&bytes);
+        let digests = hashes.finish();
+        let target = keys::blob(&digests.sha256);
+        self.store
+            .put(&target, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| StorageError::store("write", &target, e))?;
+        Ok(digests)
+    }
+
+    /// Opens a blob for streaming, optionally a byte range of it. `None`
+    /// when the Domain has no such blob.
+    pub async fn open_blob(&self, sha256: &str, range: Option<Range<u64>>) -> Result<Option<BlobBody>, StorageError> {
+        let key = keys::blob(sha256);
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+        let result = match self.store.get_opts(&key, options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(StorageError::store("read", &key, e)),
+        };
+        let size = result.meta.size;
+        let range = result.range.clone();
+        let stream = match result.payload {
+            // object_store reads local files 8 KiB per blocking task; larger
+            // reads cut the per-request overhead of serving tarballs.
+            GetResultPayload::File(file, _) => file_stream(file, range.clone()).await?,
+            GetResultPayload::Stream(stream) => stream.map_err(std::io::Error::other).boxed(),
+        };
+        Ok(Some(BlobBody { size, range, stream }))
+    }
+
+    /// Reads a byte range of a blob into memory (for small reads such as
+    /// a zip's central directory).
+    pub async fn read_blob_range(&self, sha256: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let key = keys::blob(sha256);
+        self.store.get_range(&key, range).await.map_err(|e| StorageError::store("read range of", &key, e))
+    }
+
+    /// Writes `value` at `key` unless something is there already, in which
+    /// case the existing value is returned. Exactly one of any number of
+    /// concurrent writers gets [`Created::Created`].
+    pub async fn create_json<T>(&self, key: &Path, value: &T) -> Result<Created<T>, StorageError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let bytes =
+            serde_json::to_vec(value).map_err(|source| StorageError::Decode { key: key.to_string(), source })?;
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(key, PutPayload::from(bytes), options).await {
+            Ok(_) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.read_json(key).await?;
+                // A record is never deleted while its package lives, so it
+                // is there to read; if not, report the lost race plainly.
+                existing.map(Created::AlreadyExists).ok_or_else(|| StorageError::Store {
+                    action: "read back",
+                    key: key.to_string(),
+                    source: object_store::Error::NotFound {
+                        path: key.to_string(),
+                        source: "record vanished after a conflicting create".into(),
+                    },
+                })
+            }
+            Err(e) => Err(StorageError::store("create", key, e)),
+        }
+    }
+
+    pub async fn read_json<T: serde::de::DeserializeOwned>(&self, key: &Path) -> Result<Option<T>, StorageError> {
+        match self.read_bytes(key).await? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StorageError::Decode { key: key.to_string(), source }),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_bytes(&self, key: &Path) -> Result<Option<Bytes>, StorageError> {
+        match self.store.get(key).await {
+            Ok(result) => result.bytes().await.map(Some).map_err(|e| StorageError::store("read", key, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store("read", key, e)),
+        }
+    }
+
+    /// The newest revision under a revisioned document's folder, found by
+    /// listing (the cold path; warm readers probe with [`Self::revision_exists`]).
+    pub async fn latest_revision(&self, dir: &Path) -> Result<Option<(u64, Bytes)>, StorageError> {
+        let listing: Vec<_> =
+            self.store.list(Some(dir)).try_collect().await.map_err(|e| StorageError::store("list", dir, e))?;
+        let newest = listing
+            .iter()
+            .filter_map(|meta| meta.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok())
+            .max();
+        let Some(revision) = newest else { return Ok(None) };
+        // Pruning may remove an old revision between list and get; the
+        // newest one is never pruned.
+        match self.read_bytes(&keys::package_index_revision(dir, revision)).await? {
+            Some(bytes) => Ok(Some((revision, bytes))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn read_revision(&self, dir: &Path, revision: u64) -> Result<Option<Bytes>, StorageError> {
+        self.read_bytes(&keys::package_index_revision(dir, revision)).await
+    }
+
+    pub async fn revision_exists(&self, dir: &Path, revision: u64) -> Result<bool, StorageError> {
+        let key = keys::package_index_revision(dir, revision);
+        match self.store.head(&key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StorageError::store("look up", &key, e)),
+        }
+    }
+
+    /// Creates revision `revision`; `false` when another writer created it
+    /// first (the compare-and-swap lost).
+    pub async fn create_revision(&self, dir: &Path, revision: u64, bytes: Bytes) -> Result<bool, StorageError> {
+        let key = keys::package_index_revision(dir, revision);
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&key, PutPayload::from_bytes(bytes), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(StorageError::store("create", &key, e)),
+        }
+    }
+
+    /// Deletes revisions older than `keep_from`, best effort: they are only
+    /// history, and a failure here must not fail the write that won.
+    pub async fn prune_revisions(&self, dir: &Path, keep_from: u64) {
+        let Ok(listing) = self.store.list(Some(dir)).try_collect::<Vec<_>>().await else { return };
+        for meta in listing {
+            let old = meta
+                .location
+                .filename()
+                .and_then(|f| f.strip_suffix(".json"))
+                .and_then(|r| r.parse::<u64>().ok())
+                .is_some_and(|r| r < keep_from);
+            if old {
+                let _ = self.store.delete(&meta.location).await;
+            }
+        }
+    }
+
+    /// Names of the child folders of `dir`, decoded.
+    pub async fn list_children(&self, dir: &Path) -> Result<Vec<String>, StorageError> {
+        let listing =
+            self.store.list_with_delimiter(Some(dir)).await.map_err(|e| StorageError::store("list", dir, e))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .map(|name| percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
+            .collect())
+    }
+
+    /// Reads the token signing key, generating and storing one on first
+    /// use. Conditional create makes every replica agree on one key.
+    pub async fn token_signing_key(&self) -> Result<Vec<u8>, StorageError> {
+        let key = keys::token_signing_key();
+        if let Some(bytes) = self.read_bytes(&key).await? {
+            return Ok(bytes.to_vec());
+        }
+        let generated: [u8; 32] = rand::random();
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&key, PutPayload::from(generated.to_vec()), options).await {
+            Ok(_) => Ok(generated.to_vec()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Ok(self.read_bytes(&key).await?.map(|b| b.to_vec()).unwrap_or_else(|| generated.to_vec()))
+            }
+            Err(e) => Err(StorageError::store("create", &key, e)),
+        }
+    }
+
+    /// Whether the store answers at all (readiness).
+    pub async fn check(&self) -> Result<(), StorageError> {
+        let key = keys::token_signing_key();
+        match self.store.head(&key).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StorageError::store("reach storage at", &key, e)),
+        }
+    }
+}
+
+/// A blocking `Read + Seek` view of a blob over ranged reads, for parsers
+/// that need one (zip's central directory sits at the end). Use it only
+/// on a blocking thread (`spawn_blocking`).
+pub struct SyncBlobReader {
+    storage: Storage,
+    handle: tokio::runtime::Handle,
+    sha256: String,
+    size: u64,
+    position: u64,
+    buffer: Bytes,
+    buffer_start: u64,
+}
+
+/// How much one ranged read fetches ahead.
+const SYNC_READ_AHEAD: u64 = 256 * 1024;
+
+impl SyncBlobReader {
+    pub fn new(storage: Storage, handle: tokio::runtime::Handle, sha256: String, size: u64) -> Self {
+        SyncBlobReader { storage, handle, sha256, size, position: 0, buffer: Bytes::new(), buffer_start: 0 }
+    }
+}
+
+impl std::io::Read for SyncBlobReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.position >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let buffer_end = self.buffer_start + self.buffer.len() as u64;
+        if self.position < self.buffer_start || self.position >= buffer_end {
+            let end = (self.position + SYNC_READ_AHEAD.max(out.len() as u64)).min(self.size);
+            let range = self.position..end;
+            self.buffer = self
+                .handle
+                .block_on(self.storage.read_blob_range(&self.sha256, range))
+                .map_err(std::io::Error::other)?;
+            self.buffer_start = self.position;
+            if self.buffer.is_empty() {
+                return Ok(0);
+            }
+        }
+        let offset = (self.position - self.buffer_start) as usize;
+        let available = &self.buffer[offset..];
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for SyncBlobReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(n) => self.size.checked_add_signed(n),
+            std::io::SeekFrom::Current(n) => self.position.checked_add_signed(n),
+        };
+        let target =
+            target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start"))?;
+        self.position = target;
+        Ok(target)
+    }
+}
+
+async fn file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, StorageError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(StorageError::Io)?;
+    let limited = file.take(range.end - range.start);
+    Ok(tokio_util::io::ReaderStream::with_capacity(limited, FILE_READ_CHUNK).boxed())
+}
+
+#[derive(Default)]
+struct Hashes {
+    sha256: Sha256,
+    sha512: Sha512,
+    sha1: Sha1,
+    md5: Md5,
+    size: u64,
+}
+
+impl Hashes {
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.sha512.update(bytes);
+        self.sha1.update(bytes);
+        self.md5.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    fn finish(self) -> BlobDigests {
+        BlobDigests {
+            sha256: hex::encode(self.sha256.finalize()),
+            sha512: hex::encode(self.sha512.finalize()),
+            sha1: hex::encode(self.sha1.finalize()),
+            md5: hex::encode(self.md5.finalize()),
+            size: self.size,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn storage() -> Storage {
+        Storage::new(Arc::new(InMemory::new()))
+    }
+
+    fn body(parts: Vec<&'static [u8]>) -> impl Stream<Item = Result<Bytes, BodyError>> + Send {
+        futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from_static(p))))
+    }
+
+    #[tokio::test]
+    async fn staged_blob_is_content_addressed_and_deduplicated() {
+        let storage = storage();
+        let first = storage.stage_blob(body(vec![b"hello ", b"world"]), 1024).await.unwrap();
+        assert_eq!(first.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+        assert_eq!(first.size, 11);
+        let second = storage.stage_blob(body(vec![b"hello world"]), 1024).await.unwrap();
+        assert_eq!(first, second);
+        let blobs: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
+        assert_eq!(blobs.len(), 1, "one object for identical bytes, no staging leftovers: {blobs:?}");
+        let opened = storage.open_blob(&first.sha256, Some(6..11)).await.unwrap().unwrap();
+        let bytes: Vec<Bytes> = opened.stream.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), b"world");
+    }
+
+    #[tokio::test]
+    async fn oversize_upload_is_refused_and_leaves_nothing() {
+        let storage = storage();
+        let err = storage.stage_blob(body(vec![b"0123456789", b"0123456789"]), 15).await.unwrap_err();
+        assert!(matches!(err, StorageError::TooLarge { limit: 15 }));
+        let left: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn create_json_has_exactly_one_winner() {
+        let storage = storage();
+        let key = keys::version_record("main", "npm", "left-pad", "1.0.0");
+        let attempts = (0..32).map(|i| {
+            let storage = storage.clone();
+            let key = key.clone();
+            async move { storage.create_json(&key, &i).await.unwrap() }
+        });
+        let outcomes = futures::future::join_all(attempts).await;
+        let winners = outcomes.iter().filter(|o| matches!(o, Created::Created)).count();
+        assert_eq!(winners, 1);
+        let stored: i32 = storage.read_json(&key).await.unwrap().unwrap();
+        for outcome in outcomes {
+            if let Created::AlreadyExists(seen) = outcome {
+                assert_eq!(seen, stored);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn revisions_compare_and_swap() {
+        let storage = storage();
+        let dir = keys::package_index("main", "npm", "a");
+        assert!(storage.latest_revision(&dir).await.unwrap().is_none());
+        assert!(storage.create_revision(&dir, 1, Bytes::from_static(b"one")).await.unwrap());
+        assert!(!storage.create_revision(&dir, 1, Bytes::from_static(b"lost")).await.unwrap());
+        assert!(storage.create_revision(&dir, 2, Bytes::from_static(b"two")).await.unwrap());
+        assert!(storage.revision_exists(&dir, 2).await.unwrap());
+        assert!(!storage.revision_exists(&dir, 3).await.unwrap());
+        storage.prune_revisions(&dir, 2).await;
+        let (rev, bytes) = storage.latest_revision(&dir).await.unwrap().unwrap();
+        assert_eq!((rev, &bytes[..]), (2, &b"two"[..]));
+        assert!(!storage.revision_exists(&dir, 1).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn signing_key_is_stable() {
+        let storage = storage();
+        let a = storage.token_signing_key().await.unwrap();
+        let b = storage.token_signing_key().await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}

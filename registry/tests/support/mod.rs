@@ -1,0 +1,242 @@
+//! Test harness: runs the real `wharf-registry` binary on a loopback port
+//! with its own data folder, mints tokens, and runs real package clients
+//! each in its own temporary HOME. Everything it starts stops on drop,
+//! also when a test fails.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub struct TestServer {
+    child: Child,
+    pub base: String,
+    pub port: u16,
+    pub data: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// The embedded default configuration (Domain `default`, Repository `main`).
+    pub fn start() -> TestServer {
+        Self::start_with(None, &[])
+    }
+
+    /// A configuration given as YAML text; `{data}` in it is replaced by
+    /// the server's data folder.
+    pub fn start_with(config: Option<&str>, extra_args: &[&str]) -> TestServer {
+        let data = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wharf-registry"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.path().join("store"));
+        if let Some(config) = config {
+            let path = data.path().join("wharf.yaml");
+            let text = config.replace("{data}", &data.path().join("store").display().to_string());
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        command
+            .args(extra_args)
+            .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("failed to start wharf-registry");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            assert!(Instant::now() < deadline, "wharf-registry did not start");
+            let line = lines.next().expect("wharf-registry exited before listening").unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let port = base.rsplit(':').next().unwrap().parse().unwrap();
+        let server = TestServer { child, base, port, data };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_status(&format!("{}/readyz", self.base)).ok() == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wharf-registry never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Mints a token through the management API.
+    pub async fn token(&self, repositories: &[&str], permissions: &[&str]) -> String {
+        let response = reqwest::Client::new()
+            .post(self.url("/api/v1/auth/token"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"repositories": repositories, "permissions": permissions, "ttlSeconds": 3600, "subject": "ci-bot"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn set_status(
+        &self,
+        repo: &str,
+        format: &str,
+        package: &str,
+        version: &str,
+        status: &str,
+        token: &str,
+    ) -> reqwest::Response {
+        let package = package.replace('/', "%2f");
+        reqwest::Client::new()
+            .put(
+                self.url(&format!("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status")),
+            )
+            .bearer_auth(token)
+            .json(&serde_json::json!({"status": status}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET from sync code (harness start-up): the status code.
+fn http_status(url: &str) -> std::io::Result<u16> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    Ok(std::str::from_utf8(&head[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0))
+}
+
+/// A scratch folder with its own HOME for one client run.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        Workspace { dir }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn write(&self, relative: &str, contents: &str) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// A command with HOME, caches and client configuration isolated in
+    /// this workspace: nothing from the developer's own setup leaks in.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, cwd: &str) -> Command {
+        let home = self.path("home");
+        let cwd = self.path(cwd);
+        std::fs::create_dir_all(&cwd).unwrap();
+        let mut command = Command::new(program);
+        command.current_dir(cwd).stdin(Stdio::null());
+        for (key, _) in std::env::vars() {
+            let client_setting = ["NPM_", "npm_", "PIP_", "UV_", "TWINE_", "PYTHON", "VIRTUAL_ENV"]
+                .iter()
+                .any(|prefix| key.starts_with(prefix));
+            if client_setting {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("npm_config_cache", home.join(".npm"))
+            .env("npm_config_userconfig", home.join(".npmrc"))
+            .env("npm_config_update_notifier", "false")
+            .env("PIP_CONFIG_FILE", "/dev/null")
+            .env("PIP_NO_CACHE_DIR", "1")
+            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            .env("UV_CACHE_DIR", home.join(".cache/uv"))
+            .env("UV_NO_CONFIG", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        command
+    }
+}
+
+/// Runs a command, failing the test with its output when it fails.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn run(command: &mut Command) -> Output {
+    command.output().unwrap_or_else(|e| panic!("failed to run {command:?}: {e}"))
+}
+
+pub fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The Python virtualenv with twine, uv and build that `tests/install-clients.sh`
+/// prepares (its path in `WHARF_TEST_TOOLS`).
+pub fn python_tools() -> PathBuf {
+    let dir = std::env::var_os("WHARF_TEST_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+        .unwrap();
+    let venv = dir.join("venv");
+    assert!(
+        venv.join("bin/twine").exists() && venv.join("bin/uv").exists(),
+        "the Python test clients are missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
+        venv.display()
+    );
+    venv
+}
+
+pub fn venv_bin(venv: &Path, tool: &str) -> PathBuf {
+    venv.join("bin").join(tool)
+}
+
+/// Writes an `.npmrc` pointing at a repository with a token.
+pub fn write_npmrc(workspace: &Workspace, dir: &str, server: &TestServer, repo: &str, token: Option<&str>) {
+    let mut text = format!("registry={}/npm/{repo}/\n", server.base);
+    if let Some(token) = token {
+        text.push_str(&format!("//127.0.0.1:{}/npm/{repo}/:_authToken={token}\n", server.port));
+    }
+    std::fs::create_dir_all(workspace.path(dir)).unwrap();
+    let mut file = std::fs::File::create(workspace.path(dir).join(".npmrc")).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
