@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
@@ -30,12 +30,17 @@ fn repo_name(repo: &Repository) -> &str {
     repo.metadata.name.as_deref().unwrap_or_default()
 }
 
-pub async fn redirect_root(Path(repo): Path<String>) -> Redirect {
-    Redirect::permanent(&format!("/pypi/{repo}/simple/"))
+/// PEP 503 asks for a 301 to the normalised, slash-terminated URL.
+fn moved_permanently(location: String) -> Response {
+    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]).into_response()
 }
 
-pub async fn redirect_project(Path((repo, project)): Path<(String, String)>) -> Redirect {
-    Redirect::permanent(&format!("/pypi/{repo}/simple/{}/", format::normalize_name(&project)))
+pub async fn redirect_root(Path(repo): Path<String>) -> Response {
+    moved_permanently(format!("/pypi/{repo}/simple/"))
+}
+
+pub async fn redirect_project(Path((repo, project)): Path<(String, String)>) -> Response {
+    moved_permanently(format!("/pypi/{repo}/simple/{}/", format::normalize_name(&project)))
 }
 
 pub async fn root(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
@@ -67,7 +72,7 @@ pub async fn project(
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         let normalized = format::normalize_name(&project);
         if normalized != project {
-            return Ok(Redirect::permanent(&format!("/pypi/{}/simple/{normalized}/", repo_name(repo))).into_response());
+            return Ok(moved_permanently(format!("/pypi/{}/simple/{normalized}/", repo_name(repo))));
         }
         format::validate_name(&project).map_err(|e| ApiError::not_found(e.to_string(), STYLE))?;
         let snapshot = state

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the package clients the end-to-end tests drive, into a cache
+# folder outside the repository (keyed by the pinned versions), so a second
+# run costs nothing. npm comes with the machine's Node.js.
+set -euo pipefail
+
+TOOLS_DIR="${WHARF_TEST_TOOLS:-$HOME/.cache/wharf/test-tools}"
+PYTHON_CLIENTS="twine==7.0.0 uv==0.13.9 build==1.3.0 setuptools==80.9.0 wheel==0.45.1"
+STAMP="$TOOLS_DIR/venv/.installed"
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || { echo "install-clients: $1 is required but not installed ($2)" >&2; exit 1; }
+}
+need python3 "Debian: apt-get install python3 python3-venv"
+need npm "Debian: apt-get install nodejs npm"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
+    echo "install-clients: Python clients already in $TOOLS_DIR/venv"
+    exit 0
+fi
+rm -rf "$TOOLS_DIR/venv"
+mkdir -p "$TOOLS_DIR"
+python3 -m venv "$TOOLS_DIR/venv"
+# Ignore the machine's pip settings (extra find-links folders and the like).
+PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check $PYTHON_CLIENTS
+echo "$PYTHON_CLIENTS" > "$STAMP"
+echo "install-clients: installed $PYTHON_CLIENTS into $TOOLS_DIR/venv"
