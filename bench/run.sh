@@ -534,7 +534,12 @@ check_quiet() {
   pct=$(busy_pct)
   meta "background_cpu_pct_$1" "$pct"
   if [ "$pct" -gt 10 ]; then
-    note "machine not quiet $1 the load phase: ${pct}% of all CPU busy while the servers idled (another build or job?); treat the numbers with care"
+    local top=""
+    if command -v top >/dev/null; then
+      top=$(top -b -n 2 -d 1 -w 200 2>/dev/null | awk '/^top -/ { n++ } n == 2 && $1 ~ /^[0-9]+$/ && $9 + 0 >= 5 {
+        printf "%s%s (PID %s) %s%%", sep, $12, $1, $9; sep = ", " }' | head -c 300 || true)
+    fi
+    note "machine not quiet $1 the load phase: ${pct}% of all CPU busy while the servers idled${top:+ (busiest: $top)}; treat the numbers with care"
   fi
 }
 check_quiet before

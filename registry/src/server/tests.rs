@@ -1,1 +1,517 @@
-//! Router tests with `oneshot`.
+//! Router tests with `oneshot`: the whole HTTP surface over `InMemory` (and
+//! `LocalFileSystem` where the backend matters), without sockets.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http_body_util::BodyExt;
+use object_store::ObjectStore;
+use serde_json::{Value, json};
+use sha2::Digest;
+use tower::ServiceExt;
+
+use super::{Limits, app};
+use crate::startup::{ServeOptions, build_state};
+
+const ADMIN: &str = "admin-secret";
+
+const CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage: {memory: {}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: main}
+spec:
+  domainRef: {name: acme}
+  access: {read: [{kind: Anonymous}]}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: private}
+spec:
+  domainRef: {name: acme}
+"#;
+
+struct TestApp {
+    router: axum::Router,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TestApp {
+    async fn new() -> TestApp {
+        Self::with_store(Arc::new(object_store::memory::InMemory::new()), Limits::default()).await
+    }
+
+    async fn with_store(store: Arc<dyn ObjectStore>, limits: Limits) -> TestApp {
+        let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", CONFIG).unwrap();
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_token: ADMIN.into(),
+            signing_key: Some(b"test-key".to_vec()),
+            limits,
+        };
+        TestApp { router: app(build_state(config, store, &options).await.unwrap()) }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, headers, body }
+    }
+
+    async fn get(&self, uri: &str, token: Option<&str>) -> Reply {
+        let mut request = Request::get(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    async fn put_json(&self, uri: &str, token: &str, body: &Value) -> Reply {
+        let request = Request::put(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn token(&self, repositories: &[&str], permissions: &[&str]) -> String {
+        let reply =
+            self.mint(json!({"repositories": repositories, "permissions": permissions, "ttlSeconds": 900})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn mint(&self, body: Value) -> Reply {
+        let request = Request::post("/api/v1/auth/token")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.send(request).await
+    }
+}
+
+fn tarball(name: &str, version: &str, extra: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, data) in [
+        ("package/package.json", json!({"name": name, "version": version}).to_string().into_bytes()),
+        ("package/index.js", extra.to_vec()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, &data[..]).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+fn publish_body(name: &str, version: &str, tarball: &[u8]) -> Value {
+    let file = crate::formats::npm::tarball_filename(name, version);
+    json!({
+        "_id": name,
+        "name": name,
+        "dist-tags": {"latest": version},
+        "versions": {version: {
+            "name": name,
+            "version": version,
+            "dependencies": {"left-pad": "^1.0.0"},
+            "readme": "long readme",
+            "dist": {"shasum": hex::encode(sha1::Sha1::digest(tarball))}
+        }},
+        "_attachments": {file: {"content_type": "application/octet-stream", "data": STANDARD.encode(tarball), "length": tarball.len()}}
+    })
+}
+
+#[tokio::test]
+async fn health_ready_metrics() {
+    let app = TestApp::new().await;
+    assert_eq!(app.get("/healthz", None).await.status, StatusCode::OK);
+    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
+    app.get("/npm/main/nothing", None).await;
+    let metrics = app.get("/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.text();
+    assert!(
+        text.contains("wharf_http_requests_total{route=\"npm_packument\",method=\"GET\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("wharf_http_request_duration_seconds_bucket"), "{text}");
+}
+
+#[tokio::test]
+async fn tokens_are_minted_only_by_the_admin_within_bounds() {
+    let app = TestApp::new().await;
+    let anonymous = app
+        .send(
+            Request::post("/api/v1/auth/token")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic realm="));
+    for (body, expected) in [
+        (json!({"repositories": ["main"], "permissions": ["read"], "ttlSeconds": 60}), "between 900 and 43200"),
+        (json!({"repositories": ["main"], "permissions": ["read"], "ttlSeconds": 50000}), "between 900 and 43200"),
+        (json!({"repositories": ["nope"], "permissions": ["read"]}), "repository nope does not exist"),
+        (json!({"repositories": [], "permissions": ["read"]}), "at least one repository"),
+        (json!({"repositories": ["main"], "permissions": ["write"]}), "unknown variant"),
+    ] {
+        let reply = app.mint(body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+        assert!(reply.json()["error"].as_str().unwrap().contains(expected), "{}", reply.text());
+    }
+    let reader = app.token(&["main"], &["read"]).await;
+    let not_admin = app
+        .send(
+            Request::post("/api/v1/auth/token")
+                .header(header::AUTHORIZATION, format!("Bearer {reader}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({"repositories": ["*"], "permissions": ["admin"]}).to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(not_admin.status, StatusCode::FORBIDDEN);
+    let forged = app.get("/npm/private/x", Some("eyJhbGciOiJIUzI1NiJ9.e30.AAAA")).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn npm_publish_read_and_republish() {
+    let app = TestApp::new().await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let bytes = tarball("@acme/tools", "1.0.0", b"one");
+    let body = publish_body("@acme/tools", "1.0.0", &bytes);
+    assert_eq!(app.put_json("/npm/main/@acme%2ftools", &token, &body).await.status, StatusCode::CREATED);
+    // Identical bytes: idempotent.
+    assert_eq!(app.put_json("/npm/main/@acme%2ftools", &token, &body).await.status, StatusCode::OK);
+    // Different bytes: conflict, and the stored tarball is unchanged.
+    let other = tarball("@acme/tools", "1.0.0", b"two");
+    let conflict = app.put_json("/npm/main/@acme%2ftools", &token, &publish_body("@acme/tools", "1.0.0", &other)).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert!(conflict.json()["error"].as_str().unwrap().contains("cannot publish over"));
+
+    let full = app.get("/npm/main/@acme%2ftools", None).await;
+    assert_eq!(full.headers[header::CONTENT_TYPE], "application/json");
+    let doc = full.json();
+    assert_eq!(doc["dist-tags"]["latest"], "1.0.0");
+    assert_eq!(doc["readme"], "long readme");
+    assert!(doc["time"]["1.0.0"].is_string());
+    let dist = &doc["versions"]["1.0.0"]["dist"];
+    assert_eq!(dist["tarball"], "http://localhost/npm/main/@acme/tools/-/tools-1.0.0.tgz");
+    let sha512 = sha2::Sha512::digest(&bytes);
+    assert_eq!(dist["integrity"], format!("sha512-{}", STANDARD.encode(sha512)));
+
+    let abbreviated = app
+        .send(
+            Request::get("/npm/main/@acme/tools")
+                .header(header::ACCEPT, "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(abbreviated.headers[header::CONTENT_TYPE], "application/vnd.npm.install-v1+json");
+    let short = abbreviated.json();
+    assert!(short["versions"]["1.0.0"].get("readme").is_none());
+    assert_eq!(short["versions"]["1.0.0"]["dependencies"]["left-pad"], "^1.0.0");
+    let etag = abbreviated.headers[header::ETAG].to_str().unwrap().to_owned();
+    let revalidated = app
+        .send(
+            Request::get("/npm/main/@acme/tools")
+                .header(header::ACCEPT, "application/vnd.npm.install-v1+json")
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+
+    let tgz = app.get("/npm/main/@acme/tools/-/tools-1.0.0.tgz", None).await;
+    assert_eq!(tgz.status, StatusCode::OK);
+    assert_eq!(&tgz.body[..], &bytes[..]);
+    let version = app.get("/npm/main/@acme%2ftools/latest", None).await;
+    assert_eq!(version.json()["version"], "1.0.0");
+    assert_eq!(app.get("/npm/main/@acme/tools/-/tools-9.9.9.tgz", None).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn npm_bad_input_is_refused_and_changes_nothing() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_metadata_bytes: 8 * 1024 };
+    let app = TestApp::with_store(Arc::new(object_store::memory::InMemory::new()), limits).await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let good = tarball("demo", "1.0.0", b"good");
+    assert_eq!(
+        app.put_json("/npm/main/demo", &token, &publish_body("demo", "1.0.0", &good)).await.status,
+        StatusCode::CREATED
+    );
+    let before = app.get("/npm/main/demo", None).await.body;
+
+    let mut not_gzip = publish_body("demo", "1.0.1", b"plain text");
+    not_gzip["versions"]["1.0.1"]["dist"] = json!({});
+    let mut wrong_name = publish_body("demo", "1.0.2", &tarball("other", "1.0.2", b""));
+    wrong_name["versions"]["1.0.2"]["dist"] = json!({});
+    let mut bad_shasum = publish_body("demo", "1.0.3", &tarball("demo", "1.0.3", b""));
+    bad_shasum["versions"]["1.0.3"]["dist"]["shasum"] = json!("0000");
+    let mut bad_base64 = publish_body("demo", "1.0.4", b"x");
+    bad_base64["_attachments"]["demo-1.0.4.tgz"]["data"] = json!("!!!not base64!!!");
+    let cases = [
+        ("/npm/main/demo", not_gzip, StatusCode::BAD_REQUEST, "not a gzip tar archive"),
+        ("/npm/main/demo", wrong_name, StatusCode::BAD_REQUEST, "package.json says other@1.0.2"),
+        ("/npm/main/demo", bad_shasum, StatusCode::BAD_REQUEST, "declared shasum"),
+        ("/npm/main/demo", bad_base64, StatusCode::BAD_REQUEST, "base64"),
+        (
+            "/npm/main/demo",
+            publish_body("demo", "not-semver", &good),
+            StatusCode::BAD_REQUEST,
+            "not a semantic version",
+        ),
+        ("/npm/main/Demo", publish_body("Demo", "1.0.0", &good), StatusCode::BAD_REQUEST, "lowercase"),
+        ("/npm/main/other", publish_body("demo", "1.0.5", &good), StatusCode::BAD_REQUEST, "does not match the URL"),
+        (
+            "/npm/main/demo",
+            publish_body("demo", "1.0.6", &vec![7u8; 100 * 1024]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "exceeds the upload limit",
+        ),
+        (
+            "/npm/main/demo",
+            json!({"name": "demo", "description": "x".repeat(10_000), "versions": {}}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "exceeds 8192 bytes",
+        ),
+    ];
+    for (uri, body, status, message) in cases {
+        let reply = app.put_json(uri, &token, &body).await;
+        assert_eq!(reply.status, status, "{message}: {}", reply.text());
+        assert!(reply.json()["error"].as_str().unwrap().contains(message), "{message}: {}", reply.text());
+    }
+    let truncated = app
+        .send(
+            Request::put("/npm/main/demo")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from(r#"{"name":"demo","versions":{"#))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(truncated.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.get("/npm/main/demo", None).await.body, before, "nothing stored changed");
+
+    for path in [
+        "/npm/main/../private/demo",
+        "/npm/main/%2e%2e/private",
+        "/npm/main/demo%2f..%2f..",
+        "/pypi/main/files/a%2fb/1.0/x.whl",
+        "/npm/main/demo%00",
+    ] {
+        let reply = app.get(path, None).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn access_rules() {
+    let app = TestApp::new().await;
+    let unauthenticated = app.get("/npm/private/demo", None).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unauthenticated.headers[header::WWW_AUTHENTICATE], "Basic realm=\"wharf/private\"");
+    let for_main = app.token(&["main"], &["read", "publish"]).await;
+    assert_eq!(app.get("/npm/private/demo", Some(&for_main)).await.status, StatusCode::FORBIDDEN);
+    let reader = app.token(&["private"], &["read"]).await;
+    assert_eq!(app.get("/npm/private/demo", Some(&reader)).await.status, StatusCode::NOT_FOUND);
+    let body = publish_body("demo", "1.0.0", &tarball("demo", "1.0.0", b""));
+    assert_eq!(app.put_json("/npm/private/demo", &reader, &body).await.status, StatusCode::FORBIDDEN);
+    let basic = STANDARD.encode(format!("__token__:{reader}"));
+    let reply = app
+        .send(
+            Request::get("/pypi/private/simple/")
+                .header(header::AUTHORIZATION, format!("Basic {basic}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(app.get("/npm/nope/demo", None).await.status, StatusCode::NOT_FOUND);
+}
+
+/// 50 publishers race for one version with different bytes: exactly one
+/// wins and the stored tarball is the winner's, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn ObjectStore>> = vec![
+        Arc::new(object_store::memory::InMemory::new()),
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap()),
+    ];
+    for store in stores {
+        let app = Arc::new(TestApp::with_store(store, Limits::default()).await);
+        let token = app.token(&["main"], &["publish"]).await;
+        let attempts = (0..50).map(|i| {
+            let app = app.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let bytes = tarball("race", "1.0.0", format!("publisher {i}").as_bytes());
+                let reply = app.put_json("/npm/main/race", &token, &publish_body("race", "1.0.0", &bytes)).await;
+                (reply.status, bytes)
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(status, _)| *status == StatusCode::CREATED).collect();
+        assert_eq!(winners.len(), 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+        assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+        let stored = app.get("/npm/main/race/-/race-1.0.0.tgz", None).await;
+        assert_eq!(&stored.body[..], &winners[0].1[..]);
+    }
+}
+
+fn wheel(project: &str, version: &str, body: &str) -> Vec<u8> {
+    let module = project.replace('-', "_");
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
+    zip.write_all(body.as_bytes()).unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
+    write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+fn upload_form(fields: &[(&str, &str)], filename: &str, content: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "wharf-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        write!(body, "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").unwrap();
+    }
+    write!(
+        body,
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .unwrap();
+    body.extend_from_slice(content);
+    write!(body, "\r\n--{boundary}--\r\n").unwrap();
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn pypi_bad_uploads_are_refused() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_metadata_bytes: 8 * 1024 };
+    let app = TestApp::with_store(Arc::new(object_store::memory::InMemory::new()), limits).await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let upload = |fields: Vec<(&'static str, String)>, filename: &'static str, content: Vec<u8>| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (content_type, body) = upload_form(&fields, filename, &content);
+            app.send(
+                Request::post("/pypi/main/")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let base = |name: &str, version: &str| {
+        vec![(":action", "file_upload".to_owned()), ("name", name.to_owned()), ("version", version.to_owned())]
+    };
+    let good = wheel("demo", "1.0", "x = 1");
+    let ok = upload(base("demo", "1.0"), "demo-1.0-py3-none-any.whl", good.clone()).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+
+    let mut wrong_digest = base("demo", "1.1");
+    wrong_digest.push(("sha256_digest", "00".repeat(32)));
+    let mut wrong_action = base("demo", "1.1");
+    wrong_action[0].1 = "remove_pkg".into();
+    let cases = [
+        (base("demo", "1.1"), "demo-1.1-py3-none-any.whl", b"not a zip".to_vec(), "not a zip archive"),
+        (
+            base("demo", "1.1"),
+            "demo-1.1-py3-none-any.whl",
+            wheel("other", "1.1", ""),
+            "no {name}-{version}.dist-info/METADATA",
+        ),
+        (base("demo", "1.1"), "demo-1.2-py3-none-any.whl", wheel("demo", "1.2", ""), "does not match"),
+        (base("demo", "1.1"), "../demo-1.1-py3-none-any.whl", wheel("demo", "1.1", ""), "plain file name"),
+        (base("demo", "1.1"), "demo-1.1.exe", vec![1], "only wheels"),
+        (base("demo", "1.1"), "demo-1.1.tar.gz", b"not gzip".to_vec(), "not a gzip tar archive"),
+        (base("demo", "x.y"), "demo-1.1-py3-none-any.whl", wheel("demo", "1.1", ""), "not a PEP 440 version"),
+        (base("-bad-", "1.1"), "demo-1.1-py3-none-any.whl", wheel("demo", "1.1", ""), "invalid project name"),
+        (wrong_digest, "demo-1.1-py3-none-any.whl", wheel("demo", "1.1", ""), "sha256_digest"),
+        (wrong_action, "demo-1.1-py3-none-any.whl", wheel("demo", "1.1", ""), "unsupported :action"),
+    ];
+    for (fields, filename, content, message) in cases {
+        let reply = upload(fields, filename, content).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{message}: {}", reply.text());
+        assert!(reply.text().contains(message), "{message}: {}", reply.text());
+    }
+    let big = upload(base("demo", "1.1"), "demo-1.1-py3-none-any.whl", vec![0; 100 * 1024]).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let conflict = upload(base("demo", "1.0"), "demo-1.0-py3-none-any.whl", wheel("demo", "1.0", "x = 2")).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert!(conflict.text().contains("File already exists"));
+
+    let page = app.get("/pypi/main/simple/demo/", None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.text().matches("<a href=").count(), 1, "only the good file: {}", page.text());
+    let file = app.get("/pypi/main/files/demo/1.0/demo-1.0-py3-none-any.whl", None).await;
+    assert_eq!(&file.body[..], &good[..]);
+    let ranged = app
+        .send(
+            Request::get("/pypi/main/files/demo/1.0/demo-1.0-py3-none-any.whl")
+                .header(header::RANGE, "bytes=0-3")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&ranged.body[..], &good[..4]);
+}
+
+#[tokio::test]
+async fn status_changes_through_the_api() {
+    let app = TestApp::new().await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let body = publish_body("demo", "1.0.0", &tarball("demo", "1.0.0", b""));
+    app.put_json("/npm/main/demo", &token, &body).await;
+    let uri = "/api/v1/repositories/main/packages/npm/demo/versions/1.0.0/status";
+    let mismatch = app.put_json(uri, &token, &json!({"status": "Archived", "expectedStatus": "Unlisted"})).await;
+    assert_eq!(mismatch.status, StatusCode::CONFLICT);
+    let archived = app.put_json(uri, &token, &json!({"status": "Archived", "expectedStatus": "Published"})).await;
+    assert_eq!(archived.status, StatusCode::OK, "{}", archived.text());
+    assert_eq!(app.get("/npm/main/demo/-/demo-1.0.0.tgz", None).await.status, StatusCode::NOT_FOUND);
+    let info = app.get("/api/v1/repositories/main/packages/npm/demo/versions/1.0.0", None).await;
+    assert_eq!(info.json()["status"], "Archived");
+    let reader = app.token(&["main"], &["read"]).await;
+    assert_eq!(app.put_json(uri, &reader, &json!({"status": "Published"})).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.put_json(uri, &token, &json!({"status": "Gone"})).await.status, StatusCode::BAD_REQUEST);
+}
