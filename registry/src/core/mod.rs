@@ -330,10 +330,10 @@ impl Registry {
         let cache_key = (repo.to_owned(), id.clone());
         let dir = keys::package_index(repo, id.format.as_str(), &id.name);
         let cached = self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).cloned();
-        if let Some(snapshot) = cached {
-            if !self.storage.revision_exists(&dir, snapshot.revision + 1).await? {
-                return Ok(Some(snapshot));
-            }
+        if let Some(snapshot) = cached
+            && !self.storage.revision_exists(&dir, snapshot.revision + 1).await?
+        {
+            return Ok(Some(snapshot));
         }
         let Some((revision, bytes)) = self.storage.latest_revision(&dir).await? else {
             return Ok(None);

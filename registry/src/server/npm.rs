@@ -235,11 +235,7 @@ async fn publish(
     let mut splitter = PublishBodySplitter::new(limits.max_metadata_bytes);
     let mut body = request.into_body().into_data_stream();
     let mut received = 0u64;
-    let mut staging: Option<(
-        String,
-        tokio::task::JoinHandle<_>,
-        futures::channel::mpsc::Sender<Result<bytes::Bytes, BodyError>>,
-    )> = None;
+    let mut staging: Option<AttachmentUpload> = None;
     let mut staged = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("failed to read the request body: {e}"), STYLE))?;
@@ -261,17 +257,17 @@ async fn publish(
                     let registry = state.registry.clone();
                     let task =
                         tokio::spawn(async move { registry.stage_asset(receiver, limits.max_upload_bytes).await });
-                    staging = Some((file, task, sender));
+                    staging = Some(AttachmentUpload { file, task, sender });
                 }
                 Event::AttachmentData(bytes) => {
-                    if let Some((_, _, sender)) = staging.as_mut() {
+                    if let Some(AttachmentUpload { sender, .. }) = staging.as_mut() {
                         // A closed channel means staging failed; its
                         // error is reported when the task is joined.
                         let _ = sender.send(Ok(bytes.into())).await;
                     }
                 }
                 Event::AttachmentEnd => {
-                    if let Some((file, task, sender)) = staging.take() {
+                    if let Some(AttachmentUpload { file, task, sender }) = staging.take() {
                         drop(sender);
                         staged.push((file, task));
                     }
@@ -368,6 +364,13 @@ async fn publish(
         PublishOutcome::AlreadyPublished => StatusCode::OK,
     };
     Ok((status, axum::Json(json!({"ok": true, "id": name}))).into_response())
+}
+
+/// An attachment being streamed into storage while the body is read.
+struct AttachmentUpload {
+    file: String,
+    task: tokio::task::JoinHandle<Result<crate::storage::BlobDigests, crate::core::CoreError>>,
+    sender: futures::channel::mpsc::Sender<Result<bytes::Bytes, BodyError>>,
 }
 
 fn too_large(limit: u64) -> ApiError {

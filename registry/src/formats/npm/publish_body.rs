@@ -149,11 +149,10 @@ impl PublishBodySplitter {
                         }
                         self.keys.pop();
                     }
-                    b']' => {
-                        if self.stack.pop() != Some(Frame::Array) {
-                            return Err(SplitError::Syntax(self.offset));
-                        }
-                    }
+                    b']' => match self.stack.pop() {
+                        Some(Frame::Array) => {}
+                        _ => return Err(SplitError::Syntax(self.offset)),
+                    },
                     b',' => {
                         if let Some(Frame::Object { expect_key }) = self.stack.last_mut() {
                             *expect_key = true;
@@ -177,10 +176,10 @@ impl PublishBodySplitter {
                     _ => {}
                 },
             }
-            if let Lex::String { capture: Capture::Attachment, .. } = self.lex {
-                if self.pending_base64.len() >= 64 * 1024 {
-                    self.flush_base64(&mut events, false)?;
-                }
+            if let Lex::String { capture: Capture::Attachment, .. } = self.lex
+                && self.pending_base64.len() >= 64 * 1024
+            {
+                self.flush_base64(&mut events, false)?;
             }
         }
         if !matches!(self.lex, Lex::String { capture: Capture::Attachment, .. }) {
@@ -232,9 +231,11 @@ impl PublishBodySplitter {
 mod tests {
     use super::*;
 
-    fn split(body: &[u8], chunk: usize) -> Result<(serde_json::Value, Vec<(String, Vec<u8>)>), SplitError> {
+    type Attachments = Vec<(String, Vec<u8>)>;
+
+    fn split(body: &[u8], chunk: usize) -> Result<(serde_json::Value, Attachments), SplitError> {
         let mut splitter = PublishBodySplitter::new(1 << 20);
-        let mut attachments: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut attachments: Attachments = Vec::new();
         for part in body.chunks(chunk) {
             for event in splitter.feed(part)? {
                 match event {
