@@ -15,7 +15,9 @@ pub struct TestServer {
     child: Child,
     pub base: String,
     pub port: u16,
-    pub data: tempfile::TempDir,
+    /// The data folder, when the server owns it.
+    _data: Option<tempfile::TempDir>,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -28,22 +30,39 @@ impl TestServer {
     /// the server's data folder.
     pub fn start_with(config: Option<&str>, extra_args: &[&str]) -> TestServer {
         let data = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(data.path(), config, extra_args);
+        server._data = Some(data);
+        server
+    }
+
+    /// Starts on a data folder the caller owns (to restart on it).
+    pub fn start_in(data: &Path, config: Option<&str>, extra_args: &[&str]) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wharf-registry"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.path().join("store"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.join("store"));
         if let Some(config) = config {
-            let path = data.path().join("wharf.yaml");
-            let text = config.replace("{data}", &data.path().join("store").display().to_string());
+            let path = data.join("wharf.yaml");
+            let text = config.replace("{data}", &data.join("store").display().to_string());
             std::fs::write(&path, text).unwrap();
             command.arg("--config").arg(path);
         }
         command
             .args(extra_args)
             .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("failed to start wharf-registry");
+        // Keep the log for assertions and show it with the test's output.
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[wharf-registry] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -57,7 +76,7 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        let server = TestServer { child, base, port, data };
+        let server = TestServer { child, base, port, _data: None, logs };
         server.wait_ready();
         server
     }
@@ -71,6 +90,10 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("wharf-registry never became ready");
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -110,6 +133,26 @@ impl TestServer {
             .send()
             .await
             .unwrap()
+    }
+}
+
+impl TestServer {
+    /// Sends SIGTERM, as Kubernetes does before stopping a pod.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        run_ok(Command::new("kill").args(["-TERM", &pid]));
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "wharf-registry did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
