@@ -10,10 +10,6 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// Token lifetimes the Domain allows, in seconds.
-pub const MIN_TOKEN_TTL_SECONDS: u64 = 900;
-pub const MAX_TOKEN_TTL_SECONDS: u64 = 43_200;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Permission {

@@ -21,9 +21,7 @@ pub fn open_store(config: &DomainConfig) -> anyhow::Result<Arc<dyn ObjectStore>>
     if let Some(fs) = &storage.filesystem {
         std::fs::create_dir_all(&fs.path).with_context(|| format!("failed to create the data folder {}", fs.path))?;
         let store = LocalFileSystem::new_with_prefix(&fs.path)
-            .with_context(|| format!("failed to open filesystem storage at {}", fs.path))?
-            // Removes empty folders left by deletes (old index revisions).
-            .with_automatic_cleanup(true);
+            .with_context(|| format!("failed to open filesystem storage at {}", fs.path))?;
         return Ok(Arc::new(store));
     }
     if storage.memory.is_some() {

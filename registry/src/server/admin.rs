@@ -12,7 +12,7 @@ use wharf_api::PackageFormat;
 
 use super::credentials::authenticate;
 use super::{ApiError, ErrorStyle, SharedState};
-use crate::auth::{MIN_TOKEN_TTL_SECONDS, Permission, Principal, TokenClaims};
+use crate::auth::{Permission, Principal, TokenClaims};
 use crate::core::{PackageId, VersionStatus};
 use crate::formats;
 
@@ -54,13 +54,11 @@ pub async fn mint_token(
             return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
         }
     }
+    let min_ttl = wharf_api::TOKEN_TTL_MIN.as_secs();
     let max_ttl = state.config.domain.spec.max_token_ttl().as_secs();
     let ttl = request.ttl_seconds.unwrap_or(max_ttl);
-    if !(MIN_TOKEN_TTL_SECONDS..=max_ttl).contains(&ttl) {
-        return Err(ApiError::bad_request(
-            format!("ttlSeconds must be between {MIN_TOKEN_TTL_SECONDS} and {max_ttl}"),
-            STYLE,
-        ));
+    if !(min_ttl..=max_ttl).contains(&ttl) {
+        return Err(ApiError::bad_request(format!("ttlSeconds must be between {min_ttl} and {max_ttl}"), STYLE));
     }
     let subject = request.subject.unwrap_or_else(|| "token".into());
     if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
