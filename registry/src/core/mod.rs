@@ -180,8 +180,10 @@ impl Registry {
     }
 
     /// Adds one file to a version, creating the version on its first file
-    /// (PyPI uploads each file of a release separately). A file name is
-    /// bound to its first bytes forever.
+    /// in `initial_status` (PyPI uploads each file of a release separately:
+    /// Published; a multi-file generic upload: Unfinished until finalised).
+    /// A file name is bound to its first bytes forever.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_asset(
         &self,
         repo: &str,
@@ -189,6 +191,7 @@ impl Registry {
         display_name: &str,
         version: &str,
         version_metadata: serde_json::Value,
+        initial_status: VersionStatus,
         asset: NewAsset,
     ) -> Result<PublishOutcome, CoreError> {
         let now = Utc::now();
@@ -216,13 +219,13 @@ impl Registry {
         };
         self.update_index(repo, id, display_name, |index| {
             let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
-                status: VersionStatus::Published,
+                status: initial_status,
                 created: record.created,
                 metadata: record.metadata.clone(),
                 assets: Default::default(),
                 deprecated: None,
             });
-            if !entry.status.is_installable() {
+            if matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed) {
                 return Err(CoreError::Conflict(format!(
                     "version {version} is {}; no files can be added to it",
                     entry.status.as_str()
@@ -576,14 +579,21 @@ mod tests {
         };
         let meta = serde_json::json!({});
         assert_eq!(
-            registry.add_asset("main", &id, "Demo", "1.0", meta.clone(), asset(a.clone())).await.unwrap(),
+            registry
+                .add_asset("main", &id, "Demo", "1.0", meta.clone(), VersionStatus::Published, asset(a.clone()))
+                .await
+                .unwrap(),
             PublishOutcome::Created
         );
         assert_eq!(
-            registry.add_asset("main", &id, "Demo", "1.0", meta.clone(), asset(a)).await.unwrap(),
+            registry
+                .add_asset("main", &id, "Demo", "1.0", meta.clone(), VersionStatus::Published, asset(a))
+                .await
+                .unwrap(),
             PublishOutcome::AlreadyPublished
         );
-        let err = registry.add_asset("main", &id, "Demo", "1.0", meta, asset(b)).await.unwrap_err();
+        let err =
+            registry.add_asset("main", &id, "Demo", "1.0", meta, VersionStatus::Published, asset(b)).await.unwrap_err();
         assert!(err.to_string().contains("File already exists"), "{err}");
     }
 

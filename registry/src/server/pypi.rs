@@ -14,7 +14,7 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::Operation;
 use super::{ApiError, ErrorStyle, SharedState, blob};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId};
+use crate::core::{NewAsset, PackageId, VersionStatus};
 use crate::formats::pypi::{self as format, DistKind};
 use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
 
@@ -289,6 +289,7 @@ async fn upload_file(
             name,
             &version,
             format::version_metadata(&fields),
+            VersionStatus::Published,
             NewAsset { name: filename, digests, metadata: asset_metadata },
         )
         .await
