@@ -534,10 +534,14 @@ check_quiet() {
   pct=$(busy_pct)
   meta "background_cpu_pct_$1" "$pct"
   if [ "$pct" -gt 10 ]; then
-    local top=""
+    local top="" pid cpu cmd mine p
     if command -v top >/dev/null; then
-      top=$(top -b -n 2 -d 1 -w 200 2>/dev/null | awk '/^top -/ { n++ } n == 2 && $1 ~ /^[0-9]+$/ && $9 + 0 >= 5 {
-        printf "%s%s (PID %s) %s%%", sep, $12, $1, $9; sep = ", " }' | head -c 300 || true)
+      while read -r pid cpu cmd; do
+        mine=""
+        for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] && mine=", started by this script"; done
+        top+="${top:+, }$cmd (PID $pid$mine) $cpu%"
+      done < <(top -b -n 2 -d 1 -w 200 2>/dev/null | awk '/^top -/ { n++ }
+        n == 2 && $1 ~ /^[0-9]+$/ && $9 + 0 >= 5 { print $1, $9, $12 }' | head -n 4 || true)
     fi
     note "machine not quiet $1 the load phase: ${pct}% of all CPU busy while the servers idled${top:+ (busiest: $top)}; treat the numbers with care"
   fi

@@ -180,8 +180,8 @@ impl Registry {
     }
 
     /// Adds one file to a version, creating the version on its first file
-    /// in `initial_status` (PyPI uploads each file of a release separately:
-    /// Published; a multi-file generic upload: Unfinished until finalised).
+    /// in `initial_status` (PyPI uploads each file of a release separately).
+    /// Files may be added to the version later while it is installable.
     /// A file name is bound to its first bytes forever.
     #[allow(clippy::too_many_arguments)]
     pub async fn add_asset(
@@ -192,6 +192,48 @@ impl Registry {
         version: &str,
         version_metadata: serde_json::Value,
         initial_status: VersionStatus,
+        asset: NewAsset,
+    ) -> Result<PublishOutcome, CoreError> {
+        let rules = FileRules::Release { initial_status };
+        self.add_file(repo, id, display_name, version, version_metadata, rules, asset).await
+    }
+
+    /// Adds one file to a version that stays open (Unfinished) for more
+    /// files until one arrives with `finalize`, which publishes it in the
+    /// same write. A Published version is final: no file joins it any more.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn add_asset_to_open_version(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        version: &str,
+        version_metadata: serde_json::Value,
+        finalize: bool,
+        asset: NewAsset,
+    ) -> Result<PublishOutcome, CoreError> {
+        // Refuse before binding the file name, so a late file does not
+        // leave a record behind; the index write re-checks under CAS.
+        if let Some(snapshot) = self.package(repo, id).await?
+            && let Some(entry) = snapshot.index.versions.get(version)
+            && entry.status != VersionStatus::Unfinished
+            && entry.assets.get(&asset.name).is_none_or(|a| a.digests.sha256 != asset.digests.sha256)
+        {
+            return Err(closed_version(version, entry.status));
+        }
+        let rules = FileRules::Open { finalize };
+        self.add_file(repo, id, display_name, version, version_metadata, rules, asset).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn add_file(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        version: &str,
+        version_metadata: serde_json::Value,
+        rules: FileRules,
         asset: NewAsset,
     ) -> Result<PublishOutcome, CoreError> {
         let now = Utc::now();
@@ -218,6 +260,10 @@ impl Registry {
             }
         };
         self.update_index(repo, id, display_name, |index| {
+            let initial_status = match rules {
+                FileRules::Release { initial_status } => initial_status,
+                FileRules::Open { .. } => VersionStatus::Unfinished,
+            };
             let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
                 status: initial_status,
                 created: record.created,
@@ -225,17 +271,27 @@ impl Registry {
                 assets: Default::default(),
                 deprecated: None,
             });
-            if matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed) {
-                return Err(CoreError::Conflict(format!(
-                    "version {version} is {}; no files can be added to it",
-                    entry.status.as_str()
-                )));
+            let mut changed = false;
+            if !entry.assets.contains_key(&asset.name) {
+                let accepts = match rules {
+                    FileRules::Release { .. } => {
+                        !matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed)
+                    }
+                    FileRules::Open { .. } => entry.status == VersionStatus::Unfinished,
+                };
+                if !accepts {
+                    return Err(closed_version(version, entry.status));
+                }
+                entry.assets.insert(asset.name.clone(), asset.clone());
+                changed = true;
             }
-            if entry.assets.contains_key(&asset.name) {
-                return Ok(false);
+            if let FileRules::Open { finalize: true } = rules
+                && entry.status == VersionStatus::Unfinished
+            {
+                entry.status = VersionStatus::Published;
+                changed = true;
             }
-            entry.assets.insert(asset.name.clone(), asset.clone());
-            Ok(true)
+            Ok(changed)
         })
         .await?;
         Ok(outcome)
@@ -423,6 +479,18 @@ impl Registry {
     }
 }
 
+/// How a file joins its version (see [`Registry::add_asset`] and
+/// [`Registry::add_asset_to_open_version`]).
+#[derive(Clone, Copy)]
+enum FileRules {
+    Release { initial_status: VersionStatus },
+    Open { finalize: bool },
+}
+
+fn closed_version(version: &str, status: VersionStatus) -> CoreError {
+    CoreError::Conflict(format!("version {version} is {}; no files can be added to it", status.as_str()))
+}
+
 fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.digests.sha256 == y.digests.sha256)
 }
@@ -595,6 +663,34 @@ mod tests {
         let err =
             registry.add_asset("main", &id, "Demo", "1.0", meta, VersionStatus::Published, asset(b)).await.unwrap_err();
         assert!(err.to_string().contains("File already exists"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn open_versions_take_files_until_finalised() {
+        let registry = registry();
+        let id = PackageId::new(PackageFormat::Generic, "ns/tool");
+        let file =
+            |name: &str, d: BlobDigests| NewAsset { name: name.into(), digests: d, metadata: Default::default() };
+        let a = blob(&registry, b"a").await;
+        let b = blob(&registry, b"b").await;
+        let meta = serde_json::json!({});
+        let add = |name: &'static str, d: BlobDigests, finalize: bool| {
+            let registry = registry.clone();
+            let (id, meta) = (id.clone(), meta.clone());
+            async move {
+                registry.add_asset_to_open_version("main", &id, "tool", "1.0", meta, finalize, file(name, d)).await
+            }
+        };
+        add("a.bin", a.clone(), false).await.unwrap();
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0"].status, VersionStatus::Unfinished);
+        add("b.bin", b.clone(), true).await.unwrap();
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0"].status, VersionStatus::Published);
+        assert_eq!(snapshot.index.versions["1.0"].assets.len(), 2);
+        assert_eq!(add("b.bin", b, true).await.unwrap(), PublishOutcome::AlreadyPublished, "retries are idempotent");
+        let err = add("c.bin", a, false).await.unwrap_err();
+        assert!(err.to_string().contains("is Published"), "{err}");
     }
 
     #[tokio::test]

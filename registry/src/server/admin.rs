@@ -106,7 +106,11 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                 "name": name,
                 "description": r.spec.description,
                 "anonymousRead": r.allows_anonymous_read(),
-                "endpoints": {"npm": format!("/npm/{name}/"), "pypi": format!("/pypi/{name}/simple/")},
+                "endpoints": {
+                    "npm": format!("/npm/{name}/"),
+                    "pypi": format!("/pypi/{name}/simple/"),
+                    "generic": format!("/generic/{name}/"),
+                },
             })
         })
         .collect();
@@ -125,6 +129,15 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
         PackageFormat::Pypi => {
             formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::pypi::normalize_name(package)
+        }
+        PackageFormat::Generic => {
+            // A path segment cannot carry the `/` of `namespace/package`.
+            let (namespace, name) = package
+                .split_once(':')
+                .ok_or_else(|| ApiError::bad_request("a generic package is named namespace:package here", STYLE))?;
+            formats::generic::validate_namespace(namespace).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            formats::generic::validate_package(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            formats::generic::package_name(namespace, name)
         }
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };

@@ -6,6 +6,7 @@ mod admin;
 mod blob;
 mod credentials;
 mod error;
+mod generic;
 mod guard;
 pub mod metrics;
 mod npm;
@@ -97,6 +98,10 @@ pub fn app(state: SharedState) -> Router {
         .route("/npm/{repo}/{*rest}", any(npm::dispatch))
         .route("/pypi/{repo}/", post(pypi::upload))
         .route("/pypi/{repo}/legacy/", post(pypi::upload))
+        .route(
+            "/generic/{repo}/{namespace}/{package}/{version}/{asset}",
+            get(generic::get_asset).put(generic::put_asset),
+        )
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()
@@ -115,6 +120,8 @@ pub fn app(state: SharedState) -> Router {
         .route("/pypi/{repo}/simple/{project}/", get(pypi::project))
         .route("/pypi/{repo}/simple/{project}", get(pypi::redirect_project))
         .route("/pypi/{repo}/files/{project}/{version}/{filename}", get(pypi::file))
+        .route("/generic/{repo}/{namespace}/{package}", get(generic::get_package))
+        .route("/generic/{repo}/{namespace}/{package}/{version}", get(generic::get_version))
         .merge(uploads)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -515,3 +515,56 @@ async fn status_changes_through_the_api() {
     assert_eq!(app.put_json(uri, &reader, &json!({"status": "Published"})).await.status, StatusCode::FORBIDDEN);
     assert_eq!(app.put_json(uri, &token, &json!({"status": "Gone"})).await.status, StatusCode::BAD_REQUEST);
 }
+
+async fn put_generic(app: &TestApp, token: &str, uri: &str, body: Vec<u8>, checksum: Option<String>) -> Reply {
+    let mut request = Request::put(uri).header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(checksum) = checksum {
+        request = request.header("x-checksum-sha256", checksum);
+    }
+    app.send(request.body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generic_race_and_bad_input() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_metadata_bytes: 8 * 1024 };
+    let app = Arc::new(TestApp::with_store(Arc::new(object_store::memory::InMemory::new()), limits).await);
+    let token = app.token(&["main"], &["publish"]).await;
+    let attempts = (0..50).map(|i| {
+        let (app, token) = (app.clone(), token.clone());
+        tokio::spawn(async move {
+            let bytes = format!("build {i}").into_bytes();
+            let sum = hex::encode(sha2::Sha256::digest(&bytes));
+            let reply =
+                put_generic(&app, &token, "/generic/main/acme/tool/1.0/tool.bin", bytes.clone(), Some(sum)).await;
+            (reply.status, bytes)
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+    let winners: Vec<_> = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).collect();
+    assert_eq!(winners.len(), 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+    let stored = app.get("/generic/main/acme/tool/1.0/tool.bin", None).await;
+    assert_eq!(&stored.body[..], &winners[0].1[..]);
+
+    let sum = |b: &[u8]| Some(hex::encode(sha2::Sha256::digest(b)));
+    for (uri, body, checksum, status) in [
+        ("/generic/main/acme/tool/1.0/.hidden", b"x".to_vec(), sum(b"x"), StatusCode::BAD_REQUEST),
+        ("/generic/main/ac%20me/tool/1.0/a", b"x".to_vec(), sum(b"x"), StatusCode::BAD_REQUEST),
+        ("/generic/main/acme/tool/1.0@x/a", b"x".to_vec(), sum(b"x"), StatusCode::BAD_REQUEST),
+        ("/generic/main/acme/tool/2.0/a", b"x".to_vec(), Some("nothex".into()), StatusCode::BAD_REQUEST),
+        ("/generic/main/acme/tool/2.0/a", vec![1; 100 * 1024], sum(&[1; 100 * 1024]), StatusCode::PAYLOAD_TOO_LARGE),
+        ("/generic/main/acme/tool/2.0/a%2fb", b"x".to_vec(), sum(b"x"), StatusCode::BAD_REQUEST),
+    ] {
+        let reply = put_generic(&app, &token, uri, body, checksum).await;
+        assert_eq!(reply.status, status, "{uri}: {}", reply.text());
+    }
+    assert_eq!(app.get("/generic/main/acme/tool/2.0", None).await.status, StatusCode::NOT_FOUND, "nothing stored");
+    // Finalising through the management API (namespace:package).
+    let open =
+        put_generic(&app, &token, "/generic/main/acme/tool/3.0/a?unfinished=true", b"a".to_vec(), sum(b"a")).await;
+    assert_eq!(open.status, StatusCode::CREATED);
+    let uri = "/api/v1/repositories/main/packages/generic/acme:tool/versions/3.0/status";
+    let reply = app.put_json(uri, &token, &json!({"status": "Published", "expectedStatus": "Unfinished"})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(app.get("/generic/main/acme/tool/3.0/a", None).await.status, StatusCode::OK);
+}
