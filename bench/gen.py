@@ -216,9 +216,9 @@ def cmd_parse_wrk(args):
 # ------------------------------------------------------------------ report --
 ENDPOINTS = [
     ("packument", "npm abbreviated packument", 0.5, "verdaccio"),
-    ("tarball", "npm tarball (1 MiB)", 0.7, "verdaccio"),
+    ("tarball", "npm tarball", 0.7, "verdaccio"),
     ("simple", "PyPI simple page", 0.5, "pypiserver,devpi"),
-    ("wheel", "PyPI wheel (1 MiB)", 0.7, "pypiserver,devpi"),
+    ("wheel", "PyPI wheel", 0.7, "pypiserver,devpi"),
 ]
 P99_TARGET_MS = 10.0
 IDLE_RSS_TARGET_MIB = 30.0
@@ -294,9 +294,9 @@ def cmd_report(args):
     out.append("%s; wrk -t1 -c%s -d%ss --latency pinned to CPU %s, servers pinned to CPU %s; loopback only." % (
         meta.get("date", time.strftime("%Y-%m-%d %H:%M:%S")), meta.get("connections", "64"),
         meta.get("seconds", "?"), meta.get("load_cpu", "1"), meta.get("server_cpu", "0")))
-    out.append("Seeded: npm `bench-pkg` and PyPI `bench-pkg`, %s versions each, ~1 MiB random payload per artifact. "
+    out.append("Seeded: npm `bench-pkg` and PyPI `bench-pkg`, %s versions each, %s random payload per artifact. "
                "nginx serves %s as static files." % (
-                   meta.get("versions", "50"),
+                   meta.get("versions", "50"), fmt_size(int(meta.get("artifact_bytes", MIB))),
                    "Wharf's own response bodies" if wharf_on else
                    "the peers' bodies (Verdaccio packument, pypiserver simple page; no Wharf in this run)"))
     if not wharf_on:
@@ -355,7 +355,9 @@ def cmd_report(args):
         else:
             all_pass = False
             out.append("- Idle RSS: n/a")
-        for key, label in (("pypi", "twine upload of a 200 MiB wheel"), ("npm", "npm publish of a 200 MiB tarball")):
+        big = meta.get("big_mib", "200")
+        for key, label in (("pypi", "twine upload of a %s MiB wheel" % big),
+                           ("npm", "npm publish of a %s MiB tarball" % big)):
             rise = mib("publish_%s_rise_mib" % key)
             status = meta.get("publish_%s_status" % key, "not run")
             if rise is not None and status == "ok":

@@ -50,13 +50,16 @@ PIDS=()
 declare -A PID_OF=()
 
 cleanup() {
-  local rc=$? pid i
+  local rc=$? pid
   trap - EXIT INT TERM
+  if [ -n "${TRY_PID:-}" ]; then
+    kill -TERM "$TRY_PID" 2>/dev/null || true
+  fi
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
@@ -87,8 +90,8 @@ start_server() {
 
 # wait_http NAME URL [SECONDS]
 wait_http() {
-  local name=$1 url=$2 limit=${3:-60} i
-  for i in $(seq 1 $((limit * 5))); do
+  local name=$1 url=$2 limit=${3:-60}
+  for _ in $(seq 1 $((limit * 5))); do
     if ! kill -0 "${PID_OF[$name]}" 2>/dev/null; then
       log "$name exited early; last log lines:"; tail -n 30 "$RUN/$name.log" >&2 || true
       return 1
@@ -107,13 +110,17 @@ free_port() {
 }
 
 # try FUNC ARGS... : run FUNC in a subshell with errexit in force; sets TRY_RC.
-# (Call it as a plain command, never inside if/||/&&, or errexit is ignored.)
+# The subshell runs in the background and is waited for, so that a signal to
+# this script runs the cleanup at once (bash defers traps while a foreground
+# child runs); cleanup also ends the subshell itself.
 TRY_RC=0
+TRY_PID=
 try() {
-  set +e
-  ( set -e; "$@" )
-  TRY_RC=$?
-  set -e
+  ( set -e; "$@" ) &
+  TRY_PID=$!
+  TRY_RC=0
+  wait "$TRY_PID" || TRY_RC=$?
+  TRY_PID=
 }
 
 kib_field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
@@ -192,12 +199,12 @@ fi
 
 # -------------------------------------------------------------- artifacts --
 log "generating artifacts ($BENCH_VERSIONS versions, $BENCH_ARTIFACT_BYTES-byte payloads) in $ART (cached)"
-$GEN npm-tgz --out "$ART/npm" --name "$PKG" --count "$BENCH_VERSIONS" --size "$BENCH_ARTIFACT_BYTES" >"$RUN/npm-files.txt"
-$GEN wheels --out "$ART/pypi" --name "$PKG" --count "$BENCH_VERSIONS" --size "$BENCH_ARTIFACT_BYTES" >"$RUN/wheel-files.txt"
+$GEN npm-tgz --out "$ART/npm-$BENCH_ARTIFACT_BYTES" --name "$PKG" --count "$BENCH_VERSIONS" --size "$BENCH_ARTIFACT_BYTES" >"$RUN/npm-files.txt"
+$GEN wheels --out "$ART/pypi-$BENCH_ARTIFACT_BYTES" --name "$PKG" --count "$BENCH_VERSIONS" --size "$BENCH_ARTIFACT_BYTES" >"$RUN/wheel-files.txt"
 mapfile -t NPM_FILES <"$RUN/npm-files.txt"
 mapfile -t WHEEL_FILES <"$RUN/wheel-files.txt"
-FIRST_TGZ=$ART/npm/$PKG-$FIRST_VERSION.tgz
-FIRST_WHL=$ART/pypi/$PKG_DIST-$FIRST_VERSION-py3-none-any.whl
+FIRST_TGZ=$ART/npm-$BENCH_ARTIFACT_BYTES/$PKG-$FIRST_VERSION.tgz
+FIRST_WHL=$ART/pypi-$BENCH_ARTIFACT_BYTES/$PKG_DIST-$FIRST_VERSION-py3-none-any.whl
 
 # ------------------------------------------------------------------- seeding --
 # npm_publish_all REGISTRY_URL TOKEN NAME : real `npm publish` of every tarball
@@ -516,8 +523,9 @@ run_wrk() { # SERVER ENDPOINT
   local parsed
   parsed=$($GEN parse-wrk "$out")
   printf '%s\t%s\t%s\t%s\n' "$s" "$ep" "$parsed" "${SIZE[$s:$ep]:-}" >>"$RESULTS"
-  log "$(printf '%-10s %-9s req/s=%-9s p99_ms=%-7s bad=%s' "$s" "$ep" $(echo "$parsed" | cut -f1) \
-    $(echo "$parsed" | cut -f2) $(( $(echo "$parsed" | cut -f3) + $(echo "$parsed" | cut -f4) )))"
+  local rps p99 non2xx errs
+  IFS=$'\t' read -r rps p99 non2xx errs <<<"$parsed"
+  log "$(printf '%-10s %-9s req/s=%-9s p99_ms=%-7s bad=%s' "$s" "$ep" "$rps" "$p99" $((non2xx + errs)))"
 }
 # Anything else burning CPU (a build, say) skews every number: measure it with
 # all servers idle, before and after the load phase, and say so in the report.
@@ -578,12 +586,12 @@ if [ "$WHARF_ON" = 1 ]; then
     log "publish $key ${BENCH_BIG_MIB} MiB: VmHWM $(mib_of_kib "$before") -> $(mib_of_kib "$after") MiB"
   }
   log "generating ${BENCH_BIG_MIB} MiB wheel"
-  BIG_WHL=$($GEN wheels --out "$ART/big" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
+  BIG_WHL=$($GEN wheels --out "$ART/big-$BIG_BYTES" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
   publish_big_wheel() { twine_upload "$WHARF_URL/pypi/main/" __token__ "$WHARF_TOKEN" wharf-big "$BIG_WHL"; }
   measure_publish pypi publish_big_wheel
   if [ "$BENCH_NPM_BIG" = 1 ]; then
     log "generating ${BENCH_BIG_MIB} MiB npm tarball"
-    BIG_TGZ=$($GEN npm-tgz --out "$ART/big" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
+    BIG_TGZ=$($GEN npm-tgz --out "$ART/big-$BIG_BYTES" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
     publish_big_tgz() {
       local saved=("${NPM_FILES[@]}")
       NPM_FILES=("$BIG_TGZ")
@@ -603,6 +611,8 @@ meta date "$(date '+%Y-%m-%d %H:%M:%S %Z')"
 meta seconds "$BENCH_SECONDS"
 meta connections "$BENCH_CONNECTIONS"
 meta versions "$BENCH_VERSIONS"
+meta big_mib "$BENCH_BIG_MIB"
+meta artifact_bytes "$BENCH_ARTIFACT_BYTES"
 meta server_cpu "$BENCH_SERVER_CPU"
 meta load_cpu "$BENCH_LOAD_CPU"
 meta wharf "$([ "$WHARF_ON" = 1 ] && echo yes || echo no)"

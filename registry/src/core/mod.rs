@@ -11,8 +11,9 @@
 pub mod model;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -83,15 +84,57 @@ impl PackageSnapshot {
 
 type CacheKey = (String, PackageId);
 
+/// One package's cache slot: the newest snapshot seen and the probe that
+/// revalidates it. Readers share probes: a reader waits its turn and
+/// reuses the result of any probe that *started* after it arrived, so it
+/// still sees every write completed before it arrived, while a burst of
+/// readers costs one storage round trip instead of one each.
+struct CachedPackage {
+    snapshot: Mutex<Arc<PackageSnapshot>>,
+    probe: tokio::sync::Mutex<()>,
+    /// When the newest successful probe started, in nanoseconds since
+    /// [`Registry::epoch`].
+    probed_from: AtomicU64,
+}
+
+impl CachedPackage {
+    fn new(snapshot: Arc<PackageSnapshot>, probed_from: u64) -> Self {
+        CachedPackage {
+            snapshot: Mutex::new(snapshot),
+            probe: tokio::sync::Mutex::new(()),
+            probed_from: AtomicU64::new(probed_from),
+        }
+    }
+
+    fn current(&self) -> Arc<PackageSnapshot> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps `snapshot` unless a newer one is already here.
+    fn offer(&self, snapshot: Arc<PackageSnapshot>) -> Arc<PackageSnapshot> {
+        let mut current = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshot.revision > current.revision {
+            *current = snapshot;
+        }
+        current.clone()
+    }
+}
+
 /// The core service of one Domain.
 pub struct Registry {
     storage: Storage,
-    snapshots: Mutex<HashMap<CacheKey, Arc<PackageSnapshot>>>,
+    packages: Mutex<HashMap<CacheKey, Arc<CachedPackage>>>,
+    epoch: Instant,
 }
 
 impl Registry {
     pub fn new(storage: Storage) -> Self {
-        Registry { storage, snapshots: Mutex::new(HashMap::new()) }
+        Registry { storage, packages: Mutex::new(HashMap::new()), epoch: Instant::now() }
+    }
+
+    fn now(&self) -> u64 {
+        // Saturates after ~584 years of uptime.
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub fn storage(&self) -> &Storage {
@@ -386,20 +429,45 @@ impl Registry {
     /// The package as it is now: a cached snapshot, revalidated by probing
     /// for a newer revision so a write on any replica is seen at once.
     pub async fn package(&self, repo: &str, id: &PackageId) -> Result<Option<Arc<PackageSnapshot>>, CoreError> {
+        let arrived = self.now();
         let cache_key = (repo.to_owned(), id.clone());
         let dir = keys::package_index(repo, id.format.as_str(), &id.name);
-        let cached = self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).cloned();
-        if let Some(snapshot) = cached
-            && !self.storage.revision_exists(&dir, snapshot.revision + 1).await?
-        {
-            return Ok(Some(snapshot));
+        let slot = self.packages.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).cloned();
+        if let Some(slot) = slot {
+            let _turn = slot.probe.lock().await;
+            if slot.probed_from.load(Ordering::Acquire) >= arrived {
+                return Ok(Some(slot.current()));
+            }
+            let started = self.now();
+            let current = slot.current();
+            if self.storage.revision_exists(&dir, current.revision + 1).await?
+                && let Some(newer) = self.load_latest(&dir).await?
+            {
+                slot.offer(Arc::new(newer));
+            }
+            slot.probed_from.store(started, Ordering::Release);
+            return Ok(Some(slot.current()));
         }
-        let Some((revision, bytes)) = self.storage.latest_revision(&dir).await? else {
+        let started = self.now();
+        let Some(snapshot) = self.load_latest(&dir).await? else {
+            return Ok(None);
+        };
+        let snapshot = Arc::new(snapshot);
+        let mut packages = self.packages.lock().unwrap_or_else(|e| e.into_inner());
+        if packages.len() >= MAX_CACHED_PACKAGES {
+            packages.clear();
+        }
+        let slot = packages.entry(cache_key).or_insert_with(|| Arc::new(CachedPackage::new(snapshot.clone(), started)));
+        Ok(Some(slot.offer(snapshot)))
+    }
+
+    async fn load_latest(&self, dir: &object_store::path::Path) -> Result<Option<PackageSnapshot>, CoreError> {
+        let Some((revision, bytes)) = self.storage.latest_revision(dir).await? else {
             return Ok(None);
         };
         let index: PackageIndex =
             serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
-        Ok(Some(self.remember(cache_key, PackageSnapshot::new(revision, index))))
+        Ok(Some(PackageSnapshot::new(revision, index)))
     }
 
     /// Names of the packages of one format in a repository (normalised).
@@ -407,20 +475,15 @@ impl Registry {
         Ok(self.storage.list_children(&keys::packages(repo, format.as_str())).await?)
     }
 
-    fn remember(&self, key: CacheKey, snapshot: PackageSnapshot) -> Arc<PackageSnapshot> {
+    /// Caches the snapshot a write just created. Readers still probe
+    /// before using it: another replica may write next.
+    fn remember(&self, key: CacheKey, snapshot: PackageSnapshot) {
         let snapshot = Arc::new(snapshot);
-        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        if snapshots.len() >= MAX_CACHED_PACKAGES {
-            snapshots.clear();
+        let mut packages = self.packages.lock().unwrap_or_else(|e| e.into_inner());
+        if packages.len() >= MAX_CACHED_PACKAGES {
+            packages.clear();
         }
-        match snapshots.get(&key) {
-            // Never replace a newer snapshot another request cached.
-            Some(existing) if existing.revision > snapshot.revision => existing.clone(),
-            _ => {
-                snapshots.insert(key, snapshot.clone());
-                snapshot
-            }
-        }
+        packages.entry(key).or_insert_with(|| Arc::new(CachedPackage::new(snapshot.clone(), 0))).offer(snapshot);
     }
 
     async fn update_existing(
@@ -704,6 +767,28 @@ mod tests {
         assert_eq!(two.package("main", &id).await.unwrap().unwrap().index.versions.len(), 1);
         one.publish_version("main", &id, "pkg", version("1.1.0", d)).await.unwrap();
         assert_eq!(two.package("main", &id).await.unwrap().unwrap().index.versions.len(), 2);
+    }
+
+    /// A burst of readers shares revalidation probes, and each still sees a
+    /// write that completed before it arrived.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_readers_see_writes_from_another_replica() {
+        let storage = Storage::new(Arc::new(InMemory::new()));
+        let writer = Registry::new(storage.clone());
+        let reader = Arc::new(Registry::new(storage));
+        let id = npm("pkg");
+        let d = blob(&writer, b"a").await;
+        writer.publish_version("main", &id, "pkg", version("1.0.0", d.clone())).await.unwrap();
+        for round in 1..=5usize {
+            let readers = (0..32).map(|_| {
+                let (reader, id) = (reader.clone(), id.clone());
+                tokio::spawn(async move { reader.package("main", &id).await.unwrap().unwrap().index.versions.len() })
+            });
+            for seen in futures::future::join_all(readers).await {
+                assert_eq!(seen.unwrap(), round);
+            }
+            writer.publish_version("main", &id, "pkg", version(&format!("2.0.{round}"), d.clone())).await.unwrap();
+        }
     }
 
     #[tokio::test]
