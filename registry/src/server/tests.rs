@@ -515,3 +515,5 @@ async fn status_changes_through_the_api() {
     assert_eq!(app.put_json(uri, &reader, &json!({"status": "Published"})).await.status, StatusCode::FORBIDDEN);
     assert_eq!(app.put_json(uri, &token, &json!({"status": "Gone"})).await.status, StatusCode::BAD_REQUEST);
 }
+
+mod cargo;
