@@ -2,7 +2,8 @@
 //! index: publish (token from `CARGO_REGISTRIES_WHARF_TOKEN` through the
 //! `cargo:token` provider), builds of a dependent crate in fresh
 //! `CARGO_HOME`s, yank and unyank against fresh resolutions and an existing
-//! lockfile, owners, search, immutability, name spelling and access control,
+//! lockfile, a dependency chain with `dep:` features, owners, search,
+//! immutability, name spelling and access control,
 //! on an auth-required repository and on an anonymously readable one.
 #![allow(clippy::unwrap_used)]
 
@@ -250,6 +251,28 @@ async fn cargo_on_an_anonymously_readable_repository() {
     let anonymous = CargoSetup { server: &server, repo: "main", token: None };
     let app = fresh_app(&anonymous, "wharf_util", "1");
     assert_eq!(answer(&app, &anonymous, "app", &[]), "answer=7");
+
+    // A crate depending on it through a `dep:` feature (an index line with
+    // `v: 2` and `features2`), and a build through both.
+    publisher.write(
+        "chain/Cargo.toml",
+        "[package]\nname = \"wharf-chain\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"Depends on wharf_util\"\nlicense = \"MIT\"\n\n[dependencies]\nwharf_util = { version = \"1\", registry = \"wharf\", optional = true }\n\n[features]\ndefault = [\"util\"]\nutil = [\"dep:wharf_util\"]\n",
+    );
+    publisher.write(
+        "chain/src/lib.rs",
+        "#[cfg(feature = \"util\")]\npub fn answer() -> u32 {\n    wharf_util::answer() + 1\n}\n",
+    );
+    let output = publish(&publisher, &setup, "chain");
+    assert!(output.status.success(), "{}", text(&output));
+    let line: serde_json::Value =
+        reqwest::get(server.url("/cargo/main/index/wh/ar/wharf-chain")).await.unwrap().json().await.unwrap();
+    assert_eq!(line["v"], 2, "{line}");
+    assert_eq!(line["features2"]["util"], serde_json::json!(["dep:wharf_util"]), "{line}");
+    let dependency = &line["deps"][0];
+    assert_eq!(dependency["name"], "wharf_util", "{line}");
+    assert!(dependency["registry"].is_null(), "a dependency from the same registry has no registry URL: {line}");
+    let chained = fresh_app(&anonymous, "wharf-chain", "0.1");
+    assert_eq!(answer(&chained, &anonymous, "app", &[]), "answer=8");
 
     // `Wharf-Util` is the same crate as `wharf_util`; the first spelling stays
     // and cargo shows the registry's refusal.
