@@ -3,8 +3,8 @@
 //! `cargo:token` provider), builds of a dependent crate in fresh
 //! `CARGO_HOME`s, yank and unyank against fresh resolutions and an existing
 //! lockfile, a dependency chain with `dep:` features, owners, search,
-//! immutability, name spelling and access control,
-//! on an auth-required repository and on an anonymously readable one.
+//! immutability, name spelling and access control, on an auth-required
+//! repository and on an anonymously readable one.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -64,6 +64,10 @@ fn cargo(ws: &Workspace, setup: &CargoSetup, dir: &str) -> Command {
         }
     }
     command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
+    // Hermetic: the registry under test is plain http on loopback, so send
+    // every https request (a public registry) to a closed port; a test that
+    // needed the internet would fail here instead of passing by luck.
+    command.env("https_proxy", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
     if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
         command.env("RUSTUP_HOME", rustup_home);
     }
