@@ -326,7 +326,8 @@ pub fn render_index_file(index: &PackageIndex) -> Bytes {
     Bytes::from(out)
 }
 
-/// One version's index line. Field order follows the index reference.
+/// One version's index line (cargo reads fields by name; their order is
+/// serde_json's).
 fn index_line(display_name: &str, key: &str, entry: &VersionEntry) -> Option<Value> {
     let meta = &entry.metadata;
     let name = meta.get("name").and_then(Value::as_str).unwrap_or(display_name);
