@@ -52,9 +52,9 @@ declare -A PID_OF=()
 cleanup() {
   local rc=$? pid
   trap - EXIT INT TERM
-  if [ -n "${TRY_PID:-}" ]; then
-    kill -TERM "$TRY_PID" 2>/dev/null || true
-  fi
+  for pid in ${TRY_PID:-} ${BG_PID:-}; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -109,6 +109,18 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# bg_wait CMD... : run a long client command (npm, twine, wrk) so that a signal
+# is acted on at once; cleanup (or try's subshell) ends the command by its PID.
+BG_PID=
+bg_wait() {
+  "$@" &
+  BG_PID=$!
+  local rc=0
+  wait "$BG_PID" || rc=$?
+  BG_PID=
+  return "$rc"
+}
+
 # try FUNC ARGS... : run FUNC in a subshell with errexit in force; sets TRY_RC.
 # The subshell runs in the background and is waited for, so that a signal to
 # this script runs the cleanup at once (bash defers traps while a foreground
@@ -116,7 +128,7 @@ free_port() {
 TRY_RC=0
 TRY_PID=
 try() {
-  ( set -e; "$@" ) &
+  ( trap '[ -z "${BG_PID:-}" ] || kill -TERM "$BG_PID" 2>/dev/null; exit 143' TERM; set -e; "$@" ) &
   TRY_PID=$!
   TRY_RC=0
   wait "$TRY_PID" || TRY_RC=$?
@@ -220,7 +232,7 @@ audit=false
 EOF
   log "$name: npm publish ${#NPM_FILES[@]} tarballs"
   for f in "${NPM_FILES[@]}"; do
-    timeout 120 npm publish "$f" --userconfig "$rc" --registry "$registry" --cache "$NPM_CACHE" \
+    bg_wait timeout 120 npm publish "$f" --userconfig "$rc" --registry "$registry" --cache "$NPM_CACHE" \
       --loglevel=error >>"$RUN/$name.publish.log" 2>&1 \
       || { tail -n 20 "$RUN/$name.publish.log" >&2; return 1; }
   done
@@ -230,7 +242,7 @@ twine_upload() { # URL USER PASSWORD NAME FILES...
   local url=$1 user=$2 pass=$3 name=$4
   shift 4
   log "$name: twine upload $# file(s)"
-  TWINE_NON_INTERACTIVE=1 timeout 900 "$VENV/bin/twine" upload --non-interactive --disable-progress-bar \
+  TWINE_NON_INTERACTIVE=1 bg_wait timeout 900 "$VENV/bin/twine" upload --non-interactive --disable-progress-bar \
     --repository-url "$url" -u "$user" -p "$pass" "$@" >>"$RUN/$name.upload.log" 2>&1 \
     || { tail -n 20 "$RUN/$name.upload.log" >&2; return 1; }
 }
@@ -356,7 +368,7 @@ EOF
   seed_devpi() {
     [ "$DEVPI_INIT_RC" = 0 ]
     wait_http devpi "$DEVPI_URL/+api" 90
-    local d=(timeout 60 "$VENV/bin/devpi" --clientdir "$RUN/devpi/client")
+    local d=(bg_wait timeout 60 "$VENV/bin/devpi" --clientdir "$RUN/devpi/client")
     {
       "${d[@]}" use "$DEVPI_URL/"
       "${d[@]}" login root --password "$PEER_PASSWORD"
@@ -510,13 +522,13 @@ run_wrk() { # SERVER ENDPOINT
   [ -n "$hdr" ] && args+=(-H "$hdr")
   out=$RUN/wrk/$s.$ep.txt
   if [ "$BENCH_WARMUP" -gt 0 ]; then
-    timeout $((BENCH_WARMUP + 30)) taskset -c "$BENCH_LOAD_CPU" wrk "${args[@]}" "-d${BENCH_WARMUP}s" "$url" \
+    bg_wait timeout $((BENCH_WARMUP + 30)) taskset -c "$BENCH_LOAD_CPU" wrk "${args[@]}" "-d${BENCH_WARMUP}s" "$url" \
       >"$RUN/wrk/$s.$ep.warmup.txt" 2>&1 || true
     # a slow server is still working off the warm-up's abandoned requests: one
     # request that completes means its queue has drained
     curl -s -o /dev/null --max-time 120 ${hdr:+-H "$hdr"} "$url" || true
   fi
-  if ! timeout $((BENCH_SECONDS + 30)) taskset -c "$BENCH_LOAD_CPU" wrk "${args[@]}" "-d${BENCH_SECONDS}s" \
+  if ! bg_wait timeout $((BENCH_SECONDS + 30)) taskset -c "$BENCH_LOAD_CPU" wrk "${args[@]}" "-d${BENCH_SECONDS}s" \
       --latency "$url" >"$out" 2>&1; then
     note "wrk against $s $ep failed (see $out)"
   fi

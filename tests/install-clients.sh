@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the package clients the end-to-end tests drive, into a cache
 # folder outside the repository (keyed by the pinned versions), so a second
-# run costs nothing. npm comes with the machine's Node.js.
+# run costs nothing. npm comes with the machine's Node.js, cargo with the
+# Rust toolchain that builds the tests.
 set -euo pipefail
 
 TOOLS_DIR="${WHARF_TEST_TOOLS:-$HOME/.cache/wharf/test-tools}"
@@ -13,6 +14,14 @@ need() {
 }
 need python3 "Debian: apt-get install python3 python3-venv"
 need npm "Debian: apt-get install nodejs npm"
+need cargo "install Rust with rustup"
+# The cargo tests drive the toolchain's own cargo; credential providers
+# (`cargo:token` for auth-required registries) need cargo 1.74 or newer.
+CARGO_MINOR=$(cargo --version | sed -n 's/^cargo 1\.\([0-9]*\).*/\1/p')
+if [ -z "$CARGO_MINOR" ] || [ "$CARGO_MINOR" -lt 74 ]; then
+    echo "install-clients: cargo 1.74 or newer is required, found: $(cargo --version)" >&2
+    exit 1
+fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
     echo "install-clients: Python clients already in $TOOLS_DIR/venv"

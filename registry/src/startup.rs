@@ -100,6 +100,9 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
         text.push_str(&format!(
             "  twine upload --repository-url {base}/pypi/{name}/ -u __token__ -p \"$WHARF_TOKEN\" dist/*\n"
         ));
+        text.push_str(&format!(
+            "  cargo: [registries.wharf] index = \"sparse+{base}/cargo/{name}/index/\", credential-provider = \"cargo:token\"\n"
+        ));
     }
     if token_generated {
         text.push_str(&format!("\nGenerated admin token (set WHARF_ADMIN_TOKEN to choose one): {admin_token}\n"));

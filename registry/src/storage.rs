@@ -8,6 +8,7 @@
 //! blobs/sha256/ab/abcdef…                                   asset bytes, stored once per Domain
 //! uploads/{uuid}                                            staging area for streaming uploads
 //! repositories/{repo}/{format}/{name}/index/{rev}.json      package index revisions (compare-and-swap)
+//! repositories/{repo}/{format}/{name}/spelling.json        create-once spelling of the name (Cargo)
 //! repositories/{repo}/{format}/{name}/versions/{v}/record.json          create-once version record
 //! repositories/{repo}/{format}/{name}/versions/{v}/assets/{file}.json   create-once asset record
 //! keys/token-signing                                        generated token signing key
@@ -136,6 +137,10 @@ pub mod keys {
 
     pub fn package_index_revision(index: &Path, revision: u64) -> Path {
         index.clone().join(format!("{revision:020}.json"))
+    }
+
+    pub fn package_spelling(repo: &str, format: &str, name: &str) -> Path {
+        path(["repositories", repo, format, name, "spelling.json"])
     }
 
     pub fn version_record(repo: &str, format: &str, name: &str, version: &str) -> Path {

@@ -222,6 +222,24 @@ impl Registry {
         Ok(outcome)
     }
 
+    /// Fixes how a package's name is spelled, for formats that compare names
+    /// loosely but want one spelling kept (Cargo: `Foo_bar` and `foo-bar`
+    /// are one crate, known by the spelling it was first published under).
+    /// The first claim wins, atomically; a claim with another spelling is a
+    /// conflict that names the kept one. Call it after a publish's input is
+    /// validated, so refused input claims nothing.
+    pub async fn claim_spelling(&self, repo: &str, id: &PackageId, spelling: &str) -> Result<(), CoreError> {
+        let key = keys::package_spelling(repo, id.format.as_str(), &id.name);
+        match self.storage.create_json(&key, &spelling.to_owned()).await? {
+            Created::Created => Ok(()),
+            Created::AlreadyExists(kept) if kept == spelling => Ok(()),
+            Created::AlreadyExists(kept) => Err(CoreError::Conflict(format!(
+                "{} package {kept} already exists; publish it under that name, not {spelling}",
+                id.format.as_str()
+            ))),
+        }
+    }
+
     /// Adds one file to a version, creating the version on its first file
     /// in `initial_status` (PyPI uploads each file of a release separately).
     /// Files may be added to the version later while it is installable.
@@ -754,6 +772,29 @@ mod tests {
         assert_eq!(add("b.bin", b, true).await.unwrap(), PublishOutcome::AlreadyPublished, "retries are idempotent");
         let err = add("c.bin", a, false).await.unwrap_err();
         assert!(err.to_string().contains("is Published"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_first_spelling_of_a_name_is_kept() {
+        let registry = registry();
+        let id = PackageId::new(PackageFormat::Cargo, "foo-bar");
+        let claims = ["foo_bar", "Foo-Bar", "foo-bar", "FOO_BAR"].map(|spelling| {
+            let registry = registry.clone();
+            let id = id.clone();
+            tokio::spawn(async move { (spelling, registry.claim_spelling("main", &id, spelling).await) })
+        });
+        let results: Vec<_> = futures::future::join_all(claims).await.into_iter().map(|r| r.unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).map(|(s, _)| *s).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for (spelling, result) in &results {
+            if let Err(err) = result {
+                assert!(matches!(err, CoreError::Conflict(_)), "{err}");
+                assert!(err.to_string().contains(&format!("package {} already exists", winners[0])), "{err}");
+                assert!(err.to_string().contains(spelling), "{err}");
+            }
+        }
+        registry.claim_spelling("main", &id, winners[0]).await.unwrap();
+        registry.claim_spelling("other", &id, "Foo-Bar").await.unwrap();
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! and archives, and its metadata documents. No I/O and no HTTP types; the
 //! handlers in `server` call these and the core.
 
+pub mod cargo;
 pub mod generic;
 pub mod npm;
 pub mod pypi;

@@ -110,6 +110,7 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                     "npm": format!("/npm/{name}/"),
                     "pypi": format!("/pypi/{name}/simple/"),
                     "generic": format!("/generic/{name}/"),
+                    "cargo": format!("/cargo/{name}/index/"),
                 },
             })
         })
@@ -138,6 +139,10 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
             formats::generic::validate_namespace(namespace).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::generic::validate_package(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::generic::package_name(namespace, name)
+        }
+        PackageFormat::Cargo => {
+            formats::cargo::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            formats::cargo::canonical_name(package)
         }
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };

@@ -16,6 +16,8 @@ pub enum ErrorStyle {
     /// Plain text, with the message also as the reason phrase: what twine,
     /// pip and uv print.
     Text,
+    /// `{"errors": [{"detail": "…"}]}`: what cargo prints.
+    Cargo,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = match self.style {
             ErrorStyle::Json => (self.status, axum::Json(serde_json::json!({"error": self.message}))).into_response(),
+            ErrorStyle::Cargo => {
+                (self.status, axum::Json(serde_json::json!({"errors": [{"detail": self.message}]}))).into_response()
+            }
             ErrorStyle::Text => {
                 let mut response = (self.status, format!("{}\n", self.message)).into_response();
                 // twine shows the reason phrase; make it the message.

@@ -4,6 +4,7 @@
 
 mod admin;
 mod blob;
+mod cargo;
 mod credentials;
 mod error;
 mod generic;
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use wharf_api::DomainConfig;
 use wharf_api::Repository;
 
@@ -102,6 +103,7 @@ pub fn app(state: SharedState) -> Router {
             "/generic/{repo}/{namespace}/{package}/{version}/{asset}",
             get(generic::get_asset).put(generic::put_asset),
         )
+        .route("/cargo/{repo}/api/v1/crates/new", put(cargo::publish))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()
@@ -122,6 +124,16 @@ pub fn app(state: SharedState) -> Router {
         .route("/pypi/{repo}/files/{project}/{version}/{filename}", get(pypi::file))
         .route("/generic/{repo}/{namespace}/{package}", get(generic::get_package))
         .route("/generic/{repo}/{namespace}/{package}/{version}", get(generic::get_version))
+        .route("/cargo/{repo}/index/config.json", get(cargo::config))
+        .route("/cargo/{repo}/index/{*path}", get(cargo::index_file))
+        .route("/cargo/{repo}/api/v1/crates", get(cargo::search))
+        .route(
+            "/cargo/{repo}/api/v1/crates/{krate}/owners",
+            get(cargo::owners).put(cargo::owners).delete(cargo::owners),
+        )
+        .route("/cargo/{repo}/api/v1/crates/{krate}/{version}/download", get(cargo::download))
+        .route("/cargo/{repo}/api/v1/crates/{krate}/{version}/yank", delete(cargo::yank))
+        .route("/cargo/{repo}/api/v1/crates/{krate}/{version}/unyank", put(cargo::unyank))
         .merge(uploads)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

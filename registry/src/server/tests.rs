@@ -568,3 +568,4 @@ async fn generic_race_and_bad_input() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(app.get("/generic/main/acme/tool/3.0/a", None).await.status, StatusCode::OK);
 }
+mod cargo;
