@@ -106,7 +106,7 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                 "name": name,
                 "description": r.spec.description,
                 "anonymousRead": r.allows_anonymous_read(),
-                "endpoints": {"npm": format!("/npm/{name}/"), "pypi": format!("/pypi/{name}/simple/")},
+                "endpoints": {"npm": format!("/npm/{name}/"), "pypi": format!("/pypi/{name}/simple/"), "go": format!("/go/{name}")},
             })
         })
         .collect();
@@ -125,6 +125,11 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
         PackageFormat::Pypi => {
             formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::pypi::normalize_name(package)
+        }
+        // The module path as written (`example.com/Acme/m`, slashes as %2F).
+        PackageFormat::Go => {
+            formats::go::check_module_path(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            package.to_owned()
         }
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };

@@ -6,6 +6,7 @@ mod admin;
 mod blob;
 mod credentials;
 mod error;
+mod go;
 mod guard;
 pub mod metrics;
 mod npm;
@@ -97,6 +98,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/npm/{repo}/{*rest}", any(npm::dispatch))
         .route("/pypi/{repo}/", post(pypi::upload))
         .route("/pypi/{repo}/legacy/", post(pypi::upload))
+        .route("/go/{repo}/{*rest}", any(go::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()
