@@ -647,13 +647,13 @@ pub fn inspect_zip<R: Read + Seek>(
 
     let mut go_mod = None;
     let mut hashed = Vec::with_capacity(files.len());
+    let mut buffer = vec![0u8; 64 * 1024];
     for (index, name, is_go_mod) in files {
         let entry = archive.by_index(index).map_err(|e| invalid(format!("{name}: cannot read: {e}")))?;
         let declared = entry.size();
         let mut hasher = Sha256::new();
         let mut kept = Vec::new();
         let mut read = 0u64;
-        let mut buffer = vec![0u8; 64 * 1024];
         // One byte past the declared size tells a lying header apart.
         let mut limited = entry.take(declared.saturating_add(1));
         loop {
