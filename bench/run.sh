@@ -39,7 +39,10 @@ PEER_PASSWORD=bench-$RANDOM$RANDOM
 ACCEPT_ABBREV='Accept: application/vnd.npm.install-v1+json'
 ACCEPT_HTML='Accept: text/html'
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# fd 3 = the script's stderr, so messages (the cleanup's too, which may run
+# while a redirected command is in flight) always reach the terminal
+exec 3>&2
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; }
 die() { log "ERROR: $*"; exit 1; }
 
 NOTES=()

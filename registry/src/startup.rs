@@ -103,6 +103,14 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
         text.push_str(&format!(
             "  cargo: [registries.wharf] index = \"sparse+{base}/cargo/{name}/index/\", credential-provider = \"cargo:token\"\n"
         ));
+        if repo.allows_anonymous_read() {
+            text.push_str(&format!("  go:   GOPROXY={base}/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"));
+        } else {
+            // The go command sends a GOPROXY URL's credentials only over https.
+            text.push_str(&format!(
+                "  go:   GOPROXY=https://token:$WHARF_TOKEN@TLS-HOST/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"
+            ));
+        }
     }
     if token_generated {
         text.push_str(&format!("\nGenerated admin token (set WHARF_ADMIN_TOKEN to choose one): {admin_token}\n"));

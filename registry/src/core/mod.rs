@@ -10,7 +10,7 @@
 
 pub mod model;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,6 +167,36 @@ impl Registry {
         display_name: &str,
         new: NewVersion,
     ) -> Result<PublishOutcome, CoreError> {
+        self.publish(repo, id, display_name, new, None).await
+    }
+
+    /// Publishes like [`Self::publish_version`] and, in the same index
+    /// write, brings statuses in line with what the package withdraws
+    /// itself (`withdrawals` decides from the whole index, as it is after
+    /// this version joined it): withdrawn versions become Unlisted
+    /// (installable by exact version, hidden from listings), versions no
+    /// longer withdrawn are listed again; statuses an operator set stay.
+    /// One write, so no reader sees a withdrawn version listed, and
+    /// concurrent publishes each decide from the newest index.
+    pub async fn publish_version_withdrawing(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        new: NewVersion,
+        withdrawals: &Withdrawals,
+    ) -> Result<PublishOutcome, CoreError> {
+        self.publish(repo, id, display_name, new, Some(withdrawals)).await
+    }
+
+    async fn publish(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        new: NewVersion,
+        withdrawals: Option<&Withdrawals>,
+    ) -> Result<PublishOutcome, CoreError> {
         let now = Utc::now();
         let record = VersionRecord {
             version: new.version.clone(),
@@ -206,6 +236,7 @@ impl Registry {
                         metadata: record.metadata.clone(),
                         assets: record.assets.iter().map(|a| (a.name.clone(), a.clone())).collect(),
                         deprecated: None,
+                        withdrawn: false,
                     },
                 );
                 changed = true;
@@ -215,6 +246,10 @@ impl Registry {
                     index.tags.insert(tag.clone(), record.version.clone());
                     changed = true;
                 }
+            }
+            if let Some(withdrawals) = withdrawals {
+                let withdrawn = withdrawals(index);
+                changed |= apply_withdrawals(index, &withdrawn);
             }
             Ok(changed)
         })
@@ -331,6 +366,7 @@ impl Registry {
                 metadata: record.metadata.clone(),
                 assets: Default::default(),
                 deprecated: None,
+                withdrawn: false,
             });
             let mut changed = false;
             if !entry.assets.contains_key(&asset.name) {
@@ -379,13 +415,16 @@ impl Registry {
                     actual: entry.status.as_str(),
                 });
             }
-            if entry.status == status {
+            // An operator's choice replaces a withdrawal, even when the
+            // status stays the same, so the next publish leaves it alone.
+            if entry.status == status && !entry.withdrawn {
                 return Ok(false);
             }
             if entry.status == VersionStatus::Disposed {
                 return Err(CoreError::Conflict(format!("version {version} is Disposed, which is final")));
             }
             entry.status = status;
+            entry.withdrawn = false;
             if status == VersionStatus::Disposed {
                 // The blobs stay until garbage collection finds them
                 // unreferenced across the Domain.
@@ -570,6 +609,35 @@ enum FileRules {
 
 fn closed_version(version: &str, status: VersionStatus) -> CoreError {
     CoreError::Conflict(format!("version {version} is {}; no files can be added to it", status.as_str()))
+}
+
+/// Decides, from a package's whole index, which of its versions the
+/// package's own metadata withdraws (Go: the `retract` directives in the
+/// go.mod of its newest version).
+pub type Withdrawals = dyn Fn(&PackageIndex) -> BTreeSet<String> + Send + Sync;
+
+/// Unlists what `withdrawn` names and relists what it no longer names;
+/// versions whose status an operator set are left alone. Whether anything
+/// changed.
+fn apply_withdrawals(index: &mut PackageIndex, withdrawn: &BTreeSet<String>) -> bool {
+    let mut changed = false;
+    for (version, entry) in index.versions.iter_mut() {
+        let wanted = withdrawn.contains(version);
+        if wanted && entry.status == VersionStatus::Published {
+            entry.status = VersionStatus::Unlisted;
+            entry.withdrawn = true;
+            changed = true;
+        } else if !wanted && entry.withdrawn {
+            entry.status = VersionStatus::Published;
+            entry.withdrawn = false;
+            changed = true;
+        }
+    }
+    if changed {
+        let versions = &index.versions;
+        index.tags.retain(|_, v| versions.get(v).is_some_and(|entry| entry.status.is_listed()));
+    }
+    changed
 }
 
 fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
@@ -830,6 +898,72 @@ mod tests {
             }
             writer.publish_version("main", &id, "pkg", version(&format!("2.0.{round}"), d.clone())).await.unwrap();
         }
+    }
+
+    /// Withdrawals as Go decides them, simplified: the newest version's
+    /// metadata lists what the package withdraws.
+    fn newest_withdraws(index: &PackageIndex) -> BTreeSet<String> {
+        let newest = index.versions.values().max_by_key(|entry| entry.created);
+        newest
+            .and_then(|entry| entry.metadata["withdraws"].as_array())
+            .map(|list| list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_package_withdraws_its_own_versions_and_operators_keep_theirs() {
+        let registry = registry();
+        let id = PackageId::new(PackageFormat::Go, "example.com/m");
+        let d = blob(&registry, b"zip").await;
+        let publish = |v: &str, withdraws: serde_json::Value| {
+            let registry = registry.clone();
+            let id = id.clone();
+            let mut new = version(v, d.clone());
+            new.metadata = serde_json::json!({ "withdraws": withdraws });
+            new.tags.clear();
+            async move {
+                registry
+                    .publish_version_withdrawing("main", &id, "example.com/m", new, &newest_withdraws)
+                    .await
+                    .unwrap()
+            }
+        };
+        let statuses = || async {
+            let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+            snapshot.index.versions.iter().map(|(v, e)| (v.clone(), e.status)).collect::<Vec<_>>()
+        };
+        use VersionStatus::{Published, Unlisted};
+        publish("1.0.0", serde_json::json!([])).await;
+        publish("1.1.0", serde_json::json!(["1.0.0"])).await;
+        assert_eq!(statuses().await, [("1.0.0".into(), Unlisted), ("1.1.0".into(), Published)]);
+        // A version that withdraws itself is never listed; 1.0.0 is no
+        // longer withdrawn by the newest version, so it is listed again.
+        publish("1.2.0", serde_json::json!(["1.2.0"])).await;
+        assert_eq!(
+            statuses().await,
+            [("1.0.0".into(), Published), ("1.1.0".into(), Published), ("1.2.0".into(), Unlisted)]
+        );
+        let tags = registry.package("main", &id).await.unwrap().unwrap().index.tags.clone();
+        assert_eq!(tags.get("latest").map(String::as_str), Some("1.1.0"), "latest never names a withdrawn version");
+        // An operator's Unlisted stays, even when the package stops
+        // withdrawing that version; a withdrawal the operator confirmed
+        // becomes the operator's.
+        registry.set_status("main", &id, "1.1.0", None, Unlisted).await.unwrap();
+        registry.set_status("main", &id, "1.2.0", Some(Unlisted), Unlisted).await.unwrap();
+        publish("1.3.0", serde_json::json!([])).await;
+        assert_eq!(
+            statuses().await,
+            [
+                ("1.0.0".into(), Published),
+                ("1.1.0".into(), Unlisted),
+                ("1.2.0".into(), Unlisted),
+                ("1.3.0".into(), Published)
+            ]
+        );
+        // Plain publishes never change statuses.
+        registry.publish_version("main", &id, "example.com/m", version("1.4.0", d.clone())).await.unwrap();
+        assert_eq!(statuses().await.len(), 5);
+        assert_eq!(statuses().await[1].1, Unlisted);
     }
 
     #[tokio::test]

@@ -96,6 +96,11 @@ pub struct VersionEntry {
     /// A deprecation message (npm, NuGet); the one mutable annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecated: Option<String>,
+    /// Unlisted because the package's own newer metadata withdraws it (Go's
+    /// `retract` directives), not by an operator: re-derived on every
+    /// publish of the package, cleared by any operator status change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
 }
 
 /// The read model of a package: every version with its status, and the

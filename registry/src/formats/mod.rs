@@ -4,5 +4,6 @@
 
 pub mod cargo;
 pub mod generic;
+pub mod go;
 pub mod npm;
 pub mod pypi;

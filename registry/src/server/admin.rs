@@ -109,8 +109,9 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                 "endpoints": {
                     "npm": format!("/npm/{name}/"),
                     "pypi": format!("/pypi/{name}/simple/"),
-                    "generic": format!("/generic/{name}/"),
                     "cargo": format!("/cargo/{name}/index/"),
+                    "go": format!("/go/{name}"),
+                    "generic": format!("/generic/{name}/"),
                 },
             })
         })
@@ -131,11 +132,11 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
             formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::pypi::normalize_name(package)
         }
+        // `namespace/package`, the slash written %2F.
         PackageFormat::Generic => {
-            // A path segment cannot carry the `/` of `namespace/package`.
             let (namespace, name) = package
-                .split_once(':')
-                .ok_or_else(|| ApiError::bad_request("a generic package is named namespace:package here", STYLE))?;
+                .split_once('/')
+                .ok_or_else(|| ApiError::bad_request("a generic package is named namespace%2Fpackage here", STYLE))?;
             formats::generic::validate_namespace(namespace).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::generic::validate_package(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::generic::package_name(namespace, name)
@@ -143,6 +144,11 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
         PackageFormat::Cargo => {
             formats::cargo::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::cargo::canonical_name(package)
+        }
+        // The module path as written (`example.com/Acme/m`, slashes as %2F).
+        PackageFormat::Go => {
+            formats::go::check_module_path(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            package.to_owned()
         }
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };

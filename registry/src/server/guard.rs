@@ -1,6 +1,9 @@
 //! Refuses request paths that could step outside what they name: `..` and
 //! `.` segments (also percent-encoded), NUL and backslashes, and encoded
-//! slashes except in an npm scoped name (`@scope%2fname`).
+//! slashes except in an npm scoped name (`@scope%2fname`) and in the
+//! package segment of the management API (a Go module path
+//! `example.com%2Fm`, a generic `namespace%2Fpackage`), where the format's
+//! own name rules then apply.
 
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -18,7 +21,10 @@ pub async fn reject_unsafe_paths(request: Request, next: Next) -> Response {
 }
 
 pub fn check_path(path: &str) -> Result<(), &'static str> {
-    for raw in path.split('/') {
+    let segments: Vec<&str> = path.split('/').collect();
+    // `/api/v1/repositories/{repo}/packages/{format}/{package}/…`
+    let admin_package = matches!(segments.as_slice(), ["", "api", "v1", "repositories", _, "packages", _, _, ..]);
+    for (index, raw) in segments.iter().enumerate() {
         let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
         if decoded.contains(&0) {
             return Err("it contains a NUL byte");
@@ -34,7 +40,10 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
             let scoped = decoded.first() == Some(&b'@')
                 && parts.clone().count() == 2
                 && parts.all(|p| !p.is_empty() && p != b"." && p != b".." && p != b"@");
-            if !scoped {
+            let package_name = admin_package
+                && index == 7
+                && decoded.split(|b| *b == b'/').all(|p| !p.is_empty() && p != b"." && p != b"..");
+            if !scoped && !package_name {
                 return Err("it contains an encoded slash");
             }
         }
@@ -51,6 +60,7 @@ mod tests {
         assert!(check_path("/npm/main/@acme%2ftools").is_ok());
         assert!(check_path("/npm/main/left-pad/-/left-pad-1.0.0.tgz").is_ok());
         assert!(check_path("/pypi/main/simple/demo/").is_ok());
+        assert!(check_path("/api/v1/repositories/main/packages/go/example.com%2FAcme%2Fm/versions/v1.0.0").is_ok());
         for bad in [
             "/npm/main/../x",
             "/npm/main/%2e%2e/x",
@@ -61,6 +71,9 @@ mod tests {
             "/npm/main/@acme%2fa%2fb",
             "/npm/main/a%00b",
             "/npm/main/a%5cb",
+            "/api/v1/repositories/main/packages/go/example.com%2F..%2Fm/versions/v1.0.0",
+            "/api/v1/repositories/main%2Fx/packages/npm/m/versions/v1.0.0",
+            "/api/v1/repositories/main/packages/go/m/versions/v1.0.0%2F..",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }

@@ -8,6 +8,7 @@ mod cargo;
 mod credentials;
 mod error;
 mod generic;
+mod go;
 mod guard;
 pub mod metrics;
 mod npm;
@@ -104,6 +105,7 @@ pub fn app(state: SharedState) -> Router {
             get(generic::get_asset).put(generic::put_asset),
         )
         .route("/cargo/{repo}/api/v1/crates/new", put(cargo::publish))
+        .route("/go/{repo}/{*rest}", any(go::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()

@@ -559,13 +559,336 @@ async fn generic_race_and_bad_input() {
         assert_eq!(reply.status, status, "{uri}: {}", reply.text());
     }
     assert_eq!(app.get("/generic/main/acme/tool/2.0", None).await.status, StatusCode::NOT_FOUND, "nothing stored");
-    // Finalising through the management API (namespace:package).
+    // Finalising through the management API (namespace%2Fpackage).
     let open =
         put_generic(&app, &token, "/generic/main/acme/tool/3.0/a?unfinished=true", b"a".to_vec(), sum(b"a")).await;
     assert_eq!(open.status, StatusCode::CREATED);
-    let uri = "/api/v1/repositories/main/packages/generic/acme:tool/versions/3.0/status";
+    let uri = "/api/v1/repositories/main/packages/generic/acme%2Ftool/versions/3.0/status";
     let reply = app.put_json(uri, &token, &json!({"status": "Published", "expectedStatus": "Unfinished"})).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(app.get("/generic/main/acme/tool/3.0/a", None).await.status, StatusCode::OK);
 }
+
+/// A module zip: every file under `{path}@{version}/`.
+fn go_zip(path: &str, version: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in files {
+        zip.start_file(format!("{path}@{version}/{name}"), zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(data).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+fn go_module(path: &str, version: &str, go_mod_extra: &str, code: &str) -> Vec<u8> {
+    let go_mod = format!("module {path}\n\ngo 1.21\n{go_mod_extra}");
+    go_zip(path, version, &[("go.mod", go_mod.as_bytes()), ("greet.go", code.as_bytes())])
+}
+
+impl TestApp {
+    async fn put_bytes(&self, uri: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut request = Request::put(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+}
+
+const GREET: &str = "example.com/Acme/greet";
+const GREET_URL: &str = "/go/main/example.com/!acme/greet";
+
+#[tokio::test]
+async fn go_publish_read_and_republish() {
+    let app = TestApp::new().await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let v1 = go_module(GREET, "v1.0.0", "", "package greet\n");
+    let created = app.put_bytes(&format!("{GREET_URL}/@v/v1.0.0.zip"), Some(&token), v1.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let again = app.put_bytes(&format!("{GREET_URL}/@v/v1.0.0.zip"), Some(&token), v1.clone()).await;
+    assert_eq!(again.status, StatusCode::OK, "identical bytes are idempotent: {}", again.text());
+    let changed = go_module(GREET, "v1.0.0", "", "package greet // changed\n");
+    let conflict = app.put_bytes(&format!("{GREET_URL}/@v/v1.0.0.zip"), Some(&token), changed).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert!(conflict.text().contains("versions are immutable"), "{}", conflict.text());
+    assert_eq!(conflict.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+
+    let list = app.get(&format!("{GREET_URL}/@v/list"), None).await;
+    assert_eq!((list.status, list.text().as_str()), (StatusCode::OK, "v1.0.0\n"));
+    assert_eq!(list.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    let info = app.get(&format!("{GREET_URL}/@v/v1.0.0.info"), None).await;
+    assert_eq!(info.headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(info.json()["Version"], "v1.0.0");
+    assert!(info.json()["Time"].as_str().unwrap().ends_with('Z'));
+    let go_mod = app.get(&format!("{GREET_URL}/@v/v1.0.0.mod"), None).await;
+    assert_eq!(go_mod.text(), format!("module {GREET}\n\ngo 1.21\n"));
+    let zip = app.get(&format!("{GREET_URL}/@v/v1.0.0.zip"), None).await;
+    assert_eq!(zip.headers[header::CONTENT_TYPE], "application/zip");
+    assert_eq!(&zip.body[..], &v1[..], "the stored zip is the first publisher's");
+    assert_eq!(app.get(&format!("{GREET_URL}/@latest"), None).await.json()["Version"], "v1.0.0");
+    let etag = list.headers[header::ETAG].to_str().unwrap();
+    let revalidated = app
+        .send(
+            Request::get(format!("{GREET_URL}/@v/list"))
+                .header(header::IF_NONE_MATCH, etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    for missing in ["@v/v9.9.9.info", "@v/master.info", "@v/v1.0.0.zip.sig", "@v/v1.0.0"] {
+        let reply = app.get(&format!("{GREET_URL}/{missing}"), None).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{missing}: {}", reply.text());
+    }
+    assert_eq!(app.get("/go/main/example.com/nothing/@v/list", None).await.status, StatusCode::NOT_FOUND);
+    // No checksum database here: 404 sends the go command to it directly.
+    assert_eq!(app.get("/go/main/sumdb/sum.example.org/supported", None).await.status, StatusCode::NOT_FOUND);
+
+    // Pseudo-versions are served by exact version, never listed; @latest
+    // falls back to the newest of them when nothing else is listed.
+    let pseudo = "v0.0.0-20240102030405-abcdefabcdef";
+    let snapshot = go_module("example.com/snap", pseudo, "", "package snap\n");
+    let reply = app.put_bytes(&format!("/go/main/example.com/snap/@v/{pseudo}.zip"), Some(&token), snapshot).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(app.get("/go/main/example.com/snap/@v/list", None).await.text(), "");
+    let latest = app.get("/go/main/example.com/snap/@latest", None).await.json();
+    assert_eq!(latest, json!({"Version": pseudo, "Time": "2024-01-02T03:04:05Z"}));
+
+    // A module without go.mod: the go command's synthesized one; a v2+
+    // version of it is +incompatible.
+    let legacy = go_zip("example.com/legacy", "v2.0.0+incompatible", &[("legacy.go", b"package legacy\n")]);
+    let reply = app.put_bytes("/go/main/example.com/legacy/@v/v2.0.0+incompatible.zip", Some(&token), legacy).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let synthesized = app.get("/go/main/example.com/legacy/@v/v2.0.0+incompatible.mod", None).await;
+    assert_eq!(synthesized.text(), "module example.com/legacy\n");
+    assert_eq!(app.get("/go/main/example.com/legacy/@v/list", None).await.text(), "v2.0.0+incompatible\n");
+}
+
+/// Retractions in the newest version's go.mod hide versions from `list`
+/// and `@latest`; they stay downloadable, and show as Unlisted.
+#[tokio::test]
+async fn go_retracted_versions_are_unlisted() {
+    let app = TestApp::new().await;
+    let token = app.token(&["main"], &["publish"]).await;
+    for (version, retract) in [
+        ("v1.0.0", ""),
+        ("v1.1.0", ""),
+        ("v1.2.0", "retract [v1.1.0, v1.2.0] // v1.1.0 breaks callers; v1.2.0 only retracts\n"),
+    ] {
+        let zip = go_module(GREET, version, retract, "package greet\n");
+        let reply = app.put_bytes(&format!("{GREET_URL}/@v/{version}.zip"), Some(&token), zip).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{version}: {}", reply.text());
+    }
+    assert_eq!(app.get(&format!("{GREET_URL}/@v/list"), None).await.text(), "v1.0.0\n");
+    assert_eq!(app.get(&format!("{GREET_URL}/@latest"), None).await.json()["Version"], "v1.0.0");
+    for version in ["v1.1.0", "v1.2.0"] {
+        assert_eq!(app.get(&format!("{GREET_URL}/@v/{version}.zip"), None).await.status, StatusCode::OK);
+        let status = app
+            .get(&format!("/api/v1/repositories/main/packages/go/example.com%2FAcme%2Fgreet/versions/{version}"), None)
+            .await;
+        assert_eq!(status.json()["status"], "Unlisted", "{}", status.text());
+    }
+    // A newer version that no longer retracts v1.1.0 lists it again.
+    let zip = go_module(GREET, "v1.3.0", "retract v1.2.0\n", "package greet\n");
+    assert_eq!(
+        app.put_bytes(&format!("{GREET_URL}/@v/v1.3.0.zip"), Some(&token), zip).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(app.get(&format!("{GREET_URL}/@v/list"), None).await.text(), "v1.0.0\nv1.1.0\nv1.3.0\n");
+    // An operator's status wins over the module's own listing.
+    let uri = "/api/v1/repositories/main/packages/go/example.com%2FAcme%2Fgreet/versions/v1.3.0/status";
+    let archived = app.put_json(uri, &token, &json!({"status": "Archived", "expectedStatus": "Published"})).await;
+    assert_eq!(archived.status, StatusCode::OK, "{}", archived.text());
+    assert_eq!(app.get(&format!("{GREET_URL}/@v/v1.3.0.zip"), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&format!("{GREET_URL}/@latest"), None).await.json()["Version"], "v1.1.0");
+}
+
+#[tokio::test]
+async fn go_bad_input_is_refused_and_changes_nothing() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_metadata_bytes: 8 * 1024 };
+    let app = TestApp::with_store(Arc::new(object_store::memory::InMemory::new()), limits).await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let good = go_module(GREET, "v1.0.0", "", "package greet\n");
+    assert_eq!(
+        app.put_bytes(&format!("{GREET_URL}/@v/v1.0.0.zip"), Some(&token), good).await.status,
+        StatusCode::CREATED
+    );
+    let before = app.get(&format!("{GREET_URL}/@v/list"), None).await.body;
+
+    let m = |version: &str, extra: &str| go_module(GREET, version, extra, "package greet\n");
+    let file = |name: &str, version: &str| go_zip(GREET, version, &[(name, b"package greet\n")]);
+    let mut outside = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    outside.start_file("example.com/Acme/other@v1.0.1/a.go", zip::write::SimpleFileOptions::default()).unwrap();
+    let outside = outside.finish().unwrap().into_inner();
+    let big_go_mod = format!("module {GREET}\n{}", " ".repeat(17 << 20));
+    let cases: Vec<(String, Vec<u8>, StatusCode, &str)> = vec![
+        // Malformed escapes and paths.
+        (
+            "/go/main/example.com/Acme/greet/@v/v1.0.1.zip".to_owned(),
+            m("v1.0.1", ""),
+            StatusCode::BAD_REQUEST,
+            "uppercase letters",
+        ),
+        (
+            "/go/main/example.com/!!acme/greet/@v/v1.0.1.zip".to_owned(),
+            m("v1.0.1", ""),
+            StatusCode::BAD_REQUEST,
+            "'!' must be followed",
+        ),
+        (
+            "/go/main/example.com/greet!/@v/v1.0.1.zip".to_owned(),
+            m("v1.0.1", ""),
+            StatusCode::BAD_REQUEST,
+            "'!' must be followed",
+        ),
+        ("/go/main/example/greet/@v/v1.0.1.zip".to_owned(), m("v1.0.1", ""), StatusCode::BAD_REQUEST, "missing dot"),
+        (
+            "/go/main/example.com/greet/v1/@v/v1.0.1.zip".to_owned(),
+            m("v1.0.1", ""),
+            StatusCode::BAD_REQUEST,
+            "major version suffix",
+        ),
+        // Path and module disagree.
+        (
+            "/go/main/example.com/!acme/other/@v/v1.0.1.zip".to_owned(),
+            m("v1.0.1", ""),
+            StatusCode::BAD_REQUEST,
+            "does not have prefix",
+        ),
+        (
+            format!("{GREET_URL}/@v/v1.0.1.zip"),
+            go_zip(GREET, "v1.0.1", &[("go.mod", b"module example.com/acme/greet\n")]),
+            StatusCode::BAD_REQUEST,
+            "go.mod declares module example.com/acme/greet",
+        ),
+        // Bad versions.
+        (
+            format!("{GREET_URL}/@v/v1.0.zip"),
+            m("v1.0", ""),
+            StatusCode::BAD_REQUEST,
+            "not a canonical semantic version",
+        ),
+        (format!("{GREET_URL}/@v/1.0.1.zip"), m("1.0.1", ""), StatusCode::BAD_REQUEST, "starts with v"),
+        (format!("{GREET_URL}/@v/v1.0.1+build.zip"), m("v1.0.1+build", ""), StatusCode::BAD_REQUEST, "+incompatible"),
+        (format!("{GREET_URL}/@v/v2.0.0.zip"), m("v2.0.0", ""), StatusCode::BAD_REQUEST, "example.com/Acme/greet/v2"),
+        (
+            format!("{GREET_URL}/@v/v2.0.0+incompatible.zip"),
+            m("v2.0.0+incompatible", ""),
+            StatusCode::BAD_REQUEST,
+            "without a go.mod file",
+        ),
+        (
+            format!("{GREET_URL}/@v/v1.0.1.zip"),
+            m("v1.0.1", "retract v1.0\n"),
+            StatusCode::BAD_REQUEST,
+            "invalid go.mod",
+        ),
+        // Bad zips.
+        (format!("{GREET_URL}/@v/v1.0.1.zip"), b"not a zip".to_vec(), StatusCode::BAD_REQUEST, "not a zip archive"),
+        (format!("{GREET_URL}/@v/v1.0.1.zip"), file("../../escape.go", "v1.0.1"), StatusCode::BAD_REQUEST, "not clean"),
+        (format!("{GREET_URL}/@v/v1.0.1.zip"), outside, StatusCode::BAD_REQUEST, "does not have prefix"),
+        (format!("{GREET_URL}/@v/v1.0.1.zip"), m("v1.0.0", ""), StatusCode::BAD_REQUEST, "does not have prefix"),
+        (
+            format!("{GREET_URL}/@v/v1.0.1.zip"),
+            file("sub/go.mod", "v1.0.1"),
+            StatusCode::BAD_REQUEST,
+            "not in module root",
+        ),
+        (
+            format!("{GREET_URL}/@v/v1.0.1.zip"),
+            go_zip(GREET, "v1.0.1", &[("a.go", b""), ("A.go", b"")]),
+            StatusCode::BAD_REQUEST,
+            "case-insensitive file name collision",
+        ),
+        (
+            format!("{GREET_URL}/@v/v1.0.1.zip"),
+            go_zip(GREET, "v1.0.1", &[("go.mod", big_go_mod.as_bytes())]),
+            StatusCode::BAD_REQUEST,
+            "go.mod file too large",
+        ),
+        (
+            format!("{GREET_URL}/@v/v1.0.1.zip"),
+            go_zip(
+                GREET,
+                "v1.0.1",
+                &[("blob.bin", &std::iter::repeat_with(rand::random::<u8>).take(100 * 1024).collect::<Vec<_>>())],
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "exceeds the limit",
+        ),
+    ];
+    for (uri, body, status, message) in cases {
+        let reply = app.put_bytes(&uri, Some(&token), body).await;
+        assert_eq!(reply.status, status, "{uri} {message}: {}", reply.text());
+        assert!(reply.text().contains(message), "{uri} {message}: {}", reply.text());
+        assert_eq!(reply.headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    }
+    let anonymous = app.put_bytes(&format!("{GREET_URL}/@v/v1.0.1.zip"), None, m("v1.0.1", "")).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let wrong_method = app.put_bytes(&format!("{GREET_URL}/@v/v1.0.1.mod"), Some(&token), vec![]).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    for path in [
+        "/go/main/example.com/!Acme/@v/list",
+        "/go/main/example.com/%2e%2e/@v/list",
+        "/go/main/example.com/x/@v/V1.0.0.info",
+    ] {
+        assert_eq!(app.get(path, None).await.status, StatusCode::BAD_REQUEST, "{path}");
+    }
+    assert_eq!(app.get(&format!("{GREET_URL}/@v/list"), None).await.body, before, "nothing stored changed");
+    assert_eq!(app.get(&format!("{GREET_URL}/@v/v1.0.1.info"), None).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn go_private_reads_need_credentials() {
+    let app = TestApp::new().await;
+    let token = app.token(&["private"], &["read", "publish"]).await;
+    let zip = go_module(GREET, "v1.0.0", "", "package greet\n");
+    let uri = "/go/private/example.com/!acme/greet/@v/v1.0.0.zip";
+    assert_eq!(app.put_bytes(uri, Some(&token), zip).await.status, StatusCode::CREATED);
+    let anonymous = app.get("/go/private/example.com/!acme/greet/@v/list", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers[header::WWW_AUTHENTICATE], "Basic realm=\"wharf/private\"");
+    // The go command sends the GOPROXY URL's user information as Basic.
+    let basic = STANDARD.encode(format!("gopher:{token}"));
+    let reply = app
+        .send(
+            Request::get("/go/private/example.com/!acme/greet/@v/list")
+                .header(header::AUTHORIZATION, format!("Basic {basic}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!((reply.status, reply.text().as_str()), (StatusCode::OK, "v1.0.0\n"));
+}
+
+/// 50 publishers race for one version with different zips: exactly one
+/// wins and the stored zip is the winner's, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn go_concurrent_publishes_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn ObjectStore>> = vec![
+        Arc::new(object_store::memory::InMemory::new()),
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap()),
+    ];
+    for store in stores {
+        let app = Arc::new(TestApp::with_store(store, Limits::default()).await);
+        let token = app.token(&["main"], &["publish"]).await;
+        let attempts = (0..50).map(|i| {
+            let app = app.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let zip = go_module(GREET, "v1.0.0", "", &format!("package greet // publisher {i}\n"));
+                let reply = app.put_bytes(&format!("{GREET_URL}/@v/v1.0.0.zip"), Some(&token), zip.clone()).await;
+                (reply.status, zip)
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(status, _)| *status == StatusCode::CREATED).collect();
+        assert_eq!(winners.len(), 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+        assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+        let stored = app.get(&format!("{GREET_URL}/@v/v1.0.0.zip"), None).await;
+        assert_eq!(&stored.body[..], &winners[0].1[..]);
+        assert_eq!(app.get(&format!("{GREET_URL}/@v/list"), None).await.text(), "v1.0.0\n");
+    }
+}
+
 mod cargo;

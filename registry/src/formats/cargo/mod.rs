@@ -497,6 +497,7 @@ mod tests {
             metadata: new.metadata.clone(),
             assets: [(asset.name.clone(), asset.clone())].into(),
             deprecated: None,
+            withdrawn: false,
         };
         let now = chrono::Utc::now();
         index.versions.insert("1.0.0".into(), entry(VersionStatus::Unlisted, now));

@@ -1,0 +1,275 @@
+//! Go module proxy endpoints under `/go/{repo}/` (the GOPROXY protocol:
+//! `{module}/@v/list`, `@v/{version}.info`, `.mod`, `.zip`, `@latest`),
+//! and publishing by `PUT {module}/@v/{version}.zip`, whose `.mod` and
+//! `.info` are derived from the zip. Errors are plain text, which the go
+//! command prints as the server's response.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use serde_json::json;
+use wharf_api::{PackageFormat, Repository};
+
+use super::metrics::Operation;
+use super::{ApiError, ErrorStyle, SharedState, blob};
+use crate::auth::Permission;
+use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
+use crate::formats::go::{self as format, FileKind, ProxyRequest};
+use crate::storage::{BodyError, SyncBlobReader};
+
+const STYLE: ErrorStyle = ErrorStyle::Text;
+const TEXT: &str = "text/plain; charset=utf-8";
+
+pub async fn dispatch(
+    Path((repo, rest)): Path<(String, String)>,
+    State(state): State<SharedState>,
+    request: Request,
+) -> Response {
+    let (operation, result) = handle(&state, &repo, &rest, request).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(Operation(operation));
+    response
+}
+
+async fn handle(
+    state: &SharedState,
+    repo_name: &str,
+    rest: &str,
+    request: Request,
+) -> (&'static str, Result<Response, ApiError>) {
+    let repo = match state.repository(repo_name, STYLE) {
+        Ok(repo) => repo,
+        Err(e) => return ("go", Err(e)),
+    };
+    let parsed = match format::parse_request(rest) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return ("go", Err(ApiError::not_found(format!("{rest}: not a module proxy endpoint"), STYLE))),
+        Err(e) => return ("go", Err(ApiError::bad_request(e.to_string(), STYLE))),
+    };
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+    match (parsed, read) {
+        (ProxyRequest::File { path, version, kind: FileKind::Zip }, false) if method == Method::PUT => {
+            ("go_publish", publish(state, repo, &path, &version, &headers, request).await)
+        }
+        (_, false) => (
+            "go",
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not supported here; publish with PUT {{module}}/@v/{{version}}.zip"),
+                STYLE,
+            )),
+        ),
+        (ProxyRequest::SumDb, true) => ("go_sumdb", sumdb(state, repo, &headers)),
+        (ProxyRequest::List { path }, true) => ("go_list", list(state, repo, &path, &headers).await),
+        (ProxyRequest::Latest { path }, true) => ("go_latest", latest(state, repo, &path, &headers).await),
+        (ProxyRequest::File { path, version, kind }, true) => {
+            let operation = match kind {
+                FileKind::Info => "go_info",
+                FileKind::Mod => "go_mod",
+                FileKind::Zip => "go_zip",
+            };
+            (operation, file(state, repo, &path, &version, kind, &method, &headers).await)
+        }
+    }
+}
+
+fn repo_name(repo: &Repository) -> &str {
+    repo.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The go command asks a proxy whether it proxies a checksum database
+/// before using it; 404 sends it to the database directly.
+fn sumdb(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    Err(ApiError::not_found("this proxy does not serve a checksum database", STYLE))
+}
+
+async fn module(
+    state: &SharedState,
+    repo: &Repository,
+    path: &str,
+) -> Result<std::sync::Arc<PackageSnapshot>, ApiError> {
+    state
+        .registry
+        .package(repo_name(repo), &PackageId::new(PackageFormat::Go, path))
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .ok_or_else(|| ApiError::not_found(format!("module {path} not found"), STYLE))
+}
+
+/// A metadata document that changes with the module: revalidated by ETag.
+fn document(rendered: Rendered, content_type: &'static str, headers: &HeaderMap) -> Response {
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
+        response_headers.insert(header::ETAG, etag);
+    }
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, response_headers).into_response();
+    }
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (response_headers, rendered.body).into_response()
+}
+
+async fn list(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    let snapshot = module(state, repo, path).await?;
+    Ok(document(snapshot.rendered("go:list", format::render_list), TEXT, headers))
+}
+
+async fn latest(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    let snapshot = module(state, repo, path).await?;
+    if format::latest(&snapshot.index).is_none() {
+        return Err(ApiError::not_found(format!("module {path} has no listed versions"), STYLE));
+    }
+    let rendered = snapshot.rendered("go:latest", |index| {
+        format::latest(index).map(|(version, entry)| format::render_info(version, entry)).unwrap_or_default()
+    });
+    Ok(document(rendered, "application/json", headers))
+}
+
+async fn file(
+    state: &SharedState,
+    repo: &Repository,
+    path: &str,
+    version: &str,
+    kind: FileKind,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    let snapshot = module(state, repo, path).await?;
+    // Queries (`master`, `v1.2`) are for proxies backed by version
+    // control; here only published versions exist, and 404 lets the go
+    // command try its next proxy.
+    let entry = snapshot
+        .index
+        .versions
+        .get(version)
+        .ok_or_else(|| ApiError::not_found(format!("{path}@{version}: unknown version"), STYLE))?;
+    if !entry.status.is_installable() {
+        return Err(ApiError::not_found(format!("{path}@{version} is {}", entry.status.as_str()), STYLE));
+    }
+    let (asset, content_type) = match kind {
+        FileKind::Info => {
+            let body = format::render_info(version, entry);
+            let mut response = (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "private, max-age=31536000, immutable"),
+                ],
+                body,
+            )
+                .into_response();
+            if *method == Method::HEAD {
+                *response.body_mut() = axum::body::Body::empty();
+            }
+            return Ok(response);
+        }
+        FileKind::Mod => (format::mod_asset(version), TEXT),
+        FileKind::Zip => (format::zip_asset(version), "application/zip"),
+    };
+    let asset = entry
+        .assets
+        .get(&asset)
+        .ok_or_else(|| ApiError::not_found(format!("{path}@{version}: {asset} not found"), STYLE))?;
+    blob::serve(&state.registry, &asset.digests, content_type, method, headers, STYLE).await
+}
+
+async fn publish(
+    state: &SharedState,
+    repo: &Repository,
+    path: &str,
+    version: &str,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    let parsed_version = format::parse_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let limit = state.limits.max_upload_bytes.min(format::MAX_ZIP_BYTES);
+    let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module zip exceeds the limit of {limit} bytes"),
+            STYLE,
+        ));
+    }
+    let body = request.into_body().into_data_stream().map_err(|e| Box::new(e) as BodyError);
+    let digests = state.registry.stage_asset(body, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+
+    let reader = SyncBlobReader::new(
+        state.registry.storage().clone(),
+        tokio::runtime::Handle::current(),
+        digests.sha256.clone(),
+        digests.size,
+    );
+    let inspected = {
+        let (path, version) = (path.to_owned(), version.to_owned());
+        tokio::task::spawn_blocking(move || format::inspect_zip(reader, &path, &version, &format::ZipLimits::default()))
+            .await
+            .map_err(|e| ApiError::internal(&e, STYLE))?
+            .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
+    };
+    let has_go_mod = inspected.go_mod.is_some();
+    let go_mod_bytes = inspected.go_mod.unwrap_or_else(|| format::synthesized_go_mod(path));
+    let go_mod = format::parse_go_mod(&go_mod_bytes).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    if go_mod.module != path {
+        return Err(ApiError::bad_request(
+            format!("go.mod declares module {}, but this upload is for {path}", go_mod.module),
+            STYLE,
+        ));
+    }
+    format::check_major_version(path, version, &parsed_version, has_go_mod)
+        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+
+    let go_mod_hash = format::go_mod_hash(&go_mod_bytes);
+    let mod_digests =
+        state.registry.store_small_asset(go_mod_bytes.into()).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let new = NewVersion {
+        version: version.to_owned(),
+        metadata: format::version_metadata(path, &go_mod, has_go_mod),
+        assets: vec![
+            NewAsset {
+                name: format::zip_asset(version),
+                digests,
+                metadata: json!({
+                    "h1": inspected.hash,
+                    "fileCount": inspected.file_count,
+                    "unpackedSize": inspected.unpacked_size,
+                }),
+            },
+            NewAsset { name: format::mod_asset(version), digests: mod_digests, metadata: json!({"h1": go_mod_hash}) },
+        ],
+        tags: Vec::new(),
+    };
+    let outcome = state
+        .registry
+        .publish_version_withdrawing(
+            repo_name(repo),
+            &PackageId::new(PackageFormat::Go, path),
+            path,
+            new,
+            &format::retracted_versions,
+        )
+        .await
+        .map_err(|e| match e {
+            CoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{path}@{version} was already published with different contents; versions are immutable (publish a new version, and retract this one in its go.mod)"
+                ),
+                STYLE,
+            ),
+            other => ApiError::from_core(other, STYLE),
+        })?;
+    let (status, message) = match outcome {
+        PublishOutcome::Created => (StatusCode::CREATED, "published"),
+        PublishOutcome::AlreadyPublished => (StatusCode::OK, "was already published with these contents"),
+    };
+    Ok((status, [(header::CONTENT_TYPE, TEXT)], format!("{path}@{version} {message}\n")).into_response())
+}

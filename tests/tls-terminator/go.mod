@@ -1,0 +1,3 @@
+module wharf.test/tls-terminator
+
+go 1.21
