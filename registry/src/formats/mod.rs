@@ -2,5 +2,6 @@
 //! and archives, and its metadata documents. No I/O and no HTTP types; the
 //! handlers in `server` call these and the core.
 
+pub mod maven;
 pub mod npm;
 pub mod pypi;
