@@ -106,7 +106,11 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                 "name": name,
                 "description": r.spec.description,
                 "anonymousRead": r.allows_anonymous_read(),
-                "endpoints": {"npm": format!("/npm/{name}/"), "pypi": format!("/pypi/{name}/simple/")},
+                "endpoints": {
+                    "npm": format!("/npm/{name}/"),
+                    "pypi": format!("/pypi/{name}/simple/"),
+                    "maven": format!("/maven/{name}/"),
+                },
             })
         })
         .collect();
@@ -126,6 +130,9 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
             formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             formats::pypi::normalize_name(package)
         }
+        PackageFormat::Maven => formats::maven::parse_package_name(package)
+            .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
+            .package_name(),
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };
     Ok(PackageId::new(format, name))

@@ -7,6 +7,7 @@ mod blob;
 mod credentials;
 mod error;
 mod guard;
+mod maven;
 pub mod metrics;
 mod npm;
 mod pypi;
@@ -97,6 +98,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/npm/{repo}/{*rest}", any(npm::dispatch))
         .route("/pypi/{repo}/", post(pypi::upload))
         .route("/pypi/{repo}/legacy/", post(pypi::upload))
+        .route("/maven/{repo}/{*path}", any(maven::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()
