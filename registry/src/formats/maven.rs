@@ -933,8 +933,8 @@ mod tests {
     #[test]
     fn metadata_lists_what_is_listed() {
         let coordinates = Coordinates::new("com.acme", "lib").unwrap();
-        let mut index = PackageIndex::default();
-        index.modified = chrono::DateTime::from_timestamp(1_790_000_000, 0);
+        let mut index =
+            PackageIndex { modified: chrono::DateTime::from_timestamp(1_790_000_000, 0), ..Default::default() };
         assert!(render_artifact_metadata(&index, &coordinates).is_none());
         index.versions.insert("1.10".into(), entry(VersionStatus::Published, &["lib-1.10.jar"]));
         index.versions.insert("1.9".into(), entry(VersionStatus::Published, &["lib-1.9.jar"]));

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use wharf_api::{PackageFormat, Repository};
+use wharf_api::PackageFormat;
 
 use super::metrics::Operation;
 use super::{ApiError, ErrorStyle, SharedState, blob};
@@ -71,18 +71,16 @@ async fn handle(
     let headers = request.headers().clone();
     // Authorise before looking at the path: an anonymous client of a
     // private repository gets the challenge Maven waits for.
-    let repo = match state.repository(repo_name, STYLE).and_then(|repo| {
-        state.authorize(&headers, repo, if read { Permission::Read } else { Permission::Publish }, STYLE)?;
-        Ok(repo)
-    }) {
-        Ok(repo) => repo,
-        Err(e) => return ("maven", Err(e)),
-    };
+    let permission = if read { Permission::Read } else { Permission::Publish };
+    if let Err(e) =
+        state.repository(repo_name, STYLE).and_then(|repo| state.authorize(&headers, repo, permission, STYLE))
+    {
+        return ("maven", Err(e));
+    }
     let parsed = match format::parse_path(path) {
         Ok(parsed) => parsed,
         Err(e) => return ("maven", Err(ApiError::bad_request(e.to_string(), STYLE))),
     };
-    let repo_name = repo_name_of(repo);
     let body = request.into_body();
     match (parsed, read) {
         (RepositoryPath::Metadata { coordinates, level, checksum }, true) => {
@@ -102,10 +100,6 @@ async fn handle(
             ("maven_upload", upload(state, repo_name, &file, &headers, body).await)
         }
     }
-}
-
-fn repo_name_of(repo: &Repository) -> &str {
-    repo.metadata.name.as_deref().unwrap_or_default()
 }
 
 fn package_id(coordinates: &Coordinates) -> PackageId {
@@ -277,7 +271,9 @@ async fn ignore_metadata(state: &SharedState, body: Body) -> Result<Response, Ap
         .into_response())
 }
 
-fn immutable_name(file: &ArtifactFile) -> Result<String, ApiError> {
+/// The core version an uploaded file belongs to. SNAPSHOT files are
+/// uploaded with their timestamp; the unversioned name is only served.
+fn uploaded_version(file: &ArtifactFile) -> Result<String, ApiError> {
     match &file.version {
         FileVersion::Release(version) => Ok(version.clone()),
         FileVersion::SnapshotBuild(build) => Ok(build.version()),
@@ -299,7 +295,7 @@ async fn verify_checksum(
     algorithm: ChecksumAlgorithm,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let version = immutable_name(file)?;
+    let version = uploaded_version(file)?;
     let bytes = read_small(body, MAX_SIDECAR_BYTES, "a checksum file").await?;
     let claimed = algorithm.parse_sidecar(&bytes).ok_or_else(|| {
         ApiError::bad_request(format!("the body is not a hex {} digest", algorithm.extension().to_uppercase()), STYLE)
@@ -340,7 +336,7 @@ async fn upload(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let version = immutable_name(file)?;
+    let version = uploaded_version(file)?;
     let limit = state.limits.max_upload_bytes;
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {
