@@ -270,12 +270,6 @@ pub struct ArtifactFile {
 }
 
 impl ArtifactFile {
-    /// The file that makes a version visible (see the module docs of
-    /// `server::maven`): the POM without classifier.
-    pub fn is_main_pom(&self) -> bool {
-        self.classifier.is_none() && self.extension == "pom"
-    }
-
     /// The same file in another build (`version` as it appears in file
     /// names: a release or a timestamped version).
     pub fn file_name_in(&self, version: &str) -> String {
@@ -711,6 +705,50 @@ fn normalize(list: &mut Vec<VersionItem>) {
     }
 }
 
+/// The versions a client's own `maven-metadata.xml` upload names, as core
+/// versions: `<version>` entries (releases) and `<value>` entries
+/// (timestamped builds), plus the build its `<snapshot>` names at SNAPSHOT
+/// level. Only read to learn which of its versions a deploy just completed
+/// (the resolver uploads metadata after every file); what is served is
+/// always rendered from the index. Unreadable documents name nothing.
+pub fn deployed_versions(document: &[u8], level: &MetadataLevel) -> Vec<String> {
+    let Ok(text) = std::str::from_utf8(document) else { return Vec::new() };
+    let mut versions: Vec<String> = ["version", "value"]
+        .iter()
+        .flat_map(|tag| element_texts(text, tag))
+        .filter(|v| validate_version(v).is_ok() && !is_snapshot(v))
+        .collect();
+    if let MetadataLevel::Snapshot { base_version } = level {
+        let timestamp = element_texts(text, "timestamp").into_iter().next();
+        let build_number = element_texts(text, "buildNumber").into_iter().next();
+        if let (Some(timestamp), Some(build_number)) = (timestamp, build_number) {
+            let base = base_version.trim_end_matches(SNAPSHOT_SUFFIX);
+            let version = format!("{base}-{timestamp}-{build_number}");
+            if parse_snapshot_build(&version).is_some() {
+                versions.push(version);
+            }
+        }
+    }
+    versions.sort();
+    versions.dedup();
+    versions
+}
+
+/// The trimmed texts of every `<tag>…</tag>` (no attributes, no nesting:
+/// how metadata writes these elements).
+fn element_texts(text: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        found.push(after[..end].trim().to_owned());
+        rest = &after[end + close.len()..];
+    }
+    found
+}
+
 /// Facts kept with a version in the core: which SNAPSHOT a build belongs to.
 pub fn version_metadata(version: &FileVersion) -> serde_json::Value {
     match version {
@@ -769,11 +807,9 @@ mod tests {
         assert_eq!(jar.coordinates, Coordinates::new("com.acme", "lib").unwrap());
         assert_eq!(jar.version, FileVersion::Release("1.0".into()));
         assert_eq!((jar.classifier.as_deref(), jar.extension.as_str()), (None, "jar"));
-        assert!(!jar.is_main_pom());
-        assert!(file("com/acme/lib/1.0/lib-1.0.pom").is_main_pom());
+        assert_eq!(file("com/acme/lib/1.0/lib-1.0.pom").extension, "pom");
         let sources = file("com/acme/lib/1.0/lib-1.0-sources.jar");
         assert_eq!(sources.classifier.as_deref(), Some("sources"));
-        assert!(!sources.is_main_pom());
         assert_eq!(file("com/acme/lib/1.0/lib-1.0.tar.gz").extension, "tar.gz");
         assert_eq!(file("com/acme/lib/1.0/lib-1.0.jar.asc").extension, "jar.asc");
         assert_eq!(sources.file_name_in("2.0"), "lib-2.0-sources.jar");
@@ -971,6 +1007,25 @@ mod tests {
         assert_eq!(snapshot.matches("<snapshotVersion>").count(), 3, "{snapshot}");
         assert!(!snapshot.contains("120000-1"), "the older build is not offered: {snapshot}");
         assert!(render_snapshot_metadata(&index, &coordinates, "3.0-SNAPSHOT").is_none());
+    }
+
+    #[test]
+    fn versions_a_deploy_names() {
+        let artifact = b"<metadata><groupId>com.acme</groupId><artifactId>lib</artifactId><versioning>\
+            <latest>1.1-SNAPSHOT</latest><release>1.0</release><versions><version>0.9</version>\
+            <version> 1.0 </version><version>1.1-SNAPSHOT</version><version>../x</version></versions></versioning></metadata>";
+        assert_eq!(deployed_versions(artifact, &MetadataLevel::Artifact), ["0.9", "1.0"]);
+        let snapshot = b"<metadata><version>1.1-SNAPSHOT</version><versioning><snapshot>\
+            <timestamp>20261126.120000</timestamp><buildNumber>3</buildNumber></snapshot><snapshotVersions>\
+            <snapshotVersion><extension>jar</extension><value>1.1-20261126.120000-3</value></snapshotVersion>\
+            </snapshotVersions></versioning></metadata>";
+        let level = MetadataLevel::Snapshot { base_version: "1.1-SNAPSHOT".into() };
+        assert_eq!(deployed_versions(snapshot, &level), ["1.1-20261126.120000-3"]);
+        // Maven 2 wrote only <snapshot>.
+        let old = b"<metadata><versioning><snapshot><timestamp>20261126.120000</timestamp><buildNumber>4</buildNumber></snapshot></versioning></metadata>";
+        assert_eq!(deployed_versions(old, &level), ["1.1-20261126.120000-4"]);
+        assert!(deployed_versions(b"<metadata><version>1.0", &MetadataLevel::Artifact).is_empty());
+        assert!(deployed_versions(&[0xff, 0xfe], &MetadataLevel::Artifact).is_empty());
     }
 
     #[test]

@@ -3,19 +3,22 @@
 //! `maven-metadata.xml` generated from the package index and checksum
 //! sidecars served from the digests storage computed.
 //!
-//! Maven has no "publish" call: a deploy is a series of PUTs (each file,
-//! then its `.sha1`/`.md5`, then the metadata the client merged). So:
+//! Maven has no "publish" call: a deploy is a series of PUTs, each file
+//! then its `.sha1`/`.md5`, and after every file the `maven-metadata.xml`
+//! the client merged (maven-resolver uploads all artifacts of a deploy,
+//! then all metadata; maven-deploy-plugin 3 sends the POM first). So:
 //! - A version (a release, or one timestamped build of a SNAPSHOT) is
-//!   created Unfinished by its first file and becomes Published when its
-//!   main POM (`{artifactId}-{version}.pom`) arrives. Maven deploys every
-//!   file of a module in one go and the POM is always among them, so a
-//!   half-deployed version is never listed, and a retried deploy finishes
-//!   it. When a build of a SNAPSHOT is published, the older builds of that
-//!   SNAPSHOT become Unlisted (still downloadable by their exact name).
-//! - `maven-metadata.xml` uploads (and their sidecars) are accepted and
-//!   ignored: two concurrent deploys each merge their own version into
-//!   what they read, and the later write would drop the other's. The
-//!   server renders the metadata from what is stored instead.
+//!   created Unfinished by its first file: neither listed nor
+//!   downloadable. It becomes Published when the client uploads metadata
+//!   naming it, the last step of a deploy; a deploy that fails half-way
+//!   (a 409 on one file, a lost connection) never shows. When a build of
+//!   a SNAPSHOT is published, the older builds of that SNAPSHOT become
+//!   Unlisted (still downloadable by their exact names).
+//! - The uploaded metadata is read only for that: which of the client's
+//!   Unfinished versions it names. Its content is never stored or served;
+//!   two concurrent deploys each merge their own version into what they
+//!   read, and the later write would drop the other's. The server renders
+//!   the metadata from what is stored instead.
 //! - Checksum sidecars are compared with the stored file's digests (400 on
 //!   a mismatch) and not stored; GETs answer from the stored digests.
 
@@ -86,7 +89,9 @@ async fn handle(
         (RepositoryPath::Metadata { coordinates, level, checksum }, true) => {
             ("maven_metadata", metadata(state, repo_name, &coordinates, &level, checksum, &method, &headers).await)
         }
-        (RepositoryPath::Metadata { .. }, false) => ("maven_metadata_upload", ignore_metadata(state, body).await),
+        (RepositoryPath::Metadata { coordinates, level, checksum }, false) => {
+            ("maven_metadata_upload", complete_deploy(state, repo_name, &coordinates, &level, checksum, body).await)
+        }
         (RepositoryPath::File { file, checksum: Some(algorithm) }, true) => {
             ("maven_checksum", checksum(state, repo_name, &file, algorithm, &method).await)
         }
@@ -262,13 +267,39 @@ async fn read_small(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes
     Ok(bytes.into())
 }
 
-/// Clients PUT the metadata they merged; the server renders its own (see
-/// the module docs), so the body is read within the metadata limit and
+/// A client uploads the metadata it merged after the files of a deploy:
+/// the versions it names that are still Unfinished are published (see
+/// the module docs). Sidecars of metadata, and the content itself, are
 /// dropped.
-async fn ignore_metadata(state: &SharedState, body: Body) -> Result<Response, ApiError> {
-    read_small(body, state.limits.max_metadata_bytes, "maven-metadata.xml").await?;
-    Ok((StatusCode::OK, "accepted; the registry generates maven-metadata.xml from the files it stores\n")
-        .into_response())
+async fn complete_deploy(
+    state: &SharedState,
+    repo_name: &str,
+    coordinates: &Coordinates,
+    level: &MetadataLevel,
+    checksum: Option<ChecksumAlgorithm>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let document = read_small(body, state.limits.max_metadata_bytes, "maven-metadata.xml").await?;
+    let accepted = || {
+        (StatusCode::OK, "accepted; the registry generates maven-metadata.xml from the files it stores\n")
+            .into_response()
+    };
+    if checksum.is_some() {
+        return Ok(accepted());
+    }
+    let Some(snapshot) = package(state, repo_name, coordinates).await? else { return Ok(accepted()) };
+    let id = package_id(coordinates);
+    for version in format::deployed_versions(&document, level) {
+        let unfinished = snapshot.index.versions.get(&version).is_some_and(|e| e.status == VersionStatus::Unfinished);
+        if unfinished {
+            state
+                .registry
+                .finish_version(repo_name, &id, &version, format::snapshot_series)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?;
+        }
+    }
+    Ok(accepted())
 }
 
 /// The core version an uploaded file belongs to. SNAPSHOT files are
@@ -375,12 +406,6 @@ async fn upload(
         )
         .await
         .map_err(|e| ApiError::from_core(e, STYLE))?;
-    if file.is_main_pom() {
-        registry
-            .finish_version(repo_name, &id, &version, format::snapshot_series)
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?;
-    }
     Ok(match outcome {
         PublishOutcome::Created => (StatusCode::CREATED, "created\n").into_response(),
         PublishOutcome::AlreadyPublished => (StatusCode::OK, "already stored with identical bytes\n").into_response(),

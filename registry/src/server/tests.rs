@@ -556,8 +556,13 @@ async fn maven_release_deploy_read_and_checksums() {
     assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
     assert!(wrong.text().contains("checksum mismatch"), "{}", wrong.text());
 
-    // The main POM publishes it.
+    // So does the POM; the metadata upload that ends a deploy publishes
+    // the versions it names.
     assert_eq!(app.maven("PUT", &format!("{dir}/lib-1.0.pom"), token, pom.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(app.maven("GET", &format!("{dir}/lib-1.0.pom"), None, vec![]).await.status, StatusCode::NOT_FOUND);
+    let merged = "<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+    let done = app.maven("PUT", "main/com/acme/lib/maven-metadata.xml", token, merged.into()).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
     let got = app.maven("GET", &format!("{dir}/lib-1.0.jar"), None, vec![]).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(&got.body[..], &jar[..]);
@@ -650,6 +655,14 @@ async fn maven_snapshot_builds_supersede_each_other() {
                 let reply = app.maven("PUT", &path, token, format!("{stamp}{suffix}").into_bytes()).await;
                 assert_eq!(reply.status, StatusCode::CREATED, "{path}: {}", reply.text());
             }
+            let (timestamp, build) = stamp.split_once('-').unwrap();
+            let merged = format!(
+                "<metadata><versioning><snapshot><timestamp>{timestamp}</timestamp><buildNumber>{build}</buildNumber></snapshot>\
+                 <snapshotVersions><snapshotVersion><extension>jar</extension><value>1.1-{stamp}</value></snapshotVersion>\
+                 </snapshotVersions></versioning></metadata>"
+            );
+            let reply = app.maven("PUT", &format!("{dir}/maven-metadata.xml"), token, merged.into_bytes()).await;
+            assert_eq!(reply.status, StatusCode::OK);
         }
     };
     deploy("20261126.120000-1", &[".jar", ".pom"]).await;
@@ -701,6 +714,8 @@ async fn maven_bad_input_is_refused_and_changes_nothing() {
     let jar = b"good jar".to_vec();
     app.maven("PUT", "main/com/acme/lib/1.0/lib-1.0.jar", token, jar.clone()).await;
     app.maven("PUT", "main/com/acme/lib/1.0/lib-1.0.pom", token, b"<project/>".to_vec()).await;
+    let merged = b"<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+    app.maven("PUT", "main/com/acme/lib/maven-metadata.xml", token, merged.to_vec()).await;
     let before = app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.body;
 
     let sha1 = hex_digest::<sha1::Sha1>(&jar);
@@ -819,6 +834,8 @@ async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
         assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
         let pom = app.maven("PUT", "main/com/acme/race/1.0/race-1.0.pom", Some(&token), b"<project/>".to_vec()).await;
         assert_eq!(pom.status, StatusCode::CREATED);
+        let merged = b"<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+        app.maven("PUT", "main/com/acme/race/maven-metadata.xml", Some(&token), merged.to_vec()).await;
         let stored = app.maven("GET", "main/com/acme/race/1.0/race-1.0.jar", None, vec![]).await;
         assert_eq!(&stored.body[..], &winners[0].1[..]);
     }
