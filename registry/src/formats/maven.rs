@@ -53,6 +53,8 @@ pub enum MavenError {
     InvalidPath { path: String, reason: String },
     #[error("file name {file:?} does not match its coordinates: {reason}")]
     FileNameMismatch { file: String, reason: String },
+    #[error("invalid maven-metadata.xml: {0}")]
+    InvalidMetadata(&'static str),
 }
 
 /// A checksum sidecar's algorithm.
@@ -710,9 +712,12 @@ fn normalize(list: &mut Vec<VersionItem>) {
 /// (timestamped builds), plus the build its `<snapshot>` names at SNAPSHOT
 /// level. Only read to learn which of its versions a deploy just completed
 /// (the resolver uploads metadata after every file); what is served is
-/// always rendered from the index. Unreadable documents name nothing.
-pub fn deployed_versions(document: &[u8], level: &MetadataLevel) -> Vec<String> {
-    let Ok(text) = std::str::from_utf8(document) else { return Vec::new() };
+/// always rendered from the index.
+pub fn deployed_versions(document: &[u8], level: &MetadataLevel) -> Result<Vec<String>, MavenError> {
+    let text = std::str::from_utf8(document).map_err(|_| MavenError::InvalidMetadata("it is not UTF-8"))?;
+    if !text.contains("<metadata") || !text.contains("</metadata>") {
+        return Err(MavenError::InvalidMetadata("it has no <metadata> document element"));
+    }
     let mut versions: Vec<String> = ["version", "value"]
         .iter()
         .flat_map(|tag| element_texts(text, tag))
@@ -731,7 +736,7 @@ pub fn deployed_versions(document: &[u8], level: &MetadataLevel) -> Vec<String> 
     }
     versions.sort();
     versions.dedup();
-    versions
+    Ok(versions)
 }
 
 /// The trimmed texts of every `<tag>…</tag>` (no attributes, no nesting:
@@ -1014,18 +1019,21 @@ mod tests {
         let artifact = b"<metadata><groupId>com.acme</groupId><artifactId>lib</artifactId><versioning>\
             <latest>1.1-SNAPSHOT</latest><release>1.0</release><versions><version>0.9</version>\
             <version> 1.0 </version><version>1.1-SNAPSHOT</version><version>../x</version></versions></versioning></metadata>";
-        assert_eq!(deployed_versions(artifact, &MetadataLevel::Artifact), ["0.9", "1.0"]);
+        assert_eq!(deployed_versions(artifact, &MetadataLevel::Artifact).unwrap(), ["0.9", "1.0"]);
         let snapshot = b"<metadata><version>1.1-SNAPSHOT</version><versioning><snapshot>\
             <timestamp>20261126.120000</timestamp><buildNumber>3</buildNumber></snapshot><snapshotVersions>\
             <snapshotVersion><extension>jar</extension><value>1.1-20261126.120000-3</value></snapshotVersion>\
             </snapshotVersions></versioning></metadata>";
         let level = MetadataLevel::Snapshot { base_version: "1.1-SNAPSHOT".into() };
-        assert_eq!(deployed_versions(snapshot, &level), ["1.1-20261126.120000-3"]);
+        assert_eq!(deployed_versions(snapshot, &level).unwrap(), ["1.1-20261126.120000-3"]);
         // Maven 2 wrote only <snapshot>.
         let old = b"<metadata><versioning><snapshot><timestamp>20261126.120000</timestamp><buildNumber>4</buildNumber></snapshot></versioning></metadata>";
-        assert_eq!(deployed_versions(old, &level), ["1.1-20261126.120000-4"]);
-        assert!(deployed_versions(b"<metadata><version>1.0", &MetadataLevel::Artifact).is_empty());
-        assert!(deployed_versions(&[0xff, 0xfe], &MetadataLevel::Artifact).is_empty());
+        assert_eq!(deployed_versions(old, &level).unwrap(), ["1.1-20261126.120000-4"]);
+        let plugins = b"<metadata><plugins><plugin><prefix>acme</prefix></plugin></plugins></metadata>";
+        assert!(deployed_versions(plugins, &MetadataLevel::Artifact).unwrap().is_empty());
+        for bad in [&b"<metadata><version>1.0"[..], b"1.0", &[0xff, 0xfe]] {
+            assert!(deployed_versions(bad, &MetadataLevel::Artifact).is_err());
+        }
     }
 
     #[test]

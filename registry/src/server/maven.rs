@@ -4,7 +4,7 @@
 //! sidecars served from the digests storage computed.
 //!
 //! Maven has no "publish" call: a deploy is a series of PUTs, each file
-//! then its `.sha1`/`.md5`, and after every file the `maven-metadata.xml`
+//! then its `.sha1`/`.md5`, and after all files the `maven-metadata.xml`
 //! the client merged (maven-resolver uploads all artifacts of a deploy,
 //! then all metadata; maven-deploy-plugin 3 sends the POM first). So:
 //! - A version (a release, or one timestamped build of a SNAPSHOT) is
@@ -269,8 +269,8 @@ async fn read_small(body: Body, limit: usize, what: &str) -> Result<bytes::Bytes
 
 /// A client uploads the metadata it merged after the files of a deploy:
 /// the versions it names that are still Unfinished are published (see
-/// the module docs). Sidecars of metadata, and the content itself, are
-/// dropped.
+/// the module docs). The content itself, and its sidecars, are checked
+/// for form and dropped.
 async fn complete_deploy(
     state: &SharedState,
     repo_name: &str,
@@ -284,12 +284,22 @@ async fn complete_deploy(
         (StatusCode::OK, "accepted; the registry generates maven-metadata.xml from the files it stores\n")
             .into_response()
     };
-    if checksum.is_some() {
+    if let Some(algorithm) = checksum {
+        // The checksum of the client's own document, which is not kept:
+        // only its form can be checked.
+        algorithm.parse_sidecar(&document).ok_or_else(|| {
+            ApiError::bad_request(
+                format!("the body is not a hex {} digest", algorithm.extension().to_uppercase()),
+                STYLE,
+            )
+        })?;
         return Ok(accepted());
     }
+    let versions =
+        format::deployed_versions(&document, level).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
     let Some(snapshot) = package(state, repo_name, coordinates).await? else { return Ok(accepted()) };
     let id = package_id(coordinates);
-    for version in format::deployed_versions(&document, level) {
+    for version in versions {
         let unfinished = snapshot.index.versions.get(&version).is_some_and(|e| e.status == VersionStatus::Unfinished);
         if unfinished {
             state

@@ -606,8 +606,12 @@ async fn maven_release_deploy_read_and_checksums() {
     assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
     // A client's own merge of the metadata is accepted and ignored.
     let theirs = "<metadata><versioning><versions><version>9.9</version></versions></versioning></metadata>";
-    for file in ["maven-metadata.xml", "maven-metadata.xml.sha1", "maven-metadata.xml.md5"] {
-        let reply = app.maven("PUT", &format!("main/com/acme/lib/{file}"), token, theirs.into()).await;
+    for (file, body) in [
+        ("maven-metadata.xml", theirs.to_owned()),
+        ("maven-metadata.xml.sha1", hex_digest::<sha1::Sha1>(theirs.as_bytes())),
+        ("maven-metadata.xml.md5", hex_digest::<md5::Md5>(theirs.as_bytes())),
+    ] {
+        let reply = app.maven("PUT", &format!("main/com/acme/lib/{file}"), token, body.into()).await;
         assert_eq!(reply.status, StatusCode::OK, "{file}");
     }
     assert_eq!(app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.body, metadata.body);
@@ -741,6 +745,14 @@ async fn maven_bad_input_is_refused_and_changes_nothing() {
         ("PUT", "com/acme/lib/2.0/lib-2.0.jar.sha1", sha1.into(), StatusCode::BAD_REQUEST, "has not been uploaded"),
         ("PUT", "com/acme/lib/1.1/lib-1.1.jar", vec![0; 100 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "exceeds"),
         ("PUT", "com/acme/lib/maven-metadata.xml", vec![b' '; 10 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "exceeds"),
+        (
+            "PUT",
+            "com/acme/lib/maven-metadata.xml",
+            b"<html>oops</html>".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "<metadata>",
+        ),
+        ("PUT", "com/acme/lib/maven-metadata.xml.sha1", b"oops".to_vec(), StatusCode::BAD_REQUEST, "not a hex SHA1"),
         ("PUT", "com/acme/lib/1.0/lib-1.0.jar.md5", vec![b' '; 2048], StatusCode::PAYLOAD_TOO_LARGE, "exceeds"),
         ("DELETE", "com/acme/lib/1.0/lib-1.0.jar", vec![], StatusCode::METHOD_NOT_ALLOWED, "not supported"),
     ];
