@@ -239,6 +239,9 @@ async fn maven_deploy_snapshots_immutability_and_resolution() {
     assert!(count("wharf_http_requests_total{route=\"maven_file\",method=\"GET\",status=\"200\"}") >= 4);
     assert!(count("wharf_http_requests_total{route=\"maven_checksum\",method=\"GET\",status=\"200\"}") > 0);
     assert!(count("wharf_http_requests_total{route=\"maven_upload\",method=\"PUT\",status=\"409\"}") == 1);
+    // The redeploy sent the unchanged POM first (deploy plugin 3): same
+    // bytes, accepted as a no-op before the changed jar was refused.
+    assert!(count("wharf_http_requests_total{route=\"maven_upload\",method=\"PUT\",status=\"200\"}") == 1);
     let sha1 = reqwest::Client::new()
         .get(server.url("/maven/private/com/acme/lib/1.0/lib-1.0.jar.sha1"))
         .basic_auth("ci", Some(&token))
