@@ -2,7 +2,8 @@
 # Installs the package clients the end-to-end tests drive, into a cache
 # folder outside the repository (keyed by the pinned versions), so a second
 # run costs nothing. npm comes with the machine's Node.js, cargo with the
-# Rust toolchain that builds the tests, go with the machine's Go toolchain.
+# Rust toolchain that builds the tests, go with the machine's Go toolchain,
+# mvn with its Maven package.
 set -euo pipefail
 
 TOOLS_DIR="${WHARF_TEST_TOOLS:-$HOME/.cache/wharf/test-tools}"
@@ -24,6 +25,7 @@ if [ -z "$CARGO_MINOR" ] || [ "$CARGO_MINOR" -lt 74 ]; then
     exit 1
 fi
 need go "install the Go toolchain, 1.21 or newer"
+need mvn "Debian: apt-get install maven"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
     echo "install-clients: Python clients already in $TOOLS_DIR/venv"
@@ -58,3 +60,63 @@ else
     echo "install-clients: built $TERMINATOR"
 fi
 ln -sfn "$TERMINATOR" "$TOOLS_DIR/tls-terminator"
+
+# Maven: the tests run mvn without the network (every repository is
+# mirrored to the Wharf under test), so the plugins their builds use are
+# fetched here once, into a local repository the tests copy. They are
+# fetched by running the tests' own project templates (deploy to a folder,
+# then a dependent build), which pulls exactly what those builds load;
+# `dependency:go-offline` would miss plugins' lazily resolved parts and
+# Debian's plugin packages pin other versions than the templates.
+MAVEN_TEMPLATES="$(cd "$(dirname "$0")/../registry/tests/maven" && pwd)"
+M2_DIR="$TOOLS_DIR/m2"
+M2_KEY="$( (mvn -B --version 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | head -n 1; cat "$MAVEN_TEMPLATES"/*.pom.xml) | sha256sum | cut -c1-32)"
+prefetch_maven_plugins() {
+rm -rf "$M2_DIR"
+mkdir -p "$M2_DIR"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+repo="$M2_DIR/repository.partial"
+group=dev.wharf.prefetch
+project() { # dir artifact version
+    mkdir -p "$scratch/$1/src/main/java/prefetch"
+    sed -e "s/@GROUP@/$group/g" -e "s/@ARTIFACT@/$2/g" -e "s/@VERSION@/$3/g" \
+        "$MAVEN_TEMPLATES/library.pom.xml" > "$scratch/$1/pom.xml"
+    printf 'package prefetch;\npublic class %s { public static String name() { return "%s"; } }\n' \
+        "$(echo "$2" | sed 's/^./\U&/')" "$2" > "$scratch/$1/src/main/java/prefetch/$(echo "$2" | sed 's/^./\U&/').java"
+}
+mvn_run() { # dir args...; the build's log is shown only when it fails
+    local dir="$1"; shift
+    if ! (cd "$scratch/$dir" && MAVEN_SKIP_RC=1 mvn -B -ntp -Dstyle.color=never -Dmaven.repo.local="$repo" "$@") \
+        > "$scratch/mvn.log" 2>&1; then
+        cat "$scratch/mvn.log" >&2
+        echo "install-clients: mvn $* failed in the $dir template project" >&2
+        exit 1
+    fi
+}
+project lib lib 1.0
+project tool tool 1.0-SNAPSHOT
+for dir in lib tool; do
+    mvn_run "$dir" deploy -DaltDeploymentRepository="prefetch::file://$scratch/deployed"
+done
+mkdir -p "$scratch/consumer/src/main/java/prefetch"
+sed -e "s/@GROUP@/$group/g" -e "s/@RELEASE_ARTIFACT@/lib/g" -e "s/@RELEASE_VERSION@/1.0/g" \
+    -e "s/@SNAPSHOT_ARTIFACT@/tool/g" -e "s/@SNAPSHOT_VERSION@/1.0-SNAPSHOT/g" \
+    "$MAVEN_TEMPLATES/consumer.pom.xml" > "$scratch/consumer/pom.xml"
+printf 'package prefetch;\npublic class Main { String both() { return Lib.name() + Tool.name(); } }\n' \
+    > "$scratch/consumer/src/main/java/prefetch/Main.java"
+mvn_run consumer package
+# What the tests must not find locally: the throwaway projects. And the
+# resolver's notes of where each file came from: with them, a file fetched
+# from the public repository counts as unavailable through the tests' mirror.
+rm -rf "$repo/dev/wharf/prefetch"
+find "$repo" \( -name '_remote.repositories' -o -name '*.lastUpdated' -o -name 'resolver-status.properties' \) -delete
+mv "$repo" "$M2_DIR/repository"
+echo "$M2_KEY" > "$M2_DIR/.installed"
+echo "install-clients: cached $(find "$M2_DIR/repository" -name '*.jar' | wc -l) Maven plugin jars in $M2_DIR/repository"
+}
+if [ -f "$M2_DIR/.installed" ] && [ "$(cat "$M2_DIR/.installed")" = "$M2_KEY" ]; then
+    echo "install-clients: Maven plugins already in $M2_DIR/repository"
+else
+    prefetch_maven_plugins
+fi

@@ -394,6 +394,60 @@ impl Registry {
         Ok(outcome)
     }
 
+    /// Lists a version whose files were added one by one (created
+    /// Unfinished by [`Self::add_asset`]): Unfinished → Published. A version
+    /// already past Unfinished keeps its status, so a retried last file
+    /// changes nothing; an Archived or Disposed one is a conflict.
+    ///
+    /// `series` may place versions in a series whose newest member
+    /// supersedes the others (the timestamped builds of one Maven
+    /// SNAPSHOT): then only the newest listed member, by rank, stays
+    /// listed and the rest become Unlisted, in the same index revision, so
+    /// readers never see two current builds of a series, or none.
+    pub async fn finish_version<R: Ord>(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        version: &str,
+        series: impl Fn(&str) -> Option<(String, R)>,
+    ) -> Result<(), CoreError> {
+        self.update_existing(repo, id, |index| {
+            let entry =
+                index.versions.get_mut(version).ok_or_else(|| CoreError::NotFound(format!("version {version}")))?;
+            let mut changed = false;
+            match entry.status {
+                VersionStatus::Unfinished => {
+                    entry.status = VersionStatus::Published;
+                    changed = true;
+                }
+                VersionStatus::Published | VersionStatus::Unlisted => {}
+                VersionStatus::Archived | VersionStatus::Disposed => {
+                    return Err(CoreError::Conflict(format!(
+                        "version {version} is {}; it cannot be published again",
+                        entry.status.as_str()
+                    )));
+                }
+            }
+            let Some((name, _)) = series(version) else { return Ok(changed) };
+            let members: Vec<(String, R)> = index
+                .listed_versions()
+                .filter_map(|(v, _)| series(v).filter(|(s, _)| *s == name).map(|(_, rank)| (v.clone(), rank)))
+                .collect();
+            let newest = members.iter().max_by(|a, b| a.1.cmp(&b.1)).map(|(v, _)| v.clone());
+            for (member, _) in members {
+                if Some(&member) != newest.as_ref()
+                    && let Some(entry) = index.versions.get_mut(&member)
+                {
+                    entry.status = VersionStatus::Unlisted;
+                    index.tags.retain(|_, v| *v != member);
+                    changed = true;
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
     /// Changes a version's status, optionally only from `expected`.
     pub async fn set_status(
         &self,
@@ -812,6 +866,68 @@ mod tests {
         let err =
             registry.add_asset("main", &id, "Demo", "1.0", meta, VersionStatus::Published, asset(b)).await.unwrap_err();
         assert!(err.to_string().contains("File already exists"), "{err}");
+    }
+
+    /// Files of a version arrive one by one; finishing lists it, and in a
+    /// series only the newest finished member stays listed, whatever order
+    /// the members finish in.
+    #[tokio::test]
+    async fn finishing_versions_and_series() {
+        let registry = registry();
+        let id = PackageId::new(PackageFormat::Maven, "com.acme:lib");
+        let d = blob(&registry, b"jar").await;
+        let add = |version: &'static str| {
+            let registry = registry.clone();
+            let id = id.clone();
+            let d = d.clone();
+            async move {
+                let asset = NewAsset { name: format!("lib-{version}.jar"), digests: d, metadata: Default::default() };
+                registry
+                    .add_asset(
+                        "main",
+                        &id,
+                        "com.acme:lib",
+                        version,
+                        serde_json::json!({}),
+                        VersionStatus::Unfinished,
+                        asset,
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        // Series "1.1" ranked by build number; release "1.0" is in none.
+        let series =
+            |v: &str| v.strip_prefix("1.1-b").and_then(|n| n.parse::<u32>().ok()).map(|n| ("1.1".to_owned(), n));
+        let status = |v: &'static str| {
+            let registry = registry.clone();
+            let id = id.clone();
+            async move { registry.package("main", &id).await.unwrap().unwrap().index.versions[v].status }
+        };
+        add("1.0").await;
+        assert_eq!(status("1.0").await, VersionStatus::Unfinished);
+        registry.finish_version("main", &id, "1.0", series).await.unwrap();
+        assert_eq!(status("1.0").await, VersionStatus::Published);
+        add("1.1-b1").await;
+        add("1.1-b2").await;
+        add("1.1-b3").await;
+        registry.finish_version("main", &id, "1.1-b1", series).await.unwrap();
+        registry.finish_version("main", &id, "1.1-b3", series).await.unwrap();
+        assert_eq!(status("1.1-b1").await, VersionStatus::Unlisted);
+        assert_eq!(status("1.1-b3").await, VersionStatus::Published);
+        // An older build finishing late does not displace the newest.
+        registry.finish_version("main", &id, "1.1-b2", series).await.unwrap();
+        assert_eq!(status("1.1-b2").await, VersionStatus::Unlisted);
+        assert_eq!(status("1.1-b3").await, VersionStatus::Published);
+        assert_eq!(status("1.0").await, VersionStatus::Published, "outside the series");
+        // Finishing again changes nothing; an archived version cannot be finished.
+        registry.finish_version("main", &id, "1.1-b3", series).await.unwrap();
+        assert_eq!(status("1.1-b3").await, VersionStatus::Published);
+        registry.set_status("main", &id, "1.0", None, VersionStatus::Archived).await.unwrap();
+        let err = registry.finish_version("main", &id, "1.0", series).await.unwrap_err();
+        assert!(matches!(err, CoreError::Conflict(_)), "{err}");
+        let err = registry.finish_version("main", &id, "9.9", series).await.unwrap_err();
+        assert!(matches!(err, CoreError::NotFound(_)), "{err}");
     }
 
     #[tokio::test]

@@ -5,5 +5,6 @@
 pub mod cargo;
 pub mod generic;
 pub mod go;
+pub mod maven;
 pub mod npm;
 pub mod pypi;

@@ -112,6 +112,7 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                     "cargo": format!("/cargo/{name}/index/"),
                     "go": format!("/go/{name}"),
                     "generic": format!("/generic/{name}/"),
+                    "maven": format!("/maven/{name}/"),
                 },
             })
         })
@@ -150,6 +151,9 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
             formats::go::check_module_path(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             package.to_owned()
         }
+        PackageFormat::Maven => formats::maven::parse_package_name(package)
+            .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
+            .package_name(),
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };
     Ok(PackageId::new(format, name))

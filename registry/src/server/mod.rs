@@ -10,6 +10,7 @@ mod error;
 mod generic;
 mod go;
 mod guard;
+mod maven;
 pub mod metrics;
 mod npm;
 mod pypi;
@@ -106,6 +107,7 @@ pub fn app(state: SharedState) -> Router {
         )
         .route("/cargo/{repo}/api/v1/crates/new", put(cargo::publish))
         .route("/go/{repo}/{*rest}", any(go::dispatch))
+        .route("/maven/{repo}/{*path}", any(maven::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()

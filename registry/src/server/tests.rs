@@ -891,4 +891,341 @@ async fn go_concurrent_publishes_have_one_winner() {
     }
 }
 
+// ---- Maven ----
+
+impl TestApp {
+    async fn maven(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut request = Request::builder().method(method).uri(format!("/maven/{path}"));
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+}
+
+fn hex_digest<D: Digest>(bytes: &[u8]) -> String {
+    hex::encode(D::digest(bytes))
+}
+
+#[tokio::test]
+async fn maven_release_deploy_read_and_checksums() {
+    let app = TestApp::new().await;
+    let publisher = app.token(&["main"], &["publish"]).await;
+    let token = Some(publisher.as_str());
+    let jar = b"jar bytes".to_vec();
+    let pom = b"<project><artifactId>lib</artifactId></project>".to_vec();
+    let dir = "main/com/acme/lib/1.0";
+
+    // The jar alone leaves the version Unfinished: not downloadable, not listed.
+    assert_eq!(app.maven("PUT", &format!("{dir}/lib-1.0.jar"), token, jar.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(app.maven("GET", &format!("{dir}/lib-1.0.jar"), None, vec![]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let sha1 = hex_digest::<sha1::Sha1>(&jar);
+    let sidecar =
+        app.maven("PUT", &format!("{dir}/lib-1.0.jar.sha1"), token, format!("{sha1}  lib-1.0.jar\n").into()).await;
+    assert_eq!(sidecar.status, StatusCode::OK, "{}", sidecar.text());
+    let wrong = app.maven("PUT", &format!("{dir}/lib-1.0.jar.md5"), token, "0".repeat(32).into()).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(wrong.text().contains("checksum mismatch"), "{}", wrong.text());
+
+    // So does the POM; the metadata upload that ends a deploy publishes
+    // the versions it names.
+    assert_eq!(app.maven("PUT", &format!("{dir}/lib-1.0.pom"), token, pom.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(app.maven("GET", &format!("{dir}/lib-1.0.pom"), None, vec![]).await.status, StatusCode::NOT_FOUND);
+    let merged = "<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+    let done = app.maven("PUT", "main/com/acme/lib/maven-metadata.xml", token, merged.into()).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    let got = app.maven("GET", &format!("{dir}/lib-1.0.jar"), None, vec![]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(&got.body[..], &jar[..]);
+    assert_eq!(got.headers[header::CONTENT_TYPE], "application/java-archive");
+    assert_eq!(got.headers["x-checksum-sha1"], sha1.as_str());
+    assert_eq!(got.headers["x-checksum-md5"], hex_digest::<md5::Md5>(&jar).as_str());
+    assert!(got.headers.contains_key(header::LAST_MODIFIED));
+    let head = app.maven("HEAD", &format!("{dir}/lib-1.0.jar"), None, vec![]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers[header::CONTENT_LENGTH], jar.len().to_string().as_str());
+    assert!(head.body.is_empty());
+    for (extension, expected) in [
+        ("md5", hex_digest::<md5::Md5>(&jar)),
+        ("sha1", sha1.clone()),
+        ("sha256", hex_digest::<sha2::Sha256>(&jar)),
+        ("sha512", hex_digest::<sha2::Sha512>(&jar)),
+    ] {
+        let reply = app.maven("GET", &format!("{dir}/lib-1.0.jar.{extension}"), None, vec![]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{extension}");
+        assert_eq!(reply.text(), expected, "{extension}");
+    }
+
+    // Artifact-level metadata comes from what is stored; its sidecars and
+    // headers are computed from the bytes served.
+    let metadata = app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await;
+    assert_eq!(metadata.status, StatusCode::OK);
+    assert_eq!(metadata.headers[header::CONTENT_TYPE], "application/xml");
+    let xml = metadata.text();
+    assert!(xml.contains("<release>1.0</release>") && xml.contains("<version>1.0</version>"), "{xml}");
+    assert_eq!(metadata.headers["x-checksum-sha1"], hex_digest::<sha1::Sha1>(&metadata.body).as_str());
+    for (extension, expected) in [
+        ("sha1", hex_digest::<sha1::Sha1>(&metadata.body)),
+        ("md5", hex_digest::<md5::Md5>(&metadata.body)),
+        ("sha256", hex_digest::<sha2::Sha256>(&metadata.body)),
+        ("sha512", hex_digest::<sha2::Sha512>(&metadata.body)),
+    ] {
+        let reply = app.maven("GET", &format!("main/com/acme/lib/maven-metadata.xml.{extension}"), None, vec![]).await;
+        assert_eq!(reply.text(), expected, "{extension}");
+    }
+    let head = app.maven("HEAD", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await;
+    assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+    // A client's own merge of the metadata is accepted and ignored.
+    let theirs = "<metadata><versioning><versions><version>9.9</version></versions></versioning></metadata>";
+    for (file, body) in [
+        ("maven-metadata.xml", theirs.to_owned()),
+        ("maven-metadata.xml.sha1", hex_digest::<sha1::Sha1>(theirs.as_bytes())),
+        ("maven-metadata.xml.md5", hex_digest::<md5::Md5>(theirs.as_bytes())),
+    ] {
+        let reply = app.maven("PUT", &format!("main/com/acme/lib/{file}"), token, body.into()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{file}");
+    }
+    assert_eq!(app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.body, metadata.body);
+
+    // Releases are immutable: identical bytes are a no-op, others a 409.
+    assert_eq!(app.maven("PUT", &format!("{dir}/lib-1.0.jar"), token, jar.clone()).await.status, StatusCode::OK);
+    let conflict = app.maven("PUT", &format!("{dir}/lib-1.0.jar"), token, b"other bytes".to_vec()).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert!(conflict.text().contains("File already exists"), "{}", conflict.text());
+    assert_eq!(&app.maven("GET", &format!("{dir}/lib-1.0.jar"), None, vec![]).await.body[..], &jar[..]);
+
+    // The status API names the package groupId:artifactId; an Unlisted
+    // release leaves the metadata but stays downloadable.
+    let version = app.get("/api/v1/repositories/main/packages/maven/com.acme:lib/versions/1.0", None).await;
+    assert_eq!(version.json()["status"], "Published", "{}", version.text());
+    let uri = "/api/v1/repositories/main/packages/maven/com.acme:lib/versions/1.0/status";
+    assert_eq!(app.put_json(uri, &publisher, &json!({"status": "Unlisted"})).await.status, StatusCode::OK);
+    assert_eq!(
+        app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(app.maven("GET", &format!("{dir}/lib-1.0.jar"), None, vec![]).await.status, StatusCode::OK);
+    let bad_name = app
+        .put_json(
+            "/api/v1/repositories/main/packages/maven/com.acme/versions/1.0/status",
+            &publisher,
+            &json!({"status": "Published"}),
+        )
+        .await;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+    assert!(bad_name.json()["error"].as_str().unwrap().contains("groupId:artifactId"));
+}
+
+#[tokio::test]
+async fn maven_snapshot_builds_supersede_each_other() {
+    let app = TestApp::new().await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let token = Some(token.as_str());
+    let dir = "main/com/acme/lib/1.1-SNAPSHOT";
+    let deploy = |stamp: &'static str, files: &'static [&'static str]| {
+        let app = &app;
+        async move {
+            for suffix in files {
+                let path = format!("{dir}/lib-1.1-{stamp}{suffix}");
+                let reply = app.maven("PUT", &path, token, format!("{stamp}{suffix}").into_bytes()).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{path}: {}", reply.text());
+            }
+            let (timestamp, build) = stamp.split_once('-').unwrap();
+            let merged = format!(
+                "<metadata><versioning><snapshot><timestamp>{timestamp}</timestamp><buildNumber>{build}</buildNumber></snapshot>\
+                 <snapshotVersions><snapshotVersion><extension>jar</extension><value>1.1-{stamp}</value></snapshotVersion>\
+                 </snapshotVersions></versioning></metadata>"
+            );
+            let reply = app.maven("PUT", &format!("{dir}/maven-metadata.xml"), token, merged.into_bytes()).await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+    };
+    deploy("20261126.120000-1", &[".jar", ".pom"]).await;
+    deploy("20261126.130000-2", &[".jar", "-sources.jar", ".pom"]).await;
+
+    let metadata = app.maven("GET", &format!("{dir}/maven-metadata.xml"), None, vec![]).await;
+    assert_eq!(metadata.status, StatusCode::OK);
+    let xml = metadata.text();
+    assert!(xml.contains("<timestamp>20261126.130000</timestamp>\n      <buildNumber>2</buildNumber>"), "{xml}");
+    assert_eq!(xml.matches("<value>1.1-20261126.130000-2</value>").count(), 3, "{xml}");
+    assert!(xml.contains("<classifier>sources</classifier>"), "{xml}");
+    assert!(!xml.contains("120000-1"), "{xml}");
+    let artifact = app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.text();
+    assert!(artifact.contains("<latest>1.1-SNAPSHOT</latest>") && !artifact.contains("<release>"), "{artifact}");
+
+    // The unversioned name is the newest build; older builds stay
+    // downloadable by their exact name, Unlisted.
+    let latest = app.maven("GET", &format!("{dir}/lib-1.1-SNAPSHOT.jar"), None, vec![]).await;
+    assert_eq!(latest.text(), "20261126.130000-2.jar");
+    let old = app.maven("GET", &format!("{dir}/lib-1.1-20261126.120000-1.jar"), None, vec![]).await;
+    assert_eq!(old.text(), "20261126.120000-1.jar");
+    let status = |version: &'static str| {
+        let app = &app;
+        async move {
+            let uri = format!("/api/v1/repositories/main/packages/maven/com.acme:lib/versions/{version}");
+            app.get(&uri, None).await.json()["status"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(status("1.1-20261126.120000-1").await, "Unlisted");
+    assert_eq!(status("1.1-20261126.130000-2").await, "Published");
+
+    // A build older than the newest, finished late, does not take over.
+    deploy("20261126.110000-3", &[".jar", ".pom"]).await;
+    assert_eq!(status("1.1-20261126.110000-3").await, "Unlisted");
+    let again = app.maven("GET", &format!("{dir}/maven-metadata.xml"), None, vec![]).await;
+    assert_eq!(again.body, metadata.body);
+
+    let unversioned = app.maven("PUT", &format!("{dir}/lib-1.1-SNAPSHOT.jar"), token, b"x".to_vec()).await;
+    assert_eq!(unversioned.status, StatusCode::BAD_REQUEST);
+    assert!(unversioned.text().contains("has no timestamp"), "{}", unversioned.text());
+}
+
+#[tokio::test]
+async fn maven_bad_input_is_refused_and_changes_nothing() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_metadata_bytes: 8 * 1024 };
+    let app = TestApp::with_store(Arc::new(object_store::memory::InMemory::new()), limits).await;
+    let publisher = app.token(&["main"], &["publish"]).await;
+    let token = Some(publisher.as_str());
+    let jar = b"good jar".to_vec();
+    app.maven("PUT", "main/com/acme/lib/1.0/lib-1.0.jar", token, jar.clone()).await;
+    app.maven("PUT", "main/com/acme/lib/1.0/lib-1.0.pom", token, b"<project/>".to_vec()).await;
+    let merged = b"<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+    app.maven("PUT", "main/com/acme/lib/maven-metadata.xml", token, merged.to_vec()).await;
+    let before = app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.body;
+
+    let sha1 = hex_digest::<sha1::Sha1>(&jar);
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        ("PUT", "com/acme/lib/1.1/other-1.1.jar", vec![1], StatusCode::BAD_REQUEST, "must start with lib-"),
+        ("PUT", "com/acme/lib/1.1/lib-1.2.jar", vec![1], StatusCode::BAD_REQUEST, "must name version 1.1"),
+        ("PUT", "com/acme/lib/1.1/lib-1.1-bad!.jar", vec![1], StatusCode::BAD_REQUEST, "classifier"),
+        ("PUT", "com/acme/lib/1.1/lib-1.1", vec![1], StatusCode::BAD_REQUEST, "[-classifier].extension"),
+        ("PUT", "com/ac%20me/lib/1.1/lib-1.1.jar", vec![1], StatusCode::BAD_REQUEST, "invalid groupId"),
+        ("PUT", "com/acme/li$b/1.1/li$b-1.1.jar", vec![1], StatusCode::BAD_REQUEST, "invalid artifactId"),
+        ("PUT", "com/acme/lib/1.1!/lib-1.1!.jar", vec![1], StatusCode::BAD_REQUEST, "invalid version"),
+        ("PUT", "com/acme/lib/1.1/", vec![1], StatusCode::BAD_REQUEST, "ends in /"),
+        ("PUT", "lib/1.1/lib-1.1.jar", vec![1], StatusCode::BAD_REQUEST, "sits under"),
+        (
+            "PUT",
+            "com/acme/lib/1.0/lib-1.0.jar.sha1",
+            "0".repeat(40).into(),
+            StatusCode::BAD_REQUEST,
+            "checksum mismatch",
+        ),
+        ("PUT", "com/acme/lib/1.0/lib-1.0.jar.sha1", b"not hex".to_vec(), StatusCode::BAD_REQUEST, "not a hex SHA1"),
+        ("PUT", "com/acme/lib/1.0/lib-1.0.jar.sha1.md5", vec![1], StatusCode::BAD_REQUEST, "checksums of checksum"),
+        ("PUT", "com/acme/lib/2.0/lib-2.0.jar.sha1", sha1.into(), StatusCode::BAD_REQUEST, "has not been uploaded"),
+        ("PUT", "com/acme/lib/1.1/lib-1.1.jar", vec![0; 100 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "exceeds"),
+        ("PUT", "com/acme/lib/maven-metadata.xml", vec![b' '; 10 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "exceeds"),
+        (
+            "PUT",
+            "com/acme/lib/maven-metadata.xml",
+            b"<html>oops</html>".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "<metadata>",
+        ),
+        ("PUT", "com/acme/lib/maven-metadata.xml.sha1", b"oops".to_vec(), StatusCode::BAD_REQUEST, "not a hex SHA1"),
+        ("PUT", "com/acme/lib/1.0/lib-1.0.jar.md5", vec![b' '; 2048], StatusCode::PAYLOAD_TOO_LARGE, "exceeds"),
+        ("DELETE", "com/acme/lib/1.0/lib-1.0.jar", vec![], StatusCode::METHOD_NOT_ALLOWED, "not supported"),
+    ];
+    for (method, path, body, status, message) in cases {
+        let reply = app.maven(method, &format!("main/{path}"), token, body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        assert!(reply.text().contains(message), "{method} {path}: {}", reply.text());
+    }
+    // A declared length over the limit is refused before the body is read.
+    let declared = app
+        .send(
+            Request::put("/maven/main/com/acme/lib/1.1/lib-1.1.jar")
+                .header(header::AUTHORIZATION, format!("Bearer {publisher}"))
+                .header(header::CONTENT_LENGTH, (1u64 << 30).to_string())
+                .body(Body::from(vec![0u8; 16]))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(declared.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Traversal never reaches the handler.
+    for path in [
+        "main/com/acme/%2e%2e/%2e%2e/private/x.jar",
+        "main/com/acme/lib/1.0/..%2flib-1.0.jar",
+        "main/com/acme/lib/1.0/lib-1.0.jar%00",
+        "main/com/acme/lib/1.0/lib%5c1.0.jar",
+    ] {
+        let reply = app.maven("PUT", path, token, vec![1]).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}: {}", reply.text());
+    }
+    // Publishing needs a publish token; anonymous clients are challenged.
+    let anonymous = app.maven("PUT", "main/com/acme/lib/1.1/lib-1.1.jar", None, vec![1]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic realm="));
+    let reader = app.token(&["main"], &["read"]).await;
+    let forbidden = app.maven("PUT", "main/com/acme/lib/1.1/lib-1.1.jar", Some(&reader), vec![1]).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+
+    assert_eq!(app.maven("GET", "main/com/acme/lib/maven-metadata.xml", None, vec![]).await.body, before);
+    assert_eq!(&app.maven("GET", "main/com/acme/lib/1.0/lib-1.0.jar", None, vec![]).await.body[..], &jar[..]);
+    let absent = app.get("/api/v1/repositories/main/packages/maven/com.acme:lib/versions/1.1", None).await;
+    assert_eq!(absent.status, StatusCode::NOT_FOUND, "no refused upload created version 1.1");
+}
+
+#[tokio::test]
+async fn maven_private_reads_are_challenged() {
+    let app = TestApp::new().await;
+    let path = "private/com/acme/lib/maven-metadata.xml";
+    let anonymous = app.maven("GET", path, None, vec![]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers[header::WWW_AUTHENTICATE], "Basic realm=\"wharf/private\"");
+    let head = app.maven("HEAD", "private/com/acme/lib/1.0/lib-1.0.jar", None, vec![]).await;
+    assert_eq!(head.status, StatusCode::UNAUTHORIZED);
+    let reader = app.token(&["private"], &["read"]).await;
+    let basic = STANDARD.encode(format!("ci:{reader}"));
+    let reply = app
+        .send(
+            Request::get(format!("/maven/{path}"))
+                .header(header::AUTHORIZATION, format!("Basic {basic}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "authenticated: nothing there yet");
+}
+
+/// 50 deploys race for one release file with different bytes: exactly one
+/// wins, the rest get 409, and the stored file is the winner's, on both
+/// backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn ObjectStore>> = vec![
+        Arc::new(object_store::memory::InMemory::new()),
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap()),
+    ];
+    for store in stores {
+        let app = Arc::new(TestApp::with_store(store, Limits::default()).await);
+        let token = app.token(&["main"], &["publish"]).await;
+        let attempts = (0..50).map(|i| {
+            let app = app.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let bytes = format!("jar of deployer {i}").into_bytes();
+                let reply = app.maven("PUT", "main/com/acme/race/1.0/race-1.0.jar", Some(&token), bytes.clone()).await;
+                (reply.status, bytes)
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(status, _)| *status == StatusCode::CREATED).collect();
+        assert_eq!(winners.len(), 1, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+        assert!(results.iter().all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+        let pom = app.maven("PUT", "main/com/acme/race/1.0/race-1.0.pom", Some(&token), b"<project/>".to_vec()).await;
+        assert_eq!(pom.status, StatusCode::CREATED);
+        let merged = b"<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+        app.maven("PUT", "main/com/acme/race/maven-metadata.xml", Some(&token), merged.to_vec()).await;
+        let stored = app.maven("GET", "main/com/acme/race/1.0/race-1.0.jar", None, vec![]).await;
+        assert_eq!(&stored.body[..], &winners[0].1[..]);
+    }
+}
+
 mod cargo;

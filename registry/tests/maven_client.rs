@@ -1,0 +1,255 @@
+//! The real `mvn` client against the real registry binary, on a private
+//! repository: `mvn deploy` of a release and of a SNAPSHOT (twice) with
+//! credentials in settings.xml, a changed release refused with 409, and
+//! `mvn -U package` of a project that resolves both, which works only
+//! because Maven retries its reads with credentials after the 401
+//! challenge.
+//!
+//! Hermetic: every repository Maven knows is mirrored to the Wharf under
+//! test, and the plugins the builds need come from the local repository
+//! `tests/install-clients.sh` cached (it builds these same templates once).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha1::Digest;
+use support::*;
+
+const CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage: {filesystem: {path: "{data}"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: private}
+spec:
+  domainRef: {name: acme}
+"#;
+
+const LIBRARY_POM: &str = include_str!("maven/library.pom.xml");
+const CONSUMER_POM: &str = include_str!("maven/consumer.pom.xml");
+
+/// The local repository of plugins `tests/install-clients.sh` prepared.
+fn cached_plugins() -> PathBuf {
+    let tools = std::env::var_os("WHARF_TEST_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+        .unwrap();
+    let repository = tools.join("m2/repository");
+    assert!(
+        repository.join("org/apache/maven/plugins/maven-deploy-plugin").is_dir(),
+        "the Maven plugins are missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
+        repository.display()
+    );
+    repository
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Maven pointed at one Wharf repository only: a mirror of every
+/// repository (so nothing reaches the internet), credentials for it, and
+/// a profile that lets the mirrored `central` serve SNAPSHOTs too (the
+/// built-in `central` refuses them).
+struct Maven<'a> {
+    ws: &'a Workspace,
+    url: String,
+}
+
+impl<'a> Maven<'a> {
+    fn new(ws: &'a Workspace, server: &TestServer, repo: &str, token: &str) -> Self {
+        let url = server.url(&format!("/maven/{repo}/"));
+        ws.write(
+            "settings.xml",
+            &format!(
+                r#"<settings>
+  <servers>
+    <server><id>wharf</id><username>ci</username><password>{token}</password></server>
+  </servers>
+  <mirrors>
+    <mirror><id>wharf</id><mirrorOf>*</mirrorOf><url>{url}</url></mirror>
+  </mirrors>
+  <profiles>
+    <profile>
+      <id>wharf</id>
+      <repositories>
+        <repository>
+          <id>central</id><url>{url}</url>
+          <snapshots><enabled>true</enabled></snapshots>
+        </repository>
+      </repositories>
+    </profile>
+  </profiles>
+  <activeProfiles><activeProfile>wharf</activeProfile></activeProfiles>
+</settings>
+"#
+            ),
+        );
+        // The machine's global settings could name other mirrors.
+        ws.write("global-settings.xml", "<settings/>\n");
+        Maven { ws, url }
+    }
+
+    /// `mvn` in `dir` with its own local repository `local` (a copy of
+    /// the cached plugins, made on first use).
+    fn command(&self, dir: &str, local: &str) -> Command {
+        let local = self.ws.path(local);
+        if !local.exists() {
+            copy_tree(&cached_plugins(), &local);
+        }
+        let mut command = self.ws.command("mvn", dir);
+        command
+            .env("MAVEN_SKIP_RC", "1")
+            .env("MAVEN_OPTS", format!("-Duser.home={}", self.ws.path("home").display()))
+            .env_remove("MAVEN_ARGS")
+            .args(["-B", "-ntp", "-Dstyle.color=never", "-s"])
+            .arg(self.ws.path("settings.xml"))
+            .arg("-gs")
+            .arg(self.ws.path("global-settings.xml"))
+            .arg(format!("-Dmaven.repo.local={}", local.display()));
+        command
+    }
+
+    fn deploy(&self, dir: &str) -> Command {
+        let mut command = self.command(dir, "publisher-m2");
+        command.arg("deploy").arg(format!("-DaltDeploymentRepository=wharf::{}", self.url));
+        command
+    }
+
+    /// A jar project with one class `{package}.{class}` whose `name()`
+    /// returns `value`.
+    fn library(&self, dir: &str, artifact: &str, version: &str, class: &str, value: &str) {
+        let pom =
+            LIBRARY_POM.replace("@GROUP@", "com.acme").replace("@ARTIFACT@", artifact).replace("@VERSION@", version);
+        self.ws.write(&format!("{dir}/pom.xml"), &pom);
+        self.ws.write(
+            &format!("{dir}/src/main/java/com/acme/{artifact}/{class}.java"),
+            &format!("package com.acme.{artifact};\n\npublic class {class} {{\n    public static String name() {{ return \"{value}\"; }}\n}}\n"),
+        );
+    }
+}
+
+fn read(path: PathBuf) -> Vec<u8> {
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `<value>` (timestamped version) a SNAPSHOT's metadata points at.
+async fn newest_build(server: &TestServer, token: &str) -> String {
+    let url = server.url("/maven/private/com/acme/tool/2.0-SNAPSHOT/maven-metadata.xml");
+    let response = reqwest::Client::new().get(url).basic_auth("ci", Some(token)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let xml = response.text().await.unwrap();
+    let start = xml.find("<value>").unwrap() + "<value>".len();
+    xml[start..].split('<').next().unwrap().to_owned()
+}
+
+async fn status(server: &TestServer, token: &str, package: &str, version: &str) -> String {
+    let url = server.url(&format!("/api/v1/repositories/private/packages/maven/{package}/versions/{version}"));
+    let response = reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{package} {version}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["status"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maven_deploy_snapshots_immutability_and_resolution() {
+    let server = TestServer::start_with(Some(CONFIG), &[]);
+    let token = server.token(&["private"], &["read", "publish"]).await;
+    let ws = Workspace::new();
+    let maven = Maven::new(&ws, &server, "private", &token);
+
+    // Anonymous reads of the private repository get the challenge Maven
+    // waits for before it sends credentials.
+    let anonymous = reqwest::get(server.url("/maven/private/com/acme/lib/1.0/lib-1.0.pom")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Basic realm=\"wharf/private\"");
+
+    // A release.
+    maven.library("lib", "lib", "1.0", "Greeting", "hello");
+    run_ok(&mut maven.deploy("lib"));
+    let released_jar = read(ws.path("lib/target/lib-1.0.jar"));
+
+    // A SNAPSHOT deployed twice: two timestamped builds; the older one is
+    // Unlisted, the newer one is what the SNAPSHOT resolves to.
+    maven.library("tool", "tool", "2.0-SNAPSHOT", "Build", "one");
+    run_ok(&mut maven.deploy("tool"));
+    let first_build = newest_build(&server, &token).await;
+    maven.library("tool", "tool", "2.0-SNAPSHOT", "Build", "two");
+    run_ok(&mut maven.deploy("tool"));
+    let second_build = newest_build(&server, &token).await;
+    let second_jar = read(ws.path("tool/target/tool-2.0-SNAPSHOT.jar"));
+    assert!(first_build.starts_with("2.0-") && first_build.ends_with("-1"), "{first_build}");
+    assert!(second_build.ends_with("-2"), "{second_build}");
+    assert_eq!(status(&server, &token, "com.acme:tool", &first_build).await, "Unlisted");
+    assert_eq!(status(&server, &token, "com.acme:tool", &second_build).await, "Published");
+    assert_eq!(status(&server, &token, "com.acme:lib", "1.0").await, "Published");
+
+    // Redeploying the release with changed bytes fails with 409.
+    maven.library("lib", "lib", "1.0", "Greeting", "tampered");
+    let refused = run(&mut maven.deploy("lib"));
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("409"), "{}", text(&refused));
+
+    // A second project, with a local repository of its own, resolves both
+    // through the challenge: the original release and the newest build.
+    let consumer = CONSUMER_POM
+        .replace("@GROUP@", "com.acme")
+        .replace("@RELEASE_ARTIFACT@", "lib")
+        .replace("@RELEASE_VERSION@", "1.0")
+        .replace("@SNAPSHOT_ARTIFACT@", "tool")
+        .replace("@SNAPSHOT_VERSION@", "2.0-SNAPSHOT");
+    ws.write("app/pom.xml", &consumer);
+    ws.write(
+        "app/src/main/java/com/acme/app/App.java",
+        "package com.acme.app;\n\npublic class App {\n    public static String describe() { return com.acme.lib.Greeting.name() + com.acme.tool.Build.name(); }\n}\n",
+    );
+    run_ok(maven.command("app", "consumer-m2").args(["-U", "package"]));
+    assert!(ws.path("app/target/consumer-1.0.jar").exists());
+    let resolved = ws.path("consumer-m2/com/acme");
+    assert_eq!(read(resolved.join("lib/1.0/lib-1.0.jar")), released_jar, "the release kept its first bytes");
+    assert_eq!(read(resolved.join("tool/2.0-SNAPSHOT/tool-2.0-SNAPSHOT.jar")), second_jar, "the newest build");
+    assert!(resolved.join(format!("tool/2.0-SNAPSHOT/tool-{second_build}.jar")).exists());
+
+    // The registry saw Maven's unauthenticated reads (answered 401) and the
+    // retries with credentials, and served the checksums it computed.
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let count = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(count("wharf_http_requests_total{route=\"maven\",method=\"GET\",status=\"401\"}") > 0);
+    assert!(count("wharf_http_requests_total{route=\"maven_file\",method=\"GET\",status=\"200\"}") >= 4);
+    assert!(count("wharf_http_requests_total{route=\"maven_checksum\",method=\"GET\",status=\"200\"}") > 0);
+    assert!(count("wharf_http_requests_total{route=\"maven_upload\",method=\"PUT\",status=\"409\"}") == 1);
+    // The redeploy sent the unchanged POM first (deploy plugin 3): same
+    // bytes, accepted as a no-op before the changed jar was refused.
+    assert!(count("wharf_http_requests_total{route=\"maven_upload\",method=\"PUT\",status=\"200\"}") == 1);
+    let sha1 = reqwest::Client::new()
+        .get(server.url("/maven/private/com/acme/lib/1.0/lib-1.0.jar.sha1"))
+        .basic_auth("ci", Some(&token))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sha1, hex::encode(sha1::Sha1::digest(&released_jar)));
+}
