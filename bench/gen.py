@@ -219,6 +219,9 @@ ENDPOINTS = [
     ("tarball", "npm tarball", 0.7, "verdaccio"),
     ("simple", "PyPI simple page", 0.5, "pypiserver,devpi"),
     ("wheel", "PyPI wheel", 0.7, "pypiserver,devpi"),
+    ("cargoindex", "Cargo sparse-index file", 0.5, ""),
+    ("mavenpom", "Maven pom", 0.5, ""),
+    ("goinfo", "Go .info", 0.5, ""),
 ]
 P99_TARGET_MS = 10.0
 IDLE_RSS_TARGET_MIB = 30.0
@@ -328,7 +331,7 @@ def cmd_report(args):
             p99_s = "n/a"
         peer_cells = []
         sizes = [fmt_size(w["size"]) if w else "-", fmt_size(n["size"]) if n else "-"]
-        for p in peers.split(","):
+        for p in filter(None, peers.split(",")):
             r = res.get((p, ep))
             peer_cells.append("%s: %s, %s" % (p, fmt_rps(r), fmt_p99(r)))
             sizes.append(fmt_size(r["size"]) if r else "-")
@@ -384,6 +387,43 @@ def cmd_report(args):
     sys.stdout.write(text)
 
 
+def cmd_crate_publish(args):
+    """Writes cargo's publish bodies (u32 LE length, JSON, u32 LE length, .crate), one per version."""
+    import gzip
+    import io
+    import json
+    import struct
+    import tarfile
+    os.makedirs(args.out, exist_ok=True)
+    for i in range(args.count):
+        version = "0.1.%d" % i
+        root = "%s-%s" % (args.name, version)
+        toml = ('[package]\nname = "%s"\nversion = "%s"\nedition = "2021"\n' % (args.name, version)).encode()
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for path, data in (("Cargo.toml", toml), ("src/lib.rs", b"pub fn answer() -> u32 { 42 }\n")):
+                info = tarfile.TarInfo("%s/%s" % (root, path))
+                info.size = len(data)
+                info.mtime = 0
+                tar.addfile(info, io.BytesIO(data))
+        crate = gzip.compress(raw.getvalue(), mtime=0)
+        meta = json.dumps({
+            "name": args.name, "vers": version, "deps": [], "features": {}, "authors": [],
+            "description": "benchmark crate", "license": "MIT", "links": None,
+        }).encode()
+        with open(os.path.join(args.out, "%s.body" % version), "wb") as fh:
+            fh.write(struct.pack("<I", len(meta)) + meta + struct.pack("<I", len(crate)) + crate)
+
+
+def cmd_go_zip(args):
+    """Writes a Go module zip: every file under {module}@{version}/."""
+    import zipfile
+    prefix = "%s@%s/" % (args.module, args.version)
+    with zipfile.ZipFile(args.out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(prefix + "go.mod", "module %s\n\ngo 1.21\n" % args.module)
+        zf.writestr(prefix + "bench.go", "package bench\n\nfunc Answer() int { return 42 }\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -397,6 +437,18 @@ def main():
         p.add_argument("--prefix", default="1.0.")
         p.add_argument("--size", type=int, default=MIB)
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("crate-publish")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="bench-crate")
+    p.add_argument("--count", type=int, default=50)
+    p.set_defaults(fn=cmd_crate_publish)
+
+    p = sub.add_parser("go-zip")
+    p.add_argument("--out", required=True)
+    p.add_argument("--module", required=True)
+    p.add_argument("--version", required=True)
+    p.set_defaults(fn=cmd_go_zip)
 
     p = sub.add_parser("tarball-url")
     p.add_argument("packument")

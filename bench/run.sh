@@ -37,6 +37,8 @@ ADMIN_TOKEN=bench-admin-$RANDOM$RANDOM$RANDOM
 PEER_PASSWORD=bench-$RANDOM$RANDOM
 
 ACCEPT_ABBREV='Accept: application/vnd.npm.install-v1+json'
+# What is measured, in report order; the last three only Wharf serves.
+ENDPOINTS="packument tarball simple wheel cargoindex mavenpom goinfo"
 ACCEPT_HTML='Accept: text/html'
 
 # fd 3 = the script's stderr, so messages (the cleanup's too, which may run
@@ -263,6 +265,32 @@ fetch() {
 
 declare -A URL=() # URL[server:endpoint]
 
+# Cargo (a 50-version index file), Maven (a released pom) and Go (a module
+# version), served by Wharf alone: the other registries here speak npm/PyPI.
+seed_other_formats() {
+  local auth="Authorization: Bearer $WHARF_TOKEN" v body crates=$RUN/crates
+  $GEN crate-publish --out "$crates" --name bench-crate --count "$BENCH_VERSIONS"
+  for body in "$crates"/*.body; do
+    curl -sf --max-time 30 -X PUT -H "$auth" --data-binary "@$body" \
+      "$WHARF_URL/cargo/main/api/v1/crates/new" >/dev/null || die "cargo publish of $body to Wharf failed"
+  done
+  URL[wharf:cargoindex]=$WHARF_URL/cargo/main/index/be/nc/bench-crate
+  local maven=$WHARF_URL/maven/main/com/acme/bench/bench-lib
+  printf '<project><modelVersion>4.0.0</modelVersion><groupId>com.acme.bench</groupId><artifactId>bench-lib</artifactId><version>1.0.0</version><packaging>pom</packaging></project>\n' \
+    >"$RUN/bench-lib-1.0.0.pom"
+  curl -sf --max-time 30 -X PUT -H "$auth" --data-binary "@$RUN/bench-lib-1.0.0.pom" \
+    "$maven/1.0.0/bench-lib-1.0.0.pom" >/dev/null || die "Maven pom PUT to Wharf failed"
+  printf '<metadata><groupId>com.acme.bench</groupId><artifactId>bench-lib</artifactId><versioning><versions><version>1.0.0</version></versions></versioning></metadata>\n' \
+    >"$RUN/maven-metadata.xml"
+  curl -sf --max-time 30 -X PUT -H "$auth" --data-binary "@$RUN/maven-metadata.xml" \
+    "$maven/maven-metadata.xml" >/dev/null || die "Maven metadata PUT to Wharf failed"
+  URL[wharf:mavenpom]=$maven/1.0.0/bench-lib-1.0.0.pom
+  $GEN go-zip --out "$RUN/bench.zip" --module example.internal/bench --version v1.0.0
+  curl -sf --max-time 30 -X PUT -H "$auth" --data-binary "@$RUN/bench.zip" \
+    "$WHARF_URL/go/main/example.internal/bench/@v/v1.0.0.zip" >/dev/null || die "Go module PUT to Wharf failed"
+  URL[wharf:goinfo]=$WHARF_URL/go/main/example.internal/bench/@v/v1.0.0.info
+}
+
 # ------------------------------------------------------------------- Wharf --
 WHARF_ON=0
 [ "$BENCH_ONLY_PEERS" != 1 ] && WHARF_ON=1
@@ -284,6 +312,7 @@ if [ "$WHARF_ON" = 1 ]; then
   twine_upload "$WHARF_URL/pypi/main/" __token__ "$WHARF_TOKEN" wharf "${WHEEL_FILES[@]}" || die "twine upload to Wharf failed"
   URL[wharf:packument]=$WHARF_URL/npm/main/$PKG
   URL[wharf:simple]=$WHARF_URL/pypi/main/simple/$PKG/
+  seed_other_formats
 fi
 
 # -------------------------------------------------------------- Verdaccio --
@@ -420,6 +449,14 @@ for s in "${SERVERS[@]}"; do
       note "$s: simple page GET failed"; unset "URL[$s:simple]"
     fi
   fi
+  for ep in cargoindex mavenpom goinfo; do
+    [ -n "${URL[$s:$ep]:-}" ] || continue
+    if r=$(fetch "${URL[$s:$ep]}" "$RUN/bodies/$s.$ep"); then
+      SIZE[$s:$ep]=${r%% *}; CTYPE[$s:$ep]=${r#* }
+    else
+      note "$s: $ep GET failed"; unset "URL[$s:$ep]"
+    fi
+  done
   for ep in tarball wheel; do
     [ -n "${URL[$s:$ep]:-}" ] || continue
     want=$FIRST_TGZ; [ $ep = wheel ] && want=$FIRST_WHL
@@ -437,9 +474,10 @@ done
 # or (peers-only run) Verdaccio's packument and pypiserver's simple page.
 NGINX_DIR=$RUN/nginx
 mkdir -p "$NGINX_DIR/html" "$NGINX_DIR/tmp" "$NGINX_DIR/logs"
-declare -A NGINX_FILE=([packument]=packument [tarball]=tarball.tgz [simple]=simple.html [wheel]=wheel.whl)
+declare -A NGINX_FILE=([packument]=packument [tarball]=tarball.tgz [simple]=simple.html [wheel]=wheel.whl
+  [cargoindex]=bench-crate [mavenpom]=bench-lib-1.0.0.pom [goinfo]=v1.0.0.info)
 declare -A NGINX_SRC=()
-for ep in packument tarball simple wheel; do
+for ep in $ENDPOINTS; do
   for s in wharf verdaccio pypiserver devpi; do
     if [ -f "$RUN/bodies/$s.$ep" ] && [ -n "${URL[$s:$ep]:-}" ]; then
       NGINX_SRC[$ep]=$s
@@ -476,7 +514,7 @@ http {
     listen 127.0.0.1:$NGINX_PORT;
     root $NGINX_DIR/html;
 EOF
-  for ep in packument tarball simple wheel; do
+  for ep in $ENDPOINTS; do
     s=${NGINX_SRC[$ep]:-}
     [ -n "$s" ] || continue
     ct=${CTYPE[$s:$ep]:-application/octet-stream}
@@ -488,13 +526,13 @@ EOF
 "$NGINX_BIN" -t -q -e "$NGINX_DIR/logs/error.log" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" \
   || die "nginx config test failed ($NGINX_DIR/nginx.conf)"
 start_server nginx "$RUN/nginx.log" "$NGINX_BIN" -e "$NGINX_DIR/logs/error.log" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf"
-for ep in packument tarball simple wheel; do
+for ep in $ENDPOINTS; do
   [ -n "${NGINX_SRC[$ep]:-}" ] && URL[nginx:$ep]=$NGINX_URL/${NGINX_FILE[$ep]}
 done
-first_nginx_ep=$(for ep in packument tarball simple wheel; do [ -n "${URL[nginx:$ep]:-}" ] && echo "$ep" && break; done || true)
+first_nginx_ep=$(for ep in $ENDPOINTS; do [ -n "${URL[nginx:$ep]:-}" ] && echo "$ep" && break; done || true)
 [ -n "$first_nginx_ep" ] || die "no bodies to serve with nginx: every registry failed"
 wait_http nginx "${URL[nginx:$first_nginx_ep]}" 30 || die "nginx did not start"
-for ep in packument tarball simple wheel; do
+for ep in $ENDPOINTS; do
   [ -n "${URL[nginx:$ep]:-}" ] || continue
   r=$(fetch "${URL[nginx:$ep]}" "$RUN/bodies/nginx.$ep") || die "nginx GET /${NGINX_FILE[$ep]} failed"
   SIZE[nginx:$ep]=${r%% *}
@@ -571,7 +609,7 @@ check_quiet() {
 }
 check_quiet before
 log "load: wrk -t1 -c$BENCH_CONNECTIONS -d${BENCH_SECONDS}s (+${BENCH_WARMUP}s warm-up) on CPU $BENCH_LOAD_CPU, servers on CPU $BENCH_SERVER_CPU"
-for ep in packument tarball simple wheel; do
+for ep in $ENDPOINTS; do
   for s in nginx wharf verdaccio pypiserver devpi; do
     run_wrk "$s" "$ep"
   done
@@ -631,7 +669,7 @@ meta artifact_bytes "$BENCH_ARTIFACT_BYTES"
 meta server_cpu "$BENCH_SERVER_CPU"
 meta load_cpu "$BENCH_LOAD_CPU"
 meta wharf "$([ "$WHARF_ON" = 1 ] && echo yes || echo no)"
-for ep in packument tarball simple wheel; do
+for ep in $ENDPOINTS; do
   [ -n "${NGINX_SRC[$ep]:-}" ] && [ "${NGINX_SRC[$ep]}" != wharf ] && [ "$WHARF_ON" = 1 ] \
     && note "nginx serves ${NGINX_SRC[$ep]}'s $ep body (Wharf's was not available)"
 done
