@@ -78,13 +78,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signing_key,
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
     };
-    let store = startup::open_store(&config)?;
+    let storage = startup::open_storage(&config)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("failed to listen on {}", options.listen))?;
     let listen = listener.local_addr().context("failed to read the bound address")?;
     println!("{}", startup::banner(&config, listen, &options.admin_token, generated));
-    let state = startup::build_state(config, store, &options).await?;
+    let state = startup::build_state(config, storage, &options).await?;
     tracing::info!(%listen, "serving");
     startup::serve(listener, state).await
 }

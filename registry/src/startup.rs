@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use wharf_api::DomainConfig;
@@ -15,17 +14,19 @@ use crate::core::Registry;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
 use crate::storage::Storage;
 
-/// Opens the object store the Domain's `storage` names.
-pub fn open_store(config: &DomainConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+/// Opens the storage the Domain's `storage` names. A local folder and
+/// memory belong to this process alone, which spares readers a storage
+/// round trip per request (see [`Storage::exclusive`]).
+pub fn open_storage(config: &DomainConfig) -> anyhow::Result<Storage> {
     let storage = &config.domain.spec.storage;
     if let Some(fs) = &storage.filesystem {
         std::fs::create_dir_all(&fs.path).with_context(|| format!("failed to create the data folder {}", fs.path))?;
         let store = LocalFileSystem::new_with_prefix(&fs.path)
             .with_context(|| format!("failed to open filesystem storage at {}", fs.path))?;
-        return Ok(Arc::new(store));
+        return Ok(Storage::exclusive(Arc::new(store)));
     }
     if storage.memory.is_some() {
-        return Ok(Arc::new(InMemory::new()));
+        return Ok(Storage::exclusive(Arc::new(InMemory::new())));
     }
     bail!("storage backend {:?} is not supported by this build yet; use filesystem or memory", storage.backends())
 }
@@ -41,10 +42,9 @@ pub struct ServeOptions {
 /// Builds the shared state the router serves from.
 pub async fn build_state(
     config: DomainConfig,
-    store: Arc<dyn ObjectStore>,
+    storage: Storage,
     options: &ServeOptions,
 ) -> anyhow::Result<Arc<AppState>> {
-    let storage = Storage::new(store);
     let key = match &options.signing_key {
         Some(key) => key.clone(),
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,

@@ -19,8 +19,9 @@
 //! bytes go under content-addressed keys (an overwrite is harmless) and
 //! compare-and-swap is built from `PutMode::Create` of numbered revisions.
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -104,10 +105,28 @@ pub enum Created<T> {
     AlreadyExists(T),
 }
 
+/// Blobs up to this size are kept in memory once read (poms, `.info`
+/// files, PEP 658 metadata): their bytes never change, so the cache needs
+/// no invalidation.
+const SMALL_BLOB_MAX: u64 = 64 * 1024;
+/// Memory the small-blob cache may hold before it starts over.
+const SMALL_BLOB_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// The storage of one Domain.
 #[derive(Clone, Debug)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// Whether this process is the only writer (a local folder, memory):
+    /// then what it wrote last is what storage holds, and readers need not
+    /// ask storage whether another replica wrote since.
+    exclusive: bool,
+    small_blobs: Arc<Mutex<SmallBlobs>>,
+}
+
+#[derive(Debug, Default)]
+struct SmallBlobs {
+    bytes: usize,
+    blobs: HashMap<String, Bytes>,
 }
 
 pub mod keys {
@@ -158,8 +177,18 @@ pub mod keys {
 }
 
 impl Storage {
+    /// Storage other registry replicas may write to as well (object storage).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Storage { store }
+        Storage { store, exclusive: false, small_blobs: Default::default() }
+    }
+
+    /// Storage only this process writes to (a local folder, memory).
+    pub fn exclusive(store: Arc<dyn ObjectStore>) -> Self {
+        Storage { exclusive: true, ..Self::new(store) }
+    }
+
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
     }
 
     /// Streams `body` into a content-addressed blob, hashing as it goes,
@@ -229,9 +258,17 @@ impl Storage {
         Ok(digests)
     }
 
-    /// Opens a blob for streaming, optionally a byte range of it. `None`
-    /// when the Domain has no such blob.
-    pub async fn open_blob(&self, sha256: &str, range: Option<Range<u64>>) -> Result<Option<BlobBody>, StorageError> {
+    /// Opens a blob of `size` bytes for streaming, optionally a byte range
+    /// of it. `None` when the Domain has no such blob.
+    pub async fn open_blob(
+        &self,
+        sha256: &str,
+        size: u64,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BlobBody>, StorageError> {
+        if (1..=SMALL_BLOB_MAX).contains(&size) {
+            return self.open_small_blob(sha256, range).await;
+        }
         let key = keys::blob(sha256);
         let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
         let result = match self.store.get_opts(&key, options).await {
@@ -248,6 +285,29 @@ impl Storage {
             GetResultPayload::Stream(stream) => stream.map_err(std::io::Error::other).boxed(),
         };
         Ok(Some(BlobBody { size, range, stream }))
+    }
+
+    async fn open_small_blob(&self, sha256: &str, range: Option<Range<u64>>) -> Result<Option<BlobBody>, StorageError> {
+        let cached = self.small_blobs.lock().unwrap_or_else(|e| e.into_inner()).blobs.get(sha256).cloned();
+        let bytes = match cached {
+            Some(bytes) => bytes,
+            None => {
+                let Some(bytes) = self.read_bytes(&keys::blob(sha256)).await? else { return Ok(None) };
+                let mut cache = self.small_blobs.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.bytes + bytes.len() > SMALL_BLOB_CACHE_BYTES {
+                    *cache = SmallBlobs::default();
+                }
+                cache.bytes += bytes.len();
+                cache.blobs.insert(sha256.to_owned(), bytes.clone());
+                bytes
+            }
+        };
+        let size = bytes.len() as u64;
+        let range = range.unwrap_or(0..size);
+        let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(bytes.len());
+        let end = usize::try_from(range.end).unwrap_or(usize::MAX).min(bytes.len()).max(start);
+        let chunk = bytes.slice(start..end);
+        Ok(Some(BlobBody { size, range, stream: futures::stream::once(async move { Ok(chunk) }).boxed() }))
     }
 
     /// Reads a byte range of a blob into memory (for small reads such as
@@ -530,9 +590,13 @@ mod tests {
         assert_eq!(first, second);
         let blobs: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
         assert_eq!(blobs.len(), 1, "one object for identical bytes, no staging leftovers: {blobs:?}");
-        let opened = storage.open_blob(&first.sha256, Some(6..11)).await.unwrap().unwrap();
-        let bytes: Vec<Bytes> = opened.stream.try_collect().await.unwrap();
-        assert_eq!(bytes.concat(), b"world");
+        for size in [first.size, 0, SMALL_BLOB_MAX + 1] {
+            // Served from the small-blob cache, or streamed from storage.
+            let opened = storage.open_blob(&first.sha256, size, Some(6..11)).await.unwrap().unwrap();
+            let bytes: Vec<Bytes> = opened.stream.try_collect().await.unwrap();
+            assert_eq!(bytes.concat(), b"world", "size hint {size}");
+        }
+        assert!(storage.open_blob(&"0".repeat(64), 10, None).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -54,7 +54,7 @@ pub async fn serve(
     if method == Method::HEAD {
         return Ok((status, response_headers).into_response());
     }
-    let blob = registry.open_blob(&digests.sha256, range).await.map_err(|e| ApiError::from_core(e, style))?;
+    let blob = registry.open_blob(digests, range).await.map_err(|e| ApiError::from_core(e, style))?;
     Ok((status, response_headers, Body::from_stream(blob.stream)).into_response())
 }
 

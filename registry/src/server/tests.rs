@@ -74,7 +74,8 @@ impl TestApp {
             signing_key: Some(b"test-key".to_vec()),
             limits,
         };
-        TestApp { router: app(build_state(config, store, &options).await.unwrap()) }
+        // Shared storage: readers revalidate, as replicas on object storage do.
+        TestApp { router: app(build_state(config, crate::storage::Storage::new(store), &options).await.unwrap()) }
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
