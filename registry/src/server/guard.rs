@@ -25,14 +25,19 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     // `/api/v1/repositories/{repo}/packages/{format}/{package}/…`
     let admin_package = matches!(segments.as_slice(), ["", "api", "v1", "repositories", _, "packages", _, _, ..]);
     for (index, raw) in segments.iter().enumerate() {
-        let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
+        // Most segments have no escapes: check them without allocating.
+        let decoded: std::borrow::Cow<'_, [u8]> = if raw.contains('%') {
+            percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>().into()
+        } else {
+            raw.as_bytes().into()
+        };
         if decoded.contains(&0) {
             return Err("it contains a NUL byte");
         }
         if decoded.contains(&b'\\') {
             return Err("it contains a backslash");
         }
-        if decoded.as_slice() == b"." || decoded.as_slice() == b".." {
+        if *decoded == *b"." || *decoded == *b".." {
             return Err("it contains a . or .. segment");
         }
         if decoded.contains(&b'/') {

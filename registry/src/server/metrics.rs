@@ -1,10 +1,11 @@
 //! Prometheus metrics: requests by route, method and status, their
 //! durations, and the bytes that went in and out.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,16 +21,18 @@ use super::SharedState;
 #[derive(Clone, Copy, Debug)]
 pub struct Operation(pub &'static str);
 
+/// Labels borrow their text where they can: hot routes name an
+/// [`Operation`], so recording a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: Cow<'static, str>,
+    method: Cow<'static, str>,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Cow<'static, str>,
 }
 
 #[derive(Clone)]
@@ -71,13 +74,14 @@ fn content_length(headers: &axum::http::HeaderMap) -> u64 {
 
 pub async fn track(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let matched = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = method_label(request.method());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     let bytes_in = content_length(request.headers());
     let response = next.run(request).await;
-    let route = match response.extensions().get::<Operation>() {
-        Some(operation) => operation.0.to_owned(),
-        None => matched.unwrap_or_else(|| "unmatched".into()),
+    let route: Cow<'static, str> = match (response.extensions().get::<Operation>(), matched) {
+        (Some(operation), _) => Cow::Borrowed(operation.0),
+        (None, Some(matched)) => Cow::Owned(matched.as_str().to_owned()),
+        (None, None) => Cow::Borrowed("unmatched"),
     };
     let metrics = &state.metrics;
     let labels = RouteLabels { route: route.clone() };
@@ -86,6 +90,17 @@ pub async fn track(State(state): State<SharedState>, request: Request, next: Nex
     metrics.bytes_in.get_or_create(&labels).inc_by(bytes_in);
     metrics.bytes_out.get_or_create(&labels).inc_by(content_length(response.headers()));
     response
+}
+
+fn method_label(method: &Method) -> Cow<'static, str> {
+    match *method {
+        Method::GET => Cow::Borrowed("GET"),
+        Method::HEAD => Cow::Borrowed("HEAD"),
+        Method::PUT => Cow::Borrowed("PUT"),
+        Method::POST => Cow::Borrowed("POST"),
+        Method::DELETE => Cow::Borrowed("DELETE"),
+        _ => Cow::Owned(method.as_str().to_owned()),
+    }
 }
 
 pub async fn render(State(state): State<SharedState>) -> Response {

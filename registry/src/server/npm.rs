@@ -5,6 +5,7 @@
 //! segment (`@scope%2fname`) or as two (`@scope/name`), and what follows
 //! it decides the operation.
 
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -56,32 +57,30 @@ async fn handle(
     // The router already percent-decoded `rest`; `@scope/name` and
     // `@scope%2fname` now look alike.
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let method = request.method().clone();
-    let headers = request.headers().clone();
+    let (parts, body) = request.into_parts();
+    let (method, headers) = (&parts.method, &parts.headers);
     let get = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
         ["-", "ping"] => ("npm_ping", Ok(axum::Json(json!({})).into_response())),
-        ["-", "whoami"] => ("npm_whoami", whoami(state, repo, &headers)),
+        ["-", "whoami"] => ("npm_whoami", whoami(state, repo, headers)),
         ["-", "npm", "v1", "security", ..] | ["-", "v1", "security", ..] => {
             // No advisories database: answer "none" so installs don't fail.
             ("npm_audit", Ok(axum::Json(json!({})).into_response()))
         }
-        ["-", "package", tail @ ..] => {
-            ("npm_dist_tags", dist_tags(state, repo, &method, &headers, tail, request).await)
-        }
+        ["-", "package", tail @ ..] => ("npm_dist_tags", dist_tags(state, repo, method, headers, tail, body).await),
         [] => ("npm", Err(ApiError::not_found("not found", STYLE))),
         _ => {
             let (name, tail) = split_name(&segments);
             if let Err(e) = format::validate_name(&name) {
                 return ("npm", Err(ApiError::bad_request(e.to_string(), STYLE)));
             }
-            match (tail, get, &method) {
-                ([], true, _) => ("npm_packument", packument(state, repo, &name, &headers).await),
+            match (tail, get, method) {
+                ([], true, _) => ("npm_packument", packument(state, repo, &name, headers).await),
                 ([], _, &Method::PUT) | (["-rev", _], _, &Method::PUT) => {
-                    ("npm_publish", publish(state, repo, &name, &headers, request).await)
+                    ("npm_publish", publish(state, repo, &name, headers, body).await)
                 }
-                (["-", file], true, _) => ("npm_tarball", tarball(state, repo, &name, file, &method, &headers).await),
-                ([spec], true, _) => ("npm_version", version(state, repo, &name, spec, &headers).await),
+                (["-", file], true, _) => ("npm_tarball", tarball(state, repo, &name, file, method, headers).await),
+                ([spec], true, _) => ("npm_version", version(state, repo, &name, spec, headers).await),
                 _ => (
                     "npm",
                     Err(ApiError::new(
@@ -220,7 +219,7 @@ async fn publish(
     repo: &Repository,
     name: &str,
     headers: &HeaderMap,
-    request: Request,
+    body: Body,
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Publish, STYLE)?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
@@ -233,7 +232,7 @@ async fn publish(
     }
 
     let mut splitter = PublishBodySplitter::new(limits.max_metadata_bytes);
-    let mut body = request.into_body().into_data_stream();
+    let mut body = body.into_data_stream();
     let mut received = 0u64;
     let mut staging: Option<AttachmentUpload> = None;
     let mut staged = Vec::new();
@@ -388,7 +387,7 @@ async fn dist_tags(
     method: &Method,
     headers: &HeaderMap,
     tail: &[&str],
-    request: Request,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let (name, rest) = split_name(tail);
     format::validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
@@ -408,7 +407,7 @@ async fn dist_tags(
         (["dist-tags", tag], &Method::PUT) | (["dist-tags", tag], &Method::POST) => {
             state.authorize(headers, repo, Permission::Publish, STYLE)?;
             format::validate_tag(tag).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-            let body = axum::body::to_bytes(request.into_body(), 4096)
+            let body = axum::body::to_bytes(body, 4096)
                 .await
                 .map_err(|e| ApiError::bad_request(format!("failed to read the body: {e}"), STYLE))?;
             let version: String = serde_json::from_slice(&body)
