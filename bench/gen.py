@@ -229,21 +229,37 @@ PUBLISH_RISE_TARGET_MIB = 32.0
 
 
 def load_results(path):
-    res = {}
+    """Per (server, endpoint): the median req/s and p99 over the rounds
+    (BENCH_ROUNDS), so one noisy round on a shared machine does not decide."""
+    rounds = {}
     if not os.path.exists(path):
-        return res
+        return {}
     with open(path) as fh:
         for line in fh:
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 7 or parts[0] == "server":
                 continue
             server, ep, rps, p99, non2xx, errors, size = parts[:7]
-            res[(server, ep)] = {
+            rounds.setdefault((server, ep), []).append({
                 "rps": None if rps == "NA" else float(rps),
                 "p99": None if p99 == "NA" else float(p99),
                 "bad": int(non2xx) + int(errors),
                 "size": int(size) if size.isdigit() else None,
-            }
+            })
+
+    def median(values):
+        values = sorted(v for v in values if v is not None)
+        return values[len(values) // 2] if values else None
+
+    res = {}
+    for key, runs in rounds.items():
+        res[key] = {
+            "rps": median(r["rps"] for r in runs),
+            "p99": median(r["p99"] for r in runs),
+            "bad": sum(r["bad"] for r in runs),
+            "size": runs[-1]["size"],
+            "rounds": len(runs),
+        }
     return res
 
 
@@ -294,9 +310,10 @@ def cmd_report(args):
     out = []
     out.append("# Wharf benchmark results")
     out.append("")
-    out.append("%s; wrk -t1 -c%s -d%ss --latency pinned to CPU %s, servers pinned to CPU %s; loopback only." % (
+    out.append("%s; wrk -t1 -c%s -d%ss --latency pinned to CPU %s, servers pinned to CPU %s; loopback only; "
+               "nginx and Wharf: median of %s interleaved rounds, peers: one round." % (
         meta.get("date", time.strftime("%Y-%m-%d %H:%M:%S")), meta.get("connections", "64"),
-        meta.get("seconds", "?"), meta.get("load_cpu", "1"), meta.get("server_cpu", "0")))
+        meta.get("seconds", "?"), meta.get("load_cpu", "1"), meta.get("server_cpu", "0"), meta.get("rounds", "1")))
     out.append("Seeded: npm `bench-pkg` and PyPI `bench-pkg`, %s versions each, %s random payload per artifact. "
                "nginx serves %s as static files." % (
                    meta.get("versions", "50"), fmt_size(int(meta.get("artifact_bytes", MIB))),

@@ -12,6 +12,7 @@ ART=$OUT/artifacts        # generated artifacts, cached between runs
 GEN="python3 $BENCH_DIR/gen.py"
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-64}
 BENCH_VERSIONS=${BENCH_VERSIONS:-50}
@@ -609,9 +610,17 @@ check_quiet() {
 }
 check_quiet before
 log "load: wrk -t1 -c$BENCH_CONNECTIONS -d${BENCH_SECONDS}s (+${BENCH_WARMUP}s warm-up) on CPU $BENCH_LOAD_CPU, servers on CPU $BENCH_SERVER_CPU"
-for ep in $ENDPOINTS; do
-  for s in nginx wharf verdaccio pypiserver devpi; do
-    run_wrk "$s" "$ep"
+# Rounds interleave nginx and Wharf, and the report takes each one's
+# median, so a burst of other work on the machine cannot decide a ratio
+# alone. The peers, far slower, run in the first round only.
+for round in $(seq 1 "$BENCH_ROUNDS"); do
+  log "round $round of $BENCH_ROUNDS"
+  servers="nginx wharf"
+  [ "$round" = 1 ] && servers="nginx wharf verdaccio pypiserver devpi"
+  for ep in $ENDPOINTS; do
+    for s in $servers; do
+      run_wrk "$s" "$ep"
+    done
   done
 done
 
@@ -662,6 +671,7 @@ fi
 # ------------------------------------------------------------------ report --
 meta date "$(date '+%Y-%m-%d %H:%M:%S %Z')"
 meta seconds "$BENCH_SECONDS"
+meta rounds "$BENCH_ROUNDS"
 meta connections "$BENCH_CONNECTIONS"
 meta versions "$BENCH_VERSIONS"
 meta big_mib "$BENCH_BIG_MIB"
