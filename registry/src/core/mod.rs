@@ -9,6 +9,7 @@
 //! of the same version indexes it (see [`Registry::publish_version`]).
 
 pub mod model;
+pub mod policy;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -272,6 +273,21 @@ impl Registry {
                 "{} package {kept} already exists; publish it under that name, not {spelling}",
                 id.format.as_str()
             ))),
+        }
+    }
+
+    /// The recorded first-version origin of a name in the Domain, if any.
+    pub async fn package_origin(&self, id: &PackageId) -> Result<Option<PackageOrigin>, CoreError> {
+        Ok(self.storage.read_json(&keys::package_origin(id.format.as_str(), &id.name)).await?)
+    }
+
+    /// Records how the first version of a name reached the Domain. Create-once,
+    /// so replicas agree: the first claim is kept and returned to every caller.
+    pub async fn claim_origin(&self, id: &PackageId, origin: PackageOrigin) -> Result<PackageOrigin, CoreError> {
+        let key = keys::package_origin(id.format.as_str(), &id.name);
+        match self.storage.create_json(&key, &origin).await? {
+            Created::Created => Ok(origin),
+            Created::AlreadyExists(kept) => Ok(kept),
         }
     }
 

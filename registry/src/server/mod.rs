@@ -117,6 +117,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/auth/token", post(admin::mint_token))
         .route("/api/v1/repositories", get(admin::list_repositories))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", get(admin::get_version))
+        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",
             put(admin::set_status),
