@@ -238,6 +238,7 @@ impl Registry {
                         assets: record.assets.iter().map(|a| (a.name.clone(), a.clone())).collect(),
                         deprecated: None,
                         withdrawn: false,
+                        fetched_from: None,
                     },
                 );
                 changed = true;
@@ -274,6 +275,48 @@ impl Registry {
                 id.format.as_str()
             ))),
         }
+    }
+
+    /// Keeps a file fetched through an external connection in `repo`, so it
+    /// keeps installing when the upstream is down or deletes it. The bytes
+    /// are already staged; the version is Published, dated `created` (the
+    /// upstream's date, which cooldown compares) and marked with its origin.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn retain_fetched(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        version: &str,
+        version_metadata: serde_json::Value,
+        created: chrono::DateTime<Utc>,
+        connection: &str,
+        asset: NewAsset,
+    ) -> Result<PublishOutcome, CoreError> {
+        let rules = FileRules::Fetched { created, connection };
+        self.add_file(repo, id, display_name, version, version_metadata, rules, asset).await
+    }
+
+    /// The package as seen through a chain of Repositories, searched in
+    /// order: a version comes from the first Repository holding it, and so
+    /// does a tag (the requesting Repository's own tags win). Repositories
+    /// `admits` refuses are skipped. `None` when none holds the package.
+    pub async fn resolve_package(
+        &self,
+        repositories: &[String],
+        id: &PackageId,
+        admits: impl Fn(&str) -> bool,
+    ) -> Result<Option<PackageIndex>, CoreError> {
+        let mut merged: Option<PackageIndex> = None;
+        for repo in repositories.iter().filter(|repo| admits(repo)) {
+            if let Some(snapshot) = self.package(repo, id).await? {
+                match merged.as_mut() {
+                    None => merged = Some(snapshot.index.clone()),
+                    Some(merged) => merge_index(merged, &snapshot.index),
+                }
+            }
+        }
+        Ok(merged)
     }
 
     /// The recorded first-version origin of a name in the Domain, if any.
@@ -345,10 +388,13 @@ impl Registry {
         display_name: &str,
         version: &str,
         version_metadata: serde_json::Value,
-        rules: FileRules,
+        rules: FileRules<'_>,
         asset: NewAsset,
     ) -> Result<PublishOutcome, CoreError> {
-        let now = Utc::now();
+        let now = match rules {
+            FileRules::Fetched { created, .. } => created,
+            _ => Utc::now(),
+        };
         let format = id.format.as_str();
         let record =
             VersionRecord { version: version.to_owned(), created: now, metadata: version_metadata, assets: Vec::new() };
@@ -375,6 +421,11 @@ impl Registry {
             let initial_status = match rules {
                 FileRules::Release { initial_status } => initial_status,
                 FileRules::Open { .. } => VersionStatus::Unfinished,
+                FileRules::Fetched { .. } => VersionStatus::Published,
+            };
+            let fetched_from = match rules {
+                FileRules::Fetched { connection, .. } => Some(connection.to_owned()),
+                _ => None,
             };
             let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
                 status: initial_status,
@@ -383,6 +434,7 @@ impl Registry {
                 assets: Default::default(),
                 deprecated: None,
                 withdrawn: false,
+                fetched_from,
             });
             let mut changed = false;
             if !entry.assets.contains_key(&asset.name) {
@@ -391,6 +443,7 @@ impl Registry {
                         !matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed)
                     }
                     FileRules::Open { .. } => entry.status == VersionStatus::Unfinished,
+                    FileRules::Fetched { .. } => entry.status.is_installable(),
                 };
                 if !accepts {
                     return Err(closed_version(version, entry.status));
@@ -672,9 +725,19 @@ impl Registry {
 /// How a file joins its version (see [`Registry::add_asset`] and
 /// [`Registry::add_asset_to_open_version`]).
 #[derive(Clone, Copy)]
-enum FileRules {
-    Release { initial_status: VersionStatus },
-    Open { finalize: bool },
+enum FileRules<'a> {
+    Release {
+        initial_status: VersionStatus,
+    },
+    Open {
+        finalize: bool,
+    },
+    /// A copy of an upstream file: Published, dated as upstream dated it,
+    /// marked with the connection it came through.
+    Fetched {
+        created: chrono::DateTime<Utc>,
+        connection: &'a str,
+    },
 }
 
 fn closed_version(version: &str, status: VersionStatus) -> CoreError {
@@ -710,6 +773,22 @@ fn apply_withdrawals(index: &mut PackageIndex, withdrawn: &BTreeSet<String>) -> 
     changed
 }
 
+/// Adds what `later` has and `first` lacks: versions, and tags whose name
+/// `first` does not use. `first` is searched before `later`, so its values win.
+pub fn merge_index(first: &mut PackageIndex, later: &PackageIndex) {
+    for (version, entry) in &later.versions {
+        first.versions.entry(version.clone()).or_insert_with(|| entry.clone());
+    }
+    for (tag, version) in &later.tags {
+        first.tags.entry(tag.clone()).or_insert_with(|| version.clone());
+    }
+    first.created = match (first.created, later.created) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    first.modified = first.modified.max(later.modified);
+}
+
 fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.digests.sha256 == y.digests.sha256)
 }
@@ -717,7 +796,7 @@ fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
 /// `latest` must name a listed version whenever one exists: retarget it to
 /// the newest listed version when it names a version that is gone or hidden.
 /// Ordering is by publish time; formats with their own ordering set the tag.
-fn repair_latest(index: &mut PackageIndex) {
+pub fn repair_latest(index: &mut PackageIndex) {
     let valid =
         index.tags.get("latest").and_then(|v| index.versions.get(v)).is_some_and(|entry| entry.status.is_listed());
     if valid {

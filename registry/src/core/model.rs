@@ -101,6 +101,10 @@ pub struct VersionEntry {
     /// publish of the package, cleared by any operator status change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub withdrawn: bool,
+    /// The external connection this version was fetched through; `None`
+    /// for versions published to the Domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<String>,
 }
 
 /// The read model of a package: every version with its status, and the

@@ -18,7 +18,7 @@ use wharf_api::{
     RestrictionMode, UpstreamPolicy, parse_duration,
 };
 
-use super::model::{OriginKind, PackageId, PackageOrigin};
+use super::model::{OriginKind, PackageId, PackageIndex, PackageOrigin};
 
 /// Upstream metadata is reused this long when no policy sets `metadataTTL`.
 pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(5 * 60);
@@ -167,6 +167,49 @@ pub fn may_fetch_external(effective: &EffectivePolicy, origin: Option<&PackageOr
             reason: "no rule restricts the external upstream and the name is not reserved".into(),
         },
     }
+}
+
+/// Lays an external connection's view of a package under the chain's own:
+/// versions the chain holds win; a tag of the chain wins when it names a
+/// version published in the Domain, while tags that only follow fetched
+/// copies (the `latest` a cached version got) give way to the upstream's.
+pub fn merge_external(local: Option<PackageIndex>, upstream: PackageIndex) -> PackageIndex {
+    let Some(mut merged) = local else {
+        return upstream;
+    };
+    let own_tags: Vec<(String, String)> = merged
+        .tags
+        .iter()
+        .filter(|(_, version)| merged.versions.get(*version).is_some_and(|entry| entry.fetched_from.is_none()))
+        .map(|(tag, version)| (tag.clone(), version.clone()))
+        .collect();
+    for (version, entry) in upstream.versions {
+        merged.versions.entry(version).or_insert(entry);
+    }
+    for (tag, version) in upstream.tags {
+        merged.tags.insert(tag, version);
+    }
+    merged.tags.extend(own_tags);
+    merged
+}
+
+/// Hides what the policy forbids: blocked versions wherever they come from,
+/// and versions from outside younger than `minimumReleaseAge`. Tags left
+/// pointing at nothing go, and `latest` moves to the newest version left.
+pub fn apply_policy(
+    index: &mut PackageIndex,
+    id: &PackageId,
+    effective: &EffectivePolicy,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let minimum_age = effective.minimum_release_age.value.and_then(|age| chrono::Duration::from_std(age).ok());
+    index.versions.retain(|version, entry| {
+        let too_young = entry.fetched_from.is_some() && minimum_age.is_some_and(|age| now - entry.created < age);
+        !too_young && !effective.blocks_version(id, version)
+    });
+    let versions = &index.versions;
+    index.tags.retain(|_, version| versions.contains_key(version));
+    super::repair_latest(index);
 }
 
 /// The namespace and name a pattern sees: the npm scope without `@`, the
@@ -531,6 +574,62 @@ spec:
         // And @acme/* may be published even when first fetched from outside.
         let acme = evaluate(&config, "other", &npm("@acme/tools"));
         assert!(may_publish(&acme, Some(&external), "other").allowed);
+    }
+
+    fn entry(days_old: i64, fetched: bool) -> crate::core::VersionEntry {
+        crate::core::VersionEntry {
+            status: crate::core::VersionStatus::Published,
+            created: chrono::Utc::now() - chrono::Duration::days(days_old),
+            metadata: serde_json::json!({}),
+            assets: Default::default(),
+            deprecated: None,
+            withdrawn: false,
+            fetched_from: fetched.then(|| "public-npm".into()),
+        }
+    }
+
+    #[test]
+    fn local_tags_win_over_upstream_unless_they_follow_fetched_copies() {
+        let mut local = PackageIndex::default();
+        local.versions.insert("1.0.0".into(), entry(10, false));
+        local.tags.insert("latest".into(), "1.0.0".into());
+        let mut upstream = PackageIndex::default();
+        upstream.versions.insert("1.0.0".into(), entry(1, true));
+        upstream.versions.insert("2.0.0".into(), entry(1, true));
+        upstream.tags.insert("latest".into(), "2.0.0".into());
+        upstream.tags.insert("next".into(), "2.0.0".into());
+        let merged = merge_external(Some(local), upstream.clone());
+        assert_eq!(merged.tags["latest"], "1.0.0");
+        assert_eq!(merged.tags["next"], "2.0.0");
+        assert!(merged.versions["1.0.0"].fetched_from.is_none());
+
+        let mut cached = PackageIndex::default();
+        cached.versions.insert("1.0.0".into(), entry(1, true));
+        cached.tags.insert("latest".into(), "1.0.0".into());
+        assert_eq!(merge_external(Some(cached), upstream).tags["latest"], "2.0.0");
+    }
+
+    #[test]
+    fn cooldown_and_blocks_hide_versions_and_latest_retargets() {
+        let config = config(&format!(
+            "{}{POLICIES}",
+            repositories(&[("app", &[], None), ("other", &[], None), ("internal", &[], None)])
+        ));
+        let id = npm("event-stream");
+        let effective = evaluate(&config, "other", &id);
+        let mut index = PackageIndex::default();
+        index.versions.insert("3.3.5".into(), entry(30, true));
+        index.versions.insert("3.3.6".into(), entry(20, true));
+        index.versions.insert("3.3.7".into(), entry(1, true));
+        index.versions.insert("3.3.8-local".into(), entry(0, false));
+        index.tags.insert("latest".into(), "3.3.7".into());
+        apply_policy(&mut index, &id, &effective, chrono::Utc::now());
+        // 3.3.6 is blocked, 3.3.7 younger than 72h; the Domain's own version stays.
+        assert_eq!(index.versions.keys().collect::<Vec<_>>(), ["3.3.5", "3.3.8-local"]);
+        assert_eq!(index.tags["latest"], "3.3.8-local");
+        index.versions.remove("3.3.8-local");
+        apply_policy(&mut index, &id, &effective, chrono::Utc::now());
+        assert_eq!(index.tags["latest"], "3.3.5");
     }
 
     #[test]

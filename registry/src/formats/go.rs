@@ -1184,6 +1184,7 @@ retract (
             assets: Default::default(),
             deprecated: None,
             withdrawn: false,
+            fetched_from: None,
         }
     }
 
