@@ -56,6 +56,7 @@ pub async fn build_state(
         admin_token: options.admin_token.clone(),
         limits: options.limits,
         metrics: Arc::new(Metrics::default()),
+        upstream: Arc::new(crate::upstream::UpstreamClient::new()),
         config: Arc::new(config),
     }))
 }

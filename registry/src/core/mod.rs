@@ -60,6 +60,14 @@ pub struct Rendered {
     pub etag: String,
 }
 
+impl Rendered {
+    /// A body with its entity tag (a digest of the bytes).
+    pub fn of(body: Bytes) -> Self {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
+        Rendered { etag: format!("\"{}\"", hex::encode(&digest[..12])), body }
+    }
+}
+
 impl PackageSnapshot {
     fn new(revision: u64, index: PackageIndex) -> Self {
         PackageSnapshot { revision, index, renders: Mutex::new(HashMap::new()) }
@@ -71,9 +79,7 @@ impl PackageSnapshot {
         if let Some(hit) = self.renders.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             return hit.clone();
         }
-        let body = render(&self.index);
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
-        let rendered = Rendered { etag: format!("\"{}\"", hex::encode(&digest[..12])), body };
+        let rendered = Rendered::of(render(&self.index));
         let mut renders = self.renders.lock().unwrap_or_else(|e| e.into_inner());
         if renders.len() > 16 {
             renders.clear();

@@ -14,6 +14,7 @@ mod maven;
 pub mod metrics;
 mod npm;
 mod pypi;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub struct AppState {
     pub admin_token: String,
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
+    /// The client of the Domain's external connections.
+    pub upstream: Arc<crate::upstream::UpstreamClient>,
 }
 
 pub type SharedState = Arc<AppState>;
