@@ -2,11 +2,12 @@
 //! reads through a chain, merged metadata and refused publishes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{Limits, TestApp};
+use super::{Limits, TestApp, publish_body, tarball};
 
 /// The usual topology: `app` reads through `[internal, npm-store]`;
 /// `npm-store` holds the external connection.
@@ -97,4 +98,224 @@ async fn origin_report_rejects_bad_input() {
         let reply = app.get(uri, None).await;
         assert_eq!(reply.status, status, "{uri}: {}", reply.text());
     }
+}
+
+/// A second registry on loopback playing the public registry: repository
+/// `public`, readable by anyone.
+struct PublicRegistry {
+    app: TestApp,
+    url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+const PUBLIC_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: public}
+spec:
+  storage: {memory: {}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: public}
+spec:
+  domainRef: {name: public}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+impl PublicRegistry {
+    async fn start() -> PublicRegistry {
+        let app =
+            TestApp::with_config(PUBLIC_CONFIG, Arc::new(object_store::memory::InMemory::new()), Limits::default())
+                .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = app.router.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        PublicRegistry { app, url, server }
+    }
+
+    async fn publish(&self, name: &str, version: &str, content: &[u8]) {
+        let token = self.app.token(&["public"], &["publish"]).await;
+        let body = publish_body(name, version, &tarball(name, version, content));
+        let reply = self.app.put_json(&format!("/npm/public/{}", name.replacen('/', "%2f", 1)), &token, &body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+
+    /// Requests the public registry served for one route and status.
+    async fn count(&self, route: &str) -> u64 {
+        let text = self.app.get("/metrics", None).await.text();
+        let prefix = format!("wharf_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"200\"}} ");
+        text.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
+    }
+}
+
+impl Drop for PublicRegistry {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// [`CHAIN_CONFIG`] with the connection pointing at `public` and `extra`
+/// rules appended to the Domain policy.
+async fn chain_app_to(public: &PublicRegistry, ttl: &str, extra_rules: &str) -> TestApp {
+    let config = CHAIN_CONFIG
+        .replace("http://127.0.0.1:9/npm/public", &format!("{}/npm/public", public.url))
+        .replace("metadataTTL: 30s", &format!("metadataTTL: {ttl}"))
+        .replace(
+            "      blockedVersions: [\"/npm//event-stream@3.3.6\"]\n",
+            &format!("      blockedVersions: [\"/npm//event-stream@3.3.6\"]\n{extra_rules}"),
+        )
+        // The tests below pick their own cooldown.
+        .replace("      minimumReleaseAge: 72h\n", "");
+    TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await
+}
+
+fn versions(reply: &super::Reply) -> Vec<String> {
+    let mut versions: Vec<String> = reply.json()["versions"].as_object().unwrap().keys().cloned().collect();
+    versions.sort();
+    versions
+}
+
+#[tokio::test]
+async fn dependency_confusion_is_refused_and_public_names_are_fetched_once() {
+    let public = PublicRegistry::start().await;
+    let app = chain_app_to(&public, "30s", "").await;
+    let internal = app.token(&["internal"], &["publish"]).await;
+    for name in ["@acme/tools", "tools-internal"] {
+        let body = publish_body(name, "1.0.0", &tarball(name, "1.0.0", b"internal"));
+        let reply = app.put_json(&format!("/npm/internal/{}", name.replacen('/', "%2f", 1)), &internal, &body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        public.publish(name, "9.9.9", b"hostile").await;
+    }
+    public.publish("left-pad", "1.0.0", b"public").await;
+
+    for name in ["@acme%2ftools", "tools-internal"] {
+        let reply = app.get(&format!("/npm/app/{name}"), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(versions(&reply), ["1.0.0"], "{name}");
+        assert_eq!(reply.json()["dist-tags"]["latest"], "1.0.0");
+        let hostile =
+            app.get(&format!("/npm/app/{name}/-/{}-9.9.9.tgz", name.rsplit("%2f").next().unwrap()), None).await;
+        assert_eq!(hostile.status, StatusCode::NOT_FOUND, "{}", hostile.text());
+    }
+    let report = app.get("/api/v1/repositories/app/packages/npm/tools-internal/origin", None).await.json();
+    assert_eq!(report["firstVersionOrigin"]["kind"], "Direct");
+    assert_eq!(report["effective"]["externalUpstream"]["allowed"], false);
+    // The reserved names were never even asked for upstream.
+    assert_eq!(public.count("npm_packument").await, 0);
+
+    // A public name comes through, with its tarball URL pointing through Wharf.
+    let packument = app.get("/npm/app/left-pad", None).await;
+    assert_eq!(packument.status, StatusCode::OK, "{}", packument.text());
+    let tarball_url = packument.json()["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_owned();
+    assert!(tarball_url.ends_with("/npm/app/left-pad/-/left-pad-1.0.0.tgz"), "{tarball_url}");
+    let path = "/npm/app/left-pad/-/left-pad-1.0.0.tgz";
+    let (a, b, c, d) = tokio::join!(app.get(path, None), app.get(path, None), app.get(path, None), app.get(path, None));
+    for reply in [&a, &b, &c, &d] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.body, tarball("left-pad", "1.0.0", b"public"));
+    }
+    assert_eq!(public.count("npm_tarball").await, 1, "four simultaneous misses make one upstream fetch");
+    // Kept in the requesting repository and the connection holder, not in between.
+    for (repo, status) in [("app", StatusCode::OK), ("npm-store", StatusCode::OK), ("internal", StatusCode::NOT_FOUND)]
+    {
+        let reply = app.get(&format!("/api/v1/repositories/{repo}/packages/npm/left-pad/versions/1.0.0"), None).await;
+        assert_eq!(reply.status, status, "{repo}: {}", reply.text());
+    }
+    let report = app.get("/api/v1/repositories/app/packages/npm/left-pad/origin", None).await.json();
+    assert_eq!(report["firstVersionOrigin"]["kind"], "External");
+    assert_eq!(report["firstVersionOrigin"]["connection"], "public-npm");
+    // Nothing hostile was stored anywhere.
+    for repo in ["app", "internal", "npm-store"] {
+        for name in ["@acme%2Ftools", "tools-internal"] {
+            let reply = app.get(&format!("/api/v1/repositories/{repo}/packages/npm/{name}/versions/9.9.9"), None).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{repo} {name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn publishing_is_refused_for_fetched_names_and_reachable_versions() {
+    let public = PublicRegistry::start().await;
+    let app = chain_app_to(&public, "30s", "").await;
+    let token = app.token(&["app", "internal"], &["publish"]).await;
+    public.publish("left-pad", "1.0.0", b"public").await;
+    public.publish("fresh", "2.0.0", b"public").await;
+    public.publish("@acme/lib", "3.0.0", b"public").await;
+    let body = |name: &str, version: &str| publish_body(name, version, &tarball(name, version, b"mine"));
+
+    // Reachable through the internal upstream.
+    assert_eq!(
+        app.put_json("/npm/internal/shared", &token, &body("shared", "1.0.0")).await.status,
+        StatusCode::CREATED
+    );
+    let reply = app.put_json("/npm/app/shared", &token, &body("shared", "1.0.0")).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    assert!(reply.text().contains("upstream repository internal"), "{}", reply.text());
+    // Reachable through the external connection.
+    let reply = app.put_json("/npm/app/fresh", &token, &body("fresh", "2.0.0")).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    assert!(reply.text().contains("external connection public-npm"), "{}", reply.text());
+    // Unless that package's upstream is blocked (/npm/acme/* blocks it).
+    let reply = app.put_json("/npm/app/@acme%2flib", &token, &body("@acme/lib", "3.0.0")).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    // A name first fetched from outside cannot be published directly.
+    assert_eq!(app.get("/npm/app/left-pad/-/left-pad-1.0.0.tgz", None).await.status, StatusCode::OK);
+    let reply = app.put_json("/npm/internal/left-pad", &token, &body("left-pad", "5.0.0")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert!(reply.text().contains("came through external connection public-npm"), "{}", reply.text());
+}
+
+#[tokio::test]
+async fn blocked_and_too_young_versions_disappear_and_latest_retargets() {
+    let public = PublicRegistry::start().await;
+    let rules = "    - patterns: [\"/npm//slow\"]\n      minimumReleaseAge: 3s\n    - patterns: [\"/npm//left-pad\"]\n      blockedVersions: [\"/npm//left-pad@1.1.0\"]\n";
+    let app = chain_app_to(&public, "1s", rules).await;
+    public.publish("slow", "1.0.0", b"old").await;
+    public.publish("left-pad", "1.0.0", b"a").await;
+    public.publish("left-pad", "1.1.0", b"b").await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    public.publish("slow", "1.1.0", b"new").await;
+
+    let slow = app.get("/npm/app/slow", None).await;
+    assert_eq!(versions(&slow), ["1.0.0"]);
+    assert_eq!(slow.json()["dist-tags"]["latest"], "1.0.0", "latest retargets to the newest mature version");
+    assert_eq!(app.get("/npm/app/slow/-/slow-1.1.0.tgz", None).await.status, StatusCode::NOT_FOUND);
+
+    let pad = app.get("/npm/app/left-pad", None).await;
+    assert_eq!(versions(&pad), ["1.0.0"]);
+    assert_eq!(pad.json()["dist-tags"]["latest"], "1.0.0");
+    assert_eq!(app.get("/npm/app/left-pad/-/left-pad-1.1.0.tgz", None).await.status, StatusCode::NOT_FOUND);
+    let report = app.get("/api/v1/repositories/app/packages/npm/slow/origin", None).await.json();
+    assert_eq!(report["minimumReleaseAge"]["value"], "3s");
+}
+
+#[tokio::test]
+async fn upstream_down_serves_cached_and_stale_and_names_the_upstream() {
+    let public = PublicRegistry::start().await;
+    let app = chain_app_to(&public, "1s", "").await;
+    public.publish("left-pad", "1.0.0", b"a").await;
+    public.publish("left-pad", "1.1.0", b"b").await;
+    public.publish("right-pad", "1.0.0", b"c").await;
+    assert_eq!(versions(&app.get("/npm/app/left-pad", None).await), ["1.0.0", "1.1.0"]);
+    assert_eq!(app.get("/npm/app/left-pad/-/left-pad-1.0.0.tgz", None).await.status, StatusCode::OK);
+
+    public.server.abort();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Stale metadata: 1.1.0 is still listed though the TTL passed.
+    let packument = app.get("/npm/app/left-pad", None).await;
+    assert_eq!(packument.status, StatusCode::OK, "{}", packument.text());
+    assert_eq!(versions(&packument), ["1.0.0", "1.1.0"]);
+    // The cached tarball still installs; the uncached one names the upstream.
+    assert_eq!(app.get("/npm/app/left-pad/-/left-pad-1.0.0.tgz", None).await.status, StatusCode::OK);
+    let uncached = app.get("/npm/app/left-pad/-/left-pad-1.1.0.tgz", None).await;
+    assert_eq!(uncached.status, StatusCode::BAD_GATEWAY, "{}", uncached.text());
+    assert!(uncached.text().contains("external connection public-npm"), "{}", uncached.text());
+    // Never seen before, upstream down: a clear 502, not a 404.
+    let unknown = app.get("/npm/app/right-pad", None).await;
+    assert_eq!(unknown.status, StatusCode::BAD_GATEWAY, "{}", unknown.text());
+    assert!(unknown.text().contains("public-npm"), "{}", unknown.text());
 }
