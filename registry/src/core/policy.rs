@@ -356,9 +356,17 @@ pub struct Chain {
     /// The requesting Repository first, then its upstreams depth-first in
     /// listed order, each once, at most [`MAX_SEARCHED_REPOSITORIES`].
     pub repositories: Vec<String>,
-    /// The external connection of the first Repository in that order that
-    /// has one, with the name of that Repository.
-    pub external: Option<ExternalHop>,
+    /// The external connections of those Repositories, in the same order.
+    pub externals: Vec<ExternalHop>,
+}
+
+impl Chain {
+    /// The external connection a read of a `format` package ends with: that
+    /// of the first Repository in the order whose connection speaks the
+    /// format (an npm store and a PyPI store can sit side by side).
+    pub fn external(&self, format: PackageFormat) -> Option<&ExternalHop> {
+        self.externals.iter().find(|hop| hop.connection.format == format)
+    }
 }
 
 /// The external connection a chain ends with.
@@ -386,12 +394,15 @@ pub fn resolution_order(config: &DomainConfig, repository: &str) -> Chain {
     }
     let mut repositories = Vec::new();
     visit(config, repository, &mut HashSet::new(), &mut repositories);
-    let external = repositories.iter().find_map(|name| {
-        let connection_name = config.repository(name)?.spec.external_connection.as_deref()?;
-        let connection = config.domain.spec.external_connection(connection_name)?;
-        Some(ExternalHop { holder: name.clone(), connection: connection.clone() })
-    });
-    Chain { repositories, external }
+    let externals = repositories
+        .iter()
+        .filter_map(|name| {
+            let connection_name = config.repository(name)?.spec.external_connection.as_deref()?;
+            let connection = config.domain.spec.external_connection(connection_name)?;
+            Some(ExternalHop { holder: name.clone(), connection: connection.clone() })
+        })
+        .collect();
+    Chain { repositories, externals }
 }
 
 #[cfg(test)]
@@ -642,10 +653,11 @@ spec:
         ]));
         let chain = resolution_order(&config, "app");
         assert_eq!(chain.repositories, ["app", "internal", "shared", "npm-store"]);
-        let external = chain.external.unwrap();
+        let external = chain.external(PackageFormat::Npm).unwrap();
         assert_eq!(external.holder, "npm-store");
         assert_eq!(external.connection.name, "public-npm");
-        assert!(resolution_order(&config, "shared").external.is_none());
+        assert!(chain.external(PackageFormat::Pypi).is_none());
+        assert!(resolution_order(&config, "shared").externals.is_empty());
     }
 
     #[test]

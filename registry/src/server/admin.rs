@@ -252,7 +252,7 @@ pub async fn origin(
         "format": id.format.as_str(),
         "package": id.name,
         "chain": chain.repositories,
-        "externalConnection": chain.external.as_ref().map(|hop| json!({
+        "externalConnection": chain.external(id.format).map(|hop| json!({
             "name": hop.connection.name,
             "url": hop.connection.url,
             "heldBy": hop.holder,

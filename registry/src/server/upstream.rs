@@ -64,9 +64,8 @@ fn usable_hop<'a>(
     effective: &EffectivePolicy,
     origin: Option<&PackageOrigin>,
 ) -> Option<&'a ExternalHop> {
-    let hop = chain.external.as_ref()?;
-    let allowed =
-        hop.connection.format == id.format && policy::may_fetch_external(effective, origin, &hop.holder).allowed;
+    let hop = chain.external(id.format)?;
+    let allowed = policy::may_fetch_external(effective, origin, &hop.holder).allowed;
     allowed.then_some(hop)
 }
 
@@ -190,7 +189,7 @@ pub async fn stored_asset(
     let Some(url) = asset.metadata.get(UPSTREAM_URL).and_then(|u| u.as_str()) else {
         return Ok(asset.digests.clone());
     };
-    let Some(hop) = view.chain.external.as_ref() else { return Err(missing()) };
+    let Some(hop) = view.chain.external(id.format) else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
     let keepers: Vec<&str> = if hop.holder == repo { vec![repo] } else { vec![hop.holder.as_str(), repo] };
     let _turn = state
