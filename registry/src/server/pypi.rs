@@ -136,7 +136,7 @@ pub async fn file(
         };
         let missing = || ApiError::not_found(format!("file {filename} not found"), STYLE);
         let id = PackageId::new(PackageFormat::Pypi, &project);
-        if upstream::has_chain(&state, repo_name(repo)) {
+        let index = if upstream::has_chain(&state, repo_name(repo)) {
             let view = upstream::view(&state, repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
             if !metadata_file {
                 let digests =
@@ -144,14 +144,17 @@ pub async fn file(
                 return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE)
                     .await;
             }
-        }
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &id)
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(missing)?;
-        let entry = snapshot.index.versions.get(&version).ok_or_else(missing)?;
+            view.index
+        } else {
+            let snapshot = state
+                .registry
+                .package(repo_name(repo), &id)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?
+                .ok_or_else(missing)?;
+            snapshot.index.clone()
+        };
+        let entry = index.versions.get(&version).ok_or_else(missing)?;
         if !entry.status.is_installable() {
             return Err(ApiError::not_found(format!("{project} {version} is {}", entry.status.as_str()), STYLE));
         }

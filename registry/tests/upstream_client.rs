@@ -1,0 +1,262 @@
+//! The real `npm` and `pip` through an upstream chain, against the real
+//! registry binary, with a second registry binary on loopback playing the
+//! public registry: dependency confusion refused, public packages fetched
+//! and retained, cached packages still installing with the upstream gone,
+//! uncached ones failing with a 502 that names the connection.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+
+use support::*;
+
+const PUBLIC_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: public}
+spec:
+  storage: {filesystem: {path: "{data}"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: public}
+spec:
+  domainRef: {name: public}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+/// The usual topology: `app` reads through `[internal, npm-store,
+/// pypi-store]`; the stores hold the external connections.
+fn chain_config(public: &TestServer) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  externalConnections:
+    - {{name: public-npm, format: npm, url: "{base}/npm/public"}}
+    - {{name: public-pypi, format: pypi, url: "{base}/pypi/public/simple"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: app}}
+spec:
+  domainRef: {{name: acme}}
+  upstreams: [{{name: internal}}, {{name: npm-store}}, {{name: pypi-store}}]
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: internal}}
+spec:
+  domainRef: {{name: acme}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: npm-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-npm
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: pypi-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-pypi
+---
+apiVersion: wharf.dev/v1alpha1
+kind: UpstreamPolicy
+metadata: {{name: internal-names}}
+spec:
+  targetRefs: [{{kind: Domain, name: acme}}]
+  metadataTTL: 1s
+  rules:
+    - patterns: ["/npm/acme/*"]
+      externalUpstream: Block
+"#,
+        base = public.base
+    )
+}
+
+fn npm_package(ws: &Workspace, dir: &str, name: &str, version: &str, body: &str) {
+    ws.write(
+        &format!("{dir}/package.json"),
+        &serde_json::json!({"name": name, "version": version, "main": "index.js"}).to_string(),
+    );
+    ws.write(&format!("{dir}/index.js"), body);
+}
+
+fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
+    let mut command = ws.command("npm", dir);
+    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
+    command
+}
+
+async fn version_status(server: &TestServer, repo: &str, format: &str, package: &str, version: &str) -> u16 {
+    let package = package.replace('/', "%2F");
+    let url = server.url(&format!("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}"));
+    reqwest::Client::new().get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_installs_internal_names_and_retains_public_ones() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let internal_token = wharf.token(&["internal"], &["read", "publish"]).await;
+    let ws = Workspace::new();
+
+    // Internal names first, then the hostile upstream publishes higher versions.
+    for (dir, name) in [("internal-scoped", "@acme/tools"), ("internal-plain", "acme-internal-util")] {
+        npm_package(&ws, dir, name, "1.0.0", "module.exports = 'internal';\n");
+        write_npmrc(&ws, dir, &wharf, "internal", Some(&internal_token));
+        run_ok(npm(&ws, dir).args(["publish", "--access", "public"]));
+    }
+    for (dir, name, version, body) in [
+        ("hostile-scoped", "@acme/tools", "9.9.9", "module.exports = 'hostile';\n"),
+        ("hostile-plain", "acme-internal-util", "9.9.9", "module.exports = 'hostile';\n"),
+        ("public-pad", "wharf-pad", "1.2.0", "module.exports = 'public';\n"),
+        ("public-never", "never-fetched", "1.0.0", "module.exports = 'never';\n"),
+    ] {
+        npm_package(&ws, dir, name, version, body);
+        write_npmrc(&ws, dir, &public, "public", Some(&public_token));
+        run_ok(npm(&ws, dir).args(["publish", "--access", "public"]));
+    }
+
+    // A separate client: npm's cache, keyed by integrity, already holds
+    // what the publishing workspace packed.
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "@acme/tools@*", "acme-internal-util@*", "wharf-pad"]));
+    for name in ["@acme/tools", "acme-internal-util"] {
+        let body = std::fs::read_to_string(client.path(&format!("project/node_modules/{name}/index.js"))).unwrap();
+        assert_eq!(body, "module.exports = 'internal';\n", "{name}");
+    }
+    let pad = std::fs::read_to_string(client.path("project/node_modules/wharf-pad/index.js")).unwrap();
+    assert_eq!(pad, "module.exports = 'public';\n");
+    let lock = std::fs::read_to_string(client.path("project/package-lock.json")).unwrap();
+    assert!(lock.contains(&format!("{}/npm/app/wharf-pad/-/wharf-pad-1.2.0.tgz", wharf.base)), "{lock}");
+
+    // Nothing hostile is stored anywhere; the public package is kept in
+    // `app` and `npm-store`, not in `internal`.
+    for repo in ["app", "internal", "npm-store"] {
+        for name in ["@acme/tools", "acme-internal-util"] {
+            assert_eq!(version_status(&wharf, repo, "npm", name, "9.9.9").await, 404, "{repo} {name}");
+        }
+    }
+    assert_eq!(version_status(&wharf, "app", "npm", "wharf-pad", "1.2.0").await, 200);
+    assert_eq!(version_status(&wharf, "npm-store", "npm", "wharf-pad", "1.2.0").await, 200);
+    assert_eq!(version_status(&wharf, "internal", "npm", "wharf-pad", "1.2.0").await, 404);
+
+    // The upstream goes away: a fresh machine (empty npm cache) still
+    // installs what was fetched once; what never was fails with a 502
+    // naming the connection.
+    drop(public);
+    let fresh = Workspace::new();
+    fresh.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&fresh, "project", &wharf, "app", None);
+    run_ok(npm(&fresh, "project").args(["install", "wharf-pad@1.2.0"]));
+    assert!(fresh.path("project/node_modules/wharf-pad/index.js").exists());
+    let failed = run(npm(&fresh, "project").args(["install", "--fetch-retries=0", "never-fetched"]));
+    assert!(!failed.status.success());
+    assert!(text(&failed).contains("502"), "{}", text(&failed));
+    assert!(wharf.log_lines().iter().any(|l| l.contains("public-npm")), "the registry log names the connection");
+}
+
+/// A minimal valid wheel whose module returns `body` as `VALUE`.
+fn write_wheel(path: &Path, project: &str, version: &str, body: &str) {
+    let module = project.replace('-', "_");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
+    write!(zip, "VALUE = {body:?}\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
+    write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/WHEEL"), options).unwrap();
+    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/RECORD"), options).unwrap();
+    zip.finish().unwrap();
+}
+
+fn twine_upload(ws: &Workspace, tools: &Path, server: &TestServer, repo: &str, token: &str, file: &Path) {
+    run_ok(
+        ws.command(venv_bin(tools, "twine"), ".")
+            .args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url"])
+            .arg(server.url(&format!("/pypi/{repo}/")))
+            .args(["-u", "__token__", "-p", token])
+            .arg(file),
+    );
+}
+
+fn pip_install(ws: &Workspace, wharf: &TestServer, venv: &str, packages: &[&str]) -> std::process::Output {
+    run(ws
+        .command("python3", ".")
+        .args(["-m", "venv", venv])
+        .status()
+        .map(|_| ())
+        .map(|()| {
+            let mut command = ws.command(ws.path(venv).join("bin/pip"), ".");
+            command.args(["install", "--index-url"]).arg(wharf.url("/pypi/app/simple/")).args(packages);
+            command
+        })
+        .as_mut()
+        .unwrap())
+}
+
+fn module_value(ws: &Workspace, venv: &str, module: &str) -> String {
+    let output = run_ok(
+        ws.command(ws.path(venv).join("bin/python"), ".")
+            .args(["-c", &format!("import {module}; print({module}.VALUE)")]),
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pip_installs_internal_names_and_retains_public_ones() {
+    let tools = python_tools();
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let internal_token = wharf.token(&["internal"], &["publish"]).await;
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path("wheels")).unwrap();
+    let wheel = |project: &str, version: &str, body: &str| {
+        let path = ws.path(&format!("wheels/{}-{version}-py3-none-any.whl", project.replace('-', "_")));
+        write_wheel(&path, project, version, body);
+        path
+    };
+
+    twine_upload(&ws, &tools, &wharf, "internal", &internal_token, &wheel("acme-internal", "1.0", "internal"));
+    twine_upload(&ws, &tools, &public, "public", &public_token, &wheel("acme-internal", "9.9", "hostile"));
+    twine_upload(&ws, &tools, &public, "public", &public_token, &wheel("wharf-public-lib", "2.0", "public"));
+    twine_upload(&ws, &tools, &public, "public", &public_token, &wheel("never-fetched", "1.0", "never"));
+
+    let installed = pip_install(&ws, &wharf, "env", &["acme-internal", "wharf-public-lib"]);
+    assert!(installed.status.success(), "{}", text(&installed));
+    assert_eq!(module_value(&ws, "env", "acme_internal"), "internal");
+    assert_eq!(module_value(&ws, "env", "wharf_public_lib"), "public");
+    for repo in ["app", "internal", "pypi-store"] {
+        assert_eq!(version_status(&wharf, repo, "pypi", "acme-internal", "9.9").await, 404, "{repo}");
+    }
+    assert_eq!(version_status(&wharf, "app", "pypi", "wharf-public-lib", "2.0").await, 200);
+    assert_eq!(version_status(&wharf, "pypi-store", "pypi", "wharf-public-lib", "2.0").await, 200);
+    assert_eq!(version_status(&wharf, "internal", "pypi", "wharf-public-lib", "2.0").await, 404);
+
+    drop(public);
+    let again = pip_install(&ws, &wharf, "env2", &["wharf-public-lib==2.0"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(module_value(&ws, "env2", "wharf_public_lib"), "public");
+    let failed = pip_install(&ws, &wharf, "env3", &["--retries", "0", "never-fetched"]);
+    assert!(!failed.status.success());
+    // pip only says "no versions"; the page it was given says why.
+    let page = reqwest::get(wharf.url("/pypi/app/simple/never-fetched/")).await.unwrap();
+    assert_eq!(page.status(), 502);
+    let reason = page.text().await.unwrap();
+    assert!(reason.contains("external connection public-pypi"), "{reason}");
+}
