@@ -175,7 +175,7 @@ fn write_wheel(path: &Path, project: &str, version: &str, body: &str) {
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let options = zip::write::SimpleFileOptions::default();
     zip.start_file(format!("{module}/__init__.py"), options).unwrap();
-    write!(zip, "VALUE = {body:?}\n").unwrap();
+    writeln!(zip, "VALUE = {body:?}").unwrap();
     zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
     write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
     zip.start_file(format!("{module}-{version}.dist-info/WHEEL"), options).unwrap();
@@ -194,19 +194,12 @@ fn twine_upload(ws: &Workspace, tools: &Path, server: &TestServer, repo: &str, t
     );
 }
 
+/// `pip install` from `app` into a new virtualenv `venv`.
 fn pip_install(ws: &Workspace, wharf: &TestServer, venv: &str, packages: &[&str]) -> std::process::Output {
-    run(ws
-        .command("python3", ".")
-        .args(["-m", "venv", venv])
-        .status()
-        .map(|_| ())
-        .map(|()| {
-            let mut command = ws.command(ws.path(venv).join("bin/pip"), ".");
-            command.args(["install", "--index-url"]).arg(wharf.url("/pypi/app/simple/")).args(packages);
-            command
-        })
-        .as_mut()
-        .unwrap())
+    run_ok(ws.command("python3", ".").args(["-m", "venv", venv]));
+    let mut command = ws.command(ws.path(venv).join("bin/pip"), ".");
+    command.args(["install", "--index-url"]).arg(wharf.url("/pypi/app/simple/")).args(packages);
+    run(&mut command)
 }
 
 fn module_value(ws: &Workspace, venv: &str, module: &str) -> String {

@@ -1198,4 +1198,96 @@ mod tests {
         assert_eq!(snapshot.index.versions["1.0.0"].deprecated.as_deref(), Some("use 2"));
         assert!(!snapshot.index.tags.contains_key("beta"));
     }
+
+    #[tokio::test]
+    async fn concurrent_origin_claims_keep_exactly_one() {
+        let registry = registry();
+        let id = npm("contested");
+        let claims = (0..16).map(|i| {
+            let registry = registry.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let kind = if i % 2 == 0 { OriginKind::Direct } else { OriginKind::External };
+                let origin = PackageOrigin {
+                    kind,
+                    repository: format!("repo-{i}"),
+                    connection: None,
+                    version: "1.0.0".into(),
+                    recorded: Utc::now(),
+                };
+                registry.claim_origin(&id, origin).await.unwrap()
+            })
+        });
+        let kept: Vec<PackageOrigin> =
+            futures::future::join_all(claims).await.into_iter().map(|r| r.unwrap()).collect();
+        assert!(kept.iter().all(|origin| *origin == kept[0]), "every claimant sees the one winner");
+        assert_eq!(registry.package_origin(&id).await.unwrap(), Some(kept[0].clone()));
+    }
+
+    #[tokio::test]
+    async fn fetched_versions_keep_upstream_date_and_origin_and_refuse_other_bytes() {
+        let registry = registry();
+        let id = npm("fetched");
+        let upstream_date = Utc::now() - chrono::Duration::days(3);
+        let digests = blob(&registry, b"upstream bytes").await;
+        let asset =
+            |digests: BlobDigests| NewAsset { name: "fetched-1.0.0.tgz".into(), digests, metadata: Default::default() };
+        for _ in 0..2 {
+            let outcome = registry
+                .retain_fetched(
+                    "store",
+                    &id,
+                    "fetched",
+                    "1.0.0",
+                    serde_json::json!({}),
+                    upstream_date,
+                    "public",
+                    asset(digests.clone()),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(outcome, PublishOutcome::Created | PublishOutcome::AlreadyPublished));
+        }
+        let snapshot = registry.package("store", &id).await.unwrap().unwrap();
+        let entry = &snapshot.index.versions["1.0.0"];
+        assert_eq!(entry.status, VersionStatus::Published);
+        assert_eq!(entry.created, upstream_date);
+        assert_eq!(entry.fetched_from.as_deref(), Some("public"));
+        let other = blob(&registry, b"other bytes").await;
+        let refused = registry
+            .retain_fetched(
+                "store",
+                &id,
+                "fetched",
+                "1.0.0",
+                serde_json::json!({}),
+                upstream_date,
+                "public",
+                asset(other),
+            )
+            .await;
+        assert!(matches!(refused, Err(CoreError::Conflict(_))), "{refused:?}");
+        // A direct publish of a fetched version is refused too.
+        let direct = registry.publish_version("store", &id, "fetched", version("1.0.0", digests)).await;
+        assert!(matches!(direct, Err(CoreError::Conflict(_))), "{direct:?}");
+    }
+
+    #[tokio::test]
+    async fn chains_resolve_in_order_and_skip_what_is_not_admitted() {
+        let registry = registry();
+        let id = npm("pkg");
+        let first = blob(&registry, b"first").await;
+        let second = blob(&registry, b"second").await;
+        registry.publish_version("a", &id, "pkg", version("1.0.0", first.clone())).await.unwrap();
+        registry.publish_version("b", &id, "pkg", version("1.0.0", second.clone())).await.unwrap();
+        registry.publish_version("b", &id, "pkg", version("2.0.0", second.clone())).await.unwrap();
+        let chain = ["a".to_owned(), "b".to_owned()];
+        let merged = registry.resolve_package(&chain, &id, |_| true).await.unwrap().unwrap();
+        assert_eq!(merged.versions["1.0.0"].assets["pkg-1.0.0.tgz"].digests.sha256, first.sha256);
+        assert!(merged.versions.contains_key("2.0.0"));
+        assert_eq!(merged.tags["latest"], "1.0.0", "the first repository's tag wins");
+        let only_a = registry.resolve_package(&chain, &id, |r| r == "a").await.unwrap().unwrap();
+        assert!(!only_a.versions.contains_key("2.0.0"));
+        assert!(registry.resolve_package(&chain, &npm("none"), |_| true).await.unwrap().is_none());
+    }
 }

@@ -286,7 +286,7 @@ fn candidates<'a>(
             }
         }
     }
-    found.sort_by(|a, b| b.specificity.cmp(&a.specificity));
+    found.sort_by_key(|c| std::cmp::Reverse(c.specificity));
     found
 }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{Limits, TestApp, publish_body, tarball};
+use axum::body::Body;
+use axum::http::{Request, header};
+
+use super::{Limits, TestApp, publish_body, tarball, upload_form, wheel};
 
 /// The usual topology: `app` reads through `[internal, npm-store]`;
 /// `npm-store` holds the external connection.
@@ -144,10 +147,28 @@ impl PublicRegistry {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     }
 
-    /// Requests the public registry served for one route and status.
+    async fn upload_wheel(&self, project: &str, version: &str, body: &str) {
+        let token = self.app.token(&["public"], &["publish"]).await;
+        let fields = [(":action", "file_upload"), ("name", project), ("version", version)];
+        let filename = format!("{}-{version}-py3-none-any.whl", project.replace('-', "_"));
+        let (content_type, form) = upload_form(&fields, &filename, &wheel(project, version, body));
+        let request = Request::post("/pypi/public/")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(form))
+            .unwrap();
+        let reply = self.app.send(request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+
+    /// Requests the public registry answered with 200 on one route.
     async fn count(&self, route: &str) -> u64 {
+        self.count_status(route, 200).await
+    }
+
+    async fn count_status(&self, route: &str, status: u16) -> u64 {
         let text = self.app.get("/metrics", None).await.text();
-        let prefix = format!("wharf_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"200\"}} ");
+        let prefix = format!("wharf_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\"}} ");
         text.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
     }
 }
@@ -318,4 +339,87 @@ async fn upstream_down_serves_cached_and_stale_and_names_the_upstream() {
     let unknown = app.get("/npm/app/right-pad", None).await;
     assert_eq!(unknown.status, StatusCode::BAD_GATEWAY, "{}", unknown.text());
     assert!(unknown.text().contains("public-npm"), "{}", unknown.text());
+}
+
+#[tokio::test]
+async fn upstream_metadata_is_reused_for_its_ttl_then_revalidated() {
+    let public = PublicRegistry::start().await;
+    let app = chain_app_to(&public, "1s", "").await;
+    public.publish("left-pad", "1.0.0", b"a").await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/npm/app/left-pad", None).await.status, StatusCode::OK);
+    }
+    assert_eq!(public.count("npm_packument").await, 1, "reused within the TTL");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(versions(&app.get("/npm/app/left-pad", None).await), ["1.0.0"]);
+    assert_eq!(public.count_status("npm_packument", 304).await, 1, "revalidated with its ETag");
+    public.publish("left-pad", "1.1.0", b"b").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(versions(&app.get("/npm/app/left-pad", None).await), ["1.0.0", "1.1.0"]);
+    assert_eq!(public.count("npm_packument").await, 2);
+}
+
+/// [`CHAIN_CONFIG`] with a PyPI store beside the npm one.
+async fn pypi_chain_app(public: &PublicRegistry, extra_rules: &str) -> TestApp {
+    let config = CHAIN_CONFIG
+        .replace(
+            "    - {name: public-npm, format: npm, url: \"http://127.0.0.1:9/npm/public\"}\n",
+            &format!(
+                "    - {{name: public-npm, format: npm, url: \"http://127.0.0.1:9/npm/public\"}}\n    - {{name: public-pypi, format: pypi, url: \"{}/pypi/public/simple\"}}\n",
+                public.url
+            ),
+        )
+        .replace("upstreams: [{name: internal}, {name: npm-store}]", "upstreams: [{name: internal}, {name: npm-store}, {name: pypi-store}]")
+        .replace("      minimumReleaseAge: 72h\n", extra_rules)
+        + "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: pypi-store, namespace: wharf}\nspec:\n  domainRef: {name: acme}\n  externalConnection: public-pypi\n  access: {read: [{kind: Anonymous}]}\n";
+    TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await
+}
+
+#[tokio::test]
+async fn pypi_pages_merge_the_chain_and_hide_what_policy_forbids() {
+    let public = PublicRegistry::start().await;
+    let rules = "      blockedVersions: [\"/pypi//demo@1.1\"]\n    - patterns: [\"/pypi//slow\"]\n      minimumReleaseAge: 3s\n";
+    let app = pypi_chain_app(&public, rules).await;
+    public.upload_wheel("demo", "1.0", "a").await;
+    public.upload_wheel("demo", "1.1", "b").await;
+    public.upload_wheel("slow", "1.0", "old").await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    public.upload_wheel("slow", "2.0", "new").await;
+
+    let page = get_json(&app, "/pypi/app/simple/demo/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    assert_eq!(page.json()["versions"], json!(["1.0"]), "1.1 is blocked");
+    let url = page.json()["files"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(url, "../../files/demo/1.0/demo-1.0-py3-none-any.whl", "file URLs point through Wharf");
+    let file = app.get("/pypi/app/files/demo/1.0/demo-1.0-py3-none-any.whl", None).await;
+    assert_eq!(file.status, StatusCode::OK, "{}", file.text());
+    assert_eq!(file.body, wheel("demo", "1.0", "a"));
+    assert_eq!(app.get("/pypi/app/files/demo/1.1/demo-1.1-py3-none-any.whl", None).await.status, StatusCode::NOT_FOUND);
+    for (repo, status) in
+        [("app", StatusCode::OK), ("pypi-store", StatusCode::OK), ("npm-store", StatusCode::NOT_FOUND)]
+    {
+        let reply = app.get(&format!("/api/v1/repositories/{repo}/packages/pypi/demo/versions/1.0"), None).await;
+        assert_eq!(reply.status, status, "{repo}");
+    }
+    assert_eq!(get_json(&app, "/pypi/app/simple/slow/").await.json()["versions"], json!(["1.0"]), "2.0 is too young");
+
+    // A name published in the Domain first is never served from outside.
+    let token = app.token(&["internal"], &["publish"]).await;
+    let fields = [(":action", "file_upload"), ("name", "acme-core"), ("version", "1.0")];
+    let (content_type, form) =
+        upload_form(&fields, "acme_core-1.0-py3-none-any.whl", &wheel("acme-core", "1.0", "internal"));
+    let request = Request::post("/pypi/internal/")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(form))
+        .unwrap();
+    assert_eq!(app.send(request).await.status, StatusCode::OK);
+    public.upload_wheel("acme-core", "9.0", "hostile").await;
+    assert_eq!(get_json(&app, "/pypi/app/simple/acme-core/").await.json()["versions"], json!(["1.0"]));
+}
+
+async fn get_json(app: &TestApp, uri: &str) -> super::Reply {
+    let request =
+        Request::get(uri).header(header::ACCEPT, crate::formats::pypi::JSON_CONTENT_TYPE).body(Body::empty()).unwrap();
+    app.send(request).await
 }
