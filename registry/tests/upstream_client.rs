@@ -30,6 +30,11 @@ spec:
 /// The usual topology: `app` reads through `[internal, npm-store,
 /// pypi-store]`; the stores hold the external connections.
 fn chain_config(public: &TestServer) -> String {
+    chain_config_with(public, "")
+}
+
+/// [`chain_config`] with more rules in the Domain policy.
+fn chain_config_with(public: &TestServer, extra_rules: &str) -> String {
     format!(
         r#"
 apiVersion: wharf.dev/v1alpha1
@@ -78,7 +83,7 @@ spec:
   rules:
     - patterns: ["/npm/acme/*"]
       externalUpstream: Block
-"#,
+{extra_rules}"#,
         base = public.base
     )
 }
@@ -89,6 +94,17 @@ fn npm_package(ws: &Workspace, dir: &str, name: &str, version: &str, body: &str)
         &serde_json::json!({"name": name, "version": version, "main": "index.js"}).to_string(),
     );
     ws.write(&format!("{dir}/index.js"), body);
+}
+
+/// Requests a registry answered with `status` on one route, from its `/metrics`.
+async fn served(server: &TestServer, route: &str, status: u16) -> u64 {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let prefix = format!("wharf_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+fn installed(ws: &Workspace, dir: &str, name: &str) -> String {
+    std::fs::read_to_string(ws.path(&format!("{dir}/node_modules/{name}/index.js"))).unwrap()
 }
 
 fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
@@ -252,4 +268,72 @@ async fn pip_installs_internal_names_and_retains_public_ones() {
     assert_eq!(page.status(), 502);
     let reason = page.text().await.unwrap();
     assert!(reason.contains("external connection public-pypi"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_sees_chain_order_cooldown_blocks_and_reachable_versions() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let rules = r#"    - patterns: ["/npm//wharf-cool"]
+      minimumReleaseAge: 4s
+    - patterns: ["/npm//wharf-blocked"]
+      blockedVersions: ["/npm//wharf-blocked@1.1.0"]
+"#;
+    let wharf = TestServer::start_with(Some(&chain_config_with(&public, rules)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let token = wharf.token(&["app", "internal", "npm-store"], &["read", "publish"]).await;
+    let publisher = Workspace::new();
+    let publish = |server: &TestServer, repo: &str, token: &str, name: &str, version: &str, body: &str| {
+        let dir = format!("{repo}-{name}-{version}");
+        npm_package(&publisher, &dir, name, version, body);
+        write_npmrc(&publisher, &dir, server, repo, Some(token));
+        run(npm(&publisher, &dir).args(["publish", "--access", "public"]))
+    };
+
+    // Chain order: `internal` comes before `npm-store` in app's upstreams.
+    for (repo, body) in [("internal", "from internal"), ("npm-store", "from npm-store")] {
+        let output = publish(&wharf, repo, &token, "wharf-ordered", "2.0.0", &format!("module.exports = '{body}';\n"));
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    // Already reachable through an upstream: a 409, which npm reports as
+    // its publish conflict.
+    let refused = publish(&wharf, "app", &token, "wharf-ordered", "2.0.0", "module.exports = 'app';\n");
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("cannot publish over the previously published"), "{}", text(&refused));
+
+    for (name, version) in [("wharf-cool", "1.0.0"), ("wharf-blocked", "1.0.0"), ("wharf-blocked", "1.1.0")] {
+        let body = format!("module.exports = '{version}';\n");
+        assert!(publish(&public, "public", &public_token, name, version, &body).status.success());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(4200));
+    assert!(
+        publish(&public, "public", &public_token, "wharf-cool", "1.1.0", "module.exports = '1.1.0';\n")
+            .status
+            .success()
+    );
+
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "wharf-ordered@2.0.0", "wharf-cool", "wharf-blocked"]));
+    assert_eq!(installed(&client, "project", "wharf-ordered"), "module.exports = 'from internal';\n");
+    // 1.1.0 is younger than the cooldown: latest points at 1.0.0.
+    assert_eq!(installed(&client, "project", "wharf-cool"), "module.exports = '1.0.0';\n");
+    assert_eq!(installed(&client, "project", "wharf-blocked"), "module.exports = '1.0.0';\n");
+    let view = run_ok(npm(&client, "project").args(["view", "wharf-cool", "versions", "--json"]));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&view.stdout).unwrap(), serde_json::json!(["1.0.0"]));
+    for spec in ["wharf-blocked@1.1.0", "wharf-cool@1.1.0"] {
+        let refused = run(npm(&client, "project").args(["install", spec]));
+        assert!(!refused.status.success(), "{spec}: {}", text(&refused));
+        assert!(text(&refused).contains("ETARGET"), "{spec}: {}", text(&refused));
+    }
+
+    // A warm install (fresh npm cache, metadata still fresh) downloads no
+    // tarball from the upstream again.
+    let tarballs = served(&public, "npm_tarball", 200).await;
+    assert_eq!(tarballs, 2, "one fetch for each public package installed");
+    let warm = Workspace::new();
+    warm.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&warm, "project", &wharf, "app", None);
+    run_ok(npm(&warm, "project").args(["install", "wharf-cool@1.0.0", "wharf-blocked@1.0.0"]));
+    assert_eq!(served(&public, "npm_tarball", 200).await, tarballs);
 }
