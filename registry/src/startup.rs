@@ -50,13 +50,14 @@ pub async fn build_state(
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,
     };
     let domain = config.domain_name().to_owned();
+    let upstream = Arc::new(crate::upstream::UpstreamClient::new());
     Ok(Arc::new(AppState {
         registry: Arc::new(Registry::new(storage)),
         signer: TokenSigner::new(key, domain),
         admin_token: options.admin_token.clone(),
         limits: options.limits,
-        metrics: Arc::new(Metrics::default()),
-        upstream: Arc::new(crate::upstream::UpstreamClient::new()),
+        metrics: Arc::new(Metrics::new(upstream.requests())),
+        upstream,
         config: Arc::new(config),
     }))
 }

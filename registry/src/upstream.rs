@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use reqwest::header;
 
 use crate::storage::BodyError;
@@ -16,8 +19,9 @@ use crate::storage::BodyError;
 /// How long one upstream request may take to answer (headers, or the whole
 /// metadata document).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Metadata documents kept in memory, per process.
+/// Metadata documents kept in memory, per process, and their total size.
 const MAX_CACHED_DOCUMENTS: usize = 10_000;
+const MAX_CACHED_BYTES: usize = 512 * 1024 * 1024;
 /// Largest upstream metadata document read.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
 
@@ -69,11 +73,31 @@ pub struct Document {
     pub stale: bool,
 }
 
+/// Labels of the upstream request counter: which connection, metadata or
+/// an artifact, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub connection: String,
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Requests made to external connections (a warm install makes none).
+pub type UpstreamRequests = Family<UpstreamLabels, Counter>;
+
+/// Cached metadata documents and their total size.
+#[derive(Default)]
+struct Documents {
+    by_url: HashMap<String, Arc<CachedDocument>>,
+    bytes: usize,
+}
+
 /// The registry's client of every external connection.
 pub struct UpstreamClient {
     http: reqwest::Client,
-    documents: Mutex<HashMap<String, Arc<CachedDocument>>>,
+    documents: Mutex<Documents>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    requests: UpstreamRequests,
 }
 
 impl Default for UpstreamClient {
@@ -90,7 +114,21 @@ impl UpstreamClient {
             .user_agent(concat!("wharf-registry/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        UpstreamClient { http, documents: Mutex::new(HashMap::new()), in_flight: Mutex::new(HashMap::new()) }
+        UpstreamClient {
+            http,
+            documents: Mutex::new(Documents::default()),
+            in_flight: Mutex::new(HashMap::new()),
+            requests: UpstreamRequests::default(),
+        }
+    }
+
+    /// The request counter, for the registry's `/metrics`.
+    pub fn requests(&self) -> UpstreamRequests {
+        self.requests.clone()
+    }
+
+    fn count(&self, connection: &str, kind: &'static str, outcome: &'static str) {
+        self.requests.get_or_create(&UpstreamLabels { connection: connection.to_owned(), kind, outcome }).inc();
     }
 
     /// Holds the one fetch of `key` in progress: the first caller gets the
@@ -113,15 +151,23 @@ impl UpstreamClient {
     }
 
     fn cached(&self, url: &str) -> Option<Arc<CachedDocument>> {
-        self.documents.lock().unwrap_or_else(|e| e.into_inner()).get(url).cloned()
+        self.documents.lock().unwrap_or_else(|e| e.into_inner()).by_url.get(url).cloned()
     }
 
+    /// Keeps a document; past the count or size limit everything is
+    /// dropped at once (the next reads revalidate), which bounds memory
+    /// without bookkeeping per entry.
     fn keep(&self, url: &str, document: CachedDocument) {
+        let size = |d: &CachedDocument| d.body.as_ref().map_or(0, Bytes::len);
         let mut documents = self.documents.lock().unwrap_or_else(|e| e.into_inner());
-        if documents.len() >= MAX_CACHED_DOCUMENTS {
-            documents.clear();
+        if documents.by_url.len() >= MAX_CACHED_DOCUMENTS || documents.bytes + size(&document) > MAX_CACHED_BYTES {
+            documents.by_url.clear();
+            documents.bytes = 0;
         }
-        documents.insert(url.to_owned(), Arc::new(document));
+        documents.bytes += size(&document);
+        if let Some(replaced) = documents.by_url.insert(url.to_owned(), Arc::new(document)) {
+            documents.bytes -= size(&replaced);
+        }
     }
 
     /// The metadata document at `url`: from memory while younger than
@@ -176,8 +222,18 @@ impl UpstreamClient {
                 request = request.header(header::IF_MODIFIED_SINCE, modified);
             }
         }
-        let response = request.send().await.map_err(|e| UpstreamError::of(connection, url, e))?;
+        let response = request.send().await.map_err(|e| {
+            self.count(connection, "metadata", "failed");
+            UpstreamError::of(connection, url, e)
+        })?;
         let status = response.status();
+        let outcome = match status {
+            reqwest::StatusCode::NOT_MODIFIED => "not_modified",
+            reqwest::StatusCode::NOT_FOUND => "not_found",
+            s if s.is_success() => "fetched",
+            _ => "failed",
+        };
+        self.count(connection, "metadata", outcome);
         let header_text =
             |name: header::HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let etag = header_text(header::ETAG);
@@ -226,7 +282,12 @@ impl UpstreamClient {
         connection: &str,
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, UpstreamError> {
-        let response = self.http.get(url).send().await.map_err(|e| UpstreamError::of(connection, url, e))?;
+        let response = self.http.get(url).send().await.map_err(|e| {
+            self.count(connection, "artifact", "failed");
+            UpstreamError::of(connection, url, e)
+        })?;
+        let outcome = if response.status().is_success() { "fetched" } else { "failed" };
+        self.count(connection, "artifact", outcome);
         if !response.status().is_success() {
             return Err(UpstreamError::Status {
                 connection: connection.to_owned(),

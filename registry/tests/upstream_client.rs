@@ -336,4 +336,7 @@ async fn npm_sees_chain_order_cooldown_blocks_and_reachable_versions() {
     write_npmrc(&warm, "project", &wharf, "app", None);
     run_ok(npm(&warm, "project").args(["install", "wharf-cool@1.0.0", "wharf-blocked@1.0.0"]));
     assert_eq!(served(&public, "npm_tarball", 200).await, tarballs);
+    let own = reqwest::get(wharf.url("/metrics")).await.unwrap().text().await.unwrap();
+    let fetched = "wharf_upstream_requests_total{connection=\"public-npm\",kind=\"artifact\",outcome=\"fetched\"} 2";
+    assert!(own.contains(fetched), "{own}");
 }

@@ -240,6 +240,13 @@ async fn dependency_confusion_is_refused_and_public_names_are_fetched_once() {
         assert_eq!(reply.body, tarball("left-pad", "1.0.0", b"public"));
     }
     assert_eq!(public.count("npm_tarball").await, 1, "four simultaneous misses make one upstream fetch");
+    let own = app.get("/metrics", None).await.text();
+    assert!(
+        own.contains(
+            "wharf_upstream_requests_total{connection=\"public-npm\",kind=\"artifact\",outcome=\"fetched\"} 1"
+        ),
+        "{own}"
+    );
     // Kept in the requesting repository and the connection holder, not in between.
     for (repo, status) in [("app", StatusCode::OK), ("npm-store", StatusCode::OK), ("internal", StatusCode::NOT_FOUND)]
     {
