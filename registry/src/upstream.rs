@@ -22,6 +22,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Metadata documents kept in memory, per process, and their total size.
 const MAX_CACHED_DOCUMENTS: usize = 10_000;
 const MAX_CACHED_BYTES: usize = 512 * 1024 * 1024;
+/// After a connection could not be reached, requests to it fail at once
+/// for this long (serving stale metadata and cached files) instead of each
+/// waiting for its own connect timeout.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(10);
 /// Largest upstream metadata document read.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
 
@@ -40,6 +44,8 @@ pub enum UpstreamError {
     Status { connection: String, url: String, status: u16 },
     #[error("external connection {connection} sent metadata over {limit} bytes for {url}")]
     TooLarge { connection: String, url: String, limit: usize },
+    #[error("external connection {connection} was unreachable moments ago; not retried before {seconds} s ({url})")]
+    BackingOff { connection: String, url: String, seconds: u64 },
 }
 
 impl UpstreamError {
@@ -54,6 +60,11 @@ impl UpstreamError {
 
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::Timeout { .. })
+    }
+
+    /// The connection itself failed (not an answer it gave).
+    fn is_unreachable(&self) -> bool {
+        matches!(self, UpstreamError::Timeout { .. } | UpstreamError::Unreachable { .. })
     }
 }
 
@@ -98,6 +109,8 @@ pub struct UpstreamClient {
     documents: Mutex<Documents>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     requests: UpstreamRequests,
+    /// Connections that could not be reached, and until when to skip them.
+    unreachable: Mutex<HashMap<String, Instant>>,
 }
 
 impl Default for UpstreamClient {
@@ -119,7 +132,36 @@ impl UpstreamClient {
             documents: Mutex::new(Documents::default()),
             in_flight: Mutex::new(HashMap::new()),
             requests: UpstreamRequests::default(),
+            unreachable: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Fails at once while `connection` is backing off after being unreachable.
+    fn check_reachable(&self, connection: &str, url: &str) -> Result<(), UpstreamError> {
+        let unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match unreachable.get(connection) {
+            Some(until) if *until > Instant::now() => Err(UpstreamError::BackingOff {
+                connection: connection.to_owned(),
+                url: url.to_owned(),
+                seconds: until.saturating_duration_since(Instant::now()).as_secs() + 1,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes how a request to `connection` went, for [`Self::check_reachable`].
+    fn note<T>(&self, connection: &str, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Err(error) if error.is_unreachable() => {
+                unreachable.insert(connection.to_owned(), Instant::now() + UNREACHABLE_BACKOFF);
+            }
+            Ok(_) => {
+                unreachable.remove(connection);
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// The request counter, for the registry's `/metrics`.
@@ -190,7 +232,11 @@ impl UpstreamClient {
         if let Some(cached) = cached.as_ref().filter(|c| fresh(c)) {
             return Ok(Document { body: cached.body.clone(), stale: false });
         }
-        match self.revalidate(connection, url, accept, cached.as_deref()).await {
+        let answer = match self.check_reachable(connection, url) {
+            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref()).await),
+            Err(backing_off) => Err(backing_off),
+        };
+        match answer {
             Ok(document) => {
                 let body = document.body.clone();
                 self.keep(url, document);
@@ -282,10 +328,12 @@ impl UpstreamClient {
         connection: &str,
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, UpstreamError> {
-        let response = self.http.get(url).send().await.map_err(|e| {
+        self.check_reachable(connection, url)?;
+        let sent = self.http.get(url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
-        })?;
+        });
+        let response = self.note(connection, sent)?;
         let outcome = if response.status().is_success() { "fetched" } else { "failed" };
         self.count(connection, "artifact", outcome);
         if !response.status().is_success() {
