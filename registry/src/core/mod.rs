@@ -131,12 +131,19 @@ impl CachedPackage {
 pub struct Registry {
     storage: Storage,
     packages: Mutex<HashMap<CacheKey, Arc<CachedPackage>>>,
+    /// Origin records seen; they are create-once, so never stale.
+    origins: Mutex<HashMap<PackageId, PackageOrigin>>,
     epoch: Instant,
 }
 
 impl Registry {
     pub fn new(storage: Storage) -> Self {
-        Registry { storage, packages: Mutex::new(HashMap::new()), epoch: Instant::now() }
+        Registry {
+            storage,
+            packages: Mutex::new(HashMap::new()),
+            origins: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -327,17 +334,38 @@ impl Registry {
 
     /// The recorded first-version origin of a name in the Domain, if any.
     pub async fn package_origin(&self, id: &PackageId) -> Result<Option<PackageOrigin>, CoreError> {
-        Ok(self.storage.read_json(&keys::package_origin(id.format.as_str(), &id.name)).await?)
+        if let Some(known) = self.origins.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(Some(known.clone()));
+        }
+        let origin: Option<PackageOrigin> =
+            self.storage.read_json(&keys::package_origin(id.format.as_str(), &id.name)).await?;
+        if let Some(origin) = &origin {
+            self.remember_origin(id, origin);
+        }
+        Ok(origin)
+    }
+
+    fn remember_origin(&self, id: &PackageId, origin: &PackageOrigin) {
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        if origins.len() >= MAX_CACHED_PACKAGES {
+            origins.clear();
+        }
+        origins.insert(id.clone(), origin.clone());
     }
 
     /// Records how the first version of a name reached the Domain. Create-once,
     /// so replicas agree: the first claim is kept and returned to every caller.
     pub async fn claim_origin(&self, id: &PackageId, origin: PackageOrigin) -> Result<PackageOrigin, CoreError> {
-        let key = keys::package_origin(id.format.as_str(), &id.name);
-        match self.storage.create_json(&key, &origin).await? {
-            Created::Created => Ok(origin),
-            Created::AlreadyExists(kept) => Ok(kept),
+        if let Some(known) = self.origins.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(known.clone());
         }
+        let key = keys::package_origin(id.format.as_str(), &id.name);
+        let kept = match self.storage.create_json(&key, &origin).await? {
+            Created::Created => origin,
+            Created::AlreadyExists(kept) => kept,
+        };
+        self.remember_origin(id, &kept);
+        Ok(kept)
     }
 
     /// Adds one file to a version, creating the version on its first file
