@@ -427,12 +427,9 @@ async fn dist_tags(
     match (rest, method) {
         (["dist-tags"], &Method::GET) => {
             state.authorize(headers, repo, Permission::Read, STYLE)?;
-            let snapshot = registry
-                .package(repo_name, &id)
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?
-                .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
-            Ok(axum::Json(&snapshot.index.tags).into_response())
+            // The tags a client installing from here would see (merged through the chain).
+            let index = visible_index(state, repo_name, &name).await?;
+            Ok(axum::Json(&index.tags).into_response())
         }
         (["dist-tags", tag], &Method::PUT) | (["dist-tags", tag], &Method::POST) => {
             state.authorize(headers, repo, Permission::Publish, STYLE)?;

@@ -255,6 +255,8 @@ async fn dependency_confusion_is_refused_and_public_names_are_fetched_once() {
     }
     let report = app.get("/api/v1/repositories/app/packages/npm/left-pad/origin", None).await.json();
     assert_eq!(report["firstVersionOrigin"]["kind"], "External");
+    let tags = app.get("/npm/app/-/package/left-pad/dist-tags", None).await;
+    assert_eq!(tags.json(), json!({"latest": "1.0.0"}), "dist-tags as seen through the chain");
     assert_eq!(report["firstVersionOrigin"]["connection"], "public-npm");
     // Nothing hostile was stored anywhere.
     for repo in ["app", "internal", "npm-store"] {
