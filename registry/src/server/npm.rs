@@ -133,7 +133,7 @@ async fn packument(
     let rendered = if upstream::has_chain(state, repo_name) {
         // Through a chain the view changes with upstreams and the clock
         // (cooldown), so it is rendered per request.
-        let view = upstream::view(state, repo_name, &package_id(name), STYLE)
+        let view = upstream::view(state, repo_name, &package_id(name), name, STYLE)
             .await?
             .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
         Rendered::of(format::render_packument(&view.index, name, &base, abbreviated))
@@ -164,7 +164,7 @@ async fn packument(
 /// The package's index as `repo` sees it: through its chain, or its own.
 async fn visible_index(state: &SharedState, repo_name: &str, name: &str) -> Result<PackageIndex, ApiError> {
     if upstream::has_chain(state, repo_name) {
-        let view = upstream::view(state, repo_name, &package_id(name), STYLE).await?;
+        let view = upstream::view(state, repo_name, &package_id(name), name, STYLE).await?;
         return view.map(|v| v.index).ok_or_else(|| ApiError::not_found("Not found", STYLE));
     }
     let snapshot = state
@@ -214,7 +214,7 @@ async fn tarball(
         .ok_or_else(|| ApiError::not_found(format!("{file} is not a tarball of {name}"), STYLE))?;
     if upstream::has_chain(state, repo_name) {
         let id = package_id(name);
-        let view = upstream::view(state, repo_name, &id, STYLE)
+        let view = upstream::view(state, repo_name, &id, name, STYLE)
             .await?
             .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
         let file = format::tarball_filename(name, version);
@@ -360,7 +360,7 @@ async fn publish(
             STYLE,
         ));
     }
-    upstream::check_publish(state, repo_name, &id, &new.version, STYLE).await?;
+    upstream::check_publish(state, repo_name, &id, name, &new.version, STYLE).await?;
     let outcome = state
         .registry
         .publish_version(

@@ -94,7 +94,7 @@ pub async fn project(
         let not_found = || ApiError::not_found(format!("project {normalized} not found"), STYLE);
         let rendered = if upstream::has_chain(&state, repo_name(repo)) {
             // Rendered per request: upstreams and the clock (cooldown) change it.
-            let view = upstream::view(&state, repo_name(repo), &id, STYLE).await?.ok_or_else(not_found)?;
+            let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(not_found)?;
             Rendered::of(render(&view.index))
         } else {
             let snapshot = state
@@ -137,7 +137,7 @@ pub async fn file(
         let missing = || ApiError::not_found(format!("file {filename} not found"), STYLE);
         let id = PackageId::new(PackageFormat::Pypi, &project);
         let index = if upstream::has_chain(&state, repo_name(repo)) {
-            let view = upstream::view(&state, repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
+            let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(missing)?;
             if !metadata_file {
                 let digests =
                     upstream::stored_asset(&state, repo_name(repo), &view, &id, &version, asset_name, STYLE).await?;
@@ -304,7 +304,7 @@ async fn upload_file(
         asset_metadata["core_metadata_size"] = json!(stored.size);
     }
     let id = PackageId::new(PackageFormat::Pypi, &project);
-    upstream::check_publish(state, repo_name(repo), &id, &version, STYLE).await?;
+    upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
     let outcome = state
         .registry
         .add_asset(

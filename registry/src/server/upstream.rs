@@ -13,7 +13,7 @@ use crate::core::policy::{self, Chain, EffectivePolicy, ExternalHop};
 use crate::core::{
     CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, VersionStatus,
 };
-use crate::formats::{npm, pypi};
+use crate::formats::{cargo, npm, pypi};
 use crate::storage::BlobDigests;
 
 /// Key of an unstored upstream asset's metadata holding its URL (the same
@@ -74,6 +74,7 @@ async fn external_index(
     state: &SharedState,
     hop: &ExternalHop,
     id: &PackageId,
+    spelling: &str,
     effective: &EffectivePolicy,
     style: ErrorStyle,
 ) -> Result<Option<PackageIndex>, ApiError> {
@@ -124,6 +125,25 @@ async fn external_index(
                 |link: &str| page.join(link).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(String::from);
             pypi::upstream_index(&body, &id.name, name, resolve).map(Some).map_err(|e| unreadable(&e))
         }
+        PackageFormat::Cargo => {
+            // The sparse index: `config.json` says where crates download
+            // from; the index file is found by the name as cargo spelled it.
+            let upstream = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, style);
+            let config_url = format!("{base}/config.json");
+            let config = state.upstream.metadata(name, &config_url, "application/json", ttl).await.map_err(upstream)?;
+            let Some(config) = config.body else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("external connection {name} has no config.json at {config_url}"),
+                    style,
+                ));
+            };
+            let template = cargo::upstream::download_template(&config).map_err(|e| unreadable(&e))?;
+            let url = format!("{base}/{}", cargo::index_path(spelling));
+            let document = state.upstream.metadata(name, &url, "text/plain", ttl).await.map_err(upstream)?;
+            let Some(body) = document.body else { return Ok(None) };
+            cargo::upstream::upstream_index(&body, spelling, name, &template).map(Some).map_err(|e| unreadable(&e))
+        }
         _ => Ok(None),
     }
 }
@@ -132,11 +152,13 @@ async fn external_index(
 /// `internalUpstream` admits them) and the external connection's (where
 /// policy and origin admit them), with blocked and too-young versions
 /// hidden. `None` when nobody has the package. An unreachable upstream is
-/// an error only when nothing else has the package.
+/// an error only when nothing else has the package. `spelling` is the name
+/// as the client wrote it (Cargo index paths depend on it).
 pub async fn view(
     state: &SharedState,
     repo: &str,
     id: &PackageId,
+    spelling: &str,
     style: ErrorStyle,
 ) -> Result<Option<View>, ApiError> {
     let chain = policy::resolution_order(&state.config, repo);
@@ -148,7 +170,7 @@ pub async fn view(
         .map_err(core_error(style))?;
     let origin = origin_of(state, id, local.as_ref(), style).await?;
     let external = match usable_hop(&chain, id, &effective, origin.as_ref()) {
-        Some(hop) => match external_index(state, hop, id, &effective, style).await {
+        Some(hop) => match external_index(state, hop, id, spelling, &effective, style).await {
             Ok(index) => index,
             Err(error) if local.is_some() => {
                 tracing::warn!(package = %id.name, error = %error.message, "serving cached versions only");
@@ -267,6 +289,7 @@ pub async fn check_publish(
     state: &SharedState,
     repo: &str,
     id: &PackageId,
+    spelling: &str,
     version: &str,
     style: ErrorStyle,
 ) -> Result<(), ApiError> {
@@ -295,7 +318,7 @@ pub async fn check_publish(
     if let Some(hop) = usable_hop(&chain, id, &effective, recorded.as_ref()) {
         // An unreachable upstream cannot say whether it has the version;
         // the publish goes ahead rather than fail on someone else's outage.
-        let upstream = external_index(state, hop, id, &effective, style).await.ok().flatten();
+        let upstream = external_index(state, hop, id, spelling, &effective, style).await.ok().flatten();
         if upstream.is_some_and(|index| index.versions.contains_key(version)) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

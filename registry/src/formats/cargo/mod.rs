@@ -18,6 +18,7 @@
 
 pub mod archive;
 pub mod framing;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 

@@ -161,6 +161,26 @@ impl PublicRegistry {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     }
 
+    /// Publishes a crate (cargo's framed body) and returns the `.crate` bytes.
+    async fn publish_crate(&self, name: &str, version: &str) -> Vec<u8> {
+        use crate::formats::cargo::archive::{build_crate, manifest};
+        let folder = format!("{name}-{version}");
+        let bytes = build_crate(&[
+            (&format!("{folder}/Cargo.toml"), manifest(name, version).as_bytes()),
+            (&format!("{folder}/src/lib.rs"), b"pub fn f() {}"),
+        ]);
+        let metadata = json!({"name": name, "vers": version, "deps": [], "features": {}, "authors": [], "links": null});
+        let body = crate::formats::cargo::framing::encode(metadata.to_string().as_bytes(), &bytes);
+        let token = self.app.token(&["public"], &["publish"]).await;
+        let request = Request::put("/cargo/public/api/v1/crates/new")
+            .header(header::AUTHORIZATION, token)
+            .body(Body::from(body))
+            .unwrap();
+        let reply = self.app.send(request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        bytes
+    }
+
     /// Requests the public registry answered with 200 on one route.
     async fn count(&self, route: &str) -> u64 {
         self.count_status(route, 200).await
@@ -431,4 +451,73 @@ async fn get_json(app: &TestApp, uri: &str) -> super::Reply {
     let request =
         Request::get(uri).header(header::ACCEPT, crate::formats::pypi::JSON_CONTENT_TYPE).body(Body::empty()).unwrap();
     app.send(request).await
+}
+
+#[tokio::test]
+async fn cargo_reads_a_sparse_index_upstream_and_keeps_what_it_fetched() {
+    let public = PublicRegistry::start().await;
+    let config = CHAIN_CONFIG
+        .replace(
+            "    - {name: public-npm, format: npm, url: \"http://127.0.0.1:9/npm/public\"}\n",
+            &format!(
+                "    - {{name: public-npm, format: npm, url: \"http://127.0.0.1:9/npm/public\"}}\n    - {{name: public-crates, format: cargo, url: \"{}/cargo/public/index\"}}\n",
+                public.url
+            ),
+        )
+        .replace("upstreams: [{name: internal}, {name: npm-store}]", "upstreams: [{name: internal}, {name: npm-store}, {name: cargo-store}]")
+        .replace("[\"/npm//event-stream@3.3.6\"]", "[\"/npm//event-stream@3.3.6\", \"/cargo//demo-crate@1.1.0\"]")
+        .replace("      minimumReleaseAge: 72h\n", "")
+        + "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: cargo-store, namespace: wharf}\nspec:\n  domainRef: {name: acme}\n  externalConnection: public-crates\n  access: {read: [{kind: Anonymous}]}\n";
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+    let first = public.publish_crate("demo-crate", "1.0.0").await;
+    public.publish_crate("demo-crate", "1.1.0").await;
+
+    let index = app.get("/cargo/app/index/de/mo/demo-crate", None).await;
+    assert_eq!(index.status, StatusCode::OK, "{}", index.text());
+    let lines: Vec<serde_json::Value> = index.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "1.1.0 is blocked: {lines:?}");
+    assert_eq!(lines[0]["vers"], "1.0.0");
+    assert_eq!(lines[0]["cksum"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&first)));
+    let (a, b) = tokio::join!(
+        app.get("/cargo/app/api/v1/crates/demo-crate/1.0.0/download", None),
+        app.get("/cargo/app/api/v1/crates/demo-crate/1.0.0/download", None)
+    );
+    for reply in [&a, &b] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.body, first);
+    }
+    assert_eq!(public.count("cargo_download").await, 1);
+    for (repo, status) in
+        [("app", StatusCode::OK), ("cargo-store", StatusCode::OK), ("internal", StatusCode::NOT_FOUND)]
+    {
+        let reply =
+            app.get(&format!("/api/v1/repositories/{repo}/packages/cargo/demo-crate/versions/1.0.0"), None).await;
+        assert_eq!(reply.status, status, "{repo}: {}", reply.text());
+    }
+    let blocked = app.get("/cargo/app/api/v1/crates/demo-crate/1.1.0/download", None).await;
+    assert_eq!(blocked.status, StatusCode::NOT_FOUND);
+    // Fetched from outside first: a direct publish of the name is refused.
+    let token = app.token(&["internal"], &["publish"]).await;
+    let (metadata, bytes) =
+        (json!({"name": "demo-crate", "vers": "2.0.0", "deps": [], "features": {}, "authors": [], "links": null}), {
+            use crate::formats::cargo::archive::{build_crate, manifest};
+            build_crate(&[
+                ("demo-crate-2.0.0/Cargo.toml", manifest("demo-crate", "2.0.0").as_bytes()),
+                ("demo-crate-2.0.0/src/lib.rs", b""),
+            ])
+        });
+    let body = crate::formats::cargo::framing::encode(metadata.to_string().as_bytes(), &bytes);
+    let request = Request::put("/cargo/internal/api/v1/crates/new")
+        .header(header::AUTHORIZATION, token)
+        .body(Body::from(body))
+        .unwrap();
+    let refused = app.send(request).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    assert!(refused.json()["errors"][0]["detail"].as_str().unwrap().contains("public-crates"), "{}", refused.text());
+    // The upstream gone, the kept crate still downloads and its index line stays.
+    public.server.abort();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let index = app.get("/cargo/app/index/de/mo/demo-crate", None).await;
+    assert_eq!(index.status, StatusCode::OK, "{}", index.text());
+    assert_eq!(app.get("/cargo/app/api/v1/crates/demo-crate/1.0.0/download", None).await.body, first);
 }
