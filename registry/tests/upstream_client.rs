@@ -45,13 +45,14 @@ spec:
   externalConnections:
     - {{name: public-npm, format: npm, url: "{base}/npm/public"}}
     - {{name: public-pypi, format: pypi, url: "{base}/pypi/public/simple"}}
+    - {{name: public-crates, format: cargo, url: "{base}/cargo/public/index"}}
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: app}}
 spec:
   domainRef: {{name: acme}}
-  upstreams: [{{name: internal}}, {{name: npm-store}}, {{name: pypi-store}}]
+  upstreams: [{{name: internal}}, {{name: npm-store}}, {{name: pypi-store}}, {{name: cargo-store}}]
   access: {{read: [{{kind: Anonymous}}]}}
 ---
 apiVersion: wharf.dev/v1alpha1
@@ -73,6 +74,13 @@ metadata: {{name: pypi-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-pypi
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: cargo-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-crates
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: UpstreamPolicy
@@ -340,4 +348,83 @@ async fn npm_sees_chain_order_cooldown_blocks_and_reachable_versions() {
     let own = reqwest::get(wharf.url("/metrics")).await.unwrap().text().await.unwrap();
     let fetched = "wharf_upstream_requests_total{connection=\"public-npm\",kind=\"artifact\",outcome=\"fetched\"} 2";
     assert!(own.contains(fetched), "{own}");
+}
+
+/// `cargo` in the workspace's own `CARGO_HOME`, with registry `wharf` at
+/// `index` and none of the outer `cargo test`'s variables; https goes to a
+/// closed port, so nothing can reach the internet.
+fn cargo(ws: &Workspace, index: &str, token: Option<&str>, dir: &str) -> std::process::Command {
+    ws.write(
+        "home/.cargo/config.toml",
+        &format!(
+            "[registries.wharf]\nindex = \"sparse+{index}\"\ncredential-provider = \"cargo:token\"\n\n[net]\nretry = 0\n"
+        ),
+    );
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".rustup")));
+    let mut command = ws.command(program, dir);
+    for (key, _) in std::env::vars_os() {
+        let text = key.to_string_lossy();
+        if text.starts_with("CARGO") || text.starts_with("RUSTC_") || text == "RUSTFLAGS" {
+            command.env_remove(&key);
+        }
+    }
+    command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
+    command.env("https_proxy", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
+    if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
+        command.env("RUSTUP_HOME", rustup_home);
+    }
+    if let Some(token) = token {
+        command.env("CARGO_REGISTRIES_WHARF_TOKEN", token);
+    }
+    command
+}
+
+/// An application printing `answer()` of the `wharf` crate `dependency`.
+fn cargo_app(ws: &Workspace, dependency: &str) {
+    ws.write(
+        "app/Cargo.toml",
+        &format!(
+            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\n{dependency} = {{ version = \"*\", registry = \"wharf\" }}\n"
+        ),
+    );
+    let module = dependency.replace('-', "_");
+    ws.write("app/src/main.rs", &format!("fn main() {{\n    println!(\"answer={{}}\", {module}::answer());\n}}\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cargo_builds_through_the_chain_and_keeps_working_without_the_upstream() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let publisher = Workspace::new();
+    publisher.write(
+        "lib/Cargo.toml",
+        "[package]\nname = \"wharf-answer\"\nversion = \"1.0.0\"\nedition = \"2021\"\ndescription = \"test\"\nlicense = \"MIT\"\npublish = [\"wharf\"]\n",
+    );
+    publisher.write("lib/src/lib.rs", "pub fn answer() -> u32 {\n    42\n}\n");
+    let public_index = public.url("/cargo/public/index/");
+    run_ok(cargo(&publisher, &public_index, Some(&public_token), "lib").args([
+        "publish",
+        "--registry",
+        "wharf",
+        "--allow-dirty",
+    ]));
+
+    let app_index = wharf.url("/cargo/app/index/");
+    let client = Workspace::new();
+    cargo_app(&client, "wharf-answer");
+    let output = run_ok(cargo(&client, &app_index, None, "app").args(["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "answer=42");
+    assert_eq!(version_status(&wharf, "cargo-store", "cargo", "wharf-answer", "1.0.0").await, 200);
+    assert_eq!(version_status(&wharf, "app", "cargo", "wharf-answer", "1.0.0").await, 200);
+
+    // A fresh CARGO_HOME builds from what Wharf kept, the upstream gone.
+    drop(public);
+    let offline = Workspace::new();
+    cargo_app(&offline, "wharf-answer");
+    let output = run_ok(cargo(&offline, &app_index, None, "app").args(["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "answer=42");
 }
