@@ -184,7 +184,19 @@ pub fn merge_external(local: Option<PackageIndex>, upstream: PackageIndex) -> Pa
         .map(|(tag, version)| (tag.clone(), version.clone()))
         .collect();
     for (version, entry) in upstream.versions {
-        merged.versions.entry(version).or_insert(entry);
+        match merged.versions.get_mut(&version) {
+            None => {
+                merged.versions.insert(version, entry);
+            }
+            // A cached copy may hold only some of the version's files (one
+            // wheel of several): the others stay fetchable from upstream.
+            Some(cached) if cached.fetched_from.is_some() => {
+                for (name, asset) in entry.assets {
+                    cached.assets.entry(name).or_insert(asset);
+                }
+            }
+            Some(_) => {}
+        }
     }
     for (tag, version) in upstream.tags {
         merged.tags.insert(tag, version);
@@ -618,6 +630,35 @@ spec:
         cached.versions.insert("1.0.0".into(), entry(1, true));
         cached.tags.insert("latest".into(), "1.0.0".into());
         assert_eq!(merge_external(Some(cached), upstream).tags["latest"], "2.0.0");
+    }
+
+    #[test]
+    fn a_cached_copy_keeps_the_upstream_files_it_lacks() {
+        let asset = |name: &str| crate::core::AssetRef {
+            name: name.into(),
+            digests: crate::storage::BlobDigests {
+                sha256: "0".repeat(64),
+                sha512: String::new(),
+                sha1: String::new(),
+                md5: String::new(),
+                size: 1,
+            },
+            created: chrono::Utc::now(),
+            metadata: serde_json::json!({}),
+        };
+        let with = |fetched: bool, files: &[&str]| {
+            let mut entry = entry(1, fetched);
+            entry.assets = files.iter().map(|f| (f.to_string(), asset(f))).collect();
+            let mut index = PackageIndex::default();
+            index.versions.insert("1.0".into(), entry);
+            index
+        };
+        let upstream = with(true, &["a.whl", "b.whl"]);
+        let merged = merge_external(Some(with(true, &["a.whl"])), upstream.clone());
+        assert_eq!(merged.versions["1.0"].assets.len(), 2);
+        // A version published in the Domain is never completed from outside.
+        let merged = merge_external(Some(with(false, &["a.whl"])), upstream);
+        assert_eq!(merged.versions["1.0"].assets.len(), 1);
     }
 
     #[test]
