@@ -46,13 +46,14 @@ spec:
     - {{name: public-npm, format: npm, url: "{base}/npm/public"}}
     - {{name: public-pypi, format: pypi, url: "{base}/pypi/public/simple"}}
     - {{name: public-crates, format: cargo, url: "{base}/cargo/public/index"}}
+    - {{name: public-go, format: go, url: "{base}/go/public"}}
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: app}}
 spec:
   domainRef: {{name: acme}}
-  upstreams: [{{name: internal}}, {{name: npm-store}}, {{name: pypi-store}}, {{name: cargo-store}}]
+  upstreams: [{{name: internal}}, {{name: npm-store}}, {{name: pypi-store}}, {{name: cargo-store}}, {{name: go-store}}]
   access: {{read: [{{kind: Anonymous}}]}}
 ---
 apiVersion: wharf.dev/v1alpha1
@@ -81,6 +82,13 @@ metadata: {{name: cargo-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-crates
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: go-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-go
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: UpstreamPolicy
@@ -427,4 +435,79 @@ async fn cargo_builds_through_the_chain_and_keeps_working_without_the_upstream()
     cargo_app(&offline, "wharf-answer");
     let output = run_ok(cargo(&offline, &app_index, None, "app").args(["run", "--quiet"]));
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "answer=42");
+}
+
+/// `go` with its own caches, `GOPROXY` at `proxy`, no checksum database,
+/// no toolchain downloads, and none of the outer environment's GO*.
+fn go(ws: &Workspace, dir: &str, proxy: &str) -> std::process::Command {
+    let mut command = ws.command("go", dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GO") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("GOENV", "off")
+        .env("GOPATH", ws.path("gopath"))
+        .env("GOMODCACHE", ws.path("gomodcache"))
+        .env("GOCACHE", ws.path("gocache"))
+        .env("GOFLAGS", "-modcacherw")
+        .env("GOPROXY", proxy)
+        .env("GOSUMDB", "off")
+        .env("GOTOOLCHAIN", "local");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
+    const MODULE: &str = "example.internal/Acme/answer";
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{MODULE}@v1.0.0/go.mod"), options).unwrap();
+    write!(zip, "module {MODULE}\n\ngo 1.21\n").unwrap();
+    zip.start_file(format!("{MODULE}@v1.0.0/answer.go"), options).unwrap();
+    write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return 42 }}\n").unwrap();
+    let zip = zip.finish().unwrap().into_inner();
+    let escaped = wharf_registry::formats::go::escape(MODULE);
+    let published = reqwest::Client::new()
+        .put(public.url(&format!("/go/public/{escaped}/@v/v1.0.0.zip")))
+        .bearer_auth(&public_token)
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201, "{}", published.text().await.unwrap());
+
+    let proxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
+    let consumer = |ws: &Workspace| {
+        ws.write("app/go.mod", "module example.internal/app\n\ngo 1.21\n");
+        ws.write(
+            "app/main.go",
+            &format!("package main\n\nimport \"{MODULE}\"\n\nfunc main() {{ println(answer.Answer()) }}\n"),
+        );
+    };
+    let client = Workspace::new();
+    consumer(&client);
+    run_ok(go(&client, "app", &proxy).args(["get", &format!("{MODULE}@v1.0.0")]));
+    let output = run_ok(go(&client, "app", &proxy).args(["run", "."]));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "42");
+    let list = run_ok(go(&client, "app", &proxy).args(["list", "-m", "-versions", MODULE]));
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), format!("{MODULE} v1.0.0"));
+    for repo in ["go-store", "app"] {
+        assert_eq!(version_status(&wharf, repo, "go", MODULE, "v1.0.0").await, 200, "{repo}");
+    }
+
+    // The upstream gone, a fresh module cache still downloads it.
+    drop(public);
+    let offline = Workspace::new();
+    consumer(&offline);
+    std::fs::copy(client.path("app/go.mod"), offline.path("app/go.mod")).unwrap();
+    std::fs::copy(client.path("app/go.sum"), offline.path("app/go.sum")).unwrap();
+    let output = run_ok(go(&offline, "app", &proxy).args(["run", "."]));
+    let printed = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(printed.contains(&format!("go: downloading {MODULE} v1.0.0")), "{printed}");
+    assert_eq!(printed.lines().last(), Some("42"), "{printed}");
 }

@@ -13,7 +13,7 @@ use crate::core::policy::{self, Chain, EffectivePolicy, ExternalHop};
 use crate::core::{
     CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, VersionStatus,
 };
-use crate::formats::{cargo, npm, pypi};
+use crate::formats::{cargo, go, npm, pypi};
 use crate::storage::BlobDigests;
 
 /// Key of an unstored upstream asset's metadata holding its URL (the same
@@ -24,6 +24,8 @@ const UPSTREAM_URL: &str = npm::upstream::UPSTREAM_URL;
 pub struct View {
     pub index: PackageIndex,
     pub chain: Chain,
+    /// How long upstream metadata read for this view may be reused.
+    pub metadata_ttl: std::time::Duration,
 }
 
 /// Whether a read of `repo` can involve anything but `repo` itself.
@@ -125,6 +127,26 @@ async fn external_index(
                 |link: &str| page.join(link).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(String::from);
             pypi::upstream_index(&body, &id.name, name, resolve).map(Some).map_err(|e| unreadable(&e))
         }
+        PackageFormat::Go => {
+            let module_base = format!("{base}/{}/@v/", go::escape(&id.name));
+            let document = state
+                .upstream
+                .metadata(name, &format!("{module_base}list"), "text/plain", ttl)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, style))?;
+            let Some(body) = document.body else { return Ok(None) };
+            let mut index = go::upstream_index(&body, &id.name, name, &module_base);
+            if effective.minimum_release_age.value.is_some() {
+                // Cooldown needs dates, which only each version's `.info`
+                // carries; a version whose date cannot be read counts as new.
+                for (version, entry) in index.versions.iter_mut() {
+                    let url = format!("{module_base}{}.info", go::escape(version));
+                    let info = state.upstream.metadata(name, &url, "application/json", ttl).await.ok();
+                    entry.created = info.and_then(|d| d.body).and_then(|b| go::info_time(&b)).unwrap_or_else(Utc::now);
+                }
+            }
+            Ok(Some(index))
+        }
         PackageFormat::Cargo => {
             // The sparse index: `config.json` says where crates download
             // from; the index file is found by the name as cargo spelled it.
@@ -186,7 +208,7 @@ pub async fn view(
         (Some(local), None) => local,
     };
     policy::apply_policy(&mut index, id, &effective, Utc::now());
-    Ok(Some(View { index, chain }))
+    Ok(Some(View { index, chain, metadata_ttl: effective.metadata_ttl.value }))
 }
 
 /// The stored digests of `asset_name` of `version` in the view, fetching
@@ -280,6 +302,25 @@ pub async fn stored_asset(
     state.registry.claim_origin(id, origin).await.map_err(core_error(style))?;
     tracing::info!(package = %id.name, version, asset = asset_name, connection, "fetched from upstream");
     Ok(digests)
+}
+
+/// A small upstream document about a version not stored here (Go's
+/// `.info`), through the metadata cache; `None` when the upstream has none.
+pub async fn upstream_document(
+    state: &SharedState,
+    view: &View,
+    format: PackageFormat,
+    url: &str,
+    accept: &str,
+    style: ErrorStyle,
+) -> Result<Option<bytes::Bytes>, ApiError> {
+    let Some(hop) = view.chain.external(format) else { return Ok(None) };
+    let document = state
+        .upstream
+        .metadata(&hop.connection.name, url, accept, view.metadata_ttl)
+        .await
+        .map_err(|e| ApiError::from_upstream(&e, style))?;
+    Ok(document.body)
 }
 
 /// Refuses a direct publish the origin controls forbid (403), and a

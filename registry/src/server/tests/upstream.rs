@@ -521,3 +521,46 @@ async fn cargo_reads_a_sparse_index_upstream_and_keeps_what_it_fetched() {
     assert_eq!(index.status, StatusCode::OK, "{}", index.text());
     assert_eq!(app.get("/cargo/app/api/v1/crates/demo-crate/1.0.0/download", None).await.body, first);
 }
+
+#[tokio::test]
+async fn go_lists_hide_young_versions_and_info_carries_the_upstream_time() {
+    let public = PublicRegistry::start().await;
+    let config = CHAIN_CONFIG
+        .replace(
+            "    - {name: public-npm, format: npm, url: \"http://127.0.0.1:9/npm/public\"}\n",
+            &format!(
+                "    - {{name: public-npm, format: npm, url: \"http://127.0.0.1:9/npm/public\"}}\n    - {{name: public-go, format: go, url: \"{}/go/public\"}}\n",
+                public.url
+            ),
+        )
+        .replace("upstreams: [{name: internal}, {name: npm-store}]", "upstreams: [{name: internal}, {name: npm-store}, {name: go-store}]")
+        .replace("      minimumReleaseAge: 72h\n", "    - patterns: [\"/go/*\"]\n      minimumReleaseAge: 3s\n")
+        + "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: go-store, namespace: wharf}\nspec:\n  domainRef: {name: acme}\n  externalConnection: public-go\n  access: {read: [{kind: Anonymous}]}\n";
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+    let token = public.app.token(&["public"], &["publish"]).await;
+    let module = "example.internal/Acme/m";
+    for version in ["v1.0.0", "v1.1.0"] {
+        let zip = super::go_module(module, version, "", "package m\n");
+        let reply = public
+            .app
+            .put_bytes(&format!("/go/public/example.internal/!acme/m/@v/{version}.zip"), Some(&token), zip)
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        if version == "v1.0.0" {
+            tokio::time::sleep(Duration::from_millis(3200)).await;
+        }
+    }
+    let list = app.get("/go/app/example.internal/!acme/m/@v/list", None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text());
+    assert_eq!(list.text(), "v1.0.0\n", "v1.1.0 is younger than the cooldown");
+    let latest = app.get("/go/app/example.internal/!acme/m/@latest", None).await.json();
+    assert_eq!(latest["Version"], "v1.0.0");
+    let upstream_info = public.app.get("/go/public/example.internal/!acme/m/@v/v1.0.0.info", None).await.json();
+    assert_eq!(latest["Time"], upstream_info["Time"]);
+    assert_eq!(app.get("/go/app/example.internal/!acme/m/@v/v1.1.0.zip", None).await.status, StatusCode::NOT_FOUND);
+    let zip = app.get("/go/app/example.internal/!acme/m/@v/v1.0.0.zip", None).await;
+    assert_eq!(zip.status, StatusCode::OK, "{}", zip.text());
+    assert_eq!(zip.body, super::go_module(module, "v1.0.0", "", "package m\n"));
+    let info = app.get("/go/app/example.internal/!acme/m/@v/v1.0.0.info", None).await.json();
+    assert_eq!(info["Time"], upstream_info["Time"], "the kept copy is dated as upstream dated it");
+}
