@@ -8,3 +8,4 @@ pub mod formats;
 pub mod server;
 pub mod startup;
 pub mod storage;
+pub mod upstream;

@@ -171,6 +171,12 @@ pub mod keys {
         path(["repositories", repo, format, name, "versions", version, "assets", &file])
     }
 
+    /// The per-Domain first-version origin of a package name.
+    pub fn package_origin(format: &str, name: &str) -> Path {
+        let file = format!("{name}.json");
+        path(["origins", format, &file])
+    }
+
     pub fn token_signing_key() -> Path {
         path(["keys", "token-signing"])
     }

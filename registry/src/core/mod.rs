@@ -9,6 +9,7 @@
 //! of the same version indexes it (see [`Registry::publish_version`]).
 
 pub mod model;
+pub mod policy;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,14 @@ pub struct Rendered {
     pub etag: String,
 }
 
+impl Rendered {
+    /// A body with its entity tag (a digest of the bytes).
+    pub fn of(body: Bytes) -> Self {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
+        Rendered { etag: format!("\"{}\"", hex::encode(&digest[..12])), body }
+    }
+}
+
 impl PackageSnapshot {
     fn new(revision: u64, index: PackageIndex) -> Self {
         PackageSnapshot { revision, index, renders: Mutex::new(HashMap::new()) }
@@ -70,9 +79,7 @@ impl PackageSnapshot {
         if let Some(hit) = self.renders.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             return hit.clone();
         }
-        let body = render(&self.index);
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
-        let rendered = Rendered { etag: format!("\"{}\"", hex::encode(&digest[..12])), body };
+        let rendered = Rendered::of(render(&self.index));
         let mut renders = self.renders.lock().unwrap_or_else(|e| e.into_inner());
         if renders.len() > 16 {
             renders.clear();
@@ -124,12 +131,19 @@ impl CachedPackage {
 pub struct Registry {
     storage: Storage,
     packages: Mutex<HashMap<CacheKey, Arc<CachedPackage>>>,
+    /// Origin records seen; they are create-once, so never stale.
+    origins: Mutex<HashMap<PackageId, PackageOrigin>>,
     epoch: Instant,
 }
 
 impl Registry {
     pub fn new(storage: Storage) -> Self {
-        Registry { storage, packages: Mutex::new(HashMap::new()), epoch: Instant::now() }
+        Registry {
+            storage,
+            packages: Mutex::new(HashMap::new()),
+            origins: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -246,6 +260,7 @@ impl Registry {
                         assets: record.assets.iter().map(|a| (a.name.clone(), a.clone())).collect(),
                         deprecated: None,
                         withdrawn: false,
+                        fetched_from: None,
                     },
                 );
                 changed = true;
@@ -282,6 +297,84 @@ impl Registry {
                 id.format.as_str()
             ))),
         }
+    }
+
+    /// Keeps a file fetched through an external connection in `repo`, so it
+    /// keeps installing when the upstream is down or deletes it. The bytes
+    /// are already staged; the version is Published, dated `created` (the
+    /// upstream's date, which cooldown compares) and marked with its origin.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn retain_fetched(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        display_name: &str,
+        version: &str,
+        version_metadata: serde_json::Value,
+        created: chrono::DateTime<Utc>,
+        connection: &str,
+        asset: NewAsset,
+    ) -> Result<PublishOutcome, CoreError> {
+        let rules = FileRules::Fetched { created, connection };
+        self.add_file(repo, id, display_name, version, version_metadata, rules, asset).await
+    }
+
+    /// The package as seen through a chain of Repositories, searched in
+    /// order: a version comes from the first Repository holding it, and so
+    /// does a tag (the requesting Repository's own tags win). Repositories
+    /// `admits` refuses are skipped. `None` when none holds the package.
+    pub async fn resolve_package(
+        &self,
+        repositories: &[String],
+        id: &PackageId,
+        admits: impl Fn(&str) -> bool,
+    ) -> Result<Option<PackageIndex>, CoreError> {
+        let mut merged: Option<PackageIndex> = None;
+        for repo in repositories.iter().filter(|repo| admits(repo)) {
+            if let Some(snapshot) = self.package(repo, id).await? {
+                match merged.as_mut() {
+                    None => merged = Some(snapshot.index.clone()),
+                    Some(merged) => merge_index(merged, &snapshot.index),
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The recorded first-version origin of a name in the Domain, if any.
+    pub async fn package_origin(&self, id: &PackageId) -> Result<Option<PackageOrigin>, CoreError> {
+        if let Some(known) = self.origins.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(Some(known.clone()));
+        }
+        let origin: Option<PackageOrigin> =
+            self.storage.read_json(&keys::package_origin(id.format.as_str(), &id.name)).await?;
+        if let Some(origin) = &origin {
+            self.remember_origin(id, origin);
+        }
+        Ok(origin)
+    }
+
+    fn remember_origin(&self, id: &PackageId, origin: &PackageOrigin) {
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        if origins.len() >= MAX_CACHED_PACKAGES {
+            origins.clear();
+        }
+        origins.insert(id.clone(), origin.clone());
+    }
+
+    /// Records how the first version of a name reached the Domain. Create-once,
+    /// so replicas agree: the first claim is kept and returned to every caller.
+    pub async fn claim_origin(&self, id: &PackageId, origin: PackageOrigin) -> Result<PackageOrigin, CoreError> {
+        if let Some(known) = self.origins.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(known.clone());
+        }
+        let key = keys::package_origin(id.format.as_str(), &id.name);
+        let kept = match self.storage.create_json(&key, &origin).await? {
+            Created::Created => origin,
+            Created::AlreadyExists(kept) => kept,
+        };
+        self.remember_origin(id, &kept);
+        Ok(kept)
     }
 
     /// Adds one file to a version, creating the version on its first file
@@ -338,10 +431,13 @@ impl Registry {
         display_name: &str,
         version: &str,
         version_metadata: serde_json::Value,
-        rules: FileRules,
+        rules: FileRules<'_>,
         asset: NewAsset,
     ) -> Result<PublishOutcome, CoreError> {
-        let now = Utc::now();
+        let now = match rules {
+            FileRules::Fetched { created, .. } => created,
+            _ => Utc::now(),
+        };
         let format = id.format.as_str();
         let record =
             VersionRecord { version: version.to_owned(), created: now, metadata: version_metadata, assets: Vec::new() };
@@ -368,6 +464,11 @@ impl Registry {
             let initial_status = match rules {
                 FileRules::Release { initial_status } => initial_status,
                 FileRules::Open { .. } => VersionStatus::Unfinished,
+                FileRules::Fetched { .. } => VersionStatus::Published,
+            };
+            let fetched_from = match rules {
+                FileRules::Fetched { connection, .. } => Some(connection.to_owned()),
+                _ => None,
             };
             let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
                 status: initial_status,
@@ -376,6 +477,7 @@ impl Registry {
                 assets: Default::default(),
                 deprecated: None,
                 withdrawn: false,
+                fetched_from,
             });
             let mut changed = false;
             if !entry.assets.contains_key(&asset.name) {
@@ -384,6 +486,7 @@ impl Registry {
                         !matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed)
                     }
                     FileRules::Open { .. } => entry.status == VersionStatus::Unfinished,
+                    FileRules::Fetched { .. } => entry.status.is_installable(),
                 };
                 if !accepts {
                     return Err(closed_version(version, entry.status));
@@ -669,9 +772,19 @@ impl Registry {
 /// How a file joins its version (see [`Registry::add_asset`] and
 /// [`Registry::add_asset_to_open_version`]).
 #[derive(Clone, Copy)]
-enum FileRules {
-    Release { initial_status: VersionStatus },
-    Open { finalize: bool },
+enum FileRules<'a> {
+    Release {
+        initial_status: VersionStatus,
+    },
+    Open {
+        finalize: bool,
+    },
+    /// A copy of an upstream file: Published, dated as upstream dated it,
+    /// marked with the connection it came through.
+    Fetched {
+        created: chrono::DateTime<Utc>,
+        connection: &'a str,
+    },
 }
 
 fn closed_version(version: &str, status: VersionStatus) -> CoreError {
@@ -707,6 +820,22 @@ fn apply_withdrawals(index: &mut PackageIndex, withdrawn: &BTreeSet<String>) -> 
     changed
 }
 
+/// Adds what `later` has and `first` lacks: versions, and tags whose name
+/// `first` does not use. `first` is searched before `later`, so its values win.
+pub fn merge_index(first: &mut PackageIndex, later: &PackageIndex) {
+    for (version, entry) in &later.versions {
+        first.versions.entry(version.clone()).or_insert_with(|| entry.clone());
+    }
+    for (tag, version) in &later.tags {
+        first.tags.entry(tag.clone()).or_insert_with(|| version.clone());
+    }
+    first.created = match (first.created, later.created) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    first.modified = first.modified.max(later.modified);
+}
+
 fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name && x.digests.sha256 == y.digests.sha256)
 }
@@ -714,7 +843,7 @@ fn same_assets(a: &[AssetRef], b: &[AssetRef]) -> bool {
 /// `latest` must name a listed version whenever one exists: retarget it to
 /// the newest listed version when it names a version that is gone or hidden.
 /// Ordering is by publish time; formats with their own ordering set the tag.
-fn repair_latest(index: &mut PackageIndex) {
+pub fn repair_latest(index: &mut PackageIndex) {
     let valid =
         index.tags.get("latest").and_then(|v| index.versions.get(v)).is_some_and(|entry| entry.status.is_listed());
     if valid {
@@ -1109,5 +1238,97 @@ mod tests {
         let snapshot = registry.package("main", &id).await.unwrap().unwrap();
         assert_eq!(snapshot.index.versions["1.0.0"].deprecated.as_deref(), Some("use 2"));
         assert!(!snapshot.index.tags.contains_key("beta"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_origin_claims_keep_exactly_one() {
+        let registry = registry();
+        let id = npm("contested");
+        let claims = (0..16).map(|i| {
+            let registry = registry.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let kind = if i % 2 == 0 { OriginKind::Direct } else { OriginKind::External };
+                let origin = PackageOrigin {
+                    kind,
+                    repository: format!("repo-{i}"),
+                    connection: None,
+                    version: "1.0.0".into(),
+                    recorded: Utc::now(),
+                };
+                registry.claim_origin(&id, origin).await.unwrap()
+            })
+        });
+        let kept: Vec<PackageOrigin> =
+            futures::future::join_all(claims).await.into_iter().map(|r| r.unwrap()).collect();
+        assert!(kept.iter().all(|origin| *origin == kept[0]), "every claimant sees the one winner");
+        assert_eq!(registry.package_origin(&id).await.unwrap(), Some(kept[0].clone()));
+    }
+
+    #[tokio::test]
+    async fn fetched_versions_keep_upstream_date_and_origin_and_refuse_other_bytes() {
+        let registry = registry();
+        let id = npm("fetched");
+        let upstream_date = Utc::now() - chrono::Duration::days(3);
+        let digests = blob(&registry, b"upstream bytes").await;
+        let asset =
+            |digests: BlobDigests| NewAsset { name: "fetched-1.0.0.tgz".into(), digests, metadata: Default::default() };
+        for _ in 0..2 {
+            let outcome = registry
+                .retain_fetched(
+                    "store",
+                    &id,
+                    "fetched",
+                    "1.0.0",
+                    serde_json::json!({}),
+                    upstream_date,
+                    "public",
+                    asset(digests.clone()),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(outcome, PublishOutcome::Created | PublishOutcome::AlreadyPublished));
+        }
+        let snapshot = registry.package("store", &id).await.unwrap().unwrap();
+        let entry = &snapshot.index.versions["1.0.0"];
+        assert_eq!(entry.status, VersionStatus::Published);
+        assert_eq!(entry.created, upstream_date);
+        assert_eq!(entry.fetched_from.as_deref(), Some("public"));
+        let other = blob(&registry, b"other bytes").await;
+        let refused = registry
+            .retain_fetched(
+                "store",
+                &id,
+                "fetched",
+                "1.0.0",
+                serde_json::json!({}),
+                upstream_date,
+                "public",
+                asset(other),
+            )
+            .await;
+        assert!(matches!(refused, Err(CoreError::Conflict(_))), "{refused:?}");
+        // A direct publish of a fetched version is refused too.
+        let direct = registry.publish_version("store", &id, "fetched", version("1.0.0", digests)).await;
+        assert!(matches!(direct, Err(CoreError::Conflict(_))), "{direct:?}");
+    }
+
+    #[tokio::test]
+    async fn chains_resolve_in_order_and_skip_what_is_not_admitted() {
+        let registry = registry();
+        let id = npm("pkg");
+        let first = blob(&registry, b"first").await;
+        let second = blob(&registry, b"second").await;
+        registry.publish_version("a", &id, "pkg", version("1.0.0", first.clone())).await.unwrap();
+        registry.publish_version("b", &id, "pkg", version("1.0.0", second.clone())).await.unwrap();
+        registry.publish_version("b", &id, "pkg", version("2.0.0", second.clone())).await.unwrap();
+        let chain = ["a".to_owned(), "b".to_owned()];
+        let merged = registry.resolve_package(&chain, &id, |_| true).await.unwrap().unwrap();
+        assert_eq!(merged.versions["1.0.0"].assets["pkg-1.0.0.tgz"].digests.sha256, first.sha256);
+        assert!(merged.versions.contains_key("2.0.0"));
+        assert_eq!(merged.tags["latest"], "1.0.0", "the first repository's tag wins");
+        let only_a = registry.resolve_package(&chain, &id, |r| r == "a").await.unwrap().unwrap();
+        assert!(!only_a.versions.contains_key("2.0.0"));
+        assert!(registry.resolve_package(&chain, &npm("none"), |_| true).await.unwrap().is_none());
     }
 }

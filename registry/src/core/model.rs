@@ -101,6 +101,10 @@ pub struct VersionEntry {
     /// publish of the package, cleared by any operator status change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub withdrawn: bool,
+    /// The external connection this version was fetched through; `None`
+    /// for versions published to the Domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<String>,
 }
 
 /// The read model of a package: every version with its status, and the
@@ -145,4 +149,29 @@ pub enum PublishOutcome {
     Created,
     /// The same bytes were already published: nothing changed.
     AlreadyPublished,
+}
+
+/// How the first version of a name reached the Domain; decides, unless a
+/// policy rule does, whether the name may be published directly or served
+/// from an external connection (dependency-confusion defence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OriginKind {
+    /// Published directly to a Repository of the Domain: the name is reserved.
+    Direct,
+    /// Fetched through an external connection: direct publishing is refused.
+    External,
+}
+
+/// The create-once, per-Domain record of a name's first version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageOrigin {
+    pub kind: OriginKind,
+    /// The Repository the first version arrived in.
+    pub repository: String,
+    /// The external connection it came through, for [`OriginKind::External`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    pub version: String,
+    pub recorded: DateTime<Utc>,
 }

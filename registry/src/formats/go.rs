@@ -919,6 +919,57 @@ pub fn render_info(version: &str, entry: &VersionEntry) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// Key of an upstream asset's metadata holding where to fetch it.
+pub const UPSTREAM_URL: &str = "upstreamUrl";
+
+/// An upstream proxy's `@v/list` as versions not stored here, each with
+/// its `.mod` and `.zip` at `module_base` (the module's `…/@v/` URL).
+/// Dates are unknown until `.info` is read ([`info_time`]); until then a
+/// version is dated `UNIX_EPOCH`. The go command checks the bytes against
+/// its checksum database and go.sum; the proxy protocol declares no digests.
+pub fn upstream_index(list: &[u8], path: &str, connection: &str, module_base: &str) -> PackageIndex {
+    let mut index = PackageIndex { display_name: path.to_owned(), ..Default::default() };
+    let text = String::from_utf8_lossy(list);
+    for version in text.lines().map(str::trim).filter(|v| parse_version(v).is_ok()) {
+        let asset = |name: String, extension: &str| {
+            let url = format!("{module_base}{}.{extension}", escape(version));
+            let asset = crate::core::AssetRef {
+                name: name.clone(),
+                digests: crate::storage::BlobDigests {
+                    sha256: String::new(),
+                    sha512: String::new(),
+                    sha1: String::new(),
+                    md5: String::new(),
+                    size: 0,
+                },
+                created: DateTime::UNIX_EPOCH,
+                metadata: json!({UPSTREAM_URL: url}),
+            };
+            (name, asset)
+        };
+        index.versions.insert(
+            version.to_owned(),
+            VersionEntry {
+                status: crate::core::VersionStatus::Published,
+                created: DateTime::UNIX_EPOCH,
+                metadata: json!({"module": path, "hasGoMod": true, "retract": []}),
+                assets: [asset(mod_asset(version), "mod"), asset(zip_asset(version), "zip")].into(),
+                deprecated: None,
+                withdrawn: false,
+                fetched_from: Some(connection.to_owned()),
+            },
+        );
+    }
+    index
+}
+
+/// The `Time` of an `.info` document.
+pub fn info_time(body: &[u8]) -> Option<DateTime<Utc>> {
+    let info: Value = serde_json::from_slice(body).ok()?;
+    let time = info.get("Time")?.as_str()?;
+    DateTime::parse_from_rfc3339(time).ok().map(|t| t.with_timezone(&Utc))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1184,6 +1235,7 @@ retract (
             assets: Default::default(),
             deprecated: None,
             withdrawn: false,
+            fetched_from: None,
         }
     }
 
@@ -1266,5 +1318,31 @@ retract (
         assert!(matches!(parse_request("example.com/m!/@v/list"), Err(GoError::InvalidEscape { .. })));
         assert!(matches!(parse_request("example/m/@v/list"), Err(GoError::InvalidPath { .. })));
         assert!(matches!(parse_request("example.com/m/@v/V1.0.0.info"), Err(GoError::InvalidEscape { .. })));
+    }
+
+    #[test]
+    fn upstream_lists_become_unstored_versions() {
+        let index = upstream_index(
+            b"v1.0.0\nnot-a-version\nv1.1.0-rc.1\n",
+            "example.internal/Acme/m",
+            "pub",
+            "http://up/example.internal/!acme/m/@v/",
+        );
+        assert_eq!(index.versions.keys().collect::<Vec<_>>(), ["v1.0.0", "v1.1.0-rc.1"]);
+        let entry = &index.versions["v1.0.0"];
+        assert_eq!(
+            entry.assets["v1.0.0.zip"].metadata[UPSTREAM_URL],
+            "http://up/example.internal/!acme/m/@v/v1.0.0.zip"
+        );
+        assert_eq!(
+            entry.assets["v1.0.0.mod"].metadata[UPSTREAM_URL],
+            "http://up/example.internal/!acme/m/@v/v1.0.0.mod"
+        );
+        assert_eq!(entry.fetched_from.as_deref(), Some("pub"));
+        assert_eq!(
+            info_time(br#"{"Version":"v1.0.0","Time":"2023-04-05T06:07:08Z"}"#).unwrap().to_rfc3339(),
+            "2023-04-05T06:07:08+00:00"
+        );
+        assert!(info_time(b"{}").is_none());
     }
 }

@@ -969,6 +969,7 @@ mod tests {
                 .collect(),
             deprecated: None,
             withdrawn: false,
+            fetched_from: None,
         }
     }
 

@@ -396,6 +396,70 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// Key of an upstream file's metadata holding where to fetch it.
+pub const UPSTREAM_URL: &str = "upstreamUrl";
+
+/// An upstream project page in PEP 691 JSON as a package index of files
+/// not stored here: each asset carries its absolute upstream URL (`resolve`
+/// turns the page's possibly relative links into one) and the declared
+/// SHA-256 the fetched bytes must match; every version is marked with
+/// `connection`. Files without a SHA-256 or with a name that does not
+/// parse as this project's distribution are left out.
+pub fn upstream_index(
+    body: &[u8],
+    project: &str,
+    connection: &str,
+    resolve: impl Fn(&str) -> Option<String>,
+) -> Result<PackageIndex, PypiError> {
+    let invalid = |reason: String| PypiError::InvalidArchive { name: format!("upstream page of {project}"), reason };
+    let document: Value = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let files = document.get("files").and_then(Value::as_array).ok_or_else(|| invalid("no files array".into()))?;
+    let mut index = PackageIndex { display_name: project.to_owned(), ..Default::default() };
+    for file in files {
+        let text = |key: &str| file.get(key).and_then(Value::as_str);
+        let (Some(filename), Some(url)) = (text("filename"), text("url")) else { continue };
+        let Ok(parsed) = parse_filename(filename) else { continue };
+        let sha256 = file.get("hashes").and_then(|h| h.get("sha256")).and_then(Value::as_str);
+        let Some(sha256) = sha256.filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())) else {
+            continue;
+        };
+        let Some(url) = resolve(url) else { continue };
+        if parsed.project != project {
+            continue;
+        }
+        let created = text("upload-time")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            // Unknown age (PEP 700 is optional): treated as old.
+            .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+        let yanked = file.get("yanked").is_some_and(|y| y.as_bool().unwrap_or(y.is_string()));
+        let asset = crate::core::AssetRef {
+            name: filename.to_owned(),
+            digests: crate::storage::BlobDigests {
+                sha256: sha256.to_ascii_lowercase(),
+                sha512: String::new(),
+                sha1: String::new(),
+                md5: String::new(),
+                size: file.get("size").and_then(Value::as_u64).unwrap_or(0),
+            },
+            created,
+            metadata: json!({UPSTREAM_URL: url, "requires_python": text("requires-python")}),
+        };
+        let entry = index.versions.entry(parsed.version).or_insert_with(|| crate::core::VersionEntry {
+            status: if yanked { VersionStatus::Unlisted } else { VersionStatus::Published },
+            created,
+            metadata: json!({}),
+            assets: Default::default(),
+            deprecated: None,
+            withdrawn: false,
+            fetched_from: Some(connection.to_owned()),
+        });
+        entry.created = entry.created.min(created);
+        entry.assets.insert(filename.to_owned(), asset);
+    }
+    Ok(index)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -480,5 +544,33 @@ mod tests {
     #[test]
     fn html_escapes() {
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#x27;");
+    }
+
+    #[test]
+    fn upstream_pages_become_unstored_versions() {
+        let sha = "c".repeat(64);
+        let body = json!({
+            "name": "demo",
+            "files": [
+                {"filename": "demo-1.0.tar.gz", "url": "../../files/demo/1.0/demo-1.0.tar.gz", "hashes": {"sha256": sha}, "upload-time": "2021-02-03T04:05:06.000000Z", "size": 10},
+                {"filename": "demo-1.1-py3-none-any.whl", "url": "http://up/demo-1.1-py3-none-any.whl", "hashes": {"sha256": sha}, "yanked": "broken"},
+                {"filename": "demo-2.0.tar.gz", "url": "http://up/demo-2.0.tar.gz", "hashes": {}},
+                {"filename": "other-3.0.tar.gz", "url": "http://up/other-3.0.tar.gz", "hashes": {"sha256": sha}},
+                {"filename": "../evil-1.0.tar.gz", "url": "http://up/evil", "hashes": {"sha256": sha}}
+            ]
+        });
+        let resolve =
+            |url: &str| Some(if url.starts_with("http") { url.to_owned() } else { format!("http://up/x/{url}") });
+        let index = upstream_index(body.to_string().as_bytes(), "demo", "pub", resolve).unwrap();
+        assert_eq!(index.versions.keys().collect::<Vec<_>>(), ["1.0", "1.1"]);
+        let old = &index.versions["1.0"];
+        assert_eq!(old.created.to_rfc3339(), "2021-02-03T04:05:06+00:00");
+        assert_eq!(
+            old.assets["demo-1.0.tar.gz"].metadata[UPSTREAM_URL],
+            "http://up/x/../../files/demo/1.0/demo-1.0.tar.gz"
+        );
+        assert_eq!(old.assets["demo-1.0.tar.gz"].digests.size, 10);
+        assert_eq!(index.versions["1.1"].status, VersionStatus::Unlisted);
+        assert!(upstream_index(b"{}", "demo", "pub", resolve).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The management API under `/api/v1/`: tokens, repositories, versions and
-//! their statuses.
+//! their statuses, and the effective origin configuration of a package.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -13,6 +13,7 @@ use wharf_api::PackageFormat;
 use super::credentials::authenticate;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::auth::{Permission, Principal, TokenClaims};
+use crate::core::policy::{self, Decided};
 use crate::core::{PackageId, VersionStatus};
 use crate::formats;
 
@@ -224,4 +225,55 @@ pub async fn set_status(
         .await
         .map_err(|e| ApiError::from_core(e, STYLE))?;
     Ok(Json(json!({"version": version, "status": request.status.as_str()})).into_response())
+}
+
+/// A restriction and the rule that set it, for the origin report.
+fn decided_restriction(decided: &Decided<Option<wharf_api::Restriction>>) -> serde_json::Value {
+    json!({"restriction": decided.value, "source": decided.source})
+}
+
+/// `GET …/packages/{format}/{package}/origin`: the effective origin
+/// configuration of a package in a repository and what produced each part.
+pub async fn origin(
+    Path((repo, format, package)): Path<(String, String, String)>,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let repository = state.repository(&repo, STYLE)?;
+    state.authorize(&headers, repository, Permission::Read, STYLE)?;
+    let id = package_id(&format, &package)?;
+    let effective = policy::evaluate(&state.config, &repo, &id);
+    let chain = policy::resolution_order(&state.config, &repo);
+    let first = state.registry.package_origin(&id).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let blocked: Vec<_> =
+        effective.blocked_versions.iter().map(|b| json!({"entry": b.value.to_string(), "source": b.source})).collect();
+    Ok(Json(json!({
+        "repository": repo,
+        "format": id.format.as_str(),
+        "package": id.name,
+        "chain": chain.repositories,
+        "externalConnection": chain.external(id.format).map(|hop| json!({
+            "name": hop.connection.name,
+            "url": hop.connection.url,
+            "heldBy": hop.holder,
+        })),
+        "publish": decided_restriction(&effective.publish),
+        "externalUpstream": decided_restriction(&effective.external_upstream),
+        "internalUpstream": decided_restriction(&effective.internal_upstream),
+        "minimumReleaseAge": {
+            "value": effective.minimum_release_age.value.map(wharf_api::format_duration),
+            "source": effective.minimum_release_age.source,
+        },
+        "blockedVersions": blocked,
+        "metadataTTL": {
+            "value": wharf_api::format_duration(effective.metadata_ttl.value),
+            "source": effective.metadata_ttl.source,
+        },
+        "firstVersionOrigin": first,
+        "effective": {
+            "publish": policy::may_publish(&effective, first.as_ref(), &repo),
+            "externalUpstream": policy::may_fetch_external(&effective, first.as_ref(), &repo),
+        },
+    }))
+    .into_response())
 }

@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use wharf_api::{PackageFormat, Repository};
 
 use super::metrics::Operation;
-use super::{ApiError, ErrorStyle, SharedState, blob};
+use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, VersionStatus};
+use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, Rendered, VersionStatus};
 use crate::formats::cargo::archive::{self, ArchiveLimits};
 use crate::formats::cargo::framing::{FrameEvent, PublishFrameReader};
 use crate::formats::cargo::{self as format, NewCrateVersion};
@@ -80,18 +80,28 @@ pub async fn index_file(
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         let name = format::name_from_index_path(&path).map_err(bad_request)?;
         let missing = || ApiError::not_found(format!("crate {name} not found"), STYLE);
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &crate_id(&name))
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(missing)?;
-        // Only the kept spelling has an index file; cargo offers the other
-        // spelling itself when a lookup fails.
-        if snapshot.index.display_name.to_ascii_lowercase() != name {
-            return Err(missing());
-        }
-        let rendered = snapshot.rendered("cargo:index", format::render_index_file);
+        let rendered = if upstream::has_chain(&state, repo_name(repo)) {
+            // Rendered per request: upstreams and the clock (cooldown) change it.
+            let view =
+                upstream::view(&state, repo_name(repo), &crate_id(&name), &name, STYLE).await?.ok_or_else(missing)?;
+            if view.index.display_name.to_ascii_lowercase() != name {
+                return Err(missing());
+            }
+            Rendered::of(format::render_index_file(&view.index))
+        } else {
+            let snapshot = state
+                .registry
+                .package(repo_name(repo), &crate_id(&name))
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?
+                .ok_or_else(missing)?;
+            // Only the kept spelling has an index file; cargo offers the other
+            // spelling itself when a lookup fails.
+            if snapshot.index.display_name.to_ascii_lowercase() != name {
+                return Err(missing());
+            }
+            snapshot.rendered("cargo:index", format::render_index_file)
+        };
         if rendered.body.is_empty() {
             return Err(missing());
         }
@@ -123,6 +133,13 @@ pub async fn download(
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         let (id, key) = crate_and_version(&krate, &version)?;
         let missing = || ApiError::not_found(format!("{krate}@{version} not found"), STYLE);
+        if upstream::has_chain(&state, repo_name(repo)) {
+            let view = upstream::view(&state, repo_name(repo), &id, &krate, STYLE).await?.ok_or_else(missing)?;
+            let file =
+                view.index.versions.get(&key).and_then(|e| e.assets.keys().next().cloned()).ok_or_else(missing)?;
+            let digests = upstream::stored_asset(&state, repo_name(repo), &view, &id, &key, &file, STYLE).await?;
+            return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE).await;
+        }
         let snapshot = state
             .registry
             .package(repo_name(repo), &id)
@@ -261,6 +278,8 @@ async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, bod
 
     let repo_name = repo_name(repo);
     let id = crate_id(&name);
+    let key = format::version_key(&new.version);
+    upstream::check_publish(state, repo_name, &id, &name, &key, STYLE).await?;
     state.registry.claim_spelling(repo_name, &id, &name).await.map_err(|e| ApiError::from_core(e, STYLE))?;
     let mut metadata = new.metadata;
     metadata["publisher"] = json!(principal.name());
@@ -293,6 +312,7 @@ async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, bod
             ),
             other => ApiError::from_core(other, STYLE),
         })?;
+    upstream::record_publish(state, repo_name, &id, &key, outcome, STYLE).await?;
     let other: Vec<String> = match outcome {
         PublishOutcome::Created => Vec::new(),
         PublishOutcome::AlreadyPublished => {

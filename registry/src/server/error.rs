@@ -74,6 +74,14 @@ impl ApiError {
         }
     }
 
+    /// An external connection failed: 504 when it did not answer in time,
+    /// 502 otherwise; the message names the connection and the URL.
+    pub fn from_upstream(error: &crate::upstream::UpstreamError, style: ErrorStyle) -> Self {
+        let status = if error.is_timeout() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+        tracing::warn!(error = %super::error_chain(error), "upstream request failed");
+        Self::new(status, error.to_string(), style)
+    }
+
     pub fn internal(error: &dyn std::error::Error, style: ErrorStyle) -> Self {
         tracing::error!(error = %super::error_chain(error), "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the registry's log", style)

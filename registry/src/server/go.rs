@@ -12,7 +12,7 @@ use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
 use super::metrics::Operation;
-use super::{ApiError, ErrorStyle, SharedState, blob};
+use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
 use crate::formats::go::{self as format, FileKind, ProxyRequest};
@@ -116,12 +116,25 @@ fn document(rendered: Rendered, content_type: &'static str, headers: &HeaderMap)
 
 async fn list(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Read, STYLE)?;
+    if upstream::has_chain(state, repo_name(repo)) {
+        let view = chained(state, repo, path).await?;
+        return Ok(document(Rendered::of(format::render_list(&view.index)), TEXT, headers));
+    }
     let snapshot = module(state, repo, path).await?;
     Ok(document(snapshot.rendered("go:list", format::render_list), TEXT, headers))
 }
 
 async fn latest(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Read, STYLE)?;
+    if upstream::has_chain(state, repo_name(repo)) {
+        let mut view = chained(state, repo, path).await?;
+        let version = format::latest(&view.index)
+            .map(|(version, _)| version.to_owned())
+            .ok_or_else(|| ApiError::not_found(format!("module {path} has no listed versions"), STYLE))?;
+        date_from_upstream(state, &mut view, &version).await?;
+        let entry = &view.index.versions[&version];
+        return Ok(document(Rendered::of(format::render_info(&version, entry)), "application/json", headers));
+    }
     let snapshot = module(state, repo, path).await?;
     if format::latest(&snapshot.index).is_none() {
         return Err(ApiError::not_found(format!("module {path} has no listed versions"), STYLE));
@@ -130,6 +143,39 @@ async fn latest(state: &SharedState, repo: &Repository, path: &str, headers: &He
         format::latest(index).map(|(version, entry)| format::render_info(version, entry)).unwrap_or_default()
     });
     Ok(document(rendered, "application/json", headers))
+}
+
+/// The module as `repo` sees it through its chain.
+async fn chained(state: &SharedState, repo: &Repository, path: &str) -> Result<upstream::View, ApiError> {
+    upstream::view(state, repo_name(repo), &PackageId::new(PackageFormat::Go, path), path, STYLE)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("module {path} not found"), STYLE))
+}
+
+/// Dates a version not stored here by its upstream `.info`, so `.info`,
+/// `@latest` and the copy Wharf keeps carry the upstream's time.
+async fn date_from_upstream(state: &SharedState, view: &mut upstream::View, version: &str) -> Result<(), ApiError> {
+    let Some(entry) = view.index.versions.get(version) else { return Ok(()) };
+    let Some(url) = entry
+        .assets
+        .get(&format::zip_asset(version))
+        .and_then(|a| a.metadata.get(format::UPSTREAM_URL))
+        .and_then(|u| u.as_str())
+    else {
+        return Ok(());
+    };
+    if entry.created != chrono::DateTime::UNIX_EPOCH {
+        return Ok(());
+    }
+    let info_url = format!("{}.info", url.trim_end_matches(".zip"));
+    let body =
+        upstream::upstream_document(state, view, PackageFormat::Go, &info_url, "application/json", STYLE).await?;
+    if let Some(time) = body.and_then(|b| format::info_time(&b))
+        && let Some(entry) = view.index.versions.get_mut(version)
+    {
+        entry.created = time;
+    }
+    Ok(())
 }
 
 async fn file(
@@ -142,6 +188,24 @@ async fn file(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Read, STYLE)?;
+    if upstream::has_chain(state, repo_name(repo)) {
+        let mut view = chained(state, repo, path).await?;
+        date_from_upstream(state, &mut view, version).await?;
+        let entry = view
+            .index
+            .versions
+            .get(version)
+            .filter(|e| e.status.is_installable())
+            .ok_or_else(|| ApiError::not_found(format!("{path}@{version}: unknown version"), STYLE))?;
+        let (asset, content_type) = match kind {
+            FileKind::Info => return Ok(info_response(version, entry, method)),
+            FileKind::Mod => (format::mod_asset(version), TEXT),
+            FileKind::Zip => (format::zip_asset(version), "application/zip"),
+        };
+        let id = PackageId::new(PackageFormat::Go, path);
+        let digests = upstream::stored_asset(state, repo_name(repo), &view, &id, version, &asset, STYLE).await?;
+        return blob::serve(&state.registry, &digests, content_type, method, headers, STYLE).await;
+    }
     let snapshot = module(state, repo, path).await?;
     // Queries (`master`, `v1.2`) are for proxies backed by version
     // control; here only published versions exist, and 404 lets the go
@@ -155,21 +219,7 @@ async fn file(
         return Err(ApiError::not_found(format!("{path}@{version} is {}", entry.status.as_str()), STYLE));
     }
     let (asset, content_type) = match kind {
-        FileKind::Info => {
-            let body = format::render_info(version, entry);
-            let mut response = (
-                [
-                    (header::CONTENT_TYPE, "application/json"),
-                    (header::CACHE_CONTROL, "private, max-age=31536000, immutable"),
-                ],
-                body,
-            )
-                .into_response();
-            if *method == Method::HEAD {
-                *response.body_mut() = axum::body::Body::empty();
-            }
-            return Ok(response);
-        }
+        FileKind::Info => return Ok(info_response(version, entry, method)),
         FileKind::Mod => (format::mod_asset(version), TEXT),
         FileKind::Zip => (format::zip_asset(version), "application/zip"),
     };
@@ -178,6 +228,19 @@ async fn file(
         .get(&asset)
         .ok_or_else(|| ApiError::not_found(format!("{path}@{version}: {asset} not found"), STYLE))?;
     blob::serve(&state.registry, &asset.digests, content_type, method, headers, STYLE).await
+}
+
+fn info_response(version: &str, entry: &crate::core::VersionEntry, method: &Method) -> Response {
+    let body = format::render_info(version, entry);
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, max-age=31536000, immutable")],
+        body,
+    )
+        .into_response();
+    if *method == Method::HEAD {
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    response
 }
 
 async fn publish(
@@ -247,11 +310,13 @@ async fn publish(
         ],
         tags: Vec::new(),
     };
+    let id = PackageId::new(PackageFormat::Go, path);
+    upstream::check_publish(state, repo_name(repo), &id, path, version, STYLE).await?;
     let outcome = state
         .registry
         .publish_version_withdrawing(
             repo_name(repo),
-            &PackageId::new(PackageFormat::Go, path),
+            &id,
             path,
             new,
             &format::retracted_versions,
@@ -267,6 +332,7 @@ async fn publish(
             ),
             other => ApiError::from_core(other, STYLE),
         })?;
+    upstream::record_publish(state, repo_name(repo), &id, version, outcome, STYLE).await?;
     let (status, message) = match outcome {
         PublishOutcome::Created => (StatusCode::CREATED, "published"),
         PublishOutcome::AlreadyPublished => (StatusCode::OK, "was already published with these contents"),

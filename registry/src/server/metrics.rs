@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route, method and status, their
-//! durations, and the bytes that went in and out.
+//! durations, the bytes that went in and out, and requests to external
+//! connections.
 
 use std::borrow::Cow;
 use std::time::Instant;
@@ -55,6 +56,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(crate::upstream::UpstreamRequests::default())
+    }
+}
+
+impl Metrics {
+    /// The registry's metrics, with the external connections' request
+    /// counter among them.
+    pub fn new(upstream_requests: crate::upstream::UpstreamRequests) -> Self {
         let mut registry = Registry::with_prefix("wharf");
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Family::<RouteLabels, Histogram, DurationBuckets>::new_with_constructor(DurationBuckets);
@@ -64,6 +73,11 @@ impl Default for Metrics {
         registry.register("http_request_duration_seconds", "Time to the response head, by route", durations.clone());
         registry.register("http_request_bytes", "Declared request body bytes, by route", bytes_in.clone());
         registry.register("http_response_bytes", "Declared response body bytes, by route", bytes_out.clone());
+        registry.register(
+            "upstream_requests",
+            "Requests to external connections by connection, kind (metadata, artifact) and outcome",
+            upstream_requests,
+        );
         Metrics { registry, requests, durations, bytes_in, bytes_out }
     }
 }

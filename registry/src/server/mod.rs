@@ -14,6 +14,7 @@ mod maven;
 pub mod metrics;
 mod npm;
 mod pypi;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub struct AppState {
     pub admin_token: String,
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
+    /// The client of the Domain's external connections.
+    pub upstream: Arc<crate::upstream::UpstreamClient>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -117,6 +120,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/auth/token", post(admin::mint_token))
         .route("/api/v1/repositories", get(admin::list_repositories))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", get(admin::get_version))
+        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",
             put(admin::set_status),

@@ -14,9 +14,9 @@ use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
 use super::metrics::Operation;
-use super::{ApiError, ErrorStyle, SharedState, blob};
+use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, NewVersion, PackageId, PublishOutcome};
+use crate::core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome, Rendered};
 use crate::formats::npm::publish_body::{Event, PublishBodySplitter};
 use crate::formats::npm::{self as format, PublishRequest};
 use crate::storage::{BodyError, SyncBlobReader};
@@ -126,17 +126,26 @@ async fn packument(
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Read, STYLE)?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
-    let snapshot = state
-        .registry
-        .package(repo_name, &package_id(name))
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?
-        .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let abbreviated = accept.contains(format::ABBREVIATED_CONTENT_TYPE);
     let base = format!("{}/npm/{repo_name}", super::origin(headers));
-    let key = format!("npm:{abbreviated}:{base}");
-    let rendered = snapshot.rendered(&key, |index| format::render_packument(index, name, &base, abbreviated));
+    let rendered = if upstream::has_chain(state, repo_name) {
+        // Through a chain the view changes with upstreams and the clock
+        // (cooldown), so it is rendered per request.
+        let view = upstream::view(state, repo_name, &package_id(name), name, STYLE)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+        Rendered::of(format::render_packument(&view.index, name, &base, abbreviated))
+    } else {
+        let snapshot = state
+            .registry
+            .package(repo_name, &package_id(name))
+            .await
+            .map_err(|e| ApiError::from_core(e, STYLE))?
+            .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+        let key = format!("npm:{abbreviated}:{base}");
+        snapshot.rendered(&key, |index| format::render_packument(index, name, &base, abbreviated))
+    };
     let content_type = if abbreviated { format::ABBREVIATED_CONTENT_TYPE } else { "application/json" };
     let mut response_headers = HeaderMap::new();
     response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
@@ -151,6 +160,21 @@ async fn packument(
     Ok((response_headers, rendered.body).into_response())
 }
 
+/// The package's index as `repo` sees it: through its chain, or its own.
+async fn visible_index(state: &SharedState, repo_name: &str, name: &str) -> Result<PackageIndex, ApiError> {
+    if upstream::has_chain(state, repo_name) {
+        let view = upstream::view(state, repo_name, &package_id(name), name, STYLE).await?;
+        return view.map(|v| v.index).ok_or_else(|| ApiError::not_found("Not found", STYLE));
+    }
+    let snapshot = state
+        .registry
+        .package(repo_name, &package_id(name))
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+    Ok(snapshot.index.clone())
+}
+
 async fn version(
     state: &SharedState,
     repo: &Repository,
@@ -160,15 +184,9 @@ async fn version(
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Read, STYLE)?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
-    let snapshot = state
-        .registry
-        .package(repo_name, &package_id(name))
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?
-        .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
-    let version = snapshot.index.tags.get(spec).map(String::as_str).unwrap_or(spec);
-    let entry = snapshot
-        .index
+    let index = visible_index(state, repo_name, name).await?;
+    let version = index.tags.get(spec).map(String::as_str).unwrap_or(spec);
+    let entry = index
         .versions
         .get(version)
         .filter(|e| e.status.is_installable())
@@ -193,6 +211,15 @@ async fn tarball(
         .and_then(|stem| stem.strip_prefix(bare))
         .and_then(|stem| stem.strip_prefix('-'))
         .ok_or_else(|| ApiError::not_found(format!("{file} is not a tarball of {name}"), STYLE))?;
+    if upstream::has_chain(state, repo_name) {
+        let id = package_id(name);
+        let view = upstream::view(state, repo_name, &id, name, STYLE)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
+        let file = format::tarball_filename(name, version);
+        let digests = upstream::stored_asset(state, repo_name, &view, &id, version, &file, STYLE).await?;
+        return blob::serve(&state.registry, &digests, "application/octet-stream", method, headers, STYLE).await;
+    }
     let snapshot = state
         .registry
         .package(repo_name, &package_id(name))
@@ -332,6 +359,7 @@ async fn publish(
             STYLE,
         ));
     }
+    upstream::check_publish(state, repo_name, &id, name, &new.version, STYLE).await?;
     let outcome = state
         .registry
         .publish_version(
@@ -358,6 +386,7 @@ async fn publish(
             ),
             other => ApiError::from_core(other, STYLE),
         })?;
+    upstream::record_publish(state, repo_name, &id, &new.version, outcome, STYLE).await?;
     let status = match outcome {
         PublishOutcome::Created => StatusCode::CREATED,
         PublishOutcome::AlreadyPublished => StatusCode::OK,
@@ -397,12 +426,9 @@ async fn dist_tags(
     match (rest, method) {
         (["dist-tags"], &Method::GET) => {
             state.authorize(headers, repo, Permission::Read, STYLE)?;
-            let snapshot = registry
-                .package(repo_name, &id)
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?
-                .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
-            Ok(axum::Json(&snapshot.index.tags).into_response())
+            // The tags a client installing from here would see (merged through the chain).
+            let index = visible_index(state, repo_name, &name).await?;
+            Ok(axum::Json(&index.tags).into_response())
         }
         (["dist-tags", tag], &Method::PUT) | (["dist-tags", tag], &Method::POST) => {
             state.authorize(headers, repo, Permission::Publish, STYLE)?;

@@ -12,9 +12,9 @@ use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
 use super::metrics::Operation;
-use super::{ApiError, ErrorStyle, SharedState, blob};
+use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId, VersionStatus};
+use crate::core::{NewAsset, PackageId, PackageIndex, Rendered, VersionStatus};
 use crate::formats::pypi::{self as format, DistKind};
 use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
 
@@ -75,12 +75,6 @@ pub async fn project(
             return Ok(moved_permanently(format!("/pypi/{}/simple/{normalized}/", repo_name(repo))));
         }
         format::validate_name(&project).map_err(|e| ApiError::not_found(e.to_string(), STYLE))?;
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &PackageId::new(PackageFormat::Pypi, &normalized))
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(|| ApiError::not_found(format!("project {normalized} not found"), STYLE))?;
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
         let json_form = format::prefers_json(accept);
         let asked_versioned_html = accept.is_some_and(|a| a.contains(format::HTML_CONTENT_TYPE));
@@ -89,13 +83,28 @@ pub async fn project(
             (false, true) => ("pypi:html", format::HTML_CONTENT_TYPE),
             (false, false) => ("pypi:html", "text/html; charset=utf-8"),
         };
-        let rendered = snapshot.rendered(key, |index| {
+        let render = |index: &PackageIndex| {
             if json_form {
                 format::render_project_json(index, &normalized)
             } else {
                 format::render_project_html(index, &normalized)
             }
-        });
+        };
+        let id = PackageId::new(PackageFormat::Pypi, &normalized);
+        let not_found = || ApiError::not_found(format!("project {normalized} not found"), STYLE);
+        let rendered = if upstream::has_chain(&state, repo_name(repo)) {
+            // Rendered per request: upstreams and the clock (cooldown) change it.
+            let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(not_found)?;
+            Rendered::of(render(&view.index))
+        } else {
+            let snapshot = state
+                .registry
+                .package(repo_name(repo), &id)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?
+                .ok_or_else(not_found)?;
+            snapshot.rendered(key, render)
+        };
         let mut response_headers = HeaderMap::new();
         response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
         response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
@@ -126,13 +135,26 @@ pub async fn file(
             None => (filename.as_str(), false),
         };
         let missing = || ApiError::not_found(format!("file {filename} not found"), STYLE);
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &PackageId::new(PackageFormat::Pypi, &project))
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(missing)?;
-        let entry = snapshot.index.versions.get(&version).ok_or_else(missing)?;
+        let id = PackageId::new(PackageFormat::Pypi, &project);
+        let index = if upstream::has_chain(&state, repo_name(repo)) {
+            let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+            if !metadata_file {
+                let digests =
+                    upstream::stored_asset(&state, repo_name(repo), &view, &id, &version, asset_name, STYLE).await?;
+                return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE)
+                    .await;
+            }
+            view.index
+        } else {
+            let snapshot = state
+                .registry
+                .package(repo_name(repo), &id)
+                .await
+                .map_err(|e| ApiError::from_core(e, STYLE))?
+                .ok_or_else(missing)?;
+            snapshot.index.clone()
+        };
+        let entry = index.versions.get(&version).ok_or_else(missing)?;
         if !entry.status.is_installable() {
             return Err(ApiError::not_found(format!("{project} {version} is {}", entry.status.as_str()), STYLE));
         }
@@ -281,11 +303,13 @@ async fn upload_file(
         asset_metadata["core_metadata_sha256"] = json!(stored.sha256);
         asset_metadata["core_metadata_size"] = json!(stored.size);
     }
-    state
+    let id = PackageId::new(PackageFormat::Pypi, &project);
+    upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
+    let outcome = state
         .registry
         .add_asset(
             repo_name(repo),
-            &PackageId::new(PackageFormat::Pypi, &project),
+            &id,
             name,
             &version,
             format::version_metadata(&fields),
@@ -294,5 +318,6 @@ async fn upload_file(
         )
         .await
         .map_err(|e| ApiError::from_core(e, STYLE))?;
+    upstream::record_publish(state, repo_name(repo), &id, &version, outcome, STYLE).await?;
     Ok((StatusCode::OK, "OK\n").into_response())
 }

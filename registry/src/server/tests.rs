@@ -67,7 +67,11 @@ impl TestApp {
     }
 
     async fn with_store(store: Arc<dyn ObjectStore>, limits: Limits) -> TestApp {
-        let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", CONFIG).unwrap();
+        Self::with_config(CONFIG, store, limits).await
+    }
+
+    async fn with_config(config: &str, store: Arc<dyn ObjectStore>, limits: Limits) -> TestApp {
+        let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_token: ADMIN.into(),
@@ -1230,3 +1234,4 @@ async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
 }
 
 mod cargo;
+mod upstream;

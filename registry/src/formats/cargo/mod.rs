@@ -18,6 +18,7 @@
 
 pub mod archive;
 pub mod framing;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 
@@ -498,6 +499,7 @@ mod tests {
             assets: [(asset.name.clone(), asset.clone())].into(),
             deprecated: None,
             withdrawn: false,
+            fetched_from: None,
         };
         let now = chrono::Utc::now();
         index.versions.insert("1.0.0".into(), entry(VersionStatus::Unlisted, now));

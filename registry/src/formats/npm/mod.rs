@@ -5,6 +5,7 @@
 //! The wire format: <https://github.com/npm/registry/blob/main/docs/REGISTRY-API.md>.
 
 pub mod publish_body;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -1,0 +1,399 @@
+//! Reads through upstream chains and external connections for the format
+//! handlers: the merged, policy-filtered view of a package; fetching an
+//! upstream file into the Domain on first use; the origin checks of a
+//! direct publish. Decisions come from `core::policy`, storage is written
+//! only through the core, HTTP to upstreams goes through `crate::upstream`.
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use wharf_api::PackageFormat;
+
+use super::{ApiError, ErrorStyle, SharedState};
+use crate::core::policy::{self, Chain, EffectivePolicy, ExternalHop};
+use crate::core::{
+    CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, VersionStatus,
+};
+use crate::formats::{cargo, go, npm, pypi};
+use crate::storage::BlobDigests;
+
+/// Key of an unstored upstream asset's metadata holding its URL (the same
+/// for every format).
+const UPSTREAM_URL: &str = npm::upstream::UPSTREAM_URL;
+
+/// A package as the requesting Repository sees it.
+pub struct View {
+    pub index: PackageIndex,
+    pub chain: Chain,
+    /// How long upstream metadata read for this view may be reused.
+    pub metadata_ttl: std::time::Duration,
+}
+
+/// Whether a read of `repo` can involve anything but `repo` itself.
+pub fn has_chain(state: &SharedState, repo: &str) -> bool {
+    state.config.repository(repo).is_some_and(|r| !r.spec.upstreams.is_empty() || r.spec.external_connection.is_some())
+}
+
+fn core_error(style: ErrorStyle) -> impl Fn(CoreError) -> ApiError {
+    move |e| ApiError::from_core(e, style)
+}
+
+/// The origin record, or what the chain's own versions imply when none was
+/// written (versions published before origins were recorded).
+async fn origin_of(
+    state: &SharedState,
+    id: &PackageId,
+    local: Option<&PackageIndex>,
+    style: ErrorStyle,
+) -> Result<Option<PackageOrigin>, ApiError> {
+    let recorded = state.registry.package_origin(id).await.map_err(core_error(style))?;
+    Ok(recorded.or_else(|| {
+        let (version, _) = local?.versions.iter().find(|(_, entry)| entry.fetched_from.is_none())?;
+        Some(PackageOrigin {
+            kind: OriginKind::Direct,
+            repository: String::new(),
+            connection: None,
+            version: version.clone(),
+            recorded: Utc::now(),
+        })
+    }))
+}
+
+/// The external connection of the chain, when it serves this format and
+/// the policy and the name's origin let it serve this package.
+fn usable_hop<'a>(
+    chain: &'a Chain,
+    id: &PackageId,
+    effective: &EffectivePolicy,
+    origin: Option<&PackageOrigin>,
+) -> Option<&'a ExternalHop> {
+    let hop = chain.external(id.format)?;
+    let allowed = policy::may_fetch_external(effective, origin, &hop.holder).allowed;
+    allowed.then_some(hop)
+}
+
+/// The upstream's versions of the package, as unstored entries.
+async fn external_index(
+    state: &SharedState,
+    hop: &ExternalHop,
+    id: &PackageId,
+    spelling: &str,
+    effective: &EffectivePolicy,
+    style: ErrorStyle,
+) -> Result<Option<PackageIndex>, ApiError> {
+    let base = hop.connection.url.trim_end_matches('/');
+    let name = &hop.connection.name;
+    let ttl = effective.metadata_ttl.value;
+    let unreadable = |e: &dyn std::error::Error| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("external connection {name} sent unreadable metadata: {e}"),
+            style,
+        )
+    };
+    match id.format {
+        PackageFormat::Npm => {
+            let url = format!("{base}/{}", id.name.replacen('/', "%2f", 1));
+            // Cooldown needs each version's publish time, which only the
+            // full packument carries.
+            let accept = if effective.minimum_release_age.value.is_some() {
+                "application/json"
+            } else {
+                "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8"
+            };
+            let document = state
+                .upstream
+                .metadata(name, &url, accept, ttl)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, style))?;
+            let Some(body) = document.body else { return Ok(None) };
+            npm::upstream::upstream_index(&body, &id.name, name).map(Some).map_err(|e| unreadable(&e))
+        }
+        PackageFormat::Pypi => {
+            let url = format!("{base}/{}/", id.name);
+            let page = reqwest::Url::parse(&url).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("external connection {name} has an invalid URL: {e}"),
+                    style,
+                )
+            })?;
+            let document = state
+                .upstream
+                .metadata(name, &url, pypi::JSON_CONTENT_TYPE, ttl)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, style))?;
+            let Some(body) = document.body else { return Ok(None) };
+            let resolve =
+                |link: &str| page.join(link).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(String::from);
+            pypi::upstream_index(&body, &id.name, name, resolve).map(Some).map_err(|e| unreadable(&e))
+        }
+        PackageFormat::Go => {
+            let module_base = format!("{base}/{}/@v/", go::escape(&id.name));
+            let document = state
+                .upstream
+                .metadata(name, &format!("{module_base}list"), "text/plain", ttl)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, style))?;
+            let Some(body) = document.body else { return Ok(None) };
+            let mut index = go::upstream_index(&body, &id.name, name, &module_base);
+            if effective.minimum_release_age.value.is_some() {
+                // Cooldown needs dates, which only each version's `.info`
+                // carries; a version whose date cannot be read counts as new.
+                for (version, entry) in index.versions.iter_mut() {
+                    let url = format!("{module_base}{}.info", go::escape(version));
+                    let info = state.upstream.metadata(name, &url, "application/json", ttl).await.ok();
+                    entry.created = info.and_then(|d| d.body).and_then(|b| go::info_time(&b)).unwrap_or_else(Utc::now);
+                }
+            }
+            Ok(Some(index))
+        }
+        PackageFormat::Cargo => {
+            // The sparse index: `config.json` says where crates download
+            // from; the index file is found by the name as cargo spelled it.
+            let upstream = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, style);
+            let config_url = format!("{base}/config.json");
+            let config = state.upstream.metadata(name, &config_url, "application/json", ttl).await.map_err(upstream)?;
+            let Some(config) = config.body else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("external connection {name} has no config.json at {config_url}"),
+                    style,
+                ));
+            };
+            let template = cargo::upstream::download_template(&config).map_err(|e| unreadable(&e))?;
+            let url = format!("{base}/{}", cargo::index_path(spelling));
+            let document = state.upstream.metadata(name, &url, "text/plain", ttl).await.map_err(upstream)?;
+            let Some(body) = document.body else { return Ok(None) };
+            cargo::upstream::upstream_index(&body, spelling, name, &template).map(Some).map_err(|e| unreadable(&e))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The package as `repo` sees it: its own versions, its upstreams' (where
+/// `internalUpstream` admits them) and the external connection's (where
+/// policy and origin admit them), with blocked and too-young versions
+/// hidden. `None` when nobody has the package. An unreachable upstream is
+/// an error only when nothing else has the package. `spelling` is the name
+/// as the client wrote it (Cargo index paths depend on it).
+pub async fn view(
+    state: &SharedState,
+    repo: &str,
+    id: &PackageId,
+    spelling: &str,
+    style: ErrorStyle,
+) -> Result<Option<View>, ApiError> {
+    let chain = policy::resolution_order(&state.config, repo);
+    let effective = policy::evaluate(&state.config, repo, id);
+    let local = state
+        .registry
+        .resolve_package(&chain.repositories, id, |r| r == repo || effective.internal_allowed(r))
+        .await
+        .map_err(core_error(style))?;
+    let origin = origin_of(state, id, local.as_ref(), style).await?;
+    let external = match usable_hop(&chain, id, &effective, origin.as_ref()) {
+        Some(hop) => match external_index(state, hop, id, spelling, &effective, style).await {
+            Ok(index) => index,
+            Err(error) if local.is_some() => {
+                tracing::warn!(package = %id.name, error = %error.message, "serving cached versions only");
+                None
+            }
+            Err(error) => return Err(error),
+        },
+        None => None,
+    };
+    let mut index = match (local, external) {
+        (None, None) => return Ok(None),
+        (local, Some(external)) => policy::merge_external(local, external),
+        (Some(local), None) => local,
+    };
+    policy::apply_policy(&mut index, id, &effective, Utc::now());
+    Ok(Some(View { index, chain, metadata_ttl: effective.metadata_ttl.value }))
+}
+
+/// The stored digests of `asset_name` of `version` in the view, fetching
+/// it from the external connection first when the Domain does not hold it
+/// yet. Concurrent requests for one file make one upstream fetch; the
+/// copy is kept in `repo` and in the Repository holding the connection.
+pub async fn stored_asset(
+    state: &SharedState,
+    repo: &str,
+    view: &View,
+    id: &PackageId,
+    version: &str,
+    asset_name: &str,
+    style: ErrorStyle,
+) -> Result<BlobDigests, ApiError> {
+    let missing = || ApiError::not_found(format!("{} {version} has no file {asset_name}", id.name), style);
+    let entry = view.index.versions.get(version).ok_or_else(missing)?;
+    if !entry.status.is_installable() {
+        return Err(ApiError::not_found(format!("{} {version} is {}", id.name, entry.status.as_str()), style));
+    }
+    let asset = entry.assets.get(asset_name).ok_or_else(missing)?;
+    let Some(url) = asset.metadata.get(UPSTREAM_URL).and_then(|u| u.as_str()) else {
+        return Ok(asset.digests.clone());
+    };
+    let Some(hop) = view.chain.external(id.format) else { return Err(missing()) };
+    let connection = hop.connection.name.as_str();
+    let keepers: Vec<&str> = if hop.holder == repo { vec![repo] } else { vec![hop.holder.as_str(), repo] };
+    let _turn = state
+        .upstream
+        .one_at_a_time(&format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name))
+        .await;
+    // Whoever held the turn before may have stored it meanwhile.
+    for keeper in &keepers {
+        if let Some(snapshot) = state.registry.package(keeper, id).await.map_err(core_error(style))?
+            && let Some(stored) = snapshot.index.versions.get(version).and_then(|e| e.assets.get(asset_name))
+        {
+            return Ok(stored.digests.clone());
+        }
+    }
+    let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
+    let digests = state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| match e {
+        CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("external connection {connection} broke off sending {asset_name}: {cause}"),
+            style,
+        ),
+        other => ApiError::from_core(other, style),
+    })?;
+    let declared = &asset.digests;
+    let differs = |declared: &str, actual: &str| !declared.is_empty() && !declared.eq_ignore_ascii_case(actual);
+    if differs(&declared.sha256, &digests.sha256)
+        || differs(&declared.sha512, &digests.sha512)
+        || differs(&declared.sha1, &digests.sha1)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "external connection {connection} sent bytes for {asset_name} that do not match the digest its metadata declares"
+            ),
+            style,
+        ));
+    }
+    let mut metadata = asset.metadata.clone();
+    if let Some(map) = metadata.as_object_mut() {
+        map.remove(UPSTREAM_URL);
+    }
+    for keeper in keepers {
+        let new = NewAsset { name: asset_name.to_owned(), digests: digests.clone(), metadata: metadata.clone() };
+        state
+            .registry
+            .retain_fetched(
+                keeper,
+                id,
+                &view.index.display_name,
+                version,
+                entry.metadata.clone(),
+                entry.created,
+                connection,
+                new,
+            )
+            .await
+            .map_err(core_error(style))?;
+    }
+    let origin = PackageOrigin {
+        kind: OriginKind::External,
+        repository: repo.to_owned(),
+        connection: Some(connection.to_owned()),
+        version: version.to_owned(),
+        recorded: Utc::now(),
+    };
+    state.registry.claim_origin(id, origin).await.map_err(core_error(style))?;
+    tracing::info!(package = %id.name, version, asset = asset_name, connection, "fetched from upstream");
+    Ok(digests)
+}
+
+/// A small upstream document about a version not stored here (Go's
+/// `.info`), through the metadata cache; `None` when the upstream has none.
+pub async fn upstream_document(
+    state: &SharedState,
+    view: &View,
+    format: PackageFormat,
+    url: &str,
+    accept: &str,
+    style: ErrorStyle,
+) -> Result<Option<bytes::Bytes>, ApiError> {
+    let Some(hop) = view.chain.external(format) else { return Ok(None) };
+    let document = state
+        .upstream
+        .metadata(&hop.connection.name, url, accept, view.metadata_ttl)
+        .await
+        .map_err(|e| ApiError::from_upstream(&e, style))?;
+    Ok(document.body)
+}
+
+/// Refuses a direct publish the origin controls forbid (403), and a
+/// version already reachable through an upstream (409) unless the
+/// package's upstream is blocked.
+pub async fn check_publish(
+    state: &SharedState,
+    repo: &str,
+    id: &PackageId,
+    spelling: &str,
+    version: &str,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
+    let effective = policy::evaluate(&state.config, repo, id);
+    let recorded = state.registry.package_origin(id).await.map_err(core_error(style))?;
+    let verdict = policy::may_publish(&effective, recorded.as_ref(), repo);
+    if !verdict.allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} may not be published here: {}", id.name, verdict.reason),
+            style,
+        ));
+    }
+    let chain = policy::resolution_order(&state.config, repo);
+    for upstream in chain.repositories.iter().skip(1).filter(|r| effective.internal_allowed(r)) {
+        if let Some(snapshot) = state.registry.package(upstream, id).await.map_err(core_error(style))?
+            && snapshot.index.versions.get(version).is_some_and(|e| e.status != VersionStatus::Disposed)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{} {version} is already reachable through upstream repository {upstream}", id.name),
+                style,
+            ));
+        }
+    }
+    if let Some(hop) = usable_hop(&chain, id, &effective, recorded.as_ref()) {
+        // An unreachable upstream cannot say whether it has the version;
+        // the publish goes ahead rather than fail on someone else's outage.
+        let upstream = external_index(state, hop, id, spelling, &effective, style).await.ok().flatten();
+        if upstream.is_some_and(|index| index.versions.contains_key(version)) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} {version} is already reachable through external connection {}; to publish it here, block that package's externalUpstream with an UpstreamPolicy rule",
+                    id.name, hop.connection.name
+                ),
+                style,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Records that the name's first version in the Domain was published
+/// directly, unless an earlier version already decided its origin.
+pub async fn record_publish(
+    state: &SharedState,
+    repo: &str,
+    id: &PackageId,
+    version: &str,
+    outcome: PublishOutcome,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
+    if outcome != PublishOutcome::Created {
+        return Ok(());
+    }
+    let origin = PackageOrigin {
+        kind: OriginKind::Direct,
+        repository: repo.to_owned(),
+        connection: None,
+        version: version.to_owned(),
+        recorded: Utc::now(),
+    };
+    state.registry.claim_origin(id, origin).await.map_err(core_error(style))?;
+    Ok(())
+}

@@ -1,0 +1,513 @@
+//! The real `npm` and `pip` through an upstream chain, against the real
+//! registry binary, with a second registry binary on loopback playing the
+//! public registry: dependency confusion refused, public packages fetched
+//! and retained, cached packages still installing with the upstream gone,
+//! uncached ones failing with a 502 that names the connection.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+
+use support::*;
+
+const PUBLIC_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: public}
+spec:
+  storage: {filesystem: {path: "{data}"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: public}
+spec:
+  domainRef: {name: public}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+/// The usual topology: `app` reads through `[internal, npm-store,
+/// pypi-store]`; the stores hold the external connections.
+fn chain_config(public: &TestServer) -> String {
+    chain_config_with(public, "")
+}
+
+/// [`chain_config`] with more rules in the Domain policy.
+fn chain_config_with(public: &TestServer, extra_rules: &str) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  externalConnections:
+    - {{name: public-npm, format: npm, url: "{base}/npm/public"}}
+    - {{name: public-pypi, format: pypi, url: "{base}/pypi/public/simple"}}
+    - {{name: public-crates, format: cargo, url: "{base}/cargo/public/index"}}
+    - {{name: public-go, format: go, url: "{base}/go/public"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: app}}
+spec:
+  domainRef: {{name: acme}}
+  upstreams: [{{name: internal}}, {{name: npm-store}}, {{name: pypi-store}}, {{name: cargo-store}}, {{name: go-store}}]
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: internal}}
+spec:
+  domainRef: {{name: acme}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: npm-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-npm
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: pypi-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-pypi
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: cargo-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-crates
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: go-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-go
+---
+apiVersion: wharf.dev/v1alpha1
+kind: UpstreamPolicy
+metadata: {{name: internal-names}}
+spec:
+  targetRefs: [{{kind: Domain, name: acme}}]
+  metadataTTL: 1s
+  rules:
+    - patterns: ["/npm/acme/*"]
+      externalUpstream: Block
+{extra_rules}"#,
+        base = public.base
+    )
+}
+
+fn npm_package(ws: &Workspace, dir: &str, name: &str, version: &str, body: &str) {
+    ws.write(
+        &format!("{dir}/package.json"),
+        &serde_json::json!({"name": name, "version": version, "main": "index.js"}).to_string(),
+    );
+    ws.write(&format!("{dir}/index.js"), body);
+}
+
+/// Requests a registry answered with `status` on one route, from its `/metrics`.
+async fn served(server: &TestServer, route: &str, status: u16) -> u64 {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let prefix = format!("wharf_http_requests_total{{route=\"{route}\",method=\"GET\",status=\"{status}\"}} ");
+    text.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+fn installed(ws: &Workspace, dir: &str, name: &str) -> String {
+    std::fs::read_to_string(ws.path(&format!("{dir}/node_modules/{name}/index.js"))).unwrap()
+}
+
+fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
+    let mut command = ws.command("npm", dir);
+    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
+    command
+}
+
+async fn version_status(server: &TestServer, repo: &str, format: &str, package: &str, version: &str) -> u16 {
+    let package = package.replace('/', "%2F");
+    let url = server.url(&format!("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}"));
+    reqwest::Client::new().get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_installs_internal_names_and_retains_public_ones() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let internal_token = wharf.token(&["internal"], &["read", "publish"]).await;
+    let ws = Workspace::new();
+
+    // Internal names first, then the hostile upstream publishes higher versions.
+    for (dir, name) in [("internal-scoped", "@acme/tools"), ("internal-plain", "acme-internal-util")] {
+        npm_package(&ws, dir, name, "1.0.0", "module.exports = 'internal';\n");
+        write_npmrc(&ws, dir, &wharf, "internal", Some(&internal_token));
+        run_ok(npm(&ws, dir).args(["publish", "--access", "public"]));
+    }
+    for (dir, name, version, body) in [
+        ("hostile-scoped", "@acme/tools", "9.9.9", "module.exports = 'hostile';\n"),
+        ("hostile-plain", "acme-internal-util", "9.9.9", "module.exports = 'hostile';\n"),
+        ("public-pad", "wharf-pad", "1.2.0", "module.exports = 'public';\n"),
+        ("public-never", "never-fetched", "1.0.0", "module.exports = 'never';\n"),
+    ] {
+        npm_package(&ws, dir, name, version, body);
+        write_npmrc(&ws, dir, &public, "public", Some(&public_token));
+        run_ok(npm(&ws, dir).args(["publish", "--access", "public"]));
+    }
+
+    // A separate client: npm's cache, keyed by integrity, already holds
+    // what the publishing workspace packed.
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "@acme/tools@*", "acme-internal-util@*", "wharf-pad"]));
+    for name in ["@acme/tools", "acme-internal-util"] {
+        let body = std::fs::read_to_string(client.path(&format!("project/node_modules/{name}/index.js"))).unwrap();
+        assert_eq!(body, "module.exports = 'internal';\n", "{name}");
+    }
+    let pad = std::fs::read_to_string(client.path("project/node_modules/wharf-pad/index.js")).unwrap();
+    assert_eq!(pad, "module.exports = 'public';\n");
+    let lock = std::fs::read_to_string(client.path("project/package-lock.json")).unwrap();
+    assert!(lock.contains(&format!("{}/npm/app/wharf-pad/-/wharf-pad-1.2.0.tgz", wharf.base)), "{lock}");
+
+    // Nothing hostile is stored anywhere; the public package is kept in
+    // `app` and `npm-store`, not in `internal`.
+    for repo in ["app", "internal", "npm-store"] {
+        for name in ["@acme/tools", "acme-internal-util"] {
+            assert_eq!(version_status(&wharf, repo, "npm", name, "9.9.9").await, 404, "{repo} {name}");
+        }
+    }
+    assert_eq!(version_status(&wharf, "app", "npm", "wharf-pad", "1.2.0").await, 200);
+    assert_eq!(version_status(&wharf, "npm-store", "npm", "wharf-pad", "1.2.0").await, 200);
+    assert_eq!(version_status(&wharf, "internal", "npm", "wharf-pad", "1.2.0").await, 404);
+
+    // The upstream goes away: a fresh machine (empty npm cache) still
+    // installs what was fetched once; what never was fails with a 502
+    // naming the connection.
+    drop(public);
+    let fresh = Workspace::new();
+    fresh.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&fresh, "project", &wharf, "app", None);
+    run_ok(npm(&fresh, "project").args(["install", "wharf-pad@1.2.0"]));
+    assert!(fresh.path("project/node_modules/wharf-pad/index.js").exists());
+    let failed = run(npm(&fresh, "project").args(["install", "--fetch-retries=0", "never-fetched"]));
+    assert!(!failed.status.success());
+    assert!(text(&failed).contains("502"), "{}", text(&failed));
+    assert!(wharf.log_lines().iter().any(|l| l.contains("public-npm")), "the registry log names the connection");
+}
+
+/// A minimal valid wheel whose module returns `body` as `VALUE`.
+fn write_wheel(path: &Path, project: &str, version: &str, body: &str) {
+    let module = project.replace('-', "_");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
+    writeln!(zip, "VALUE = {body:?}").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
+    write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/WHEEL"), options).unwrap();
+    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/RECORD"), options).unwrap();
+    zip.finish().unwrap();
+}
+
+fn twine_upload(ws: &Workspace, tools: &Path, server: &TestServer, repo: &str, token: &str, file: &Path) {
+    run_ok(
+        ws.command(venv_bin(tools, "twine"), ".")
+            .args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url"])
+            .arg(server.url(&format!("/pypi/{repo}/")))
+            .args(["-u", "__token__", "-p", token])
+            .arg(file),
+    );
+}
+
+/// `pip install` from `app` into a new virtualenv `venv`.
+fn pip_install(ws: &Workspace, wharf: &TestServer, venv: &str, packages: &[&str]) -> std::process::Output {
+    run_ok(ws.command("python3", ".").args(["-m", "venv", venv]));
+    let mut command = ws.command(ws.path(venv).join("bin/pip"), ".");
+    command.args(["install", "--index-url"]).arg(wharf.url("/pypi/app/simple/")).args(packages);
+    run(&mut command)
+}
+
+fn module_value(ws: &Workspace, venv: &str, module: &str) -> String {
+    let output = run_ok(
+        ws.command(ws.path(venv).join("bin/python"), ".")
+            .args(["-c", &format!("import {module}; print({module}.VALUE)")]),
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pip_installs_internal_names_and_retains_public_ones() {
+    let tools = python_tools();
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let internal_token = wharf.token(&["internal"], &["publish"]).await;
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path("wheels")).unwrap();
+    let wheel = |project: &str, version: &str, body: &str| {
+        let path = ws.path(&format!("wheels/{}-{version}-py3-none-any.whl", project.replace('-', "_")));
+        write_wheel(&path, project, version, body);
+        path
+    };
+
+    twine_upload(&ws, &tools, &wharf, "internal", &internal_token, &wheel("acme-internal", "1.0", "internal"));
+    twine_upload(&ws, &tools, &public, "public", &public_token, &wheel("acme-internal", "9.9", "hostile"));
+    twine_upload(&ws, &tools, &public, "public", &public_token, &wheel("wharf-public-lib", "2.0", "public"));
+    twine_upload(&ws, &tools, &public, "public", &public_token, &wheel("never-fetched", "1.0", "never"));
+
+    let installed = pip_install(&ws, &wharf, "env", &["acme-internal", "wharf-public-lib"]);
+    assert!(installed.status.success(), "{}", text(&installed));
+    assert_eq!(module_value(&ws, "env", "acme_internal"), "internal");
+    assert_eq!(module_value(&ws, "env", "wharf_public_lib"), "public");
+    for repo in ["app", "internal", "pypi-store"] {
+        assert_eq!(version_status(&wharf, repo, "pypi", "acme-internal", "9.9").await, 404, "{repo}");
+    }
+    assert_eq!(version_status(&wharf, "app", "pypi", "wharf-public-lib", "2.0").await, 200);
+    assert_eq!(version_status(&wharf, "pypi-store", "pypi", "wharf-public-lib", "2.0").await, 200);
+    assert_eq!(version_status(&wharf, "internal", "pypi", "wharf-public-lib", "2.0").await, 404);
+
+    drop(public);
+    let again = pip_install(&ws, &wharf, "env2", &["wharf-public-lib==2.0"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(module_value(&ws, "env2", "wharf_public_lib"), "public");
+    let failed = pip_install(&ws, &wharf, "env3", &["--retries", "0", "never-fetched"]);
+    assert!(!failed.status.success());
+    // pip only says "no versions"; the page it was given says why.
+    let page = reqwest::get(wharf.url("/pypi/app/simple/never-fetched/")).await.unwrap();
+    assert_eq!(page.status(), 502);
+    let reason = page.text().await.unwrap();
+    assert!(reason.contains("external connection public-pypi"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_sees_chain_order_cooldown_blocks_and_reachable_versions() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let rules = r#"    - patterns: ["/npm//wharf-cool"]
+      minimumReleaseAge: 10s
+    - patterns: ["/npm//wharf-blocked"]
+      blockedVersions: ["/npm//wharf-blocked@1.1.0"]
+"#;
+    let wharf = TestServer::start_with(Some(&chain_config_with(&public, rules)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let token = wharf.token(&["app", "internal", "npm-store"], &["read", "publish"]).await;
+    let publisher = Workspace::new();
+    let publish = |server: &TestServer, repo: &str, token: &str, name: &str, version: &str, body: &str| {
+        let dir = format!("{repo}-{name}-{version}");
+        npm_package(&publisher, &dir, name, version, body);
+        write_npmrc(&publisher, &dir, server, repo, Some(token));
+        run(npm(&publisher, &dir).args(["publish", "--access", "public"]))
+    };
+
+    // Chain order: `internal` comes before `npm-store` in app's upstreams.
+    for (repo, body) in [("internal", "from internal"), ("npm-store", "from npm-store")] {
+        let output = publish(&wharf, repo, &token, "wharf-ordered", "2.0.0", &format!("module.exports = '{body}';\n"));
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    // Already reachable through an upstream: a 409, which npm reports as
+    // its publish conflict.
+    let refused = publish(&wharf, "app", &token, "wharf-ordered", "2.0.0", "module.exports = 'app';\n");
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("cannot publish over the previously published"), "{}", text(&refused));
+
+    for (name, version) in [("wharf-cool", "1.0.0"), ("wharf-blocked", "1.0.0"), ("wharf-blocked", "1.1.0")] {
+        let body = format!("module.exports = '{version}';\n");
+        assert!(publish(&public, "public", &public_token, name, version, &body).status.success());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(10_200));
+    assert!(
+        publish(&public, "public", &public_token, "wharf-cool", "1.1.0", "module.exports = '1.1.0';\n")
+            .status
+            .success()
+    );
+
+    // Within 10 s of publishing 1.1.0 (the cooldown), so checked first:
+    // 1.1.0 is too young, latest points at 1.0.0.
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "wharf-cool"]));
+    assert_eq!(installed(&client, "project", "wharf-cool"), "module.exports = '1.0.0';\n");
+    let view = run_ok(npm(&client, "project").args(["view", "wharf-cool", "versions", "--json"]));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&view.stdout).unwrap(), serde_json::json!(["1.0.0"]));
+
+    run_ok(npm(&client, "project").args(["install", "wharf-ordered@2.0.0", "wharf-blocked"]));
+    assert_eq!(installed(&client, "project", "wharf-ordered"), "module.exports = 'from internal';\n");
+    assert_eq!(installed(&client, "project", "wharf-blocked"), "module.exports = '1.0.0';\n");
+    let refused = run(npm(&client, "project").args(["install", "wharf-blocked@1.1.0"]));
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("ETARGET"), "{}", text(&refused));
+
+    // A warm install (fresh npm cache, metadata still fresh) downloads no
+    // tarball from the upstream again.
+    let tarballs = served(&public, "npm_tarball", 200).await;
+    assert_eq!(tarballs, 2, "one fetch for each public package installed");
+    let warm = Workspace::new();
+    warm.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&warm, "project", &wharf, "app", None);
+    run_ok(npm(&warm, "project").args(["install", "wharf-cool@1.0.0", "wharf-blocked@1.0.0"]));
+    assert_eq!(served(&public, "npm_tarball", 200).await, tarballs);
+    let own = reqwest::get(wharf.url("/metrics")).await.unwrap().text().await.unwrap();
+    let fetched = "wharf_upstream_requests_total{connection=\"public-npm\",kind=\"artifact\",outcome=\"fetched\"} 2";
+    assert!(own.contains(fetched), "{own}");
+}
+
+/// `cargo` in the workspace's own `CARGO_HOME`, with registry `wharf` at
+/// `index` and none of the outer `cargo test`'s variables; https goes to a
+/// closed port, so nothing can reach the internet.
+fn cargo(ws: &Workspace, index: &str, token: Option<&str>, dir: &str) -> std::process::Command {
+    ws.write(
+        "home/.cargo/config.toml",
+        &format!(
+            "[registries.wharf]\nindex = \"sparse+{index}\"\ncredential-provider = \"cargo:token\"\n\n[net]\nretry = 0\n"
+        ),
+    );
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".rustup")));
+    let mut command = ws.command(program, dir);
+    for (key, _) in std::env::vars_os() {
+        let text = key.to_string_lossy();
+        if text.starts_with("CARGO") || text.starts_with("RUSTC_") || text == "RUSTFLAGS" {
+            command.env_remove(&key);
+        }
+    }
+    command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
+    command.env("https_proxy", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
+    if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
+        command.env("RUSTUP_HOME", rustup_home);
+    }
+    if let Some(token) = token {
+        command.env("CARGO_REGISTRIES_WHARF_TOKEN", token);
+    }
+    command
+}
+
+/// An application printing `answer()` of the `wharf` crate `dependency`.
+fn cargo_app(ws: &Workspace, dependency: &str) {
+    ws.write(
+        "app/Cargo.toml",
+        &format!(
+            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\n{dependency} = {{ version = \"*\", registry = \"wharf\" }}\n"
+        ),
+    );
+    let module = dependency.replace('-', "_");
+    ws.write("app/src/main.rs", &format!("fn main() {{\n    println!(\"answer={{}}\", {module}::answer());\n}}\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cargo_builds_through_the_chain_and_keeps_working_without_the_upstream() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let publisher = Workspace::new();
+    publisher.write(
+        "lib/Cargo.toml",
+        "[package]\nname = \"wharf-answer\"\nversion = \"1.0.0\"\nedition = \"2021\"\ndescription = \"test\"\nlicense = \"MIT\"\npublish = [\"wharf\"]\n",
+    );
+    publisher.write("lib/src/lib.rs", "pub fn answer() -> u32 {\n    42\n}\n");
+    let public_index = public.url("/cargo/public/index/");
+    run_ok(cargo(&publisher, &public_index, Some(&public_token), "lib").args([
+        "publish",
+        "--registry",
+        "wharf",
+        "--allow-dirty",
+    ]));
+
+    let app_index = wharf.url("/cargo/app/index/");
+    let client = Workspace::new();
+    cargo_app(&client, "wharf-answer");
+    let output = run_ok(cargo(&client, &app_index, None, "app").args(["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "answer=42");
+    assert_eq!(version_status(&wharf, "cargo-store", "cargo", "wharf-answer", "1.0.0").await, 200);
+    assert_eq!(version_status(&wharf, "app", "cargo", "wharf-answer", "1.0.0").await, 200);
+
+    // A fresh CARGO_HOME builds from what Wharf kept, the upstream gone.
+    drop(public);
+    let offline = Workspace::new();
+    cargo_app(&offline, "wharf-answer");
+    let output = run_ok(cargo(&offline, &app_index, None, "app").args(["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "answer=42");
+}
+
+/// `go` with its own caches, `GOPROXY` at `proxy`, no checksum database,
+/// no toolchain downloads, and none of the outer environment's GO*.
+fn go(ws: &Workspace, dir: &str, proxy: &str) -> std::process::Command {
+    let mut command = ws.command("go", dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GO") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("GOENV", "off")
+        .env("GOPATH", ws.path("gopath"))
+        .env("GOMODCACHE", ws.path("gomodcache"))
+        .env("GOCACHE", ws.path("gocache"))
+        .env("GOFLAGS", "-modcacherw")
+        .env("GOPROXY", proxy)
+        .env("GOSUMDB", "off")
+        .env("GOTOOLCHAIN", "local");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
+    const MODULE: &str = "example.internal/Acme/answer";
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{MODULE}@v1.0.0/go.mod"), options).unwrap();
+    write!(zip, "module {MODULE}\n\ngo 1.21\n").unwrap();
+    zip.start_file(format!("{MODULE}@v1.0.0/answer.go"), options).unwrap();
+    write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return 42 }}\n").unwrap();
+    let zip = zip.finish().unwrap().into_inner();
+    let escaped = wharf_registry::formats::go::escape(MODULE);
+    let published = reqwest::Client::new()
+        .put(public.url(&format!("/go/public/{escaped}/@v/v1.0.0.zip")))
+        .bearer_auth(&public_token)
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201, "{}", published.text().await.unwrap());
+
+    let proxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
+    let consumer = |ws: &Workspace| {
+        ws.write("app/go.mod", "module example.internal/app\n\ngo 1.21\n");
+        ws.write(
+            "app/main.go",
+            &format!("package main\n\nimport \"{MODULE}\"\n\nfunc main() {{ println(answer.Answer()) }}\n"),
+        );
+    };
+    let client = Workspace::new();
+    consumer(&client);
+    run_ok(go(&client, "app", &proxy).args(["get", &format!("{MODULE}@v1.0.0")]));
+    let output = run_ok(go(&client, "app", &proxy).args(["run", "."]));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "42");
+    let list = run_ok(go(&client, "app", &proxy).args(["list", "-m", "-versions", MODULE]));
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), format!("{MODULE} v1.0.0"));
+    for repo in ["go-store", "app"] {
+        assert_eq!(version_status(&wharf, repo, "go", MODULE, "v1.0.0").await, 200, "{repo}");
+    }
+
+    // The upstream gone, a fresh module cache still downloads it.
+    drop(public);
+    let offline = Workspace::new();
+    consumer(&offline);
+    std::fs::copy(client.path("app/go.mod"), offline.path("app/go.mod")).unwrap();
+    std::fs::copy(client.path("app/go.sum"), offline.path("app/go.sum")).unwrap();
+    let output = run_ok(go(&offline, "app", &proxy).args(["run", "."]));
+    let printed = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(printed.contains(&format!("go: downloading {MODULE} v1.0.0")), "{printed}");
+    assert_eq!(printed.lines().last(), Some("42"), "{printed}");
+}
