@@ -7,14 +7,14 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wharf_api::{PackageFormat, Repository};
 
-use super::metrics::Operation;
+use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, Rendered, VersionStatus};
@@ -27,12 +27,6 @@ const STYLE: ErrorStyle = ErrorStyle::Cargo;
 /// Search results per page unless asked otherwise, and at most.
 const DEFAULT_PER_PAGE: usize = 10;
 const MAX_PER_PAGE: usize = 100;
-
-fn tagged(operation: &'static str, result: Result<Response, ApiError>) -> Response {
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Operation(operation));
-    response
-}
 
 fn repo_name(repo: &Repository) -> &str {
     repo.metadata.name.as_deref().unwrap_or_default()
@@ -105,16 +99,7 @@ pub async fn index_file(
         if rendered.body.is_empty() {
             return Err(missing());
         }
-        let mut response_headers = HeaderMap::new();
-        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-        if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
-            response_headers.insert(header::ETAG, etag);
-        }
-        if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
-            return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
-        }
-        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        Ok((response_headers, rendered.body).into_response())
+        Ok(super::metadata_document(rendered, "text/plain; charset=utf-8", &headers, None))
     }
     .await;
     tagged("cargo_index", result)

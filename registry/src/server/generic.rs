@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
-use super::metrics::Operation;
+use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob};
 use crate::auth::Permission;
 use crate::core::{NewAsset, PackageId, PublishOutcome};
@@ -18,12 +18,6 @@ use crate::formats::generic as format;
 use crate::storage::BodyError;
 
 const STYLE: ErrorStyle = ErrorStyle::Json;
-
-fn tagged(operation: &'static str, result: Result<Response, ApiError>) -> Response {
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Operation(operation));
-    response
-}
 
 fn invalid(error: format::GenericError) -> ApiError {
     ApiError::bad_request(error.to_string(), STYLE)

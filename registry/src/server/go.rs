@@ -5,13 +5,13 @@
 //! command prints as the server's response.
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
-use super::metrics::Operation;
+use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
@@ -27,9 +27,7 @@ pub async fn dispatch(
     request: Request,
 ) -> Response {
     let (operation, result) = handle(&state, &repo, &rest, request).await;
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Operation(operation));
-    response
+    tagged(operation, result)
 }
 
 async fn handle(
@@ -102,16 +100,7 @@ async fn module(
 
 /// A metadata document that changes with the module: revalidated by ETag.
 fn document(rendered: Rendered, content_type: &'static str, headers: &HeaderMap) -> Response {
-    let mut response_headers = HeaderMap::new();
-    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-    if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
-        response_headers.insert(header::ETAG, etag);
-    }
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
-        return (StatusCode::NOT_MODIFIED, response_headers).into_response();
-    }
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    (response_headers, rendered.body).into_response()
+    super::metadata_document(rendered, content_type, headers, None)
 }
 
 async fn list(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {

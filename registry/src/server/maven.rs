@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use wharf_api::PackageFormat;
 
-use super::metrics::Operation;
+use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob};
 use crate::auth::Permission;
 use crate::core::{NewAsset, PackageId, PackageSnapshot, PublishOutcome, VersionStatus};
@@ -50,9 +50,7 @@ pub async fn dispatch(
     request: Request,
 ) -> Response {
     let (operation, result) = handle(&state, &repo, &path, request).await;
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Operation(operation));
-    response
+    tagged(operation, result)
 }
 
 async fn handle(

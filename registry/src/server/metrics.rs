@@ -22,6 +22,13 @@ use super::SharedState;
 #[derive(Clone, Copy, Debug)]
 pub struct Operation(pub &'static str);
 
+/// A handler's result as a response labelled with its [`Operation`].
+pub fn tagged(operation: &'static str, result: Result<Response, super::ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(Operation(operation));
+    response
+}
+
 /// Labels borrow their text where they can: hot routes name an
 /// [`Operation`], so recording a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

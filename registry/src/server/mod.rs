@@ -167,6 +167,32 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not found", ErrorStyle::Json)
 }
 
+/// A metadata document rendered from a package snapshot (packument,
+/// simple page, index file): changes with the package, so clients
+/// revalidate it by ETag and get a 304 when it did not change. `Vary`
+/// covers what selects the representation.
+pub fn metadata_document(
+    rendered: crate::core::Rendered,
+    content_type: &'static str,
+    request_headers: &HeaderMap,
+    vary: Option<&'static str>,
+) -> Response {
+    use axum::http::{HeaderValue, header};
+    let mut headers = HeaderMap::new();
+    if let Some(vary) = vary {
+        headers.insert(header::VARY, HeaderValue::from_static(vary));
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
+        headers.insert(header::ETAG, etag);
+    }
+    if request_headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (headers, rendered.body).into_response()
+}
+
 /// An error and its causes on one line, for logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -7,13 +7,13 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
-use super::metrics::Operation;
+use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome, Rendered};
@@ -39,9 +39,7 @@ pub async fn dispatch(
 
 async fn route(state: SharedState, repo_name: String, rest: String, request: Request) -> Response {
     let (operation, result) = handle(&state, &repo_name, &rest, request).await;
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Operation(operation));
-    response
+    tagged(operation, result)
 }
 
 async fn handle(
@@ -147,17 +145,7 @@ async fn packument(
         snapshot.rendered(&key, |index| format::render_packument(index, name, &base, abbreviated))
     };
     let content_type = if abbreviated { format::ABBREVIATED_CONTENT_TYPE } else { "application/json" };
-    let mut response_headers = HeaderMap::new();
-    response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
-    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-    if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
-        response_headers.insert(header::ETAG, etag);
-    }
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
-        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
-    }
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    Ok((response_headers, rendered.body).into_response())
+    Ok(super::metadata_document(rendered, content_type, headers, Some("Accept, Authorization")))
 }
 
 /// The package's index as `repo` sees it: through its chain, or its own.

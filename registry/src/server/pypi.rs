@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
-use super::metrics::Operation;
+use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{NewAsset, PackageId, PackageIndex, Rendered, VersionStatus};
@@ -19,12 +19,6 @@ use crate::formats::pypi::{self as format, DistKind};
 use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
 
 const STYLE: ErrorStyle = ErrorStyle::Text;
-
-fn tagged(operation: &'static str, result: Result<Response, ApiError>) -> Response {
-    let mut response = result.unwrap_or_else(IntoResponse::into_response);
-    response.extensions_mut().insert(Operation(operation));
-    response
-}
 
 fn repo_name(repo: &Repository) -> &str {
     repo.metadata.name.as_deref().unwrap_or_default()
@@ -105,17 +99,7 @@ pub async fn project(
                 .ok_or_else(not_found)?;
             snapshot.rendered(key, render)
         };
-        let mut response_headers = HeaderMap::new();
-        response_headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
-        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-        if let Ok(etag) = HeaderValue::from_str(&rendered.etag) {
-            response_headers.insert(header::ETAG, etag);
-        }
-        if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(rendered.etag.as_str()) {
-            return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
-        }
-        response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        Ok((response_headers, rendered.body).into_response())
+        Ok(super::metadata_document(rendered, content_type, &headers, Some("Accept, Authorization")))
     }
     .await;
     tagged("pypi_simple_project", result)
@@ -136,23 +120,25 @@ pub async fn file(
         };
         let missing = || ApiError::not_found(format!("file {filename} not found"), STYLE);
         let id = PackageId::new(PackageFormat::Pypi, &project);
+        // Borrowed, not cloned: a file request must not copy the whole index.
+        let (view, snapshot);
         let index = if upstream::has_chain(&state, repo_name(repo)) {
-            let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+            view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(missing)?;
             if !metadata_file {
                 let digests =
                     upstream::stored_asset(&state, repo_name(repo), &view, &id, &version, asset_name, STYLE).await?;
                 return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE)
                     .await;
             }
-            view.index
+            &view.index
         } else {
-            let snapshot = state
+            snapshot = state
                 .registry
                 .package(repo_name(repo), &id)
                 .await
                 .map_err(|e| ApiError::from_core(e, STYLE))?
                 .ok_or_else(missing)?;
-            snapshot.index.clone()
+            &snapshot.index
         };
         let entry = index.versions.get(&version).ok_or_else(missing)?;
         if !entry.status.is_installable() {
