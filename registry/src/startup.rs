@@ -51,14 +51,6 @@ pub async fn build_state(
     };
     let domain = config.domain_name().to_owned();
     let upstream = Arc::new(crate::upstream::UpstreamClient::new());
-    for connection in &config.domain.spec.external_connections {
-        if connection.url.starts_with("https:") {
-            tracing::warn!(
-                connection = %connection.name,
-                "this build reaches external connections over http only; requests through this https connection will fail with 502"
-            );
-        }
-    }
     Ok(Arc::new(AppState {
         registry: Arc::new(Registry::new(storage)),
         signer: TokenSigner::new(key, domain),

@@ -9,9 +9,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -97,54 +96,6 @@ fn go(ws: &Workspace, dir: &str, proxy: &str) -> Command {
 
 fn proxy_url(server: &TestServer, repo: &str) -> String {
     format!("http://127.0.0.1:{}/go/{repo}", server.port)
-}
-
-/// A TLS terminator in front of the registry (built by
-/// `tests/install-clients.sh`), with its own self-signed certificate;
-/// stopped on drop.
-struct TlsTerminator {
-    child: Child,
-    port: u16,
-    certificate: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl TlsTerminator {
-    fn start(backend_port: u16) -> TlsTerminator {
-        let tools = std::env::var_os("WHARF_TEST_TOOLS")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
-            .unwrap();
-        let binary = tools.join("tls-terminator");
-        assert!(
-            binary.exists(),
-            "the TLS terminator is missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
-            tools.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let certificate = dir.path().join("certificate.pem");
-        let mut child = Command::new(binary)
-            .arg("-backend")
-            .arg(format!("127.0.0.1:{backend_port}"))
-            .arg("-cert-out")
-            .arg(&certificate)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().expect("the TLS terminator exited before listening").unwrap();
-        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        std::thread::spawn(move || for _ in lines {});
-        TlsTerminator { child, port, certificate, _dir: dir }
-    }
-}
-
-impl Drop for TlsTerminator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A module that calls `greet.Hello`. `println` keeps the cold build small

@@ -2,7 +2,8 @@
 //! registry binary, with a second registry binary on loopback playing the
 //! public registry: dependency confusion refused, public packages fetched
 //! and retained, cached packages still installing with the upstream gone,
-//! uncached ones failing with a 502 that names the connection.
+//! uncached ones failing with a 502 that names the connection; an https
+//! connection verified against the trust store Wharf is given.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -35,6 +36,11 @@ fn chain_config(public: &TestServer) -> String {
 
 /// [`chain_config`] with more rules in the Domain policy.
 fn chain_config_with(public: &TestServer, extra_rules: &str) -> String {
+    chain_config_at(&public.base, extra_rules)
+}
+
+/// The topology with the external connections at `base`.
+fn chain_config_at(base: &str, extra_rules: &str) -> String {
     format!(
         r#"
 apiVersion: wharf.dev/v1alpha1
@@ -99,8 +105,7 @@ spec:
   rules:
     - patterns: ["/npm/acme/*"]
       externalUpstream: Block
-{extra_rules}"#,
-        base = public.base
+{extra_rules}"#
     )
 }
 
@@ -510,4 +515,58 @@ async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
     let printed = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(printed.contains(&format!("go: downloading {MODULE} v1.0.0")), "{printed}");
     assert_eq!(printed.lines().last(), Some("42"), "{printed}");
+}
+
+/// An https external connection: Wharf verifies the upstream's certificate
+/// against its trust store (`SSL_CERT_FILE` here, the test authority), and
+/// `go` builds a module fetched over it; an upstream whose certificate it
+/// cannot verify is refused with a 502 naming the connection. (Go, because
+/// its upstream file URLs follow the connection URL; the loopback npm
+/// registry behind the TCP-level terminator would write http tarball URLs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn go_builds_through_an_https_external_connection() {
+    const MODULE: &str = "example.internal/tls/answer";
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let tls = TlsTerminator::start(public.port);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{MODULE}@v1.0.0/go.mod"), options).unwrap();
+    write!(zip, "module {MODULE}\n\ngo 1.21\n").unwrap();
+    zip.start_file(format!("{MODULE}@v1.0.0/answer.go"), options).unwrap();
+    write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return 43 }}\n").unwrap();
+    let zip = zip.finish().unwrap().into_inner();
+    let published = reqwest::Client::new()
+        .put(public.url(&format!("/go/public/{MODULE}/@v/v1.0.0.zip")))
+        .bearer_auth(&public_token)
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 201, "{}", published.text().await.unwrap());
+
+    let config = chain_config_at(&format!("https://127.0.0.1:{}", tls.port), "");
+    let data = tempfile::tempdir().unwrap();
+    let trust = [("SSL_CERT_FILE", tls.certificate.as_os_str())];
+    let wharf = TestServer::start_in_env(data.path(), Some(&config), &[], &trust);
+    let proxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
+    let client = Workspace::new();
+    client.write("app/go.mod", "module example.internal/app\n\ngo 1.21\n");
+    client.write(
+        "app/main.go",
+        &format!("package main\n\nimport \"{MODULE}\"\n\nfunc main() {{ println(answer.Answer()) }}\n"),
+    );
+    run_ok(go(&client, "app", &proxy).args(["get", &format!("{MODULE}@v1.0.0")]));
+    let output = run_ok(go(&client, "app", &proxy).args(["run", "."]));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "43");
+    assert_eq!(version_status(&wharf, "go-store", "go", MODULE, "v1.0.0").await, 200);
+
+    // The machine's own trust store does not know the test authority.
+    let untrusting = TestServer::start_with(Some(&config), &[]);
+    let refused = reqwest::get(untrusting.url(&format!("/go/app/{MODULE}/@v/list"))).await.unwrap();
+    assert_eq!(refused.status(), 502);
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("external connection public-go"), "{message}");
+    let logged = untrusting.log_lines().join("\n");
+    assert!(logged.to_lowercase().contains("certificate"), "the log says why:\n{logged}");
 }

@@ -37,6 +37,16 @@ impl TestServer {
 
     /// Starts on a data folder the caller owns (to restart on it).
     pub fn start_in(data: &Path, config: Option<&str>, extra_args: &[&str]) -> TestServer {
+        Self::start_in_env(data, config, extra_args, &[])
+    }
+
+    /// [`TestServer::start_in`] with extra environment variables.
+    pub fn start_in_env(
+        data: &Path,
+        config: Option<&str>,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wharf-registry"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.join("store"));
         if let Some(config) = config {
@@ -49,6 +59,7 @@ impl TestServer {
             .args(extra_args)
             .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -282,4 +293,53 @@ pub fn write_npmrc(workspace: &Workspace, dir: &str, server: &TestServer, repo: 
     std::fs::create_dir_all(workspace.path(dir)).unwrap();
     let mut file = std::fs::File::create(workspace.path(dir).join(".npmrc")).unwrap();
     file.write_all(text.as_bytes()).unwrap();
+}
+
+/// A TLS terminator in front of the registry (built by
+/// `tests/install-clients.sh`), with a certificate from its own throw-away authority;
+/// stopped on drop.
+pub struct TlsTerminator {
+    child: Child,
+    pub port: u16,
+    /// The PEM of the authority that issued its certificate, for `SSL_CERT_FILE`.
+    pub certificate: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsTerminator {
+    pub fn start(backend_port: u16) -> TlsTerminator {
+        let tools = std::env::var_os("WHARF_TEST_TOOLS")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+            .unwrap();
+        let binary = tools.join("tls-terminator");
+        assert!(
+            binary.exists(),
+            "the TLS terminator is missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
+            tools.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let certificate = dir.path().join("certificate.pem");
+        let mut child = Command::new(binary)
+            .arg("-backend")
+            .arg(format!("127.0.0.1:{backend_port}"))
+            .arg("-cert-out")
+            .arg(&certificate)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().expect("the TLS terminator exited before listening").unwrap();
+        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        TlsTerminator { child, port, certificate, _dir: dir }
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
