@@ -170,10 +170,8 @@ pub async fn get_version(
     state.authorize(&headers, repository, Permission::Read, STYLE)?;
     let id = package_id(&format, &package)?;
     let snapshot = state
-        .registry
-        .package(&repo, &id)
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .package(&repo, &id, STYLE)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("package {package} not found"), STYLE))?;
     let entry = snapshot
         .index

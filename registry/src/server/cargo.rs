@@ -83,12 +83,7 @@ pub async fn index_file(
             }
             Rendered::of(format::render_index_file(&view.index))
         } else {
-            let snapshot = state
-                .registry
-                .package(repo_name(repo), &crate_id(&name))
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?
-                .ok_or_else(missing)?;
+            let snapshot = state.package(repo_name(repo), &crate_id(&name), STYLE).await?.ok_or_else(missing)?;
             // Only the kept spelling has an index file; cargo offers the other
             // spelling itself when a lookup fails.
             if snapshot.index.display_name.to_ascii_lowercase() != name {
@@ -125,12 +120,7 @@ pub async fn download(
             let digests = upstream::stored_asset(&state, repo_name(repo), &view, &id, &key, &file, STYLE).await?;
             return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE).await;
         }
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &id)
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(missing)?;
+        let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
         let entry = snapshot.index.versions.get(&key).ok_or_else(missing)?;
         if !entry.status.is_installable() {
             return Err(ApiError::not_found(format!("{krate}@{version} is {}", entry.status.as_str()), STYLE));
@@ -384,11 +374,7 @@ pub async fn owners(
         }
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         format::validate_name(&krate).map_err(bad_request)?;
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &crate_id(&krate))
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
+        let snapshot = state.package(repo_name(repo), &crate_id(&krate), STYLE).await?
             .ok_or_else(|| ApiError::not_found(format!("crate {krate} not found"), STYLE))?;
         let users: Vec<Value> = format::publishers(&snapshot.index)
             .into_iter()
@@ -445,11 +431,7 @@ pub async fn search(
                 total += 1;
                 continue;
             }
-            let snapshot = state
-                .registry
-                .package(repo_name(repo), &PackageId::new(PackageFormat::Cargo, name))
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?;
+            let snapshot = state.package(repo_name(repo), &PackageId::new(PackageFormat::Cargo, name), STYLE).await?;
             // A spelling claimed by a publish that then failed has no versions.
             let Some(snapshot) = snapshot.filter(|s| s.index.versions.values().any(|v| v.status.is_installable()))
             else {

@@ -103,12 +103,7 @@ pub async fn get_asset(
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let missing = || ApiError::not_found(format!("{namespace}/{package} {version} has no asset {asset}"), STYLE);
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &id)
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(missing)?;
+        let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
         let entry = snapshot.index.versions.get(&version).ok_or_else(missing)?;
         if !entry.status.is_installable() {
             return Err(ApiError::not_found(
@@ -133,12 +128,7 @@ pub async fn get_version(
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let missing = || ApiError::not_found(format!("{namespace}/{package} {version} not found"), STYLE);
-        let snapshot = state
-            .registry
-            .package(repo_name(repo), &id)
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
-            .ok_or_else(missing)?;
+        let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
         let entry = snapshot.index.versions.get(&version).ok_or_else(missing)?;
         Ok(axum::Json(format::version_document(&namespace, &package, &version, entry)).into_response())
     }
@@ -156,10 +146,8 @@ pub async fn get_package(
         state.authorize(&headers, repo, Permission::Read, STYLE)?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let snapshot = state
-            .registry
-            .package(repo_name(repo), &id)
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
+            .package(repo_name(repo), &id, STYLE)
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("{namespace}/{package} not found"), STYLE))?;
         Ok(axum::Json(format::package_document(&namespace, &package, &snapshot.index)).into_response())
     }

@@ -91,10 +91,8 @@ async fn module(
     path: &str,
 ) -> Result<std::sync::Arc<PackageSnapshot>, ApiError> {
     state
-        .registry
-        .package(repo_name(repo), &PackageId::new(PackageFormat::Go, path))
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .package(repo_name(repo), &PackageId::new(PackageFormat::Go, path), STYLE)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("module {path} not found"), STYLE))
 }
 

@@ -68,6 +68,16 @@ impl AppState {
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {name} not found"), style))
     }
 
+    /// The package as the core has it now, its errors mapped for the client.
+    pub async fn package(
+        &self,
+        repo: &str,
+        id: &crate::core::PackageId,
+        style: ErrorStyle,
+    ) -> Result<Option<Arc<crate::core::PackageSnapshot>>, ApiError> {
+        self.registry.package(repo, id).await.map_err(|e| ApiError::from_core(e, style))
+    }
+
     /// Decides whether the request may do `permission` on `repo`: anonymous
     /// reads where the Repository's `access` admits them, else a valid
     /// credential whose scope covers the repository and permission.

@@ -136,10 +136,8 @@ async fn packument(
         Rendered::of(format::render_packument(&view.index, name, &base, abbreviated))
     } else {
         let snapshot = state
-            .registry
-            .package(repo_name, &package_id(name))
-            .await
-            .map_err(|e| ApiError::from_core(e, STYLE))?
+            .package(repo_name, &package_id(name), STYLE)
+            .await?
             .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
         let key = format!("npm:{abbreviated}:{base}");
         snapshot.rendered(&key, |index| format::render_packument(index, name, &base, abbreviated))
@@ -155,10 +153,8 @@ async fn visible_index(state: &SharedState, repo_name: &str, name: &str) -> Resu
         return view.map(|v| v.index).ok_or_else(|| ApiError::not_found("Not found", STYLE));
     }
     let snapshot = state
-        .registry
-        .package(repo_name, &package_id(name))
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .package(repo_name, &package_id(name), STYLE)
+        .await?
         .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
     Ok(snapshot.index.clone())
 }
@@ -209,10 +205,8 @@ async fn tarball(
         return blob::serve(&state.registry, &digests, "application/octet-stream", method, headers, STYLE).await;
     }
     let snapshot = state
-        .registry
-        .package(repo_name, &package_id(name))
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?
+        .package(repo_name, &package_id(name), STYLE)
+        .await?
         .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
     let entry = snapshot
         .index

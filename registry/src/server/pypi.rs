@@ -91,12 +91,7 @@ pub async fn project(
             let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(not_found)?;
             Rendered::of(render(&view.index))
         } else {
-            let snapshot = state
-                .registry
-                .package(repo_name(repo), &id)
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?
-                .ok_or_else(not_found)?;
+            let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(not_found)?;
             snapshot.rendered(key, render)
         };
         Ok(super::metadata_document(rendered, content_type, &headers, Some("Accept, Authorization")))
@@ -132,12 +127,7 @@ pub async fn file(
             }
             &view.index
         } else {
-            snapshot = state
-                .registry
-                .package(repo_name(repo), &id)
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?
-                .ok_or_else(missing)?;
+            snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
             &snapshot.index
         };
         let entry = index.versions.get(&version).ok_or_else(missing)?;
