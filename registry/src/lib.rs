@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod core;
 pub mod formats;
+pub mod secrets;
 pub mod server;
 pub mod startup;
 pub mod storage;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use wharf_api::DomainConfig;
+use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
 use wharf_registry::startup::{self, ServeOptions};
 
@@ -37,6 +38,11 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Folder of Secrets, laid out like a Secret volume (`DIR/{secret}/{key}`), that the
+    /// configuration's `credentialsSecretRef`s and `keySecretRef`s name. Default:
+    /// `<data>/secrets`.
+    #[arg(long, env = "WHARF_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
     /// Largest artifact accepted in one upload, in bytes.
     #[arg(long, env = "WHARF_MAX_UPLOAD_BYTES", default_value_t = Limits::default().max_upload_bytes)]
     max_upload_bytes: u64,
@@ -72,13 +78,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => (hex::encode(rand::random::<[u8; 24]>()), true),
     };
     let signing_key = std::env::var("WHARF_TOKEN_SIGNING_KEY").ok().filter(|k| !k.is_empty()).map(String::into_bytes);
+    let secrets =
+        SecretsDir::new(args.secrets_dir.clone().unwrap_or_else(|| PathBuf::from(&args.data).join("secrets")));
     let options = ServeOptions {
         listen: args.listen,
+        secrets,
         admin_token,
         signing_key,
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
     };
-    let storage = startup::open_storage(&config)?;
+    let storage = startup::open_storage(&config, &options.secrets)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("failed to listen on {}", options.listen))?;

@@ -11,13 +11,14 @@ use wharf_api::DomainConfig;
 
 use crate::auth::TokenSigner;
 use crate::core::Registry;
+use crate::secrets::SecretsDir;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
 use crate::storage::Storage;
 
 /// Opens the storage the Domain's `storage` names. A local folder and
 /// memory belong to this process alone, which spares readers a storage
 /// round trip per request (see [`Storage::exclusive`]).
-pub fn open_storage(config: &DomainConfig) -> anyhow::Result<Storage> {
+pub fn open_storage(config: &DomainConfig, _secrets: &SecretsDir) -> anyhow::Result<Storage> {
     let storage = &config.domain.spec.storage;
     if let Some(fs) = &storage.filesystem {
         std::fs::create_dir_all(&fs.path).with_context(|| format!("failed to create the data folder {}", fs.path))?;
@@ -33,6 +34,8 @@ pub fn open_storage(config: &DomainConfig) -> anyhow::Result<Storage> {
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// Where the configuration's Secret references are read from.
+    pub secrets: SecretsDir,
     pub admin_token: String,
     /// Overrides the signing key kept in storage (all replicas must agree).
     pub signing_key: Option<Vec<u8>>,

@@ -74,6 +74,7 @@ impl TestApp {
         let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
+            secrets: crate::secrets::SecretsDir::new("/nonexistent-secrets"),
             admin_token: ADMIN.into(),
             signing_key: Some(b"test-key".to_vec()),
             limits,
