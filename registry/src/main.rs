@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use wharf_api::DomainConfig;
+use wharf_registry::cluster::ConfigMapSource;
 use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
-use wharf_registry::startup::{self, ServeOptions};
+use wharf_registry::startup::{self, LiveServer, ServeOptions};
 
 #[derive(Parser)]
 #[command(name = "wharf-registry", version, about = "Wharf artifact registry")]
@@ -27,8 +28,12 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// A file or folder of Wharf resources (Domain, Repository, UpstreamPolicy YAML).
-    #[arg(long, env = "WHARF_CONFIG")]
+    #[arg(long, env = "WHARF_CONFIG", conflicts_with = "config_map")]
     config: Option<PathBuf>,
+    /// Cluster mode: the ConfigMap (NAMESPACE/NAME, key `wharf.yaml`) the operator renders
+    /// for the Domain, watched so changes apply within seconds without a restart.
+    #[arg(long, env = "WHARF_CONFIG_MAP")]
+    config_map: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -69,9 +74,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => DomainConfig::embedded_default(&args.data),
+    let (config, source) = match (&args.config, &args.config_map) {
+        (_, Some(reference)) => {
+            let source = ConfigMapSource::connect(reference).await?;
+            let (config, revision) = source.load().await?;
+            (config, Some((source, revision)))
+        }
+        (Some(path), None) => (DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?, None),
+        (None, None) => (DomainConfig::embedded_default(&args.data), None),
     };
     let (admin_token, generated) = match std::env::var("WHARF_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => (token, false),
@@ -93,9 +103,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("failed to listen on {}", options.listen))?;
     let listen = listener.local_addr().context("failed to read the bound address")?;
     println!("{}", startup::banner(&config, listen, &options.admin_token, generated));
-    let state = startup::build_state(config, storage, &options).await?;
+    let live = LiveServer::new(startup::build_state(config, storage, &options).await?);
+    if let Some((source, revision)) = source {
+        tokio::spawn(source.watch(live.clone(), revision));
+    }
     tracing::info!(%listen, "serving");
-    startup::serve(listener, state).await
+    startup::serve(listener, live).await
 }
 
 fn init_tracing(format: LogFormat) {

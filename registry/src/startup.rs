@@ -2,11 +2,13 @@
 //! loads or generates its keys, binds, and shuts down gracefully. Does I/O.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{Context, bail};
+use axum::Router;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use tower::ServiceExt;
 use wharf_api::DomainConfig;
 
 use crate::auth::TokenSigner;
@@ -65,10 +67,84 @@ pub async fn build_state(
     }))
 }
 
+/// The configuration in force and the router built from it. A new configuration revision
+/// replaces both at once, so a request is served start to finish under one revision; what
+/// does not depend on the configuration (storage, caches, keys, metrics, upstream client) is
+/// shared across revisions.
+pub struct LiveServer {
+    current: RwLock<(Arc<AppState>, Router)>,
+}
+
+/// Why a configuration revision was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The revision names another Domain: a registry serves one Domain for its lifetime.
+    #[error("the configuration is for Domain {new}, this registry serves Domain {serving}")]
+    OtherDomain {
+        /// The Domain being served.
+        serving: String,
+        /// The Domain the revision names.
+        new: String,
+    },
+    /// Storage is opened once at start-up.
+    #[error("the Domain's storage changed; storage changes take effect when the registry restarts")]
+    StorageChanged,
+}
+
+impl LiveServer {
+    /// Serves `state` until a new configuration replaces it.
+    pub fn new(state: Arc<AppState>) -> Arc<LiveServer> {
+        let router = server::app(state.clone());
+        Arc::new(LiveServer { current: RwLock::new((state, router)) })
+    }
+
+    /// The state in force.
+    pub fn state(&self) -> Arc<AppState> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).0.clone()
+    }
+
+    fn router(&self) -> Router {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+    }
+
+    /// Serves `config` from now on, unless it names another Domain or other storage.
+    pub fn replace_config(&self, config: DomainConfig) -> Result<(), ReloadError> {
+        let old = self.state();
+        if config.domain_name() != old.config.domain_name() {
+            return Err(ReloadError::OtherDomain {
+                serving: old.config.domain_name().to_owned(),
+                new: config.domain_name().to_owned(),
+            });
+        }
+        if config.domain.spec.storage != old.config.domain.spec.storage {
+            return Err(ReloadError::StorageChanged);
+        }
+        let state = Arc::new(AppState {
+            config: Arc::new(config),
+            registry: old.registry.clone(),
+            signer: old.signer.clone(),
+            admin_token: old.admin_token.clone(),
+            limits: old.limits,
+            metrics: old.metrics.clone(),
+            upstream: old.upstream.clone(),
+        });
+        let router = server::app(state.clone());
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (state, router);
+        Ok(())
+    }
+}
+
 /// Serves until SIGINT or SIGTERM; requests in flight (uploads included)
 /// are allowed to finish first.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> anyhow::Result<()> {
-    axum::serve(listener, server::app(state)).with_graceful_shutdown(shutdown_signal()).await.context("server failed")
+pub async fn serve(listener: tokio::net::TcpListener, live: Arc<LiveServer>) -> anyhow::Result<()> {
+    let service = tower::service_fn(move |request: axum::extract::Request| {
+        let router = live.router();
+        async move { router.oneshot(request).await }
+    });
+    axum::serve(listener, tower::make::Shared::new(service))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")
 }
 
 async fn shutdown_signal() {

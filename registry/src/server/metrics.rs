@@ -59,6 +59,12 @@ pub struct Metrics {
     durations: Family<RouteLabels, Histogram, DurationBuckets>,
     bytes_in: Family<RouteLabels, Counter>,
     bytes_out: Family<RouteLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -85,7 +91,19 @@ impl Metrics {
             "Requests to external connections by connection, kind (metadata, artifact) and outcome",
             upstream_requests,
         );
-        Metrics { registry, requests, durations, bytes_in, bytes_out }
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration revisions received in cluster mode, by result (applied, rejected)",
+            config_reloads.clone(),
+        );
+        Metrics { registry, requests, durations, bytes_in, bytes_out, config_reloads }
+    }
+
+    /// Counts a configuration revision received while serving.
+    pub fn record_config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.config_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 }
 

@@ -175,7 +175,7 @@ impl Drop for TestServer {
 }
 
 /// A plain HTTP GET from sync code (harness start-up): the status code.
-fn http_status(url: &str) -> std::io::Result<u16> {
+pub fn http_status(url: &str) -> std::io::Result<u16> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));

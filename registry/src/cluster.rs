@@ -1,0 +1,98 @@
+//! Cluster mode: the configuration is the ConfigMap the operator renders for the Domain, read
+//! through the Kubernetes API and watched, so a change takes effect within seconds without a
+//! restart — a mounted ConfigMap would take the kubelet's sync period, a minute or more. A
+//! revision that does not validate is logged and skipped; the last good one keeps serving.
+//! Does I/O.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use wharf_api::DomainConfig;
+
+use crate::startup::LiveServer;
+
+/// The key of the ConfigMap that holds the rendered resources.
+pub const CONFIG_KEY: &str = "wharf.yaml";
+
+/// A ConfigMap holding a Domain's configuration.
+pub struct ConfigMapSource {
+    api: Api<ConfigMap>,
+    namespace: String,
+    name: String,
+}
+
+impl ConfigMapSource {
+    /// Connects with the in-cluster configuration (or `KUBECONFIG`) to the ConfigMap
+    /// `namespace/name`.
+    pub async fn connect(reference: &str) -> anyhow::Result<ConfigMapSource> {
+        let Some((namespace, name)) = reference.split_once('/').filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        else {
+            bail!("--config-map {reference:?}: expected NAMESPACE/NAME");
+        };
+        let client = Client::try_default().await.context("failed to configure the Kubernetes client")?;
+        Ok(ConfigMapSource {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Reads and validates the current revision; returns it with its resourceVersion.
+    pub async fn load(&self) -> anyhow::Result<(DomainConfig, Option<String>)> {
+        let config_map = self
+            .api
+            .get(&self.name)
+            .await
+            .with_context(|| format!("failed to read ConfigMap {}/{}", self.namespace, self.name))?;
+        Ok((self.parse(&config_map)?, config_map.metadata.resource_version))
+    }
+
+    fn parse(&self, config_map: &ConfigMap) -> anyhow::Result<DomainConfig> {
+        let source = format!("ConfigMap {}/{} key {CONFIG_KEY}", self.namespace, self.name);
+        let text = config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(CONFIG_KEY))
+            .with_context(|| format!("{source}: missing"))?;
+        DomainConfig::from_yaml_str(&source, text).map_err(|error| anyhow::anyhow!("{error}"))
+    }
+
+    /// Applies every revision after `serving` to `live` until the process ends. The watch
+    /// restarts with backoff when the apiserver is unreachable.
+    pub async fn watch(self, live: Arc<LiveServer>, mut serving: Option<String>) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut revisions = watcher(self.api.clone(), config).default_backoff().applied_objects().boxed();
+        while let Some(event) = revisions.next().await {
+            let config_map = match event {
+                Ok(config_map) => config_map,
+                Err(error) => {
+                    tracing::warn!(%error, "watching the configuration failed; retrying");
+                    continue;
+                }
+            };
+            let revision = config_map.metadata.resource_version.clone();
+            if revision.is_some() && revision == serving {
+                continue;
+            }
+            let outcome = self.parse(&config_map).and_then(|config| Ok(live.replace_config(config)?));
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(revision = revision.as_deref().unwrap_or_default(), "configuration updated");
+                    live.state().metrics.record_config_reload(true);
+                }
+                Err(error) => {
+                    tracing::error!(
+                        revision = revision.as_deref().unwrap_or_default(),
+                        "configuration rejected, still serving the last good one: {error:#}"
+                    );
+                    live.state().metrics.record_config_reload(false);
+                }
+            }
+            serving = revision;
+        }
+    }
+}
