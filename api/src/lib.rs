@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod common;
 pub mod config;
 pub mod domain;
@@ -60,9 +61,18 @@ pub use repository::{AccessSpec, MAX_UPSTREAMS, Repository, RepositorySpec, Repo
 
 /// The CustomResourceDefinitions of every Wharf resource, for `wharf-operator crd` and the
 /// checked-in `crds/` folder.
+/// Each carries the admission rules of [`admission`].
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![Domain::crd(), Repository::crd(), UpstreamPolicy::crd()]
+    [Domain::crd(), Repository::crd(), UpstreamPolicy::crd()]
+        .into_iter()
+        .map(|crd| {
+            let kind = crd.spec.names.kind.clone();
+            let mut json = serde_json::to_value(&crd).expect("a generated CRD serializes");
+            admission::apply(&kind, &mut json);
+            serde_json::from_value(json).expect("admission rules keep the CRD well-formed")
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -117,13 +117,10 @@ pub struct PolicyRule {
 //
 // On the wire both the short form `publish: Allow` and the long form
 // `{mode: AllowSpecificRepositories, repositories: [shared]}` are read (the Deserialize
-// impl below). The CRD schema only describes the long form, an object: a structural schema
-// cannot say "string or object" with types, so a real apiserver rejects the short form and
-// `kubectl apply` needs `publish: {mode: Allow}`; the short form works in local YAML files
-// only. Serialization always writes the long form, so what the operator renders is read
-// the same in both modes. The structural way to accept both would be an untyped node with
-// `x-kubernetes-preserve-unknown-fields: true` (any JSON value) checked by CEL, at the
-// cost of `kubectl explain` and schema validation; the operator issue decides.
+// impl below), in local YAML and on the apiserver alike: the CRD gives these fields an
+// untyped schema (`admission.rs`), since a structural schema cannot type "string or
+// object"; a bad value is reported by the operator in status. Serialization always writes the long form, so what the operator
+// renders is read the same in both modes.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Restriction {

@@ -1,0 +1,232 @@
+//! Admission rules of the CustomResourceDefinitions: the CEL validations
+//! (`x-kubernetes-validations`) a kube-apiserver checks before it stores a Wharf object, and
+//! the schema of the restriction fields. Pure: it edits the generated schemas.
+//!
+//! They live in one table rather than in attributes on the types because most need a path
+//! through the generated schema (a rule on `spec.storage` of a Domain, another on the root
+//! of a Repository) and because reading them side by side shows what admission catches and
+//! what is left to the operator's status (a missing Domain, a cycle of upstreams, a name
+//! clash: nothing a rule on one object can see).
+
+use serde_json::{Value, json};
+
+/// One CEL rule at a schema path (`.`-separated properties, `[]` for list items).
+struct Rule {
+    kind: &'static str,
+    path: &'static str,
+    rule: String,
+    message: &'static str,
+}
+
+/// Seconds a duration string of the loader's syntax (`90`, `5m`, `1h30m`, `7d`) stands for,
+/// as a CEL expression over `self`. CEL's `duration()` reads Go durations, which have no
+/// days, so days are split off first.
+fn duration_seconds() -> String {
+    let go = |text: &str| format!("({text} == '' ? 0 : duration({text}).getSeconds())");
+    format!(
+        "(self.matches('^[0-9]+$') ? int(self) : (self.contains('d') ? int(self.split('d')[0]) * 86400 + {} : {}))",
+        go("self.split('d')[1]"),
+        go("self"),
+    )
+}
+
+fn duration_between(min_seconds: u64, max_seconds: u64) -> String {
+    let seconds = duration_seconds();
+    format!("{seconds} >= {min_seconds} && {seconds} <= {max_seconds}")
+}
+
+fn rules() -> Vec<Rule> {
+    let mut rules = vec![
+        Rule {
+            kind: "Domain",
+            path: "spec.storage",
+            rule: "[has(self.s3), has(self.gcs), has(self.azure), has(self.filesystem), has(self.memory)]\
+                   .filter(set, set).size() == 1"
+                .into(),
+            message: "set exactly one storage backend: s3, gcs, azure, filesystem or memory",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.tokens.maxTTL",
+            rule: duration_between(15 * 60, 12 * 3600),
+            message: "maxTTL must be between 15m and 12h",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.externalConnections",
+            rule: "self.all(c, self.exists_one(d, d.name == c.name))".into(),
+            message: "external connection names must be unique in a Domain",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.externalConnections[].url",
+            rule: "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''".into(),
+            message: "url must be an http or https URL with a host",
+        },
+        Rule {
+            kind: "Repository",
+            path: "spec.domainRef",
+            rule: "self == oldSelf".into(),
+            message: "domainRef is immutable: packages cannot move between Domains; create a new Repository instead",
+        },
+        Rule {
+            kind: "Repository",
+            path: "",
+            rule: "!has(self.spec.upstreams) || !self.spec.upstreams.exists(u, u.name == self.metadata.name)".into(),
+            message: "a Repository cannot be its own upstream",
+        },
+        Rule {
+            kind: "Repository",
+            path: "spec.upstreams",
+            rule: "self.all(u, self.exists_one(v, v.name == u.name))".into(),
+            message: "each upstream may be listed once",
+        },
+        Rule {
+            kind: "Repository",
+            path: "spec.access.publish",
+            rule: "!self.exists(subject, subject.kind == 'Anonymous')".into(),
+            message: "Anonymous may read, never publish",
+        },
+        Rule {
+            kind: "UpstreamPolicy",
+            path: "spec.metadataTTL",
+            rule: duration_between(0, 24 * 3600),
+            message: "metadataTTL must be between 0s and 24h",
+        },
+        Rule {
+            kind: "UpstreamPolicy",
+            path: "spec.rules[].minimumReleaseAge",
+            rule: duration_between(0, 365 * 86400),
+            message: "minimumReleaseAge must be between 0s and 365d",
+        },
+    ];
+    for subject_list in ["spec.access.read[]", "spec.access.publish[]"] {
+        rules.push(Rule {
+            kind: "Repository",
+            path: subject_list,
+            rule: "self.kind == 'ServiceAccount' ? has(self.name) && has(self.namespace) : \
+                   self.kind == 'Namespace' ? has(self.name) : \
+                   self.kind == 'OIDC' ? has(self.issuer) : true"
+                .into(),
+            message: "ServiceAccount needs name and namespace, Namespace needs name, OIDC needs issuer",
+        });
+    }
+    rules
+}
+
+/// Size limits the apiserver needs to estimate the cost of the CEL rules (it refuses a CRD
+/// whose rules could, over unbounded lists and strings, exceed its budget), generous for any
+/// real configuration: (kind, path, keyword, limit).
+const BOUNDS: &[(&str, &str, &str, u64)] = &[
+    ("Domain", "spec.externalConnections", "maxItems", 100),
+    ("Domain", "spec.externalConnections[].url", "maxLength", 2048),
+    ("Repository", "spec.access.read", "maxItems", 100),
+    ("Repository", "spec.access.publish", "maxItems", 100),
+    ("Repository", "spec.access.read[].name", "maxLength", 253),
+    ("Repository", "spec.access.read[].namespace", "maxLength", 63),
+    ("Repository", "spec.access.read[].issuer", "maxLength", 2048),
+    ("Repository", "spec.access.read[].claims", "maxProperties", 32),
+    ("Repository", "spec.access.publish[].name", "maxLength", 253),
+    ("Repository", "spec.access.publish[].namespace", "maxLength", 63),
+    ("Repository", "spec.access.publish[].issuer", "maxLength", 2048),
+    ("Repository", "spec.access.publish[].claims", "maxProperties", 32),
+    ("UpstreamPolicy", "spec.targetRefs", "maxItems", 100),
+    ("UpstreamPolicy", "spec.rules", "maxItems", 200),
+    ("UpstreamPolicy", "spec.rules[].patterns", "maxItems", 100),
+    ("UpstreamPolicy", "spec.rules[].patterns[]", "maxLength", 512),
+    ("UpstreamPolicy", "spec.rules[].blockedVersions", "maxItems", 1000),
+    ("UpstreamPolicy", "spec.rules[].blockedVersions[]", "maxLength", 512),
+];
+
+/// The schema of a restriction (`publish`, `externalUpstream`, `internalUpstream`): the
+/// short form `Allow` or the long form `{mode: AllowSpecificRepositories, repositories:
+/// [...]}`. A structural schema cannot type "string or object", and CEL cannot see an
+/// untyped node (the apiserver declares no CEL type for it), so admission takes any value
+/// here and the operator reports a bad one as `Stalled` with the loader's message — the
+/// price of letting the documented short form through `kubectl apply`.
+fn restriction_schema(description: Option<&Value>) -> Value {
+    let forms = "Allow, Block, Inherit, or {mode: AllowSpecificRepositories, repositories: [names]}.";
+    let description = match description.and_then(Value::as_str) {
+        Some(text) => format!("{text} {forms}"),
+        None => forms.to_owned(),
+    };
+    json!({"description": description, "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// Adds the admission rules to the generated CRD of `kind` (as JSON).
+pub(crate) fn apply(kind: &str, crd: &mut Value) {
+    let Some(root) = crd.pointer_mut("/spec/versions/0/schema/openAPIV3Schema") else {
+        return;
+    };
+    for (_, path, keyword, limit) in BOUNDS.iter().filter(|(bound_kind, ..)| *bound_kind == kind) {
+        let Some(node) = schema_at(root, path) else {
+            panic!("size limit for {kind}: no schema at {path:?}");
+        };
+        node[*keyword] = json!(limit);
+    }
+    if kind == "UpstreamPolicy" {
+        for field in ["publish", "externalUpstream", "internalUpstream"] {
+            if let Some(node) = schema_at(root, &format!("spec.rules[].{field}")) {
+                *node = restriction_schema(node.get("description"));
+            }
+        }
+    }
+    for rule in rules().into_iter().filter(|rule| rule.kind == kind) {
+        let Some(node) = schema_at(root, rule.path) else {
+            panic!("admission rule for {kind}: no schema at {:?}", rule.path);
+        };
+        let validations =
+            node.as_object_mut().map(|object| object.entry("x-kubernetes-validations").or_insert_with(|| json!([])));
+        if let Some(Value::Array(list)) = validations {
+            list.push(json!({"rule": rule.rule, "message": rule.message}));
+        }
+        // The apiserver estimates each rule's cost from the sizes it can know; a bounded
+        // string keeps duration rules within budget.
+        if node.get("type") == Some(&json!("string")) && node.get("maxLength").is_none() {
+            node["maxLength"] = json!(64);
+        }
+    }
+}
+
+/// The schema node at `path` below `root`.
+fn schema_at<'a>(root: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    let mut node = root;
+    for segment in path.split('.').filter(|segment| !segment.is_empty()) {
+        let (name, items) = segment.strip_suffix("[]").map_or((segment, false), |name| (name, true));
+        node = node.get_mut("properties")?.get_mut(name)?;
+        if items {
+            node = node.get_mut("items")?;
+        }
+    }
+    Some(node)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_finds_its_schema_node() {
+        for crd in crate::crds() {
+            let json = serde_json::to_value(&crd).unwrap();
+            let kind = json["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+            let mut root = json["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+            for rule in rules().into_iter().filter(|rule| rule.kind == kind) {
+                let node = schema_at(&mut root, rule.path).unwrap_or_else(|| panic!("{kind} {}", rule.path));
+                let validations = node["x-kubernetes-validations"].as_array().unwrap();
+                assert!(validations.iter().any(|v| v["message"] == rule.message), "{kind} {}", rule.path);
+            }
+        }
+    }
+
+    #[test]
+    fn restrictions_take_the_short_and_the_long_form() {
+        let crd = serde_json::to_value(&crate::crds()[2]).unwrap();
+        let publish = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]
+            ["items"]["properties"]["publish"];
+        assert_eq!(publish["x-kubernetes-preserve-unknown-fields"], true);
+        assert!(publish.get("type").is_none());
+        assert!(publish["description"].as_str().unwrap().contains("Allow"));
+    }
+}

@@ -1,0 +1,178 @@
+//! What a real kube-apiserver admits with Wharf's CRDs installed: the schema and CEL rules
+//! reject invalid objects at `kubectl apply` time with a message a person can act on, and
+//! accept every documented form.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use kube::Client;
+use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually};
+
+const NAMESPACE: &str = "admission";
+
+async fn client_with_crds() -> Client {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    let yaml: String =
+        wharf_api::crds().iter().map(|crd| format!("---\n{}\n", serde_json::to_string(crd).unwrap())).collect();
+    apply_yaml(&admin, &yaml, None).await.unwrap();
+    ensure_namespace(&admin, NAMESPACE).await.unwrap();
+    // A CRD is served a moment after it is established.
+    eventually(Duration::from_secs(30), "Wharf kinds served", || {
+        let admin = admin.clone();
+        async move {
+            let probe = "apiVersion: wharf.dev/v1alpha1\nkind: UpstreamPolicy\nmetadata: {name: probe}\n\
+                         spec: {targetRefs: [{kind: Domain, name: probe}]}\n";
+            apply_yaml(&admin, probe, Some(NAMESPACE)).await.map(|_| ()).map_err(|e| format!("{e:#}"))
+        }
+    })
+    .await
+    .unwrap();
+    admin
+}
+
+async fn accepts(client: &Client, yaml: &str) {
+    if let Err(error) = apply_yaml(client, yaml, Some(NAMESPACE)).await {
+        panic!("rejected:\n{yaml}\n{error:#}");
+    }
+}
+
+async fn rejects(client: &Client, yaml: &str, message: &str) {
+    match apply_yaml(client, yaml, Some(NAMESPACE)).await {
+        Ok(_) => panic!("admitted:\n{yaml}"),
+        Err(error) => {
+            let error = format!("{error:#}");
+            assert!(error.contains(message), "expected {message:?} for\n{yaml}\ngot: {error}");
+        }
+    }
+}
+
+fn domain(name: &str, spec: &str) -> String {
+    format!("apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: {name}}}\nspec:\n{spec}")
+}
+
+fn repository(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: {name}}}\nspec:\n  domainRef: {{name: acme}}\n{spec}"
+    )
+}
+
+fn policy(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: UpstreamPolicy\nmetadata: {{name: {name}}}\nspec:\n  targetRefs: [{{kind: Domain, name: acme}}]\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn domains() {
+    let client = client_with_crds().await;
+    accepts(
+        &client,
+        &domain(
+            "acme",
+            "  storage: {filesystem: {path: /data}}\n  tokens: {maxTTL: 1h30m}\n  externalConnections:\n\
+             \x20 - {name: npm-public, format: npm, url: \"https://npm.example.invalid/\"}\n\
+             \x20 - {name: pypi-public, format: pypi, url: \"http://pypi.example.invalid/simple/\"}\n",
+        ),
+    )
+    .await;
+    for ttl in ["15m", "12h", "900", "0d1h"] {
+        accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
+            .await;
+    }
+    let exactly_one = "set exactly one storage backend";
+    rejects(&client, &domain("none", "  storage: {}\n"), exactly_one).await;
+    rejects(&client, &domain("two", "  storage: {memory: {}, filesystem: {path: /data}}\n"), exactly_one).await;
+    for ttl in ["5m", "13h", "1d", "60"] {
+        let yaml = domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n"));
+        rejects(&client, &yaml, "maxTTL must be between 15m and 12h").await;
+    }
+    rejects(
+        &client,
+        &domain(
+            "ftp",
+            "  storage: {memory: {}}\n  externalConnections: [{name: x, format: npm, url: \"ftp://host/\"}]\n",
+        ),
+        "url must be an http or https URL",
+    )
+    .await;
+    rejects(
+        &client,
+        &domain(
+            "twice",
+            "  storage: {memory: {}}\n  externalConnections:\n  - {name: x, format: npm, url: \"https://a.invalid/\"}\n\
+             \x20 - {name: x, format: pypi, url: \"https://b.invalid/\"}\n",
+        ),
+        "external connection names must be unique",
+    )
+    .await;
+    rejects(&client, &domain("fmt", "  storage: {memory: {}}\n  externalConnections: [{name: x, format: rubygems, url: \"https://a.invalid/\"}]\n"), "Unsupported value").await;
+}
+
+#[tokio::test]
+async fn repositories() {
+    let client = client_with_crds().await;
+    accepts(
+        &client,
+        &repository(
+            "web",
+            "  upstreams: [{name: shared}, {name: npm-store}]\n  externalConnection: npm-public\n  access:\n\
+             \x20   read: [{kind: Namespace, name: team-web}, {kind: Anonymous}]\n\
+             \x20   publish: [{kind: ServiceAccount, namespace: team-web, name: release-bot}, {kind: OIDC, issuer: \"https://issuer.invalid\", claims: {repository: acme/web}}]\n",
+        ),
+    )
+    .await;
+    let eleven: Vec<String> = (0..11).map(|i| format!("{{name: up{i}}}")).collect();
+    rejects(&client, &repository("many", &format!("  upstreams: [{}]\n", eleven.join(", "))), "Too many").await;
+    rejects(&client, &repository("loop", "  upstreams: [{name: loop}]\n"), "cannot be its own upstream").await;
+    rejects(&client, &repository("dup", "  upstreams: [{name: a}, {name: a}]\n"), "each upstream may be listed once")
+        .await;
+    rejects(
+        &client,
+        &repository("anon", "  access: {publish: [{kind: Anonymous}]}\n"),
+        "Anonymous may read, never publish",
+    )
+    .await;
+    rejects(
+        &client,
+        &repository("sa", "  access: {read: [{kind: ServiceAccount, name: bot}]}\n"),
+        "ServiceAccount needs name and namespace",
+    )
+    .await;
+    rejects(&client, &repository("Bad_Name", ""), "metadata.name").await;
+
+    // domainRef is fixed once set: packages do not move between Domains.
+    rejects(
+        &client,
+        &repository("web", "  upstreams: [{name: shared}]\n").replace("name: acme", "name: other"),
+        "domainRef is immutable",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_policies() {
+    let client = client_with_crds().await;
+    accepts(
+        &client,
+        &policy(
+            "internal-names",
+            "  metadataTTL: 30s\n  rules:\n  - patterns: [\"/npm/acme/*\", \"/pypi//acme~\", \"/maven/com.acme/lib$\"]\n\
+             \x20   publish: Allow\n    externalUpstream: Block\n\
+             \x20   internalUpstream: {mode: AllowSpecificRepositories, repositories: [shared]}\n\
+             \x20 - patterns: [\"/*\"]\n    minimumReleaseAge: 7d\n    externalUpstream: {mode: Inherit}\n\
+             \x20   blockedVersions: [\"/npm//event-stream@3.3.6\"]\n",
+        ),
+    )
+    .await;
+    rejects(&client, &policy("ttl", "  metadataTTL: 25h\n"), "metadataTTL must be between 0s and 24h").await;
+    rejects(
+        &client,
+        &policy("age", "  rules: [{patterns: [\"/*\"], minimumReleaseAge: 400d}]\n"),
+        "minimumReleaseAge must be between",
+    )
+    .await;
+    rejects(&client, &policy("pattern", "  rules: [{patterns: [\"npm/acme\"]}]\n"), "should match").await;
+    rejects(&client, &policy("format", "  rules: [{patterns: [\"/rubygems/*\"]}]\n"), "should match").await;
+}
