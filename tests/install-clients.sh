@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the package clients the end-to-end tests drive, into a cache
+# Installs the package clients the end-to-end tests drive (and the S3 server
+# the storage tests use), into a cache
 # folder outside the repository (keyed by the pinned versions), so a second
 # run costs nothing. npm comes with the machine's Node.js, cargo with the
 # Rust toolchain that builds the tests, go with the machine's Go toolchain,
@@ -37,6 +38,19 @@ else
     PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check $PYTHON_CLIENTS
     echo "$PYTHON_CLIENTS" > "$STAMP"
     echo "install-clients: installed $PYTHON_CLIENTS into $TOOLS_DIR/venv"
+fi
+
+# The S3-compatible server the object-storage tests start on loopback: moto's
+# server, the one checked to make conditional writes atomic. Added to the same
+# venv under its own stamp, so the clients above are not reinstalled for it.
+S3_SERVER="moto[server]==5.2.5"
+S3_STAMP="$TOOLS_DIR/venv/.installed-s3-server"
+if [ -f "$S3_STAMP" ] && [ "$(cat "$S3_STAMP")" = "$S3_SERVER" ] && [ -x "$TOOLS_DIR/venv/bin/moto_server" ]; then
+    echo "install-clients: S3 server already in $TOOLS_DIR/venv"
+else
+    PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "$S3_SERVER"
+    echo "$S3_SERVER" > "$S3_STAMP"
+    echo "install-clients: installed $S3_SERVER into $TOOLS_DIR/venv"
 fi
 
 # The go command sends credentials only over https, so the Go tests put a

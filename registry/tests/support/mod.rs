@@ -47,6 +47,19 @@ impl TestServer {
         extra_args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> TestServer {
+        let server = Self::listen_in_env(data, config, extra_args, env);
+        server.wait_ready();
+        server
+    }
+
+    /// [`TestServer::start_in_env`] that returns once the server listens,
+    /// ready or not (storage may be unreachable).
+    pub fn listen_in_env(
+        data: &Path,
+        config: Option<&str>,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wharf-registry"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.join("store"));
         if let Some(config) = config {
@@ -87,9 +100,7 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        let server = TestServer { child, base, port, _data: None, logs };
-        server.wait_ready();
-        server
+        TestServer { child, base, port, _data: None, logs }
     }
 
     fn wait_ready(&self) {
@@ -175,13 +186,18 @@ impl Drop for TestServer {
 }
 
 /// A plain HTTP GET from sync code (harness start-up): the status code.
-fn http_status(url: &str) -> std::io::Result<u16> {
+pub fn http_status(url: &str) -> std::io::Result<u16> {
+    http_request_status("GET", url)
+}
+
+/// A plain HTTP request without a body from sync code: the status code.
+pub fn http_request_status(method: &str, url: &str) -> std::io::Result<u16> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
     Ok(std::str::from_utf8(&head[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0))
@@ -338,6 +354,66 @@ impl TlsTerminator {
 }
 
 impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real S3-compatible server on a free loopback port: moto's server
+/// application from the venv `tests/install-clients.sh` prepares, run by
+/// `tests/s3-server.py`, which serves one request at a time so that moto's
+/// conditional writes are atomic, as S3's are. Keeps objects in memory;
+/// stopped on drop. moto does not check signatures, so any credentials work.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        // Moto takes the port on its command line: find a free one, release it, hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    /// Starts on a given loopback port (one a test kept free on purpose).
+    pub fn start_on(port: u16) -> S3Server {
+        let venv = python_tools();
+        assert!(
+            venv.join("bin/moto_server").exists(),
+            "moto is missing from the test venv: run tests/install-clients.sh"
+        );
+        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/s3-server.py");
+        let child = Command::new(venv.join("bin/python"))
+            .arg(launcher)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_remove("AWS_ENDPOINT_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("failed to start the S3 server");
+        let mut server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_status(&format!("{}/", server.endpoint)).ok() != Some(200) {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("the S3 server exited before answering: {status}");
+            }
+            assert!(Instant::now() < deadline, "the S3 server did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Creates a bucket (path-style `PUT /{bucket}`).
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = http_request_status("PUT", &format!("{}/{bucket}", self.endpoint)).unwrap();
+        assert_eq!(status, 200, "creating bucket {bucket}");
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
