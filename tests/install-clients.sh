@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Installs the package clients the end-to-end tests drive (and the S3 server
-# the storage tests use), into a cache
-# folder outside the repository (keyed by the pinned versions), so a second
-# run costs nothing. npm comes with the machine's Node.js, cargo with the
+# Installs the package clients the end-to-end tests drive, and the S3 server
+# the storage tests start, into a cache folder outside the repository (keyed
+# by the pinned versions), so a second run costs nothing. npm comes with the machine's Node.js, cargo with the
 # Rust toolchain that builds the tests, go with the machine's Go toolchain,
 # mvn with its Maven package.
 set -euo pipefail
