@@ -111,6 +111,20 @@ pub fn open_storage(spec: &StorageSpec, secrets: &SecretsDir) -> Result<Storage,
     }
 }
 
+/// Where the credentials of `spec`'s store come from, for messages when they are refused.
+pub fn credentials_source(spec: &StorageSpec) -> String {
+    let reference = match spec {
+        StorageSpec { s3: Some(s3), .. } => s3.credentials_secret_ref.as_ref(),
+        StorageSpec { gcs: Some(gcs), .. } => gcs.credentials_secret_ref.as_ref(),
+        StorageSpec { azure: Some(azure), .. } => azure.credentials_secret_ref.as_ref(),
+        _ => None,
+    };
+    match reference {
+        Some(reference) => format!("the credentials of Secret {:?}", reference.name),
+        None => "the ambient credentials (environment, instance or workload identity)".to_owned(),
+    }
+}
+
 fn open_s3(s3: &S3Storage, secrets: &SecretsDir) -> Result<Arc<dyn ObjectStore>, OpenStorageError> {
     // The environment first (AWS_* variables, web identity, container and instance
     // credentials), so a pod's ambient identity works; the resource's fields win.

@@ -45,6 +45,11 @@ pub async fn build_state(
                 error = %server::error_chain(&error),
                 "storage is not reachable; serving anyway, /readyz answers 503 until it is"
             ),
+            Err(error) if error.is_access_denied() => {
+                let source = crate::backends::credentials_source(&config.domain.spec.storage);
+                return Err(error)
+                    .context(format!("storage refused {source}: check them and the bucket's permissions"));
+            }
             Err(error) => return Err(error).context("storage cannot hold a Wharf Domain"),
         }
     }

@@ -101,6 +101,17 @@ impl StorageError {
             _ => false,
         }
     }
+
+    /// Whether storage refused the credentials (HTTP 401 or 403).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Store {
+                source: object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// The digests of a blob, computed while it streamed in.

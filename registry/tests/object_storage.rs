@@ -3,7 +3,8 @@
 //! purging through `Storage`; then the registry binary on an S3 Domain with
 //! credentials from a secrets folder, driven by npm, twine and pip, with a
 //! second replica on the same bucket; and the start-up failures a platform
-//! team would meet (a missing Secret, an unreachable endpoint).
+//! team would meet (a missing Secret, credentials the store refuses, an
+//! unreachable endpoint).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -336,6 +337,27 @@ fn a_missing_secret_stops_start_up_naming_it() {
         stderr.contains("Secret \"acme-s3\"") && stderr.contains("accessKeyId") && stderr.contains("Domain \"acme\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn credentials_the_store_refuses_stop_start_up_naming_the_secret() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    s3.require_known_credentials();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir();
+    let config = data.path().join("wharf.yaml");
+    std::fs::write(&config, S3_CONFIG.replace("{endpoint}", &s3.endpoint)).unwrap();
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(secrets.path())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage refused the credentials of Secret \"acme-s3\""), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

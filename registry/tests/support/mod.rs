@@ -192,12 +192,21 @@ pub fn http_status(url: &str) -> std::io::Result<u16> {
 
 /// A plain HTTP request without a body from sync code: the status code.
 pub fn http_request_status(method: &str, url: &str) -> std::io::Result<u16> {
+    http_request_with_body(method, url, "")
+}
+
+/// A plain HTTP request with a short text body from sync code: the status code.
+pub fn http_request_with_body(method: &str, url: &str, body: &str) -> std::io::Result<u16> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let length = body.len();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+    )?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
     Ok(std::str::from_utf8(&head[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0))
@@ -404,6 +413,13 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// From now on, refuses requests signed with access keys moto's IAM does
+    /// not know (moto's `reset-auth` with no free unauthenticated requests).
+    pub fn require_known_credentials(&self) {
+        let status = http_request_with_body("POST", &format!("{}/moto-api/reset-auth", self.endpoint), "0").unwrap();
+        assert_eq!(status, 200, "turning on moto's authentication");
     }
 
     /// Creates a bucket (path-style `PUT /{bucket}`).
