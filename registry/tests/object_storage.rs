@@ -4,7 +4,7 @@
 //! credentials from a secrets folder, driven by npm, twine and pip, with a
 //! second replica on the same bucket; and the start-up failures a platform
 //! team would meet (a missing Secret, credentials the store refuses, an
-//! unreachable endpoint).
+//! unreachable endpoint). Azure Blob Storage likewise, through Azurite.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -397,4 +397,91 @@ async fn an_unreachable_endpoint_serves_but_is_not_ready_until_storage_answers()
         .header("X-Checksum-Sha256", hex::encode(Sha256::digest(b"late")))
         .body("late");
     assert!(put.send().await.unwrap().status().is_success());
+}
+
+const AZURE_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage:
+    azure:
+      account: wharftest
+      container: wharf
+      prefix: domains/acme
+      credentialsSecretRef: {name: acme-azure}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: main}
+spec:
+  domainRef: {name: acme}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+/// Azure Blob Storage through Azurite, which checks the account key: two
+/// replicas on one container, a multi-block upload, a create-once race, and
+/// a wrong key refused at start-up naming the Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_replicas_share_a_container_and_a_wrong_key_is_refused() {
+    let azurite = AzureEmulator::start();
+    azurite.create_container("wharf");
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(secrets.path().join("acme-azure")).unwrap();
+    std::fs::write(secrets.path().join("acme-azure/accountKey"), format!("{}\n", azurite.key)).unwrap();
+    let secrets_arg = secrets.path().display().to_string();
+    // object_store's emulator mode: path-style URLs at this endpoint.
+    let env = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true".as_ref()),
+        ("AZURITE_BLOB_STORAGE_URL", azurite.endpoint.as_ref()),
+        ("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY.as_ref()),
+    ];
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = TestServer::start_in_env(data_a.path(), Some(AZURE_CONFIG), &["--secrets-dir", &secrets_arg], &env);
+    let second = TestServer::start_in_env(data_b.path(), Some(AZURE_CONFIG), &["--secrets-dir", &secrets_arg], &env);
+    let token = first.token(&["main"], &["read", "publish"]).await;
+    let client = reqwest::Client::new();
+
+    // 7 MiB: more than one block of the multipart upload.
+    let big: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let put = client
+        .put(first.url("/generic/main/acme/big/1.0.0/big.bin"))
+        .bearer_auth(&token)
+        .header("X-Checksum-Sha256", hex::encode(Sha256::digest(&big)))
+        .body(big.clone());
+    assert!(put.send().await.unwrap().status().is_success());
+    let read = client.get(second.url("/generic/main/acme/big/1.0.0/big.bin")).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert!(read.bytes().await.unwrap() == big, "the other replica serves the same bytes");
+
+    let attempts = (0..20).map(|i| {
+        let server = if i % 2 == 0 { &first } else { &second };
+        let body = format!("tool build {i}");
+        let request = client
+            .put(server.url("/generic/main/acme/tool/1.0.0/tool.txt"))
+            .bearer_auth(&token)
+            .header("X-Checksum-Sha256", hex::encode(Sha256::digest(body.as_bytes())))
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    assert_eq!(statuses.iter().filter(|s| **s < 300).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s >= 300).all(|s| *s == 409), "{statuses:?}");
+
+    // Another key of the right shape: Azurite refuses the signature.
+    let wrong = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(wrong.path().join("acme-azure")).unwrap();
+    std::fs::write(wrong.path().join("acme-azure/accountKey"), "d3JvbmcgYnV0IHdlbGwtZm9ybWVkIGtleSBvZiAzMiBieXRlcw==")
+        .unwrap();
+    let config = data_a.path().join("wharf.yaml");
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(wrong.path())
+        .envs(env.iter().copied())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage refused the credentials of Secret \"acme-azure\""), "{stderr}");
 }

@@ -197,15 +197,21 @@ pub fn http_request_status(method: &str, url: &str) -> std::io::Result<u16> {
 
 /// A plain HTTP request with a short text body from sync code: the status code.
 pub fn http_request_with_body(method: &str, url: &str, body: &str) -> std::io::Result<u16> {
+    http_request(method, url, &[], body)
+}
+
+/// A plain HTTP request with extra headers and a short text body from sync code: the status code.
+pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<u16> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let length = body.len();
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {length}\r\nConnection: close\r\n\r\n{body}"
     )?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
@@ -430,6 +436,86 @@ impl S3Server {
 }
 
 impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Azure Blob Storage emulator (Azurite, installed by
+/// `tests/install-clients.sh`) on a free loopback port, with one account
+/// whose key is generated here; it checks SharedKey signatures, so a wrong
+/// key is refused. Keeps its data in a temporary folder; stopped on drop.
+pub struct AzureEmulator {
+    child: Child,
+    pub endpoint: String,
+    pub account: String,
+    /// The account key, base64 as Azure gives it out.
+    pub key: String,
+    _data: tempfile::TempDir,
+}
+
+impl AzureEmulator {
+    pub fn start() -> AzureEmulator {
+        use base64::Engine;
+        let tools = std::env::var_os("WHARF_TEST_TOOLS")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+            .unwrap();
+        let binary = tools.join("azurite/node_modules/.bin/azurite-blob");
+        assert!(binary.exists(), "Azurite is missing from {}: run tests/install-clients.sh", tools.display());
+        let account = "wharftest".to_owned();
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+            .arg(data.path())
+            .args(["--silent", "--skipApiVersionCheck", "--disableProductStyleUrl"])
+            .env("AZURITE_ACCOUNTS", format!("{account}:{key}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("failed to start Azurite");
+        let mut emulator =
+            AzureEmulator { child, endpoint: format!("http://127.0.0.1:{port}"), account, key, _data: data };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_status(&format!("{}/{}?comp=list", emulator.endpoint, emulator.account)).is_err() {
+            if let Some(status) = emulator.child.try_wait().unwrap() {
+                panic!("Azurite exited before answering: {status}");
+            }
+            assert!(Instant::now() < deadline, "Azurite did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        emulator
+    }
+
+    /// Creates a container, with a request signed by the account key (SharedKey).
+    pub fn create_container(&self, container: &str) {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let version = "2021-08-06";
+        // The verb, eleven empty standard headers, the x-ms- headers, then the resource;
+        // path-style URLs carry the account in the path as well.
+        let account = &self.account;
+        let string_to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{account}/{account}/{container}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD.decode(&self.key).unwrap();
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(string_to_sign.as_bytes());
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let authorization = format!("SharedKey {account}:{signature}");
+        let url = format!("{}/{account}/{container}?restype=container", self.endpoint);
+        let headers = [("x-ms-date", date.as_str()), ("x-ms-version", version), ("Authorization", &authorization)];
+        let status = http_request("PUT", &url, &headers, "").unwrap();
+        assert_eq!(status, 201, "creating container {container}");
+    }
+}
+
+impl Drop for AzureEmulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
