@@ -50,6 +50,9 @@ pub async fn build_state(
                 return Err(error)
                     .context(format!("storage refused {source}: check them and the bucket's permissions"));
             }
+            Err(error) if error.is_not_found() => {
+                return Err(error).context("storage has no such bucket or container: create it, or fix its name");
+            }
             Err(error) => return Err(error).context("storage cannot hold a Wharf Domain"),
         }
     }

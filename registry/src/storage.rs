@@ -102,6 +102,11 @@ impl StorageError {
         }
     }
 
+    /// Whether storage answered "not found" (a write into a bucket that does not exist).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::Store { source: object_store::Error::NotFound { .. }, .. })
+    }
+
     /// Whether storage refused the credentials (HTTP 401 or 403).
     pub fn is_access_denied(&self) -> bool {
         matches!(

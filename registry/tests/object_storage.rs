@@ -360,6 +360,25 @@ fn credentials_the_store_refuses_stop_start_up_naming_the_secret() {
     assert!(stderr.contains("storage refused the credentials of Secret \"acme-s3\""), "{stderr}");
 }
 
+#[test]
+fn a_bucket_that_does_not_exist_stops_start_up() {
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir();
+    let config = data.path().join("wharf.yaml");
+    std::fs::write(&config, S3_CONFIG.replace("{endpoint}", &s3.endpoint)).unwrap();
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(secrets.path())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no such bucket or container"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_endpoint_serves_but_is_not_ready_until_storage_answers() {
     // A port nothing listens on (yet): the registry starts, live but not ready.
