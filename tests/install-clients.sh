@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the package clients the end-to-end tests drive, into a cache
-# folder outside the repository (keyed by the pinned versions), so a second
-# run costs nothing. npm comes with the machine's Node.js, cargo with the
-# Rust toolchain that builds the tests, go with the machine's Go toolchain,
-# mvn with its Maven package.
+# Installs the package clients the end-to-end tests drive, and the S3 server
+# and Azure emulator the storage tests start, into a cache folder outside the
+# repository (keyed by the pinned versions), so a second run costs nothing.
+# npm comes with the machine's Node.js, cargo with the Rust toolchain that
+# builds the tests, go with the machine's Go toolchain, mvn with its Maven
+# package.
 set -euo pipefail
 
 TOOLS_DIR="${WHARF_TEST_TOOLS:-$HOME/.cache/wharf/test-tools}"
@@ -37,6 +38,34 @@ else
     PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check $PYTHON_CLIENTS
     echo "$PYTHON_CLIENTS" > "$STAMP"
     echo "install-clients: installed $PYTHON_CLIENTS into $TOOLS_DIR/venv"
+fi
+
+# The S3-compatible server the object-storage tests start on loopback: moto's
+# server, the one checked to make conditional writes atomic. Added to the same
+# venv under its own stamp, so the clients above are not reinstalled for it.
+S3_SERVER="moto[server]==5.2.5"
+S3_STAMP="$TOOLS_DIR/venv/.installed-s3-server"
+if [ -f "$S3_STAMP" ] && [ "$(cat "$S3_STAMP")" = "$S3_SERVER" ] && [ -x "$TOOLS_DIR/venv/bin/moto_server" ]; then
+    echo "install-clients: S3 server already in $TOOLS_DIR/venv"
+else
+    PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$TOOLS_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "$S3_SERVER"
+    echo "$S3_SERVER" > "$S3_STAMP"
+    echo "install-clients: installed $S3_SERVER into $TOOLS_DIR/venv"
+fi
+
+# The Azure Blob Storage emulator the Azure storage test starts: Azurite, from
+# the npm registry, into its own folder keyed by version.
+AZURITE="azurite@3.37.0"
+AZURITE_DIR="$TOOLS_DIR/azurite"
+if [ -f "$AZURITE_DIR/.installed" ] && [ "$(cat "$AZURITE_DIR/.installed")" = "$AZURITE" ] \
+    && [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+    echo "install-clients: Azurite already in $AZURITE_DIR"
+else
+    rm -rf "$AZURITE_DIR"
+    mkdir -p "$AZURITE_DIR"
+    npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel error "$AZURITE" >/dev/null
+    echo "$AZURITE" > "$AZURITE_DIR/.installed"
+    echo "install-clients: installed $AZURITE into $AZURITE_DIR"
 fi
 
 # The go command sends credentials only over https, so the Go tests put a

@@ -3,6 +3,7 @@
 //! through one publish and one install.
 
 pub mod auth;
+pub mod backends;
 pub mod cluster;
 pub mod core;
 pub mod formats;

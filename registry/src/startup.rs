@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::Router;
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use tower::ServiceExt;
 use wharf_api::DomainConfig;
 
@@ -17,21 +15,11 @@ use crate::secrets::SecretsDir;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
 use crate::storage::Storage;
 
-/// Opens the storage the Domain's `storage` names. A local folder and
-/// memory belong to this process alone, which spares readers a storage
-/// round trip per request (see [`Storage::exclusive`]).
-pub fn open_storage(config: &DomainConfig, _secrets: &SecretsDir) -> anyhow::Result<Storage> {
-    let storage = &config.domain.spec.storage;
-    if let Some(fs) = &storage.filesystem {
-        std::fs::create_dir_all(&fs.path).with_context(|| format!("failed to create the data folder {}", fs.path))?;
-        let store = LocalFileSystem::new_with_prefix(&fs.path)
-            .with_context(|| format!("failed to open filesystem storage at {}", fs.path))?;
-        return Ok(Storage::exclusive(Arc::new(store)));
-    }
-    if storage.memory.is_some() {
-        return Ok(Storage::exclusive(Arc::new(InMemory::new())));
-    }
-    bail!("storage backend {:?} is not supported by this build yet; use filesystem or memory", storage.backends())
+/// Opens the storage the Domain's `storage` names, with credentials from
+/// `secrets` (see [`crate::backends::open_storage`]).
+pub fn open_storage(config: &DomainConfig, secrets: &SecretsDir) -> anyhow::Result<Storage> {
+    crate::backends::open_storage(&config.domain.spec.storage, secrets)
+        .with_context(|| format!("failed to open the storage of Domain {:?}", config.domain_name()))
 }
 
 pub struct ServeOptions {
@@ -50,6 +38,26 @@ pub async fn build_state(
     storage: Storage,
     options: &ServeOptions,
 ) -> anyhow::Result<Arc<AppState>> {
+    if !storage.is_exclusive() {
+        // Refuse a store that would corrupt data; start on one that cannot be
+        // reached yet, with /readyz answering 503 until it can.
+        match storage.verify_conditional_writes().await {
+            Ok(()) => {}
+            Err(error) if error.is_unreachable() => tracing::warn!(
+                error = %server::error_chain(&error),
+                "storage is not reachable; serving anyway, /readyz answers 503 until it is"
+            ),
+            Err(error) if error.is_access_denied() => {
+                let source = crate::backends::credentials_source(&config.domain.spec.storage);
+                return Err(error)
+                    .context(format!("storage refused {source}: check them and the bucket's permissions"));
+            }
+            Err(error) if error.is_not_found() => {
+                return Err(error).context("storage has no such bucket or container: create it, or fix its name");
+            }
+            Err(error) => return Err(error).context("storage cannot hold a Wharf Domain"),
+        }
+    }
     let key = match &options.signing_key {
         Some(key) => key.clone(),
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,

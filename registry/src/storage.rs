@@ -12,6 +12,7 @@
 //! repositories/{repo}/{format}/{name}/versions/{v}/record.json          create-once version record
 //! repositories/{repo}/{format}/{name}/versions/{v}/assets/{file}.json   create-once asset record
 //! keys/token-signing                                        generated token signing key
+//! probes/conditional-write/{uuid}                           start-up check that create-once holds (deleted)
 //! ```
 //!
 //! Only small records use conditional writes: multipart uploads cannot be
@@ -21,7 +22,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -42,6 +45,9 @@ const UPLOAD_PART_SIZE: usize = 5 * 1024 * 1024;
 const UPLOAD_CONCURRENCY: usize = 2;
 /// Read size when streaming a blob from a local file.
 const FILE_READ_CHUNK: usize = 256 * 1024;
+/// How long the readiness check waits for storage: a probe answered later
+/// than this is as good as none.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An error from a body stream handed to [`Storage::stage_blob`].
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,11 +73,49 @@ pub enum StorageError {
     },
     #[error("failed to read stored blob")]
     Io(#[source] std::io::Error),
+    #[error(
+        "storage ignored a conditional write: a second create-only write of {key} succeeded. Wharf needs \
+         create-if-absent writes (S3: PUT with If-None-Match: *) so that of concurrent publishers exactly one \
+         wins; use a store that supports them"
+    )]
+    ConditionalWritesIgnored { key: String },
+    #[error("storage did not answer within {seconds} s")]
+    Unresponsive { seconds: u64 },
 }
 
 impl StorageError {
     fn store(action: &'static str, key: &Path, source: object_store::Error) -> Self {
         StorageError::Store { action, key: key.to_string(), source }
+    }
+
+    /// Whether storage could not be reached or failed in a way that may pass
+    /// (connection refused, timeout, a 5xx), as opposed to an answer that
+    /// will not change by waiting: access denied, no such bucket, conditional
+    /// writes ignored.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StorageError::Store { source, .. } => {
+                matches!(source, object_store::Error::Generic { .. } | object_store::Error::JoinError { .. })
+            }
+            StorageError::Unresponsive { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether storage answered "not found" (a write into a bucket that does not exist).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::Store { source: object_store::Error::NotFound { .. }, .. })
+    }
+
+    /// Whether storage refused the credentials (HTTP 401 or 403).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Store {
+                source: object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. },
+                ..
+            }
+        )
     }
 }
 
@@ -120,6 +164,9 @@ pub struct Storage {
     /// then what it wrote last is what storage holds, and readers need not
     /// ask storage whether another replica wrote since.
     exclusive: bool,
+    /// Set once this store was seen to refuse a second create of one key;
+    /// until then a shared store is not ready to serve.
+    conditional_writes_verified: Arc<AtomicBool>,
     small_blobs: Arc<Mutex<SmallBlobs>>,
 }
 
@@ -180,12 +227,26 @@ pub mod keys {
     pub fn token_signing_key() -> Path {
         path(["keys", "token-signing"])
     }
+
+    /// Everything a Repository holds (its packages of every format).
+    pub fn repository(repo: &str) -> Path {
+        path(["repositories", repo])
+    }
+
+    pub fn conditional_write_probe(id: &str) -> Path {
+        path(["probes", "conditional-write", id])
+    }
 }
 
 impl Storage {
     /// Storage other registry replicas may write to as well (object storage).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Storage { store, exclusive: false, small_blobs: Default::default() }
+        Storage {
+            store,
+            exclusive: false,
+            conditional_writes_verified: Arc::new(AtomicBool::new(false)),
+            small_blobs: Default::default(),
+        }
     }
 
     /// Storage only this process writes to (a local folder, memory).
@@ -459,13 +520,66 @@ impl Storage {
         }
     }
 
-    /// Whether the store answers at all (readiness).
+    /// Whether the store answers (readiness). A shared store must also have
+    /// shown that it honours conditional writes, once.
     pub async fn check(&self) -> Result<(), StorageError> {
-        let key = keys::token_signing_key();
-        match self.store.head(&key).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StorageError::store("reach storage at", &key, e)),
+        let seconds = READINESS_TIMEOUT.as_secs();
+        tokio::time::timeout(READINESS_TIMEOUT, async {
+            if !self.exclusive && !self.conditional_writes_verified.load(Ordering::Relaxed) {
+                return self.verify_conditional_writes().await;
+            }
+            let key = keys::token_signing_key();
+            match self.store.head(&key).await {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(StorageError::store("reach storage at", &key, e)),
+            }
+        })
+        .await
+        .unwrap_or(Err(StorageError::Unresponsive { seconds }))
+    }
+
+    /// Checks that the store refuses a second create-only write of one key,
+    /// which every create-once record and compare-and-swap here relies on. A
+    /// store that silently overwrites (an S3-compatible server without
+    /// If-None-Match) would let two publishers both win and lose data, so it
+    /// is refused before anything is stored. The probe object is removed.
+    pub async fn verify_conditional_writes(&self) -> Result<(), StorageError> {
+        let key = keys::conditional_write_probe(&uuid::Uuid::new_v4().to_string());
+        let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+        self.store
+            .put_opts(&key, PutPayload::from_static(b"first"), create.clone())
+            .await
+            .map_err(|e| StorageError::store("create", &key, e))?;
+        let second = self.store.put_opts(&key, PutPayload::from_static(b"second"), create).await;
+        // Best effort: a leftover probe is a few bytes under probes/.
+        let _ = self.store.delete(&key).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.conditional_writes_verified.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(_) => Err(StorageError::ConditionalWritesIgnored { key: key.to_string() }),
+            Err(e) => Err(StorageError::store("create again (expecting a refusal)", &key, e)),
         }
+    }
+
+    /// Deletes every object under `prefix` (an empty path: everything this
+    /// Storage holds, i.e. the whole Domain under its configured prefix),
+    /// streaming the listing into batched deletes so no listing is held in
+    /// memory. Returns how many objects were deleted. Objects written while
+    /// the purge runs may survive it; stop the writers first.
+    pub async fn purge(&self, prefix: &Path) -> Result<u64, StorageError> {
+        let scope = if prefix.as_ref().is_empty() { None } else { Some(prefix) };
+        let listing = self.store.list(scope).map_ok(|meta| meta.location).boxed();
+        let deleted = self
+            .store
+            .delete_stream(listing)
+            .try_fold(0u64, |count, _| async move { Ok(count + 1) })
+            .await
+            .map_err(|e| StorageError::store("purge", prefix, e))?;
+        // Cached small blobs may be among what is gone.
+        *self.small_blobs.lock().unwrap_or_else(|e| e.into_inner()) = SmallBlobs::default();
+        Ok(deleted)
     }
 }
 
@@ -648,6 +762,126 @@ mod tests {
         let (rev, bytes) = storage.latest_revision(&dir).await.unwrap().unwrap();
         assert_eq!((rev, &bytes[..]), (2, &b"two"[..]));
         assert!(!storage.revision_exists(&dir, 1).await.unwrap());
+    }
+
+    /// A store that overwrites on a create-only write, as an S3-compatible
+    /// server without If-None-Match support does.
+    #[derive(Debug)]
+    struct IgnoresPreconditions(InMemory);
+
+    impl std::fmt::Display for IgnoresPreconditions {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "IgnoresPreconditions")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresPreconditions {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            _ignored: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0.put_opts(location, payload, PutOptions::default()).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            options: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, options).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_are_verified_and_a_store_ignoring_them_is_refused() {
+        let honest = storage();
+        honest.verify_conditional_writes().await.unwrap();
+        honest.check().await.unwrap();
+
+        let careless = Storage::new(Arc::new(IgnoresPreconditions(InMemory::new())));
+        let error = careless.verify_conditional_writes().await.unwrap_err();
+        assert!(matches!(error, StorageError::ConditionalWritesIgnored { .. }), "{error}");
+        assert!(!error.is_unreachable(), "waiting will not fix it");
+        assert!(careless.check().await.is_err(), "never ready");
+        let left: Vec<_> = careless.store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "the probe is removed: {left:?}");
+
+        // The registry refuses to start on it, saying why.
+        let config = wharf_api::DomainConfig::embedded_default("unused");
+        let options = crate::startup::ServeOptions {
+            listen: ([127, 0, 0, 1], 0).into(),
+            secrets: crate::secrets::SecretsDir::new("unused"),
+            admin_token: "admin".into(),
+            signing_key: Some(vec![7; 32]),
+            limits: Default::default(),
+        };
+        let refused = crate::startup::build_state(config, careless, &options).await.err().unwrap();
+        let message = format!("{refused:#}");
+        assert!(message.contains("conditional write") && message.contains("If-None-Match"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_everything_under_a_prefix_on_a_local_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::backends::open_storage(
+            &wharf_api::StorageSpec::filesystem(&dir.path().display().to_string()),
+            &crate::secrets::SecretsDir::new("unused"),
+        )
+        .unwrap();
+        for i in 0..30 {
+            let key = keys::version_record("web", "npm", &format!("pkg-{}", i % 7), &format!("1.0.{i}"));
+            assert!(matches!(storage.create_json(&key, &i).await.unwrap(), Created::Created));
+        }
+        let kept = keys::version_record("web2", "npm", "kept", "1.0.0");
+        storage.create_json(&kept, &1).await.unwrap();
+        let blob = storage.put_small_blob(Bytes::from_static(b"cached once read")).await.unwrap();
+        assert!(storage.open_blob(&blob.sha256, blob.size, None).await.unwrap().is_some());
+
+        assert_eq!(storage.purge(&keys::repository("web")).await.unwrap(), 30);
+        assert!(storage.list_children(&keys::packages("web", "npm")).await.unwrap().is_empty());
+        assert_eq!(storage.read_json::<i32>(&kept).await.unwrap(), Some(1), "web2 is not under web/");
+
+        assert_eq!(storage.purge(&Path::from("")).await.unwrap(), 2);
+        let left: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(storage.open_blob(&blob.sha256, blob.size, None).await.unwrap().is_none(), "not served from cache");
+        let folders: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(folders.is_empty(), "emptied folders go too: {folders:?}");
     }
 
     #[tokio::test]

@@ -47,6 +47,19 @@ impl TestServer {
         extra_args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> TestServer {
+        let server = Self::listen_in_env(data, config, extra_args, env);
+        server.wait_ready();
+        server
+    }
+
+    /// [`TestServer::start_in_env`] that returns once the server listens,
+    /// ready or not (storage may be unreachable).
+    pub fn listen_in_env(
+        data: &Path,
+        config: Option<&str>,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wharf-registry"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data.join("store"));
         if let Some(config) = config {
@@ -87,9 +100,7 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        let server = TestServer { child, base, port, _data: None, logs };
-        server.wait_ready();
-        server
+        TestServer { child, base, port, _data: None, logs }
     }
 
     fn wait_ready(&self) {
@@ -176,12 +187,32 @@ impl Drop for TestServer {
 
 /// A plain HTTP GET from sync code (harness start-up): the status code.
 pub fn http_status(url: &str) -> std::io::Result<u16> {
+    http_request_status("GET", url)
+}
+
+/// A plain HTTP request without a body from sync code: the status code.
+pub fn http_request_status(method: &str, url: &str) -> std::io::Result<u16> {
+    http_request_with_body(method, url, "")
+}
+
+/// A plain HTTP request with a short text body from sync code: the status code.
+pub fn http_request_with_body(method: &str, url: &str, body: &str) -> std::io::Result<u16> {
+    http_request(method, url, &[], body)
+}
+
+/// A plain HTTP request with extra headers and a short text body from sync code: the status code.
+pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<u16> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let length = body.len();
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+    )?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
     Ok(std::str::from_utf8(&head[9..12]).ok().and_then(|c| c.parse().ok()).unwrap_or(0))
@@ -338,6 +369,153 @@ impl TlsTerminator {
 }
 
 impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real S3-compatible server on a free loopback port: moto's server
+/// application from the venv `tests/install-clients.sh` prepares, run by
+/// `tests/s3-server.py`, which serves one request at a time so that moto's
+/// conditional writes are atomic, as S3's are. Keeps objects in memory;
+/// stopped on drop. moto does not check signatures, so any credentials work.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        // Moto takes the port on its command line: find a free one, release it, hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    /// Starts on a given loopback port (one a test kept free on purpose).
+    pub fn start_on(port: u16) -> S3Server {
+        let venv = python_tools();
+        assert!(
+            venv.join("bin/moto_server").exists(),
+            "moto is missing from the test venv: run tests/install-clients.sh"
+        );
+        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/s3-server.py");
+        let child = Command::new(venv.join("bin/python"))
+            .arg(launcher)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .env_remove("AWS_ENDPOINT_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("failed to start the S3 server");
+        let mut server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_status(&format!("{}/", server.endpoint)).ok() != Some(200) {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("the S3 server exited before answering: {status}");
+            }
+            assert!(Instant::now() < deadline, "the S3 server did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// From now on, refuses requests signed with access keys moto's IAM does
+    /// not know (moto's `reset-auth` with no free unauthenticated requests).
+    pub fn require_known_credentials(&self) {
+        let status = http_request_with_body("POST", &format!("{}/moto-api/reset-auth", self.endpoint), "0").unwrap();
+        assert_eq!(status, 200, "turning on moto's authentication");
+    }
+
+    /// Creates a bucket (path-style `PUT /{bucket}`).
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = http_request_status("PUT", &format!("{}/{bucket}", self.endpoint)).unwrap();
+        assert_eq!(status, 200, "creating bucket {bucket}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Azure Blob Storage emulator (Azurite, installed by
+/// `tests/install-clients.sh`) on a free loopback port, with one account
+/// whose key is generated here; it checks SharedKey signatures, so a wrong
+/// key is refused. Keeps its data in a temporary folder; stopped on drop.
+pub struct AzureEmulator {
+    child: Child,
+    pub endpoint: String,
+    pub account: String,
+    /// The account key, base64 as Azure gives it out.
+    pub key: String,
+    _data: tempfile::TempDir,
+}
+
+impl AzureEmulator {
+    pub fn start() -> AzureEmulator {
+        use base64::Engine;
+        let tools = std::env::var_os("WHARF_TEST_TOOLS")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+            .unwrap();
+        let binary = tools.join("azurite/node_modules/.bin/azurite-blob");
+        assert!(binary.exists(), "Azurite is missing from {}: run tests/install-clients.sh", tools.display());
+        let account = "wharftest".to_owned();
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+            .arg(data.path())
+            .args(["--silent", "--skipApiVersionCheck", "--disableProductStyleUrl"])
+            .env("AZURITE_ACCOUNTS", format!("{account}:{key}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("failed to start Azurite");
+        let mut emulator =
+            AzureEmulator { child, endpoint: format!("http://127.0.0.1:{port}"), account, key, _data: data };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_status(&format!("{}/{}?comp=list", emulator.endpoint, emulator.account)).is_err() {
+            if let Some(status) = emulator.child.try_wait().unwrap() {
+                panic!("Azurite exited before answering: {status}");
+            }
+            assert!(Instant::now() < deadline, "Azurite did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        emulator
+    }
+
+    /// Creates a container, with a request signed by the account key (SharedKey).
+    pub fn create_container(&self, container: &str) {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let version = "2021-08-06";
+        // The verb, eleven empty standard headers, the x-ms- headers, then the resource;
+        // path-style URLs carry the account in the path as well.
+        let account = &self.account;
+        let string_to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{account}/{account}/{container}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD.decode(&self.key).unwrap();
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(string_to_sign.as_bytes());
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let authorization = format!("SharedKey {account}:{signature}");
+        let url = format!("{}/{account}/{container}?restype=container", self.endpoint);
+        let headers = [("x-ms-date", date.as_str()), ("x-ms-version", version), ("Authorization", &authorization)];
+        let status = http_request("PUT", &url, &headers, "").unwrap();
+        assert_eq!(status, 201, "creating container {container}");
+    }
+}
+
+impl Drop for AzureEmulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,506 @@
+//! Storage on a real S3-compatible server (moto on loopback): blob staging
+//! with multipart uploads, create-once races, compare-and-swap revisions and
+//! purging through `Storage`; then the registry binary on an S3 Domain with
+//! credentials from a secrets folder, driven by npm, twine and pip, with a
+//! second replica on the same bucket; and the start-up failures a platform
+//! team would meet (a missing Secret, credentials the store refuses, an
+//! unreachable endpoint). Azure Blob Storage likewise, through Azurite.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::path::Path as FsPath;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use sha2::{Digest, Sha256};
+use support::*;
+use wharf_api::{S3Storage, SecretRef, StorageSpec};
+use wharf_registry::backends::open_storage;
+use wharf_registry::secrets::SecretsDir;
+use wharf_registry::storage::{BodyError, Created, Storage, keys};
+
+const BUCKET: &str = "wharf";
+const SECRET: &str = "acme-s3";
+
+/// A secrets folder laid out like the Secret volume the operator mounts.
+fn secrets_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(SECRET)).unwrap();
+    std::fs::write(dir.path().join(SECRET).join("accessKeyId"), "wharf-test-key\n").unwrap();
+    std::fs::write(dir.path().join(SECRET).join("secretAccessKey"), "wharf-test-secret\n").unwrap();
+    dir
+}
+
+fn s3_spec(endpoint: &str, prefix: &str) -> StorageSpec {
+    StorageSpec {
+        s3: Some(S3Storage {
+            bucket: BUCKET.into(),
+            prefix: Some(prefix.into()),
+            region: Some("us-east-1".into()),
+            endpoint: Some(endpoint.into()),
+            credentials_secret_ref: Some(SecretRef { name: SECRET.into(), key: None }),
+            allow_http: Some(true),
+        }),
+        ..Default::default()
+    }
+}
+
+fn s3_storage(s3: &S3Server, secrets: &FsPath, prefix: &str) -> Storage {
+    open_storage(&s3_spec(&s3.endpoint, prefix), &SecretsDir::new(secrets)).unwrap()
+}
+
+fn chunks(bytes: &Bytes, size: usize) -> impl futures::Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
+    let parts: Vec<_> =
+        (0..bytes.len()).step_by(size).map(|at| Ok(bytes.slice(at..(at + size).min(bytes.len())))).collect();
+    futures::stream::iter(parts)
+}
+
+async fn read_all(storage: &Storage, sha256: &str, size: u64, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
+    let body = storage.open_blob(sha256, size, range).await.unwrap().unwrap();
+    let parts: Vec<Bytes> = body.stream.try_collect().await.unwrap();
+    parts.concat()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_storage_stages_multipart_blobs_under_the_prefix_and_deduplicates() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    let storage = s3_storage(&s3, secrets.path(), "domains/acme");
+    storage.verify_conditional_writes().await.unwrap();
+    storage.check().await.unwrap();
+
+    // 12 MiB in 1 MiB chunks: three parts of a multipart upload.
+    let blob = Bytes::from((0..12 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let digests = storage.stage_blob(chunks(&blob, 1024 * 1024), 64 * 1024 * 1024).await.unwrap();
+    assert_eq!(digests.sha256, hex::encode(Sha256::digest(&blob)));
+    assert_eq!(digests.size, blob.len() as u64);
+    assert_eq!(read_all(&storage, &digests.sha256, digests.size, None).await, blob);
+    let middle = 5 * 1024 * 1024 - 10..5 * 1024 * 1024 + 10;
+    let range = read_all(&storage, &digests.sha256, digests.size, Some(middle.clone())).await;
+    assert_eq!(range, blob[middle.start as usize..middle.end as usize]);
+
+    // The same bytes again cost no second object and leave no staging upload.
+    let again = storage.stage_blob(chunks(&blob, 3 * 1024 * 1024), 64 * 1024 * 1024).await.unwrap();
+    assert_eq!(again, digests);
+    let whole_bucket = s3_storage(&s3, secrets.path(), "");
+    assert_eq!(whole_bucket.list_children(&Path::from("domains")).await.unwrap(), ["acme"]);
+    assert_eq!(whole_bucket.list_children(&Path::from("domains/acme")).await.unwrap(), ["blobs"]);
+    let shard = &digests.sha256[..2];
+    let blobs = whole_bucket.list_children(&Path::from("domains/acme/blobs/sha256")).await.unwrap();
+    assert_eq!(blobs, [shard]);
+
+    // Past the limit: refused, the multipart upload aborted, nothing new stored.
+    let error = storage.stage_blob(chunks(&blob, 1024 * 1024), 6 * 1024 * 1024).await.unwrap_err();
+    assert!(error.to_string().contains("exceeds the limit"), "{error}");
+    assert_eq!(whole_bucket.list_children(&Path::from("domains/acme")).await.unwrap(), ["blobs"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_create_once_has_one_winner_among_twenty_and_revisions_compare_and_swap() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    // Separate stores, as separate replicas would have.
+    let replicas: Vec<Storage> = (0..4).map(|_| s3_storage(&s3, secrets.path(), "acme")).collect();
+
+    let key = keys::version_record("main", "npm", "left-pad", "1.0.0");
+    let attempts = (0..20).map(|i| {
+        let storage = replicas[i % replicas.len()].clone();
+        let key = key.clone();
+        async move { storage.create_json(&key, &format!("publisher {i}")).await.unwrap() }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let winners = outcomes.iter().filter(|o| matches!(o, Created::Created)).count();
+    assert_eq!(winners, 1, "exactly one of twenty concurrent creators wins");
+    let stored: String = replicas[0].read_json(&key).await.unwrap().unwrap();
+    for outcome in outcomes {
+        if let Created::AlreadyExists(seen) = outcome {
+            assert_eq!(seen, stored, "every loser reads the winner's record");
+        }
+    }
+
+    // Compare-and-swap by revision: twenty writers race for each of three
+    // revisions; one wins each round and the newest is what every replica reads.
+    let dir = keys::package_index("main", "npm", "left-pad");
+    for revision in 1..=3u64 {
+        let attempts = (0..20).map(|i| {
+            let storage = replicas[i % replicas.len()].clone();
+            let dir = dir.clone();
+            async move { storage.create_revision(&dir, revision, Bytes::from(format!("rev {revision} by {i}"))).await }
+        });
+        let won = futures::future::join_all(attempts).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+        assert_eq!(won, 1, "revision {revision}");
+    }
+    for replica in &replicas {
+        let (revision, bytes) = replica.latest_revision(&dir).await.unwrap().unwrap();
+        assert_eq!(revision, 3);
+        assert!(bytes.starts_with(b"rev 3 by "), "{bytes:?}");
+        assert!(replica.revision_exists(&dir, 3).await.unwrap() && !replica.revision_exists(&dir, 4).await.unwrap());
+    }
+    replicas[1].prune_revisions(&dir, 3).await;
+    assert!(!replicas[2].revision_exists(&dir, 2).await.unwrap());
+    assert_eq!(replicas[3].latest_revision(&dir).await.unwrap().unwrap().0, 3);
+
+    // One signing key for all replicas, however many ask at once.
+    let keys = futures::future::join_all(replicas.iter().map(|r| r.token_signing_key())).await;
+    assert!(keys.iter().all(|k| k.as_ref().unwrap() == keys[0].as_ref().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_purge_deletes_everything_under_a_prefix_in_pages() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    let storage = s3_storage(&s3, secrets.path(), "acme");
+    let neighbour = s3_storage(&s3, secrets.path(), "other-domain");
+
+    // More than one listing page and one bulk delete (1000 keys each).
+    let writes = (0..1100).map(|i| {
+        let storage = storage.clone();
+        async move {
+            let key = keys::version_record("web", "npm", &format!("pkg-{}", i % 40), &format!("1.0.{i}"));
+            storage.create_json(&key, &i).await.unwrap();
+        }
+    });
+    futures::stream::iter(writes).buffer_unordered(16).collect::<Vec<_>>().await;
+    let kept = keys::version_record("web2", "npm", "kept", "1.0.0");
+    storage.create_json(&kept, &"web2 is another repository".to_owned()).await.unwrap();
+    storage.put_small_blob(Bytes::from_static(b"a blob")).await.unwrap();
+    neighbour.create_json(&kept, &"another Domain in the bucket".to_owned()).await.unwrap();
+
+    assert_eq!(storage.purge(&keys::repository("web")).await.unwrap(), 1100);
+    assert!(storage.list_children(&keys::repository("web")).await.unwrap().is_empty());
+    assert!(storage.read_json::<String>(&kept).await.unwrap().is_some(), "web2 is not under web/");
+
+    // The whole Domain: only what is under its prefix.
+    assert_eq!(storage.purge(&Path::from("")).await.unwrap(), 2);
+    assert!(storage.list_children(&Path::from("")).await.unwrap().is_empty());
+    assert!(neighbour.read_json::<String>(&kept).await.unwrap().is_some());
+}
+
+const S3_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage:
+    s3:
+      bucket: wharf
+      prefix: domains/acme
+      region: us-east-1
+      endpoint: "{endpoint}"
+      allowHttp: true
+      credentialsSecretRef: {name: acme-s3}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: main}
+spec:
+  domainRef: {name: acme}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+const SIGNING_KEY: &str = "a signing key that both replicas share, 32+ bytes";
+
+fn replica(data: &FsPath, secrets: &FsPath, endpoint: &str) -> TestServer {
+    let config = S3_CONFIG.replace("{endpoint}", endpoint);
+    TestServer::start_in_env(
+        data,
+        Some(&config),
+        &["--secrets-dir", &secrets.display().to_string()],
+        &[("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY.as_ref())],
+    )
+}
+
+fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
+    let mut command = ws.command("npm", dir);
+    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
+    command
+}
+
+/// A minimal valid wheel of module `s3_demo` whose `VERSION` is `version`.
+fn write_wheel(path: &FsPath, version: &str) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file("s3_demo/__init__.py", options).unwrap();
+    writeln!(zip, "VERSION = {version:?}").unwrap();
+    zip.start_file(format!("s3_demo-{version}.dist-info/METADATA"), options).unwrap();
+    write!(zip, "Metadata-Version: 2.1\nName: s3-demo\nVersion: {version}\n").unwrap();
+    zip.start_file(format!("s3_demo-{version}.dist-info/WHEEL"), options).unwrap();
+    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
+    zip.start_file(format!("s3_demo-{version}.dist-info/RECORD"), options).unwrap();
+    zip.finish().unwrap();
+}
+
+/// npm and pip install through `server` into fresh folders of `ws`; returns
+/// what the installed npm package and Python module say.
+fn install_through(ws: &Workspace, server: &TestServer, tag: &str) -> (String, String) {
+    let tools = python_tools();
+    let app = format!("app-{tag}");
+    ws.write(&format!("{app}/package.json"), r#"{"name":"app","version":"1.0.0","private":true}"#);
+    write_npmrc(ws, &app, server, "main", None);
+    run_ok(npm(ws, &app).args(["install", "@acme/s3-demo@^1"]));
+    let js = std::fs::read_to_string(ws.path(&format!("{app}/node_modules/@acme/s3-demo/index.js"))).unwrap();
+    let site = ws.path(&format!("site-{tag}"));
+    run_ok(ws.command(venv_bin(&tools, "pip"), ".").args(["install", "--no-deps", "--target"]).arg(&site).args([
+        "--index-url",
+        &server.url("/pypi/main/simple/"),
+        "s3-demo",
+    ]));
+    let python = std::fs::read_to_string(site.join("s3_demo/__init__.py")).unwrap();
+    (js, python)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_one_bucket_serve_what_either_stored() {
+    let tools = python_tools();
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = replica(data_a.path(), secrets.path(), &s3.endpoint);
+    let token = first.token(&["main"], &["read", "publish"]).await;
+    let ws = Workspace::new();
+
+    ws.write(
+        "pkg/package.json",
+        &serde_json::json!({"name": "@acme/s3-demo", "version": "1.0.0", "main": "index.js"}).to_string(),
+    );
+    ws.write("pkg/index.js", "module.exports = 'stored in a bucket';\n");
+    write_npmrc(&ws, "pkg", &first, "main", Some(&token));
+    run_ok(npm(&ws, "pkg").args(["publish", "--access", "public"]));
+    let wheel = ws.path("s3_demo-1.0.0-py3-none-any.whl");
+    write_wheel(&wheel, "1.0.0");
+    run_ok(
+        ws.command(venv_bin(&tools, "twine"), ".")
+            .args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url"])
+            .arg(first.url("/pypi/main/"))
+            .args(["-u", "__token__", "-p", &token])
+            .arg(&wheel),
+    );
+    let through_first = install_through(&ws, &first, "first");
+    assert_eq!(through_first, ("module.exports = 'stored in a bucket';\n".into(), "VERSION = \"1.0.0\"\n".into()));
+
+    // A second replica on the same bucket: no data of its own, same answers,
+    // and a token the first minted is good there (shared signing key).
+    let second = replica(data_b.path(), secrets.path(), &s3.endpoint);
+    assert_eq!(install_through(&ws, &second, "second"), through_first);
+    for data in [data_a.path(), data_b.path()] {
+        let local: Vec<_> = std::fs::read_dir(data).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(local, ["wharf.yaml"], "replicas keep nothing locally: {}", data.display());
+    }
+
+    // A version published on one replica is visible on the other at once,
+    // and concurrent publishers on both replicas race for one version: one wins.
+    let client = reqwest::Client::new();
+    let attempts = (0..20).map(|i| {
+        let server = if i % 2 == 0 { &first } else { &second };
+        let body = format!("tool build {i}");
+        let request = client
+            .put(server.url("/generic/main/acme/tool/1.0.0/tool.txt"))
+            .bearer_auth(&token)
+            .header("X-Checksum-Sha256", hex::encode(Sha256::digest(body.as_bytes())))
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let mut statuses = futures::future::join_all(attempts).await;
+    statuses.sort();
+    assert_eq!(statuses.iter().filter(|s| **s < 300).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s >= 300).all(|s| *s == 409), "{statuses:?}");
+    let from_first = client.get(first.url("/generic/main/acme/tool/1.0.0/tool.txt")).send().await.unwrap();
+    let from_second = client.get(second.url("/generic/main/acme/tool/1.0.0/tool.txt")).send().await.unwrap();
+    assert_eq!(from_first.status(), 200);
+    assert_eq!(from_second.status(), 200);
+    assert_eq!(from_first.text().await.unwrap(), from_second.text().await.unwrap());
+}
+
+#[test]
+fn a_missing_secret_stops_start_up_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    let empty_secrets = tempfile::tempdir().unwrap();
+    let config = data.path().join("wharf.yaml");
+    std::fs::write(&config, S3_CONFIG.replace("{endpoint}", "http://127.0.0.1:9")).unwrap();
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(empty_secrets.path())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Secret \"acme-s3\"") && stderr.contains("accessKeyId") && stderr.contains("Domain \"acme\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn credentials_the_store_refuses_stop_start_up_naming_the_secret() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    s3.require_known_credentials();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir();
+    let config = data.path().join("wharf.yaml");
+    std::fs::write(&config, S3_CONFIG.replace("{endpoint}", &s3.endpoint)).unwrap();
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(secrets.path())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage refused the credentials of Secret \"acme-s3\""), "{stderr}");
+}
+
+#[test]
+fn a_bucket_that_does_not_exist_stops_start_up() {
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir();
+    let config = data.path().join("wharf.yaml");
+    std::fs::write(&config, S3_CONFIG.replace("{endpoint}", &s3.endpoint)).unwrap();
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(secrets.path())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no such bucket or container"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_endpoint_serves_but_is_not_ready_until_storage_answers() {
+    // A port nothing listens on (yet): the registry starts, live but not ready.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let data = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir();
+    let config = S3_CONFIG.replace("{endpoint}", &endpoint);
+    let server = TestServer::listen_in_env(
+        data.path(),
+        Some(&config),
+        &["--secrets-dir", &secrets.path().display().to_string()],
+        &[("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY.as_ref())],
+    );
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    let started = Instant::now();
+    let ready = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5), "readiness answered in {:?}", started.elapsed());
+    assert!(server.log_lines().iter().any(|l| l.contains("storage is not reachable")), "{:?}", server.log_lines());
+
+    // Storage comes up: the same process turns ready and serves, no restart.
+    let s3 = S3Server::start_on(port);
+    s3.create_bucket(BUCKET);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(server.url("/readyz")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "never became ready once storage answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = server.token(&["main"], &["read", "publish"]).await;
+    let put = client
+        .put(server.url("/generic/main/acme/late/1.0.0/late.txt"))
+        .bearer_auth(&token)
+        .header("X-Checksum-Sha256", hex::encode(Sha256::digest(b"late")))
+        .body("late");
+    assert!(put.send().await.unwrap().status().is_success());
+}
+
+const AZURE_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage:
+    azure:
+      account: wharftest
+      container: wharf
+      prefix: domains/acme
+      credentialsSecretRef: {name: acme-azure}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: main}
+spec:
+  domainRef: {name: acme}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+/// Azure Blob Storage through Azurite, which checks the account key: two
+/// replicas on one container, a multi-block upload, a create-once race, and
+/// a wrong key refused at start-up naming the Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_replicas_share_a_container_and_a_wrong_key_is_refused() {
+    let azurite = AzureEmulator::start();
+    azurite.create_container("wharf");
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(secrets.path().join("acme-azure")).unwrap();
+    std::fs::write(secrets.path().join("acme-azure/accountKey"), format!("{}\n", azurite.key)).unwrap();
+    let secrets_arg = secrets.path().display().to_string();
+    // object_store's emulator mode: path-style URLs at this endpoint.
+    let env = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true".as_ref()),
+        ("AZURITE_BLOB_STORAGE_URL", azurite.endpoint.as_ref()),
+        ("WHARF_TOKEN_SIGNING_KEY", SIGNING_KEY.as_ref()),
+    ];
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = TestServer::start_in_env(data_a.path(), Some(AZURE_CONFIG), &["--secrets-dir", &secrets_arg], &env);
+    let second = TestServer::start_in_env(data_b.path(), Some(AZURE_CONFIG), &["--secrets-dir", &secrets_arg], &env);
+    let token = first.token(&["main"], &["read", "publish"]).await;
+    let client = reqwest::Client::new();
+
+    // 7 MiB: more than one block of the multipart upload.
+    let big: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let put = client
+        .put(first.url("/generic/main/acme/big/1.0.0/big.bin"))
+        .bearer_auth(&token)
+        .header("X-Checksum-Sha256", hex::encode(Sha256::digest(&big)))
+        .body(big.clone());
+    assert!(put.send().await.unwrap().status().is_success());
+    let read = client.get(second.url("/generic/main/acme/big/1.0.0/big.bin")).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert!(read.bytes().await.unwrap() == big, "the other replica serves the same bytes");
+
+    let attempts = (0..20).map(|i| {
+        let server = if i % 2 == 0 { &first } else { &second };
+        let body = format!("tool build {i}");
+        let request = client
+            .put(server.url("/generic/main/acme/tool/1.0.0/tool.txt"))
+            .bearer_auth(&token)
+            .header("X-Checksum-Sha256", hex::encode(Sha256::digest(body.as_bytes())))
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    assert_eq!(statuses.iter().filter(|s| **s < 300).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s >= 300).all(|s| *s == 409), "{statuses:?}");
+
+    // Another key of the right shape: Azurite refuses the signature.
+    let wrong = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(wrong.path().join("acme-azure")).unwrap();
+    std::fs::write(wrong.path().join("acme-azure/accountKey"), "d3JvbmcgYnV0IHdlbGwtZm9ybWVkIGtleSBvZiAzMiBieXRlcw==")
+        .unwrap();
+    let config = data_a.path().join("wharf.yaml");
+    let output = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--secrets-dir")
+        .arg(wrong.path())
+        .envs(env.iter().copied())
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage refused the credentials of Secret \"acme-azure\""), "{stderr}");
+}
