@@ -53,7 +53,8 @@ pub async fn build_state(
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,
     };
     let domain = config.domain_name().to_owned();
-    let upstream = Arc::new(crate::upstream::UpstreamClient::new());
+    let credentials = crate::upstream::resolve_credentials(&config, &options.secrets)?;
+    let upstream = Arc::new(crate::upstream::UpstreamClient::new(credentials));
     Ok(Arc::new(AppState {
         registry: Arc::new(Registry::new(storage)),
         signer: TokenSigner::new(key, domain),

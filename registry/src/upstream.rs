@@ -1,19 +1,24 @@
 //! Fetching from external connections over HTTP: upstream metadata kept
 //! for the policy's TTL, revalidated with ETag / If-Modified-Since and
 //! served stale when the upstream fails; artifacts streamed, never
-//! buffered; concurrent fetches of one thing coalesced. Does network I/O.
+//! buffered; concurrent fetches of one thing coalesced; a private
+//! upstream's credentials sent to its own origin only. Does network I/O
+//! (and reads the credentials' files at start-up).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use reqwest::header;
+use reqwest::header::{self, HeaderValue};
+use wharf_api::DomainConfig;
 
+use crate::secrets::{SecretError, SecretsDir};
 use crate::storage::BodyError;
 
 /// How long one upstream request may take to answer (headers, or the whole
@@ -42,6 +47,8 @@ pub enum UpstreamError {
     },
     #[error("external connection {connection} answered {status} for {url}")]
     Status { connection: String, url: String, status: u16 },
+    #[error("external connection {connection} answered {status} for {url}: {advice}")]
+    Unauthorized { connection: String, url: String, status: u16, advice: &'static str },
     #[error("external connection {connection} sent metadata over {limit} bytes for {url}")]
     TooLarge { connection: String, url: String, limit: usize },
     #[error("external connection {connection} was unreachable moments ago; not retried before {seconds} s ({url})")]
@@ -66,6 +73,130 @@ impl UpstreamError {
     fn is_unreachable(&self) -> bool {
         matches!(self, UpstreamError::Timeout { .. } | UpstreamError::Unreachable { .. })
     }
+}
+
+/// Secret keys of an external connection's credentials, when its
+/// `credentialsSecretRef` names no key.
+const TOKEN_KEY: &str = "token";
+const USERNAME_KEY: &str = "username";
+const PASSWORD_KEY: &str = "password";
+
+/// A private upstream's credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("failed to read the credentials of external connection {connection} from Secret {secret:?}")]
+    Read {
+        connection: String,
+        secret: String,
+        #[source]
+        source: Box<SecretError>,
+    },
+    #[error(
+        "external connection {connection}: Secret {secret:?} has neither key {TOKEN_KEY:?} nor keys {USERNAME_KEY:?} and {PASSWORD_KEY:?} (looked for {looked_for})"
+    )]
+    NoCredentials { connection: String, secret: String, looked_for: String },
+    #[error(
+        "external connection {connection}: Secret {secret:?} has key {present:?} but not {missing:?} (looked for {looked_for})"
+    )]
+    Incomplete { connection: String, secret: String, present: &'static str, missing: &'static str, looked_for: String },
+    #[error("external connection {connection}: the value in Secret {secret:?} cannot be sent in an HTTP header")]
+    NotAHeader { connection: String, secret: String },
+    #[error("external connection {connection} has an invalid URL {url:?}")]
+    InvalidUrl {
+        connection: String,
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+}
+
+/// What Wharf sends one private external connection, and where: only to
+/// the connection URL's own origin (scheme, host, port). Metadata may
+/// point files at other hosts, and those never see the credentials;
+/// reqwest drops `Authorization` itself on a redirect to another origin.
+#[derive(Clone)]
+pub struct ConnectionCredentials {
+    origin: url::Origin,
+    authorization: HeaderValue,
+}
+
+impl std::fmt::Debug for ConnectionCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCredentials")
+            .field("origin", &self.origin.ascii_serialization())
+            .field("authorization", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Reads the credentials of every external connection of `config` that
+/// names a `credentialsSecretRef`: key `token` (sent as `Bearer`), else
+/// `username` and `password` (sent as `Basic`); a `key` in the reference
+/// names the file holding a token. Any that cannot be read is an error, so
+/// a registry never starts half-configured and fails later, per request.
+pub fn resolve_credentials(
+    config: &DomainConfig,
+    secrets: &SecretsDir,
+) -> Result<HashMap<String, ConnectionCredentials>, CredentialsError> {
+    let mut resolved = HashMap::new();
+    for connection in &config.domain.spec.external_connections {
+        let Some(reference) = &connection.credentials_secret_ref else { continue };
+        let name = connection.name.clone();
+        let secret = reference.name.clone();
+        let read = |key: &str| {
+            secrets.read_optional(reference, key).map_err(|source| CredentialsError::Read {
+                connection: name.clone(),
+                secret: secret.clone(),
+                source: Box::new(source),
+            })
+        };
+        let file = |key: &str| secrets.root().join(&secret).join(key).display().to_string();
+        let value = if let Some(key) = &reference.key {
+            let token = secrets.read(reference, key).map_err(|source| CredentialsError::Read {
+                connection: name.clone(),
+                secret: secret.clone(),
+                source: Box::new(source),
+            })?;
+            format!("Bearer {token}")
+        } else if let Some(token) = read(TOKEN_KEY)? {
+            format!("Bearer {token}")
+        } else {
+            match (read(USERNAME_KEY)?, read(PASSWORD_KEY)?) {
+                (Some(username), Some(password)) => {
+                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+                    format!("Basic {pair}")
+                }
+                (None, None) => {
+                    let looked_for = [TOKEN_KEY, USERNAME_KEY, PASSWORD_KEY].map(file).join(", ");
+                    return Err(CredentialsError::NoCredentials { connection: name, secret, looked_for });
+                }
+                (present, _) => {
+                    let (present, missing) =
+                        if present.is_some() { (USERNAME_KEY, PASSWORD_KEY) } else { (PASSWORD_KEY, USERNAME_KEY) };
+                    let looked_for = file(missing);
+                    return Err(CredentialsError::Incomplete {
+                        connection: name,
+                        secret,
+                        present,
+                        missing,
+                        looked_for,
+                    });
+                }
+            }
+        };
+        let mut authorization = HeaderValue::from_str(&value)
+            .map_err(|_| CredentialsError::NotAHeader { connection: name.clone(), secret: secret.clone() })?;
+        authorization.set_sensitive(true);
+        let origin = url::Url::parse(&connection.url)
+            .map_err(|source| CredentialsError::InvalidUrl {
+                connection: name.clone(),
+                url: connection.url.clone(),
+                source,
+            })?
+            .origin();
+        resolved.insert(name, ConnectionCredentials { origin, authorization });
+    }
+    Ok(resolved)
 }
 
 /// An upstream metadata document as last seen.
@@ -111,16 +242,20 @@ pub struct UpstreamClient {
     requests: UpstreamRequests,
     /// Connections that could not be reached, and until when to skip them.
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// Credentials of private connections, by connection name.
+    credentials: HashMap<String, ConnectionCredentials>,
 }
 
 impl Default for UpstreamClient {
     fn default() -> Self {
-        Self::new()
+        Self::new(HashMap::new())
     }
 }
 
 impl UpstreamClient {
-    pub fn new() -> Self {
+    /// A client sending `credentials` (from [`resolve_credentials`]) to
+    /// their connections.
+    pub fn new(credentials: HashMap<String, ConnectionCredentials>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(REQUEST_TIMEOUT)
@@ -133,7 +268,49 @@ impl UpstreamClient {
             in_flight: Mutex::new(HashMap::new()),
             requests: UpstreamRequests::default(),
             unreachable: Mutex::new(HashMap::new()),
+            credentials,
         }
+    }
+
+    /// Whether `url` is on the origin `connection`'s credentials go to.
+    fn sends_credentials(&self, connection: &str, url: &reqwest::Url) -> bool {
+        self.credentials.get(connection).is_some_and(|c| url.origin() == c.origin)
+    }
+
+    /// A GET of `url` for `connection`, with its credentials when `url` is
+    /// on the connection's own origin.
+    fn get(&self, connection: &str, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.get(url);
+        match self.credentials.get(connection) {
+            Some(credentials) if reqwest::Url::parse(url).is_ok_and(|u| self.sends_credentials(connection, &u)) => {
+                request.header(header::AUTHORIZATION, credentials.authorization.clone())
+            }
+            _ => request,
+        }
+    }
+
+    /// The error for a non-success answer to a request for `url`, answered
+    /// from `answered_at` (after redirects): 401 and 403 say what to check.
+    fn refused(
+        &self,
+        connection: &str,
+        url: &str,
+        answered_at: &reqwest::Url,
+        status: reqwest::StatusCode,
+    ) -> UpstreamError {
+        let (connection_name, url) = (connection.to_owned(), url.to_owned());
+        let status_code = status.as_u16();
+        if !matches!(status, reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) {
+            return UpstreamError::Status { connection: connection_name, url, status: status_code };
+        }
+        let advice = if self.sends_credentials(connection, answered_at) {
+            "it refused the credentials of the connection's credentialsSecretRef"
+        } else if self.credentials.contains_key(connection) {
+            "that answer came from another origin than the connection URL's, which never gets the connection's credentials"
+        } else {
+            "it wants credentials; give the connection a credentialsSecretRef"
+        };
+        UpstreamError::Unauthorized { connection: connection_name, url, status: status_code, advice }
     }
 
     /// Fails at once while `connection` is backing off after being unreachable.
@@ -259,7 +436,7 @@ impl UpstreamClient {
         accept: &str,
         cached: Option<&CachedDocument>,
     ) -> Result<CachedDocument, UpstreamError> {
-        let mut request = self.http.get(url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
+        let mut request = self.get(connection, url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
         if let Some(cached) = cached {
             if let Some(etag) = &cached.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
@@ -298,11 +475,7 @@ impl UpstreamClient {
             return Ok(CachedDocument { body: None, etag, last_modified, checked: Instant::now() });
         }
         if !status.is_success() {
-            return Err(UpstreamError::Status {
-                connection: connection.to_owned(),
-                url: url.to_owned(),
-                status: status.as_u16(),
-            });
+            return Err(self.refused(connection, url, response.url(), status));
         }
         if response.content_length().is_some_and(|n| n > MAX_METADATA_BYTES as u64) {
             return Err(self.too_large(connection, url));
@@ -329,7 +502,7 @@ impl UpstreamClient {
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, UpstreamError> {
         self.check_reachable(connection, url)?;
-        let sent = self.http.get(url).send().await.map_err(|e| {
+        let sent = self.get(connection, url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
         });
@@ -337,12 +510,153 @@ impl UpstreamClient {
         let outcome = if response.status().is_success() { "fetched" } else { "failed" };
         self.count(connection, "artifact", outcome);
         if !response.status().is_success() {
-            return Err(UpstreamError::Status {
-                connection: connection.to_owned(),
-                url: url.to_owned(),
-                status: response.status().as_u16(),
-            });
+            return Err(self.refused(connection, url, response.url(), response.status()));
         }
         Ok(response.bytes_stream().map_err(|e| Box::new(e) as BodyError))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::get;
+
+    use super::*;
+
+    fn config(connection_url: &str, secret: &str, key: Option<&str>) -> DomainConfig {
+        let key = key.map(|k| format!(", key: {k}")).unwrap_or_default();
+        let yaml = format!(
+            r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{memory: {{}}}}
+  externalConnections:
+    - {{name: private-npm, format: npm, url: "{connection_url}", credentialsSecretRef: {{name: {secret}{key}}}}}
+    - {{name: public-npm, format: npm, url: "{connection_url}"}}
+"#
+        );
+        DomainConfig::from_yaml_str("test.yaml", &yaml).unwrap()
+    }
+
+    fn write(dir: &std::path::Path, secret: &str, key: &str, value: &str) {
+        std::fs::create_dir_all(dir.join(secret)).unwrap();
+        std::fs::write(dir.join(secret).join(key), value).unwrap();
+    }
+
+    fn authorization(credentials: &HashMap<String, ConnectionCredentials>) -> &str {
+        credentials["private-npm"].authorization.to_str().unwrap()
+    }
+
+    #[test]
+    fn reads_a_token_or_a_username_and_password_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = SecretsDir::new(dir.path());
+        write(dir.path(), "bearer", "token", "t0ken\n");
+        write(dir.path(), "basic", "username", "ci");
+        write(dir.path(), "basic", "password", "pa55");
+        write(dir.path(), "named", "pat", "named-token");
+        write(dir.path(), "half", "username", "ci");
+        let url = "https://registry.invalid:8443/npm/";
+
+        let bearer = resolve_credentials(&config(url, "bearer", None), &secrets).unwrap();
+        assert_eq!(authorization(&bearer), "Bearer t0ken");
+        assert_eq!(bearer.len(), 1, "a connection without a credentialsSecretRef has no credentials");
+        assert!(bearer["private-npm"].authorization.is_sensitive());
+        assert!(!format!("{:?}", bearer["private-npm"]).contains("t0ken"));
+        let basic = resolve_credentials(&config(url, "basic", None), &secrets).unwrap();
+        assert_eq!(
+            authorization(&basic),
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci:pa55"))
+        );
+        let named = resolve_credentials(&config(url, "named", Some("pat")), &secrets).unwrap();
+        assert_eq!(authorization(&named), "Bearer named-token");
+
+        let chain = |error: &dyn std::error::Error| crate::server::error_chain(error);
+        let missing = chain(&resolve_credentials(&config(url, "absent", None), &secrets).unwrap_err());
+        let absent_file = dir.path().join("absent/token").display().to_string();
+        for part in ["private-npm", "\"absent\"", absent_file.as_str()] {
+            assert!(missing.contains(part), "{part} in: {missing}");
+        }
+        let half = chain(&resolve_credentials(&config(url, "half", None), &secrets).unwrap_err());
+        let password_file = dir.path().join("half/password").display().to_string();
+        for part in ["private-npm", "\"half\"", password_file.as_str()] {
+            assert!(half.contains(part), "{part} in: {half}");
+        }
+        let unnamed = chain(&resolve_credentials(&config(url, "named", Some("absent-key")), &secrets).unwrap_err());
+        assert!(unnamed.contains("private-npm") && unnamed.contains("named/absent-key"), "{unnamed}");
+    }
+
+    /// Authorization headers seen, in order (`None` when absent).
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+    async fn record(
+        State((seen, target)): State<(Seen, String)>,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+    ) -> Response {
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        seen.lock().unwrap().push((uri.path().to_owned(), authorization.clone()));
+        match uri.path() {
+            "/moved" => Redirect::temporary(&format!("{target}/doc")).into_response(),
+            _ if authorization.is_none() => axum::http::StatusCode::UNAUTHORIZED.into_response(),
+            _ => "document".into_response(),
+        }
+    }
+
+    /// A loopback HTTP server recording what it is sent; `/moved`
+    /// redirects to `{target}/doc`.
+    async fn server(seen: Seen, target: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(get(record)).with_state((seen, target));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn credentials_go_to_the_connection_origin_only_and_a_refusal_says_what_to_check() {
+        let seen_elsewhere: Seen = Arc::default();
+        let elsewhere = server(seen_elsewhere.clone(), String::new()).await;
+        let seen_upstream: Seen = Arc::default();
+        let upstream = server(seen_upstream.clone(), elsewhere.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "private", "token", "s3cret");
+        let credentials =
+            resolve_credentials(&config(&format!("{upstream}/npm/"), "private", None), &SecretsDir::new(dir.path()))
+                .unwrap();
+        let client = UpstreamClient::new(credentials);
+        let ttl = Duration::from_secs(60);
+
+        let document = client.metadata("private-npm", &format!("{upstream}/doc"), "*/*", ttl).await.unwrap();
+        assert_eq!(document.body.as_deref(), Some(&b"document"[..]));
+        // A redirect to another origin and a file on another host: no credentials.
+        let redirected = client.download("private-npm", &format!("{upstream}/moved")).await;
+        let elsewhere_file = client.download("private-npm", &format!("{elsewhere}/doc")).await;
+        let public = client.metadata("public-npm", &format!("{upstream}/public"), "*/*", ttl).await;
+
+        let bearer = Some("Bearer s3cret".to_owned());
+        assert_eq!(
+            *seen_upstream.lock().unwrap(),
+            vec![("/doc".into(), bearer.clone()), ("/moved".into(), bearer), ("/public".into(), None)]
+        );
+        assert_eq!(*seen_elsewhere.lock().unwrap(), vec![("/doc".into(), None), ("/doc".into(), None)]);
+        for refused in [redirected.err().unwrap(), elsewhere_file.err().unwrap()] {
+            let message = refused.to_string();
+            assert!(message.contains("private-npm") && message.contains("401"), "{message}");
+            assert!(message.contains("never gets the connection's credentials"), "{message}");
+        }
+        let message = public.err().unwrap().to_string();
+        assert!(
+            message.contains("public-npm answered 401")
+                && message.contains("give the connection a credentialsSecretRef"),
+            "{message}"
+        );
     }
 }

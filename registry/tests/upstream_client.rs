@@ -570,3 +570,65 @@ async fn go_builds_through_an_https_external_connection() {
     let logged = untrusting.log_lines().join("\n");
     assert!(logged.to_lowercase().contains("certificate"), "the log says why:\n{logged}");
 }
+
+/// [`PUBLIC_CONFIG`] with its repository private: a registry that wants credentials.
+fn private_public_config() -> String {
+    PUBLIC_CONFIG.replace("  access: {read: [{kind: Anonymous}]}\n", "")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_installs_from_a_private_upstream_with_the_connection_token() {
+    let public = TestServer::start_with(Some(&private_public_config()), &[]);
+    let publish_token = public.token(&["public"], &["publish"]).await;
+    let read_token = public.token(&["public"], &["read"]).await;
+    let publisher = Workspace::new();
+    npm_package(&publisher, "pad", "wharf-private-pad", "1.0.0", "module.exports = 'private';\n");
+    write_npmrc(&publisher, "pad", &public, "public", Some(&publish_token));
+    run_ok(npm(&publisher, "pad").args(["publish", "--access", "public"]));
+
+    let with_secret = chain_config(&public).replace(
+        &format!("url: \"{}/npm/public\"}}", public.base),
+        &format!("url: \"{}/npm/public\", credentialsSecretRef: {{name: public-registry}}}}", public.base),
+    );
+    assert_ne!(with_secret, chain_config(&public));
+    let secrets = tempfile::tempdir().unwrap();
+    let secrets_dir = secrets.path().to_str().unwrap();
+
+    // Without the Secret's file the registry does not start, and says which.
+    let data = tempfile::tempdir().unwrap();
+    let config_path = data.path().join("wharf.yaml");
+    std::fs::write(&config_path, with_secret.replace("{data}", &data.path().join("store").display().to_string()))
+        .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--secrets-dir", secrets_dir, "--config"])
+        .arg(&config_path)
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let token_file = secrets.path().join("public-registry/token").display().to_string();
+    for part in ["external connection public-npm", "\"public-registry\"", token_file.as_str()] {
+        assert!(stderr.contains(part), "{part} in:\n{stderr}");
+    }
+
+    // With the token in the secrets folder, npm installs through `app`.
+    std::fs::create_dir(secrets.path().join("public-registry")).unwrap();
+    std::fs::write(secrets.path().join("public-registry/token"), format!("{read_token}\n")).unwrap();
+    let wharf = TestServer::start_with(Some(&with_secret), &["--secrets-dir", secrets_dir]);
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "wharf-private-pad"]));
+    assert_eq!(installed(&client, "project", "wharf-private-pad"), "module.exports = 'private';\n");
+    assert_eq!(version_status(&wharf, "npm-store", "npm", "wharf-private-pad", "1.0.0").await, 200);
+    assert!(!wharf.log_lines().iter().any(|l| l.contains(&read_token)), "the token is never logged");
+
+    // The same connection without credentials: a 502 naming it and the 401.
+    let anonymous = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let reply = reqwest::get(anonymous.url("/npm/app/wharf-private-pad")).await.unwrap();
+    assert_eq!(reply.status(), 502);
+    let message = reply.text().await.unwrap();
+    assert!(message.contains("external connection public-npm answered 401"), "{message}");
+    assert!(message.contains("credentialsSecretRef"), "{message}");
+}
