@@ -199,6 +199,41 @@ pub fn resolve_credentials(
     Ok(resolved)
 }
 
+/// Which upstream answers mean "no such document": kept for the TTL like
+/// a document (a negative answer), not a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absence {
+    /// 404 only.
+    NotFound,
+    /// 403, 404 and 410. Go only: the go command asks for every path
+    /// prefix of a module (`github.com/@v/list` on the way to a module
+    /// under it), the GOPROXY protocol makes 404 and 410 mean "not here",
+    /// and public proxies answer those probes with 404, 410 or 403 (a path
+    /// they will not serve). Remembering them is what lets a warm `go get`
+    /// make no upstream request. In the other formats a 403 or 410 means
+    /// refused credentials or a removed package, which must surface as a
+    /// 502 instead of quietly hiding the package.
+    GoProxy,
+}
+
+impl Absence {
+    /// What a connection of `format` answers for a document it lacks.
+    pub fn of(format: wharf_api::PackageFormat) -> Self {
+        match format {
+            wharf_api::PackageFormat::Go => Absence::GoProxy,
+            _ => Absence::NotFound,
+        }
+    }
+
+    fn covers(self, status: reqwest::StatusCode) -> bool {
+        use reqwest::StatusCode;
+        match self {
+            Absence::NotFound => status == StatusCode::NOT_FOUND,
+            Absence::GoProxy => matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::FORBIDDEN),
+        }
+    }
+}
+
 /// An upstream metadata document as last seen.
 struct CachedDocument {
     /// `None`: the upstream said 404.
@@ -391,7 +426,8 @@ impl UpstreamClient {
 
     /// The metadata document at `url`: from memory while younger than
     /// `ttl`, else revalidated (304 keeps it), else fetched; concurrent
-    /// callers share one request. When the upstream fails, the last
+    /// callers share one request. An answer `absence` covers is kept as
+    /// "no document" for the TTL too. When the upstream fails, the last
     /// document seen is returned marked stale; with none, the error.
     pub async fn metadata(
         &self,
@@ -399,6 +435,7 @@ impl UpstreamClient {
         url: &str,
         accept: &str,
         ttl: Duration,
+        absence: Absence,
     ) -> Result<Document, UpstreamError> {
         let fresh = |cached: &CachedDocument| cached.checked.elapsed() < ttl;
         if let Some(cached) = self.cached(url).filter(|c| fresh(c)) {
@@ -410,7 +447,7 @@ impl UpstreamClient {
             return Ok(Document { body: cached.body.clone(), stale: false });
         }
         let answer = match self.check_reachable(connection, url) {
-            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref()).await),
+            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
             Err(backing_off) => Err(backing_off),
         };
         match answer {
@@ -435,6 +472,7 @@ impl UpstreamClient {
         url: &str,
         accept: &str,
         cached: Option<&CachedDocument>,
+        absence: Absence,
     ) -> Result<CachedDocument, UpstreamError> {
         let mut request = self.get(connection, url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
         if let Some(cached) = cached {
@@ -452,7 +490,7 @@ impl UpstreamClient {
         let status = response.status();
         let outcome = match status {
             reqwest::StatusCode::NOT_MODIFIED => "not_modified",
-            reqwest::StatusCode::NOT_FOUND => "not_found",
+            s if absence.covers(s) => "not_found",
             s if s.is_success() => "fetched",
             _ => "failed",
         };
@@ -471,7 +509,7 @@ impl UpstreamClient {
                 checked: Instant::now(),
             });
         }
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if absence.covers(status) {
             return Ok(CachedDocument { body: None, etag, last_modified, checked: Instant::now() });
         }
         if !status.is_success() {
@@ -605,6 +643,8 @@ spec:
         seen.lock().unwrap().push((uri.path().to_owned(), authorization.clone()));
         match uri.path() {
             "/moved" => Redirect::temporary(&format!("{target}/doc")).into_response(),
+            "/gone" => axum::http::StatusCode::GONE.into_response(),
+            "/forbidden" => axum::http::StatusCode::FORBIDDEN.into_response(),
             _ if authorization.is_none() => axum::http::StatusCode::UNAUTHORIZED.into_response(),
             _ => "document".into_response(),
         }
@@ -634,12 +674,13 @@ spec:
         let client = UpstreamClient::new(credentials);
         let ttl = Duration::from_secs(60);
 
-        let document = client.metadata("private-npm", &format!("{upstream}/doc"), "*/*", ttl).await.unwrap();
+        let document =
+            client.metadata("private-npm", &format!("{upstream}/doc"), "*/*", ttl, Absence::NotFound).await.unwrap();
         assert_eq!(document.body.as_deref(), Some(&b"document"[..]));
         // A redirect to another origin and a file on another host: no credentials.
         let redirected = client.download("private-npm", &format!("{upstream}/moved")).await;
         let elsewhere_file = client.download("private-npm", &format!("{elsewhere}/doc")).await;
-        let public = client.metadata("public-npm", &format!("{upstream}/public"), "*/*", ttl).await;
+        let public = client.metadata("public-npm", &format!("{upstream}/public"), "*/*", ttl, Absence::NotFound).await;
 
         let bearer = Some("Bearer s3cret".to_owned());
         assert_eq!(
@@ -658,5 +699,27 @@ spec:
                 && message.contains("give the connection a credentialsSecretRef"),
             "{message}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_go_proxy_saying_gone_or_forbidden_is_remembered_as_absent_for_the_ttl() {
+        let seen: Seen = Arc::default();
+        let upstream = server(seen.clone(), String::new()).await;
+        let client = UpstreamClient::default();
+        let ttl = Duration::from_secs(60);
+        for _ in 0..3 {
+            for path in ["/gone", "/forbidden"] {
+                let document =
+                    client.metadata("public-go", &format!("{upstream}{path}"), "*/*", ttl, Absence::GoProxy).await;
+                assert_eq!(document.unwrap().body, None, "{path}");
+            }
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2, "one request per path within the TTL");
+        let npm = client.metadata("public-npm", &format!("{upstream}/gone?npm"), "*/*", ttl, Absence::NotFound).await;
+        assert!(npm.err().unwrap().to_string().contains("public-npm answered 410"));
+        let gone = format!("{upstream}/gone");
+        let expired = client.metadata("public-go", &gone, "*/*", Duration::ZERO, Absence::GoProxy).await;
+        assert_eq!(expired.unwrap().body, None);
+        assert_eq!(seen.lock().unwrap().len(), 4, "asked again once the TTL is over");
     }
 }

@@ -15,6 +15,7 @@ use crate::core::{
 };
 use crate::formats::{cargo, go, npm, pypi};
 use crate::storage::BlobDigests;
+use crate::upstream::Absence;
 
 /// Key of an unstored upstream asset's metadata holding its URL (the same
 /// for every format).
@@ -83,6 +84,7 @@ async fn external_index(
     let base = hop.connection.url.trim_end_matches('/');
     let name = &hop.connection.name;
     let ttl = effective.metadata_ttl.value;
+    let absence = Absence::of(id.format);
     let unreadable = |e: &dyn std::error::Error| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -102,7 +104,7 @@ async fn external_index(
             };
             let document = state
                 .upstream
-                .metadata(name, &url, accept, ttl)
+                .metadata(name, &url, accept, ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -119,7 +121,7 @@ async fn external_index(
             })?;
             let document = state
                 .upstream
-                .metadata(name, &url, pypi::JSON_CONTENT_TYPE, ttl)
+                .metadata(name, &url, pypi::JSON_CONTENT_TYPE, ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -131,7 +133,7 @@ async fn external_index(
             let module_base = format!("{base}/{}/@v/", go::escape(&id.name));
             let document = state
                 .upstream
-                .metadata(name, &format!("{module_base}list"), "text/plain", ttl)
+                .metadata(name, &format!("{module_base}list"), "text/plain", ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -141,7 +143,7 @@ async fn external_index(
                 // carries; a version whose date cannot be read counts as new.
                 for (version, entry) in index.versions.iter_mut() {
                     let url = format!("{module_base}{}.info", go::escape(version));
-                    let info = state.upstream.metadata(name, &url, "application/json", ttl).await.ok();
+                    let info = state.upstream.metadata(name, &url, "application/json", ttl, absence).await.ok();
                     entry.created = info.and_then(|d| d.body).and_then(|b| go::info_time(&b)).unwrap_or_else(Utc::now);
                 }
             }
@@ -152,7 +154,8 @@ async fn external_index(
             // from; the index file is found by the name as cargo spelled it.
             let upstream = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, style);
             let config_url = format!("{base}/config.json");
-            let config = state.upstream.metadata(name, &config_url, "application/json", ttl).await.map_err(upstream)?;
+            let config =
+                state.upstream.metadata(name, &config_url, "application/json", ttl, absence).await.map_err(upstream)?;
             let Some(config) = config.body else {
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -162,7 +165,7 @@ async fn external_index(
             };
             let template = cargo::upstream::download_template(&config).map_err(|e| unreadable(&e))?;
             let url = format!("{base}/{}", cargo::index_path(spelling));
-            let document = state.upstream.metadata(name, &url, "text/plain", ttl).await.map_err(upstream)?;
+            let document = state.upstream.metadata(name, &url, "text/plain", ttl, absence).await.map_err(upstream)?;
             let Some(body) = document.body else { return Ok(None) };
             cargo::upstream::upstream_index(&body, spelling, name, &template).map(Some).map_err(|e| unreadable(&e))
         }
@@ -317,7 +320,7 @@ pub async fn upstream_document(
     let Some(hop) = view.chain.external(format) else { return Ok(None) };
     let document = state
         .upstream
-        .metadata(&hop.connection.name, url, accept, view.metadata_ttl)
+        .metadata(&hop.connection.name, url, accept, view.metadata_ttl, Absence::of(format))
         .await
         .map_err(|e| ApiError::from_upstream(&e, style))?;
     Ok(document.body)
