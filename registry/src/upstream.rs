@@ -248,6 +248,13 @@ struct CachedDocument {
 pub struct Document {
     pub body: Option<Bytes>,
     pub stale: bool,
+    /// The upstream's `Last-Modified`, when it sent one.
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An HTTP date (`Last-Modified`).
+fn http_date(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc2822(text?).ok().map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Labels of the upstream request counter: which connection, metadata or
@@ -438,28 +445,33 @@ impl UpstreamClient {
         absence: Absence,
     ) -> Result<Document, UpstreamError> {
         let fresh = |cached: &CachedDocument| cached.checked.elapsed() < ttl;
+        let document = |cached: &CachedDocument, stale: bool| Document {
+            body: cached.body.clone(),
+            stale,
+            last_modified: http_date(cached.last_modified.as_deref()),
+        };
         if let Some(cached) = self.cached(url).filter(|c| fresh(c)) {
-            return Ok(Document { body: cached.body.clone(), stale: false });
+            return Ok(document(&cached, false));
         }
         let _turn = self.one_at_a_time(&format!("metadata {url}")).await;
         let cached = self.cached(url);
         if let Some(cached) = cached.as_ref().filter(|c| fresh(c)) {
-            return Ok(Document { body: cached.body.clone(), stale: false });
+            return Ok(document(cached, false));
         }
         let answer = match self.check_reachable(connection, url) {
             Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
             Err(backing_off) => Err(backing_off),
         };
         match answer {
-            Ok(document) => {
-                let body = document.body.clone();
-                self.keep(url, document);
-                Ok(Document { body, stale: false })
+            Ok(fetched) => {
+                let answer = document(&fetched, false);
+                self.keep(url, fetched);
+                Ok(answer)
             }
             Err(error) => match cached {
                 Some(cached) => {
                     tracing::warn!(error = %crate::server::error_chain(&error), "serving stale upstream metadata");
-                    Ok(Document { body: cached.body.clone(), stale: true })
+                    Ok(document(&cached, true))
                 }
                 None => Err(error),
             },
@@ -539,6 +551,19 @@ impl UpstreamClient {
         connection: &str,
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, UpstreamError> {
+        Ok(self.download_dated(connection, url).await?.0)
+    }
+
+    /// [`Self::download`], with the upstream's `Last-Modified` of the file
+    /// (what dates a Maven version).
+    pub async fn download_dated(
+        &self,
+        connection: &str,
+        url: &str,
+    ) -> Result<
+        (impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, Option<chrono::DateTime<chrono::Utc>>),
+        UpstreamError,
+    > {
         self.check_reachable(connection, url)?;
         let sent = self.get(connection, url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
@@ -550,7 +575,8 @@ impl UpstreamClient {
         if !response.status().is_success() {
             return Err(self.refused(connection, url, response.url(), response.status()));
         }
-        Ok(response.bytes_stream().map_err(|e| Box::new(e) as BodyError))
+        let modified = http_date(response.headers().get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()));
+        Ok((response.bytes_stream().map_err(|e| Box::new(e) as BodyError), modified))
     }
 }
 

@@ -6,6 +6,7 @@
 
 use axum::http::StatusCode;
 use chrono::Utc;
+use futures::StreamExt;
 use wharf_api::PackageFormat;
 
 use super::{ApiError, ErrorStyle, SharedState};
@@ -13,7 +14,7 @@ use crate::core::policy::{self, Chain, EffectivePolicy, ExternalHop};
 use crate::core::{
     CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, VersionStatus,
 };
-use crate::formats::{cargo, go, npm, pypi};
+use crate::formats::{cargo, go, maven, npm, pypi};
 use crate::storage::BlobDigests;
 use crate::upstream::Absence;
 
@@ -27,6 +28,9 @@ pub struct View {
     pub chain: Chain,
     /// How long upstream metadata read for this view may be reused.
     pub metadata_ttl: std::time::Duration,
+    /// Whether policy and origin let the chain's external connection serve
+    /// this package (what may complete a cached copy from outside).
+    pub external_allowed: bool,
 }
 
 /// Whether a read of `repo` can involve anything but `repo` itself.
@@ -169,6 +173,40 @@ async fn external_index(
             let Some(body) = document.body else { return Ok(None) };
             cargo::upstream::upstream_index(&body, spelling, name, &template).map(Some).map_err(|e| unreadable(&e))
         }
+        PackageFormat::Maven => {
+            let coordinates =
+                maven::parse_package_name(&id.name).map_err(|e| ApiError::bad_request(e.to_string(), style))?;
+            let folder = format!("{base}/{}", maven::package_path(&coordinates));
+            let url = format!("{folder}{}", maven::METADATA_FILE);
+            let document = state
+                .upstream
+                .metadata(name, &url, "application/xml", ttl, absence)
+                .await
+                .map_err(|e| ApiError::from_upstream(&e, style))?;
+            let Some(body) = document.body else { return Ok(None) };
+            let mut index = maven::upstream_index(&body, &id.name, name).map_err(|e| unreadable(&e))?;
+            if effective.minimum_release_age.value.is_some() {
+                // Cooldown needs dates, which Maven metadata does not
+                // give per version: a release is as old as its POM's
+                // Last-Modified. One with no readable date counts as new.
+                let (folder, artifact) = (&folder, &coordinates.artifact_id);
+                let dates: Vec<_> = futures::stream::iter(index.versions.keys().cloned().collect::<Vec<_>>())
+                    .map(|version| async move {
+                        let url = format!("{folder}{version}/{artifact}-{version}.pom");
+                        let pom = state.upstream.metadata(name, &url, "application/xml", ttl, absence).await;
+                        (version, pom.ok().and_then(|d| d.last_modified))
+                    })
+                    .buffer_unordered(8)
+                    .collect()
+                    .await;
+                for (version, date) in dates {
+                    if let Some(entry) = index.versions.get_mut(&version) {
+                        entry.created = date.unwrap_or_else(Utc::now);
+                    }
+                }
+            }
+            Ok(Some(index))
+        }
         _ => Ok(None),
     }
 }
@@ -194,7 +232,9 @@ pub async fn view(
         .await
         .map_err(core_error(style))?;
     let origin = origin_of(state, id, local.as_ref(), style).await?;
-    let external = match usable_hop(&chain, id, &effective, origin.as_ref()) {
+    let hop = usable_hop(&chain, id, &effective, origin.as_ref());
+    let external_allowed = hop.is_some();
+    let external = match hop {
         Some(hop) => match external_index(state, hop, id, spelling, &effective, style).await {
             Ok(index) => index,
             Err(error) if local.is_some() => {
@@ -211,7 +251,7 @@ pub async fn view(
         (Some(local), None) => local,
     };
     policy::apply_policy(&mut index, id, &effective, Utc::now());
-    Ok(Some(View { index, chain, metadata_ttl: effective.metadata_ttl.value }))
+    Ok(Some(View { index, chain, metadata_ttl: effective.metadata_ttl.value, external_allowed }))
 }
 
 /// The stored digests of `asset_name` of `version` in the view, fetching
@@ -238,7 +278,7 @@ pub async fn stored_asset(
     };
     let Some(hop) = view.chain.external(id.format) else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
-    let keepers: Vec<&str> = if hop.holder == repo { vec![repo] } else { vec![hop.holder.as_str(), repo] };
+    let keepers = keepers(repo, hop);
     let _turn = state
         .upstream
         .one_at_a_time(&format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name))
@@ -252,34 +292,77 @@ pub async fn stored_asset(
         }
     }
     let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
-    let digests = state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| match e {
-        CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("external connection {connection} broke off sending {asset_name}: {cause}"),
-            style,
-        ),
-        other => ApiError::from_core(other, style),
-    })?;
+    let digests = stage_upstream_file(state, connection, asset_name, body, style).await?;
     let declared = &asset.digests;
     let differs = |declared: &str, actual: &str| !declared.is_empty() && !declared.eq_ignore_ascii_case(actual);
     if differs(&declared.sha256, &digests.sha256)
         || differs(&declared.sha512, &digests.sha512)
         || differs(&declared.sha1, &digests.sha1)
     {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "external connection {connection} sent bytes for {asset_name} that do not match the digest its metadata declares"
-            ),
-            style,
-        ));
+        return Err(mismatched(connection, asset_name, style));
     }
     let mut metadata = asset.metadata.clone();
     if let Some(map) = metadata.as_object_mut() {
         map.remove(UPSTREAM_URL);
     }
+    let new = NewAsset { name: asset_name.to_owned(), digests: digests.clone(), metadata };
+    let fetched = Fetched { repo, view, id, version, created: entry.created, connection };
+    keep_fetched(state, &fetched, &keepers, new, style).await?;
+    Ok(digests)
+}
+
+fn mismatched(connection: &str, file_name: &str, style: ErrorStyle) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "external connection {connection} sent bytes for {file_name} that do not match the digest its metadata declares"
+        ),
+        style,
+    )
+}
+
+/// Streams an upstream file into storage; a body that breaks off is the
+/// upstream's failure (502), not the client's.
+async fn stage_upstream_file(
+    state: &SharedState,
+    connection: &str,
+    file_name: &str,
+    body: impl futures::Stream<Item = Result<bytes::Bytes, crate::storage::BodyError>> + Send,
+    style: ErrorStyle,
+) -> Result<BlobDigests, ApiError> {
+    state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| match e {
+        CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("external connection {connection} broke off sending {file_name}: {cause}"),
+            style,
+        ),
+        other => ApiError::from_core(other, style),
+    })
+}
+
+/// A version a file was just fetched for.
+struct Fetched<'a> {
+    repo: &'a str,
+    view: &'a View,
+    id: &'a PackageId,
+    version: &'a str,
+    created: chrono::DateTime<Utc>,
+    connection: &'a str,
+}
+
+/// Keeps a fetched file in each of `keepers` (the requesting Repository
+/// and the one holding the connection) and claims the name's origin as
+/// external.
+async fn keep_fetched(
+    state: &SharedState,
+    fetched: &Fetched<'_>,
+    keepers: &[&str],
+    asset: NewAsset,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
+    let Fetched { repo, view, id, version, created, connection } = *fetched;
+    let version_metadata = view.index.versions.get(version).map(|e| e.metadata.clone()).unwrap_or_default();
     for keeper in keepers {
-        let new = NewAsset { name: asset_name.to_owned(), digests: digests.clone(), metadata: metadata.clone() };
         state
             .registry
             .retain_fetched(
@@ -287,10 +370,10 @@ pub async fn stored_asset(
                 id,
                 &view.index.display_name,
                 version,
-                entry.metadata.clone(),
-                entry.created,
+                version_metadata.clone(),
+                created,
                 connection,
-                new,
+                asset.clone(),
             )
             .await
             .map_err(core_error(style))?;
@@ -303,7 +386,81 @@ pub async fn stored_asset(
         recorded: Utc::now(),
     };
     state.registry.claim_origin(id, origin).await.map_err(core_error(style))?;
-    tracing::info!(package = %id.name, version, asset = asset_name, connection, "fetched from upstream");
+    tracing::info!(package = %id.name, version, asset = asset.name, connection, "fetched from upstream");
+    Ok(())
+}
+
+/// The Repositories a file fetched for `repo` through `hop` is kept in.
+fn keepers<'a>(repo: &'a str, hop: &'a ExternalHop) -> Vec<&'a str> {
+    if hop.holder == repo { vec![repo] } else { vec![hop.holder.as_str(), repo] }
+}
+
+/// The stored digests of the Maven file `file_name` of `version` in the
+/// view, fetched through the external connection first when the version
+/// came from there and the Domain lacks that file. Maven metadata lists
+/// no files, so the layout gives the upstream URL; a file the upstream
+/// lacks is a 404 (clients ask for optional ones), and the bytes are
+/// checked against the upstream's `.sha1` sidecar when it has one.
+#[allow(clippy::too_many_arguments)]
+pub async fn stored_maven_file(
+    state: &SharedState,
+    repo: &str,
+    view: &View,
+    id: &PackageId,
+    coordinates: &maven::Coordinates,
+    version: &str,
+    file_name: &str,
+    style: ErrorStyle,
+) -> Result<BlobDigests, ApiError> {
+    let missing = || ApiError::not_found(format!("{file_name} not found"), style);
+    let entry = view.index.versions.get(version).filter(|e| e.status.is_installable()).ok_or_else(missing)?;
+    if let Some(asset) = entry.assets.get(file_name) {
+        return Ok(asset.digests.clone());
+    }
+    // Versions published in the Domain are never completed from outside.
+    let hop = view.chain.external(id.format).filter(|_| view.external_allowed && entry.fetched_from.is_some());
+    let Some(hop) = hop else { return Err(missing()) };
+    let connection = hop.connection.name.as_str();
+    let keepers = keepers(repo, hop);
+    let _turn = state.upstream.one_at_a_time(&format!("{connection} maven {} {version} {file_name}", id.name)).await;
+    for keeper in &keepers {
+        if let Some(snapshot) = state.registry.package(keeper, id).await.map_err(core_error(style))?
+            && let Some(stored) = snapshot.index.versions.get(version).and_then(|e| e.assets.get(file_name))
+        {
+            return Ok(stored.digests.clone());
+        }
+    }
+    let base = hop.connection.url.trim_end_matches('/');
+    let url = format!("{base}/{}{version}/{file_name}", maven::package_path(coordinates));
+    let (body, modified) = match state.upstream.download_dated(connection, &url).await {
+        Ok(download) => download,
+        Err(crate::upstream::UpstreamError::Status { status: 404, .. }) => return Err(missing()),
+        Err(error) => return Err(ApiError::from_upstream(&error, style)),
+    };
+    let digests = stage_upstream_file(state, connection, file_name, body, style).await?;
+    let sidecar = state
+        .upstream
+        .metadata(connection, &format!("{url}.sha1"), "text/plain", view.metadata_ttl, Absence::NotFound)
+        .await
+        .map_err(|e| ApiError::from_upstream(&e, style))?;
+    if let Some(sidecar) = sidecar.body {
+        let declared = maven::ChecksumAlgorithm::Sha1.parse_sidecar(&sidecar).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("external connection {connection} sent an unreadable checksum for {file_name}"),
+                style,
+            )
+        })?;
+        if !declared.eq_ignore_ascii_case(&digests.sha1) {
+            return Err(mismatched(connection, file_name, style));
+        }
+    }
+    // The metadata dates no release; the file's own date stands in.
+    let created =
+        if entry.created == chrono::DateTime::UNIX_EPOCH { modified.unwrap_or_else(Utc::now) } else { entry.created };
+    let new = NewAsset { name: file_name.to_owned(), digests: digests.clone(), metadata: serde_json::Value::Null };
+    let fetched = Fetched { repo, view, id, version, created, connection };
+    keep_fetched(state, &fetched, &keepers, new, style).await?;
     Ok(digests)
 }
 
