@@ -278,7 +278,15 @@ struct Documents {
 
 /// The registry's client of every external connection.
 pub struct UpstreamClient {
+    /// For metadata: gzip (packuments and index files are large text that
+    /// shrinks several times) and HTTP/2 where the upstream offers it (one
+    /// connection for the many index files cargo and npm ask for at once).
     http: reqwest::Client,
+    /// For artifacts: no transparent decompression, because the bytes kept
+    /// must be the upstream's own, checked against its digests, and some
+    /// servers label `.gz` files `Content-Encoding: gzip`, which a
+    /// decompressing client would undo.
+    files: reqwest::Client,
     documents: Mutex<Documents>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     requests: UpstreamRequests,
@@ -298,14 +306,15 @@ impl UpstreamClient {
     /// A client sending `credentials` (from [`resolve_credentials`]) to
     /// their connections.
     pub fn new(credentials: HashMap<String, ConnectionCredentials>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("wharf-registry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(REQUEST_TIMEOUT)
+                .user_agent(concat!("wharf-registry/", env!("CARGO_PKG_VERSION")))
+        };
         UpstreamClient {
-            http,
+            http: builder().gzip(true).build().unwrap_or_default(),
+            files: builder().no_gzip().build().unwrap_or_default(),
             documents: Mutex::new(Documents::default()),
             in_flight: Mutex::new(HashMap::new()),
             requests: UpstreamRequests::default(),
@@ -319,10 +328,10 @@ impl UpstreamClient {
         self.credentials.get(connection).is_some_and(|c| url.origin() == c.origin)
     }
 
-    /// A GET of `url` for `connection`, with its credentials when `url` is
-    /// on the connection's own origin.
-    fn get(&self, connection: &str, url: &str) -> reqwest::RequestBuilder {
-        let request = self.http.get(url);
+    /// A GET of `url` by `client` for `connection`, with its credentials
+    /// when `url` is on the connection's own origin.
+    fn get(&self, client: &reqwest::Client, connection: &str, url: &str) -> reqwest::RequestBuilder {
+        let request = client.get(url);
         match self.credentials.get(connection) {
             Some(credentials) if reqwest::Url::parse(url).is_ok_and(|u| self.sends_credentials(connection, &u)) => {
                 request.header(header::AUTHORIZATION, credentials.authorization.clone())
@@ -486,7 +495,7 @@ impl UpstreamClient {
         cached: Option<&CachedDocument>,
         absence: Absence,
     ) -> Result<CachedDocument, UpstreamError> {
-        let mut request = self.get(connection, url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
+        let mut request = self.get(&self.http, connection, url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
         if let Some(cached) = cached {
             if let Some(etag) = &cached.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
@@ -565,7 +574,7 @@ impl UpstreamClient {
         UpstreamError,
     > {
         self.check_reachable(connection, url)?;
-        let sent = self.get(connection, url).send().await.map_err(|e| {
+        let sent = self.get(&self.files, connection, url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
         });
@@ -747,5 +756,38 @@ spec:
         let expired = client.metadata("public-go", &gone, "*/*", Duration::ZERO, Absence::GoProxy).await;
         assert_eq!(expired.unwrap().body, None);
         assert_eq!(seen.lock().unwrap().len(), 4, "asked again once the TTL is over");
+    }
+
+    #[tokio::test]
+    async fn metadata_is_fetched_compressed_and_files_as_the_upstream_stores_them() {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(b"a large packument").unwrap();
+        let gzipped = Bytes::from(encoder.finish().unwrap());
+        let accepted: Seen = Arc::default();
+        let (seen, served) = (accepted.clone(), gzipped.clone());
+        let app = axum::Router::new().fallback(get(move |uri: axum::http::Uri, headers: HeaderMap| {
+            let (accepted, served) = (seen.clone(), served.clone());
+            async move {
+                let encoding = headers.get(header::ACCEPT_ENCODING).map(|v| v.to_str().unwrap().to_owned());
+                accepted.lock().unwrap().push((uri.path().to_owned(), encoding));
+                ([(header::CONTENT_ENCODING, "gzip")], served)
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = UpstreamClient::default();
+
+        let ttl = Duration::from_secs(60);
+        let packument = format!("{base}/packument");
+        let document = client.metadata("public-npm", &packument, "*/*", ttl, Absence::NotFound).await;
+        assert_eq!(document.unwrap().body.as_deref(), Some(&b"a large packument"[..]));
+        let file = client.download("public-pypi", &format!("{base}/lib-1.0.tar.gz")).await.unwrap();
+        let bytes: Vec<Bytes> = file.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), gzipped, "a file is kept as the upstream sent it");
+        let accepted = accepted.lock().unwrap();
+        assert!(accepted[0].1.as_deref().is_some_and(|e| e.contains("gzip")), "{accepted:?}");
+        assert_eq!(accepted[1], ("/lib-1.0.tar.gz".to_owned(), None));
     }
 }
