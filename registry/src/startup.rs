@@ -62,6 +62,7 @@ pub async fn build_state(
         limits: options.limits,
         metrics: Arc::new(Metrics::new(upstream.requests())),
         upstream,
+        views: Default::default(),
         config: Arc::new(config),
     }))
 }

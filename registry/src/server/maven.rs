@@ -242,18 +242,18 @@ async fn metadata(
         }
         .unwrap_or_default()
     };
+    let key = match level {
+        MetadataLevel::Artifact => "maven:artifact".to_owned(),
+        MetadataLevel::Snapshot { base_version } => format!("maven:snapshot:{base_version}"),
+    };
     let (rendered, modified) = if upstream::has_chain(state, repo_name) {
         // Rendered from the merged chain, after policy: blocked and
         // too-young versions are gone and `latest`/`release` follow.
         let id = package_id(coordinates);
         let view = upstream::view(state, repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
-        (crate::core::Rendered::of(render(&view.index)), view.index.modified)
+        (view.rendered(&key, render), view.index.modified)
     } else {
         let snapshot = package(state, repo_name, coordinates).await?.ok_or_else(missing)?;
-        let key = match level {
-            MetadataLevel::Artifact => "maven:artifact".to_owned(),
-            MetadataLevel::Snapshot { base_version } => format!("maven:snapshot:{base_version}"),
-        };
         (snapshot.rendered(&key, render), snapshot.index.modified)
     };
     if rendered.body.is_empty() {

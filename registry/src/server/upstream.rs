@@ -1,10 +1,16 @@
 //! Reads through upstream chains and external connections for the format
-//! handlers: the merged, policy-filtered view of a package; fetching an
-//! upstream file into the Domain on first use; the origin checks of a
-//! direct publish. Decisions come from `core::policy`, storage is written
-//! only through the core, HTTP to upstreams goes through `crate::upstream`.
+//! handlers: the merged, policy-filtered view of a package, kept while
+//! nothing it was built from changed; fetching an upstream file into the
+//! Domain on first use; the origin checks of a direct publish. Decisions
+//! come from `core::policy`, storage is written only through the core,
+//! HTTP to upstreams goes through `crate::upstream`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::http::StatusCode;
+use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use wharf_api::PackageFormat;
@@ -12,25 +18,155 @@ use wharf_api::PackageFormat;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::core::policy::{self, Chain, EffectivePolicy, ExternalHop};
 use crate::core::{
-    CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, VersionStatus,
+    CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, Rendered, VersionStatus,
 };
 use crate::formats::{cargo, go, maven, npm, pypi};
 use crate::storage::BlobDigests;
-use crate::upstream::Absence;
+use crate::upstream::{Absence, Document, UpstreamError};
 
 /// Key of an unstored upstream asset's metadata holding its URL (the same
 /// for every format).
 const UPSTREAM_URL: &str = npm::upstream::UPSTREAM_URL;
 
-/// A package as the requesting Repository sees it.
+/// Views kept at most, per process; past it all are dropped at once (the
+/// next reads rebuild them), which bounds memory without bookkeeping.
+const MAX_CACHED_VIEWS: usize = 4096;
+
+/// A package as the requesting Repository sees it. Cheap to clone: the
+/// index and the bodies rendered from it are shared with the view cache.
+#[derive(Clone)]
 pub struct View {
-    pub index: PackageIndex,
-    pub chain: Chain,
+    pub index: Arc<PackageIndex>,
+    pub chain: Arc<Chain>,
     /// How long upstream metadata read for this view may be reused.
     pub metadata_ttl: std::time::Duration,
     /// Whether policy and origin let the chain's external connection serve
     /// this package (what may complete a cached copy from outside).
     pub external_allowed: bool,
+    renders: Arc<Mutex<HashMap<String, Rendered>>>,
+}
+
+impl View {
+    /// The body `render` produces from this view, computed once per `key`
+    /// (a format's variant and base URL) while the view holds.
+    pub fn rendered(&self, key: &str, render: impl FnOnce(&PackageIndex) -> Bytes) -> Rendered {
+        if let Some(hit) = self.renders.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return hit.clone();
+        }
+        let rendered = Rendered::of(render(&self.index));
+        let mut renders = self.renders.lock().unwrap_or_else(|e| e.into_inner());
+        if renders.len() > 16 {
+            renders.clear();
+        }
+        renders.insert(key.to_owned(), rendered.clone());
+        rendered
+    }
+}
+
+/// One upstream metadata document a view was built from, and which copy
+/// of it (the body's address: a copy kept or revalidated keeps it).
+struct Reading {
+    connection: String,
+    url: String,
+    accept: &'static str,
+    absence: Absence,
+    copy: Option<(usize, usize)>,
+}
+
+fn copy_of(document: &Document) -> Option<(usize, usize)> {
+    document.body.as_ref().map(|body| (body.as_ptr() as usize, body.len()))
+}
+
+/// The upstream documents read while building a view.
+#[derive(Default)]
+struct Consulted(Mutex<Vec<Reading>>);
+
+impl Consulted {
+    /// Reads a metadata document through the client's cache, noting it.
+    async fn read(
+        &self,
+        state: &SharedState,
+        connection: &str,
+        url: &str,
+        accept: &'static str,
+        ttl: std::time::Duration,
+        absence: Absence,
+    ) -> Result<Document, UpstreamError> {
+        let document = state.upstream.metadata(connection, url, accept, ttl, absence).await?;
+        let reading = Reading {
+            connection: connection.to_owned(),
+            url: url.to_owned(),
+            accept,
+            absence,
+            copy: copy_of(&document),
+        };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(reading);
+        Ok(document)
+    }
+}
+
+/// What a view was built from besides upstream documents. The index
+/// revision of each Repository searched stands for its versions; the
+/// configuration itself for policy and chain (compared by identity: a new
+/// revision is a new allocation, and holding the old one keeps its address
+/// from being reused); the recorded origin for whether the connection may
+/// serve.
+struct Stamp {
+    config: Arc<wharf_api::DomainConfig>,
+    revisions: Vec<Option<u64>>,
+    origin: Option<OriginKind>,
+}
+
+impl PartialEq for Stamp {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.revisions == other.revisions && self.origin == other.origin
+    }
+}
+
+struct CachedView {
+    stamp: Stamp,
+    readings: Vec<Reading>,
+    /// When a too-young upstream version comes of age, and the view with it.
+    expires: Option<Instant>,
+    view: Option<View>,
+}
+
+type ViewKey = (String, PackageId, String);
+
+/// Views through chains, kept while nothing they were built from changed:
+/// a warm install reads each packument or index file many times (the
+/// metadata, then every file of the package), and merging, filtering and
+/// parsing the upstream document each time cost more than the request.
+#[derive(Default)]
+pub struct ViewCache {
+    views: Mutex<HashMap<ViewKey, Arc<CachedView>>>,
+}
+
+impl ViewCache {
+    fn get(&self, key: &ViewKey) -> Option<Arc<CachedView>> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn keep(&self, key: ViewKey, view: CachedView) {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if views.len() >= MAX_CACHED_VIEWS {
+            views.clear();
+        }
+        views.insert(key, Arc::new(view));
+    }
+}
+
+/// Whether every upstream document a view read is still the same copy
+/// (asking the client, which revalidates what is past its TTL).
+async fn readings_hold(state: &SharedState, readings: &[Reading], ttl: std::time::Duration) -> bool {
+    for reading in readings {
+        let now =
+            state.upstream.metadata(&reading.connection, &reading.url, reading.accept, ttl, reading.absence).await;
+        if !now.is_ok_and(|document| copy_of(&document) == reading.copy) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Whether a read of `repo` can involve anything but `repo` itself.
@@ -44,14 +180,8 @@ fn core_error(style: ErrorStyle) -> impl Fn(CoreError) -> ApiError {
 
 /// The origin record, or what the chain's own versions imply when none was
 /// written (versions published before origins were recorded).
-async fn origin_of(
-    state: &SharedState,
-    id: &PackageId,
-    local: Option<&PackageIndex>,
-    style: ErrorStyle,
-) -> Result<Option<PackageOrigin>, ApiError> {
-    let recorded = state.registry.package_origin(id).await.map_err(core_error(style))?;
-    Ok(recorded.or_else(|| {
+fn origin_of(recorded: Option<PackageOrigin>, local: Option<&PackageIndex>) -> Option<PackageOrigin> {
+    recorded.or_else(|| {
         let (version, _) = local?.versions.iter().find(|(_, entry)| entry.fetched_from.is_none())?;
         Some(PackageOrigin {
             kind: OriginKind::Direct,
@@ -60,7 +190,7 @@ async fn origin_of(
             version: version.clone(),
             recorded: Utc::now(),
         })
-    }))
+    })
 }
 
 /// The external connection of the chain, when it serves this format and
@@ -83,6 +213,7 @@ async fn external_index(
     id: &PackageId,
     spelling: &str,
     effective: &EffectivePolicy,
+    consulted: &Consulted,
     style: ErrorStyle,
 ) -> Result<Option<PackageIndex>, ApiError> {
     let base = hop.connection.url.trim_end_matches('/');
@@ -106,9 +237,8 @@ async fn external_index(
             } else {
                 "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8"
             };
-            let document = state
-                .upstream
-                .metadata(name, &url, accept, ttl, absence)
+            let document = consulted
+                .read(state, name, &url, accept, ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -123,9 +253,8 @@ async fn external_index(
                     style,
                 )
             })?;
-            let document = state
-                .upstream
-                .metadata(name, &url, pypi::JSON_CONTENT_TYPE, ttl, absence)
+            let document = consulted
+                .read(state, name, &url, pypi::JSON_CONTENT_TYPE, ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -135,9 +264,8 @@ async fn external_index(
         }
         PackageFormat::Go => {
             let module_base = format!("{base}/{}/@v/", go::escape(&id.name));
-            let document = state
-                .upstream
-                .metadata(name, &format!("{module_base}list"), "text/plain", ttl, absence)
+            let document = consulted
+                .read(state, name, &format!("{module_base}list"), "text/plain", ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -147,7 +275,7 @@ async fn external_index(
                 // carries; a version whose date cannot be read counts as new.
                 for (version, entry) in index.versions.iter_mut() {
                     let url = format!("{module_base}{}.info", go::escape(version));
-                    let info = state.upstream.metadata(name, &url, "application/json", ttl, absence).await.ok();
+                    let info = consulted.read(state, name, &url, "application/json", ttl, absence).await.ok();
                     entry.created = info.and_then(|d| d.body).and_then(|b| go::info_time(&b)).unwrap_or_else(Utc::now);
                 }
             }
@@ -159,7 +287,7 @@ async fn external_index(
             let upstream = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, style);
             let config_url = format!("{base}/config.json");
             let config =
-                state.upstream.metadata(name, &config_url, "application/json", ttl, absence).await.map_err(upstream)?;
+                consulted.read(state, name, &config_url, "application/json", ttl, absence).await.map_err(upstream)?;
             let Some(config) = config.body else {
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -169,7 +297,7 @@ async fn external_index(
             };
             let template = cargo::upstream::download_template(&config).map_err(|e| unreadable(&e))?;
             let url = format!("{base}/{}", cargo::index_path(spelling));
-            let document = state.upstream.metadata(name, &url, "text/plain", ttl, absence).await.map_err(upstream)?;
+            let document = consulted.read(state, name, &url, "text/plain", ttl, absence).await.map_err(upstream)?;
             let Some(body) = document.body else { return Ok(None) };
             cargo::upstream::upstream_index(&body, spelling, name, &template).map(Some).map_err(|e| unreadable(&e))
         }
@@ -178,9 +306,8 @@ async fn external_index(
                 maven::parse_package_name(&id.name).map_err(|e| ApiError::bad_request(e.to_string(), style))?;
             let folder = format!("{base}/{}", maven::package_path(&coordinates));
             let url = format!("{folder}{}", maven::METADATA_FILE);
-            let document = state
-                .upstream
-                .metadata(name, &url, "application/xml", ttl, absence)
+            let document = consulted
+                .read(state, name, &url, "application/xml", ttl, absence)
                 .await
                 .map_err(|e| ApiError::from_upstream(&e, style))?;
             let Some(body) = document.body else { return Ok(None) };
@@ -193,7 +320,7 @@ async fn external_index(
                 let dates: Vec<_> = futures::stream::iter(index.versions.keys().cloned().collect::<Vec<_>>())
                     .map(|version| async move {
                         let url = format!("{folder}{version}/{artifact}-{version}.pom");
-                        let pom = state.upstream.metadata(name, &url, "application/xml", ttl, absence).await;
+                        let pom = consulted.read(state, name, &url, "application/xml", ttl, absence).await;
                         (version, pom.ok().and_then(|d| d.last_modified))
                     })
                     .buffer_unordered(8)
@@ -226,32 +353,94 @@ pub async fn view(
 ) -> Result<Option<View>, ApiError> {
     let chain = policy::resolution_order(&state.config, repo);
     let effective = policy::evaluate(&state.config, repo, id);
-    let local = state
+    let ttl = effective.metadata_ttl.value;
+    let snapshots = state
         .registry
-        .resolve_package(&chain.repositories, id, |r| r == repo || effective.internal_allowed(r))
+        .chain_snapshots(&chain.repositories, id, |r| r == repo || effective.internal_allowed(r))
         .await
         .map_err(core_error(style))?;
-    let origin = origin_of(state, id, local.as_ref(), style).await?;
+    let recorded = state.registry.package_origin(id).await.map_err(core_error(style))?;
+    let stamp = Stamp {
+        config: state.config.clone(),
+        revisions: snapshots.iter().map(|s| s.as_ref().map(|s| s.revision)).collect(),
+        origin: recorded.as_ref().map(|o| o.kind),
+    };
+    let key = (repo.to_owned(), id.clone(), spelling.to_owned());
+    if let Some(cached) = state.views.get(&key)
+        && cached.stamp == stamp
+        && cached.expires.is_none_or(|expires| expires > Instant::now())
+        && readings_hold(state, &cached.readings, ttl).await
+    {
+        return Ok(cached.view.clone());
+    }
+
+    let local = crate::core::merge_snapshots(snapshots.iter().flatten());
+    let origin = origin_of(recorded, local.as_ref());
     let hop = usable_hop(&chain, id, &effective, origin.as_ref());
     let external_allowed = hop.is_some();
+    let consulted = Consulted::default();
+    // Only a view built from answers is kept: after an upstream failure
+    // the next read asks again.
+    let mut answered = true;
     let external = match hop {
-        Some(hop) => match external_index(state, hop, id, spelling, &effective, style).await {
+        Some(hop) => match external_index(state, hop, id, spelling, &effective, &consulted, style).await {
             Ok(index) => index,
             Err(error) if local.is_some() => {
                 tracing::warn!(package = %id.name, error = %error.message, "serving cached versions only");
+                answered = false;
                 None
             }
             Err(error) => return Err(error),
         },
         None => None,
     };
-    let mut index = match (local, external) {
-        (None, None) => return Ok(None),
-        (local, Some(external)) => policy::merge_external(local, external),
-        (Some(local), None) => local,
+    let now = Utc::now();
+    let view = match (local, external) {
+        (None, None) => None,
+        (local, external) => {
+            let mut index = match (local, external) {
+                (local, Some(external)) => policy::merge_external(local, external),
+                (Some(local), None) => local,
+                (None, None) => PackageIndex::default(),
+            };
+            let comes_of_age = next_coming_of_age(&index, &effective, now);
+            policy::apply_policy(&mut index, id, &effective, now);
+            let view = View {
+                index: Arc::new(index),
+                chain: Arc::new(chain),
+                metadata_ttl: ttl,
+                external_allowed,
+                renders: Arc::default(),
+            };
+            Some((view, comes_of_age))
+        }
     };
-    policy::apply_policy(&mut index, id, &effective, Utc::now());
-    Ok(Some(View { index, chain, metadata_ttl: effective.metadata_ttl.value, external_allowed }))
+    let expires = view.as_ref().and_then(|(_, at)| *at).map(|at| {
+        let wait = (at - now).to_std().unwrap_or_default();
+        Instant::now() + wait
+    });
+    let view = view.map(|(view, _)| view);
+    if answered {
+        let readings = consulted.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        state.views.keep(key, CachedView { stamp, readings, expires, view: view.clone() });
+    }
+    Ok(view)
+}
+
+/// When the first upstream version the cooldown hides becomes old enough
+/// to show (and a view kept from now stops holding).
+fn next_coming_of_age(
+    index: &PackageIndex,
+    effective: &EffectivePolicy,
+    now: chrono::DateTime<Utc>,
+) -> Option<chrono::DateTime<Utc>> {
+    let age = chrono::Duration::from_std(effective.minimum_release_age.value?).ok()?;
+    index
+        .versions
+        .values()
+        .filter(|entry| entry.fetched_from.is_some() && now - entry.created < age)
+        .map(|entry| entry.created + age)
+        .min()
 }
 
 /// The stored digests of `asset_name` of `version` in the view, fetching
@@ -519,7 +708,8 @@ pub async fn check_publish(
     if let Some(hop) = usable_hop(&chain, id, &effective, recorded.as_ref()) {
         // An unreachable upstream cannot say whether it has the version;
         // the publish goes ahead rather than fail on someone else's outage.
-        let upstream = external_index(state, hop, id, spelling, &effective, style).await.ok().flatten();
+        let consulted = Consulted::default();
+        let upstream = external_index(state, hop, id, spelling, &effective, &consulted, style).await.ok().flatten();
         if upstream.is_some_and(|index| index.versions.contains_key(version)) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
