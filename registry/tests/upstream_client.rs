@@ -557,8 +557,13 @@ async fn go_builds_through_an_https_external_connection() {
     assert_eq!(refused.status(), 502);
     let message = refused.text().await.unwrap();
     assert!(message.contains("external connection public-go"), "{message}");
-    let logged = untrusting.log_lines().join("\n");
-    assert!(logged.to_lowercase().contains("certificate"), "the log says why:\n{logged}");
+    // The log is read by another thread: give it a moment to catch up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let says_why = || untrusting.log_lines().join("\n").to_lowercase().contains("certificate");
+    while !says_why() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(says_why(), "the log says why:\n{}", untrusting.log_lines().join("\n"));
 }
 
 /// [`PUBLIC_CONFIG`] with its repository private: a registry that wants credentials.
