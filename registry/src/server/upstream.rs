@@ -28,9 +28,14 @@ use crate::upstream::{Absence, Document, UpstreamError};
 /// for every format).
 const UPSTREAM_URL: &str = npm::upstream::UPSTREAM_URL;
 
-/// Views kept at most, per process; past it all are dropped at once (the
-/// next reads rebuild them), which bounds memory without bookkeeping.
+/// Views kept at most, per process, and their estimated total size; past
+/// either all are dropped at once (the next reads rebuild them), which
+/// bounds memory without bookkeeping per entry.
 const MAX_CACHED_VIEWS: usize = 4096;
+const MAX_CACHED_VIEW_BYTES: usize = 256 * 1024 * 1024;
+/// What a version costs in a kept index, roughly, beyond the upstream
+/// document it was parsed from.
+const VIEW_BYTES_PER_VERSION: usize = 512;
 
 /// A package as the requesting Repository sees it. Cheap to clone: the
 /// index and the bodies rendered from it are shared with the view cache.
@@ -139,20 +144,42 @@ type ViewKey = (String, PackageId, String);
 /// parsing the upstream document each time cost more than the request.
 #[derive(Default)]
 pub struct ViewCache {
-    views: Mutex<HashMap<ViewKey, Arc<CachedView>>>,
+    views: Mutex<KeptViews>,
+}
+
+#[derive(Default)]
+struct KeptViews {
+    by_key: HashMap<ViewKey, Arc<CachedView>>,
+    bytes: usize,
+}
+
+impl CachedView {
+    /// A view's size, estimated: the upstream documents it parsed (its
+    /// index is of their order) and its versions; what is rendered from it
+    /// later is of the same order again, hence twice.
+    fn estimated_bytes(&self) -> usize {
+        let documents: usize = self.readings.iter().filter_map(|r| r.copy).map(|(_, len)| len).sum();
+        let versions = self.view.as_ref().map_or(0, |v| v.index.versions.len());
+        2 * (documents + versions * VIEW_BYTES_PER_VERSION)
+    }
 }
 
 impl ViewCache {
     fn get(&self, key: &ViewKey) -> Option<Arc<CachedView>> {
-        self.views.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        self.views.lock().unwrap_or_else(|e| e.into_inner()).by_key.get(key).cloned()
     }
 
     fn keep(&self, key: ViewKey, view: CachedView) {
+        let size = view.estimated_bytes();
         let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if views.len() >= MAX_CACHED_VIEWS {
-            views.clear();
+        if views.by_key.len() >= MAX_CACHED_VIEWS || views.bytes + size > MAX_CACHED_VIEW_BYTES {
+            views.by_key.clear();
+            views.bytes = 0;
         }
-        views.insert(key, Arc::new(view));
+        views.bytes += size;
+        if let Some(replaced) = views.by_key.insert(key, Arc::new(view)) {
+            views.bytes = views.bytes.saturating_sub(replaced.estimated_bytes());
+        }
     }
 }
 
@@ -746,4 +773,49 @@ pub async fn record_publish(
     };
     state.registry.claim_origin(id, origin).await.map_err(core_error(style))?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn kept(document_bytes: usize) -> CachedView {
+        let config = wharf_api::DomainConfig::from_yaml_str(
+            "test.yaml",
+            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {name: acme}\nspec: {storage: {memory: {}}}\n",
+        )
+        .unwrap();
+        let reading = Reading {
+            connection: "public-npm".into(),
+            url: "http://127.0.0.1:9/npm/big".into(),
+            accept: "application/json",
+            absence: Absence::NotFound,
+            copy: Some((1, document_bytes)),
+        };
+        CachedView {
+            stamp: Stamp { config: Arc::new(config), revisions: vec![None], origin: None },
+            readings: vec![reading],
+            expires: None,
+            view: None,
+        }
+    }
+
+    fn key(name: &str) -> ViewKey {
+        ("app".into(), PackageId::new(PackageFormat::Npm, name), name.into())
+    }
+
+    #[test]
+    fn kept_views_stay_within_their_memory_budget() {
+        let cache = ViewCache::default();
+        cache.keep(key("a"), kept(1000));
+        cache.keep(key("a"), kept(2000));
+        assert_eq!(cache.views.lock().unwrap().bytes, 4000, "a replaced view no longer counts");
+        cache.keep(key("b"), kept(MAX_CACHED_VIEW_BYTES / 4));
+        assert!(cache.get(&key("a")).is_some() && cache.get(&key("b")).is_some());
+        cache.keep(key("c"), kept(MAX_CACHED_VIEW_BYTES / 4));
+        assert!(cache.get(&key("a")).is_none(), "over the budget, everything kept before goes");
+        assert!(cache.get(&key("c")).is_some());
+        assert_eq!(cache.views.lock().unwrap().bytes, MAX_CACHED_VIEW_BYTES / 2);
+    }
 }
