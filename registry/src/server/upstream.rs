@@ -69,17 +69,24 @@ impl View {
 }
 
 /// One upstream metadata document a view was built from, and which copy
-/// of it (the body's address: a copy kept or revalidated keeps it).
+/// of it: the body itself, compared by address (a copy kept or
+/// revalidated keeps it; holding it keeps the address from being reused
+/// by a later, different document).
 struct Reading {
     connection: String,
     url: String,
     accept: &'static str,
     absence: Absence,
-    copy: Option<(usize, usize)>,
+    copy: Option<Bytes>,
 }
 
-fn copy_of(document: &Document) -> Option<(usize, usize)> {
-    document.body.as_ref().map(|body| (body.as_ptr() as usize, body.len()))
+/// Whether `document` is the copy a reading saw.
+fn same_copy(document: &Document, seen: Option<&Bytes>) -> bool {
+    match (&document.body, seen) {
+        (Some(now), Some(seen)) => now.as_ptr() == seen.as_ptr() && now.len() == seen.len(),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// The upstream documents read while building a view.
@@ -103,7 +110,7 @@ impl Consulted {
             url: url.to_owned(),
             accept,
             absence,
-            copy: copy_of(&document),
+            copy: document.body.clone(),
         };
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(reading);
         Ok(document)
@@ -158,7 +165,7 @@ impl CachedView {
     /// index is of their order) and its versions; what is rendered from it
     /// later is of the same order again, hence twice.
     fn estimated_bytes(&self) -> usize {
-        let documents: usize = self.readings.iter().filter_map(|r| r.copy).map(|(_, len)| len).sum();
+        let documents: usize = self.readings.iter().filter_map(|r| r.copy.as_ref()).map(Bytes::len).sum();
         let versions = self.view.as_ref().map_or(0, |v| v.index.versions.len());
         2 * (documents + versions * VIEW_BYTES_PER_VERSION)
     }
@@ -189,7 +196,7 @@ async fn readings_hold(state: &SharedState, readings: &[Reading], ttl: std::time
     for reading in readings {
         let now =
             state.upstream.metadata(&reading.connection, &reading.url, reading.accept, ttl, reading.absence).await;
-        if !now.is_ok_and(|document| copy_of(&document) == reading.copy) {
+        if !now.is_ok_and(|document| same_copy(&document, reading.copy.as_ref())) {
             return false;
         }
     }
@@ -791,7 +798,7 @@ mod tests {
             url: "http://127.0.0.1:9/npm/big".into(),
             accept: "application/json",
             absence: Absence::NotFound,
-            copy: Some((1, document_bytes)),
+            copy: Some(Bytes::from(vec![0; document_bytes])),
         };
         CachedView {
             stamp: Stamp { config: Arc::new(config), revisions: vec![None], origin: None },
