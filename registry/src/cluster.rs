@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use wharf_api::DomainConfig;
 
+use crate::secrets::SecretsDir;
 use crate::startup::LiveServer;
 
 /// The key of the ConfigMap that holds the rendered resources.
@@ -61,9 +62,10 @@ impl ConfigMapSource {
         DomainConfig::from_yaml_str(&source, text).map_err(|error| anyhow::anyhow!("{error}"))
     }
 
-    /// Applies every revision after `serving` to `live` until the process ends. The watch
+    /// Applies every revision after `serving` to `live`, reading connection credentials from
+    /// `secrets`, until the process ends. The watch
     /// restarts with backoff when the apiserver is unreachable.
-    pub async fn watch(self, live: Arc<LiveServer>, mut serving: Option<String>) {
+    pub async fn watch(self, live: Arc<LiveServer>, mut serving: Option<String>, secrets: SecretsDir) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         let mut revisions = watcher(self.api.clone(), config).default_backoff().applied_objects().boxed();
         while let Some(event) = revisions.next().await {
@@ -78,7 +80,7 @@ impl ConfigMapSource {
             if revision.is_some() && revision == serving {
                 continue;
             }
-            let outcome = self.parse(&config_map).and_then(|config| Ok(live.replace_config(config)?));
+            let outcome = self.parse(&config_map).and_then(|config| Ok(live.replace_config(config, &secrets)?));
             match outcome {
                 Ok(()) => {
                     tracing::info!(revision = revision.as_deref().unwrap_or_default(), "configuration updated");

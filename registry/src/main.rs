@@ -105,7 +105,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("{}", startup::banner(&config, listen, &options.admin_token, generated));
     let live = LiveServer::new(startup::build_state(config, storage, &options).await?);
     if let Some((source, revision)) = source {
-        tokio::spawn(source.watch(live.clone(), revision));
+        tokio::spawn(source.watch(live.clone(), revision, options.secrets.clone()));
     }
     tracing::info!(%listen, "serving");
     startup::serve(listener, live).await

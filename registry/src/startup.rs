@@ -63,7 +63,8 @@ pub async fn build_state(
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,
     };
     let domain = config.domain_name().to_owned();
-    let upstream = Arc::new(crate::upstream::UpstreamClient::new());
+    let credentials = crate::upstream::resolve_credentials(&config, &options.secrets)?;
+    let upstream = Arc::new(crate::upstream::UpstreamClient::new(credentials));
     Ok(Arc::new(AppState {
         registry: Arc::new(Registry::new(storage)),
         signer: TokenSigner::new(key, domain),
@@ -71,6 +72,7 @@ pub async fn build_state(
         limits: options.limits,
         metrics: Arc::new(Metrics::new(upstream.requests())),
         upstream,
+        views: Default::default(),
         config: Arc::new(config),
     }))
 }
@@ -97,6 +99,9 @@ pub enum ReloadError {
     /// Storage is opened once at start-up.
     #[error("the Domain's storage changed; storage changes take effect when the registry restarts")]
     StorageChanged,
+    /// An external connection's credentials could not be read.
+    #[error(transparent)]
+    Credentials(#[from] crate::upstream::CredentialsError),
 }
 
 impl LiveServer {
@@ -115,8 +120,9 @@ impl LiveServer {
         self.current.read().unwrap_or_else(PoisonError::into_inner).1.clone()
     }
 
-    /// Serves `config` from now on, unless it names another Domain or other storage.
-    pub fn replace_config(&self, config: DomainConfig) -> Result<(), ReloadError> {
+    /// Serves `config` from now on, unless it names another Domain or other storage, or its
+    /// connections' credentials cannot be read from `secrets`.
+    pub fn replace_config(&self, config: DomainConfig, secrets: &SecretsDir) -> Result<(), ReloadError> {
         let old = self.state();
         if config.domain_name() != old.config.domain_name() {
             return Err(ReloadError::OtherDomain {
@@ -127,6 +133,8 @@ impl LiveServer {
         if config.domain.spec.storage != old.config.domain.spec.storage {
             return Err(ReloadError::StorageChanged);
         }
+        let credentials = crate::upstream::resolve_credentials(&config, secrets)?;
+        old.upstream.replace_credentials(credentials);
         let state = Arc::new(AppState {
             config: Arc::new(config),
             registry: old.registry.clone(),
@@ -135,6 +143,8 @@ impl LiveServer {
             limits: old.limits,
             metrics: old.metrics.clone(),
             upstream: old.upstream.clone(),
+            // Views through chains belong to the configuration they were built under.
+            views: Default::default(),
         });
         let router = server::app(state.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = (state, router);

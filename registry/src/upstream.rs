@@ -1,19 +1,24 @@
 //! Fetching from external connections over HTTP: upstream metadata kept
 //! for the policy's TTL, revalidated with ETag / If-Modified-Since and
 //! served stale when the upstream fails; artifacts streamed, never
-//! buffered; concurrent fetches of one thing coalesced. Does network I/O.
+//! buffered; concurrent fetches of one thing coalesced; a private
+//! upstream's credentials sent to its own origin only. Does network I/O
+//! (and reads the credentials' files at start-up).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use reqwest::header;
+use reqwest::header::{self, HeaderValue};
+use wharf_api::DomainConfig;
 
+use crate::secrets::{SecretError, SecretsDir};
 use crate::storage::BodyError;
 
 /// How long one upstream request may take to answer (headers, or the whole
@@ -42,6 +47,8 @@ pub enum UpstreamError {
     },
     #[error("external connection {connection} answered {status} for {url}")]
     Status { connection: String, url: String, status: u16 },
+    #[error("external connection {connection} answered {status} for {url}: {advice}")]
+    Unauthorized { connection: String, url: String, status: u16, advice: &'static str },
     #[error("external connection {connection} sent metadata over {limit} bytes for {url}")]
     TooLarge { connection: String, url: String, limit: usize },
     #[error("external connection {connection} was unreachable moments ago; not retried before {seconds} s ({url})")]
@@ -68,6 +75,165 @@ impl UpstreamError {
     }
 }
 
+/// Secret keys of an external connection's credentials, when its
+/// `credentialsSecretRef` names no key.
+const TOKEN_KEY: &str = "token";
+const USERNAME_KEY: &str = "username";
+const PASSWORD_KEY: &str = "password";
+
+/// A private upstream's credentials could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("failed to read the credentials of external connection {connection} from Secret {secret:?}")]
+    Read {
+        connection: String,
+        secret: String,
+        #[source]
+        source: Box<SecretError>,
+    },
+    #[error(
+        "external connection {connection}: Secret {secret:?} has neither key {TOKEN_KEY:?} nor keys {USERNAME_KEY:?} and {PASSWORD_KEY:?} (looked for {looked_for})"
+    )]
+    NoCredentials { connection: String, secret: String, looked_for: String },
+    #[error(
+        "external connection {connection}: Secret {secret:?} has key {present:?} but not {missing:?} (looked for {looked_for})"
+    )]
+    Incomplete { connection: String, secret: String, present: &'static str, missing: &'static str, looked_for: String },
+    #[error("external connection {connection}: the value in Secret {secret:?} cannot be sent in an HTTP header")]
+    NotAHeader { connection: String, secret: String },
+    #[error("external connection {connection} has an invalid URL {url:?}")]
+    InvalidUrl {
+        connection: String,
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+}
+
+/// What Wharf sends one private external connection, and where: only to
+/// the connection URL's own origin (scheme, host, port). Metadata may
+/// point files at other hosts, and those never see the credentials;
+/// reqwest drops `Authorization` itself on a redirect to another origin.
+#[derive(Clone)]
+pub struct ConnectionCredentials {
+    origin: url::Origin,
+    authorization: HeaderValue,
+}
+
+impl std::fmt::Debug for ConnectionCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionCredentials")
+            .field("origin", &self.origin.ascii_serialization())
+            .field("authorization", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Reads the credentials of every external connection of `config` that
+/// names a `credentialsSecretRef`: key `token` (sent as `Bearer`), else
+/// `username` and `password` (sent as `Basic`); a `key` in the reference
+/// names the file holding a token. Any that cannot be read is an error, so
+/// a registry never starts half-configured and fails later, per request.
+pub fn resolve_credentials(
+    config: &DomainConfig,
+    secrets: &SecretsDir,
+) -> Result<HashMap<String, ConnectionCredentials>, CredentialsError> {
+    let mut resolved = HashMap::new();
+    for connection in &config.domain.spec.external_connections {
+        let Some(reference) = &connection.credentials_secret_ref else { continue };
+        let name = connection.name.clone();
+        let secret = reference.name.clone();
+        let read = |key: &str| {
+            secrets.read_optional(reference, key).map_err(|source| CredentialsError::Read {
+                connection: name.clone(),
+                secret: secret.clone(),
+                source: Box::new(source),
+            })
+        };
+        let file = |key: &str| secrets.root().join(&secret).join(key).display().to_string();
+        let value = if let Some(key) = &reference.key {
+            let token = secrets.read(reference, key).map_err(|source| CredentialsError::Read {
+                connection: name.clone(),
+                secret: secret.clone(),
+                source: Box::new(source),
+            })?;
+            format!("Bearer {token}")
+        } else if let Some(token) = read(TOKEN_KEY)? {
+            format!("Bearer {token}")
+        } else {
+            match (read(USERNAME_KEY)?, read(PASSWORD_KEY)?) {
+                (Some(username), Some(password)) => {
+                    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+                    format!("Basic {pair}")
+                }
+                (None, None) => {
+                    let looked_for = [TOKEN_KEY, USERNAME_KEY, PASSWORD_KEY].map(file).join(", ");
+                    return Err(CredentialsError::NoCredentials { connection: name, secret, looked_for });
+                }
+                (present, _) => {
+                    let (present, missing) =
+                        if present.is_some() { (USERNAME_KEY, PASSWORD_KEY) } else { (PASSWORD_KEY, USERNAME_KEY) };
+                    let looked_for = file(missing);
+                    return Err(CredentialsError::Incomplete {
+                        connection: name,
+                        secret,
+                        present,
+                        missing,
+                        looked_for,
+                    });
+                }
+            }
+        };
+        let mut authorization = HeaderValue::from_str(&value)
+            .map_err(|_| CredentialsError::NotAHeader { connection: name.clone(), secret: secret.clone() })?;
+        authorization.set_sensitive(true);
+        let origin = url::Url::parse(&connection.url)
+            .map_err(|source| CredentialsError::InvalidUrl {
+                connection: name.clone(),
+                url: connection.url.clone(),
+                source,
+            })?
+            .origin();
+        resolved.insert(name, ConnectionCredentials { origin, authorization });
+    }
+    Ok(resolved)
+}
+
+/// Which upstream answers mean "no such document": kept for the TTL like
+/// a document (a negative answer), not a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absence {
+    /// 404 only.
+    NotFound,
+    /// 403, 404 and 410. Go only: the go command asks for every path
+    /// prefix of a module (`github.com/@v/list` on the way to a module
+    /// under it), the GOPROXY protocol makes 404 and 410 mean "not here",
+    /// and public proxies answer those probes with 404, 410 or 403 (a path
+    /// they will not serve). Remembering them is what lets a warm `go get`
+    /// make no upstream request. In the other formats a 403 or 410 means
+    /// refused credentials or a removed package, which must surface as a
+    /// 502 instead of quietly hiding the package.
+    GoProxy,
+}
+
+impl Absence {
+    /// What a connection of `format` answers for a document it lacks.
+    pub fn of(format: wharf_api::PackageFormat) -> Self {
+        match format {
+            wharf_api::PackageFormat::Go => Absence::GoProxy,
+            _ => Absence::NotFound,
+        }
+    }
+
+    fn covers(self, status: reqwest::StatusCode) -> bool {
+        use reqwest::StatusCode;
+        match self {
+            Absence::NotFound => status == StatusCode::NOT_FOUND,
+            Absence::GoProxy => matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::FORBIDDEN),
+        }
+    }
+}
+
 /// An upstream metadata document as last seen.
 struct CachedDocument {
     /// `None`: the upstream said 404.
@@ -82,6 +248,13 @@ struct CachedDocument {
 pub struct Document {
     pub body: Option<Bytes>,
     pub stale: bool,
+    /// The upstream's `Last-Modified`, when it sent one.
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An HTTP date (`Last-Modified`).
+fn http_date(text: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc2822(text?).ok().map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Labels of the upstream request counter: which connection, metadata or
@@ -96,44 +269,109 @@ pub struct UpstreamLabels {
 /// Requests made to external connections (a warm install makes none).
 pub type UpstreamRequests = Family<UpstreamLabels, Counter>;
 
-/// Cached metadata documents and their total size.
+/// Cached metadata documents, by connection and URL, and their total size.
 #[derive(Default)]
 struct Documents {
-    by_url: HashMap<String, Arc<CachedDocument>>,
+    by_key: HashMap<String, Arc<CachedDocument>>,
     bytes: usize,
 }
 
 /// The registry's client of every external connection.
 pub struct UpstreamClient {
+    /// For metadata: gzip (packuments and index files are large text that
+    /// shrinks several times) and HTTP/2 where the upstream offers it (one
+    /// connection for the many index files cargo and npm ask for at once).
     http: reqwest::Client,
+    /// For artifacts: no transparent decompression, because the bytes kept
+    /// must be the upstream's own, checked against its digests, and some
+    /// servers label `.gz` files `Content-Encoding: gzip`, which a
+    /// decompressing client would undo.
+    files: reqwest::Client,
     documents: Mutex<Documents>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     requests: UpstreamRequests,
     /// Connections that could not be reached, and until when to skip them.
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// Credentials of private connections, by connection name; replaced whole
+    /// when a new configuration revision is served.
+    credentials: std::sync::RwLock<Arc<HashMap<String, ConnectionCredentials>>>,
 }
 
 impl Default for UpstreamClient {
     fn default() -> Self {
-        Self::new()
+        Self::new(HashMap::new())
     }
 }
 
 impl UpstreamClient {
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("wharf-registry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+    /// A client sending `credentials` (from [`resolve_credentials`]) to
+    /// their connections.
+    pub fn new(credentials: HashMap<String, ConnectionCredentials>) -> Self {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(REQUEST_TIMEOUT)
+                .user_agent(concat!("wharf-registry/", env!("CARGO_PKG_VERSION")))
+        };
         UpstreamClient {
-            http,
+            http: builder().gzip(true).build().unwrap_or_default(),
+            files: builder().no_gzip().build().unwrap_or_default(),
             documents: Mutex::new(Documents::default()),
             in_flight: Mutex::new(HashMap::new()),
             requests: UpstreamRequests::default(),
             unreachable: Mutex::new(HashMap::new()),
+            credentials: std::sync::RwLock::new(Arc::new(credentials)),
         }
+    }
+
+    /// Sends `credentials` from now on (a new configuration revision's).
+    pub fn replace_credentials(&self, credentials: HashMap<String, ConnectionCredentials>) {
+        *self.credentials.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(credentials);
+    }
+
+    fn credentials(&self, connection: &str) -> Option<ConnectionCredentials> {
+        self.credentials.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(connection).cloned()
+    }
+
+    /// Whether `url` is on the origin `connection`'s credentials go to.
+    fn sends_credentials(&self, connection: &str, url: &reqwest::Url) -> bool {
+        self.credentials(connection).is_some_and(|c| url.origin() == c.origin)
+    }
+
+    /// A GET of `url` by `client` for `connection`, with its credentials
+    /// when `url` is on the connection's own origin.
+    fn get(&self, client: &reqwest::Client, connection: &str, url: &str) -> reqwest::RequestBuilder {
+        let request = client.get(url);
+        match self.credentials(connection) {
+            Some(credentials) if reqwest::Url::parse(url).is_ok_and(|u| self.sends_credentials(connection, &u)) => {
+                request.header(header::AUTHORIZATION, credentials.authorization.clone())
+            }
+            _ => request,
+        }
+    }
+
+    /// The error for a non-success answer to a request for `url`, answered
+    /// from `answered_at` (after redirects): 401 and 403 say what to check.
+    fn refused(
+        &self,
+        connection: &str,
+        url: &str,
+        answered_at: &reqwest::Url,
+        status: reqwest::StatusCode,
+    ) -> UpstreamError {
+        let (connection_name, url) = (connection.to_owned(), url.to_owned());
+        let status_code = status.as_u16();
+        if !matches!(status, reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) {
+            return UpstreamError::Status { connection: connection_name, url, status: status_code };
+        }
+        let advice = if self.sends_credentials(connection, answered_at) {
+            "it refused the credentials of the connection's credentialsSecretRef"
+        } else if self.credentials(connection).is_some() {
+            "that answer came from another origin than the connection URL's, which never gets the connection's credentials"
+        } else {
+            "it wants credentials; give the connection a credentialsSecretRef"
+        };
+        UpstreamError::Unauthorized { connection: connection_name, url, status: status_code, advice }
     }
 
     /// Fails at once while `connection` is backing off after being unreachable.
@@ -192,29 +430,37 @@ impl UpstreamClient {
         lock.lock_owned().await
     }
 
-    fn cached(&self, url: &str) -> Option<Arc<CachedDocument>> {
-        self.documents.lock().unwrap_or_else(|e| e.into_inner()).by_url.get(url).cloned()
+    /// A document is kept per connection and URL: two connections at one
+    /// URL may authenticate differently, and one must not be answered with
+    /// what the other's credentials fetched.
+    fn document_key(connection: &str, url: &str) -> String {
+        format!("{connection} {url}")
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<CachedDocument>> {
+        self.documents.lock().unwrap_or_else(|e| e.into_inner()).by_key.get(key).cloned()
     }
 
     /// Keeps a document; past the count or size limit everything is
     /// dropped at once (the next reads revalidate), which bounds memory
     /// without bookkeeping per entry.
-    fn keep(&self, url: &str, document: CachedDocument) {
+    fn keep(&self, key: &str, document: CachedDocument) {
         let size = |d: &CachedDocument| d.body.as_ref().map_or(0, Bytes::len);
         let mut documents = self.documents.lock().unwrap_or_else(|e| e.into_inner());
-        if documents.by_url.len() >= MAX_CACHED_DOCUMENTS || documents.bytes + size(&document) > MAX_CACHED_BYTES {
-            documents.by_url.clear();
+        if documents.by_key.len() >= MAX_CACHED_DOCUMENTS || documents.bytes + size(&document) > MAX_CACHED_BYTES {
+            documents.by_key.clear();
             documents.bytes = 0;
         }
         documents.bytes += size(&document);
-        if let Some(replaced) = documents.by_url.insert(url.to_owned(), Arc::new(document)) {
+        if let Some(replaced) = documents.by_key.insert(key.to_owned(), Arc::new(document)) {
             documents.bytes -= size(&replaced);
         }
     }
 
     /// The metadata document at `url`: from memory while younger than
     /// `ttl`, else revalidated (304 keeps it), else fetched; concurrent
-    /// callers share one request. When the upstream fails, the last
+    /// callers share one request. An answer `absence` covers is kept as
+    /// "no document" for the TTL too. When the upstream fails, the last
     /// document seen is returned marked stale; with none, the error.
     pub async fn metadata(
         &self,
@@ -222,30 +468,37 @@ impl UpstreamClient {
         url: &str,
         accept: &str,
         ttl: Duration,
+        absence: Absence,
     ) -> Result<Document, UpstreamError> {
         let fresh = |cached: &CachedDocument| cached.checked.elapsed() < ttl;
-        if let Some(cached) = self.cached(url).filter(|c| fresh(c)) {
-            return Ok(Document { body: cached.body.clone(), stale: false });
+        let document = |cached: &CachedDocument, stale: bool| Document {
+            body: cached.body.clone(),
+            stale,
+            last_modified: http_date(cached.last_modified.as_deref()),
+        };
+        let key = Self::document_key(connection, url);
+        if let Some(cached) = self.cached(&key).filter(|c| fresh(c)) {
+            return Ok(document(&cached, false));
         }
-        let _turn = self.one_at_a_time(&format!("metadata {url}")).await;
-        let cached = self.cached(url);
+        let _turn = self.one_at_a_time(&format!("metadata {key}")).await;
+        let cached = self.cached(&key);
         if let Some(cached) = cached.as_ref().filter(|c| fresh(c)) {
-            return Ok(Document { body: cached.body.clone(), stale: false });
+            return Ok(document(cached, false));
         }
         let answer = match self.check_reachable(connection, url) {
-            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref()).await),
+            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
             Err(backing_off) => Err(backing_off),
         };
         match answer {
-            Ok(document) => {
-                let body = document.body.clone();
-                self.keep(url, document);
-                Ok(Document { body, stale: false })
+            Ok(fetched) => {
+                let answer = document(&fetched, false);
+                self.keep(&key, fetched);
+                Ok(answer)
             }
             Err(error) => match cached {
                 Some(cached) => {
                     tracing::warn!(error = %crate::server::error_chain(&error), "serving stale upstream metadata");
-                    Ok(Document { body: cached.body.clone(), stale: true })
+                    Ok(document(&cached, true))
                 }
                 None => Err(error),
             },
@@ -258,8 +511,9 @@ impl UpstreamClient {
         url: &str,
         accept: &str,
         cached: Option<&CachedDocument>,
+        absence: Absence,
     ) -> Result<CachedDocument, UpstreamError> {
-        let mut request = self.http.get(url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
+        let mut request = self.get(&self.http, connection, url).header(header::ACCEPT, accept).timeout(REQUEST_TIMEOUT);
         if let Some(cached) = cached {
             if let Some(etag) = &cached.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
@@ -275,7 +529,7 @@ impl UpstreamClient {
         let status = response.status();
         let outcome = match status {
             reqwest::StatusCode::NOT_MODIFIED => "not_modified",
-            reqwest::StatusCode::NOT_FOUND => "not_found",
+            s if absence.covers(s) => "not_found",
             s if s.is_success() => "fetched",
             _ => "failed",
         };
@@ -294,15 +548,11 @@ impl UpstreamClient {
                 checked: Instant::now(),
             });
         }
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if absence.covers(status) {
             return Ok(CachedDocument { body: None, etag, last_modified, checked: Instant::now() });
         }
         if !status.is_success() {
-            return Err(UpstreamError::Status {
-                connection: connection.to_owned(),
-                url: url.to_owned(),
-                status: status.as_u16(),
-            });
+            return Err(self.refused(connection, url, response.url(), status));
         }
         if response.content_length().is_some_and(|n| n > MAX_METADATA_BYTES as u64) {
             return Err(self.too_large(connection, url));
@@ -328,8 +578,21 @@ impl UpstreamClient {
         connection: &str,
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, UpstreamError> {
+        Ok(self.download_dated(connection, url).await?.0)
+    }
+
+    /// [`Self::download`], with the upstream's `Last-Modified` of the file
+    /// (what dates a Maven version).
+    pub async fn download_dated(
+        &self,
+        connection: &str,
+        url: &str,
+    ) -> Result<
+        (impl Stream<Item = Result<Bytes, BodyError>> + Send + use<>, Option<chrono::DateTime<chrono::Utc>>),
+        UpstreamError,
+    > {
         self.check_reachable(connection, url)?;
-        let sent = self.http.get(url).send().await.map_err(|e| {
+        let sent = self.get(&self.files, connection, url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
         });
@@ -337,12 +600,213 @@ impl UpstreamClient {
         let outcome = if response.status().is_success() { "fetched" } else { "failed" };
         self.count(connection, "artifact", outcome);
         if !response.status().is_success() {
-            return Err(UpstreamError::Status {
-                connection: connection.to_owned(),
-                url: url.to_owned(),
-                status: response.status().as_u16(),
-            });
+            return Err(self.refused(connection, url, response.url(), response.status()));
         }
-        Ok(response.bytes_stream().map_err(|e| Box::new(e) as BodyError))
+        let modified = http_date(response.headers().get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()));
+        Ok((response.bytes_stream().map_err(|e| Box::new(e) as BodyError), modified))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::response::{IntoResponse, Redirect, Response};
+    use axum::routing::get;
+
+    use super::*;
+
+    fn config(connection_url: &str, secret: &str, key: Option<&str>) -> DomainConfig {
+        let key = key.map(|k| format!(", key: {k}")).unwrap_or_default();
+        let yaml = format!(
+            r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{memory: {{}}}}
+  externalConnections:
+    - {{name: private-npm, format: npm, url: "{connection_url}", credentialsSecretRef: {{name: {secret}{key}}}}}
+    - {{name: public-npm, format: npm, url: "{connection_url}"}}
+"#
+        );
+        DomainConfig::from_yaml_str("test.yaml", &yaml).unwrap()
+    }
+
+    fn write(dir: &std::path::Path, secret: &str, key: &str, value: &str) {
+        std::fs::create_dir_all(dir.join(secret)).unwrap();
+        std::fs::write(dir.join(secret).join(key), value).unwrap();
+    }
+
+    fn authorization(credentials: &HashMap<String, ConnectionCredentials>) -> &str {
+        credentials["private-npm"].authorization.to_str().unwrap()
+    }
+
+    #[test]
+    fn reads_a_token_or_a_username_and_password_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = SecretsDir::new(dir.path());
+        write(dir.path(), "bearer", "token", "t0ken\n");
+        write(dir.path(), "basic", "username", "ci");
+        write(dir.path(), "basic", "password", "pa55");
+        write(dir.path(), "named", "pat", "named-token");
+        write(dir.path(), "half", "username", "ci");
+        let url = "https://registry.invalid:8443/npm/";
+
+        let bearer = resolve_credentials(&config(url, "bearer", None), &secrets).unwrap();
+        assert_eq!(authorization(&bearer), "Bearer t0ken");
+        assert_eq!(bearer.len(), 1, "a connection without a credentialsSecretRef has no credentials");
+        assert!(bearer["private-npm"].authorization.is_sensitive());
+        assert!(!format!("{:?}", bearer["private-npm"]).contains("t0ken"));
+        let basic = resolve_credentials(&config(url, "basic", None), &secrets).unwrap();
+        assert_eq!(
+            authorization(&basic),
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci:pa55"))
+        );
+        let named = resolve_credentials(&config(url, "named", Some("pat")), &secrets).unwrap();
+        assert_eq!(authorization(&named), "Bearer named-token");
+
+        let chain = |error: &dyn std::error::Error| crate::server::error_chain(error);
+        let missing = chain(&resolve_credentials(&config(url, "absent", None), &secrets).unwrap_err());
+        let absent_file = dir.path().join("absent/token").display().to_string();
+        for part in ["private-npm", "\"absent\"", absent_file.as_str()] {
+            assert!(missing.contains(part), "{part} in: {missing}");
+        }
+        let half = chain(&resolve_credentials(&config(url, "half", None), &secrets).unwrap_err());
+        let password_file = dir.path().join("half/password").display().to_string();
+        for part in ["private-npm", "\"half\"", password_file.as_str()] {
+            assert!(half.contains(part), "{part} in: {half}");
+        }
+        let unnamed = chain(&resolve_credentials(&config(url, "named", Some("absent-key")), &secrets).unwrap_err());
+        assert!(unnamed.contains("private-npm") && unnamed.contains("named/absent-key"), "{unnamed}");
+    }
+
+    /// Authorization headers seen, in order (`None` when absent).
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+    async fn record(
+        State((seen, target)): State<(Seen, String)>,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+    ) -> Response {
+        let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        seen.lock().unwrap().push((uri.path().to_owned(), authorization.clone()));
+        match uri.path() {
+            "/moved" => Redirect::temporary(&format!("{target}/doc")).into_response(),
+            "/gone" => axum::http::StatusCode::GONE.into_response(),
+            "/forbidden" => axum::http::StatusCode::FORBIDDEN.into_response(),
+            _ if authorization.is_none() => axum::http::StatusCode::UNAUTHORIZED.into_response(),
+            _ => "document".into_response(),
+        }
+    }
+
+    /// A loopback HTTP server recording what it is sent; `/moved`
+    /// redirects to `{target}/doc`.
+    async fn server(seen: Seen, target: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(get(record)).with_state((seen, target));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn credentials_go_to_the_connection_origin_only_and_a_refusal_says_what_to_check() {
+        let seen_elsewhere: Seen = Arc::default();
+        let elsewhere = server(seen_elsewhere.clone(), String::new()).await;
+        let seen_upstream: Seen = Arc::default();
+        let upstream = server(seen_upstream.clone(), elsewhere.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "private", "token", "s3cret");
+        let credentials =
+            resolve_credentials(&config(&format!("{upstream}/npm/"), "private", None), &SecretsDir::new(dir.path()))
+                .unwrap();
+        let client = UpstreamClient::new(credentials);
+        let ttl = Duration::from_secs(60);
+
+        let document =
+            client.metadata("private-npm", &format!("{upstream}/doc"), "*/*", ttl, Absence::NotFound).await.unwrap();
+        assert_eq!(document.body.as_deref(), Some(&b"document"[..]));
+        // A redirect to another origin and a file on another host: no credentials.
+        let redirected = client.download("private-npm", &format!("{upstream}/moved")).await;
+        let elsewhere_file = client.download("private-npm", &format!("{elsewhere}/doc")).await;
+        let public = client.metadata("public-npm", &format!("{upstream}/public"), "*/*", ttl, Absence::NotFound).await;
+
+        let bearer = Some("Bearer s3cret".to_owned());
+        assert_eq!(
+            *seen_upstream.lock().unwrap(),
+            vec![("/doc".into(), bearer.clone()), ("/moved".into(), bearer), ("/public".into(), None)]
+        );
+        assert_eq!(*seen_elsewhere.lock().unwrap(), vec![("/doc".into(), None), ("/doc".into(), None)]);
+        for refused in [redirected.err().unwrap(), elsewhere_file.err().unwrap()] {
+            let message = refused.to_string();
+            assert!(message.contains("private-npm") && message.contains("401"), "{message}");
+            assert!(message.contains("never gets the connection's credentials"), "{message}");
+        }
+        let message = public.err().unwrap().to_string();
+        assert!(
+            message.contains("public-npm answered 401")
+                && message.contains("give the connection a credentialsSecretRef"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_go_proxy_saying_gone_or_forbidden_is_remembered_as_absent_for_the_ttl() {
+        let seen: Seen = Arc::default();
+        let upstream = server(seen.clone(), String::new()).await;
+        let client = UpstreamClient::default();
+        let ttl = Duration::from_secs(60);
+        for _ in 0..3 {
+            for path in ["/gone", "/forbidden"] {
+                let document =
+                    client.metadata("public-go", &format!("{upstream}{path}"), "*/*", ttl, Absence::GoProxy).await;
+                assert_eq!(document.unwrap().body, None, "{path}");
+            }
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2, "one request per path within the TTL");
+        // Another connection at the same URL is asked itself, not answered from public-go's copy.
+        let npm = client.metadata("public-npm", &format!("{upstream}/gone"), "*/*", ttl, Absence::NotFound).await;
+        assert!(npm.err().unwrap().to_string().contains("public-npm answered 410"));
+        let gone = format!("{upstream}/gone");
+        let expired = client.metadata("public-go", &gone, "*/*", Duration::ZERO, Absence::GoProxy).await;
+        assert_eq!(expired.unwrap().body, None);
+        assert_eq!(seen.lock().unwrap().len(), 4, "asked again once the TTL is over");
+    }
+
+    #[tokio::test]
+    async fn metadata_is_fetched_compressed_and_files_as_the_upstream_stores_them() {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(b"a large packument").unwrap();
+        let gzipped = Bytes::from(encoder.finish().unwrap());
+        let accepted: Seen = Arc::default();
+        let (seen, served) = (accepted.clone(), gzipped.clone());
+        let app = axum::Router::new().fallback(get(move |uri: axum::http::Uri, headers: HeaderMap| {
+            let (accepted, served) = (seen.clone(), served.clone());
+            async move {
+                let encoding = headers.get(header::ACCEPT_ENCODING).map(|v| v.to_str().unwrap().to_owned());
+                accepted.lock().unwrap().push((uri.path().to_owned(), encoding));
+                ([(header::CONTENT_ENCODING, "gzip")], served)
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = UpstreamClient::default();
+
+        let ttl = Duration::from_secs(60);
+        let packument = format!("{base}/packument");
+        let document = client.metadata("public-npm", &packument, "*/*", ttl, Absence::NotFound).await;
+        assert_eq!(document.unwrap().body.as_deref(), Some(&b"a large packument"[..]));
+        let file = client.download("public-pypi", &format!("{base}/lib-1.0.tar.gz")).await.unwrap();
+        let bytes: Vec<Bytes> = file.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), gzipped, "a file is kept as the upstream sent it");
+        let accepted = accepted.lock().unwrap();
+        assert!(accepted[0].1.as_deref().is_some_and(|e| e.contains("gzip")), "{accepted:?}");
+        assert_eq!(accepted[1], ("/lib-1.0.tar.gz".to_owned(), None));
     }
 }

@@ -114,6 +114,38 @@ fn crates_index() -> Option<String> {
     }
 }
 
+/// Maven's built-in `central` repository, read from the super POM of the
+/// local Maven installation (what `mvn` uses when no settings name one).
+fn maven_central() -> Option<String> {
+    use std::io::Read;
+    let ws = Workspace::new();
+    let version = run_ok(ws.command("mvn", ".").arg("--version").env("MAVEN_SKIP_RC", "1"));
+    let said = String::from_utf8_lossy(&version.stdout).into_owned();
+    let home = said.lines().find_map(|line| line.strip_prefix("Maven home:")).map(|h| Path::new(h.trim()).to_owned());
+    let builder = home.and_then(|home| {
+        std::fs::read_dir(home.join("lib")).ok()?.filter_map(Result::ok).map(|entry| entry.path()).find(|path| {
+            path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("maven-model-builder-"))
+        })
+    });
+    let super_pom = builder.and_then(|jar| {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(jar).ok()?).ok()?;
+        let mut text = String::new();
+        archive.by_name("org/apache/maven/model/pom-4.0.0.xml").ok()?.read_to_string(&mut text).ok()?;
+        Some(text)
+    });
+    let url = super_pom.as_deref().and_then(|pom| {
+        let central = pom.split("<repository>").nth(1)?;
+        Some(central.split("<url>").nth(1)?.split("</url>").next()?.to_owned())
+    });
+    match url {
+        Some(url) => usable("maven", &url),
+        None => {
+            println!("maven: skipped: no super POM with a central repository in the Maven installation:\n{said}");
+            None
+        }
+    }
+}
+
 fn cargo_manifest(name: &str, dependencies: &str) -> String {
     format!(
         "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\n{dependencies}"
@@ -122,7 +154,7 @@ fn cargo_manifest(name: &str, dependencies: &str) -> String {
 
 /// One store per format, `app` reading through all of them; a format
 /// whose connection URL is `None` is left out.
-fn live_config(npm: &str, pypi: &str, cargo: &str, go: &str) -> String {
+fn live_config(npm: &str, pypi: &str, cargo: &str, go: &str, maven: &str) -> String {
     format!(
         r#"
 apiVersion: wharf.dev/v1alpha1
@@ -135,13 +167,14 @@ spec:
     - {{name: public-pypi, format: pypi, url: "{pypi}"}}
     - {{name: public-crates, format: cargo, url: "{cargo}"}}
     - {{name: public-go, format: go, url: "{go}"}}
+    - {{name: public-maven, format: maven, url: "{maven}"}}
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: app}}
 spec:
   domainRef: {{name: live}}
-  upstreams: [{{name: npm-store}}, {{name: pypi-store}}, {{name: cargo-store}}, {{name: go-store}}]
+  upstreams: [{{name: npm-store}}, {{name: pypi-store}}, {{name: cargo-store}}, {{name: go-store}}, {{name: maven-store}}]
   access: {{read: [{{kind: Anonymous}}]}}
 ---
 apiVersion: wharf.dev/v1alpha1
@@ -163,6 +196,11 @@ apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: go-store}}
 spec: {{domainRef: {{name: live}}, externalConnection: public-go}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: maven-store}}
+spec: {{domainRef: {{name: live}}, externalConnection: public-maven}}
 "#
     )
 }
@@ -187,7 +225,7 @@ impl LiveWharf {
         let data = tempfile::tempdir().unwrap();
         let closed = closed_port_url();
         let pick = |f: &str| if f == format { url.to_owned() } else { closed.clone() };
-        let config = live_config(&pick("npm"), &pick("pypi"), &pick("cargo"), &pick("go"));
+        let config = live_config(&pick("npm"), &pick("pypi"), &pick("cargo"), &pick("go"), &pick("maven"));
         let server = TestServer::start_in(data.path(), Some(&config), &[]);
         LiveWharf { data, server: Some(server) }
     }
@@ -200,7 +238,7 @@ impl LiveWharf {
     fn restart_unreachable(&mut self) {
         self.server = None;
         let closed = closed_port_url();
-        let config = live_config(&closed, &closed, &closed, &closed);
+        let config = live_config(&closed, &closed, &closed, &closed, &closed);
         self.server = Some(TestServer::start_in(self.data.path(), Some(&config), &[]));
     }
 }
@@ -444,4 +482,49 @@ async fn live_cargo_fetches_a_crate_tree_cold_warm_and_unreachable() {
     let offline = Workspace::new();
     cargo_project(&offline, &index, Some(&lock));
     run_ok(cargo(&offline, "app").args(["fetch", "--locked"]));
+}
+
+/// A jar project using a library with a dependency of its own (commons-text
+/// needs commons-lang3); the plugins come from the cached local repository.
+fn maven_project(ws: &Workspace) {
+    let dependency = "  <dependencies>\n    <dependency><groupId>org.apache.commons</groupId><artifactId>commons-text</artifactId><version>1.12.0</version></dependency>\n  </dependencies>\n\n  <build>";
+    let pom = LIBRARY_POM
+        .replace("@GROUP@", "example.live")
+        .replace("@ARTIFACT@", "app")
+        .replace("@VERSION@", "1.0")
+        .replacen("  <build>", dependency, 1);
+    ws.write("app/pom.xml", &pom);
+    ws.write(
+        "app/src/main/java/example/live/App.java",
+        "package example.live;\n\npublic class App {\n    public static String greet() {\n        return org.apache.commons.text.WordUtils.capitalize(org.apache.commons.lang3.StringUtils.reverse(\"frahw\"));\n    }\n}\n",
+    );
+}
+
+/// `mvn package` of [`maven_project`] through `app`, with a local
+/// repository of its own.
+fn maven_package(wharf: &TestServer) {
+    let ws = Workspace::new();
+    maven_project(&ws);
+    let maven = Maven::new(&ws, wharf, "app", "anonymous-read");
+    run_ok(maven.command("app", "m2").arg("package"));
+    assert!(ws.path("app/target/app-1.0.jar").exists());
+    assert!(ws.path("m2/org/apache/commons/commons-lang3").is_dir(), "the library's own dependency came too");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_maven_builds_against_a_library_cold_warm_and_unreachable() {
+    if !live("live maven") {
+        return;
+    }
+    let Some(url) = maven_central() else { return };
+    let mut wharf = LiveWharf::start("maven", &url);
+    maven_package(wharf.server());
+    assert_kept(wharf.server(), "maven-store", "maven", "org.apache.commons:commons-text", "1.12.0").await;
+
+    let before = upstream_requests(wharf.server()).await;
+    maven_package(wharf.server());
+    assert_eq!(upstream_requests(wharf.server()).await, before, "a warm build made upstream requests");
+
+    wharf.restart_unreachable();
+    maven_package(wharf.server());
 }

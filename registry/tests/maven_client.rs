@@ -12,8 +12,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use sha1::Digest;
 use support::*;
@@ -32,118 +31,7 @@ spec:
   domainRef: {name: acme}
 "#;
 
-const LIBRARY_POM: &str = include_str!("maven/library.pom.xml");
 const CONSUMER_POM: &str = include_str!("maven/consumer.pom.xml");
-
-/// The local repository of plugins `tests/install-clients.sh` prepared.
-fn cached_plugins() -> PathBuf {
-    let tools = std::env::var_os("WHARF_TEST_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
-        .unwrap();
-    let repository = tools.join("m2/repository");
-    assert!(
-        repository.join("org/apache/maven/plugins/maven-deploy-plugin").is_dir(),
-        "the Maven plugins are missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
-        repository.display()
-    );
-    repository
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// Maven pointed at one Wharf repository only: a mirror of every
-/// repository (so nothing reaches the internet), credentials for it, and
-/// a profile that lets the mirrored `central` serve SNAPSHOTs too (the
-/// built-in `central` refuses them).
-struct Maven<'a> {
-    ws: &'a Workspace,
-    url: String,
-}
-
-impl<'a> Maven<'a> {
-    fn new(ws: &'a Workspace, server: &TestServer, repo: &str, token: &str) -> Self {
-        let url = server.url(&format!("/maven/{repo}/"));
-        ws.write(
-            "settings.xml",
-            &format!(
-                r#"<settings>
-  <servers>
-    <server><id>wharf</id><username>ci</username><password>{token}</password></server>
-  </servers>
-  <mirrors>
-    <mirror><id>wharf</id><mirrorOf>*</mirrorOf><url>{url}</url></mirror>
-  </mirrors>
-  <profiles>
-    <profile>
-      <id>wharf</id>
-      <repositories>
-        <repository>
-          <id>central</id><url>{url}</url>
-          <snapshots><enabled>true</enabled></snapshots>
-        </repository>
-      </repositories>
-    </profile>
-  </profiles>
-  <activeProfiles><activeProfile>wharf</activeProfile></activeProfiles>
-</settings>
-"#
-            ),
-        );
-        // The machine's global settings could name other mirrors.
-        ws.write("global-settings.xml", "<settings/>\n");
-        Maven { ws, url }
-    }
-
-    /// `mvn` in `dir` with its own local repository `local` (a copy of
-    /// the cached plugins, made on first use).
-    fn command(&self, dir: &str, local: &str) -> Command {
-        let local = self.ws.path(local);
-        if !local.exists() {
-            copy_tree(&cached_plugins(), &local);
-        }
-        let mut command = self.ws.command("mvn", dir);
-        command
-            .env("MAVEN_SKIP_RC", "1")
-            .env("MAVEN_OPTS", format!("-Duser.home={}", self.ws.path("home").display()))
-            .env_remove("MAVEN_ARGS")
-            .args(["-B", "-ntp", "-Dstyle.color=never", "-s"])
-            .arg(self.ws.path("settings.xml"))
-            .arg("-gs")
-            .arg(self.ws.path("global-settings.xml"))
-            .arg(format!("-Dmaven.repo.local={}", local.display()));
-        command
-    }
-
-    fn deploy(&self, dir: &str) -> Command {
-        let mut command = self.command(dir, "publisher-m2");
-        command.arg("deploy").arg(format!("-DaltDeploymentRepository=wharf::{}", self.url));
-        command
-    }
-
-    /// A jar project with one class `{package}.{class}` whose `name()`
-    /// returns `value`.
-    fn library(&self, dir: &str, artifact: &str, version: &str, class: &str, value: &str) {
-        let pom =
-            LIBRARY_POM.replace("@GROUP@", "com.acme").replace("@ARTIFACT@", artifact).replace("@VERSION@", version);
-        self.ws.write(&format!("{dir}/pom.xml"), &pom);
-        self.ws.write(
-            &format!("{dir}/src/main/java/com/acme/{artifact}/{class}.java"),
-            &format!("package com.acme.{artifact};\n\npublic class {class} {{\n    public static String name() {{ return \"{value}\"; }}\n}}\n"),
-        );
-    }
-}
 
 fn read(path: PathBuf) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -252,4 +140,211 @@ async fn maven_deploy_snapshots_immutability_and_resolution() {
         .await
         .unwrap();
     assert_eq!(sha1, hex::encode(sha1::Sha1::digest(&released_jar)));
+}
+
+const PUBLIC_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: public}
+spec:
+  storage: {filesystem: {path: "{data}"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: public}
+spec:
+  domainRef: {name: public}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
+/// `app` reads through `[internal, maven-store]`; `maven-store` holds the
+/// connection to the public registry at `public_base`.
+fn chain_config(public_base: &str) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  externalConnections:
+    - {{name: public-maven, format: maven, url: "{public_base}/maven/public"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: app}}
+spec:
+  domainRef: {{name: acme}}
+  upstreams: [{{name: internal}}, {{name: maven-store}}]
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: internal}}
+spec:
+  domainRef: {{name: acme}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: maven-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-maven
+---
+apiVersion: wharf.dev/v1alpha1
+kind: UpstreamPolicy
+metadata: {{name: supply-chain}}
+spec:
+  targetRefs: [{{kind: Domain, name: acme}}]
+  metadataTTL: 1s
+  rules:
+    - patterns: ["/maven/com.acme/young$"]
+      minimumReleaseAge: 1h
+    - patterns: ["/maven/com.acme/aged$"]
+      minimumReleaseAge: 3s
+    - patterns: ["/maven/com.acme/blocked$"]
+      blockedVersions: ["/maven/com.acme/blocked@1.1"]
+    - patterns: ["/maven/com.acme/forkable$"]
+      publish: Allow
+"#
+    )
+}
+
+/// Deploys a POM-only release `com.acme:{artifact}:{version}` with plain
+/// PUTs (the POM, then the metadata that completes the deploy); the POM's
+/// status code.
+async fn put_release(server: &TestServer, repo: &str, token: &str, artifact: &str, version: &str) -> u16 {
+    let client = reqwest::Client::new();
+    let folder = server.url(&format!("/maven/{repo}/com/acme/{artifact}"));
+    let pom = format!(
+        "<project><modelVersion>4.0.0</modelVersion><groupId>com.acme</groupId><artifactId>{artifact}</artifactId><version>{version}</version><packaging>pom</packaging></project>\n"
+    );
+    let put = |url: String, body: String| client.put(url).bearer_auth(token).body(body).send();
+    let status = put(format!("{folder}/{version}/{artifact}-{version}.pom"), pom).await.unwrap().status().as_u16();
+    if status < 300 {
+        let metadata = format!(
+            "<metadata><groupId>com.acme</groupId><artifactId>{artifact}</artifactId><versioning><versions><version>{version}</version></versions></versioning></metadata>\n"
+        );
+        let completed = put(format!("{folder}/maven-metadata.xml"), metadata).await.unwrap();
+        assert!(completed.status().is_success(), "{}", completed.text().await.unwrap());
+    }
+    status
+}
+
+async fn repository_status(server: &TestServer, repo: &str, package: &str, version: &str) -> u16 {
+    let url = server.url(&format!("/api/v1/repositories/{repo}/packages/maven/{package}/versions/{version}"));
+    reqwest::Client::new().get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status().as_u16()
+}
+
+async fn get_text(server: &TestServer, path: &str) -> (u16, String) {
+    let response = reqwest::get(server.url(path)).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maven_resolves_through_the_chain_and_keeps_working_without_the_upstream() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let public_token = public.token(&["public"], &["read", "publish"]).await;
+    let wharf = TestServer::start_with(Some(&chain_config(&public.base)), &[]);
+    let token = wharf.token(&["app", "internal", "maven-store"], &["read", "publish"]).await;
+
+    // The public registry has a jar library only it holds, and names the
+    // Domain published first.
+    let publisher = Workspace::new();
+    let public_maven = Maven::new(&publisher, &public, "public", &public_token);
+    public_maven.library("greeter", "greeter", "1.0", "Greeter", "public greeting");
+    run_ok(&mut public_maven.deploy("greeter"));
+    let public_jar = read(publisher.path("greeter/target/greeter-1.0.jar"));
+    assert_eq!(put_release(&wharf, "internal", &token, "reserved", "1.0").await, 201);
+    assert_eq!(put_release(&wharf, "internal", &token, "dual", "1.0").await, 201);
+    for (artifact, version) in [
+        ("reserved", "9.9"),
+        ("blocked", "1.0"),
+        ("blocked", "1.1"),
+        ("young", "1.0"),
+        ("forkable", "1.0"),
+        ("aged", "1.0"),
+    ] {
+        assert_eq!(put_release(&public, "public", &public_token, artifact, version).await, 201, "{artifact}");
+    }
+    let aged_published = std::time::Instant::now();
+
+    // An internal SNAPSHOT and the public release, both through `app`.
+    let internal_ws = Workspace::new();
+    let internal_maven = Maven::new(&internal_ws, &wharf, "internal", &token);
+    internal_maven.library("tool", "tool", "2.0-SNAPSHOT", "Build", "internal build");
+    run_ok(&mut internal_maven.deploy("tool"));
+    let consumer = CONSUMER_POM
+        .replace("@GROUP@", "com.acme")
+        .replace("@RELEASE_ARTIFACT@", "greeter")
+        .replace("@RELEASE_VERSION@", "1.0")
+        .replace("@SNAPSHOT_ARTIFACT@", "tool")
+        .replace("@SNAPSHOT_VERSION@", "2.0-SNAPSHOT");
+    let client = Workspace::new();
+    let app_maven = Maven::new(&client, &wharf, "app", &token);
+    let project = |ws: &Workspace| {
+        ws.write("app/pom.xml", &consumer);
+        ws.write(
+            "app/src/main/java/com/acme/app/App.java",
+            "package com.acme.app;\n\npublic class App {\n    public static String describe() { return com.acme.greeter.Greeter.name() + com.acme.tool.Build.name(); }\n}\n",
+        );
+    };
+    project(&client);
+    run_ok(app_maven.command("app", "consumer-m2").args(["package"]));
+    assert!(client.path("app/target/consumer-1.0.jar").exists());
+    assert_eq!(read(client.path("consumer-m2/com/acme/greeter/1.0/greeter-1.0.jar")), public_jar);
+    // Kept in the requesting repository and the one holding the connection.
+    assert_eq!(repository_status(&wharf, "app", "com.acme:greeter", "1.0").await, 200);
+    assert_eq!(repository_status(&wharf, "maven-store", "com.acme:greeter", "1.0").await, 200);
+    assert_eq!(repository_status(&wharf, "internal", "com.acme:greeter", "1.0").await, 404);
+
+    // maven-metadata.xml is Wharf's own, from the merged chain and policy.
+    let (status, blocked) = get_text(&wharf, "/maven/app/com/acme/blocked/maven-metadata.xml").await;
+    assert_eq!(status, 200, "{blocked}");
+    assert!(blocked.contains("<version>1.0</version>") && !blocked.contains("<version>1.1</version>"), "{blocked}");
+    assert!(blocked.contains("<release>1.0</release>") && blocked.contains("<latest>1.0</latest>"), "{blocked}");
+    assert_eq!(get_text(&wharf, "/maven/app/com/acme/blocked/1.1/blocked-1.1.pom").await.0, 404);
+    assert_eq!(get_text(&wharf, "/maven/app/com/acme/young/maven-metadata.xml").await.0, 404, "too young");
+    // Dated by each POM's Last-Modified upstream: 1.0 (published before
+    // the builds above) has aged past the cooldown, 1.1 has not.
+    std::thread::sleep(std::time::Duration::from_secs(4).saturating_sub(aged_published.elapsed()));
+    assert_eq!(put_release(&public, "public", &public_token, "aged", "1.1").await, 201);
+    let (_, aged) = get_text(&wharf, "/maven/app/com/acme/aged/maven-metadata.xml").await;
+    assert!(aged.contains("<version>1.0</version>") && !aged.contains("<version>1.1</version>"), "{aged}");
+    let (_, reserved) = get_text(&wharf, "/maven/app/com/acme/reserved/maven-metadata.xml").await;
+    assert!(reserved.contains("<version>1.0</version>") && !reserved.contains("<version>9.9</version>"), "{reserved}");
+    assert!(!blocked.contains("<lastUpdated></lastUpdated>"), "dated by the upstream: {blocked}");
+    assert_eq!(get_text(&wharf, "/maven/app/com/acme/reserved/9.9/reserved-9.9.pom").await.0, 404);
+    for repo in ["app", "internal", "maven-store"] {
+        assert_eq!(repository_status(&wharf, repo, "com.acme:reserved", "9.9").await, 404, "{repo}");
+    }
+
+    // Origin controls on deploys: a name first fetched from outside is not
+    // deployed directly (403); a version reachable through an upstream is
+    // a 409, through a Repository or the connection.
+    assert_eq!(put_release(&wharf, "internal", &token, "greeter", "2.0").await, 403);
+    assert_eq!(put_release(&wharf, "app", &token, "dual", "1.0").await, 409);
+    let forked = reqwest::Client::new()
+        .put(wharf.url("/maven/app/com/acme/forkable/1.0/forkable-1.0.pom"))
+        .bearer_auth(&token)
+        .body("<project/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forked.status(), 409);
+    let message = forked.text().await.unwrap();
+    assert!(message.contains("external connection public-maven"), "{message}");
+    assert_eq!(put_release(&wharf, "app", &token, "forkable", "1.1").await, 201, "publish: Allow");
+
+    // The upstream gone, a fresh local repository still resolves.
+    let fetched = "wharf_upstream_requests_total{connection=\"public-maven\",kind=\"artifact\",outcome=\"fetched\"}";
+    let metrics = reqwest::get(wharf.url("/metrics")).await.unwrap().text().await.unwrap();
+    let artifacts: u64 = metrics.lines().find_map(|l| l.strip_prefix(fetched)?.trim().parse().ok()).unwrap();
+    assert!(artifacts >= 2, "the POM and the jar, once each: {artifacts}");
+    drop(public);
+    let offline = Workspace::new();
+    let offline_maven = Maven::new(&offline, &wharf, "app", &token);
+    project(&offline);
+    run_ok(offline_maven.command("app", "offline-m2").args(["package"]));
+    assert_eq!(read(offline.path("offline-m2/com/acme/greeter/1.0/greeter-1.0.jar")), public_jar);
 }

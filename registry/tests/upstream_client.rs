@@ -463,39 +463,48 @@ fn go(ws: &Workspace, dir: &str, proxy: &str) -> std::process::Command {
     command
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
-    const MODULE: &str = "example.internal/Acme/answer";
-    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
-    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
-    let public_token = public.token(&["public"], &["publish"]).await;
+/// Publishes `module` v1.0.0, whose `Answer()` returns `answer`, to the
+/// public registry's repository `public`.
+async fn publish_go_module(public: &TestServer, module: &str, answer: u32) {
+    let token = public.token(&["public"], &["publish"]).await;
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default();
-    zip.start_file(format!("{MODULE}@v1.0.0/go.mod"), options).unwrap();
-    write!(zip, "module {MODULE}\n\ngo 1.21\n").unwrap();
-    zip.start_file(format!("{MODULE}@v1.0.0/answer.go"), options).unwrap();
-    write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return 42 }}\n").unwrap();
+    zip.start_file(format!("{module}@v1.0.0/go.mod"), options).unwrap();
+    write!(zip, "module {module}\n\ngo 1.21\n").unwrap();
+    zip.start_file(format!("{module}@v1.0.0/answer.go"), options).unwrap();
+    write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return {answer} }}\n")
+        .unwrap();
     let zip = zip.finish().unwrap().into_inner();
-    let escaped = wharf_registry::formats::go::escape(MODULE);
+    let escaped = wharf_registry::formats::go::escape(module);
     let published = reqwest::Client::new()
         .put(public.url(&format!("/go/public/{escaped}/@v/v1.0.0.zip")))
-        .bearer_auth(&public_token)
+        .bearer_auth(&token)
         .body(zip)
         .send()
         .await
         .unwrap();
     assert_eq!(published.status(), 201, "{}", published.text().await.unwrap());
+}
+
+/// A go application in `app/` printing `answer.Answer()` of `module`.
+fn go_consumer(ws: &Workspace, module: &str) {
+    ws.write("app/go.mod", "module example.internal/app\n\ngo 1.21\n");
+    ws.write(
+        "app/main.go",
+        &format!("package main\n\nimport \"{module}\"\n\nfunc main() {{ println(answer.Answer()) }}\n"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
+    const MODULE: &str = "example.internal/Acme/answer";
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let wharf = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    publish_go_module(&public, MODULE, 42).await;
 
     let proxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
-    let consumer = |ws: &Workspace| {
-        ws.write("app/go.mod", "module example.internal/app\n\ngo 1.21\n");
-        ws.write(
-            "app/main.go",
-            &format!("package main\n\nimport \"{MODULE}\"\n\nfunc main() {{ println(answer.Answer()) }}\n"),
-        );
-    };
     let client = Workspace::new();
-    consumer(&client);
+    go_consumer(&client, MODULE);
     run_ok(go(&client, "app", &proxy).args(["get", &format!("{MODULE}@v1.0.0")]));
     let output = run_ok(go(&client, "app", &proxy).args(["run", "."]));
     assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "42");
@@ -508,7 +517,7 @@ async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
     // The upstream gone, a fresh module cache still downloads it.
     drop(public);
     let offline = Workspace::new();
-    consumer(&offline);
+    go_consumer(&offline, MODULE);
     std::fs::copy(client.path("app/go.mod"), offline.path("app/go.mod")).unwrap();
     std::fs::copy(client.path("app/go.sum"), offline.path("app/go.sum")).unwrap();
     let output = run_ok(go(&offline, "app", &proxy).args(["run", "."]));
@@ -528,22 +537,7 @@ async fn go_builds_through_an_https_external_connection() {
     const MODULE: &str = "example.internal/tls/answer";
     let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
     let tls = TlsTerminator::start(public.port);
-    let public_token = public.token(&["public"], &["publish"]).await;
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default();
-    zip.start_file(format!("{MODULE}@v1.0.0/go.mod"), options).unwrap();
-    write!(zip, "module {MODULE}\n\ngo 1.21\n").unwrap();
-    zip.start_file(format!("{MODULE}@v1.0.0/answer.go"), options).unwrap();
-    write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return 43 }}\n").unwrap();
-    let zip = zip.finish().unwrap().into_inner();
-    let published = reqwest::Client::new()
-        .put(public.url(&format!("/go/public/{MODULE}/@v/v1.0.0.zip")))
-        .bearer_auth(&public_token)
-        .body(zip)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(published.status(), 201, "{}", published.text().await.unwrap());
+    publish_go_module(&public, MODULE, 43).await;
 
     let config = chain_config_at(&format!("https://127.0.0.1:{}", tls.port), "");
     let data = tempfile::tempdir().unwrap();
@@ -551,11 +545,7 @@ async fn go_builds_through_an_https_external_connection() {
     let wharf = TestServer::start_in_env(data.path(), Some(&config), &[], &trust);
     let proxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
     let client = Workspace::new();
-    client.write("app/go.mod", "module example.internal/app\n\ngo 1.21\n");
-    client.write(
-        "app/main.go",
-        &format!("package main\n\nimport \"{MODULE}\"\n\nfunc main() {{ println(answer.Answer()) }}\n"),
-    );
+    go_consumer(&client, MODULE);
     run_ok(go(&client, "app", &proxy).args(["get", &format!("{MODULE}@v1.0.0")]));
     let output = run_ok(go(&client, "app", &proxy).args(["run", "."]));
     assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "43");
@@ -567,6 +557,136 @@ async fn go_builds_through_an_https_external_connection() {
     assert_eq!(refused.status(), 502);
     let message = refused.text().await.unwrap();
     assert!(message.contains("external connection public-go"), "{message}");
-    let logged = untrusting.log_lines().join("\n");
-    assert!(logged.to_lowercase().contains("certificate"), "the log says why:\n{logged}");
+    // The log is read by another thread: give it a moment to catch up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let says_why = || untrusting.log_lines().join("\n").to_lowercase().contains("certificate");
+    while !says_why() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(says_why(), "the log says why:\n{}", untrusting.log_lines().join("\n"));
+}
+
+/// [`PUBLIC_CONFIG`] with its repository private: a registry that wants credentials.
+fn private_public_config() -> String {
+    PUBLIC_CONFIG.replace("  access: {read: [{kind: Anonymous}]}\n", "")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npm_installs_from_a_private_upstream_with_the_connection_token() {
+    let public = TestServer::start_with(Some(&private_public_config()), &[]);
+    let publish_token = public.token(&["public"], &["publish"]).await;
+    let read_token = public.token(&["public"], &["read"]).await;
+    let publisher = Workspace::new();
+    npm_package(&publisher, "pad", "wharf-private-pad", "1.0.0", "module.exports = 'private';\n");
+    write_npmrc(&publisher, "pad", &public, "public", Some(&publish_token));
+    run_ok(npm(&publisher, "pad").args(["publish", "--access", "public"]));
+
+    let with_secret = chain_config(&public).replace(
+        &format!("url: \"{}/npm/public\"}}", public.base),
+        &format!("url: \"{}/npm/public\", credentialsSecretRef: {{name: public-registry}}}}", public.base),
+    );
+    assert_ne!(with_secret, chain_config(&public));
+    let secrets = tempfile::tempdir().unwrap();
+    let secrets_dir = secrets.path().to_str().unwrap();
+
+    // Without the Secret's file the registry does not start, and says which.
+    let data = tempfile::tempdir().unwrap();
+    let config_path = data.path().join("wharf.yaml");
+    std::fs::write(&config_path, with_secret.replace("{data}", &data.path().join("store").display().to_string()))
+        .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--secrets-dir", secrets_dir, "--config"])
+        .arg(&config_path)
+        .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let token_file = secrets.path().join("public-registry/token").display().to_string();
+    for part in ["external connection public-npm", "\"public-registry\"", token_file.as_str()] {
+        assert!(stderr.contains(part), "{part} in:\n{stderr}");
+    }
+
+    // With the token in the secrets folder, npm installs through `app`.
+    std::fs::create_dir(secrets.path().join("public-registry")).unwrap();
+    std::fs::write(secrets.path().join("public-registry/token"), format!("{read_token}\n")).unwrap();
+    let wharf = TestServer::start_with(Some(&with_secret), &["--secrets-dir", secrets_dir]);
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "wharf-private-pad"]));
+    assert_eq!(installed(&client, "project", "wharf-private-pad"), "module.exports = 'private';\n");
+    assert_eq!(version_status(&wharf, "npm-store", "npm", "wharf-private-pad", "1.0.0").await, 200);
+    assert!(!wharf.log_lines().iter().any(|l| l.contains(&read_token)), "the token is never logged");
+
+    // The same connection without credentials: a 502 naming it and the 401.
+    let anonymous = TestServer::start_with(Some(&chain_config(&public)), &[]);
+    let reply = reqwest::get(anonymous.url("/npm/app/wharf-private-pad")).await.unwrap();
+    assert_eq!(reply.status(), 502);
+    let message = reply.text().await.unwrap();
+    assert!(message.contains("external connection public-npm answered 401"), "{message}");
+    assert!(message.contains("credentialsSecretRef"), "{message}");
+}
+
+/// Every request Wharf made to external connection `connection`, from its `/metrics`.
+async fn upstream_requests(server: &TestServer, connection: &str) -> u64 {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let prefix = format!("wharf_upstream_requests_total{{connection=\"{connection}\",");
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A GOPROXY in front of `backend` that answers 410 where it says 404, as
+/// public proxies do for the path prefixes the go command probes. Stops
+/// with the test's runtime.
+async fn gone_saying_proxy(backend: String) -> String {
+    async fn forward(
+        axum::extract::State(backend): axum::extract::State<String>,
+        uri: axum::http::Uri,
+    ) -> (axum::http::StatusCode, bytes::Bytes) {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let reply = reqwest::get(format!("{backend}{path}")).await.unwrap();
+        let status = match reply.status().as_u16() {
+            404 => axum::http::StatusCode::GONE,
+            other => axum::http::StatusCode::from_u16(other).unwrap(),
+        };
+        (status, reply.bytes().await.unwrap())
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(axum::routing::get(forward)).with_state(backend);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_go_build_through_the_chain_makes_no_upstream_request() {
+    const MODULE: &str = "example.internal/warm/answer";
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    publish_go_module(&public, MODULE, 44).await;
+    let proxy = gone_saying_proxy(public.base.clone()).await;
+    // The default metadata TTL (5 m), as a warm build on the next commit sees it.
+    let config = chain_config_at(&proxy, "").replace("  metadataTTL: 1s\n", "");
+    let wharf = TestServer::start_with(Some(&config), &[]);
+    let goproxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
+
+    let cold = Workspace::new();
+    go_consumer(&cold, MODULE);
+    run_ok(go(&cold, "app", &goproxy).args(["get", &format!("{MODULE}@v1.0.0")]));
+    let output = run_ok(go(&cold, "app", &goproxy).args(["run", "."]));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "44");
+    let after_cold = upstream_requests(&wharf, "public-go").await;
+    assert!(after_cold > 0, "the cold build fetched through the connection");
+
+    // A fresh machine: empty module and build caches, the same `go get`
+    // (which probes `example.internal/warm/@v/…` and `example.internal/@v/…`,
+    // answered 410 upstream) and build.
+    let warm = Workspace::new();
+    go_consumer(&warm, MODULE);
+    run_ok(go(&warm, "app", &goproxy).args(["get", &format!("{MODULE}@v1.0.0")]));
+    let output = run_ok(go(&warm, "app", &goproxy).args(["run", "."]));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "44");
+    assert_eq!(upstream_requests(&wharf, "public-go").await, after_cold, "a warm build asks the upstream nothing");
 }

@@ -329,16 +329,25 @@ impl Registry {
         id: &PackageId,
         admits: impl Fn(&str) -> bool,
     ) -> Result<Option<PackageIndex>, CoreError> {
-        let mut merged: Option<PackageIndex> = None;
+        let snapshots = self.chain_snapshots(repositories, id, admits).await?;
+        Ok(merge_snapshots(snapshots.iter().flatten()))
+    }
+
+    /// The snapshot of the package in each Repository `admits` lets through,
+    /// in chain order (`None` where one does not hold it): what
+    /// [`Self::resolve_package`] merges, and whose revisions tell a caller
+    /// whether a merge it kept still holds.
+    pub async fn chain_snapshots(
+        &self,
+        repositories: &[String],
+        id: &PackageId,
+        admits: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Option<Arc<PackageSnapshot>>>, CoreError> {
+        let mut snapshots = Vec::with_capacity(repositories.len());
         for repo in repositories.iter().filter(|repo| admits(repo)) {
-            if let Some(snapshot) = self.package(repo, id).await? {
-                match merged.as_mut() {
-                    None => merged = Some(snapshot.index.clone()),
-                    Some(merged) => merge_index(merged, &snapshot.index),
-                }
-            }
+            snapshots.push(self.package(repo, id).await?);
         }
-        Ok(merged)
+        Ok(snapshots)
     }
 
     /// The recorded first-version origin of a name in the Domain, if any.
@@ -818,6 +827,19 @@ fn apply_withdrawals(index: &mut PackageIndex, withdrawn: &BTreeSet<String>) -> 
         index.tags.retain(|_, v| versions.get(v).is_some_and(|entry| entry.status.is_listed()));
     }
     changed
+}
+
+/// Merges snapshots searched in order (see [`Registry::resolve_package`]);
+/// `None` when there are none.
+pub fn merge_snapshots<'a>(snapshots: impl IntoIterator<Item = &'a Arc<PackageSnapshot>>) -> Option<PackageIndex> {
+    let mut merged: Option<PackageIndex> = None;
+    for snapshot in snapshots {
+        match merged.as_mut() {
+            None => merged = Some(snapshot.index.clone()),
+            Some(merged) => merge_index(merged, &snapshot.index),
+        }
+    }
+    merged
 }
 
 /// Adds what `later` has and `first` lacks: versions, and tags whose name

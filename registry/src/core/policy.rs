@@ -202,6 +202,7 @@ pub fn merge_external(local: Option<PackageIndex>, upstream: PackageIndex) -> Pa
         merged.tags.insert(tag, version);
     }
     merged.tags.extend(own_tags);
+    merged.modified = merged.modified.max(upstream.modified);
     merged
 }
 

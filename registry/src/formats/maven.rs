@@ -754,6 +754,46 @@ fn element_texts(text: &str, tag: &str) -> Vec<String> {
     found
 }
 
+/// The folder of a package in the Maven 2 layout: `com/acme/lib/`.
+pub fn package_path(coordinates: &Coordinates) -> String {
+    format!("{}/{}/", coordinates.group_id.replace('.', "/"), coordinates.artifact_id)
+}
+
+/// An upstream repository's artifact-level `maven-metadata.xml` as
+/// unstored versions fetched through `connection`: its releases, each
+/// Published and without files (the layout names them; a file is fetched
+/// when asked for), dated at the epoch: the document dates no version, so
+/// the caller dates them from their files when a cooldown needs it.
+/// SNAPSHOTs are left out: their builds move under one name,
+/// which a cache must not pin, and public release repositories have none.
+pub fn upstream_index(document: &[u8], name: &str, connection: &str) -> Result<PackageIndex, MavenError> {
+    let text = std::str::from_utf8(document).map_err(|_| MavenError::InvalidMetadata("it is not UTF-8"))?;
+    if !text.contains("<metadata") || !text.contains("</metadata>") {
+        return Err(MavenError::InvalidMetadata("it has no <metadata> document element"));
+    }
+    let modified = element_texts(text, "lastUpdated")
+        .first()
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y%m%d%H%M%S").ok())
+        .map(|t| t.and_utc());
+    let mut index = PackageIndex { display_name: name.to_owned(), modified, ..Default::default() };
+    for version in element_texts(text, "version") {
+        if validate_version(&version).is_err() || is_snapshot(&version) || parse_snapshot_build(&version).is_some() {
+            continue;
+        }
+        let entry = VersionEntry {
+            status: crate::core::VersionStatus::Published,
+            created: chrono::DateTime::UNIX_EPOCH,
+            metadata: serde_json::json!({}),
+            assets: Default::default(),
+            deprecated: None,
+            withdrawn: false,
+            fetched_from: Some(connection.to_owned()),
+        };
+        index.versions.insert(version, entry);
+    }
+    Ok(index)
+}
+
 /// Facts kept with a version in the core: which SNAPSHOT a build belongs to.
 pub fn version_metadata(version: &FileVersion) -> serde_json::Value {
     match version {
@@ -1041,5 +1081,35 @@ mod tests {
     #[test]
     fn xml_escapes() {
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&apos;");
+    }
+
+    #[test]
+    fn upstream_metadata_becomes_unstored_releases() {
+        let document = br#"<?xml version="1.0" encoding="UTF-8"?>
+<metadata>
+  <groupId>com.example</groupId>
+  <artifactId>lib</artifactId>
+  <versioning>
+    <latest>2.0-SNAPSHOT</latest>
+    <release>1.10</release>
+    <versions>
+      <version>1.0</version>
+      <version>1.10</version>
+      <version>2.0-SNAPSHOT</version>
+      <version>../evil</version>
+    </versions>
+    <lastUpdated>20261126120000</lastUpdated>
+  </versioning>
+</metadata>
+"#;
+        let index = upstream_index(document, "com.example:lib", "central").unwrap();
+        assert_eq!(index.versions.keys().collect::<Vec<_>>(), ["1.0", "1.10"]);
+        assert_eq!(index.modified.unwrap().to_rfc3339(), "2026-11-26T12:00:00+00:00");
+        let entry = &index.versions["1.10"];
+        assert_eq!(entry.fetched_from.as_deref(), Some("central"));
+        assert!(entry.assets.is_empty() && entry.status.is_listed());
+        assert!(upstream_index(b"<html>not metadata</html>", "com.example:lib", "central").is_err());
+        let coordinates = Coordinates::new("com.example.tools", "lib").unwrap();
+        assert_eq!(package_path(&coordinates), "com/example/tools/lib/");
     }
 }

@@ -17,7 +17,7 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, Rendered, VersionStatus};
+use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, VersionStatus};
 use crate::formats::cargo::archive::{self, ArchiveLimits};
 use crate::formats::cargo::framing::{FrameEvent, PublishFrameReader};
 use crate::formats::cargo::{self as format, NewCrateVersion};
@@ -75,13 +75,12 @@ pub async fn index_file(
         let name = format::name_from_index_path(&path).map_err(bad_request)?;
         let missing = || ApiError::not_found(format!("crate {name} not found"), STYLE);
         let rendered = if upstream::has_chain(&state, repo_name(repo)) {
-            // Rendered per request: upstreams and the clock (cooldown) change it.
             let view =
                 upstream::view(&state, repo_name(repo), &crate_id(&name), &name, STYLE).await?.ok_or_else(missing)?;
             if view.index.display_name.to_ascii_lowercase() != name {
                 return Err(missing());
             }
-            Rendered::of(format::render_index_file(&view.index))
+            view.rendered("cargo:index", format::render_index_file)
         } else {
             let snapshot = state.package(repo_name(repo), &crate_id(&name), STYLE).await?.ok_or_else(missing)?;
             // Only the kept spelling has an index file; cargo offers the other

@@ -105,7 +105,7 @@ async fn list(state: &SharedState, repo: &Repository, path: &str, headers: &Head
     state.authorize(headers, repo, Permission::Read, STYLE)?;
     if upstream::has_chain(state, repo_name(repo)) {
         let view = chained(state, repo, path).await?;
-        return Ok(document(Rendered::of(format::render_list(&view.index)), TEXT, headers));
+        return Ok(document(view.rendered("go:list", format::render_list), TEXT, headers));
     }
     let snapshot = module(state, repo, path).await?;
     Ok(document(snapshot.rendered("go:list", format::render_list), TEXT, headers))
@@ -158,7 +158,7 @@ async fn date_from_upstream(state: &SharedState, view: &mut upstream::View, vers
     let body =
         upstream::upstream_document(state, view, PackageFormat::Go, &info_url, "application/json", STYLE).await?;
     if let Some(time) = body.and_then(|b| format::info_time(&b))
-        && let Some(entry) = view.index.versions.get_mut(version)
+        && let Some(entry) = std::sync::Arc::make_mut(&mut view.index).versions.get_mut(version)
     {
         entry.created = time;
     }

@@ -21,6 +21,11 @@
 //!   the metadata from what is stored instead.
 //! - Checksum sidecars are compared with the stored file's digests (400 on
 //!   a mismatch) and not stored; GETs answer from the stored digests.
+//!
+//! A Repository with upstreams reads through its chain (`server/upstream`):
+//! `maven-metadata.xml` is rendered from the merged, policy-filtered view,
+//! and a file of a release from the external connection is fetched once
+//! and kept. Deploys are origin-checked like the other formats' publishes.
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -31,9 +36,9 @@ use futures::{StreamExt, TryStreamExt};
 use wharf_api::PackageFormat;
 
 use super::metrics::tagged;
-use super::{ApiError, ErrorStyle, SharedState, blob};
+use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId, PackageSnapshot, PublishOutcome, VersionStatus};
+use crate::core::{NewAsset, PackageId, PackageIndex, PackageSnapshot, PublishOutcome, VersionStatus};
 use crate::formats::maven::{
     self as format, ArtifactFile, ChecksumAlgorithm, Coordinates, FileVersion, MetadataLevel, RepositoryPath,
 };
@@ -120,12 +125,12 @@ async fn package(
 /// The core version and stored file name a layout file names. The
 /// unversioned SNAPSHOT name (`lib-1.1-SNAPSHOT.jar`) means the newest
 /// listed build's file.
-fn stored_name(snapshot: &PackageSnapshot, file: &ArtifactFile) -> Option<(String, String)> {
+fn stored_name(index: &PackageIndex, file: &ArtifactFile) -> Option<(String, String)> {
     match &file.version {
         FileVersion::Release(version) => Some((version.clone(), file.file_name.clone())),
         FileVersion::SnapshotBuild(build) => Some((build.version(), file.file_name.clone())),
         FileVersion::LatestSnapshot { base_version } => {
-            let (build, _) = format::newest_listed_build(&snapshot.index, base_version)?;
+            let (build, _) = format::newest_listed_build(index, base_version)?;
             let version = build.version();
             let name = file.file_name_in(&version);
             Some((version, name))
@@ -141,8 +146,18 @@ async fn downloadable(
     file: &ArtifactFile,
 ) -> Result<(BlobDigests, DateTime<Utc>), ApiError> {
     let missing = || ApiError::not_found(format!("{} not found", file.file_name), STYLE);
+    if upstream::has_chain(state, repo_name) {
+        let id = package_id(&file.coordinates);
+        let view = upstream::view(state, repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+        let (version, name) = stored_name(&view.index, file).ok_or_else(missing)?;
+        let digests =
+            upstream::stored_maven_file(state, repo_name, &view, &id, &file.coordinates, &version, &name, STYLE)
+                .await?;
+        let created = view.index.versions.get(&version).and_then(|e| e.assets.get(&name)).map(|a| a.created);
+        return Ok((digests, created.unwrap_or_else(Utc::now)));
+    }
     let snapshot = package(state, repo_name, &file.coordinates).await?.ok_or_else(missing)?;
-    let (version, name) = stored_name(&snapshot, file).ok_or_else(missing)?;
+    let (version, name) = stored_name(&snapshot.index, file).ok_or_else(missing)?;
     let entry = snapshot.index.versions.get(&version).filter(|e| e.status.is_installable()).ok_or_else(missing)?;
     let asset = entry.assets.get(&name).ok_or_else(missing)?;
     Ok((asset.digests.clone(), asset.created))
@@ -218,22 +233,35 @@ async fn metadata(
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let missing = || ApiError::not_found(format!("no metadata for {}", coordinates.package_name()), STYLE);
-    let snapshot = package(state, repo_name, coordinates).await?.ok_or_else(missing)?;
-    let rendered = match level {
-        MetadataLevel::Artifact => snapshot.rendered("maven:artifact", |index| {
-            format::render_artifact_metadata(index, coordinates).unwrap_or_default()
-        }),
-        MetadataLevel::Snapshot { base_version } => snapshot
-            .rendered(&format!("maven:snapshot:{base_version}"), |index| {
-                format::render_snapshot_metadata(index, coordinates, base_version).unwrap_or_default()
-            }),
+    let render = |index: &PackageIndex| {
+        match level {
+            MetadataLevel::Artifact => format::render_artifact_metadata(index, coordinates),
+            MetadataLevel::Snapshot { base_version } => {
+                format::render_snapshot_metadata(index, coordinates, base_version)
+            }
+        }
+        .unwrap_or_default()
+    };
+    let key = match level {
+        MetadataLevel::Artifact => "maven:artifact".to_owned(),
+        MetadataLevel::Snapshot { base_version } => format!("maven:snapshot:{base_version}"),
+    };
+    let (rendered, modified) = if upstream::has_chain(state, repo_name) {
+        // Rendered from the merged chain, after policy: blocked and
+        // too-young versions are gone and `latest`/`release` follow.
+        let id = package_id(coordinates);
+        let view = upstream::view(state, repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+        (view.rendered(&key, render), view.index.modified)
+    } else {
+        let snapshot = package(state, repo_name, coordinates).await?.ok_or_else(missing)?;
+        (snapshot.rendered(&key, render), snapshot.index.modified)
     };
     if rendered.body.is_empty() {
         return Err(missing());
     }
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-    last_modified(&mut headers, snapshot.index.modified);
+    last_modified(&mut headers, modified);
     if let Some(algorithm) = checksum {
         let body = bytes::Bytes::from(algorithm.compute(&rendered.body));
         return Ok(small_body(method, "text/plain; charset=utf-8", body, headers));
@@ -305,6 +333,7 @@ async fn complete_deploy(
                 .finish_version(repo_name, &id, &version, format::snapshot_series)
                 .await
                 .map_err(|e| ApiError::from_core(e, STYLE))?;
+            upstream::record_publish(state, repo_name, &id, &version, PublishOutcome::Created, STYLE).await?;
         }
     }
     Ok(accepted())
@@ -376,6 +405,14 @@ async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     let version = uploaded_version(file)?;
+    let id = package_id(&file.coordinates);
+    // The first file of a version in this Repository decides whether it
+    // may be deployed here at all; its later files follow it.
+    let known =
+        package(state, repo_name, &file.coordinates).await?.is_some_and(|p| p.index.versions.contains_key(&version));
+    if !known {
+        upstream::check_publish(state, repo_name, &id, &id.name, &version, STYLE).await?;
+    }
     let limit = state.limits.max_upload_bytes;
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -400,7 +437,6 @@ async fn upload(
             ));
         }
     }
-    let id = package_id(&file.coordinates);
     let registry = &state.registry;
     let outcome = registry
         .add_asset(

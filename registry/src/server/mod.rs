@@ -57,6 +57,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The client of the Domain's external connections.
     pub upstream: Arc<crate::upstream::UpstreamClient>,
+    /// Views through chains, kept while they hold.
+    pub views: upstream::ViewCache,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -16,7 +16,7 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome, Rendered};
+use crate::core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome};
 use crate::formats::npm::publish_body::{Event, PublishBodySplitter};
 use crate::formats::npm::{self as format, PublishRequest};
 use crate::storage::{BodyError, SyncBlobReader};
@@ -128,12 +128,13 @@ async fn packument(
     let abbreviated = accept.contains(format::ABBREVIATED_CONTENT_TYPE);
     let base = format!("{}/npm/{repo_name}", super::origin(headers));
     let rendered = if upstream::has_chain(state, repo_name) {
-        // Through a chain the view changes with upstreams and the clock
-        // (cooldown), so it is rendered per request.
+        // Rendered once per view: a new one comes with any change upstream,
+        // in the chain, or of the clock's cooldown.
         let view = upstream::view(state, repo_name, &package_id(name), name, STYLE)
             .await?
             .ok_or_else(|| ApiError::not_found("Not found", STYLE))?;
-        Rendered::of(format::render_packument(&view.index, name, &base, abbreviated))
+        let key = format!("npm:{abbreviated}:{base}");
+        view.rendered(&key, |index| format::render_packument(index, name, &base, abbreviated))
     } else {
         let snapshot = state
             .package(repo_name, &package_id(name), STYLE)
@@ -150,7 +151,9 @@ async fn packument(
 async fn visible_index(state: &SharedState, repo_name: &str, name: &str) -> Result<PackageIndex, ApiError> {
     if upstream::has_chain(state, repo_name) {
         let view = upstream::view(state, repo_name, &package_id(name), name, STYLE).await?;
-        return view.map(|v| v.index).ok_or_else(|| ApiError::not_found("Not found", STYLE));
+        return view
+            .map(|v| std::sync::Arc::unwrap_or_clone(v.index))
+            .ok_or_else(|| ApiError::not_found("Not found", STYLE));
     }
     let snapshot = state
         .package(repo_name, &package_id(name), STYLE)

@@ -14,7 +14,7 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId, PackageIndex, Rendered, VersionStatus};
+use crate::core::{NewAsset, PackageId, PackageIndex, VersionStatus};
 use crate::formats::pypi::{self as format, DistKind};
 use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
 
@@ -87,9 +87,8 @@ pub async fn project(
         let id = PackageId::new(PackageFormat::Pypi, &normalized);
         let not_found = || ApiError::not_found(format!("project {normalized} not found"), STYLE);
         let rendered = if upstream::has_chain(&state, repo_name(repo)) {
-            // Rendered per request: upstreams and the clock (cooldown) change it.
             let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(not_found)?;
-            Rendered::of(render(&view.index))
+            view.rendered(key, render)
         } else {
             let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(not_found)?;
             snapshot.rendered(key, render)
@@ -125,7 +124,7 @@ pub async fn file(
                 return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE)
                     .await;
             }
-            &view.index
+            &*view.index
         } else {
             snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
             &snapshot.index

@@ -521,3 +521,117 @@ impl Drop for AzureEmulator {
         let _ = self.child.wait();
     }
 }
+
+/// The Maven project template the tests deploy (`tests/install-clients.sh`
+/// builds it once to cache every plugin it needs).
+pub const LIBRARY_POM: &str = include_str!("../maven/library.pom.xml");
+
+/// The local repository of plugins `tests/install-clients.sh` prepared.
+pub fn cached_plugins() -> PathBuf {
+    let tools = std::env::var_os("WHARF_TEST_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+        .unwrap();
+    let repository = tools.join("m2/repository");
+    assert!(
+        repository.join("org/apache/maven/plugins/maven-deploy-plugin").is_dir(),
+        "the Maven plugins are missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
+        repository.display()
+    );
+    repository
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Maven pointed at one Wharf repository only: a mirror of every
+/// repository (so nothing reaches the internet), credentials for it, and
+/// a profile that lets the mirrored `central` serve SNAPSHOTs too (the
+/// built-in `central` refuses them).
+pub struct Maven<'a> {
+    ws: &'a Workspace,
+    url: String,
+}
+
+impl<'a> Maven<'a> {
+    pub fn new(ws: &'a Workspace, server: &TestServer, repo: &str, token: &str) -> Self {
+        let url = server.url(&format!("/maven/{repo}/"));
+        ws.write(
+            "settings.xml",
+            &format!(
+                r#"<settings>
+  <servers>
+    <server><id>wharf</id><username>ci</username><password>{token}</password></server>
+  </servers>
+  <mirrors>
+    <mirror><id>wharf</id><mirrorOf>*</mirrorOf><url>{url}</url></mirror>
+  </mirrors>
+  <profiles>
+    <profile>
+      <id>wharf</id>
+      <repositories>
+        <repository>
+          <id>central</id><url>{url}</url>
+          <snapshots><enabled>true</enabled></snapshots>
+        </repository>
+      </repositories>
+    </profile>
+  </profiles>
+  <activeProfiles><activeProfile>wharf</activeProfile></activeProfiles>
+</settings>
+"#
+            ),
+        );
+        // The machine's global settings could name other mirrors.
+        ws.write("global-settings.xml", "<settings/>\n");
+        Maven { ws, url }
+    }
+
+    /// `mvn` in `dir` with its own local repository `local` (a copy of
+    /// the cached plugins, made on first use).
+    pub fn command(&self, dir: &str, local: &str) -> Command {
+        let local = self.ws.path(local);
+        if !local.exists() {
+            copy_tree(&cached_plugins(), &local);
+        }
+        let mut command = self.ws.command("mvn", dir);
+        command
+            .env("MAVEN_SKIP_RC", "1")
+            .env("MAVEN_OPTS", format!("-Duser.home={}", self.ws.path("home").display()))
+            .env_remove("MAVEN_ARGS")
+            .args(["-B", "-ntp", "-Dstyle.color=never", "-s"])
+            .arg(self.ws.path("settings.xml"))
+            .arg("-gs")
+            .arg(self.ws.path("global-settings.xml"))
+            .arg(format!("-Dmaven.repo.local={}", local.display()));
+        command
+    }
+
+    pub fn deploy(&self, dir: &str) -> Command {
+        let mut command = self.command(dir, "publisher-m2");
+        command.arg("deploy").arg(format!("-DaltDeploymentRepository=wharf::{}", self.url));
+        command
+    }
+
+    /// A jar project with one class `{package}.{class}` whose `name()`
+    /// returns `value`.
+    pub fn library(&self, dir: &str, artifact: &str, version: &str, class: &str, value: &str) {
+        let pom =
+            LIBRARY_POM.replace("@GROUP@", "com.acme").replace("@ARTIFACT@", artifact).replace("@VERSION@", version);
+        self.ws.write(&format!("{dir}/pom.xml"), &pom);
+        self.ws.write(
+            &format!("{dir}/src/main/java/com/acme/{artifact}/{class}.java"),
+            &format!("package com.acme.{artifact};\n\npublic class {class} {{\n    public static String name() {{ return \"{value}\"; }}\n}}\n"),
+        );
+    }
+}

@@ -564,3 +564,34 @@ async fn go_lists_hide_young_versions_and_info_carries_the_upstream_time() {
     let info = app.get("/go/app/example.internal/!acme/m/@v/v1.0.0.info", None).await.json();
     assert_eq!(info["Time"], upstream_info["Time"], "the kept copy is dated as upstream dated it");
 }
+
+#[tokio::test]
+async fn kept_views_follow_the_cooldown_clock_and_origins_recorded_elsewhere() {
+    let public = PublicRegistry::start().await;
+    let config = CHAIN_CONFIG
+        .replace("http://127.0.0.1:9/npm/public", &format!("{}/npm/public", public.url))
+        .replace("      minimumReleaseAge: 72h\n", "")
+        .replace(
+            "      blockedVersions: [\"/npm//event-stream@3.3.6\"]\n",
+            "      blockedVersions: [\"/npm//event-stream@3.3.6\"]\n    - patterns: [\"/npm//slow\"]\n      minimumReleaseAge: 2s\n",
+        )
+        + "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: sibling, namespace: wharf}\nspec:\n  domainRef: {name: acme}\n";
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+
+    // Upstream metadata is fresh for 30 s, so only the clock can show 1.0.0.
+    public.publish("slow", "1.0.0", b"a").await;
+    assert!(versions(&app.get("/npm/app/slow", None).await).is_empty(), "too young");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(versions(&app.get("/npm/app/slow", None).await), ["1.0.0"], "of age now");
+    assert_eq!(public.count("npm_packument").await, 1, "from the same upstream document");
+
+    // A direct publish in a Repository outside app's chain reserves the
+    // name Domain-wide: the public versions app showed go at once.
+    public.publish("shared-name", "1.0.0", b"public").await;
+    assert_eq!(versions(&app.get("/npm/app/shared-name", None).await), ["1.0.0"]);
+    assert_eq!(versions(&app.get("/npm/app/shared-name", None).await), ["1.0.0"], "kept");
+    let sibling = app.token(&["sibling"], &["publish"]).await;
+    let body = publish_body("shared-name", "2.0.0", &tarball("shared-name", "2.0.0", b"ours"));
+    assert_eq!(app.put_json("/npm/sibling/shared-name", &sibling, &body).await.status, StatusCode::CREATED);
+    assert_eq!(app.get("/npm/app/shared-name", None).await.status, StatusCode::NOT_FOUND, "reserved");
+}
