@@ -1,0 +1,180 @@
+//! The Argo CD health check (`gitops/argocd/health.lua`) run by a real Lua interpreter on the
+//! fixtures of `gitops/argocd/health_test.yaml`, exactly as Argo CD calls it: the object as the
+//! global `obj`, the script's returned table read for `status` and `message`. Also checks the
+//! fixtures are objects the Wharf types accept and that the Argo CD configuration carries the
+//! script unchanged. Starts one `lua` process per fixture; reads files under `gitops/`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+fn gitops() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../gitops/argocd")
+}
+
+#[derive(Deserialize)]
+struct HealthTests {
+    tests: Vec<HealthTest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthTest {
+    health_status: Health,
+    input_path: String,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+struct Health {
+    status: String,
+    message: String,
+}
+
+/// The interpreter: `WHARF_LUA_BIN`, else `lua5.4` or `lua` on PATH. Argo CD embeds Lua 5.1
+/// (gopher-lua); the script keeps to what 5.1 and 5.4 share, so either runs it as Argo CD would.
+fn lua() -> String {
+    if let Ok(path) = std::env::var("WHARF_LUA_BIN") {
+        return path;
+    }
+    for candidate in ["lua5.4", "lua"] {
+        if Command::new(candidate).arg("-v").output().is_ok_and(|output| output.status.success()) {
+            return candidate.to_owned();
+        }
+    }
+    panic!("no Lua interpreter: tests/install-clients.sh installs one (Debian: apt-get install lua5.4), or set WHARF_LUA_BIN");
+}
+
+/// `value` as a Lua table constructor, the way Argo CD hands a JSON object to its scripts
+/// (objects become tables with string keys, arrays tables indexed from 1, null is nil).
+fn lua_literal(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("nil"),
+        Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
+        Value::Number(number) => out.push_str(&number.to_string()),
+        Value::String(text) => lua_string(text, out),
+        Value::Array(items) => {
+            out.push('{');
+            for item in items {
+                lua_literal(item, out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+        Value::Object(fields) => {
+            out.push('{');
+            for (key, item) in fields {
+                out.push('[');
+                lua_string(key, out);
+                out.push_str("]=");
+                lua_literal(item, out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn lua_string(text: &str, out: &mut String) {
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            // Decimal escapes are the form Lua 5.1 and 5.4 both read.
+            control if (control as u32) < 0x20 || control == '\u{7f}' => out.push_str(&format!("\\{:03}", control as u32)),
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+}
+
+/// Runs `script` on `object` and returns what it reported.
+fn run_health(script: &Path, object: &Value) -> Health {
+    let mut chunk = String::from("obj = ");
+    lua_literal(object, &mut chunk);
+    // One line each, so a message cannot be mistaken for the status.
+    chunk.push_str(&format!(
+        "\nlocal hs = dofile({})\nassert(type(hs) == 'table', 'the health script returned no table')\nio.write(tostring(hs.status), '\\n', tostring(hs.message))\n",
+        {
+            let mut path = String::new();
+            lua_string(&script.display().to_string(), &mut path);
+            path
+        }
+    ));
+    let output = Command::new(lua()).arg("-e").arg(&chunk).output().unwrap();
+    assert!(
+        output.status.success(),
+        "lua failed on {object}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = stdout.split_once('\n').unwrap();
+    Health { status: status.to_owned(), message: message.to_owned() }
+}
+
+#[test]
+fn health_check_reports_what_argo_cd_should_show() {
+    let folder = gitops();
+    let cases: HealthTests =
+        serde_saphyr::from_str(&std::fs::read_to_string(folder.join("health_test.yaml")).unwrap()).unwrap();
+    assert!(cases.tests.len() >= 9, "healthy, progressing and degraded fixtures of each kind");
+    let mut failures = Vec::new();
+    for case in &cases.tests {
+        let object: Value = serde_saphyr::from_str(&std::fs::read_to_string(folder.join(&case.input_path)).unwrap())
+            .unwrap_or_else(|error| panic!("{}: {error}", case.input_path));
+        let reported = run_health(&folder.join("health.lua"), &object);
+        if reported != case.health_status {
+            failures.push(format!("{}: expected {:?}, got {reported:?}", case.input_path, case.health_status));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Each kind has a fixture of every health Argo CD can give it.
+    for kind in ["domain", "repository", "upstreampolicy"] {
+        for status in ["Healthy", "Progressing", "Degraded"] {
+            assert!(
+                cases.tests.iter().any(|case| case.health_status.status == status
+                    && case.input_path.starts_with(&format!("testdata/{kind}-"))),
+                "no {status} fixture for {kind}"
+            );
+        }
+    }
+}
+
+/// A fixture the types reject would test objects the operator never writes.
+#[test]
+fn fixtures_are_wharf_objects() {
+    let folder = gitops().join("testdata");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kind: Value = serde_saphyr::from_str(&text).unwrap();
+        let parsed = match kind["kind"].as_str() {
+            Some("Domain") => serde_saphyr::from_str::<wharf_api::Domain>(&text).map(drop),
+            Some("Repository") => serde_saphyr::from_str::<wharf_api::Repository>(&text).map(drop),
+            Some("UpstreamPolicy") => serde_saphyr::from_str::<wharf_api::UpstreamPolicy>(&text).map(drop),
+            other => panic!("{}: not a Wharf kind: {other:?}", path.display()),
+        };
+        parsed.unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 9);
+}
+
+/// The Argo CD configuration ships the script byte for byte, once per kind.
+#[test]
+fn argo_cd_configuration_carries_the_script() {
+    let folder = gitops();
+    let script = std::fs::read_to_string(folder.join("health.lua")).unwrap();
+    let config: Value = serde_saphyr::from_str(&std::fs::read_to_string(folder.join("argocd-cm.yaml")).unwrap()).unwrap();
+    assert_eq!(config["kind"], "ConfigMap");
+    for kind in ["Domain", "Repository", "UpstreamPolicy"] {
+        let key = format!("resource.customizations.health.wharf.dev_{kind}");
+        assert_eq!(config["data"][&key].as_str(), Some(script.as_str()), "{key} differs from health.lua");
+    }
+}
