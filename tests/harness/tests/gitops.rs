@@ -45,7 +45,9 @@ fn lua() -> String {
             return candidate.to_owned();
         }
     }
-    panic!("no Lua interpreter: tests/install-clients.sh installs one (Debian: apt-get install lua5.4), or set WHARF_LUA_BIN");
+    panic!(
+        "no Lua interpreter: tests/install-clients.sh installs one (Debian: apt-get install lua5.4), or set WHARF_LUA_BIN"
+    );
 }
 
 /// `value` as a Lua table constructor, the way Argo CD hands a JSON object to its scripts
@@ -85,7 +87,9 @@ fn lua_string(text: &str, out: &mut String) {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             // Decimal escapes are the form Lua 5.1 and 5.4 both read.
-            control if (control as u32) < 0x20 || control == '\u{7f}' => out.push_str(&format!("\\{:03}", control as u32)),
+            control if (control as u32) < 0x20 || control == '\u{7f}' => {
+                out.push_str(&format!("\\{:03}", control as u32))
+            }
             other => out.push(other),
         }
     }
@@ -96,21 +100,15 @@ fn lua_string(text: &str, out: &mut String) {
 fn run_health(script: &Path, object: &Value) -> Health {
     let mut chunk = String::from("obj = ");
     lua_literal(object, &mut chunk);
+    chunk.push_str("\nlocal hs = dofile(");
+    lua_string(&script.display().to_string(), &mut chunk);
     // One line each, so a message cannot be mistaken for the status.
-    chunk.push_str(&format!(
-        "\nlocal hs = dofile({})\nassert(type(hs) == 'table', 'the health script returned no table')\nio.write(tostring(hs.status), '\\n', tostring(hs.message))\n",
-        {
-            let mut path = String::new();
-            lua_string(&script.display().to_string(), &mut path);
-            path
-        }
-    ));
-    let output = Command::new(lua()).arg("-e").arg(&chunk).output().unwrap();
-    assert!(
-        output.status.success(),
-        "lua failed on {object}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    chunk.push_str(
+        ")\nassert(type(hs) == 'table', 'the health script returned no table')\n\
+         io.write(tostring(hs.status), '\\n', tostring(hs.message))\n",
     );
+    let output = Command::new(lua()).arg("-e").arg(&chunk).output().unwrap();
+    assert!(output.status.success(), "lua failed on {object}: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let (status, message) = stdout.split_once('\n').unwrap();
     Health { status: status.to_owned(), message: message.to_owned() }
@@ -171,10 +169,40 @@ fn fixtures_are_wharf_objects() {
 fn argo_cd_configuration_carries_the_script() {
     let folder = gitops();
     let script = std::fs::read_to_string(folder.join("health.lua")).unwrap();
-    let config: Value = serde_saphyr::from_str(&std::fs::read_to_string(folder.join("argocd-cm.yaml")).unwrap()).unwrap();
+    let config: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(folder.join("argocd-cm.yaml")).unwrap()).unwrap();
     assert_eq!(config["kind"], "ConfigMap");
     for kind in ["Domain", "Repository", "UpstreamPolicy"] {
         let key = format!("resource.customizations.health.wharf.dev_{kind}");
         assert_eq!(config["data"][&key].as_str(), Some(script.as_str()), "{key} differs from health.lua");
     }
+}
+
+/// Argo CD applies lower waves first and waits for them to be Healthy: in every example, each
+/// Domain must come before every Repository and UpstreamPolicy.
+#[test]
+fn examples_sync_domains_before_repositories() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for folder in ["local", "upstreams"] {
+        let path = examples.join(folder).join("wharf.yaml");
+        let documents: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let wave = |document: &Value| -> i64 {
+            let annotation = &document["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"];
+            let text = annotation.as_str().unwrap_or_else(|| panic!("{}: no sync wave on {document}", path.display()));
+            text.parse().unwrap()
+        };
+        let domains: Vec<i64> = documents.iter().filter(|d| d["kind"] == "Domain").map(wave).collect();
+        let dependents: Vec<i64> = documents.iter().filter(|d| d["kind"] != "Domain").map(wave).collect();
+        assert!(!domains.is_empty() && !dependents.is_empty(), "{}", path.display());
+        let last_domain = domains.iter().max().unwrap();
+        let first_dependent = dependents.iter().min().unwrap();
+        assert!(
+            last_domain < first_dependent,
+            "{}: a Repository or UpstreamPolicy syncs with or before a Domain",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
 }
