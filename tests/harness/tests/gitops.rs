@@ -206,3 +206,87 @@ fn examples_sync_domains_before_repositories() {
     }
     assert_eq!(checked, 2);
 }
+
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_saphyr::from_multiple::<Value>(&text).unwrap().into_iter().filter(|document| !document.is_null()).collect()
+}
+
+/// Every YAML document under `folder` (one level, as a Flux Kustomization without a
+/// kustomization.yaml reads it).
+fn folder_documents(folder: &Path) -> Vec<Value> {
+    let mut documents = Vec::new();
+    for entry in std::fs::read_dir(folder).unwrap_or_else(|error| panic!("{}: {error}", folder.display())) {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|extension| extension == "yaml") {
+            documents.extend(yaml_documents(&path));
+        }
+    }
+    documents
+}
+
+/// The Flux example holds together: the paths it names exist and hold what they should, the
+/// Kustomizations wait CRDs → operator → platform, and every Wharf object of the platform has
+/// a health check.
+#[test]
+fn flux_example_holds_together() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let documents = yaml_documents(&root.join("gitops/flux/wharf.yaml"));
+    let kustomization = |name: &str| {
+        documents
+            .iter()
+            .find(|document| document["kind"] == "Kustomization" && document["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Kustomization {name}"))
+    };
+    let depends_on = |name: &str| -> Vec<String> {
+        kustomization(name)["spec"]["dependsOn"]
+            .as_array()
+            .map(|list| list.iter().map(|entry| entry["name"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let folder = |name: &str| root.join(kustomization(name)["spec"]["path"].as_str().unwrap());
+    assert!(depends_on("wharf-crds").is_empty());
+    assert_eq!(depends_on("wharf-operator"), ["wharf-crds"]);
+    assert_eq!(depends_on("wharf-platform"), ["wharf-operator"]);
+    assert_eq!(kustomization("wharf-crds")["spec"]["prune"], false, "pruning CRDs deletes every Wharf object");
+
+    let crds = folder_documents(&folder("wharf-crds"));
+    assert_eq!(crds.len(), 3);
+    assert!(crds.iter().all(|document| document["kind"] == "CustomResourceDefinition"));
+
+    let operator = folder_documents(&folder("wharf-operator"));
+    let release = operator.iter().find(|document| document["kind"] == "HelmRelease").unwrap();
+    let chart = root.join(release["spec"]["chart"]["spec"]["chart"].as_str().unwrap());
+    assert!(chart.join("Chart.yaml").is_file(), "{}", chart.display());
+    let namespaces: Vec<&str> = operator
+        .iter()
+        .filter(|document| document["kind"] == "Namespace")
+        .map(|document| document["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(namespaces.contains(&release["metadata"]["namespace"].as_str().unwrap()));
+
+    let platform = kustomization("wharf-platform");
+    let target = platform["spec"]["targetNamespace"].as_str().unwrap();
+    assert!(namespaces.contains(&target), "the platform namespace {target} is created with the operator");
+    let checks: Vec<(String, String)> = platform["spec"]["healthChecks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|check| {
+            assert_eq!(check["namespace"], target);
+            (check["kind"].as_str().unwrap().to_owned(), check["name"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let objects: Vec<(String, String)> = folder_documents(&folder("wharf-platform"))
+        .iter()
+        .filter(|document| document["apiVersion"].as_str().is_some_and(|version| version.starts_with("wharf.dev/")))
+        .map(|document| {
+            (document["kind"].as_str().unwrap().to_owned(), document["metadata"]["name"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let mut sorted_checks = checks.clone();
+    sorted_checks.sort();
+    let mut sorted_objects = objects.clone();
+    sorted_objects.sort();
+    assert_eq!(sorted_checks, sorted_objects, "one health check for each Wharf object of the platform");
+}
