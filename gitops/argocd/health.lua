@@ -1,7 +1,8 @@
 -- Argo CD health of a Wharf Domain, Repository or UpstreamPolicy, read the way kstatus reads
 -- it: a status older than the spec says nothing yet; Stalled means a person must act; Ready
 -- means serving. Argo CD runs this with the object as the global `obj` and takes the returned
--- table's `status` and `message`. Written for Lua 5.1 (Argo CD's interpreter) and later.
+-- table's `status` and `message`. Written for Lua 5.1 (Argo CD's gopher-lua) and later, with
+-- the base library only: Argo CD opens no `string` or `math` for scripts from argocd-cm.
 
 -- Reasons the operator gives when only a change to some object can help. It reports these
 -- with Stalled=True as well; the list keeps Ready=False from reading as progress should a
@@ -61,7 +62,7 @@ local function health(object)
   if generation ~= nil and (observed == nil or observed < generation) then
     return {
       status = "Progressing",
-      message = "Waiting for the Wharf operator to observe generation " .. string.format("%d", generation),
+      message = "Waiting for the Wharf operator to observe generation " .. generation,
     }
   end
 

@@ -1,13 +1,16 @@
-//! The Argo CD health check (`gitops/argocd/health.lua`) run by a real Lua interpreter on the
-//! fixtures of `gitops/argocd/health_test.yaml`, exactly as Argo CD calls it: the object as the
-//! global `obj`, the script's returned table read for `status` and `message`. Also checks the
-//! fixtures are objects the Wharf types accept and that the Argo CD configuration carries the
-//! script unchanged. Starts one `lua` process per fixture; reads files under `gitops/`.
+//! The Argo CD health check (`gitops/argocd/health.lua`) on the fixtures of
+//! `gitops/argocd/health_test.yaml`, run twice: by the reference Lua interpreter (5.4) and by
+//! `tests/argocd-lua`, which runs it the way Argo CD does (gopher-lua, Lua 5.1, only the base,
+//! package and table libraries); both with the object as the global `obj` and the returned
+//! table read for `status` and `message`. Also: the fixtures are objects the Wharf types accept,
+//! the Argo CD configuration carries the script unchanged, the examples' sync waves, and the
+//! Flux example's consistency. Starts one process per fixture and interpreter; reads files.
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -114,19 +117,59 @@ fn run_health(script: &Path, object: &Value) -> Health {
     Health { status: status.to_owned(), message: message.to_owned() }
 }
 
+/// `tests/argocd-lua`: `WHARF_ARGOCD_LUA_BIN`, else what `tests/argocd-lua.sh` builds.
+fn argocd_lua() -> PathBuf {
+    if let Some(path) = std::env::var_os("WHARF_ARGOCD_LUA_BIN") {
+        return PathBuf::from(path);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../argocd-lua.sh");
+    let output = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().unwrap();
+    assert!(output.status.success(), "{} failed (it needs the Go toolchain)", script.display());
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().lines().last().unwrap().trim())
+}
+
+/// Runs `script` on `object` inside Argo CD's Lua sandbox.
+fn run_health_as_argo_cd(binary: &Path, script: &Path, object: &Value) -> Health {
+    let mut child = Command::new(binary)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(object.to_string().as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "Argo CD's sandbox failed on {object}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (status, message) = stdout.split_once('\n').unwrap();
+    Health { status: status.to_owned(), message: message.to_owned() }
+}
+
 #[test]
 fn health_check_reports_what_argo_cd_should_show() {
     let folder = gitops();
     let cases: HealthTests =
         serde_saphyr::from_str(&std::fs::read_to_string(folder.join("health_test.yaml")).unwrap()).unwrap();
     assert!(cases.tests.len() >= 9, "healthy, progressing and degraded fixtures of each kind");
+    let sandbox = argocd_lua();
     let mut failures = Vec::new();
     for case in &cases.tests {
         let object: Value = serde_saphyr::from_str(&std::fs::read_to_string(folder.join(&case.input_path)).unwrap())
             .unwrap_or_else(|error| panic!("{}: {error}", case.input_path));
-        let reported = run_health(&folder.join("health.lua"), &object);
-        if reported != case.health_status {
-            failures.push(format!("{}: expected {:?}, got {reported:?}", case.input_path, case.health_status));
+        let script = folder.join("health.lua");
+        for (interpreter, reported) in
+            [("lua", run_health(&script, &object)), ("Argo CD", run_health_as_argo_cd(&sandbox, &script, &object))]
+        {
+            if reported != case.health_status {
+                failures.push(format!(
+                    "{} ({interpreter}): expected {:?}, got {reported:?}",
+                    case.input_path, case.health_status
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
