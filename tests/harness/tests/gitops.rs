@@ -207,14 +207,46 @@ fn fixtures_are_wharf_objects() {
     assert!(checked >= 9);
 }
 
+/// What `gitops/argocd/argocd-cm.yaml` must hold: `script` under each kind's key.
+fn argocd_config(script: &str) -> String {
+    let mut config = String::from(
+        "# Argo CD's health checks for Wharf's kinds: merge into the argocd-cm ConfigMap of the Argo CD\n\
+         # installation (kubectl -n argocd patch configmap argocd-cm --patch-file gitops/argocd/argocd-cm.yaml).\n\
+         # Generated from health.lua: do not edit. Regenerate with\n\
+         # `WHARF_UPDATE_GITOPS=1 cargo test -p wharf-test-harness --test gitops`.\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\ndata:\n",
+    );
+    for kind in ["Domain", "Repository", "UpstreamPolicy"] {
+        config.push_str(&format!("  resource.customizations.health.wharf.dev_{kind}: |\n"));
+        for line in script.lines() {
+            if line.is_empty() {
+                config.push('\n');
+            } else {
+                config.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
+    config
+}
+
 /// The Argo CD configuration ships the script byte for byte, once per kind.
 #[test]
 fn argo_cd_configuration_carries_the_script() {
     let folder = gitops();
     let script = std::fs::read_to_string(folder.join("health.lua")).unwrap();
-    let config: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(folder.join("argocd-cm.yaml")).unwrap()).unwrap();
-    assert_eq!(config["kind"], "ConfigMap");
+    let path = folder.join("argocd-cm.yaml");
+    let expected = argocd_config(&script);
+    if std::env::var("WHARF_UPDATE_GITOPS").is_ok_and(|value| value == "1") {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&path).unwrap() == expected,
+        "gitops/argocd/argocd-cm.yaml is out of date; regenerate with \
+         `WHARF_UPDATE_GITOPS=1 cargo test -p wharf-test-harness --test gitops`"
+    );
+    // And YAML reads it back as the script itself.
+    let config: Value = serde_saphyr::from_str(&expected).unwrap();
+    assert_eq!(config["metadata"]["name"], "argocd-cm");
     for kind in ["Domain", "Repository", "UpstreamPolicy"] {
         let key = format!("resource.customizations.health.wharf.dev_{kind}");
         assert_eq!(config["data"][&key].as_str(), Some(script.as_str()), "{key} differs from health.lua");
