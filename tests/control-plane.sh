@@ -10,7 +10,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 module="$here/control-plane"
 version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2} $2 == "k8s.io/kubernetes" && $3 ~ /^v/ {print $3}' "$module/go.mod")"
-digest="$(cat "$module/go.mod" "$module/go.sum" "$module"/cmd/*/main.go | sha256sum | cut -c1-12)"
+digest="$(cat "$0" "$module/go.mod" "$module/go.sum" "$module"/cmd/*/main.go | sha256sum | cut -c1-12)"
 cache="${WHARF_CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wharf/control-plane}"
 bin="$cache/$version-$digest"
 
@@ -27,7 +27,12 @@ echo "control-plane.sh: building kube-apiserver and etcd $version into $bin (sev
 mkdir -p "$cache"
 staging="$(mktemp -d "$cache/.build.XXXXXX")"
 trap 'rm -rf "$staging"' EXIT
-(cd "$module" && go build -trimpath -ldflags=-s -o "$staging/" ./cmd/kube-apiserver ./cmd/etcd) >&2
+# Stamp the version as Kubernetes' own build does, so clients that check the server's version
+# (helm's kubeVersion, discovery) see v1.37.x rather than a development build.
+major="${version#v}"; minor="${major#*.}"; major="${major%%.*}"; minor="${minor%%.*}"
+stamp="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=$major"
+stamp="$stamp -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+(cd "$module" && go build -trimpath -ldflags="-s $stamp" -o "$staging/" ./cmd/kube-apiserver ./cmd/etcd) >&2
 rm -rf "$bin"
 mv "$staging" "$bin"
 trap - EXIT

@@ -27,6 +27,16 @@ if [ -z "$CARGO_MINOR" ] || [ "$CARGO_MINOR" -lt 74 ]; then
 fi
 need go "install the Go toolchain, 1.21 or newer"
 need mvn "Debian: apt-get install maven"
+# The Argo CD health checks (gitops/argocd/health.lua) are tested with a real Lua.
+if ! command -v lua5.4 >/dev/null 2>&1 && ! command -v lua >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "install-clients: installing lua5.4 with apt-get"
+        apt-get install -y -qq lua5.4 >/dev/null || { apt-get update -qq && apt-get install -y -qq lua5.4 >/dev/null; }
+    else
+        echo "install-clients: a Lua interpreter is required (Debian: apt-get install lua5.4)" >&2
+        exit 1
+    fi
+fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
     echo "install-clients: Python clients already in $TOOLS_DIR/venv"

@@ -1,0 +1,335 @@
+//! The Helm charts (`charts/wharf`, `charts/wharf-crds`) with a real helm and the real
+//! apiserver: lint; the CRD chart generated from the Wharf types; the operator's ClusterRole
+//! exactly the one the operator is tested under; an upgrade of the CRD chart updates the CRDs;
+//! every rendered object, the restricted Pod Security of the operator's pod and the examples
+//! accepted by a server-side dry-run. Runs helm (built by `tests/helm.sh`) in temp dirs, starts
+//! the harness's control plane, reads and (with `WHARF_UPDATE_CRDS=1`) writes chart files.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use wharf_test_harness::{ControlPlane, TEST_FIELD_MANAGER, apply_yaml, dynamic_api, ensure_namespace, eventually};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// helm from `WHARF_HELM_BIN` or `tests/helm.sh`; `None` (and a note why) when neither gives
+/// one, e.g. on a machine without Go.
+fn helm() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("WHARF_HELM_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let script = root().join("tests/helm.sh");
+    match Command::new("bash").arg(&script).stderr(Stdio::inherit()).output() {
+        Ok(output) if output.status.success() => {
+            let stdout = String::from_utf8(output.stdout).unwrap();
+            stdout.lines().last().map(|line| PathBuf::from(line.trim()))
+        }
+        outcome => {
+            eprintln!("skipped: WHARF_HELM_BIN is unset and {} failed ({outcome:?})", script.display());
+            None
+        }
+    }
+}
+
+/// A helm command with its own config, cache and data folders, so nothing of the user's
+/// helm set-up (repositories, plugins) takes part.
+struct Helm {
+    binary: PathBuf,
+    home: tempfile::TempDir,
+}
+
+impl Helm {
+    fn new() -> Option<Helm> {
+        Some(Helm { binary: helm()?, home: tempfile::tempdir().unwrap() })
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let home = self.home.path();
+        let output = Command::new(&self.binary)
+            .args(args)
+            .current_dir(root())
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        if output.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!("helm {}: {}{stdout}", args.join(" "), String::from_utf8_lossy(&output.stderr)))
+        }
+    }
+}
+
+/// What `charts/wharf-crds/templates/{name}` must hold: the CRD as `wharf_api::crds()` gives it,
+/// which `crds/` and `wharf-operator crd` also print, kept on `helm uninstall`.
+fn crd_templates() -> Vec<(String, String)> {
+    wharf_api::crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.clone().unwrap());
+            let mut value = serde_json::to_value(&crd).unwrap();
+            // Deleting a CRD deletes every object of its kind, and with them what the
+            // Domains' finalizers guard; an uninstall of the chart must not do that.
+            value["metadata"]["annotations"] = json!({"helm.sh/resource-policy": "keep"});
+            let header = "# Generated from the Wharf resource types: do not edit. Regenerate with\n\
+                          # `WHARF_UPDATE_CRDS=1 cargo test -p wharf-test-harness --test chart`.\n";
+            (name, format!("{header}{}", serde_saphyr::to_string(&value).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn crd_chart_matches_the_types() {
+    let folder = root().join("charts/wharf-crds/templates");
+    let update = std::env::var("WHARF_UPDATE_CRDS").is_ok_and(|value| value == "1");
+    let expected = crd_templates();
+    let mut stale = Vec::new();
+    for (name, yaml) in &expected {
+        let path = folder.join(name);
+        if std::fs::read_to_string(&path).unwrap_or_default() != *yaml {
+            if update {
+                std::fs::write(&path, yaml).unwrap();
+            } else {
+                stale.push(name.clone());
+            }
+        }
+    }
+    let mut unexpected = Vec::new();
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !expected.iter().any(|(known, _)| *known == name) {
+            if update {
+                std::fs::remove_file(folder.join(&name)).unwrap();
+            } else {
+                unexpected.push(name);
+            }
+        }
+    }
+    assert!(
+        stale.is_empty() && unexpected.is_empty(),
+        "charts/wharf-crds/templates is out of date (stale: {stale:?}, not generated: {unexpected:?}); \
+         regenerate with `WHARF_UPDATE_CRDS=1 cargo test -p wharf-test-harness --test chart`"
+    );
+
+    // Where the repository has the checked-in crds/ folder, the chart says the same.
+    let checked_in = root().join("crds");
+    if checked_in.is_dir() {
+        for (name, yaml) in &expected {
+            let mut chart: Value = serde_saphyr::from_str(yaml).unwrap();
+            chart["metadata"].as_object_mut().unwrap().remove("annotations");
+            let file: Value = serde_saphyr::from_str(&std::fs::read_to_string(checked_in.join(name)).unwrap()).unwrap();
+            assert_eq!(chart, file, "charts/wharf-crds/templates/{name} differs from crds/{name}");
+        }
+    }
+}
+
+#[test]
+fn charts_lint() {
+    let Some(helm) = Helm::new() else { return };
+    for chart in ["charts/wharf", "charts/wharf-crds"] {
+        let output = helm.run(&["lint", "--strict", chart]).unwrap();
+        assert!(output.contains("0 chart(s) failed"), "{output}");
+    }
+    // Values the schema refuses, and the one combination the templates refuse.
+    let refused = helm.run(&["template", "charts/wharf", "--set", "logFormat=xml"]).unwrap_err();
+    assert!(refused.contains("logFormat"), "{refused}");
+    let refused = helm
+        .run(&["template", "charts/wharf", "--set", "replicaCount=2", "--set", "leaderElection.enabled=false"])
+        .unwrap_err();
+    assert!(refused.contains("needs leaderElection.enabled"), "{refused}");
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(yaml).unwrap().into_iter().filter(|document| !document.is_null()).collect()
+}
+
+/// The ClusterRole rules as a comparable list: each rule's lists sorted.
+fn normalized_rules(role: &Value) -> Vec<Value> {
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            let mut rule = rule.as_object().unwrap().clone();
+            for list in rule.values_mut() {
+                if let Value::Array(items) = list {
+                    items.sort_by_key(|item| item.to_string());
+                }
+            }
+            Value::Object(rule)
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_role_is_the_operators() {
+    let Some(helm) = Helm::new() else { return };
+    let operator_role = root().join("operator/rbac/cluster-role.yaml");
+    if !operator_role.is_file() {
+        eprintln!("skipped: {} is not in this tree yet", operator_role.display());
+        return;
+    }
+    let rendered = documents(&helm.run(&["template", "wharf", "charts/wharf", "-n", "wharf-system"]).unwrap());
+    let chart_role = rendered.iter().find(|document| document["kind"] == "ClusterRole").unwrap();
+    let operator: Value = serde_saphyr::from_str(&std::fs::read_to_string(&operator_role).unwrap()).unwrap();
+    assert_eq!(
+        normalized_rules(chart_role),
+        normalized_rules(&operator),
+        "charts/wharf/templates/clusterrole.yaml must grant exactly what operator/rbac/cluster-role.yaml does"
+    );
+}
+
+/// Server-side apply with `dryRun=All`: the apiserver validates, defaults and admits the
+/// object (schemas, RBAC escalation checks, Pod Security) and stores nothing.
+async fn dry_run_apply(client: &kube::Client, document: &Value, namespace: &str) -> Result<DynamicObject, String> {
+    let object: DynamicObject = serde_json::from_value(document.clone()).unwrap();
+    let api = dynamic_api(client, &object, Some(namespace)).await.map_err(|error| format!("{error:#}"))?;
+    let name = object.metadata.name.clone().unwrap();
+    let params = PatchParams::apply(TEST_FIELD_MANAGER).force().dry_run();
+    api.patch(&name, &params, &Patch::Apply(document))
+        .await
+        .map_err(|error| format!("{} {name}: {error}", object.types.unwrap().kind))
+}
+
+async fn crd(client: &kube::Client, name: &str) -> CustomResourceDefinition {
+    Api::<CustomResourceDefinition>::all(client.clone()).get(name).await.unwrap()
+}
+
+fn printer_columns(crd: &CustomResourceDefinition) -> Vec<String> {
+    crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|column| column.name.clone()).collect()
+}
+
+/// The platform team's path: the CRD chart installed at an older version and upgraded (the
+/// CRDs change, which a `crds/` folder would not do), then the operator chart and the examples
+/// through a server-side dry-run, and the operator's pod admitted under restricted Pod Security.
+#[tokio::test]
+async fn crd_chart_upgrades_and_everything_is_accepted() {
+    let Some(helm) = Helm::new() else { return };
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    let kubeconfig = plane.admin_kubeconfig().unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+
+    // The previous chart version: the same CRDs, but Repository lacks its printer columns.
+    let previous = tempfile::tempdir().unwrap();
+    let previous_chart = previous.path().join("wharf-crds");
+    std::fs::create_dir_all(previous_chart.join("templates")).unwrap();
+    let chart_yaml = std::fs::read_to_string(root().join("charts/wharf-crds/Chart.yaml")).unwrap();
+    std::fs::write(previous_chart.join("Chart.yaml"), chart_yaml.replace("\nversion: ", "\nversion: 0.0.1-")).unwrap();
+    for (name, yaml) in crd_templates() {
+        let mut value: Value = serde_saphyr::from_str(&yaml).unwrap();
+        if name == "repositories.wharf.dev.yaml" {
+            value["spec"]["versions"][0].as_object_mut().unwrap().remove("additionalPrinterColumns");
+        }
+        std::fs::write(previous_chart.join("templates").join(name), serde_saphyr::to_string(&value).unwrap()).unwrap();
+    }
+    let install = |chart: &Path, verb: &str| {
+        helm.run(&[
+            "--kubeconfig",
+            kubeconfig,
+            verb,
+            "wharf-crds",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "wharf-system",
+            "--create-namespace",
+        ])
+    };
+    install(&previous_chart, "install").unwrap();
+    assert!(printer_columns(&crd(&admin, "repositories.wharf.dev").await).is_empty());
+
+    install(&root().join("charts/wharf-crds"), "upgrade").unwrap();
+    let upgraded = crd(&admin, "repositories.wharf.dev").await;
+    assert!(printer_columns(&upgraded).contains(&"Domain".to_owned()), "{:?}", printer_columns(&upgraded));
+    let history = helm.run(&["--kubeconfig", kubeconfig, "history", "wharf-crds", "-n", "wharf-system"]).unwrap();
+    assert!(history.contains("wharf-crds-0.0.1-0.1.0") && history.contains("wharf-crds-0.1.0"), "{history}");
+    eventually(Duration::from_secs(30), "Wharf kinds served", || {
+        let admin = admin.clone();
+        async move {
+            let discovery = kube::Discovery::new(admin).run().await.map_err(|error| error.to_string())?;
+            let group = discovery.get("wharf.dev").ok_or("no wharf.dev group yet")?;
+            let count = group.recommended_resources().len();
+            if count == 3 { Ok(()) } else { Err(format!("{count} kinds")) }
+        }
+    })
+    .await
+    .unwrap();
+
+    // Every object of the operator chart, with values other than the defaults too.
+    for values in [&[][..], &["--set", "replicaCount=2", "--set", "watchNamespaces={team-web,team-api}"][..]] {
+        let mut args = vec!["template", "wharf", "charts/wharf", "--namespace", "wharf-system"];
+        args.extend_from_slice(values);
+        let rendered = documents(&helm.run(&args).unwrap());
+        let kinds: Vec<&str> = rendered.iter().map(|document| document["kind"].as_str().unwrap()).collect();
+        for kind in
+            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"]
+        {
+            assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+        }
+        for document in &rendered {
+            dry_run_apply(&admin, document, "wharf-system").await.unwrap();
+        }
+    }
+
+    // Nothing of the dry-run was stored.
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), "wharf-system");
+    assert!(deployments.get_opt("wharf").await.unwrap().is_none());
+
+    // Pod Security admits pods, not Deployments: dry-run the Deployment's pod in a namespace
+    // that enforces the restricted standard (with its ServiceAccount, which admission looks up).
+    let rendered =
+        documents(&helm.run(&["template", "wharf", "charts/wharf", "--namespace", "wharf-restricted"]).unwrap());
+    apply_yaml(
+        &admin,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: wharf-restricted\n  labels:\n    \
+         pod-security.kubernetes.io/enforce: restricted\n    pod-security.kubernetes.io/enforce-version: latest\n",
+        None,
+    )
+    .await
+    .unwrap();
+    let account = rendered.iter().find(|document| document["kind"] == "ServiceAccount").unwrap();
+    apply_yaml(&admin, &serde_json::to_string(account).unwrap(), Some("wharf-restricted")).await.unwrap();
+    let deployment = rendered.iter().find(|document| document["kind"] == "Deployment").unwrap();
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), "wharf-restricted");
+    let template = &deployment["spec"]["template"];
+    let pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "wharf-operator-pod-security", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }))
+    .unwrap();
+    pods.create(&PostParams { dry_run: true, field_manager: None }, &pod).await.unwrap();
+    // And the check bites: the same pod without its security context is refused.
+    let mut loose = serde_json::to_value(&pod).unwrap();
+    loose["spec"]["containers"][0].as_object_mut().unwrap().remove("securityContext");
+    let error = pods
+        .create(&PostParams { dry_run: true, field_manager: None }, &serde_json::from_value(loose).unwrap())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("restricted"), "{error}");
+
+    // The examples, sync-wave annotations and all, against the CRDs the chart installed.
+    ensure_namespace(&admin, "wharf-examples").await.unwrap();
+    for folder in ["local", "upstreams"] {
+        let folder = root().join("examples").join(folder);
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            for document in documents(&std::fs::read_to_string(&path).unwrap()) {
+                dry_run_apply(&admin, &document, "wharf-examples")
+                    .await
+                    .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            }
+        }
+    }
+}
