@@ -180,6 +180,11 @@ pub mod keys {
     pub fn token_signing_key() -> Path {
         path(["keys", "token-signing"])
     }
+
+    /// Everything one Repository holds (what `deletionPolicy: Delete` removes).
+    pub fn repository(repo: &str) -> Path {
+        path(["repositories", repo])
+    }
 }
 
 impl Storage {
@@ -195,6 +200,31 @@ impl Storage {
 
     pub fn is_exclusive(&self) -> bool {
         self.exclusive
+    }
+
+    /// Deletes every object under `prefix` (everything when `None`) and returns how many
+    /// were deleted. For `deletionPolicy: Delete`: a Repository's records
+    /// ([`keys::repository`]) or a whole Domain. Blobs a purged Repository shared with others
+    /// stay; unreferenced ones are left to garbage collection. Idempotent: a purge that was
+    /// interrupted is finished by running it again.
+    pub async fn purge(&self, prefix: Option<&Path>) -> Result<usize, StorageError> {
+        let location = prefix.cloned().unwrap_or_default();
+        let listed: Vec<_> = self
+            .store
+            .list(prefix)
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store("list", &location, e))?;
+        for key in &listed {
+            match self.store.delete(key).await {
+                // Deleted meanwhile by another purge: the goal is reached.
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StorageError::store("delete", key, e)),
+            }
+        }
+        self.small_blobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).blobs.clear();
+        Ok(listed.len())
     }
 
     /// Streams `body` into a content-addressed blob, hashing as it goes,
@@ -657,5 +687,32 @@ mod tests {
         let b = storage.token_signing_key().await.unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 32);
+    }
+
+    #[tokio::test]
+    async fn purge_removes_one_repository_or_everything_on_a_local_folder() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder.path()).unwrap();
+        let storage = Storage::exclusive(Arc::new(store));
+        for key in [
+            keys::version_record("web", "npm", "left-pad", "1.0.0"),
+            keys::version_record("web", "pypi", "demo", "1.0"),
+            keys::version_record("webby", "npm", "left-pad", "1.0.0"),
+            keys::version_record("api", "npm", "left-pad", "1.0.0"),
+        ] {
+            assert!(matches!(storage.create_json(&key, &serde_json::json!({})).await.unwrap(), Created::Created));
+        }
+        storage.put_small_blob(Bytes::from_static(b"shared")).await.unwrap();
+
+        assert_eq!(storage.purge(Some(&keys::repository("web"))).await.unwrap(), 2);
+        let left: Vec<String> =
+            storage.store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(left.len(), 3, "`webby` is not under `web/`, blobs stay: {left:?}");
+        assert!(left.iter().any(|key| key.starts_with("repositories/webby/")), "{left:?}");
+        assert_eq!(storage.purge(Some(&keys::repository("web"))).await.unwrap(), 0, "idempotent");
+
+        assert_eq!(storage.purge(None).await.unwrap(), 3);
+        let left: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
