@@ -3,6 +3,7 @@
 //! the controllers do the I/O.
 
 pub mod conditions;
+pub mod controller;
 pub mod render;
 pub mod resolve;
 pub mod selector;
