@@ -388,15 +388,39 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Runs a reflector for `api` in the background and returns its cache.
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// A cache fed by one watch, whose subscribers hear of an object only after the cache holds
+/// it. Controllers trigger from these subscriptions and read the same caches, so a
+/// reconcile never sees an older object than the event that started it (two separate
+/// watches of one kind race, and the loser's reconcile reads stale data and then waits).
+struct SharedCache<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: Store<K>,
+    writer: reflector::store::Writer<K>,
+}
+
+/// Room for events a slow subscriber has not read yet; the watch waits when it is full.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+impl<K> SharedCache<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
-    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
-    reader
+    fn new() -> Self {
+        let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+        SharedCache { reader, writer }
+    }
+
+    /// A stream of objects as they enter the cache.
+    fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        // Always `Some` for a cache made by `store_shared`; an empty stream otherwise.
+        futures::stream::iter(self.writer.subscribe()).flatten()
+    }
+
+    /// Starts the watch that fills the cache and feeds the subscribers.
+    fn start(self, api: Api<K>, config: watcher::Config) -> Store<K> {
+        let stream = reflector::reflector(self.writer, watcher(api, config)).default_backoff().touched_objects();
+        tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+        self.reader
+    }
 }
 
 /// Runs the three controllers until SIGTERM or SIGINT.
@@ -409,33 +433,34 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     use kube::runtime::controller::Config;
 
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    let domain_controller = Controller::new(Api::<Domain>::all(client.clone()), watcher::Config::default())
-        .with_config(Config::default().debounce(Duration::from_millis(500)));
-    let repository_controller = Controller::new(Api::<Repository>::all(client.clone()), watcher::Config::default());
-    let policy_controller = Controller::new(Api::<UpstreamPolicy>::all(client.clone()), watcher::Config::default());
-    let namespaces = spawn_reflector(Api::<Namespace>::all(client.clone()), watcher::Config::default());
-    let config_maps = spawn_reflector(Api::<ConfigMap>::all(client.clone()), managed());
+    let domains = SharedCache::<Domain>::new();
+    let repositories = SharedCache::<Repository>::new();
+    let policies = SharedCache::<UpstreamPolicy>::new();
+    let namespaces = SharedCache::<Namespace>::new();
+    let config_maps = SharedCache::<ConfigMap>::new();
 
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
-        domains: domain_controller.store(),
-        repositories: repository_controller.store(),
-        policies: policy_controller.store(),
-        namespaces,
-        config_maps,
+        domains: domains.reader.clone(),
+        repositories: repositories.reader.clone(),
+        policies: policies.reader.clone(),
+        namespaces: namespaces.reader.clone(),
+        config_maps: config_maps.reader.clone(),
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.to_owned(), instance: None }),
         failures: Mutex::new(HashMap::new()),
         served: Mutex::new(HashMap::new()),
     });
 
-    let domains_of_repositories = {
+    // Domain: its children (deleted or edited ones come back), the Repositories and
+    // policies it renders, and namespace labels when it admits by selector.
+    let domains_of_policy = {
         let repositories = ctx.repositories.clone();
-        move |policy: UpstreamPolicy| policy_domains(&policy, &repositories)
+        move |policy: Arc<UpstreamPolicy>| policy_domains(&policy, &repositories)
     };
     let selector_domains = {
         let domains = ctx.domains.clone();
-        move |_: Namespace| {
+        move |_: Arc<Namespace>| {
             domains
                 .state()
                 .iter()
@@ -455,7 +480,8 @@ pub async fn run(client: Client, settings: RegistrySettings) {
             })
             .collect::<Vec<_>>()
     };
-    let domains = domain_controller
+    let domain_controller = Controller::for_shared_stream(domains.subscribe(), ctx.domains.clone())
+        .with_config(Config::default().debounce(Duration::from_millis(500)))
         .owns(Api::<ConfigMap>::all(client.clone()), managed())
         .owns(Api::<Secret>::all(client.clone()), managed())
         .owns(Api::<ServiceAccount>::all(client.clone()), managed())
@@ -466,22 +492,37 @@ pub async fn run(client: Client, settings: RegistrySettings) {
         .owns(Api::<Service>::all(client.clone()), managed())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
         .watches(Api::<ClusterRoleBinding>::all(client.clone()), managed(), domain_of_binding)
-        .watches(Api::<Repository>::all(client.clone()), watcher::Config::default(), |repository: Repository| {
+        .watches_shared_stream(repositories.subscribe(), |repository: Arc<Repository>| {
             Some(repository_domain(&repository))
         })
-        .watches(Api::<UpstreamPolicy>::all(client.clone()), watcher::Config::default(), domains_of_repositories)
-        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), selector_domains)
+        .watches_shared_stream(policies.subscribe(), domains_of_policy)
+        .watches_shared_stream(namespaces.subscribe(), selector_domains)
         .shutdown_on_signal()
         .run(domain::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
+    // Repository: every Repository of a Domain can change with its Domain, with its
+    // rendered configuration (which says who won a name, who is on a cycle) and with the
+    // labels of its namespace.
     let repositories_of_domain = {
         let repositories = ctx.repositories.clone();
-        move |domain: Domain| repositories_referring_to(&repositories, &domain)
+        let seen: Mutex<HashMap<ObjectKey, DomainState>> = Mutex::new(HashMap::new());
+        move |domain: Arc<Domain>| {
+            // A Domain's status changes with every Repository it renders; its Repositories
+            // only care when its spec or its readiness moved.
+            let state = domain_state(&domain);
+            let key = crate::resolve::key_of(&domain.metadata);
+            let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if seen.get(&key) == Some(&state) {
+                return Vec::new();
+            }
+            seen.insert(key, state);
+            repositories_referring_to(&repositories, &domain)
+        }
     };
     let repositories_of_config = {
         let repositories = ctx.repositories.clone();
-        move |config_map: ConfigMap| {
+        move |config_map: Arc<ConfigMap>| {
             let namespace = config_map.namespace().unwrap_or_default();
             let name = config_map.name_any();
             let Some(domain) = name.strip_prefix("wharf-").and_then(|rest| rest.strip_suffix("-config")) else {
@@ -494,7 +535,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     };
     let repositories_in_namespace = {
         let repositories = ctx.repositories.clone();
-        move |namespace: Namespace| {
+        move |namespace: Arc<Namespace>| {
             let name = namespace.name_any();
             repositories
                 .state()
@@ -504,28 +545,50 @@ pub async fn run(client: Client, settings: RegistrySettings) {
                 .collect::<Vec<_>>()
         }
     };
-    let repositories = repository_controller
-        .watches(Api::<Domain>::all(client.clone()), watcher::Config::default(), repositories_of_domain)
-        .watches(Api::<ConfigMap>::all(client.clone()), managed(), repositories_of_config)
-        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), repositories_in_namespace)
+    let repository_controller = Controller::for_shared_stream(repositories.subscribe(), ctx.repositories.clone())
+        .watches_shared_stream(domains.subscribe(), repositories_of_domain)
+        .watches_shared_stream(config_maps.subscribe(), repositories_of_config)
+        .watches_shared_stream(namespaces.subscribe(), repositories_in_namespace)
         .shutdown_on_signal()
         .run(repository::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
+    // UpstreamPolicy: its verdict follows the Domains and the Repositories it targets.
     let every_policy = |store: Store<UpstreamPolicy>| {
         move || store.state().iter().map(|policy| ObjectRef::from_obj(policy.as_ref())).collect::<Vec<_>>()
     };
     let policies_for_domain = every_policy(ctx.policies.clone());
-    let policies_for_repository = every_policy(ctx.policies.clone());
-    let policies = policy_controller
-        .watches(Api::<Domain>::all(client.clone()), watcher::Config::default(), move |_: Domain| policies_for_domain())
-        .watches(Api::<ConfigMap>::all(client.clone()), managed(), move |_: ConfigMap| policies_for_repository())
+    let policies_for_config = every_policy(ctx.policies.clone());
+    let policy_controller = Controller::for_shared_stream(policies.subscribe(), ctx.policies.clone())
+        .watches_shared_stream(domains.subscribe(), move |_: Arc<Domain>| policies_for_domain())
+        .watches_shared_stream(config_maps.subscribe(), move |_: Arc<ConfigMap>| policies_for_config())
         .shutdown_on_signal()
         .run(policy::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
+    // Every subscription exists now; start the watches that feed them.
+    domains.start(Api::all(client.clone()), watcher::Config::default());
+    repositories.start(Api::all(client.clone()), watcher::Config::default());
+    policies.start(Api::all(client.clone()), watcher::Config::default());
+    namespaces.start(Api::all(client.clone()), watcher::Config::default());
+    config_maps.start(Api::all(client.clone()), managed());
+
     tracing::info!("controllers started");
-    futures::join!(domains, repositories, policies);
+    futures::join!(domain_controller, repository_controller, policy_controller);
+}
+
+/// What the Repositories of a Domain depend on: its spec (generation), whether its status
+/// describes that spec, its readiness, and whether it is being deleted.
+type DomainState = (Option<i64>, Option<i64>, Option<(String, String)>, bool);
+
+fn domain_state(domain: &Domain) -> DomainState {
+    let status = domain.status.as_ref();
+    (
+        domain.metadata.generation,
+        status.and_then(|status| status.observed_generation),
+        status.and_then(|status| crate::conditions::ready_state(&status.conditions)),
+        domain.metadata.deletion_timestamp.is_some(),
+    )
 }
 
 /// The Domain a Repository refers to (its `domainRef` namespace defaults to its own).

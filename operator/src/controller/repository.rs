@@ -84,11 +84,17 @@ async fn apply_repository(repository: &Repository, ctx: &Context) -> Result<Acti
                         format!("waiting for Domain {domain_label} to render this Repository into its configuration"),
                     )
                 } else if !domain_ready {
+                    // The reason only: the Domain's message changes with every Repository,
+                    // and copying it would rewrite every Repository's status each time.
                     let why = domain_status
                         .and_then(|status| find_condition(&status.conditions, wharf_api::CONDITION_READY))
-                        .map(|ready| ready.message.clone())
-                        .unwrap_or_else(|| "not reconciled yet".to_owned());
-                    Outcome::reconciling("DomainNotReady", format!("Domain {domain_label} is not Ready: {why}"))
+                        .filter(|_| domain_current)
+                        .map_or("not reconciled yet", |ready| ready.reason.as_str())
+                        .to_owned();
+                    Outcome::reconciling(
+                        "DomainNotReady",
+                        format!("Domain {domain_label} is not Ready ({why}); see its status"),
+                    )
                 } else {
                     Outcome::ready(
                         "Served",
