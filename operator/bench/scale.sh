@@ -8,7 +8,8 @@
 # Needs kubectl, openssl, python3 and the control-plane binaries that tests/control-plane.sh
 # builds (WHARF_CONTROL_PLANE_BIN, or the newest ~/.cache/wharf/control-plane/*/). The
 # operator runs under exactly operator/rbac/cluster-role.yaml, as ServiceAccount
-# wharf-system/wharf-operator. The harness has no kubelet: the script marks the registry
+# wharf-system/wharf-operator. WHARF_SCALE_TIMEOUT (seconds, default 600) bounds the wait
+# for Ready. The harness has no kubelet: the script marks the registry
 # Deployment available, as the test harness's Kubelet helper does.
 set -euo pipefail
 count=${1:-200}
@@ -100,8 +101,10 @@ while true; do
     fi
   fi
   [ "$(ready_count)" -ge "$count" ] && break
-  if (( $(python3 -c "import time; print(int(time.time() - $start))") > 600 )); then
-    echo "timed out: $(ready_count) of $count Ready" >&2; exit 1
+  if (( $(python3 -c "import time; print(int(time.time() - $start))") > ${WHARF_SCALE_TIMEOUT:-600} )); then
+    echo "timed out: $(ready_count) of $count Ready; the operator said:" >&2
+    grep -v 'cert bypassed' "$dir/operator.log" | tail -20 >&2
+    exit 1
   fi
   sleep 0.5
 done
@@ -130,3 +133,5 @@ PY
 echo "API writes to operator-managed kinds in 30 s of steady state: $writes"
 grep -E 'VmHWM|VmRSS' "/proc/$operator_pid/status" | tr -s ' \t' ' '
 echo "operator CPU time: $(ps -o time= -p "$operator_pid")"
+echo "operator warnings: $(grep -E 'WARN|ERROR' "$dir/operator.log" | grep -c -v 'cert bypassed' || true)"
+grep -E 'WARN|ERROR' "$dir/operator.log" | grep -v 'cert bypassed' | head -5 || true
