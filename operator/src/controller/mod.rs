@@ -41,6 +41,9 @@ pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=wharf-operator"
 /// How often a healthy object is looked at again without any change (drift that raised no
 /// watch event, such as a missed one).
 const RESYNC: Duration = Duration::from_secs(15 * 60);
+/// How soon an object waiting on another one (a Repository on its Domain's rollout) is
+/// looked at again, as a backstop to the watches that should wake it.
+const WAITING_RECHECK: Duration = Duration::from_secs(10);
 /// Longest wait between retries of a failing object.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -392,40 +395,23 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A cache fed by one watch, whose subscribers hear of an object only after the cache holds
-/// it. Controllers trigger from these subscriptions and read the same caches, so a
-/// reconcile never sees an older object than the event that started it (two separate
-/// watches of one kind race, and the loser's reconcile reads stale data and then waits).
-struct SharedCache<K: Resource<DynamicType = ()> + Clone + 'static> {
-    reader: Store<K>,
-    writer: reflector::store::Writer<K>,
-}
-
-/// Room for events a slow subscriber has not read yet; the watch waits when it is full.
-const SUBSCRIBER_BUFFER: usize = 1024;
-
-impl<K> SharedCache<K>
+/// Runs a reflector for `api` in the background and returns its cache.
+fn spawn_cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    fn new() -> Self {
-        let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        SharedCache { reader, writer }
-    }
-
-    /// A stream of objects as they enter the cache.
-    fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
-        // Always `Some` for a cache made by `store_shared`; an empty stream otherwise.
-        futures::stream::iter(self.writer.subscribe()).flatten()
-    }
-
-    /// Starts the watch that fills the cache and feeds the subscribers.
-    fn start(self, api: Api<K>, config: watcher::Config) -> Store<K> {
-        let stream = reflector::reflector(self.writer, watcher(api, config)).default_backoff().touched_objects();
-        tokio::spawn(stream.for_each(|_| futures::future::ready(())));
-        self.reader
-    }
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    reader
 }
+
+/// How long a controller waits after the last event for an object before reconciling it.
+/// Reconciles read caches fed by other watches than the one that triggered them; the wait
+/// lets those caches catch up (they trail by milliseconds), so a reconcile does not judge
+/// from an older object than the one that triggered it. It also folds bursts (200
+/// Repositories applied at once) into few reconciles.
+const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Runs the three controllers until SIGTERM or SIGINT.
 pub async fn run(client: Client, settings: RegistrySettings) {
@@ -437,20 +423,22 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     use kube::runtime::controller::Config;
 
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    let domains = SharedCache::<Domain>::new();
-    let repositories = SharedCache::<Repository>::new();
-    let policies = SharedCache::<UpstreamPolicy>::new();
-    let namespaces = SharedCache::<Namespace>::new();
-    let config_maps = SharedCache::<ConfigMap>::new();
+    let config = || Config::default().debounce(DEBOUNCE);
+    let domain_controller =
+        Controller::new(Api::<Domain>::all(client.clone()), watcher::Config::default()).with_config(config());
+    let repository_controller =
+        Controller::new(Api::<Repository>::all(client.clone()), watcher::Config::default()).with_config(config());
+    let policy_controller =
+        Controller::new(Api::<UpstreamPolicy>::all(client.clone()), watcher::Config::default()).with_config(config());
 
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
-        domains: domains.reader.clone(),
-        repositories: repositories.reader.clone(),
-        policies: policies.reader.clone(),
-        namespaces: namespaces.reader.clone(),
-        config_maps: config_maps.reader.clone(),
+        domains: domain_controller.store(),
+        repositories: repository_controller.store(),
+        policies: policy_controller.store(),
+        namespaces: spawn_cache(Api::<Namespace>::all(client.clone()), watcher::Config::default()),
+        config_maps: spawn_cache(Api::<ConfigMap>::all(client.clone()), managed()),
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.to_owned(), instance: None }),
         failures: Mutex::new(HashMap::new()),
         served: Mutex::new(HashMap::new()),
@@ -460,11 +448,11 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     // policies it renders, and namespace labels when it admits by selector.
     let domains_of_policy = {
         let repositories = ctx.repositories.clone();
-        move |policy: Arc<UpstreamPolicy>| policy_domains(&policy, &repositories)
+        move |policy: UpstreamPolicy| policy_domains(&policy, &repositories)
     };
     let selector_domains = {
         let domains = ctx.domains.clone();
-        move |_: Arc<Namespace>| {
+        move |_: Namespace| {
             domains
                 .state()
                 .iter()
@@ -484,8 +472,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
             })
             .collect::<Vec<_>>()
     };
-    let domain_controller = Controller::for_shared_stream(domains.subscribe(), ctx.domains.clone())
-        .with_config(Config::default().debounce(Duration::from_millis(500)))
+    let domains = domain_controller
         .owns(Api::<ConfigMap>::all(client.clone()), managed())
         .owns(Api::<Secret>::all(client.clone()), managed())
         .owns(Api::<ServiceAccount>::all(client.clone()), managed())
@@ -496,11 +483,11 @@ pub async fn run(client: Client, settings: RegistrySettings) {
         .owns(Api::<Service>::all(client.clone()), managed())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
         .watches(Api::<ClusterRoleBinding>::all(client.clone()), managed(), domain_of_binding)
-        .watches_shared_stream(repositories.subscribe(), |repository: Arc<Repository>| {
+        .watches(Api::<Repository>::all(client.clone()), watcher::Config::default(), |repository: Repository| {
             Some(repository_domain(&repository))
         })
-        .watches_shared_stream(policies.subscribe(), domains_of_policy)
-        .watches_shared_stream(namespaces.subscribe(), selector_domains)
+        .watches(Api::<UpstreamPolicy>::all(client.clone()), watcher::Config::default(), domains_of_policy)
+        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), selector_domains)
         .shutdown_on_signal()
         .run(domain::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
@@ -511,7 +498,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     let repositories_of_domain = {
         let repositories = ctx.repositories.clone();
         let seen: Mutex<HashMap<ObjectKey, DomainState>> = Mutex::new(HashMap::new());
-        move |domain: Arc<Domain>| {
+        move |domain: Domain| {
             // A Domain's status changes with every Repository it renders; its Repositories
             // only care when its spec or its readiness moved.
             let state = domain_state(&domain);
@@ -526,7 +513,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     };
     let repositories_of_config = {
         let repositories = ctx.repositories.clone();
-        move |config_map: Arc<ConfigMap>| {
+        move |config_map: ConfigMap| {
             let namespace = config_map.namespace().unwrap_or_default();
             let name = config_map.name_any();
             let Some(domain) = name.strip_prefix("wharf-").and_then(|rest| rest.strip_suffix("-config")) else {
@@ -539,7 +526,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     };
     let repositories_in_namespace = {
         let repositories = ctx.repositories.clone();
-        move |namespace: Arc<Namespace>| {
+        move |namespace: Namespace| {
             let name = namespace.name_any();
             repositories
                 .state()
@@ -549,10 +536,10 @@ pub async fn run(client: Client, settings: RegistrySettings) {
                 .collect::<Vec<_>>()
         }
     };
-    let repository_controller = Controller::for_shared_stream(repositories.subscribe(), ctx.repositories.clone())
-        .watches_shared_stream(domains.subscribe(), repositories_of_domain)
-        .watches_shared_stream(config_maps.subscribe(), repositories_of_config)
-        .watches_shared_stream(namespaces.subscribe(), repositories_in_namespace)
+    let repositories = repository_controller
+        .watches(Api::<Domain>::all(client.clone()), watcher::Config::default(), repositories_of_domain)
+        .watches(Api::<ConfigMap>::all(client.clone()), managed(), repositories_of_config)
+        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), repositories_in_namespace)
         .shutdown_on_signal()
         .run(repository::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
@@ -563,22 +550,47 @@ pub async fn run(client: Client, settings: RegistrySettings) {
     };
     let policies_for_domain = every_policy(ctx.policies.clone());
     let policies_for_config = every_policy(ctx.policies.clone());
-    let policy_controller = Controller::for_shared_stream(policies.subscribe(), ctx.policies.clone())
-        .watches_shared_stream(domains.subscribe(), move |_: Arc<Domain>| policies_for_domain())
-        .watches_shared_stream(config_maps.subscribe(), move |_: Arc<ConfigMap>| policies_for_config())
+    let policies = policy_controller
+        .watches(Api::<Domain>::all(client.clone()), watcher::Config::default(), move |_: Domain| policies_for_domain())
+        .watches(Api::<ConfigMap>::all(client.clone()), managed(), move |_: ConfigMap| policies_for_config())
         .shutdown_on_signal()
         .run(policy::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    // Every subscription exists now; start the watches that feed them.
-    domains.start(Api::all(client.clone()), watcher::Config::default());
-    repositories.start(Api::all(client.clone()), watcher::Config::default());
-    policies.start(Api::all(client.clone()), watcher::Config::default());
-    namespaces.start(Api::all(client.clone()), watcher::Config::default());
-    config_maps.start(Api::all(client.clone()), managed());
-
     tracing::info!("controllers started");
-    futures::join!(domain_controller, repository_controller, policy_controller);
+    let controllers = async {
+        futures::join!(domains, repositories, policies);
+    };
+    // The controllers stop on SIGTERM once their running reconciles finish; a reconcile
+    // waiting on an apiserver that went away would never finish, so the wait is bounded.
+    let deadline = async {
+        termination().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = controllers => tracing::info!("controllers stopped"),
+        () = deadline => tracing::warn!("reconciles still running {SHUTDOWN_GRACE:?} after the signal; exiting"),
+    }
+}
+
+/// How long reconciles may take to finish after SIGTERM or SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Resolves at SIGTERM or SIGINT.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        () = terminate => {},
+    }
 }
 
 /// What the Repositories of a Domain depend on: its spec (generation), whether its status

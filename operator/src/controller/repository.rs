@@ -13,7 +13,8 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use wharf_api::{DeletionPolicy, Domain, Repository, RepositoryStatus, find_condition, is_ready};
 
 use super::{
-    Context, Error, FINALIZER, RESYNC, announce_transition, display_name, now, repository_domain, write_status,
+    Context, Error, FINALIZER, RESYNC, WAITING_RECHECK, announce_transition, display_name, now, repository_domain,
+    write_status,
 };
 use crate::conditions::{Outcome, conditions};
 use crate::render::{self, ChildNames};
@@ -114,7 +115,8 @@ async fn apply_repository(repository: &Repository, ctx: &Context) -> Result<Acti
     };
     write_status(&ctx.client, repository, repository.status.as_ref(), &status).await?;
     announce_transition(ctx, repository, &previous.conditions, &status.conditions).await;
-    Ok(Action::requeue(RESYNC))
+    let waiting = outcome.phase == crate::conditions::Phase::Reconciling;
+    Ok(Action::requeue(if waiting { WAITING_RECHECK } else { RESYNC }))
 }
 
 /// Carries out `deletionPolicy` for the Repository's stored packages.
