@@ -1023,6 +1023,9 @@ fn parse_document(text: &str, origin: &Origin) -> Result<Option<WharfResource>, 
             return Err(problem(label, Some("apiVersion".into()), "missing field".into()));
         }
         Some(Value::String(api_version)) if api_version == API_VERSION => {}
+        // Other API groups (the Namespaces or Secrets of a folder `kubectl apply` takes) are
+        // not the registry's to read; a folder applied to a cluster loads as it is.
+        Some(Value::String(api_version)) if !api_version.starts_with(concat!("wharf.dev", "/")) => return Ok(None),
         Some(other) => {
             let shown = other.as_str().map_or_else(|| other.to_string(), str::to_owned);
             return Err(problem(

@@ -75,5 +75,17 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         .collect()
 }
 
+/// Each CustomResourceDefinition as YAML, with its file name in `crds/`
+/// (`domains.wharf.dev.yaml`, …), in the order of [`crds`].
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            Ok((format!("{name}.yaml"), serde_saphyr::to_string(&crd)?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod crd_tests;

@@ -892,4 +892,31 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.len(), 32);
     }
+
+    #[tokio::test]
+    async fn purge_removes_one_repository_or_everything_on_a_local_folder() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder.path()).unwrap();
+        let storage = Storage::exclusive(Arc::new(store));
+        for key in [
+            keys::version_record("web", "npm", "left-pad", "1.0.0"),
+            keys::version_record("web", "pypi", "demo", "1.0"),
+            keys::version_record("webby", "npm", "left-pad", "1.0.0"),
+            keys::version_record("api", "npm", "left-pad", "1.0.0"),
+        ] {
+            assert!(matches!(storage.create_json(&key, &serde_json::json!({})).await.unwrap(), Created::Created));
+        }
+        storage.put_small_blob(Bytes::from_static(b"shared")).await.unwrap();
+
+        assert_eq!(storage.purge(&keys::repository("web")).await.unwrap(), 2);
+        let left: Vec<String> =
+            storage.store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(left.len(), 3, "`webby` is not under `web/`, blobs stay: {left:?}");
+        assert!(left.iter().any(|key| key.starts_with("repositories/webby/")), "{left:?}");
+        assert_eq!(storage.purge(&keys::repository("web")).await.unwrap(), 0, "idempotent");
+
+        assert_eq!(storage.purge(&Path::default()).await.unwrap(), 3);
+        let left: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -235,7 +235,13 @@ pub(crate) fn spawn_supervised(command: Command, log: &Path) -> anyhow::Result<(
     let log_file = std::fs::File::create(log)?;
     let mut supervisor = Command::new("sh");
     supervisor
-        .args(["-c", "\"$@\" </dev/null & child=$!; cat >/dev/null; kill $child 2>/dev/null; wait $child", "sh"])
+        .args([
+            "-c",
+            "\"$@\" </dev/null & child=$!; cat >/dev/null; kill $child 2>/dev/null; \
+             i=0; while kill -0 $child 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+             kill -9 $child 2>/dev/null; wait $child",
+            "sh",
+        ])
         .arg(command.get_program())
         .args(command.get_args())
         .stdin(Stdio::piped())

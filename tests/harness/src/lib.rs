@@ -94,15 +94,18 @@ impl ControlPlane {
             apiserver_bin = bin.join("kube-apiserver").display(),
             dir = dir.display(),
         );
-        // The supervisor reads its stdin until it closes, then stops both processes and,
-        // unless the folder is to be kept for a post-mortem, removes it.
+        // The supervisor reads its stdin until it closes, then stops both processes — the
+        // apiserver first, and by SIGKILL after 5 s, since it can hang in its graceful
+        // shutdown once etcd is gone — and, unless the folder is kept for a post-mortem,
+        // removes it. Their output goes to files, never to the test's pipes.
         let keep = std::env::var_os("WHARF_KEEP_CONTROL_PLANE").is_some();
         let script = format!(
             "{etcd} >{dir}/etcd.log 2>&1 </dev/null & etcd=$!\n\
              {apiserver_command} >{dir}/apiserver.log 2>&1 </dev/null & apiserver=$!\n\
              echo \"$etcd $apiserver\" >{dir}/pids\n\
              cat >/dev/null\n\
-             kill $apiserver $etcd 2>/dev/null; wait\n\
+             stop() {{ kill $1 2>/dev/null; i=0; while kill -0 $1 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kill -9 $1 2>/dev/null; }}\n\
+             stop $apiserver; stop $etcd; wait\n\
              {cleanup}",
             dir = dir.display(),
             cleanup = if keep { String::new() } else { format!("rm -rf {}", dir.display()) },
@@ -111,6 +114,7 @@ impl ControlPlane {
             .args(["-c", &script])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .context("failed to start the control plane's supervisor")?;
         let supervisor_stdin = supervisor.stdin.take();

@@ -1,0 +1,314 @@
+//! The Domain controller: renders a Domain and what it admits into the registry's
+//! children, reports the registry's availability, and carries out `deletionPolicy` when the
+//! Domain goes. Does I/O (the Kubernetes API, and object storage on deletion).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Client, ResourceExt};
+use wharf_api::{DeletionPolicy, Domain, DomainConfig, DomainStatus};
+
+use super::{
+    Context, Error, FINALIZER, RESYNC, announce_transition, apply, delete_if_present, display_name, now, write_status,
+};
+use crate::conditions::{Outcome, conditions};
+use crate::render::{
+    self, ADMIN_TOKEN_KEY, CONFIG_KEY, ChildNames, Children, FIELD_MANAGER, GeneratedSecrets, SIGNING_KEY_KEY,
+};
+use crate::resolve::{Rejection, Verdict, resolve};
+
+/// How soon a Domain waiting for a Secret someone must create is looked at again (Secrets
+/// the operator does not own raise no event for it).
+const SECRET_RETRY: Duration = Duration::from_secs(30);
+
+/// Reconciles one Domain.
+pub async fn reconcile(domain: Arc<Domain>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.caches_ready().await;
+    let name = display_name(domain.as_ref());
+    let api: Api<Domain> = Api::namespaced(ctx.client.clone(), &domain.namespace().unwrap_or_default());
+    let action = finalizer(&api, FINALIZER, domain, |event| async {
+        match event {
+            FinalizerEvent::Apply(domain) => apply_domain(&domain, &ctx).await,
+            FinalizerEvent::Cleanup(domain) => cleanup(&domain, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|source| Error::Finalizer { kind: "Domain", name: name.clone(), source: Box::new(source) })?;
+    ctx.succeeded(&format!("Domain/{name}"));
+    Ok(action)
+}
+
+async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
+    let namespace = domain.namespace().unwrap_or_default();
+    let names = ChildNames::of(domain);
+    let previous = domain.status.clone().unwrap_or_default();
+    let generation = domain.metadata.generation;
+
+    // Dereference and validate.
+    let repositories = ctx.repositories.state();
+    let policies = ctx.policies.state();
+    let resolution = resolve(
+        domain,
+        repositories.iter().map(AsRef::as_ref),
+        policies.iter().map(AsRef::as_ref),
+        &ctx.namespace_labels(),
+    );
+    let Some(config) = resolution.config.as_ref() else {
+        let outcome = Outcome::stalled(
+            "InvalidSpec",
+            format!("the Domain cannot be served: {}; fix the spec", resolution.domain_problems.join("; ")),
+        );
+        finish(ctx, domain, &previous, &outcome).await?;
+        return Ok(Action::requeue(RESYNC));
+    };
+    let missing = missing_secrets(&ctx.client, &namespace, config).await?;
+    if !missing.is_empty() {
+        let outcome = Outcome::stalled(
+            "SecretNotFound",
+            format!(
+                "the Domain names Secrets that do not exist in namespace {namespace}: {}; create them (see the keys each reference documents)",
+                missing.join(", ")
+            ),
+        );
+        finish(ctx, domain, &previous, &outcome).await?;
+        return Ok(Action::requeue(SECRET_RETRY));
+    }
+    let secrets = GeneratedSecrets {
+        signing_key: kept_or_generated(&ctx.client, &namespace, &names.signing_key, SIGNING_KEY_KEY).await?,
+        admin_token: kept_or_generated(&ctx.client, &namespace, &names.admin_token, ADMIN_TOKEN_KEY).await?,
+    };
+
+    // Build.
+    let children = render::render(domain, config, &secrets, &ctx.settings)?;
+    let configuration_before = ctx
+        .config_maps
+        .get(&kube::runtime::reflector::ObjectRef::new(&names.config_map).within(&namespace))
+        .and_then(|config_map| config_map.data.as_ref().and_then(|data| data.get(CONFIG_KEY).cloned()));
+
+    // Apply. Destructured without `..`: a new child kind must be applied here.
+    let Children {
+        config_map,
+        signing_key,
+        admin_token,
+        service_account,
+        role,
+        role_binding,
+        cluster_role_binding,
+        data_volume_claim,
+        deployment,
+        service,
+        disruption_budget,
+    } = children;
+    // Secrets, identity and access before the Deployment, so new pods find them.
+    apply(&ctx.client, &signing_key).await?;
+    apply(&ctx.client, &admin_token).await?;
+    apply(&ctx.client, &service_account).await?;
+    apply(&ctx.client, &role).await?;
+    apply(&ctx.client, &role_binding).await?;
+    apply_cluster_role_binding(&ctx.client, &cluster_role_binding).await?;
+    let configuration_after = config_map.data.as_ref().and_then(|data| data.get(CONFIG_KEY).cloned());
+    apply(&ctx.client, &config_map).await?;
+    if let Some(claim) = &data_volume_claim {
+        apply(&ctx.client, claim).await?;
+    }
+    let deployment = apply(&ctx.client, &deployment).await?;
+    apply(&ctx.client, &service).await?;
+    match &disruption_budget {
+        Some(budget) => {
+            apply(&ctx.client, budget).await?;
+        }
+        None => delete_if_present::<PodDisruptionBudget>(&ctx.client, &namespace, &names.registry).await?,
+    }
+
+    if configuration_before.is_some() && configuration_before != configuration_after {
+        ctx.publish(
+            domain,
+            EventType::Normal,
+            "ConfigurationChanged",
+            "Render",
+            format!(
+                "rendered configuration {} now serves {} Repositories and {} UpstreamPolicies",
+                names.config_map,
+                config.repositories.len(),
+                config.policies.len()
+            ),
+        )
+        .await;
+    }
+
+    // Status, from what was applied.
+    let replicas = render::replicas(domain);
+    let available = deployment.status.as_ref().and_then(|status| status.available_replicas).unwrap_or(0);
+    let observed = deployment.status.as_ref().and_then(|status| status.observed_generation).unwrap_or(0);
+    let current = observed >= deployment.metadata.generation.unwrap_or(0);
+    let refused = resolution
+        .repositories
+        .values()
+        .filter(|verdict| matches!(verdict, Verdict::Rejected(rejection, _) if *rejection != Rejection::Deleting))
+        .count();
+    let mut summary = format!(
+        "registry {} serves {} Repositories with {} UpstreamPolicies",
+        render::domain_endpoint(domain),
+        config.repositories.len(),
+        config.policies.len()
+    );
+    if refused > 0 {
+        summary.push_str(&format!("; {refused} Repositories refused (see their status)"));
+    }
+    let outcome = if config.domain.spec.storage.filesystem.is_some() && replicas >= 2 {
+        Outcome::stalled(
+            "StorageNotShared",
+            format!(
+                "filesystem storage lives on volume {} (ReadWriteOnce), which one registry pod can use; with {replicas} replicas use object storage (s3, gcs, azure) or set replicas to 1",
+                names.data_volume_claim
+            ),
+        )
+    } else if current && (available >= 1 || replicas == 0) {
+        Outcome::ready("Available", summary)
+    } else {
+        Outcome::reconciling(
+            "DeploymentNotAvailable",
+            format!(
+                "waiting for Deployment {namespace}/{}: {available} of {replicas} registry pods available; {summary}",
+                names.registry
+            ),
+        )
+    };
+    let status = DomainStatus {
+        conditions: conditions(&previous.conditions, &outcome, generation, &now()),
+        observed_generation: generation,
+        endpoint: Some(render::domain_endpoint(domain)),
+    };
+    write_status(&ctx.client, domain, domain.status.as_ref(), &status).await?;
+    announce_transition(ctx, domain, &previous.conditions, &status.conditions).await;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Writes the status of a Domain that could not be rendered.
+async fn finish(ctx: &Context, domain: &Domain, previous: &DomainStatus, outcome: &Outcome) -> Result<(), Error> {
+    let status = DomainStatus {
+        conditions: conditions(&previous.conditions, outcome, domain.metadata.generation, &now()),
+        observed_generation: domain.metadata.generation,
+        endpoint: previous.endpoint.clone(),
+    };
+    write_status(&ctx.client, domain, domain.status.as_ref(), &status).await?;
+    announce_transition(ctx, domain, &previous.conditions, &status.conditions).await;
+    Ok(())
+}
+
+/// Names of the Secrets the configuration refers to that do not exist.
+async fn missing_secrets(client: &Client, namespace: &str, config: &DomainConfig) -> Result<Vec<String>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut missing = Vec::new();
+    for name in render::referenced_secrets(config) {
+        let found = api.get_metadata_opt(&name).await.map_err(|source| Error::Read {
+            kind: "Secret",
+            name: format!("{namespace}/{name}"),
+            source,
+        })?;
+        if found.is_none() {
+            missing.push(name);
+        }
+    }
+    Ok(missing)
+}
+
+/// The value the operator generated earlier for `key` of Secret `name`, or a new one.
+/// Never regenerated: replicas and clients rely on it staying.
+async fn kept_or_generated(client: &Client, namespace: &str, name: &str, key: &str) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let existing = api.get_opt(name).await.map_err(|source| Error::Read {
+        kind: "Secret",
+        name: format!("{namespace}/{name}"),
+        source,
+    })?;
+    let kept = existing
+        .and_then(|secret| secret.data)
+        .and_then(|data| data.get(key).cloned())
+        .and_then(|value| String::from_utf8(value.0).ok())
+        .filter(|value| !value.is_empty());
+    Ok(kept.unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>())))
+}
+
+async fn apply_cluster_role_binding(client: &Client, binding: &ClusterRoleBinding) -> Result<(), Error> {
+    let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let name = binding.metadata.name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(super::with_type_meta(binding)))
+        .await
+        .map_err(|source| Error::Apply { kind: "ClusterRoleBinding", name, source })?;
+    Ok(())
+}
+
+/// Carries out `deletionPolicy` and removes what owner references cannot (the
+/// cluster-scoped ClusterRoleBinding).
+async fn cleanup(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
+    let namespace = domain.namespace().unwrap_or_default();
+    let names = ChildNames::of(domain);
+    let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    match bindings.delete(&names.cluster_role_binding, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(source) => {
+            return Err(Error::Delete { kind: "ClusterRoleBinding", name: names.cluster_role_binding, source });
+        }
+    }
+
+    let storage = &domain.spec.storage;
+    match domain.spec.deletion_policy {
+        DeletionPolicy::Retain => {
+            let kept = if storage.filesystem.is_some() {
+                // The owner reference would let the garbage collector take the volume (and
+                // with it the packages) along with the Domain.
+                orphan_volume_claim(&ctx.client, &namespace, &names.data_volume_claim).await?;
+                format!("on PersistentVolumeClaim {namespace}/{}", names.data_volume_claim)
+            } else {
+                "in the Domain's storage".to_owned()
+            };
+            ctx.publish(
+                domain,
+                EventType::Normal,
+                "DataRetained",
+                "Delete",
+                format!("deletionPolicy Retain: the stored packages stay {kept}"),
+            )
+            .await;
+        }
+        DeletionPolicy::Delete => {
+            let note = if storage.filesystem.is_some() {
+                delete_if_present::<PersistentVolumeClaim>(&ctx.client, &namespace, &names.data_volume_claim).await?;
+                format!(
+                    "deletionPolicy Delete: deleted PersistentVolumeClaim {namespace}/{} (its volume follows its reclaim policy)",
+                    names.data_volume_claim
+                )
+            } else if storage.memory.is_some() {
+                "deletionPolicy Delete: in-memory storage ends with the registry pods".to_owned()
+            } else {
+                let deleted = super::storage::purge_domain(ctx, domain, None).await?;
+                format!("deletionPolicy Delete: deleted {deleted} objects from the Domain's storage")
+            };
+            ctx.publish(domain, EventType::Normal, "DataDeleted", "Delete", note).await;
+        }
+    }
+    // The Deployment and the other namespaced children go with the Domain through their
+    // owner references.
+    Ok(Action::await_change())
+}
+
+async fn orphan_volume_claim(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => {
+            Err(Error::Delete { kind: "PersistentVolumeClaim", name: format!("{namespace}/{name}"), source })
+        }
+    }
+}

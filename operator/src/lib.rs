@@ -1,0 +1,12 @@
+//! The Wharf operator: reconciles Domains, Repositories and UpstreamPolicies into one
+//! registry Deployment per Domain. `resolve`, `render`, `conditions` and `selector` are pure;
+//! the controllers do the I/O.
+
+pub mod conditions;
+pub mod controller;
+pub mod render;
+pub mod resolve;
+pub mod selector;
+
+#[cfg(test)]
+mod fixtures;

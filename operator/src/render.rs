@@ -1,0 +1,753 @@
+//! The children of a Domain, built as typed objects from its validated configuration:
+//! ConfigMap, Secrets, ServiceAccount, RBAC, Deployment, Service, PodDisruptionBudget and,
+//! for filesystem storage, a PersistentVolumeClaim. Pure: secrets that must be generated
+//! come in as arguments, so the same world always renders the same objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use sha2::{Digest, Sha256};
+use wharf_api::{Domain, DomainConfig, PackageFormat, SecretRef};
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "wharf-operator";
+/// Key of the rendered configuration in the ConfigMap (what the registry reads).
+pub const CONFIG_KEY: &str = "wharf.yaml";
+/// Key of the token signing key in its Secret.
+pub const SIGNING_KEY_KEY: &str = "key";
+/// Key of the bootstrap admin token in its Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Where referenced Secrets are mounted in the registry pod (`{dir}/{secret}/{key}`).
+pub const SECRETS_DIR: &str = "/var/run/wharf/secrets";
+/// Data folder of the registry when storage is not a local folder.
+pub const DATA_DIR: &str = "/var/lib/wharf";
+/// Port the registry container listens on; the Service maps its own port to it.
+pub const CONTAINER_PORT: i32 = 8080;
+/// Service port when the Domain names none.
+pub const DEFAULT_SERVICE_PORT: i32 = 8080;
+/// Size requested for a filesystem Domain's volume (the Domain has no field for it yet).
+pub const DATA_VOLUME_SIZE: &str = "10Gi";
+/// Annotation on the pod template: changes when the set of mounted Secrets changes, so the
+/// pods restart to mount the new set. Names only: values never leave the Secrets.
+pub const SECRETS_CHECKSUM_ANNOTATION: &str = "wharf.dev/secret-names-checksum";
+/// User and group the registry runs as (not root; any non-zero id works).
+const RUN_AS: i64 = 65532;
+
+/// Labels every child of a Domain carries.
+pub fn labels(domain_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "wharf-registry".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), domain_name.to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), "wharf-operator".to_owned()),
+        ("app.kubernetes.io/component".to_owned(), "registry".to_owned()),
+    ])
+}
+
+/// The labels that select a Domain's registry pods (stable for the Deployment's lifetime).
+fn selector_labels(domain_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "wharf-registry".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), domain_name.to_owned()),
+    ])
+}
+
+/// The names of a Domain's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildNames {
+    /// Deployment, Service, ServiceAccount, Role, RoleBinding, PodDisruptionBudget.
+    pub registry: String,
+    /// The rendered configuration.
+    pub config_map: String,
+    /// The generated token signing key.
+    pub signing_key: String,
+    /// The generated bootstrap admin token.
+    pub admin_token: String,
+    /// The volume of a filesystem Domain.
+    pub data_volume_claim: String,
+    /// Cluster-scoped, so the namespace is part of the name.
+    pub cluster_role_binding: String,
+}
+
+impl ChildNames {
+    /// The names for Domain `name` in `namespace`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ChildNames {
+            registry: format!("wharf-{name}"),
+            config_map: format!("wharf-{name}-config"),
+            signing_key: format!("wharf-{name}-signing-key"),
+            admin_token: format!("wharf-{name}-admin-token"),
+            data_volume_claim: format!("wharf-{name}-data"),
+            cluster_role_binding: format!("wharf-{namespace}-{name}-auth-delegator"),
+        }
+    }
+
+    /// The names for `domain`.
+    pub fn of(domain: &Domain) -> Self {
+        ChildNames::new(
+            domain.metadata.namespace.as_deref().unwrap_or_default(),
+            domain.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+/// Settings of the operator that shape every Domain's children.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    /// The registry container image.
+    pub image: String,
+}
+
+/// Secret values the operator generated once and keeps (read back on every reconcile).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedSecrets {
+    /// The token signing key (`WHARF_TOKEN_SIGNING_KEY`).
+    pub signing_key: String,
+    /// The bootstrap admin token (`WHARF_ADMIN_TOKEN`).
+    pub admin_token: String,
+}
+
+/// Everything a Domain owns. Destructured without `..` where it is applied, so a new child
+/// kind cannot be forgotten.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// The rendered configuration, key `wharf.yaml`.
+    pub config_map: ConfigMap,
+    /// The generated token signing key.
+    pub signing_key: Secret,
+    /// The generated bootstrap admin token.
+    pub admin_token: Secret,
+    /// The registry pods' identity.
+    pub service_account: ServiceAccount,
+    /// Read access to the rendered configuration.
+    pub role: Role,
+    /// Binds the Role to the ServiceAccount.
+    pub role_binding: RoleBinding,
+    /// TokenReview for the registry (`system:auth-delegator`); cluster-scoped, no owner.
+    pub cluster_role_binding: ClusterRoleBinding,
+    /// The volume of a filesystem Domain.
+    pub data_volume_claim: Option<PersistentVolumeClaim>,
+    /// The registry pods.
+    pub deployment: Deployment,
+    /// The registry's address in the cluster.
+    pub service: Service,
+    /// Keeps one pod up during drains, when there are at least two.
+    pub disruption_budget: Option<PodDisruptionBudget>,
+}
+
+/// Why the children could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The Domain has no name or uid yet, so nothing can point at it.
+    #[error("failed to build an owner reference to Domain {namespace}/{name}: it has no uid yet")]
+    OwnerReference {
+        /// Namespace of the Domain.
+        namespace: String,
+        /// Name of the Domain.
+        name: String,
+    },
+    /// The configuration could not be written as YAML.
+    #[error("failed to render the configuration of Domain {namespace}/{name}")]
+    Configuration {
+        /// Namespace of the Domain.
+        namespace: String,
+        /// Name of the Domain.
+        name: String,
+        /// The cause.
+        #[source]
+        source: wharf_api::ConfigError,
+    },
+}
+
+/// Replica count of the registry Deployment.
+pub fn replicas(domain: &Domain) -> i32 {
+    domain.spec.registry.as_ref().and_then(|registry| registry.replicas).unwrap_or(1)
+}
+
+/// The Service port of the registry.
+pub fn service_port(domain: &Domain) -> i32 {
+    domain
+        .spec
+        .registry
+        .as_ref()
+        .and_then(|registry| registry.service.as_ref())
+        .and_then(|service| service.port)
+        .unwrap_or(DEFAULT_SERVICE_PORT)
+}
+
+/// The registry's base URL inside the cluster.
+pub fn domain_endpoint(domain: &Domain) -> String {
+    let names = ChildNames::of(domain);
+    let namespace = domain.metadata.namespace.as_deref().unwrap_or_default();
+    format!("http://{}.{namespace}.svc:{}", names.registry, service_port(domain))
+}
+
+/// The client endpoint of a Repository for every format the registry serves, as each client
+/// wants it written.
+pub fn repository_endpoints(domain: &Domain, repository: &str) -> BTreeMap<String, String> {
+    let base = domain_endpoint(domain);
+    let served = [
+        (PackageFormat::Npm, format!("{base}/npm/{repository}/")),
+        (PackageFormat::Pypi, format!("{base}/pypi/{repository}/simple/")),
+        (PackageFormat::Maven, format!("{base}/maven/{repository}/")),
+        (PackageFormat::Cargo, format!("sparse+{base}/cargo/{repository}/index/")),
+        (PackageFormat::Go, format!("{base}/go/{repository}")),
+        (PackageFormat::Generic, format!("{base}/generic/{repository}/")),
+    ];
+    served.into_iter().map(|(format, url)| (format.as_str().to_owned(), url)).collect()
+}
+
+/// Names of every Secret the configuration refers to (storage credentials, encryption key,
+/// external connection credentials), sorted and without repeats.
+pub fn referenced_secrets(config: &DomainConfig) -> BTreeSet<String> {
+    let spec = &config.domain.spec;
+    let storage = &spec.storage;
+    let references: [Option<&SecretRef>; 4] = [
+        storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()),
+        storage.gcs.as_ref().and_then(|gcs| gcs.credentials_secret_ref.as_ref()),
+        storage.azure.as_ref().and_then(|azure| azure.credentials_secret_ref.as_ref()),
+        spec.encryption.as_ref().map(|encryption| &encryption.key_secret_ref),
+    ];
+    references
+        .into_iter()
+        .flatten()
+        .chain(spec.external_connections.iter().filter_map(|connection| connection.credentials_secret_ref.as_ref()))
+        .map(|reference| reference.name.clone())
+        .collect()
+}
+
+/// Renders every child of `domain` from its validated configuration.
+pub fn render(
+    domain: &Domain,
+    config: &DomainConfig,
+    secrets: &GeneratedSecrets,
+    settings: &RegistrySettings,
+) -> Result<Children, RenderError> {
+    let namespace = domain.metadata.namespace.clone().unwrap_or_default();
+    let name = domain.metadata.name.clone().unwrap_or_default();
+    let owner = domain
+        .controller_owner_ref(&())
+        .filter(|owner| !owner.uid.is_empty())
+        .ok_or_else(|| RenderError::OwnerReference { namespace: namespace.clone(), name: name.clone() })?;
+    let names = ChildNames::new(&namespace, &name);
+    let metadata = |child: &str| ObjectMeta {
+        name: Some(child.to_owned()),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels(&name)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+
+    let yaml = config.to_yaml().map_err(|source| RenderError::Configuration {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        source,
+    })?;
+    let config_map = ConfigMap {
+        metadata: metadata(&names.config_map),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), yaml)])),
+        ..ConfigMap::default()
+    };
+    let secret = |child: &str, key: &str, value: &str| Secret {
+        metadata: metadata(child),
+        type_: Some("Opaque".to_owned()),
+        string_data: None,
+        data: Some(BTreeMap::from([(key.to_owned(), k8s_openapi::ByteString(value.as_bytes().to_vec()))])),
+        ..Secret::default()
+    };
+    let service_account = ServiceAccount { metadata: metadata(&names.registry), ..ServiceAccount::default() };
+    let role = Role {
+        metadata: metadata(&names.registry),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            resource_names: Some(vec![names.config_map.clone()]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let registry_subject = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: names.registry.clone(),
+        namespace: Some(namespace.clone()),
+        api_group: None,
+    };
+    let role_binding = RoleBinding {
+        metadata: metadata(&names.registry),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: names.registry.clone(),
+        },
+        subjects: Some(vec![registry_subject.clone()]),
+    };
+    let cluster_role_binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(names.cluster_role_binding.clone()),
+            labels: Some(labels(&name)),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name: "system:auth-delegator".to_owned(),
+        },
+        subjects: Some(vec![registry_subject]),
+    };
+
+    let filesystem = config.domain.spec.storage.filesystem.as_ref();
+    let data_volume_claim = filesystem.map(|_| PersistentVolumeClaim {
+        metadata: metadata(&names.data_volume_claim),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(DATA_VOLUME_SIZE.to_owned()))])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    });
+
+    let deployment = deployment(domain, config, &names, &owner, settings);
+    let service_spec = domain.spec.registry.as_ref().and_then(|registry| registry.service.as_ref());
+    let service = Service {
+        metadata: metadata(&names.registry),
+        spec: Some(ServiceSpec {
+            type_: Some(
+                service_spec.and_then(|service| service.type_.clone()).unwrap_or_else(|| "ClusterIP".to_owned()),
+            ),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: service_port(domain),
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let disruption_budget = (replicas(domain) >= 2).then(|| PodDisruptionBudget {
+        metadata: metadata(&names.registry),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector_labels(&name)), match_expressions: None }),
+            // Crash-looping pods must not block node drains.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
+            min_available: None,
+        }),
+        status: None,
+    });
+
+    Ok(Children {
+        config_map,
+        signing_key: secret(&names.signing_key, SIGNING_KEY_KEY, &secrets.signing_key),
+        admin_token: secret(&names.admin_token, ADMIN_TOKEN_KEY, &secrets.admin_token),
+        service_account,
+        role,
+        role_binding,
+        cluster_role_binding,
+        data_volume_claim,
+        deployment,
+        service,
+        disruption_budget,
+    })
+}
+
+fn deployment(
+    domain: &Domain,
+    config: &DomainConfig,
+    names: &ChildNames,
+    owner: &OwnerReference,
+    settings: &RegistrySettings,
+) -> Deployment {
+    let namespace = domain.metadata.namespace.clone().unwrap_or_default();
+    let name = domain.metadata.name.clone().unwrap_or_default();
+    let filesystem = config.domain.spec.storage.filesystem.as_ref();
+    let data_dir = filesystem.map_or(DATA_DIR, |filesystem| filesystem.path.as_str());
+
+    let mut volumes =
+        vec![Volume { name: "tmp".to_owned(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }];
+    let mut mounts =
+        vec![VolumeMount { name: "tmp".to_owned(), mount_path: "/tmp".to_owned(), ..VolumeMount::default() }];
+    let data_volume = Volume {
+        name: "data".to_owned(),
+        persistent_volume_claim: filesystem.map(|_| PersistentVolumeClaimVolumeSource {
+            claim_name: names.data_volume_claim.clone(),
+            read_only: None,
+        }),
+        empty_dir: filesystem.is_none().then(EmptyDirVolumeSource::default),
+        ..Volume::default()
+    };
+    volumes.push(data_volume);
+    mounts.push(VolumeMount { name: "data".to_owned(), mount_path: data_dir.to_owned(), ..VolumeMount::default() });
+
+    let secret_names = referenced_secrets(config);
+    for (index, secret) in secret_names.iter().enumerate() {
+        // Secret names may be longer than a volume name may be; the index is stable for a
+        // given set because the set is sorted.
+        let volume = format!("secret-{index}");
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..SecretVolumeSource::default() }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume,
+            mount_path: format!("{SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let checksum = hex::encode(Sha256::digest(secret_names.iter().cloned().collect::<Vec<_>>().join("\n")));
+
+    let env_from_secret = |variable: &str, secret: &str, key: &str| EnvVar {
+        name: variable.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.to_owned(), key: key.to_owned(), optional: None }),
+            ..EnvVarSource::default()
+        }),
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "registry".to_owned(),
+        image: Some(settings.image.clone()),
+        args: Some(vec![
+            "serve".to_owned(),
+            "--config-map".to_owned(),
+            format!("{namespace}/{}", names.config_map),
+            "--listen".to_owned(),
+            format!("0.0.0.0:{CONTAINER_PORT}"),
+            "--data".to_owned(),
+            data_dir.to_owned(),
+            "--secrets-dir".to_owned(),
+            SECRETS_DIR.to_owned(),
+        ]),
+        env: Some(vec![
+            env_from_secret("WHARF_TOKEN_SIGNING_KEY", &names.signing_key, SIGNING_KEY_KEY),
+            env_from_secret("WHARF_ADMIN_TOKEN", &names.admin_token, ADMIN_TOKEN_KEY),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: CONTAINER_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz")),
+        resources: domain.spec.registry.as_ref().and_then(|registry| registry.resources.clone()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    let mut pod_labels = labels(&name);
+    pod_labels.extend(selector_labels(&name));
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(names.registry.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(labels(&name)),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(replicas(domain)),
+            selector: LabelSelector { match_labels: Some(selector_labels(&name)), match_expressions: None },
+            // A ReadWriteOnce volume attaches to one node: a new pod cannot start while the
+            // old one holds it.
+            strategy: filesystem
+                .map(|_| DeploymentStrategy { type_: Some("Recreate".to_owned()), rolling_update: None }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(SECRETS_CHECKSUM_ANNOTATION.to_owned(), checksum)])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names.registry.clone()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fixtures::objects;
+    use crate::resolve::resolve;
+
+    const WORLD: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme, namespace: wharf-system}
+spec:
+  storage:
+    s3: {bucket: wharf-acme, endpoint: "http://127.0.0.1:9000", credentialsSecretRef: {name: acme-s3}}
+  encryption: {keySecretRef: {name: acme-kek, key: key}}
+  externalConnections:
+    - {name: npm-public, format: npm, url: "http://127.0.0.1:9/", credentialsSecretRef: {name: acme-s3}}
+  registry: {replicas: 2, service: {port: 80}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: web, namespace: wharf-system}
+spec:
+  domainRef: {name: acme}
+  externalConnection: npm-public
+"#;
+
+    fn settings() -> RegistrySettings {
+        RegistrySettings { image: "wharf-registry:test".to_owned() }
+    }
+
+    fn secrets() -> GeneratedSecrets {
+        GeneratedSecrets { signing_key: "k".repeat(32), admin_token: "admin".to_owned() }
+    }
+
+    fn children(yaml: &str) -> (Domain, Children) {
+        let objects = objects(yaml);
+        let domain = objects.domains[0].clone();
+        let config = resolve(&domain, &objects.repositories, &objects.policies, &BTreeMap::new()).config.unwrap();
+        let children = render(&domain, &config, &secrets(), &settings()).unwrap();
+        (domain, children)
+    }
+
+    #[test]
+    fn every_namespaced_child_is_labelled_and_owned() {
+        let (_, children) = children(WORLD);
+        let Children {
+            config_map,
+            signing_key,
+            admin_token,
+            service_account,
+            role,
+            role_binding,
+            cluster_role_binding,
+            data_volume_claim,
+            deployment,
+            service,
+            disruption_budget,
+        } = children;
+        assert!(data_volume_claim.is_none(), "object storage needs no volume");
+        let disruption_budget = disruption_budget.unwrap();
+        let namespaced = [
+            (&config_map.metadata, "wharf-acme-config"),
+            (&signing_key.metadata, "wharf-acme-signing-key"),
+            (&admin_token.metadata, "wharf-acme-admin-token"),
+            (&service_account.metadata, "wharf-acme"),
+            (&role.metadata, "wharf-acme"),
+            (&role_binding.metadata, "wharf-acme"),
+            (&deployment.metadata, "wharf-acme"),
+            (&service.metadata, "wharf-acme"),
+            (&disruption_budget.metadata, "wharf-acme"),
+        ];
+        for (metadata, name) in namespaced {
+            assert_eq!(metadata.name.as_deref(), Some(name));
+            assert_eq!(metadata.namespace.as_deref(), Some("wharf-system"));
+            assert_eq!(metadata.labels.as_ref(), Some(&labels("acme")));
+            let owners = metadata.owner_references.as_ref().unwrap();
+            assert_eq!(owners.len(), 1);
+            assert_eq!((owners[0].kind.as_str(), owners[0].name.as_str()), ("Domain", "acme"));
+            assert_eq!(owners[0].controller, Some(true));
+        }
+        assert_eq!(cluster_role_binding.metadata.name.as_deref(), Some("wharf-wharf-system-acme-auth-delegator"));
+        assert!(cluster_role_binding.metadata.owner_references.is_none(), "cluster-scoped: the finalizer deletes it");
+        assert_eq!(cluster_role_binding.role_ref.name, "system:auth-delegator");
+        let rule = &role.rules.unwrap()[0];
+        assert_eq!(rule.resource_names.as_deref(), Some(&["wharf-acme-config".to_owned()][..]));
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        assert_eq!(signing_key.data.unwrap()["key"].0, "k".repeat(32).into_bytes());
+        assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 80);
+    }
+
+    #[test]
+    fn the_configuration_is_what_the_registry_reads() {
+        let (_, children) = children(WORLD);
+        let yaml = &children.config_map.data.unwrap()[CONFIG_KEY];
+        let config = DomainConfig::from_yaml_str("wharf.yaml", yaml).unwrap();
+        assert_eq!(config.domain_name(), "acme");
+        assert!(config.repository("web").is_some());
+        let (_, again) = self::children(WORLD);
+        assert_eq!(Some(yaml), again.config_map.data.as_ref().map(|data| &data[CONFIG_KEY]), "byte-identical");
+    }
+
+    #[test]
+    fn the_pod_meets_the_restricted_pod_security_standard() {
+        let (_, children) = children(WORLD);
+        let spec = children.deployment.spec;
+        assert_eq!(spec.replicas, Some(2));
+        let pod = spec.template.spec.unwrap();
+        let pod_security = pod.security_context.unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_ne!(pod_security.run_as_user, Some(0));
+        assert_eq!(pod_security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert!(pod.host_network.is_none() && pod.host_pid.is_none() && pod.host_ipc.is_none());
+        let container = &pod.containers[0];
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.privileged, None);
+        assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert!(security.capabilities.as_ref().unwrap().add.is_none());
+        assert_eq!(security.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        for volume in pod.volumes.as_ref().unwrap() {
+            assert!(
+                volume.empty_dir.is_some() || volume.secret.is_some() || volume.persistent_volume_claim.is_some(),
+                "only restricted volume types: {volume:?}"
+            );
+        }
+        assert_eq!(
+            container.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
+    }
+
+    #[test]
+    fn arguments_environment_and_secret_volumes_follow_the_contract() {
+        let (_, children) = children(WORLD);
+        let template = children.deployment.spec.template;
+        let pod = template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("wharf-registry:test"));
+        assert_eq!(
+            container.args.as_deref().unwrap(),
+            [
+                "serve",
+                "--config-map",
+                "wharf-system/wharf-acme-config",
+                "--listen",
+                "0.0.0.0:8080",
+                "--data",
+                DATA_DIR,
+                "--secrets-dir",
+                SECRETS_DIR
+            ]
+        );
+        let env = container.env.as_ref().unwrap();
+        let secret_of = |name: &str| {
+            let reference = env.iter().find(|variable| variable.name == name).unwrap();
+            let selector = reference.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            (selector.name.clone(), selector.key.clone())
+        };
+        assert_eq!(secret_of("WHARF_TOKEN_SIGNING_KEY"), ("wharf-acme-signing-key".to_owned(), "key".to_owned()));
+        assert_eq!(secret_of("WHARF_ADMIN_TOKEN"), ("wharf-acme-admin-token".to_owned(), "token".to_owned()));
+
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        let mounted: Vec<(&str, Option<bool>)> = mounts
+            .iter()
+            .filter(|mount| mount.mount_path.starts_with(SECRETS_DIR))
+            .map(|mount| (mount.mount_path.as_str(), mount.read_only))
+            .collect();
+        assert_eq!(
+            mounted,
+            [("/var/run/wharf/secrets/acme-kek", Some(true)), ("/var/run/wharf/secrets/acme-s3", Some(true))],
+            "each referenced Secret once, read-only"
+        );
+        assert!(mounts.iter().any(|mount| mount.mount_path == "/tmp"));
+        assert!(mounts.iter().any(|mount| mount.mount_path == DATA_DIR));
+
+        let checksum = &template.metadata.unwrap().annotations.unwrap()[SECRETS_CHECKSUM_ANNOTATION];
+        let (_, without_encryption) =
+            self::children(&WORLD.replace("  encryption: {keySecretRef: {name: acme-kek, key: key}}\n", ""));
+        let other = &without_encryption.deployment.spec.template.metadata.unwrap().annotations.unwrap()
+            [SECRETS_CHECKSUM_ANNOTATION];
+        assert_ne!(checksum, other, "the set of Secrets changes the pod template");
+        assert!(!checksum.contains("acme"), "a digest, not the names themselves");
+    }
+
+    #[test]
+    fn filesystem_storage_gets_a_volume_claim_and_one_replica_no_budget() {
+        let world = WORLD
+            .replace(
+                "    s3: {bucket: wharf-acme, endpoint: \"http://127.0.0.1:9000\", credentialsSecretRef: {name: acme-s3}}",
+                "    filesystem: {path: /var/lib/wharf-data}",
+            )
+            .replace("replicas: 2, ", "");
+        let (_, children) = children(&world);
+        let claim = children.data_volume_claim.unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("wharf-acme-data"));
+        assert_eq!(claim.spec.unwrap().access_modes.unwrap(), ["ReadWriteOnce"]);
+        assert!(children.disruption_budget.is_none(), "one replica: a budget would block drains");
+        let spec = children.deployment.spec;
+        assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+        let pod = spec.template.spec.unwrap();
+        let data = pod.volumes.unwrap().into_iter().find(|volume| volume.name == "data").unwrap();
+        assert_eq!(data.persistent_volume_claim.unwrap().claim_name, "wharf-acme-data");
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(args.windows(2).any(|pair| pair == ["--data", "/var/lib/wharf-data"]), "{args:?}");
+    }
+
+    #[test]
+    fn endpoints_per_format() {
+        let (domain, _) = children(WORLD);
+        assert_eq!(domain_endpoint(&domain), "http://wharf-acme.wharf-system.svc:80");
+        let endpoints = repository_endpoints(&domain, "web");
+        assert_eq!(endpoints["npm"], "http://wharf-acme.wharf-system.svc:80/npm/web/");
+        assert_eq!(endpoints["pypi"], "http://wharf-acme.wharf-system.svc:80/pypi/web/simple/");
+        assert_eq!(endpoints["cargo"], "sparse+http://wharf-acme.wharf-system.svc:80/cargo/web/index/");
+        assert_eq!(endpoints.len(), 6);
+    }
+
+    #[test]
+    fn a_domain_without_uid_cannot_own_children() {
+        let objects = objects(WORLD);
+        let mut domain = objects.domains[0].clone();
+        let config = resolve(&domain, &objects.repositories, &objects.policies, &BTreeMap::new()).config.unwrap();
+        domain.metadata.uid = None;
+        let error = render(&domain, &config, &secrets(), &settings()).unwrap_err();
+        assert!(error.to_string().contains("Domain wharf-system/acme"), "{error}");
+    }
+}

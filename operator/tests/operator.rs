@@ -1,0 +1,517 @@
+//! The operator against a real kube-apiserver and etcd (the test harness): CRDs installed,
+//! `wharf-operator run` as a child process under exactly `operator/rbac/cluster-role.yaml`
+//! (as ServiceAccount wharf-system/wharf-operator), Wharf objects applied, children,
+//! status, events, drift, invalid objects and deletion checked. Does I/O (processes,
+//! network on loopback).
+//!
+//! One operator serves every test of this binary; tests keep apart by namespace.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use tokio::sync::OnceCell;
+use wharf_api::{Domain, DomainConfig, Repository, UpstreamPolicy, find_condition};
+use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The operator process, stopped when this test binary exits (its supervisor reads our end
+/// of a pipe and kills the operator when it closes, also on a panic or a kill).
+struct Operator {
+    _stdin: Mutex<Option<ChildStdin>>,
+    _supervisor: Mutex<Child>,
+    log: std::path::PathBuf,
+}
+
+static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
+
+/// The control plane with the CRDs and the operator running; the admin client.
+async fn operator() -> Client {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    OPERATOR
+        .get_or_init(|| async {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            for entry in std::fs::read_dir(root.join("crds")).unwrap() {
+                apply_yaml(&admin, &std::fs::read_to_string(entry.unwrap().path()).unwrap(), None).await.unwrap();
+            }
+            ensure_namespace(&admin, "wharf-system").await.unwrap();
+            for file in ["cluster-role.yaml", "service-account.yaml"] {
+                let yaml = std::fs::read_to_string(root.join("operator/rbac").join(file)).unwrap();
+                apply_yaml(&admin, &yaml, None).await.unwrap();
+            }
+            let domains: Api<Domain> = Api::all(admin.clone());
+            eventually(WAIT, "the Domain CRD is served", || async {
+                domains.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap();
+            let kubeconfig = plane.service_account_kubeconfig("wharf-system", "wharf-operator").await.unwrap();
+            let log = tempfile::Builder::new().prefix("wharf-operator-").suffix(".log").tempfile().unwrap().keep().unwrap().1;
+            let script = format!(
+                "{bin} run >{log} 2>&1 </dev/null & pid=$!\ncat >/dev/null\nkill $pid 2>/dev/null\nfor i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do kill -0 $pid 2>/dev/null || break; sleep 1; done\nkill -9 $pid 2>/dev/null\nrm -f {log}",
+                bin = env!("CARGO_BIN_EXE_wharf-operator"),
+                log = log.display()
+            );
+            let mut supervisor = Command::new("sh")
+                .args(["-c", &script])
+                .env("KUBECONFIG", kubeconfig)
+                .env("RUST_LOG", std::env::var("WHARF_TEST_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".to_owned()))
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = supervisor.stdin.take();
+            Operator { _stdin: Mutex::new(stdin), _supervisor: Mutex::new(supervisor), log }
+        })
+        .await;
+    admin
+}
+
+/// The operator's log, for failure messages (without kube's certificate notices).
+fn operator_log() -> String {
+    let Some(operator) = OPERATOR.get() else { return String::new() };
+    let text = std::fs::read_to_string(&operator.log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|line| !line.contains("cert bypassed")).collect();
+    lines[lines.len().saturating_sub(
+        std::env::var("WHARF_TEST_OPERATOR_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(15),
+    )..]
+        .join("\n")
+}
+
+/// `(status, reason, message)` of the `Ready` condition, and whether Stalled is true.
+fn ready_of(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<(String, String, String, bool)> {
+    let ready = find_condition(conditions, "Ready")?;
+    let stalled = find_condition(conditions, "Stalled").is_some_and(|stalled| stalled.status == "True");
+    Some((ready.status.clone(), ready.reason.clone(), ready.message.clone(), stalled))
+}
+
+async fn repository_ready(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(String, String, String, bool), String> {
+    let api: Api<Repository> = Api::namespaced(client.clone(), namespace);
+    let repository = api.get(name).await.map_err(|e| e.to_string())?;
+    let status = repository.status.ok_or("no status")?;
+    if status.observed_generation != repository.metadata.generation {
+        return Err(format!("observedGeneration {:?}", status.observed_generation));
+    }
+    ready_of(&status.conditions).ok_or_else(|| "no Ready".to_owned())
+}
+
+/// Waits until Repository `namespace/name` reports `reason`, and returns its message.
+async fn wait_repository(client: &Client, namespace: &str, name: &str, reason: &str, stalled: bool) -> String {
+    let result = eventually(WAIT, &format!("Repository {namespace}/{name} reports {reason}"), || async {
+        let state = repository_ready(client, namespace, name).await?;
+        if state.1 == reason && state.3 == stalled { Ok(state.2) } else { Err(format!("{state:?}")) }
+    })
+    .await;
+    result.unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()))
+}
+
+async fn wait_domain(client: &Client, namespace: &str, name: &str, reason: &str) -> Domain {
+    let api: Api<Domain> = Api::namespaced(client.clone(), namespace);
+    let result = eventually(WAIT, &format!("Domain {namespace}/{name} reports {reason}"), || async {
+        let domain = api.get(name).await.map_err(|e| e.to_string())?;
+        let status = domain.status.clone().ok_or("no status")?;
+        let state = ready_of(&status.conditions).ok_or("no Ready")?;
+        let current = status.observed_generation == domain.metadata.generation;
+        if current && state.1 == reason { Ok(domain) } else { Err(format!("{state:?} current={current}")) }
+    })
+    .await;
+    result.unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()))
+}
+
+fn labels(domain: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "wharf-registry".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), domain.to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), "wharf-operator".to_owned()),
+        ("app.kubernetes.io/component".to_owned(), "registry".to_owned()),
+    ])
+}
+
+#[tokio::test]
+async fn a_domain_becomes_a_registry_with_status_events_and_drift_repair() {
+    let client = operator().await;
+    let ns = "it-basic";
+    ensure_namespace(&client, ns).await.unwrap();
+    let world = format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme, namespace: {ns}}}
+spec:
+  storage: {{memory: {{}}}}
+  externalConnections:
+    - {{name: npm-public, format: npm, url: "http://127.0.0.1:9/"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: store, namespace: {ns}}}
+spec: {{domainRef: {{name: acme}}, externalConnection: npm-public}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  domainRef: {{name: acme}}
+  upstreams: [{{name: store}}]
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: UpstreamPolicy
+metadata: {{name: internal-names, namespace: {ns}}}
+spec:
+  targetRefs: [{{kind: Domain, name: acme}}]
+  rules: [{{patterns: ["/npm/acme/*"], externalUpstream: {{mode: Block}}}}]
+"#
+    );
+    apply_yaml(&client, &world, None).await.unwrap();
+
+    // Without pods the registry is not available yet: Reconciling, with the reason.
+    let domain = wait_domain(&client, ns, "acme", "DeploymentNotAvailable").await;
+    let status = domain.status.clone().unwrap();
+    assert!(find_condition(&status.conditions, "Reconciling").is_some_and(|c| c.status == "True"));
+    assert_eq!(status.endpoint.as_deref(), Some("http://wharf-acme.it-basic.svc:8080"));
+    let uid = domain.metadata.uid.clone().unwrap();
+
+    // Children: owned by the Domain, labelled, the Deployment restricted.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment = deployments.get("wharf-acme").await.unwrap();
+    for metadata in [
+        &deployment.metadata,
+        &Api::<Service>::namespaced(client.clone(), ns).get("wharf-acme").await.unwrap().metadata,
+        &Api::<ConfigMap>::namespaced(client.clone(), ns).get("wharf-acme-config").await.unwrap().metadata,
+        &Api::<Secret>::namespaced(client.clone(), ns).get("wharf-acme-signing-key").await.unwrap().metadata,
+        &Api::<Secret>::namespaced(client.clone(), ns).get("wharf-acme-admin-token").await.unwrap().metadata,
+    ] {
+        let owner = &metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Domain", uid.as_str(), Some(true)));
+        for (key, value) in labels("acme") {
+            assert_eq!(metadata.labels.as_ref().unwrap().get(&key), Some(&value), "{:?} {key}", metadata.name);
+        }
+    }
+    let binding: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let binding = binding.get("wharf-it-basic-acme-auth-delegator").await.unwrap();
+    assert_eq!(binding.role_ref.name, "system:auth-delegator");
+    let pod = deployment.spec.template.spec.as_ref().unwrap();
+    let security = pod.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert_eq!(pod.security_context.as_ref().unwrap().seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let yaml = config_maps.get("wharf-acme-config").await.unwrap().data.unwrap()["wharf.yaml"].clone();
+    let config = DomainConfig::from_yaml_str("wharf.yaml", &yaml).unwrap();
+    assert_eq!(config.repositories.len(), 2);
+    assert_eq!(config.policies.len(), 1);
+    wait_repository(&client, ns, "web", "DomainNotReady", false).await;
+
+    // The kubelet's part: the Deployment becomes available.
+    ControlPlane::shared().await.mark_available(ns, "wharf-acme").await.unwrap();
+    wait_domain(&client, ns, "acme", "Available").await;
+    let message = wait_repository(&client, ns, "web", "Served", false).await;
+    assert!(message.contains("http://wharf-acme.it-basic.svc:8080/npm/web/"), "{message}");
+    let web: Api<Repository> = Api::namespaced(client.clone(), ns);
+    let endpoints = web.get("web").await.unwrap().status.unwrap().endpoints;
+    assert_eq!(endpoints["pypi"], "http://wharf-acme.it-basic.svc:8080/pypi/web/simple/");
+    let policies: Api<UpstreamPolicy> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "the policy is attached", || async {
+        let policy = policies.get("internal-names").await.map_err(|e| e.to_string())?;
+        let state = ready_of(&policy.status.ok_or("no status")?.conditions).ok_or("no Ready")?;
+        if state.1 == "Attached" { Ok(()) } else { Err(format!("{state:?}")) }
+    })
+    .await
+    .unwrap();
+
+    // Events: the Domain's move to Available was announced.
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "an Available event for the Domain", || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|event| event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("acme"))
+            .filter_map(|event| event.reason.clone())
+            .collect();
+        if reasons.iter().any(|reason| reason == "Available") { Ok(()) } else { Err(format!("{reasons:?}")) }
+    })
+    .await
+    .unwrap();
+
+    // Settled: no writes to anything in the namespace for 10 s.
+    assert_no_writes(&client, ns, Duration::from_secs(10)).await;
+
+    // Drift: a deleted Service and an edited configuration come back.
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services.delete("wharf-acme", &DeleteParams::default()).await.unwrap();
+    config_maps
+        .patch(
+            "wharf-acme-config",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"wharf.yaml": "edited"}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "the Service and the configuration are restored", || async {
+        services.get("wharf-acme").await.map_err(|e| e.to_string())?;
+        let data = config_maps.get("wharf-acme-config").await.map_err(|e| e.to_string())?.data.unwrap_or_default();
+        if data.get("wharf.yaml") == Some(&yaml) { Ok(()) } else { Err("configuration not restored".to_owned()) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+
+    // A spec change is observed: the new generation is reported.
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    domains
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"registry": {"replicas": 2}}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "a PodDisruptionBudget from 2 replicas", || async {
+        let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+        budgets.get("wharf-acme").await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    let domain = domains.get("acme").await.unwrap();
+    eventually(WAIT, "observedGeneration follows", || async {
+        let current = domains.get("acme").await.map_err(|e| e.to_string())?;
+        let observed = current.status.and_then(|status| status.observed_generation);
+        if observed == domain.metadata.generation { Ok(()) } else { Err(format!("{observed:?}")) }
+    })
+    .await
+    .unwrap();
+}
+
+/// Fails if any object in `namespace` that the operator manages changes within `window`.
+async fn assert_no_writes(client: &Client, namespace: &str, window: Duration) {
+    async fn versions<K>(client: &Client, namespace: &str) -> Vec<(String, String)>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .map(|item| {
+                let meta = item.meta();
+                (
+                    format!("{}/{}", K::kind(&()), meta.name.clone().unwrap_or_default()),
+                    meta.resource_version.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+    async fn snapshot(client: &Client, namespace: &str) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        all.extend(versions::<Domain>(client, namespace).await);
+        all.extend(versions::<Repository>(client, namespace).await);
+        all.extend(versions::<UpstreamPolicy>(client, namespace).await);
+        all.extend(versions::<ConfigMap>(client, namespace).await);
+        all.extend(versions::<Secret>(client, namespace).await);
+        all.extend(versions::<Service>(client, namespace).await);
+        all.extend(versions::<Deployment>(client, namespace).await);
+        all.extend(versions::<Event>(client, namespace).await);
+        all.sort();
+        all
+    }
+    let before = snapshot(client, namespace).await;
+    tokio::time::sleep(window).await;
+    let after = snapshot(client, namespace).await;
+    let changed: Vec<_> = after.iter().filter(|entry| !before.contains(entry)).collect();
+    assert!(changed.is_empty(), "writes in steady state: {changed:?}\noperator log:\n{}", operator_log());
+}
+
+#[tokio::test]
+async fn invalid_objects_are_stalled_with_a_reason_a_person_can_act_on() {
+    let client = operator().await;
+    let ns = "it-invalid";
+    for namespace in [ns, "it-invalid-admitted", "it-invalid-stranger"] {
+        ensure_namespace(&client, namespace).await.unwrap();
+    }
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: it-invalid-admitted, labels: {wharf.dev/domain: picky}}\n",
+        None,
+    )
+    .await
+    .unwrap();
+    let repository = |namespace: &str, name: &str, extra: &str| {
+        format!(
+            "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  domainRef: {{name: picky, namespace: {ns}}}\n{extra}\n"
+        )
+    };
+    let domain = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: picky, namespace: {ns}}}\nspec:\n  storage: {{memory: {{}}}}\n  externalConnections: [{{name: npm-public, format: npm, url: \"http://127.0.0.1:9/\"}}]\n  repositoryNamespaces: {{from: Selector, selector: {{matchLabels: {{wharf.dev/domain: picky}}}}}}\n"
+    );
+    apply_yaml(&client, &domain, None).await.unwrap();
+    // The older of two Repositories named `shared` is applied first.
+    apply_yaml(&client, &repository("it-invalid-admitted", "shared", ""), None).await.unwrap();
+    let rest = [
+        repository("it-invalid-stranger", "stranger", ""),
+        repository("it-invalid-admitted", "loop-a", "  upstreams: [{name: loop-b}]"),
+        repository("it-invalid-admitted", "loop-b", "  upstreams: [{name: loop-a}]"),
+        repository("it-invalid-admitted", "conn", "  externalConnection: pypi-public"),
+        repository("it-invalid-admitted", "dangling", "  upstreams: [{name: ghost}]"),
+        format!(
+            "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: orphan, namespace: {ns}}}\nspec: {{domainRef: {{name: nowhere}}}}\n"
+        ),
+    ]
+    .concat();
+    apply_yaml(&client, &rest, None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The newer `shared`, in a namespace the Domain admits (its own).
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: it-invalid, labels: {wharf.dev/domain: picky}}\n",
+        None,
+    )
+    .await
+    .unwrap();
+    apply_yaml(&client, &repository(ns, "shared", ""), None).await.unwrap();
+
+    let message = wait_repository(&client, "it-invalid-stranger", "stranger", "NamespaceNotAdmitted", true).await;
+    assert!(message.contains("label the namespace"), "{message}");
+    let message = wait_repository(&client, "it-invalid-admitted", "loop-a", "UpstreamCycle", true).await;
+    assert!(message.contains("loop-a -> loop-b -> loop-a"), "{message}");
+    wait_repository(&client, "it-invalid-admitted", "loop-b", "UpstreamCycle", true).await;
+    let message = wait_repository(&client, "it-invalid-admitted", "conn", "UnknownExternalConnection", true).await;
+    assert!(message.contains("npm-public"), "{message}");
+    wait_repository(&client, "it-invalid-admitted", "dangling", "UpstreamNotFound", true).await;
+    let message = wait_repository(&client, ns, "orphan", "DomainNotFound", true).await;
+    assert!(message.contains("Domain it-invalid/nowhere"), "{message}");
+    let message = wait_repository(&client, ns, "shared", "NameConflict", true).await;
+    assert!(message.contains("Repository it-invalid-admitted/shared already uses the name"), "{message}");
+    wait_repository(&client, "it-invalid-admitted", "shared", "DomainNotReady", false).await;
+
+    // Fixing the namespace's labels admits the stranger.
+    apply_yaml(
+        &client,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: it-invalid-stranger, labels: {wharf.dev/domain: picky}}\n",
+        None,
+    )
+    .await
+    .unwrap();
+    wait_repository(&client, "it-invalid-stranger", "stranger", "DomainNotReady", false).await;
+}
+
+#[tokio::test]
+async fn deletion_policies_keep_or_delete_the_data() {
+    let client = operator().await;
+    let ns = "it-delete";
+    ensure_namespace(&client, ns).await.unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: kept, namespace: {ns}}}
+spec: {{storage: {{filesystem: {{path: /var/lib/wharf-data}}}}}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: dropped, namespace: {ns}}}
+spec: {{storage: {{filesystem: {{path: /var/lib/wharf-data}}}}, deletionPolicy: Delete}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: files, namespace: {ns}}}
+spec: {{domainRef: {{name: dropped}}, deletionPolicy: Delete}}
+"#
+    );
+    apply_yaml(&client, &yaml, None).await.unwrap();
+    wait_domain(&client, ns, "kept", "DeploymentNotAvailable").await;
+    wait_domain(&client, ns, "dropped", "DeploymentNotAvailable").await;
+    wait_repository(&client, ns, "files", "DomainNotReady", false).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    assert!(claims.get("wharf-kept-data").await.unwrap().metadata.owner_references.is_some());
+
+    // A Repository of a filesystem Domain: the operator cannot reach the volume, says so.
+    let repositories: Api<Repository> = Api::namespaced(client.clone(), ns);
+    repositories.delete("files", &DeleteParams::default()).await.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let reasons_for = |name: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            Ok::<Vec<(String, String)>, String>(
+                list.items
+                    .iter()
+                    .filter(|event| event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                    .map(|event| (event.type_.clone().unwrap_or_default(), event.reason.clone().unwrap_or_default()))
+                    .collect(),
+            )
+        }
+    };
+    eventually(WAIT, "the Repository is gone after a Warning DataRetained", || async {
+        let gone = repositories.get_opt("files").await.map_err(|e| e.to_string())?.is_none();
+        let reasons = reasons_for("files").await?;
+        let warned = reasons.contains(&("Warning".to_owned(), "DataRetained".to_owned()));
+        if gone && warned { Ok(()) } else { Err(format!("gone={gone} {reasons:?}")) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+
+    // Retain: the volume is released from the Domain, so the garbage collector keeps it.
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    domains.delete("kept", &DeleteParams::default()).await.unwrap();
+    // Delete: the volume goes (it waits on pvc-protection, which no controller lifts here).
+    domains.delete("dropped", &DeleteParams::default()).await.unwrap();
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    eventually(WAIT, "both Domains gone, each policy carried out", || async {
+        for name in ["kept", "dropped"] {
+            if domains.get_opt(name).await.map_err(|e| e.to_string())?.is_some() {
+                return Err(format!("Domain {name} still there"));
+            }
+            if bindings
+                .get_opt(&format!("wharf-it-delete-{name}-auth-delegator"))
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Err(format!("ClusterRoleBinding of {name} still there"));
+            }
+        }
+        let kept = claims.get("wharf-kept-data").await.map_err(|e| e.to_string())?;
+        if kept.metadata.owner_references.is_some_and(|owners| !owners.is_empty()) {
+            return Err("the kept volume still has an owner".to_owned());
+        }
+        if kept.metadata.deletion_timestamp.is_some() {
+            return Err("the kept volume is being deleted".to_owned());
+        }
+        let dropped = claims.get_opt("wharf-dropped-data").await.map_err(|e| e.to_string())?;
+        if dropped.is_some_and(|claim| claim.metadata.deletion_timestamp.is_none()) {
+            return Err("the dropped volume is not being deleted".to_owned());
+        }
+        let kept_reasons = reasons_for("kept").await?;
+        let dropped_reasons = reasons_for("dropped").await?;
+        if !kept_reasons.iter().any(|(_, reason)| reason == "DataRetained")
+            || !dropped_reasons.iter().any(|(_, reason)| reason == "DataDeleted")
+        {
+            return Err(format!("events: {kept_reasons:?} {dropped_reasons:?}"));
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+}
