@@ -100,6 +100,20 @@ fn rules() -> Vec<Rule> {
             message: "minimumReleaseAge must be between 0s and 365d",
         },
     ];
+    for field in ["publish", "externalUpstream", "internalUpstream"] {
+        rules.push(Rule {
+            kind: "UpstreamPolicy",
+            path: match field {
+                "publish" => "spec.rules[].publish",
+                "externalUpstream" => "spec.rules[].externalUpstream",
+                _ => "spec.rules[].internalUpstream",
+            },
+            rule: "self.mode == 'AllowSpecificRepositories' ? has(self.repositories) && size(self.repositories) > 0 \
+                   : !has(self.repositories) || size(self.repositories) == 0"
+                .into(),
+            message: "AllowSpecificRepositories needs repositories, and only it takes them",
+        });
+    }
     for subject_list in ["spec.access.read[]", "spec.access.publish[]"] {
         rules.push(Rule {
             kind: "Repository",
@@ -136,22 +150,10 @@ const BOUNDS: &[(&str, &str, &str, u64)] = &[
     ("UpstreamPolicy", "spec.rules[].patterns[]", "maxLength", 512),
     ("UpstreamPolicy", "spec.rules[].blockedVersions", "maxItems", 1000),
     ("UpstreamPolicy", "spec.rules[].blockedVersions[]", "maxLength", 512),
+    ("UpstreamPolicy", "spec.rules[].publish.repositories", "maxItems", 100),
+    ("UpstreamPolicy", "spec.rules[].externalUpstream.repositories", "maxItems", 100),
+    ("UpstreamPolicy", "spec.rules[].internalUpstream.repositories", "maxItems", 100),
 ];
-
-/// The schema of a restriction (`publish`, `externalUpstream`, `internalUpstream`): the
-/// short form `Allow` or the long form `{mode: AllowSpecificRepositories, repositories:
-/// [...]}`. A structural schema cannot type "string or object", and CEL cannot see an
-/// untyped node (the apiserver declares no CEL type for it), so admission takes any value
-/// here and the operator reports a bad one as `Stalled` with the loader's message — the
-/// price of letting the documented short form through `kubectl apply`.
-fn restriction_schema(description: Option<&Value>) -> Value {
-    let forms = "Allow, Block, Inherit, or {mode: AllowSpecificRepositories, repositories: [names]}.";
-    let description = match description.and_then(Value::as_str) {
-        Some(text) => format!("{text} {forms}"),
-        None => forms.to_owned(),
-    };
-    json!({"description": description, "x-kubernetes-preserve-unknown-fields": true})
-}
 
 /// Adds the admission rules to the generated CRD of `kind` (as JSON).
 pub(crate) fn apply(kind: &str, crd: &mut Value) {
@@ -163,13 +165,6 @@ pub(crate) fn apply(kind: &str, crd: &mut Value) {
             panic!("size limit for {kind}: no schema at {path:?}");
         };
         node[*keyword] = json!(limit);
-    }
-    if kind == "UpstreamPolicy" {
-        for field in ["publish", "externalUpstream", "internalUpstream"] {
-            if let Some(node) = schema_at(root, &format!("spec.rules[].{field}")) {
-                *node = restriction_schema(node.get("description"));
-            }
-        }
     }
     for rule in rules().into_iter().filter(|rule| rule.kind == kind) {
         let Some(node) = schema_at(root, rule.path) else {
@@ -218,15 +213,5 @@ mod tests {
                 assert!(validations.iter().any(|v| v["message"] == rule.message), "{kind} {}", rule.path);
             }
         }
-    }
-
-    #[test]
-    fn restrictions_take_the_short_and_the_long_form() {
-        let crd = serde_json::to_value(&crate::crds()[2]).unwrap();
-        let publish = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]
-            ["items"]["properties"]["publish"];
-        assert_eq!(publish["x-kubernetes-preserve-unknown-fields"], true);
-        assert!(publish.get("type").is_none());
-        assert!(publish["description"].as_str().unwrap().contains("Allow"));
     }
 }

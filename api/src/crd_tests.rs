@@ -101,8 +101,12 @@ fn crd_names_and_wire_fields() {
     assert!(policy["properties"]["metadataTTL"].is_object());
     let rule = &policy["properties"]["rules"]["items"]["properties"];
     assert!(rule["patterns"]["items"]["pattern"].is_string());
-    // Short or long form: any JSON value, checked by the operator (see admission.rs).
-    assert_eq!(rule["publish"]["x-kubernetes-preserve-unknown-fields"], true);
+    // The cluster takes the long form only; see policy.rs.
+    assert_eq!(rule["publish"]["type"], "object");
+    assert_eq!(
+        rule["publish"]["properties"]["mode"]["enum"],
+        serde_json::json!(["Allow", "Block", "AllowSpecificRepositories", "Inherit"])
+    );
 }
 
 /// The schema's regular expressions accept what the parsers accept, on a sample. No regex

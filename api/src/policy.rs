@@ -117,9 +117,10 @@ pub struct PolicyRule {
 //
 // On the wire both the short form `publish: Allow` and the long form
 // `{mode: AllowSpecificRepositories, repositories: [shared]}` are read (the Deserialize
-// impl below), in local YAML and on the apiserver alike: the CRD gives these fields an
-// untyped schema (`admission.rs`), since a structural schema cannot type "string or
-// object"; a bad value is reported by the operator in status. Serialization always writes the long form, so what the operator
+// impl below) in local YAML. The CRD describes only the long form: a structural schema
+// cannot type "string or object", and an untyped node would let a malformed value into the
+// apiserver, where it would break every typed watch of UpstreamPolicies (one bad object
+// fails the whole list) — so the cluster takes `publish: {mode: Allow}`. Serialization always writes the long form, so what the operator
 // renders is read the same in both modes.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -159,11 +159,24 @@ async fn upstream_policies() {
         &policy(
             "internal-names",
             "  metadataTTL: 30s\n  rules:\n  - patterns: [\"/npm/acme/*\", \"/pypi//acme~\", \"/maven/com.acme/lib$\"]\n\
-             \x20   publish: Allow\n    externalUpstream: Block\n\
+             \x20   publish: {mode: Allow}\n    externalUpstream: {mode: Block}\n\
              \x20   internalUpstream: {mode: AllowSpecificRepositories, repositories: [shared]}\n\
              \x20 - patterns: [\"/*\"]\n    minimumReleaseAge: 7d\n    externalUpstream: {mode: Inherit}\n\
              \x20   blockedVersions: [\"/npm//event-stream@3.3.6\"]\n",
         ),
+    )
+    .await;
+    // The cluster takes the long form of a restriction only (see api/src/policy.rs).
+    let short = policy("short", "  rules:\n  - patterns: [\"/*\"]\n    publish: Allow\n");
+    rejects(&client, &short, ".spec.rules[0].publish: expected map").await;
+    for restriction in ["{mode: AllowSpecificRepositories}", "{mode: Allow, repositories: [x]}"] {
+        let yaml = policy("restriction", &format!("  rules:\n  - patterns: [\"/*\"]\n    publish: {restriction}\n"));
+        rejects(&client, &yaml, "AllowSpecificRepositories needs repositories").await;
+    }
+    rejects(
+        &client,
+        &policy("mode", "  rules: [{patterns: [\"/*\"], publish: {mode: Permit}}]\n"),
+        "Unsupported value",
     )
     .await;
     rejects(&client, &policy("ttl", "  metadataTTL: 25h\n"), "metadataTTL must be between 0s and 24h").await;
