@@ -515,3 +515,150 @@ spec: {{domainRef: {{name: dropped}}, deletionPolicy: Delete}}
     .await
     .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
 }
+
+/// The platform team's layout in `examples/platform/`, applied as it is, reaches Ready once
+/// its registry is available.
+#[tokio::test]
+async fn the_platform_example_becomes_ready() {
+    let client = operator().await;
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/platform");
+    let mut files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|entry| entry.unwrap().path()).collect();
+    files.sort_by_key(|path| !path.ends_with("domain.yaml"));
+    for file in files {
+        apply_yaml(&client, &std::fs::read_to_string(&file).unwrap(), None).await.unwrap();
+    }
+    wait_domain(&client, "wharf-system", "acme", "DeploymentNotAvailable").await;
+    ControlPlane::shared().await.mark_available("wharf-system", "wharf-acme").await.unwrap();
+    wait_domain(&client, "wharf-system", "acme", "Available").await;
+    for (namespace, name) in
+        [("wharf-system", "npm-store"), ("wharf-system", "pypi-store"), ("team-web", "web"), ("team-data", "data")]
+    {
+        wait_repository(&client, namespace, name, "Served", false).await;
+    }
+    let policy = eventually(WAIT, "the policy is Ready", || async {
+        let api: Api<UpstreamPolicy> = Api::namespaced(client.clone(), "wharf-system");
+        let policy = api.get("acme-scope-internal").await.map_err(|e| e.to_string())?;
+        let state = ready_of(&policy.status.unwrap_or_default().conditions).ok_or("no Ready")?;
+        if state.0 == "True" { Ok(state) } else { Err(format!("{state:?}")) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    eprintln!("policy: {policy:?}");
+}
+
+/// The registry binary next to this test binary (`cargo test --workspace` builds it).
+fn registry_binary() -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let binary = deps.parent().and_then(|deps| deps.parent()).unwrap().join("wharf-registry");
+    assert!(binary.exists(), "{} is missing: build it with `cargo build -p wharf-registry`", binary.display());
+    binary
+}
+
+fn npm(home: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let output = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("npm_config_cache", home.join(".npm"))
+        .env("npm_config_userconfig", dir.join(".npmrc"))
+        .env("npm_config_update_notifier", "false")
+        .env("npm_config_audit", "false")
+        .env("npm_config_fund", "false")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "npm {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// End to end: the operator renders a Domain, the harness runs the registry exactly as the
+/// Deployment describes (its arguments, environment, Secret volumes and ServiceAccount), real
+/// npm publishes and installs through it, and a change of the Repository's `access` is
+/// enforced by the running registry within 5 s.
+#[tokio::test]
+async fn npm_through_the_registry_the_operator_rendered() {
+    let client = operator().await;
+    let plane = ControlPlane::shared().await;
+    let ns = "it-e2e";
+    ensure_namespace(&client, ns).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("store");
+    let resources = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: e2e, namespace: {ns}}}\n\
+         spec:\n  storage: {{filesystem: {{path: {store}}}}}\n---\n\
+         apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {ns}}}\n\
+         spec:\n  domainRef: {{name: e2e}}\n  access:\n    publish: [{{kind: ServiceAccount, namespace: {ns}, name: release-bot}}]\n",
+        store = store.display()
+    );
+    apply_yaml(&client, &resources, None).await.unwrap();
+    wait_domain(&client, ns, "e2e", "DeploymentNotAvailable").await;
+
+    let kubelet = wharf_test_harness::Kubelet::new(plane, registry_binary());
+    let registry = kubelet.run(ns, "wharf-e2e").await.unwrap_or_else(|error| panic!("{error:#}"));
+    wait_domain(&client, ns, "e2e", "Available").await;
+    wait_repository(&client, ns, "web", "Served", false).await;
+
+    // A publish token, minted with the admin token the operator generated.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let admin_token = secrets.get("wharf-e2e-admin-token").await.unwrap().data.unwrap().remove("token").unwrap();
+    let admin_token = String::from_utf8(admin_token.0).unwrap();
+    let http = reqwest::Client::new();
+    let minted: serde_json::Value = http
+        .post(format!("{}/api/v1/auth/token", registry.url))
+        .bearer_auth(&admin_token)
+        .json(&serde_json::json!({"repositories": ["web"], "permissions": ["publish"], "subject": "release-bot"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["token"].as_str().unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let port = registry.url.rsplit(':').next().unwrap();
+    let npmrc = format!("registry={}/npm/web/\n//127.0.0.1:{port}/npm/web/:_authToken={token}\n", registry.url);
+    let package = work.path().join("package");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(package.join(".npmrc"), &npmrc).unwrap();
+    std::fs::write(package.join("package.json"), r#"{"name": "e2e-greeting", "version": "1.0.0", "main": "index.js"}"#)
+        .unwrap();
+    std::fs::write(package.join("index.js"), "module.exports = 'hello from the cluster';\n").unwrap();
+    npm(work.path(), &package, &["publish"]);
+
+    let consumer = work.path().join("consumer");
+    std::fs::create_dir_all(&consumer).unwrap();
+    std::fs::write(consumer.join(".npmrc"), &npmrc).unwrap();
+    std::fs::write(consumer.join("package.json"), r#"{"name": "consumer", "version": "0.0.0", "private": true}"#)
+        .unwrap();
+    npm(work.path(), &consumer, &["install", "e2e-greeting"]);
+    let installed = std::fs::read_to_string(consumer.join("node_modules/e2e-greeting/index.js")).unwrap();
+    assert!(installed.contains("hello from the cluster"));
+
+    // Private: an anonymous read is refused. Then the Repository's access admits anonymous
+    // readers, and the running registry enforces it within 5 s, without a restart.
+    let packument = format!("{}/npm/web/e2e-greeting", registry.url);
+    assert_eq!(http.get(&packument).send().await.unwrap().status(), 401);
+    let changed = std::time::Instant::now();
+    let patch = serde_json::json!({"spec": {"access": {
+        "read": [{"kind": "Anonymous"}],
+        "publish": [{"kind": "ServiceAccount", "namespace": ns, "name": "release-bot"}],
+    }}});
+    let repositories: Api<Repository> = Api::namespaced(client.clone(), ns);
+    repositories.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    let took = eventually(Duration::from_secs(5), "anonymous read enforced", || async {
+        let status = http.get(&packument).send().await.map_err(|e| e.to_string())?.status();
+        if status == 200 { Ok(changed.elapsed()) } else { Err(format!("status {status}")) }
+    })
+    .await
+    .unwrap_or_else(|error| {
+        panic!("{error}\nregistry log:\n{}\noperator log:\n{}", registry.log_tail(), operator_log())
+    });
+    eprintln!("access change enforced {took:?} after the Repository was patched");
+}
