@@ -597,6 +597,23 @@ async fn npm_through_the_registry_the_operator_rendered() {
     apply_yaml(&client, &resources, None).await.unwrap();
     wait_domain(&client, ns, "e2e", "DeploymentNotAvailable").await;
 
+    // The registry's pod passes the `restricted` Pod Security Standard where it is enforced:
+    // the apiserver's PodSecurity admission judges a pod built from the Deployment's template.
+    let restricted = "it-e2e-restricted";
+    let labelled = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {restricted}\n  labels: {{pod-security.kubernetes.io/enforce: restricted}}\n"
+    );
+    apply_yaml(&client, &labelled, None).await.unwrap();
+    let deployment = Api::<Deployment>::namespaced(client.clone(), ns).get("wharf-e2e").await.unwrap();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "registry-pod", "namespace": restricted},
+        "spec": deployment.spec.template.spec});
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), restricted);
+    let dry_run = kube::api::PostParams { dry_run: true, ..Default::default() };
+    pods.create(&dry_run, &serde_json::from_value(pod).unwrap())
+        .await
+        .unwrap_or_else(|error| panic!("the registry pod is not admitted under the restricted standard: {error}"));
+
     let kubelet = wharf_test_harness::Kubelet::new(plane, registry_binary());
     let registry = kubelet.run(ns, "wharf-e2e").await.unwrap_or_else(|error| panic!("{error:#}"));
     wait_domain(&client, ns, "e2e", "Available").await;
