@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod controller;
+pub mod leader;
 pub mod render;
 pub mod resolve;
 pub mod selector;

@@ -577,7 +577,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves at SIGTERM or SIGINT.
-async fn termination() {
+pub async fn termination() {
     let interrupt = tokio::signal::ctrl_c();
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

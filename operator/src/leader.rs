@@ -1,0 +1,278 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that of several operator
+//! replicas only one reconciles. Does I/O (the Kubernetes API).
+//!
+//! The protocol is the one client-go's elector follows, so tools that read Leases (kubectl,
+//! dashboards) understand it: the holder writes `renewTime` every renew interval; anyone may
+//! take the Lease once `renewTime + leaseDurationSeconds` has passed or the holder is empty;
+//! every write carries the `resourceVersion` it read, so of two candidates writing at once the
+//! apiserver lets one win and refuses the other with a conflict.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// Talking to the apiserver about the Lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the Lease failed for another reason than losing a race.
+    #[error("failed to {action} Lease {namespace}/{name}")]
+    Api {
+        /// What was attempted (`read`, `create`, `update`).
+        action: &'static str,
+        /// Namespace of the Lease.
+        namespace: String,
+        /// Name of the Lease.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Lease was taken over or could not be renewed before it expired.
+    #[error("lost Lease {namespace}/{name}: {reason}")]
+    Lost {
+        /// Namespace of the Lease.
+        namespace: String,
+        /// Name of the Lease.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Timing of the election.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a Lease stays valid after its last renewal; a successor waits this long after a
+    /// holder that died without releasing.
+    pub lease_duration: Duration,
+    /// How often the holder renews, and how often a candidate tries again.
+    pub renew_interval: Duration,
+}
+
+/// One candidate for one Lease.
+pub struct Elector {
+    api: Api<Lease>,
+    namespace: String,
+    name: String,
+    identity: String,
+    timing: Timing,
+}
+
+/// What one attempt to acquire or renew found.
+enum Attempt {
+    /// This candidate holds the Lease now.
+    Held,
+    /// Someone else holds it (or won the race to write it).
+    HeldBy(String),
+}
+
+impl Elector {
+    /// A candidate named `identity` for Lease `namespace/name`.
+    pub fn new(client: kube::Client, namespace: &str, name: &str, identity: &str, timing: Timing) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            timing,
+        }
+    }
+
+    /// This candidate's identity (the Lease's `holderIdentity` while it leads).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Waits until this candidate holds the Lease.
+    pub async fn acquire(&self) {
+        let mut last_holder = None;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(Attempt::Held) => {
+                    tracing::info!(lease = %self.name, namespace = %self.namespace, identity = %self.identity, "became leader");
+                    return;
+                }
+                Ok(Attempt::HeldBy(holder)) => {
+                    if last_holder.as_ref() != Some(&holder) {
+                        tracing::info!(lease = %self.name, holder = %holder, "waiting for the Lease held by another replica");
+                        last_holder = Some(holder);
+                    }
+                }
+                // A candidate keeps trying through apiserver hiccups; it has nothing to lose.
+                Err(error) => tracing::warn!(error = %error_chain(&error), "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.timing.renew_interval).await;
+        }
+    }
+
+    /// Renews the Lease every renew interval while this candidate holds it; returns when it
+    /// is lost: someone else holds it, or no renewal succeeded for a whole lease duration (by
+    /// then a successor may have taken it).
+    pub async fn hold(&self) -> Error {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.timing.renew_interval).await;
+            match self.try_acquire_or_renew().await {
+                Ok(Attempt::Held) => last_renewal = tokio::time::Instant::now(),
+                Ok(Attempt::HeldBy(holder)) => return self.lost(format!("now held by {holder}")),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "failed to renew the Lease");
+                    // Stop before the Lease can expire, not after: a successor may take it
+                    // the moment it does.
+                    if last_renewal.elapsed() + self.timing.renew_interval >= self.timing.lease_duration {
+                        return self.lost(format!("not renewed for {:?}", last_renewal.elapsed()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the Lease up so a successor takes over at once rather than after it expires.
+    /// Does nothing when another candidate holds it.
+    pub async fn release(&self) -> Result<(), Error> {
+        let mut lease = self.api.get(&self.name).await.map_err(|source| self.api_error("read", source))?;
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map_err(|source| self.api_error("update", source))?;
+        tracing::info!(lease = %self.name, identity = %self.identity, "released the Lease");
+        Ok(())
+    }
+
+    async fn try_acquire_or_renew(&self) -> Result<Attempt, Error> {
+        let now = Timestamp::now();
+        let lease = match self.api.get_opt(&self.name).await.map_err(|source| self.api_error("read", source))? {
+            Some(lease) => lease,
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(self.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.held_spec(now, None, 0)),
+                };
+                return match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(Attempt::Held),
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        Ok(Attempt::HeldBy("(a concurrent creator)".to_owned()))
+                    }
+                    Err(source) => Err(self.api_error("create", source)),
+                };
+            }
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|holder| !holder.is_empty());
+        let ours = holder.as_deref() == Some(self.identity.as_str());
+        if let Some(holder) = &holder
+            && !ours
+            && !expired(&spec, now)
+        {
+            return Ok(Attempt::HeldBy(holder.clone()));
+        }
+        let (acquired, transitions) = if ours {
+            (spec.acquire_time.clone(), spec.lease_transitions.unwrap_or(0))
+        } else {
+            (None, spec.lease_transitions.unwrap_or(0).saturating_add(1))
+        };
+        let updated =
+            Lease { metadata: lease.metadata.clone(), spec: Some(self.held_spec(now, acquired, transitions)) };
+        match self.api.replace(&self.name, &PostParams::default(), &updated).await {
+            Ok(_) => Ok(Attempt::Held),
+            // Someone else wrote the Lease since we read it: they won this round.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                Ok(Attempt::HeldBy(holder.unwrap_or_else(|| "(a concurrent writer)".to_owned())))
+            }
+            Err(source) => Err(self.api_error("update", source)),
+        }
+    }
+
+    fn held_spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
+            acquire_time: Some(acquired.unwrap_or(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    fn api_error(&self, action: &'static str, source: kube::Error) -> Error {
+        Error::Api { action, namespace: self.namespace.clone(), name: self.name.clone(), source }
+    }
+
+    fn lost(&self, reason: String) -> Error {
+        Error::Lost { namespace: self.namespace.clone(), name: self.name.clone(), reason }
+    }
+}
+
+/// Whether a Lease's holder let it lapse: its last renewal is older than its duration. A
+/// Lease without a renewal time has never been held.
+fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+    let Some(MicroTime(renewed)) = spec.renew_time else { return true };
+    let duration = k8s_openapi::jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    now.duration_since(renewed) >= duration
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec(renewed_seconds_ago: i64, duration: i32) -> (LeaseSpec, Timestamp) {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let renewed = Timestamp::from_second(1_800_000_000 - renewed_seconds_ago).unwrap();
+        (
+            LeaseSpec {
+                holder_identity: Some("other".to_owned()),
+                renew_time: Some(MicroTime(renewed)),
+                lease_duration_seconds: Some(duration),
+                ..LeaseSpec::default()
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn a_lease_renewed_within_its_duration_is_held() {
+        let (lease, now) = spec(14, 15);
+        assert!(!expired(&lease, now));
+    }
+
+    #[test]
+    fn a_lease_not_renewed_for_its_duration_has_expired() {
+        let (lease, now) = spec(15, 15);
+        assert!(expired(&lease, now));
+        let (lease, now) = spec(100, 15);
+        assert!(expired(&lease, now));
+    }
+
+    #[test]
+    fn a_lease_never_renewed_is_free() {
+        assert!(expired(&LeaseSpec::default(), Timestamp::now()));
+    }
+}
