@@ -5,6 +5,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod leader;
+pub mod metrics;
 pub mod render;
 pub mod resolve;
 pub mod selector;

@@ -1,11 +1,14 @@
 //! `wharf-operator`: the operator's command line (`run`, `crd`).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use wharf_operator::controller::termination;
 use wharf_operator::leader::{Elector, Timing};
+use wharf_operator::metrics::Metrics;
 use wharf_operator::render::RegistrySettings;
 
 #[derive(Parser)]
@@ -29,6 +32,15 @@ struct RunArgs {
     /// Container image of the registry pods.
     #[arg(long, env = "WHARF_REGISTRY_IMAGE", default_value = concat!("wharf-registry:", env!("CARGO_PKG_VERSION")))]
     registry_image: String,
+    /// Serve `/metrics` (Prometheus text) and `/healthz` on this address, e.g. `0.0.0.0:9090`.
+    /// Default: not served.
+    #[arg(long, env = "WHARF_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Namespaces to reconcile, comma separated; empty for all. Not supported yet: the operator
+    /// reconciles every namespace and refuses to start when this names any, rather than do
+    /// something else than asked.
+    #[arg(long, env = "WHARF_WATCH_NAMESPACES")]
+    watch_namespaces: Option<String>,
     /// Log format.
     #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -77,6 +89,12 @@ fn main() -> anyhow::Result<()> {
                     args.leader_election_lease_seconds
                 );
             }
+            if let Some(namespaces) = args.watch_namespaces.as_deref().filter(|value| !value.trim().is_empty()) {
+                anyhow::bail!(
+                    "WHARF_WATCH_NAMESPACES / --watch-namespaces is {namespaces:?}, but this operator reconciles every \
+                     namespace and cannot be limited yet; unset it (chart value watchNamespaces: [])"
+                );
+            }
             init_tracing(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -92,8 +110,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("failed to configure the Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
     let settings = RegistrySettings { image: args.registry_image };
+    let metrics = Arc::new(Metrics::default());
+    if let Some(address) = args.metrics_addr {
+        let listener = wharf_operator::metrics::bind(address)
+            .await
+            .with_context(|| format!("failed to listen on {address} for metrics (--metrics-addr)"))?;
+        tracing::info!(%address, "serving /metrics and /healthz");
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = wharf_operator::metrics::serve(listener, metrics).await {
+                tracing::error!(%error, "the metrics server stopped");
+            }
+        });
+    }
     if !args.leader_election {
-        wharf_operator::controller::run(client, settings).await;
+        metrics.set_leader(true);
+        wharf_operator::controller::run(client, settings, metrics).await;
         return Ok(());
     }
     let namespace = args.leader_election_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
@@ -110,9 +142,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    metrics.set_leader(true);
     tokio::select! {
         // The controllers stop on SIGTERM: hand the Lease over now rather than after it expires.
-        () = wharf_operator::controller::run(client, settings) => {
+        () = wharf_operator::controller::run(client, settings, metrics.clone()) => {
+            metrics.set_leader(false);
             elector.release().await.context("failed to release the Lease; a successor takes over when it expires")?;
             Ok(())
         }

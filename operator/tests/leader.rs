@@ -2,7 +2,8 @@
 //! `wharf-operator run --leader-election` processes under exactly
 //! `operator/rbac/cluster-role.yaml` plus the chart's leader-election Role; only the Lease's
 //! holder reconciles; a killed leader is replaced once its Lease expires, a stopped one exits
-//! when it finds its Lease taken, a terminated one hands over at once. Does I/O (processes,
+//! when it finds its Lease taken, a terminated one hands over at once; `/metrics` tells
+//! which replica reconciles and how often. Does I/O (processes,
 //! network on loopback).
 
 #![allow(clippy::unwrap_used)]
@@ -15,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use wharf_api::{Domain, Repository, find_condition};
-use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually};
+use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually, free_ports};
 
 const WAIT: Duration = Duration::from_secs(30);
 const LEASE: &str = "wharf-operator";
@@ -28,6 +29,7 @@ const RENEW_SECONDS: u64 = 2;
 struct Operator {
     identity: &'static str,
     pid: u32,
+    metrics_port: u16,
     log: PathBuf,
     exit_code: PathBuf,
     stdin: Option<ChildStdin>,
@@ -41,6 +43,7 @@ impl Operator {
         let log = dir.path().join("operator.log");
         let pid_file = dir.path().join("pid");
         let exit_code = dir.path().join("exit-code");
+        let [metrics_port] = free_ports::<1>().unwrap();
         let script = format!(
             "( {bin} run --leader-election --leader-election-lease {LEASE} --leader-election-lease-seconds {LEASE_SECONDS} \
              --leader-election-renew-seconds {RENEW_SECONDS} >{log} 2>&1 </dev/null & echo $! >{pid}.tmp; mv {pid}.tmp {pid}; \
@@ -57,6 +60,7 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", LEASE_NAMESPACE)
             .env("POD_NAME", identity)
+            .env("WHARF_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::piped())
             .spawn()
@@ -70,7 +74,7 @@ impl Operator {
             assert!(started.elapsed() < WAIT, "operator {identity} did not start");
             std::thread::sleep(Duration::from_millis(20));
         };
-        Operator { identity, pid, log, exit_code, stdin, supervisor, _dir: dir }
+        Operator { identity, pid, metrics_port, log, exit_code, stdin, supervisor, _dir: dir }
     }
 
     fn signal(&self, signal: &str) {
@@ -81,6 +85,25 @@ impl Operator {
     fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().filter(|line| !line.contains("cert bypassed")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// `/metrics`, once the operator serves it.
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        eventually(WAIT, &format!("operator {} serves /metrics", self.identity), || async {
+            let response = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(response.status().to_string());
+            }
+            response.text().await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn healthz(&self) -> u16 {
+        let url = format!("http://127.0.0.1:{}/healthz", self.metrics_port);
+        reqwest::get(&url).await.unwrap().status().as_u16()
     }
 
     fn reconciles(&self) -> bool {
@@ -208,6 +231,18 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
     assert!(leader.reconciles(), "{}", leader.log());
     assert!(!follower.reconciles(), "the follower reconciles too:\n{}", follower.log());
     assert!(follower.log().contains("waiting for the Lease held by another replica"), "{}", follower.log());
+    let leader_metrics = leader.metrics().await;
+    let follower_metrics = follower.metrics().await;
+    assert!(leader_metrics.contains("wharf_operator_leader 1"), "{leader_metrics}");
+    assert!(
+        leader_metrics
+            .lines()
+            .any(|line| line.starts_with("wharf_operator_reconciles_total{kind=\"Repository\",result=\"ok\"}")),
+        "{leader_metrics}"
+    );
+    assert!(follower_metrics.contains("wharf_operator_leader 0"), "{follower_metrics}");
+    assert!(!follower_metrics.contains("wharf_operator_reconciles_total{"), "{follower_metrics}");
+    assert_eq!((leader.healthz().await, follower.healthz().await), (200, 200));
 
     // SIGKILL: the Lease stays held until it expires, then the follower takes it.
     leader.signal("KILL");
