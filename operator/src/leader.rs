@@ -3,11 +3,18 @@
 //!
 //! The protocol is the one client-go's elector follows, so tools that read Leases (kubectl,
 //! dashboards) understand it: the holder writes `renewTime` every renew interval; anyone may
-//! take the Lease once `renewTime + leaseDurationSeconds` has passed or the holder is empty;
+//! take the Lease once it has gone unchanged for `leaseDurationSeconds` or the holder is empty;
 //! every write carries the `resourceVersion` it read, so of two candidates writing at once the
 //! apiserver lets one win and refuses the other with a conflict.
+//!
+//! Like client-go, a candidate measures "unchanged" on its own clock, from when it first saw the
+//! Lease's current `resourceVersion`, never by comparing the holder's `renewTime` with its own
+//! clock: nodes' clocks differ, and a candidate whose clock runs ahead would otherwise take a
+//! Lease that is still held. The price: a candidate that starts next to a Lease its holder
+//! abandoned long ago waits one lease duration before taking it.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -59,6 +66,14 @@ pub struct Elector {
     name: String,
     identity: String,
     timing: Timing,
+    observed: Mutex<Option<Observed>>,
+}
+
+/// The version of the Lease a candidate last saw change, and when (on its own clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    resource_version: Option<String>,
+    at: Instant,
 }
 
 /// What one attempt to acquire or renew found.
@@ -78,6 +93,7 @@ impl Elector {
             name: name.to_owned(),
             identity: identity.to_owned(),
             timing,
+            observed: Mutex::new(None),
         }
     }
 
@@ -174,9 +190,17 @@ impl Elector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|holder| !holder.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|seconds| u64::try_from(seconds).ok())
+            .map_or(self.timing.lease_duration, Duration::from_secs);
+        let lapsed = {
+            let mut observed = self.observed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            has_lapsed(&mut observed, lease.metadata.resource_version.clone(), Instant::now(), duration)
+        };
         if let Some(holder) = &holder
             && !ours
-            && !expired(&spec, now)
+            && !lapsed
         {
             return Ok(Attempt::HeldBy(holder.clone()));
         }
@@ -191,7 +215,7 @@ impl Elector {
             Ok(_) => Ok(Attempt::Held),
             // Someone else wrote the Lease since we read it: they won this round.
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                Ok(Attempt::HeldBy(holder.unwrap_or_else(|| "(a concurrent writer)".to_owned())))
+                Ok(Attempt::HeldBy("(a concurrent writer)".to_owned()))
             }
             Err(source) => Err(self.api_error("update", source)),
         }
@@ -219,12 +243,21 @@ impl Elector {
     }
 }
 
-/// Whether a Lease's holder let it lapse: its last renewal is older than its duration. A
-/// Lease without a renewal time has never been held.
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(MicroTime(renewed)) = spec.renew_time else { return true };
-    let duration = k8s_openapi::jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    now.duration_since(renewed) >= duration
+/// Whether a Lease has gone unchanged (same `resourceVersion`) for `duration` since this
+/// candidate first saw it, at `now`. Seeing a new version restarts the count.
+fn has_lapsed(
+    observed: &mut Option<Observed>,
+    resource_version: Option<String>,
+    now: Instant,
+    duration: Duration,
+) -> bool {
+    match observed {
+        Some(seen) if seen.resource_version == resource_version => now.saturating_duration_since(seen.at) >= duration,
+        _ => {
+            *observed = Some(Observed { resource_version, at: now });
+            false
+        }
+    }
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -243,36 +276,28 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    fn spec(renewed_seconds_ago: i64, duration: i32) -> (LeaseSpec, Timestamp) {
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let renewed = Timestamp::from_second(1_800_000_000 - renewed_seconds_ago).unwrap();
-        (
-            LeaseSpec {
-                holder_identity: Some("other".to_owned()),
-                renew_time: Some(MicroTime(renewed)),
-                lease_duration_seconds: Some(duration),
-                ..LeaseSpec::default()
-            },
-            now,
-        )
+    const DURATION: Duration = Duration::from_secs(15);
+
+    fn version(text: &str) -> Option<String> {
+        Some(text.to_owned())
     }
 
     #[test]
-    fn a_lease_renewed_within_its_duration_is_held() {
-        let (lease, now) = spec(14, 15);
-        assert!(!expired(&lease, now));
+    fn a_lease_first_seen_is_held_for_a_whole_duration() {
+        let start = Instant::now();
+        let mut observed = None;
+        assert!(!has_lapsed(&mut observed, version("1"), start, DURATION));
+        assert!(!has_lapsed(&mut observed, version("1"), start + Duration::from_secs(14), DURATION));
+        assert!(has_lapsed(&mut observed, version("1"), start + DURATION, DURATION));
     }
 
     #[test]
-    fn a_lease_not_renewed_for_its_duration_has_expired() {
-        let (lease, now) = spec(15, 15);
-        assert!(expired(&lease, now));
-        let (lease, now) = spec(100, 15);
-        assert!(expired(&lease, now));
-    }
-
-    #[test]
-    fn a_lease_never_renewed_is_free() {
-        assert!(expired(&LeaseSpec::default(), Timestamp::now()));
+    fn a_renewal_restarts_the_count() {
+        let start = Instant::now();
+        let mut observed = None;
+        assert!(!has_lapsed(&mut observed, version("1"), start, DURATION));
+        assert!(!has_lapsed(&mut observed, version("2"), start + Duration::from_secs(10), DURATION));
+        assert!(!has_lapsed(&mut observed, version("2"), start + Duration::from_secs(20), DURATION));
+        assert!(has_lapsed(&mut observed, version("2"), start + Duration::from_secs(25), DURATION));
     }
 }
