@@ -38,7 +38,7 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(kubeconfig: &Path, identity: &'static str) -> Operator {
+    fn start(kubeconfig: &Path, identity: &'static str, log_format: &str) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
         let pid_file = dir.path().join("pid");
@@ -62,6 +62,7 @@ impl Operator {
             .env("POD_NAME", identity)
             .env("WHARF_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,kube=warn")
+            .env("WHARF_LOG_FORMAT", log_format)
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
@@ -209,8 +210,8 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
     let kubeconfig = plane.service_account_kubeconfig(LEASE_NAMESPACE, "wharf-operator").await.unwrap();
 
     // Two replicas: one takes the Lease and reconciles, the other waits.
-    let first = Operator::start(&kubeconfig, "replica-a");
-    let second = Operator::start(&kubeconfig, "replica-b");
+    let first = Operator::start(&kubeconfig, "replica-a", "text");
+    let second = Operator::start(&kubeconfig, "replica-b", "text");
     let leader_identity = eventually(WAIT, "a replica holds the Lease", || holder(&admin)).await.unwrap();
     let (leader, follower) = if leader_identity == first.identity { (first, second) } else { (second, first) };
     assert_eq!(leader_identity, leader.identity);
@@ -261,7 +262,7 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
     // A leader that stops renewing (paused) loses the Lease and, when it runs again, exits
     // non-zero instead of reconciling beside the new leader.
     let paused = follower;
-    let third = Operator::start(&kubeconfig, "replica-c");
+    let third = Operator::start(&kubeconfig, "replica-c", "text");
     paused.signal("STOP");
     wait_holder(&admin, third.identity, WAIT).await;
     paused.signal("CONT");
@@ -270,7 +271,7 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
     repository_served(&admin, ns, "after-pause", &third).await;
 
     // SIGTERM: the leader releases the Lease and a follower takes it at its next attempt.
-    let fourth = Operator::start(&kubeconfig, "replica-d");
+    let fourth = Operator::start(&kubeconfig, "replica-d", "json");
     eventually(WAIT, "the fourth replica is waiting", || async {
         if fourth.log().contains("waiting for the Lease") { Ok(()) } else { Err(fourth.log()) }
     })
@@ -285,4 +286,9 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
     assert_eq!(third.exit_code().await, 0, "{}", third.log());
     assert!(third.log().contains("released the Lease"), "{}", third.log());
     repository_served(&admin, ns, "after-term", &fourth).await;
+    // WHARF_LOG_FORMAT=json: every line one JSON object.
+    for line in fourth.log().lines() {
+        let object: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
 }
