@@ -16,10 +16,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams, WatchEvent, WatchParams};
 
 /// Talking to the apiserver about the Lease failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +121,37 @@ impl Elector {
                 // A candidate keeps trying through apiserver hiccups; it has nothing to lose.
                 Err(error) => tracing::warn!(error = %error_chain(&error), "leader election attempt failed"),
             }
-            tokio::time::sleep(self.timing.renew_interval).await;
+            // A released Lease is taken at once rather than at the next attempt.
+            tokio::select! {
+                () = tokio::time::sleep(self.timing.renew_interval) => {},
+                () = self.changed() => {},
+            }
         }
+    }
+
+    /// Resolves when the Lease changes after the version last read (renewed, released,
+    /// deleted); never when it cannot be watched, where the caller's timer takes over.
+    async fn changed(&self) {
+        let version = {
+            let observed = self.observed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            observed.as_ref().and_then(|seen| seen.resource_version.clone())
+        };
+        if let Some(version) = version {
+            // The chart's Role grants `watch` on the Lease's name only, which the apiserver
+            // authorizes for a watch selecting that name.
+            let params = WatchParams::default().fields(&format!("metadata.name={}", self.name)).timeout(60);
+            if let Ok(stream) = self.api.watch(&params, &version).await {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)) => return,
+                        Ok(WatchEvent::Bookmark(_)) => {}
+                        Ok(WatchEvent::Error(_)) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        std::future::pending().await
     }
 
     /// Renews the Lease every renew interval while this candidate holds it; returns when it
