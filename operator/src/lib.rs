@@ -4,6 +4,8 @@
 
 pub mod conditions;
 pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod render;
 pub mod resolve;
 pub mod selector;

@@ -1,7 +1,14 @@
 //! `wharf-operator`: the operator's command line (`run`, `crd`).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use wharf_operator::controller::termination;
+use wharf_operator::leader::{Elector, Timing};
+use wharf_operator::metrics::Metrics;
 use wharf_operator::render::RegistrySettings;
 
 #[derive(Parser)]
@@ -25,6 +32,46 @@ struct RunArgs {
     /// Container image of the registry pods.
     #[arg(long, env = "WHARF_REGISTRY_IMAGE", default_value = concat!("wharf-registry:", env!("CARGO_PKG_VERSION")))]
     registry_image: String,
+    /// Serve `/metrics` (Prometheus text) and `/healthz` on this address, e.g. `0.0.0.0:9090`.
+    /// Default: not served.
+    #[arg(long, env = "WHARF_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Namespaces to reconcile, comma separated; empty for all. Not supported yet: the operator
+    /// reconciles every namespace and refuses to start when this names any, rather than do
+    /// something else than asked.
+    #[arg(long, env = "WHARF_WATCH_NAMESPACES")]
+    watch_namespaces: Option<String>,
+    /// Log format.
+    #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Reconcile only while holding a Lease, so that of several replicas one reconciles.
+    /// Off for a single local process; the Helm chart turns it on.
+    #[arg(long, env = "WHARF_LEADER_ELECTION", num_args = 0..=1, default_missing_value = "true",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "WHARF_LEADER_ELECTION_LEASE", default_value = "wharf-operator")]
+    leader_election_lease: String,
+    /// Namespace of the Lease. Default: the namespace of the in-cluster configuration or of
+    /// the KUBECONFIG context.
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// This replica's name in the Lease. Default: the host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
+    /// Seconds a Lease stays valid after its last renewal: how long a successor waits after
+    /// a leader that died without releasing it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    leader_election_lease_seconds: u64,
+    /// Seconds between renewals by the leader, and between attempts by the others.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    leader_election_renew_seconds: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,7 +81,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_tracing();
+            if args.leader_election_renew_seconds >= args.leader_election_lease_seconds {
+                anyhow::bail!(
+                    "--leader-election-renew-seconds ({}) must be shorter than --leader-election-lease-seconds ({}), \
+                     or the Lease expires between renewals",
+                    args.leader_election_renew_seconds,
+                    args.leader_election_lease_seconds
+                );
+            }
+            if let Some(namespaces) = args.watch_namespaces.as_deref().filter(|value| !value.trim().is_empty()) {
+                anyhow::bail!(
+                    "WHARF_WATCH_NAMESPACES / --watch-namespaces is {namespaces:?}, but this operator reconciles every \
+                     namespace and cannot be limited yet; unset it (chart value watchNamespaces: [])"
+                );
+            }
+            init_tracing(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -48,8 +109,61 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to configure the Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
-    wharf_operator::controller::run(client, RegistrySettings { image: args.registry_image }).await;
-    Ok(())
+    let settings = RegistrySettings { image: args.registry_image };
+    let metrics = Arc::new(Metrics::default());
+    if let Some(address) = args.metrics_addr {
+        let listener = wharf_operator::metrics::bind(address)
+            .await
+            .with_context(|| format!("failed to listen on {address} for metrics (--metrics-addr)"))?;
+        tracing::info!(%address, "serving /metrics and /healthz");
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = wharf_operator::metrics::serve(listener, metrics).await {
+                tracing::error!(%error, "the metrics server stopped");
+            }
+        });
+    }
+    if !args.leader_election {
+        metrics.set_leader(true);
+        wharf_operator::controller::run(client, settings, metrics).await;
+        return Ok(());
+    }
+    let namespace = args.leader_election_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let identity = args.leader_election_identity.unwrap_or_else(default_identity);
+    let timing = Timing {
+        lease_duration: Duration::from_secs(args.leader_election_lease_seconds),
+        renew_interval: Duration::from_secs(args.leader_election_renew_seconds),
+    };
+    let elector = Elector::new(client.clone(), &namespace, &args.leader_election_lease, &identity, timing);
+    tokio::select! {
+        () = elector.acquire() => {},
+        () = termination() => {
+            tracing::info!("stopped before becoming leader");
+            return Ok(());
+        }
+    }
+    metrics.set_leader(true);
+    tokio::select! {
+        // The controllers stop on SIGTERM: hand the Lease over now rather than after it expires.
+        () = wharf_operator::controller::run(client, settings, metrics.clone()) => {
+            metrics.set_leader(false);
+            elector.release().await.context("failed to release the Lease; a successor takes over when it expires")?;
+            Ok(())
+        }
+        // Another replica may be reconciling already: stop at once, so the pod restarts as a
+        // candidate.
+        lost = elector.hold() => Err(anyhow::Error::new(lost).context("stopped reconciling")),
+    }
+}
+
+/// The host name and process id: unique among replicas that share a host name by accident.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "wharf-operator".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 fn crd_yaml() -> anyhow::Result<String> {
@@ -57,8 +171,12 @@ fn crd_yaml() -> anyhow::Result<String> {
     Ok(files.into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect())
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

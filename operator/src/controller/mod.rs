@@ -413,8 +413,8 @@ where
 /// Repositories applied at once) into few reconciles.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// Runs the three controllers until SIGTERM or SIGINT.
-pub async fn run(client: Client, settings: RegistrySettings) {
+/// Runs the three controllers until SIGTERM or SIGINT, counting reconciles in `metrics`.
+pub async fn run(client: Client, settings: RegistrySettings, metrics: Arc<crate::metrics::Metrics>) {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -490,7 +490,13 @@ pub async fn run(client: Client, settings: RegistrySettings) {
         .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), selector_domains)
         .shutdown_on_signal()
         .run(domain::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each({
+            let metrics = metrics.clone();
+            move |result| {
+                metrics.reconciled("Domain", result.is_ok());
+                futures::future::ready(())
+            }
+        });
 
     // Repository: every Repository of a Domain can change with its Domain, with its
     // rendered configuration (which says who won a name, who is on a cycle) and with the
@@ -542,7 +548,13 @@ pub async fn run(client: Client, settings: RegistrySettings) {
         .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), repositories_in_namespace)
         .shutdown_on_signal()
         .run(repository::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each({
+            let metrics = metrics.clone();
+            move |result| {
+                metrics.reconciled("Repository", result.is_ok());
+                futures::future::ready(())
+            }
+        });
 
     // UpstreamPolicy: its verdict follows the Domains and the Repositories it targets.
     let every_policy = |store: Store<UpstreamPolicy>| {
@@ -555,7 +567,13 @@ pub async fn run(client: Client, settings: RegistrySettings) {
         .watches(Api::<ConfigMap>::all(client.clone()), managed(), move |_: ConfigMap| policies_for_config())
         .shutdown_on_signal()
         .run(policy::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each({
+            let metrics = metrics.clone();
+            move |result| {
+                metrics.reconciled("UpstreamPolicy", result.is_ok());
+                futures::future::ready(())
+            }
+        });
 
     tracing::info!("controllers started");
     let controllers = async {
@@ -577,7 +595,7 @@ pub async fn run(client: Client, settings: RegistrySettings) {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves at SIGTERM or SIGINT.
-async fn termination() {
+pub async fn termination() {
     let interrupt = tokio::signal::ctrl_c();
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
