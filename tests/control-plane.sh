@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the control plane the operator tests run against — kube-apiserver and etcd at the
-# versions Kubernetes pins — from their Go modules (tests/control-plane/), the way envtest
+# versions Kubernetes pins, and kubectl — from their Go modules (tests/control-plane/), the way envtest
 # provides binaries for Go operators. The binaries are cached outside the repository, keyed
 # by the module's version and a hash of its files, and rebuilt only when missing.
 #
-# Prints the folder holding `kube-apiserver` and `etcd` on its last line of stdout.
+# Prints the folder holding `kube-apiserver`, `etcd` and `kubectl` on its last line of stdout.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,7 +17,7 @@ bin="$cache/$version-$digest"
 # The harness signs ServiceAccount tokens with a key openssl generates per run.
 command -v openssl >/dev/null || { echo "control-plane.sh: openssl is needed (Debian: apt-get install openssl)" >&2; exit 1; }
 
-if [[ -x "$bin/kube-apiserver" && -x "$bin/etcd" ]]; then
+if [[ -x "$bin/kube-apiserver" && -x "$bin/etcd" && -x "$bin/kubectl" ]]; then
     echo "$bin"
     exit 0
 fi
@@ -32,7 +32,7 @@ trap 'rm -rf "$staging"' EXIT
 major="${version#v}"; minor="${major#*.}"; major="${major%%.*}"; minor="${minor%%.*}"
 stamp="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=$major"
 stamp="$stamp -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-(cd "$module" && go build -trimpath -ldflags="-s $stamp" -o "$staging/" ./cmd/kube-apiserver ./cmd/etcd) >&2
+(cd "$module" && go build -trimpath -ldflags="-s $stamp" -o "$staging/" ./cmd/kube-apiserver ./cmd/etcd ./cmd/kubectl) >&2
 rm -rf "$bin"
 mv "$staging" "$bin"
 trap - EXIT

@@ -40,6 +40,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// A running kube-apiserver with its etcd.
 pub struct ControlPlane {
     server: String,
+    /// The folder of the binaries (kubectl among them).
+    bin: PathBuf,
     admin_token: String,
     dir: PathBuf,
     /// Closing this pipe stops the supervisor's processes.
@@ -120,6 +122,7 @@ impl ControlPlane {
         let supervisor_stdin = supervisor.stdin.take();
         let plane = ControlPlane {
             server: format!("https://127.0.0.1:{apiserver}"),
+            bin,
             admin_token,
             dir,
             supervisor_stdin: Mutex::new(supervisor_stdin),
@@ -178,6 +181,13 @@ impl ControlPlane {
             server = self.server,
             ca = self.dir.join("certs/apiserver.crt").display(),
         )
+    }
+
+    /// `kubectl` of the same Kubernetes version, as cluster-admin.
+    pub fn kubectl(&self) -> anyhow::Result<Command> {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command.env("KUBECONFIG", self.admin_kubeconfig()?);
+        Ok(command)
     }
 
     /// The cluster-admin kubeconfig, written to a file for child processes.
