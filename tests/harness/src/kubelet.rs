@@ -32,7 +32,16 @@ pub struct Kubelet<'a> {
     registry_bin: PathBuf,
 }
 
-/// A registry the kubelet runs; stopped on drop.
+/// Where the program of a container listens.
+#[derive(Clone, Copy, Debug)]
+pub enum Listen {
+    /// A command-line flag taking `ADDRESS:PORT` (`--listen`).
+    Flag(&'static str),
+    /// An environment variable holding `ADDRESS:PORT` (`WHARF_METRICS_ADDR`).
+    Env(&'static str),
+}
+
+/// A program the kubelet runs; stopped on drop.
 pub struct RunningRegistry {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
@@ -65,9 +74,23 @@ impl<'a> Kubelet<'a> {
         Kubelet { plane, registry_bin: registry_bin.into() }
     }
 
-    /// Runs the first container of Deployment `namespace/name`, waits for its `/readyz`, and
-    /// marks the Deployment available.
+    /// Runs the registry container of Deployment `namespace/name`, waits for its `/readyz`,
+    /// and marks the Deployment available.
     pub async fn run(&self, namespace: &str, name: &str) -> anyhow::Result<RunningRegistry> {
+        self.run_program(namespace, name, &self.registry_bin.clone(), Listen::Flag("--listen"), "/readyz").await
+    }
+
+    /// Runs the first container of Deployment `namespace/name` with `binary` (its image's
+    /// program), moving where it `listen`s to a free loopback port, waits until `probe`
+    /// answers 200 there, and marks the Deployment available.
+    pub async fn run_program(
+        &self,
+        namespace: &str,
+        name: &str,
+        binary: &Path,
+        listen: Listen,
+        probe: &str,
+    ) -> anyhow::Result<RunningRegistry> {
         let client = self.plane.admin_client().await?;
         let deployment = Api::<Deployment>::namespaced(client.clone(), namespace).get(name).await?;
         let pod = deployment.spec.template.spec.as_ref().context("no pod template")?;
@@ -108,11 +131,16 @@ impl<'a> Kubelet<'a> {
         let rewrite = |value: &str| rewrite_paths(value, &mounts);
 
         let [port] = free_ports()?;
+        let address = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = container.args.iter().flatten().map(|arg| rewrite(arg)).collect();
-        set_flag(&mut args, "--listen", &format!("127.0.0.1:{port}"));
-        let mut command = Command::new(&self.registry_bin);
+        if let Listen::Flag(flag) = listen {
+            set_flag(&mut args, flag, &address);
+        }
+        let mut command = Command::new(binary);
         command.args(&args).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for (key, value) in environment(&client, namespace, name, container).await? {
+            let value =
+                if matches!(listen, Listen::Env(variable) if variable == key) { address.clone() } else { value };
             command.env(key, rewrite(&value));
         }
         let account = pod.service_account_name.as_deref().unwrap_or("default");
@@ -122,7 +150,7 @@ impl<'a> Kubelet<'a> {
         let log = dir.path().join("registry.log");
         let (child, stdin) = spawn_supervised(command, &log)?;
         let mut running = RunningRegistry { url: format!("http://127.0.0.1:{port}"), log, stdin, child, _dir: dir };
-        wait_ready(&mut running, port).await?;
+        wait_ready(&mut running, port, probe).await?;
         mark_available(&client, namespace, name).await?;
         Ok(running)
     }
@@ -258,17 +286,17 @@ pub(crate) fn spawn_supervised(command: Command, log: &Path) -> anyhow::Result<(
     Ok((child, stdin))
 }
 
-async fn wait_ready(running: &mut RunningRegistry, port: u16) -> anyhow::Result<()> {
+async fn wait_ready(running: &mut RunningRegistry, port: u16, probe: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if let Some(status) = running.child.try_wait()? {
-            bail!("the registry exited ({status}):\n{}", running.log_tail());
+            bail!("the program exited ({status}):\n{}", running.log_tail());
         }
-        if http_status(port, "/readyz").is_ok_and(|status| status == 200) {
+        if http_status(port, probe).is_ok_and(|status| status == 200) {
             return Ok(());
         }
         if started.elapsed() > READY_TIMEOUT {
-            bail!("the registry was not ready within {READY_TIMEOUT:?}:\n{}", running.log_tail());
+            bail!("{probe} did not answer 200 within {READY_TIMEOUT:?}:\n{}", running.log_tail());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
