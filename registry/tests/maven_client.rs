@@ -142,21 +142,6 @@ async fn maven_deploy_snapshots_immutability_and_resolution() {
     assert_eq!(sha1, hex::encode(sha1::Sha1::digest(&released_jar)));
 }
 
-const PUBLIC_CONFIG: &str = r#"
-apiVersion: wharf.dev/v1alpha1
-kind: Domain
-metadata: {name: public}
-spec:
-  storage: {filesystem: {path: "{data}"}}
----
-apiVersion: wharf.dev/v1alpha1
-kind: Repository
-metadata: {name: public}
-spec:
-  domainRef: {name: public}
-  access: {read: [{kind: Anonymous}]}
-"#;
-
 /// `app` reads through `[internal, maven-store]`; `maven-store` holds the
 /// connection to the public registry at `public_base`.
 fn chain_config(public_base: &str) -> String {

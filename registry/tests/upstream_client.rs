@@ -13,21 +13,6 @@ use std::path::Path;
 
 use support::*;
 
-const PUBLIC_CONFIG: &str = r#"
-apiVersion: wharf.dev/v1alpha1
-kind: Domain
-metadata: {name: public}
-spec:
-  storage: {filesystem: {path: "{data}"}}
----
-apiVersion: wharf.dev/v1alpha1
-kind: Repository
-metadata: {name: public}
-spec:
-  domainRef: {name: public}
-  access: {read: [{kind: Anonymous}]}
-"#;
-
 /// The usual topology: `app` reads through `[internal, npm-store,
 /// pypi-store]`; the stores hold the external connections.
 fn chain_config(public: &TestServer) -> String {

@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The "public registry" of the upstream tests: a second instance whose one Repository,
+/// `public`, anyone may read.
+pub const PUBLIC_CONFIG: &str = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: public}
+spec:
+  storage: {filesystem: {path: "{data}"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: public}
+spec:
+  domainRef: {name: public}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
 pub struct TestServer {
     child: Child,
     pub base: String,
