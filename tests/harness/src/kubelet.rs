@@ -42,7 +42,7 @@ pub enum Listen {
 }
 
 /// A program the kubelet runs; stopped on drop.
-pub struct RunningRegistry {
+pub struct RunningPod {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// Its stdout and stderr.
@@ -52,7 +52,7 @@ pub struct RunningRegistry {
     _dir: tempfile::TempDir,
 }
 
-impl RunningRegistry {
+impl RunningPod {
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -61,7 +61,7 @@ impl RunningRegistry {
     }
 }
 
-impl Drop for RunningRegistry {
+impl Drop for RunningPod {
     fn drop(&mut self) {
         self.stdin.take();
         let _ = self.child.wait();
@@ -76,7 +76,7 @@ impl<'a> Kubelet<'a> {
 
     /// Runs the registry container of Deployment `namespace/name`, waits for its `/readyz`,
     /// and marks the Deployment available.
-    pub async fn run(&self, namespace: &str, name: &str) -> anyhow::Result<RunningRegistry> {
+    pub async fn run(&self, namespace: &str, name: &str) -> anyhow::Result<RunningPod> {
         self.run_program(namespace, name, &self.registry_bin.clone(), Listen::Flag("--listen"), "/readyz").await
     }
 
@@ -90,7 +90,7 @@ impl<'a> Kubelet<'a> {
         binary: &Path,
         listen: Listen,
         probe: &str,
-    ) -> anyhow::Result<RunningRegistry> {
+    ) -> anyhow::Result<RunningPod> {
         let client = self.plane.admin_client().await?;
         let deployment = Api::<Deployment>::namespaced(client.clone(), namespace).get(name).await?;
         let pod = deployment.spec.template.spec.as_ref().context("no pod template")?;
@@ -149,7 +149,7 @@ impl<'a> Kubelet<'a> {
 
         let log = dir.path().join("registry.log");
         let (child, stdin) = spawn_supervised(command, &log)?;
-        let mut running = RunningRegistry { url: format!("http://127.0.0.1:{port}"), log, stdin, child, _dir: dir };
+        let mut running = RunningPod { url: format!("http://127.0.0.1:{port}"), log, stdin, child, _dir: dir };
         wait_ready(&mut running, port, probe).await?;
         mark_available(&client, namespace, name).await?;
         Ok(running)
@@ -286,7 +286,7 @@ pub(crate) fn spawn_supervised(command: Command, log: &Path) -> anyhow::Result<(
     Ok((child, stdin))
 }
 
-async fn wait_ready(running: &mut RunningRegistry, port: u16, probe: &str) -> anyhow::Result<()> {
+async fn wait_ready(running: &mut RunningPod, port: u16, probe: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if let Some(status) = running.child.try_wait()? {

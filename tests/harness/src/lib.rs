@@ -29,7 +29,7 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
-pub use kubelet::{Kubelet, Listen, RunningRegistry};
+pub use kubelet::{Kubelet, Listen, RunningPod};
 
 /// Field manager of what tests apply, distinct from the operator's.
 pub const TEST_FIELD_MANAGER: &str = "wharf-test";
