@@ -173,6 +173,19 @@ impl Subject {
         Subject { issuer: Some(issuer.to_owned()), claims, ..Subject::new(SubjectKind::Oidc) }
     }
 
+    /// Whether ServiceAccount `namespace/name` is this subject: the ServiceAccount itself, or
+    /// any ServiceAccount of the namespace it names. OIDC and Anonymous subjects name no
+    /// ServiceAccount.
+    pub fn includes_service_account(&self, namespace: &str, name: &str) -> bool {
+        match self.kind {
+            SubjectKind::ServiceAccount => {
+                self.namespace.as_deref() == Some(namespace) && self.name.as_deref() == Some(name)
+            }
+            SubjectKind::Namespace => self.name.as_deref() == Some(namespace),
+            SubjectKind::Oidc | SubjectKind::Anonymous => false,
+        }
+    }
+
     /// Problems with this subject, as messages; empty when it is valid. `for_publish`
     /// forbids Anonymous.
     pub fn problems(&self, for_publish: bool) -> Vec<String> {
@@ -260,6 +273,19 @@ mod tests {
         let mut anonymous_with_name = Subject::anonymous();
         anonymous_with_name.name = Some("x".into());
         assert_eq!(anonymous_with_name.problems(false).len(), 1);
+    }
+
+    #[test]
+    fn which_service_accounts_a_subject_includes() {
+        let bot = Subject::service_account("ci", "bot");
+        assert!(bot.includes_service_account("ci", "bot"));
+        assert!(!bot.includes_service_account("ci", "other"));
+        assert!(!bot.includes_service_account("bot", "ci"));
+        let namespace = Subject::namespace("team-web");
+        assert!(namespace.includes_service_account("team-web", "default"));
+        assert!(!namespace.includes_service_account("team-data", "default"));
+        assert!(!Subject::anonymous().includes_service_account("team-web", "default"));
+        assert!(!Subject::oidc("https://issuer.example", BTreeMap::new()).includes_service_account("ci", "bot"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use wharf_api::Repository;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -43,13 +44,38 @@ pub struct TokenClaims {
     pub jti: String,
 }
 
+/// A Kubernetes ServiceAccount, as the apiserver vouched for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+    /// `system:serviceaccount:{namespace}:{name}`, the apiserver's user name for it.
+    pub username: String,
+}
+
+impl ServiceAccount {
+    /// The ServiceAccount a Kubernetes user name denotes, if it denotes one.
+    pub fn from_username(username: &str) -> Option<ServiceAccount> {
+        let (namespace, name) = username.strip_prefix("system:serviceaccount:")?.split_once(':')?;
+        (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then(|| ServiceAccount {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            username: username.to_owned(),
+        })
+    }
+}
+
 /// The caller of a request, once its credential was checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
     Anonymous,
     /// The bootstrap admin token.
     Admin,
+    /// A registry token: its scope is in its claims.
     Token(TokenClaims),
+    /// A Kubernetes ServiceAccount token: what it may do is what the Repositories' `access`
+    /// grants that ServiceAccount.
+    ServiceAccount(ServiceAccount),
 }
 
 impl Principal {
@@ -58,15 +84,38 @@ impl Principal {
             Principal::Anonymous => "anonymous",
             Principal::Admin => "admin",
             Principal::Token(claims) => &claims.sub,
+            Principal::ServiceAccount(account) => &account.username,
         }
     }
 
-    /// Whether this principal's credential grants `permission` on `repo`.
-    /// Publishing implies reading; admin implies everything. Anonymous
-    /// access is decided by the Repository's `access`, not here.
+    /// Whether this principal may do `permission` on `repo`: anyone may read where the
+    /// Repository admits anonymous reads; a ServiceAccount where its `access` names it
+    /// (publishers may read); a registry token within its scope.
+    pub fn may(&self, repo: &Repository, permission: Permission) -> bool {
+        if permission == Permission::Read && repo.allows_anonymous_read() {
+            return true;
+        }
+        match self {
+            Principal::ServiceAccount(account) => {
+                let named = |subjects: &[wharf_api::Subject]| {
+                    subjects.iter().any(|subject| subject.includes_service_account(&account.namespace, &account.name))
+                };
+                match permission {
+                    Permission::Read => named(&repo.spec.access.read) || named(&repo.spec.access.publish),
+                    Permission::Publish => named(&repo.spec.access.publish),
+                    Permission::Admin => false,
+                }
+            }
+            other => other.grants(repo.name(), permission),
+        }
+    }
+
+    /// Whether this principal's credential grants `permission` on `repo` by itself.
+    /// Publishing implies reading; admin implies everything. Anonymous and ServiceAccount
+    /// access is decided by the Repository's `access` (see [`Principal::may`]).
     pub fn grants(&self, repo: &str, permission: Permission) -> bool {
         match self {
-            Principal::Anonymous => false,
+            Principal::Anonymous | Principal::ServiceAccount(_) => false,
             Principal::Admin => true,
             Principal::Token(claims) => {
                 let repo_ok = claims.repos.iter().any(|r| r == "*" || r == repo);
@@ -198,6 +247,46 @@ mod tests {
         parts[1] = &forged;
         assert_eq!(signer.verify(&parts.join("."), 50), Err(TokenError::BadSignature));
         assert_eq!(signer.verify("not-a-token", 50), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn service_accounts_from_user_names() {
+        let account = ServiceAccount::from_username("system:serviceaccount:team-web:release-bot").unwrap();
+        assert_eq!((account.namespace.as_str(), account.name.as_str()), ("team-web", "release-bot"));
+        assert_eq!(Principal::ServiceAccount(account).name(), "system:serviceaccount:team-web:release-bot");
+        for not_one in ["admin", "system:serviceaccount:team-web", "system:serviceaccount::bot", "system:node:n1", ""] {
+            assert_eq!(ServiceAccount::from_username(not_one), None, "{not_one}");
+        }
+    }
+
+    #[test]
+    fn repository_access_decides_for_service_accounts() {
+        use wharf_api::{DomainRef, RepositorySpec, Subject};
+        let mut web = Repository::new("web", RepositorySpec::new(DomainRef::default()));
+        web.spec.access.read.push(Subject::namespace("team-web"));
+        web.spec.access.publish.push(Subject::service_account("ci", "release-bot"));
+        let account = |namespace: &str, name: &str| {
+            Principal::ServiceAccount(
+                ServiceAccount::from_username(&format!("system:serviceaccount:{namespace}:{name}")).unwrap(),
+            )
+        };
+        let builder = account("team-web", "builder");
+        assert!(builder.may(&web, Permission::Read));
+        assert!(!builder.may(&web, Permission::Publish));
+        let bot = account("ci", "release-bot");
+        assert!(bot.may(&web, Permission::Read), "publishers read");
+        assert!(bot.may(&web, Permission::Publish));
+        assert!(!bot.may(&web, Permission::Admin));
+        let outsider = account("team-data", "builder");
+        assert!(!outsider.may(&web, Permission::Read));
+        assert!(!Principal::Anonymous.may(&web, Permission::Read));
+        // Where anyone reads, so does every credential, whatever its scope.
+        web.spec.access.read.push(Subject::anonymous());
+        assert!(outsider.may(&web, Permission::Read) && Principal::Anonymous.may(&web, Permission::Read));
+        let other_scope = Principal::Token(claims(&["other"], &[Permission::Read], 1));
+        assert!(other_scope.may(&web, Permission::Read));
+        assert!(!other_scope.may(&web, Permission::Publish));
+        assert!(Principal::Admin.may(&web, Permission::Publish));
     }
 
     #[test]

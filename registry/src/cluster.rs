@@ -27,14 +27,12 @@ pub struct ConfigMapSource {
 }
 
 impl ConfigMapSource {
-    /// Connects with the in-cluster configuration (or `KUBECONFIG`) to the ConfigMap
-    /// `namespace/name`.
-    pub async fn connect(reference: &str) -> anyhow::Result<ConfigMapSource> {
+    /// The ConfigMap `namespace/name`, read through `client`.
+    pub fn new(client: Client, reference: &str) -> anyhow::Result<ConfigMapSource> {
         let Some((namespace, name)) = reference.split_once('/').filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
         else {
             bail!("--config-map {reference:?}: expected NAMESPACE/NAME");
         };
-        let client = Client::try_default().await.context("failed to configure the Kubernetes client")?;
         Ok(ConfigMapSource {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),

@@ -11,4 +11,5 @@ pub mod secrets;
 pub mod server;
 pub mod startup;
 pub mod storage;
+pub mod token_review;
 pub mod upstream;

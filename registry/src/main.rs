@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,6 +11,7 @@ use wharf_registry::cluster::ConfigMapSource;
 use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
+use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
 
 #[derive(Parser)]
 #[command(name = "wharf-registry", version, about = "Wharf artifact registry")]
@@ -34,6 +36,10 @@ struct ServeArgs {
     /// for the Domain, watched so changes apply within seconds without a restart.
     #[arg(long, env = "WHARF_CONFIG_MAP")]
     config_map: Option<String>,
+    /// Cluster mode: the audience a pod's projected ServiceAccount token must be issued for
+    /// to be accepted as a credential (checked with the apiserver's TokenReview API).
+    #[arg(long, env = "WHARF_TOKEN_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    token_audience: String,
     /// Address to listen on.
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -76,12 +82,19 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, source) = match (&args.config, &args.config_map) {
         (_, Some(reference)) => {
-            let source = ConfigMapSource::connect(reference).await?;
+            // In-cluster configuration, or KUBECONFIG.
+            let client = kube::Client::try_default().await.context("failed to configure the Kubernetes client")?;
+            let source = ConfigMapSource::new(client.clone(), reference)?;
             let (config, revision) = source.load().await?;
-            (config, Some((source, revision)))
+            let reviewer = TokenReviewer::new(client, &args.token_audience);
+            (config, Some((source, revision, reviewer)))
         }
         (Some(path), None) => (DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?, None),
         (None, None) => (DomainConfig::embedded_default(&args.data), None),
+    };
+    let (source, token_review) = match source {
+        Some((source, revision, reviewer)) => (Some((source, revision)), Some(Arc::new(reviewer))),
+        None => (None, None),
     };
     let (admin_token, generated) = match std::env::var("WHARF_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => (token, false),
@@ -96,6 +109,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token,
         signing_key,
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
+        token_review,
     };
     let storage = startup::open_storage(&config, &options.secrets)?;
     let listener = tokio::net::TcpListener::bind(options.listen)

@@ -30,6 +30,8 @@ pub struct ServeOptions {
     /// Overrides the signing key kept in storage (all replicas must agree).
     pub signing_key: Option<Vec<u8>>,
     pub limits: Limits,
+    /// Checks Kubernetes ServiceAccount tokens (cluster mode).
+    pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
 }
 
 /// Builds the shared state the router serves from.
@@ -73,6 +75,7 @@ pub async fn build_state(
         metrics: Arc::new(Metrics::new(upstream.requests())),
         upstream,
         views: Default::default(),
+        token_review: options.token_review.clone(),
         config: Arc::new(config),
     }))
 }
@@ -145,6 +148,7 @@ impl LiveServer {
             upstream: old.upstream.clone(),
             // Views through chains belong to the configuration they were built under.
             views: Default::default(),
+            token_review: old.token_review.clone(),
         });
         let router = server::app(state.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = (state, router);

@@ -849,6 +849,7 @@ mod tests {
             admin_token: "admin".into(),
             signing_key: Some(vec![7; 32]),
             limits: Default::default(),
+            token_review: None,
         };
         let refused = crate::startup::build_state(config, careless, &options).await.err().unwrap();
         let message = format!("{refused:#}");

@@ -28,6 +28,17 @@ fn config_map(store: &str, anonymous_read: bool, extra: &str) -> String {
     serde_json::to_string(&data).unwrap()
 }
 
+/// What the operator grants the registry in `namespace`: read its own ConfigMap, nothing else.
+fn config_map_reader(namespace: &str) -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: registry, namespace: {namespace}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [configmaps], resourceNames: [wharf-acme-config], verbs: [get, list, watch]}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: registry, namespace: {namespace}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: registry}}\n\
+         subjects: [{{kind: ServiceAccount, name: registry, namespace: {namespace}}}]\n"
+    )
+}
+
 async fn metric(metrics_url: String, name: &str) -> f64 {
     let text = reqwest::get(metrics_url).await.unwrap().text().await.unwrap();
     text.lines()
@@ -57,15 +68,7 @@ async fn follows_its_config_map_and_keeps_the_last_good_revision() {
     let store = data.path().join("store").display().to_string();
     wharf_test_harness::ensure_namespace(&admin, NAMESPACE).await.unwrap();
     apply_yaml(&admin, &config_map(&store, false, ""), None).await.unwrap();
-    // What the operator grants the registry: read its own ConfigMap, nothing else.
-    let rbac = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: registry, namespace: {NAMESPACE}}}\n\
-         rules: [{{apiGroups: [\"\"], resources: [configmaps], resourceNames: [wharf-acme-config], verbs: [get, list, watch]}}]\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: registry, namespace: {NAMESPACE}}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: registry}}\n\
-         subjects: [{{kind: ServiceAccount, name: registry, namespace: {NAMESPACE}}}]\n"
-    );
-    apply_yaml(&admin, &rbac, None).await.unwrap();
+    apply_yaml(&admin, &config_map_reader(NAMESPACE), None).await.unwrap();
     let kubeconfig = plane.service_account_kubeconfig(NAMESPACE, "registry").await.unwrap();
 
     let server = TestServer::start_in_env(
@@ -102,4 +105,119 @@ async fn follows_its_config_map_and_keeps_the_last_good_revision() {
     wait_rejected(&server, 2.0).await;
     assert_eq!(http_status(&packument).unwrap(), 404);
     assert!(server.log_lines().iter().any(|line| line.contains("storage changes take effect")));
+}
+
+/// A TokenRequest token of ServiceAccount `namespace/name` (created if missing) for
+/// `audiences` (the apiserver's own when empty): what a projected token volume holds.
+async fn projected_token(plane: &ControlPlane, namespace: &str, name: &str, audiences: &[&str]) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
+    plane.service_account_token(namespace, name).await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(plane.admin_client().await.unwrap(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(audiences.iter().map(|audience| audience.to_string()).collect()),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issued = accounts.create_token_request(name, &PostParams::default(), &request).await.unwrap();
+    issued.status.unwrap().token.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_account_tokens_are_credentials_as_the_repository_grants() {
+    const NS: &str = "k8s-identity";
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("store").display().to_string();
+    wharf_test_harness::ensure_namespace(&admin, NS).await.unwrap();
+    // Every ServiceAccount of team-a reads, team-a/release-bot publishes; team-b nothing.
+    let config = |read: &str| {
+        let yaml = format!(
+            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: acme, namespace: {NS}}}\n\
+             spec:\n  storage: {{filesystem: {{path: {store}}}}}\n---\n\
+             apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {NS}}}\n\
+             spec:\n  domainRef: {{name: acme}}\n  access:\n    read: {read}\n    \
+             publish: [{{kind: ServiceAccount, namespace: team-a, name: release-bot}}]\n"
+        );
+        let data = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "wharf-acme-config", "namespace": NS}, "data": {"wharf.yaml": yaml}});
+        serde_json::to_string(&data).unwrap()
+    };
+    apply_yaml(&admin, &config("[{kind: Namespace, name: team-a}]"), None).await.unwrap();
+    // What the operator grants the registry: its ConfigMap, and TokenReview through
+    // system:auth-delegator.
+    let rbac = format!(
+        "{}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {NS}-registry-auth-delegator}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}\n\
+         subjects: [{{kind: ServiceAccount, name: registry, namespace: {NS}}}]\n",
+        config_map_reader(NS)
+    );
+    apply_yaml(&admin, &rbac, None).await.unwrap();
+    let kubeconfig = plane.service_account_kubeconfig(NS, "registry").await.unwrap();
+    let server = TestServer::start_in_env(
+        data.path(),
+        None,
+        &["--config-map", &format!("{NS}/wharf-acme-config")],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    );
+
+    let bot = projected_token(plane, "team-a", "release-bot", &["wharf.dev"]).await;
+    let reader = projected_token(plane, "team-a", "builder", &["wharf.dev"]).await;
+    let outsider = projected_token(plane, "team-b", "builder", &["wharf.dev"]).await;
+    let for_the_apiserver = projected_token(plane, "team-a", "release-bot", &[]).await;
+
+    // The real npm: the release bot publishes with its token, a reader installs with its own.
+    let workspace = Workspace::new();
+    workspace.write("package/package.json", r#"{"name": "@acme/greeting", "version": "1.0.0", "main": "index.js"}"#);
+    workspace.write("package/index.js", "module.exports = 'hello from a pod';\n");
+    let npm_as = |dir: &str, token: &str, args: &[&str]| {
+        write_npmrc(&workspace, dir, &server, "web", Some(token));
+        let mut command = workspace.command("npm", dir);
+        command.args(args).args(["--registry", &server.url("/npm/web/")]);
+        run(&mut command)
+    };
+    let refused = npm_as("package", &reader, &["publish"]);
+    assert!(!refused.status.success(), "a reader may not publish");
+    assert!(text(&refused).contains("system:serviceaccount:team-a:builder may not publish"), "{}", text(&refused));
+    let published = npm_as("package", &bot, &["publish"]);
+    assert!(published.status.success(), "{}", text(&published));
+    let whoami = npm_as("consumer", &reader, &["whoami"]);
+    assert_eq!(String::from_utf8_lossy(&whoami.stdout).trim(), "system:serviceaccount:team-a:builder");
+    workspace.write("consumer/package.json", r#"{"name": "consumer", "version": "1.0.0"}"#);
+    let installed = npm_as("consumer", &reader, &["install", "@acme/greeting"]);
+    assert!(installed.status.success(), "{}", text(&installed));
+    assert!(workspace.path("consumer/node_modules/@acme/greeting/index.js").exists());
+
+    // Each identity gets the answer its access and its token call for.
+    let packument = server.url("/npm/web/@acme%2fgreeting");
+    let status =
+        |token: &str| http_request("GET", &packument, &[("authorization", &format!("Bearer {token}"))], "").unwrap();
+    assert_eq!(status(&reader), 200);
+    assert_eq!(status(&outsider), 403, "team-b is not named");
+    assert_eq!(status(&for_the_apiserver), 401, "a token for another audience is refused");
+    // A signature byte changed (in the middle: the last base64 character carries padding bits).
+    let middle = reader.rfind('.').unwrap() + 20;
+    let replacement = if &reader[middle..=middle] == "A" { "B" } else { "A" };
+    let forged = format!("{}{replacement}{}", &reader[..middle], &reader[middle + 1..]);
+    assert_eq!(status(&forged), 401);
+    // One review per token, however many requests: npm made several with each.
+    let reviews = |result: &'static str| metric(server.url("/metrics"), result);
+    assert_eq!(reviews("wharf_token_reviews_total{result=\"accepted\"}").await, 3.0, "bot, reader, outsider");
+    assert_eq!(reviews("wharf_token_reviews_total{result=\"rejected\"}").await, 2.0, "wrong audience, forged");
+
+    // Access is decided per request from the configuration in force: taking the namespace
+    // off the readers ends the reader's access within seconds, its token still valid.
+    apply_yaml(&admin, &config("[]"), None).await.unwrap();
+    eventually(Duration::from_secs(5), "the reader refused", || {
+        let answer = status(&reader);
+        async move { if answer == 403 { Ok(()) } else { Err(format!("status {answer}")) } }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&bot), 200, "publishers read");
 }

@@ -36,7 +36,7 @@ pub async fn mint_token(
     headers: HeaderMap,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, &headers, "api", STYLE)?;
+    let principal = authenticate(&state, &headers, "api", STYLE).await?;
     match &principal {
         Principal::Anonymous => {
             return Err(ApiError::unauthorized("an admin token is required to mint tokens", "api", STYLE));
@@ -92,15 +92,12 @@ pub async fn mint_token(
 
 /// `GET /api/v1/repositories`: the repositories this caller may read.
 pub async fn list_repositories(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, &headers, "api", STYLE)?;
+    let principal = authenticate(&state, &headers, "api", STYLE).await?;
     let repositories: Vec<_> = state
         .config
         .repositories
         .iter()
-        .filter(|r| {
-            let name = r.metadata.name.as_deref().unwrap_or_default();
-            r.allows_anonymous_read() || principal.grants(name, Permission::Read)
-        })
+        .filter(|r| principal.may(r, Permission::Read))
         .map(|r| {
             let name = r.metadata.name.as_deref().unwrap_or_default();
             json!({
@@ -167,7 +164,7 @@ pub async fn get_version(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let repository = state.repository(&repo, STYLE)?;
-    state.authorize(&headers, repository, Permission::Read, STYLE)?;
+    state.authorize(&headers, repository, Permission::Read, STYLE).await?;
     let id = package_id(&format, &package)?;
     let snapshot = state
         .package(&repo, &id, STYLE)
@@ -211,7 +208,7 @@ pub async fn set_status(
     body: Result<Json<StatusRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let repository = state.repository(&repo, STYLE)?;
-    state.authorize(&headers, repository, Permission::Publish, STYLE)?;
+    state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
     let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
     if request.status == VersionStatus::Unfinished {
         return Err(ApiError::bad_request("a version cannot be set back to Unfinished", STYLE));
@@ -238,7 +235,7 @@ pub async fn origin(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let repository = state.repository(&repo, STYLE)?;
-    state.authorize(&headers, repository, Permission::Read, STYLE)?;
+    state.authorize(&headers, repository, Permission::Read, STYLE).await?;
     let id = package_id(&format, &package)?;
     let effective = policy::evaluate(&state.config, &repo, &id);
     let chain = policy::resolution_order(&state.config, &repo);

@@ -51,14 +51,17 @@ fn crate_and_version(krate: &str, version: &str) -> Result<(PackageId, String), 
 /// `GET index/config.json`. For a private repository it answers anonymous
 /// requests with 401, which is what makes cargo retry with its token.
 pub async fn config(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
-    let result = (|| -> Result<Response, ApiError> {
+    let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let base = format!("{}/cargo/{}", super::origin(&headers), repo_name(repo));
         let body = format::render_config(&format!("{base}/api/v1/crates"), &base, !repo.allows_anonymous_read());
-        Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, no-cache")], body)
-            .into_response())
-    })();
+        Ok::<_, ApiError>(
+            ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, no-cache")], body)
+                .into_response(),
+        )
+    }
+    .await;
     tagged("cargo_config", result)
 }
 
@@ -71,7 +74,7 @@ pub async fn index_file(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let name = format::name_from_index_path(&path).map_err(bad_request)?;
         let missing = || ApiError::not_found(format!("crate {name} not found"), STYLE);
         let rendered = if upstream::has_chain(&state, repo_name(repo)) {
@@ -109,7 +112,7 @@ pub async fn download(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let (id, key) = crate_and_version(&krate, &version)?;
         let missing = || ApiError::not_found(format!("{krate}@{version} not found"), STYLE);
         if upstream::has_chain(&state, repo_name(repo)) {
@@ -161,7 +164,7 @@ impl CrateUpload {
 
 async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let repo = state.repository(repo, STYLE)?;
-    let principal = state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    let principal = state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let limits = state.limits;
     let max_metadata = limits.max_metadata_bytes as u64;
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
@@ -324,7 +327,7 @@ async fn change_yank(
     yank: bool,
 ) -> Result<Response, ApiError> {
     let repo = state.repository(repo, STYLE)?;
-    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let (id, key) = crate_and_version(krate, version)?;
     let (from, to) = if yank {
         (VersionStatus::Published, VersionStatus::Unlisted)
@@ -365,13 +368,13 @@ pub async fn owners(
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
         if method != Method::GET && method != Method::HEAD {
-            state.authorize(&headers, repo, Permission::Publish, STYLE)?;
+            state.authorize(&headers, repo, Permission::Publish, STYLE).await?;
             return Err(bad_request(format!(
                 "crate owners cannot be changed in Wharf: who may publish {krate} is decided by repository {}'s access.publish",
                 repo_name(repo)
             )));
         }
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         format::validate_name(&krate).map_err(bad_request)?;
         let snapshot = state.package(repo_name(repo), &crate_id(&krate), STYLE).await?
             .ok_or_else(|| ApiError::not_found(format!("crate {krate} not found"), STYLE))?;
@@ -402,7 +405,7 @@ pub async fn search(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let per_page = match params.per_page.as_deref() {
             None => DEFAULT_PER_PAGE,
             Some(text) => text

@@ -2,12 +2,13 @@
 //! uses: `Bearer`, `Basic` (any user, the token as password), a raw token
 //! (cargo), or `X-NuGet-ApiKey`.
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::{ApiError, AppState, ErrorStyle};
 use crate::auth::{Principal, secrets_equal};
+use crate::token_review::{ReviewError, is_foreign_jwt};
 
 pub fn credential(headers: &HeaderMap) -> Option<String> {
     if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
@@ -28,9 +29,10 @@ pub fn credential(headers: &HeaderMap) -> Option<String> {
     headers.get("x-nuget-apikey").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
-/// Who is calling: anonymous without a credential; a 401 for a credential
-/// that is not valid (expired, forged, another Domain's).
-pub fn authenticate(
+/// Who is calling: anonymous without a credential; a 401 for a credential that is not valid
+/// (expired, forged, another Domain's, a Kubernetes token the apiserver does not vouch for);
+/// a 503 when a Kubernetes token cannot be checked because the apiserver does not answer.
+pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     repo: &str,
@@ -39,6 +41,28 @@ pub fn authenticate(
     let Some(token) = credential(headers) else { return Ok(Principal::Anonymous) };
     if secrets_equal(&token, &state.admin_token) {
         return Ok(Principal::Admin);
+    }
+    if is_foreign_jwt(&token) {
+        let Some(reviewer) = &state.token_review else {
+            return Err(ApiError::unauthorized(
+                "invalid credential: this looks like a Kubernetes token, which a registry accepts only in \
+                 cluster mode; use a registry token",
+                repo,
+                style,
+            ));
+        };
+        let reviewed = reviewer.review(&token).await;
+        if reviewed.asked_apiserver {
+            state.metrics.record_token_review(&reviewed.outcome);
+        }
+        return match reviewed.outcome {
+            Ok(account) => Ok(Principal::ServiceAccount(account)),
+            Err(error @ ReviewError::Rejected(_)) => Err(ApiError::unauthorized(error.to_string(), repo, style)),
+            Err(error @ ReviewError::Unavailable(_)) => {
+                tracing::warn!(%error, "a ServiceAccount token could not be reviewed");
+                Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string(), style))
+            }
+        };
     }
     let now = chrono::Utc::now().timestamp();
     state

@@ -43,7 +43,7 @@ pub async fn put_asset(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(request.headers(), repo, Permission::Publish, STYLE)?;
+        state.authorize(request.headers(), repo, Permission::Publish, STYLE).await?;
         let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
         format::validate_namespace(&namespace).map_err(invalid)?;
         format::validate_package(&package).map_err(invalid)?;
@@ -100,7 +100,7 @@ pub async fn get_asset(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let missing = || ApiError::not_found(format!("{namespace}/{package} {version} has no asset {asset}"), STYLE);
         let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
@@ -125,7 +125,7 @@ pub async fn get_version(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let missing = || ApiError::not_found(format!("{namespace}/{package} {version} not found"), STYLE);
         let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
@@ -143,7 +143,7 @@ pub async fn get_package(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let snapshot = state
             .package(repo_name(repo), &id, STYLE)

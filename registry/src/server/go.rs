@@ -60,7 +60,7 @@ async fn handle(
                 STYLE,
             )),
         ),
-        (ProxyRequest::SumDb, true) => ("go_sumdb", sumdb(state, repo, &headers)),
+        (ProxyRequest::SumDb, true) => ("go_sumdb", sumdb(state, repo, &headers).await),
         (ProxyRequest::List { path }, true) => ("go_list", list(state, repo, &path, &headers).await),
         (ProxyRequest::Latest { path }, true) => ("go_latest", latest(state, repo, &path, &headers).await),
         (ProxyRequest::File { path, version, kind }, true) => {
@@ -80,8 +80,8 @@ fn repo_name(repo: &Repository) -> &str {
 
 /// The go command asks a proxy whether it proxies a checksum database
 /// before using it; 404 sends it to the database directly.
-fn sumdb(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+async fn sumdb(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     Err(ApiError::not_found("this proxy does not serve a checksum database", STYLE))
 }
 
@@ -102,7 +102,7 @@ fn document(rendered: Rendered, content_type: &'static str, headers: &HeaderMap)
 }
 
 async fn list(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     if upstream::has_chain(state, repo_name(repo)) {
         let view = chained(state, repo, path).await?;
         return Ok(document(view.rendered("go:list", format::render_list), TEXT, headers));
@@ -112,7 +112,7 @@ async fn list(state: &SharedState, repo: &Repository, path: &str, headers: &Head
 }
 
 async fn latest(state: &SharedState, repo: &Repository, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     if upstream::has_chain(state, repo_name(repo)) {
         let mut view = chained(state, repo, path).await?;
         let version = format::latest(&view.index)
@@ -174,7 +174,7 @@ async fn file(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     if upstream::has_chain(state, repo_name(repo)) {
         let mut view = chained(state, repo, path).await?;
         date_from_upstream(state, &mut view, version).await?;
@@ -238,7 +238,7 @@ async fn publish(
     headers: &HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let parsed_version = format::parse_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
     let limit = state.limits.max_upload_bytes.min(format::MAX_ZIP_BYTES);
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());

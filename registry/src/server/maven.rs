@@ -78,9 +78,11 @@ async fn handle(
     // Authorise before looking at the path: an anonymous client of a
     // private repository gets the challenge Maven waits for.
     let permission = if read { Permission::Read } else { Permission::Publish };
-    if let Err(e) =
-        state.repository(repo_name, STYLE).and_then(|repo| state.authorize(&headers, repo, permission, STYLE))
-    {
+    let authorized = match state.repository(repo_name, STYLE) {
+        Ok(repo) => state.authorize(&headers, repo, permission, STYLE).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = authorized {
         return ("maven", Err(e));
     }
     let parsed = match format::parse_path(path) {

@@ -59,11 +59,12 @@ pub struct Metrics {
     durations: Family<RouteLabels, Histogram, DurationBuckets>,
     bytes_in: Family<RouteLabels, Counter>,
     bytes_out: Family<RouteLabels, Counter>,
-    config_reloads: Family<ReloadLabels, Counter>,
+    config_reloads: Family<ResultLabels, Counter>,
+    token_reviews: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
+struct ResultLabels {
     result: &'static str,
 }
 
@@ -91,19 +92,35 @@ impl Metrics {
             "Requests to external connections by connection, kind (metadata, artifact) and outcome",
             upstream_requests,
         );
-        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "config_reloads",
             "Configuration revisions received in cluster mode, by result (applied, rejected)",
             config_reloads.clone(),
         );
-        Metrics { registry, requests, durations, bytes_in, bytes_out, config_reloads }
+        let token_reviews = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_reviews",
+            "ServiceAccount tokens sent to the apiserver's TokenReview API, by result (accepted, rejected, unavailable)",
+            token_reviews.clone(),
+        );
+        Metrics { registry, requests, durations, bytes_in, bytes_out, config_reloads, token_reviews }
     }
 
     /// Counts a configuration revision received while serving.
     pub fn record_config_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
-        self.config_reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.config_reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a review the apiserver was asked for (cached answers are not counted).
+    pub fn record_token_review<T>(&self, outcome: &Result<T, crate::token_review::ReviewError>) {
+        let result = match outcome {
+            Ok(_) => "accepted",
+            Err(crate::token_review::ReviewError::Rejected(_)) => "rejected",
+            Err(crate::token_review::ReviewError::Unavailable(_)) => "unavailable",
+        };
+        self.token_reviews.get_or_create(&ResultLabels { result }).inc();
     }
 }
 

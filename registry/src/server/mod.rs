@@ -59,6 +59,8 @@ pub struct AppState {
     pub upstream: Arc<crate::upstream::UpstreamClient>,
     /// Views through chains, kept while they hold.
     pub views: upstream::ViewCache,
+    /// Checks Kubernetes ServiceAccount tokens; in cluster mode only.
+    pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -80,32 +82,28 @@ impl AppState {
         self.registry.package(repo, id).await.map_err(|e| ApiError::from_core(e, style))
     }
 
-    /// Decides whether the request may do `permission` on `repo`: anonymous
-    /// reads where the Repository's `access` admits them, else a valid
-    /// credential whose scope covers the repository and permission.
-    pub fn authorize(
+    /// Decides whether the request may do `permission` on `repo` (see [`Principal::may`]):
+    /// 401 when it needs a credential it lacks, 403 when its credential does not reach.
+    pub async fn authorize(
         &self,
         headers: &HeaderMap,
         repo: &Repository,
         permission: Permission,
         style: ErrorStyle,
     ) -> Result<Principal, ApiError> {
-        let name = repo.metadata.name.as_deref().unwrap_or_default();
-        let principal = credentials::authenticate(self, headers, name, style)?;
+        let name = repo.name();
+        let principal = credentials::authenticate(self, headers, name, style).await?;
+        if principal.may(repo, permission) {
+            return Ok(principal);
+        }
         if principal == Principal::Anonymous {
-            if permission == Permission::Read && repo.allows_anonymous_read() {
-                return Ok(principal);
-            }
             return Err(ApiError::unauthorized(format!("authentication required for repository {name}"), name, style));
         }
-        if !principal.grants(name, permission) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("{} may not {} on repository {name}", principal.name(), permission.as_str()),
-                style,
-            ));
-        }
-        Ok(principal)
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} may not {} on repository {name}", principal.name(), permission.as_str()),
+            style,
+        ))
     }
 }
 

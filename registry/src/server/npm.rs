@@ -60,7 +60,7 @@ async fn handle(
     let get = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
         ["-", "ping"] => ("npm_ping", Ok(axum::Json(json!({})).into_response())),
-        ["-", "whoami"] => ("npm_whoami", whoami(state, repo, headers)),
+        ["-", "whoami"] => ("npm_whoami", whoami(state, repo, headers).await),
         ["-", "npm", "v1", "security", ..] | ["-", "v1", "security", ..] => {
             // No advisories database: answer "none" so installs don't fail.
             ("npm_audit", Ok(axum::Json(json!({})).into_response()))
@@ -107,8 +107,8 @@ fn package_id(name: &str) -> PackageId {
     PackageId::new(PackageFormat::Npm, name)
 }
 
-fn whoami(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let principal = state.authorize(headers, repo, Permission::Read, STYLE)?;
+async fn whoami(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let principal = state.authorize(headers, repo, Permission::Read, STYLE).await?;
     if principal == crate::auth::Principal::Anonymous {
         let name = repo.metadata.name.as_deref().unwrap_or_default();
         return Err(ApiError::unauthorized("not logged in", name, STYLE));
@@ -122,7 +122,7 @@ async fn packument(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let abbreviated = accept.contains(format::ABBREVIATED_CONTENT_TYPE);
@@ -169,7 +169,7 @@ async fn version(
     spec: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
     let index = visible_index(state, repo_name, name).await?;
     let version = index.tags.get(spec).map(String::as_str).unwrap_or(spec);
@@ -190,7 +190,7 @@ async fn tarball(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Read, STYLE)?;
+    state.authorize(headers, repo, Permission::Read, STYLE).await?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
     let bare = name.rsplit('/').next().unwrap_or(name);
     let version = file
@@ -233,7 +233,7 @@ async fn publish(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let repo_name = repo.metadata.name.as_deref().unwrap_or_default();
     let limits = state.limits;
     // base64 inflates by 4/3; the document around it by up to the metadata limit.
@@ -410,13 +410,13 @@ async fn dist_tags(
     let registry = &state.registry;
     match (rest, method) {
         (["dist-tags"], &Method::GET) => {
-            state.authorize(headers, repo, Permission::Read, STYLE)?;
+            state.authorize(headers, repo, Permission::Read, STYLE).await?;
             // The tags a client installing from here would see (merged through the chain).
             let index = visible_index(state, repo_name, &name).await?;
             Ok(axum::Json(&index.tags).into_response())
         }
         (["dist-tags", tag], &Method::PUT) | (["dist-tags", tag], &Method::POST) => {
-            state.authorize(headers, repo, Permission::Publish, STYLE)?;
+            state.authorize(headers, repo, Permission::Publish, STYLE).await?;
             format::validate_tag(tag).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             let body = axum::body::to_bytes(body, 4096)
                 .await
@@ -427,7 +427,7 @@ async fn dist_tags(
             Ok((StatusCode::CREATED, axum::Json(json!({"ok": true}))).into_response())
         }
         (["dist-tags", tag], &Method::DELETE) => {
-            state.authorize(headers, repo, Permission::Publish, STYLE)?;
+            state.authorize(headers, repo, Permission::Publish, STYLE).await?;
             registry.remove_tag(repo_name, &id, tag).await.map_err(|e| ApiError::from_core(e, STYLE))?;
             Ok(axum::Json(json!({"ok": true})).into_response())
         }

@@ -40,7 +40,7 @@ pub async fn redirect_project(Path((repo, project)): Path<(String, String)>) -> 
 pub async fn root(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let mut names = state
             .registry
             .package_names(repo_name(repo), PackageFormat::Pypi)
@@ -63,7 +63,7 @@ pub async fn project(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let normalized = format::normalize_name(&project);
         if normalized != project {
             return Ok(moved_permanently(format!("/pypi/{}/simple/{normalized}/", repo_name(repo))));
@@ -107,7 +107,7 @@ pub async fn file(
 ) -> Response {
     let result = async {
         let repo = state.repository(&repo, STYLE)?;
-        state.authorize(&headers, repo, Permission::Read, STYLE)?;
+        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let (asset_name, metadata_file) = match filename.strip_suffix(".metadata") {
             Some(asset) => (asset, true),
             None => (filename.as_str(), false),
@@ -170,7 +170,7 @@ async fn upload_file(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let repo = state.repository(repo, STYLE)?;
-    state.authorize(headers, repo, Permission::Publish, STYLE)?;
+    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let mut multipart =
         multipart.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {e}"), STYLE))?;
     let limits = state.limits;

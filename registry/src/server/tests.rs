@@ -78,6 +78,7 @@ impl TestApp {
             admin_token: ADMIN.into(),
             signing_key: Some(b"test-key".to_vec()),
             limits,
+            token_review: None,
         };
         // Shared storage: readers revalidate, as replicas on object storage do.
         TestApp { router: app(build_state(config, crate::storage::Storage::new(store), &options).await.unwrap()) }
