@@ -210,6 +210,28 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     assert_eq!(reviews("wharf_token_reviews_total{result=\"accepted\"}").await, 3.0, "bot, reader, outsider");
     assert_eq!(reviews("wharf_token_reviews_total{result=\"rejected\"}").await, 2.0, "wrong audience, forged");
 
+    // A ServiceAccount exchanges its token for a registry token within what it is granted.
+    let exchange = |token: &str, body: serde_json::Value| {
+        let url = server.url("/api/v1/auth/token");
+        let token = token.to_owned();
+        async move {
+            let response = reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (code, minted) = exchange(&reader, serde_json::json!({"repositories": ["web"], "permissions": ["read"]})).await;
+    assert_eq!(code, 201, "{minted}");
+    let registry_token = minted["token"].as_str().unwrap().to_owned();
+    assert_eq!(status(&registry_token), 200);
+    let (code, body) =
+        exchange(&reader, serde_json::json!({"repositories": ["web"], "permissions": ["publish"]})).await;
+    assert_eq!(code, 403, "a reader cannot mint itself publishing: {body}");
+    let (code, _) = exchange(&reader, serde_json::json!({"repositories": ["*"], "permissions": ["read"]})).await;
+    assert_eq!(code, 400, "a ServiceAccount names its repositories");
+    let (code, _) =
+        exchange(&registry_token, serde_json::json!({"repositories": ["web"], "permissions": ["read"]})).await;
+    assert_eq!(code, 403, "tokens do not mint tokens");
+
     // Access is decided per request from the configuration in force: taking the namespace
     // off the readers ends the reader's access within seconds, its token still valid.
     apply_yaml(&admin, &config("[]"), None).await.unwrap();

@@ -30,7 +30,10 @@ pub struct TokenRequest {
     subject: Option<String>,
 }
 
-/// `POST /api/v1/auth/token`: an admin mints a scoped, short-lived token.
+/// `POST /api/v1/auth/token`: a scoped, short-lived registry token. An admin mints any; a
+/// Kubernetes ServiceAccount (cluster mode) exchanges its own token for one covering what the
+/// Repositories' `access` grants it now, for clients that keep a token in their configuration
+/// longer than a projected token lives. Tokens do not mint tokens.
 pub async fn mint_token(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -39,14 +42,22 @@ pub async fn mint_token(
     let principal = authenticate(&state, &headers, "api", STYLE).await?;
     match &principal {
         Principal::Anonymous => {
-            return Err(ApiError::unauthorized("an admin token is required to mint tokens", "api", STYLE));
+            return Err(ApiError::unauthorized(
+                "minting a token needs an admin token, or a ServiceAccount token in cluster mode",
+                "api",
+                STYLE,
+            ));
         }
-        p if !p.grants("*", Permission::Admin) => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "only an admin may mint tokens", STYLE));
+        Principal::Token(_) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a registry token cannot mint tokens; use an admin or a ServiceAccount token",
+                STYLE,
+            ));
         }
-        _ => {}
+        Principal::Admin | Principal::ServiceAccount(_) => {}
     }
-    let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    let Json(mut request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
     if request.repositories.is_empty() || request.permissions.is_empty() {
         return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
     }
@@ -54,6 +65,16 @@ pub async fn mint_token(
         if repo != "*" && state.config.repository(repo).is_none() {
             return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
         }
+    }
+    if let Principal::ServiceAccount(account) = &principal {
+        check_exchange(&state, &principal, &request)?;
+        if request.subject.as_ref().is_some_and(|subject| *subject != account.username) {
+            return Err(ApiError::bad_request(
+                format!("a token exchanged by a ServiceAccount is for {}; leave subject out", account.username),
+                STYLE,
+            ));
+        }
+        request.subject = Some(account.username.clone());
     }
     let min_ttl = wharf_api::TOKEN_TTL_MIN.as_secs();
     let max_ttl = state.config.domain.spec.max_token_ttl().as_secs();
@@ -88,6 +109,26 @@ pub async fn mint_token(
         })),
     )
         .into_response())
+}
+
+/// What a ServiceAccount may exchange its token for: named repositories, read or publish,
+/// each granted by the Repository's `access` now.
+fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenRequest) -> Result<(), ApiError> {
+    for repo in &request.repositories {
+        let Some(repository) = state.config.repository(repo) else {
+            return Err(ApiError::bad_request("a ServiceAccount names each repository; `*` is for admins", STYLE));
+        };
+        for permission in &request.permissions {
+            if !principal.may(repository, *permission) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("{} may not {} on repository {repo}", principal.name(), permission.as_str()),
+                    STYLE,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `GET /api/v1/repositories`: the repositories this caller may read.
