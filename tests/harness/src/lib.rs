@@ -2,9 +2,13 @@
 //! `tests/control-plane.sh`, started on loopback with RBAC and ServiceAccount tokens — what
 //! envtest does for Go operators. Does I/O (processes, files, network).
 //!
-//! There is no kube-controller-manager, scheduler or kubelet: no garbage collection and no
-//! Pods. [`Kubelet`] stands in for the kubelet where a test needs the registry a Deployment
-//! describes actually running.
+//! There is no kube-controller-manager, scheduler, kubelet or cluster DNS: no garbage
+//! collection and no Pods. [`Kubelet`] stands in for the kubelet: it runs the program a
+//! Deployment describes when a test asks ([`Kubelet::run_program`]), or, started as a
+//! [`Node`], runs every Deployment and Job that appears in the background, writes their
+//! status as the Deployment and Job controllers would, and stands in for Services and
+//! cluster DNS with an HTTP proxy. Its processes are local, unisolated programs (see the
+//! `kubelet` and `node` modules for what they see and what is left out).
 //!
 //! One control plane serves every test of a test binary ([`ControlPlane::shared`]); tests
 //! keep apart by namespace. Its processes run under a small shell supervisor that stops them
@@ -12,6 +16,7 @@
 //! or when the test process is killed — so nothing outlives the tests.
 
 mod kubelet;
+mod node;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -29,7 +34,8 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
-pub use kubelet::{Kubelet, Listen, RunningPod};
+pub use kubelet::{Kubelet, Listen, RunningPod, SERVICE_ACCOUNT_MOUNT};
+pub use node::Node;
 
 /// Field manager of what tests apply, distinct from the operator's.
 pub const TEST_FIELD_MANAGER: &str = "wharf-test";
@@ -214,19 +220,49 @@ impl ControlPlane {
         client_for(&self.kubeconfig_yaml(&format!("{namespace}-{name}"), &token)).await
     }
 
-    /// A TokenRequest token of the ServiceAccount `namespace/name` (created if missing).
+    /// A TokenRequest token of the ServiceAccount `namespace/name` (created if missing), for
+    /// the apiserver's own audience, valid for a day.
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> anyhow::Result<String> {
+        self.service_account_token_for(namespace, name, None, 24 * 3600).await
+    }
+
+    /// A TokenRequest token of the ServiceAccount `namespace/name` (created, with its
+    /// namespace, if missing) for `audience` (the apiserver's own when `None`), valid for
+    /// `expiration_seconds`: what the kubelet writes into a projected `serviceAccountToken`.
+    pub async fn service_account_token_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        audience: Option<&str>,
+        expiration_seconds: i64,
+    ) -> anyhow::Result<String> {
         let client = self.admin_client().await?;
-        ensure_namespace(&client, namespace).await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
-        let account = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
-        accounts.patch(name, &PatchParams::apply(TEST_FIELD_MANAGER), &Patch::Apply(account)).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        // Created only when missing: applying it would take away fields a chart set on it.
+        if accounts.get_opt(name).await?.is_none() {
+            ensure_namespace(&client, namespace).await?;
+            let account = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+            accounts.patch(name, &PatchParams::apply(TEST_FIELD_MANAGER), &Patch::Apply(account)).await?;
+        }
         let request = TokenRequest {
-            spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),
+            spec: Some(TokenRequestSpec {
+                audiences: audience.map(|audience| vec![audience.to_owned()]),
+                expiration_seconds: Some(expiration_seconds),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let issued = accounts.create_token_request(name, &PostParams::default(), &request).await?;
+        let issued = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?;
         issued.status.and_then(|status| status.token).context("TokenRequest returned no token")
+    }
+
+    /// The apiserver's self-signed serving certificate, which is also the CA that verifies
+    /// it: a pod's `ca.crt`.
+    pub fn ca_certificate(&self) -> PathBuf {
+        self.dir.join("certs/apiserver.crt")
     }
 
     fn write_kubeconfig(&self, user: &str, token: &str) -> anyhow::Result<PathBuf> {
