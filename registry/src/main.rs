@@ -43,9 +43,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Data folder of the embedded default configuration.
-    #[arg(long, env = "WHARF_DATA", default_value = "./wharf-data")]
-    data: String,
+    /// Data folder of the embedded default configuration [default: ./wharf-data]; in cluster
+    /// mode, where a filesystem Domain's volume is mounted (the operator passes the Domain's
+    /// path; without it, the Domain's path is used as written).
+    #[arg(long, env = "WHARF_DATA")]
+    data: Option<String>,
     /// Log format.
     #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -62,6 +64,9 @@ struct ServeArgs {
     #[arg(long, env = "WHARF_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     max_metadata_bytes: usize,
 }
+
+/// Where the embedded default configuration keeps its data.
+const DEFAULT_DATA: &str = "./wharf-data";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -90,7 +95,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (config, Some((source, revision, reviewer)))
         }
         (Some(path), None) => (DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?, None),
-        (None, None) => (DomainConfig::embedded_default(&args.data), None),
+        (None, None) => (DomainConfig::embedded_default(args.data.as_deref().unwrap_or(DEFAULT_DATA)), None),
     };
     let (source, token_review) = match source {
         Some((source, revision, reviewer)) => (Some((source, revision)), Some(Arc::new(reviewer))),
@@ -101,8 +106,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => (hex::encode(rand::random::<[u8; 24]>()), true),
     };
     let signing_key = std::env::var("WHARF_TOKEN_SIGNING_KEY").ok().filter(|k| !k.is_empty()).map(String::into_bytes);
-    let secrets =
-        SecretsDir::new(args.secrets_dir.clone().unwrap_or_else(|| PathBuf::from(&args.data).join("secrets")));
+    let secrets = SecretsDir::new(
+        args.secrets_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(args.data.as_deref().unwrap_or(DEFAULT_DATA)).join("secrets")),
+    );
     let options = ServeOptions {
         listen: args.listen,
         secrets,
@@ -111,7 +119,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
         token_review,
     };
-    let storage = startup::open_storage(&config, &options.secrets)?;
+    // The operator mounts a filesystem Domain's volume at --data.
+    let mounted_at = args.config_map.as_ref().and(args.data.as_deref());
+    let storage = startup::open_storage(&config, &options.secrets, mounted_at)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("failed to listen on {}", options.listen))?;

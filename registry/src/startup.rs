@@ -16,9 +16,15 @@ use crate::server::{self, AppState, Limits, metrics::Metrics};
 use crate::storage::Storage;
 
 /// Opens the storage the Domain's `storage` names, with credentials from
-/// `secrets` (see [`crate::backends::open_storage`]).
-pub fn open_storage(config: &DomainConfig, secrets: &SecretsDir) -> anyhow::Result<Storage> {
-    crate::backends::open_storage(&config.domain.spec.storage, secrets)
+/// `secrets` (see [`crate::backends::open_storage`]). `mounted_at`, in cluster mode, is
+/// where the pod has the Domain's filesystem volume: the path in the Domain is where the
+/// operator mounts it, and the pod's own view of its mounts is what counts.
+pub fn open_storage(config: &DomainConfig, secrets: &SecretsDir, mounted_at: Option<&str>) -> anyhow::Result<Storage> {
+    let mut spec = config.domain.spec.storage.clone();
+    if let (Some(filesystem), Some(mounted_at)) = (spec.filesystem.as_mut(), mounted_at) {
+        mounted_at.clone_into(&mut filesystem.path);
+    }
+    crate::backends::open_storage(&spec, secrets)
         .with_context(|| format!("failed to open the storage of Domain {:?}", config.domain_name()))
 }
 

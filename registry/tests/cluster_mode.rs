@@ -107,26 +107,6 @@ async fn follows_its_config_map_and_keeps_the_last_good_revision() {
     assert!(server.log_lines().iter().any(|line| line.contains("storage changes take effect")));
 }
 
-/// A TokenRequest token of ServiceAccount `namespace/name` (created if missing) for
-/// `audiences` (the apiserver's own when empty): what a projected token volume holds.
-async fn projected_token(plane: &ControlPlane, namespace: &str, name: &str, audiences: &[&str]) -> String {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::{Api, PostParams};
-    plane.service_account_token(namespace, name).await.unwrap();
-    let accounts: Api<ServiceAccount> = Api::namespaced(plane.admin_client().await.unwrap(), namespace);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(audiences.iter().map(|audience| audience.to_string()).collect()),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let issued = accounts.create_token_request(name, &PostParams::default(), &request).await.unwrap();
-    issued.status.unwrap().token.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     const NS: &str = "k8s-identity";
@@ -166,10 +146,14 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
         &[("KUBECONFIG", kubeconfig.as_os_str())],
     );
 
-    let bot = projected_token(plane, "team-a", "release-bot", &["wharf.dev"]).await;
-    let reader = projected_token(plane, "team-a", "builder", &["wharf.dev"]).await;
-    let outsider = projected_token(plane, "team-b", "builder", &["wharf.dev"]).await;
-    let for_the_apiserver = projected_token(plane, "team-a", "release-bot", &[]).await;
+    // What a projected token volume holds.
+    let token = |namespace: &'static str, name: &'static str, audience: Option<&'static str>| async move {
+        plane.service_account_token_for(namespace, name, audience, 3600).await.unwrap()
+    };
+    let bot = token("team-a", "release-bot", Some("wharf.dev")).await;
+    let reader = token("team-a", "builder", Some("wharf.dev")).await;
+    let outsider = token("team-b", "builder", Some("wharf.dev")).await;
+    let for_the_apiserver = token("team-a", "release-bot", None).await;
 
     // The real npm: the release bot publishes with its token, a reader installs with its own.
     let workspace = Workspace::new();
