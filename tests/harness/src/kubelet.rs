@@ -182,7 +182,7 @@ impl<'a> Kubelet<'a> {
     }
 
     /// Registers `binary` as the program of images whose repository is `name` (the last path
-    /// segment before the tag or digest: `ghcr.io/acme/wharf-operator:0.1.0` is
+    /// segment before the tag or digest: `registry.example/acme/wharf-operator:0.1.0` is
     /// `wharf-operator`), listening where `listen` says, ready when `probe` answers 200.
     pub fn image(mut self, name: &str, binary: impl Into<PathBuf>, listen: Listen, probe: &str) -> Self {
         self.images.insert(name.to_owned(), Image { binary: binary.into(), listen, probe: probe.to_owned() });

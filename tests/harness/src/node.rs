@@ -733,7 +733,7 @@ mod tests {
 
     #[test]
     fn names_the_repository_of_an_image_reference() {
-        assert_eq!(repository_name("ghcr.io/x/wharf-operator:0.1.0"), "wharf-operator");
+        assert_eq!(repository_name("registry.example/x/wharf-operator:0.1.0"), "wharf-operator");
         assert_eq!(repository_name("registry.example:5000/acme/wharf-registry@sha256:abc"), "wharf-registry");
         assert_eq!(repository_name("registry.example:5000/wharf-registry:1@sha256:abc"), "wharf-registry");
         assert_eq!(repository_name("busybox"), "busybox");
