@@ -1,6 +1,6 @@
 //! The Wharf operator: reconciles Domains, Repositories and UpstreamPolicies into one
-//! registry Deployment per Domain. `resolve`, `render`, `conditions` and `selector` are pure;
-//! the controllers do the I/O.
+//! registry Deployment per Domain. `resolve`, `render`, `conditions`, `scope` and `selector` are
+//! pure; the controllers do the I/O.
 
 pub mod conditions;
 pub mod controller;
@@ -8,6 +8,7 @@ pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod resolve;
+pub mod scope;
 pub mod selector;
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use wharf_operator::controller::termination;
 use wharf_operator::leader::{Elector, Timing};
 use wharf_operator::metrics::Metrics;
 use wharf_operator::render::RegistrySettings;
+use wharf_operator::scope::WatchScope;
 
 #[derive(Parser)]
 #[command(name = "wharf-operator", version, about = "Wharf operator: Domains, Repositories and UpstreamPolicies")]
@@ -36,9 +37,9 @@ struct RunArgs {
     /// Default: not served.
     #[arg(long, env = "WHARF_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
-    /// Namespaces to reconcile, comma separated; empty for all. Not supported yet: the operator
-    /// reconciles every namespace and refuses to start when this names any, rather than do
-    /// something else than asked.
+    /// Namespaces to watch and reconcile, comma separated; empty for all. With a list, the
+    /// operator needs its namespaced rules only in those namespaces and its cluster-scoped ones
+    /// cluster-wide (operator/rbac/watch-namespaces/); objects elsewhere are not seen.
     #[arg(long, env = "WHARF_WATCH_NAMESPACES")]
     watch_namespaces: Option<String>,
     /// Log format.
@@ -89,26 +90,33 @@ fn main() -> anyhow::Result<()> {
                     args.leader_election_lease_seconds
                 );
             }
-            if let Some(namespaces) = args.watch_namespaces.as_deref().filter(|value| !value.trim().is_empty()) {
-                anyhow::bail!(
-                    "WHARF_WATCH_NAMESPACES / --watch-namespaces is {namespaces:?}, but this operator reconciles every \
-                     namespace and cannot be limited yet; unset it (chart value watchNamespaces: [])"
-                );
-            }
+            let value = args.watch_namespaces.as_deref().unwrap_or_default();
+            let scope = WatchScope::parse(value).with_context(|| {
+                format!(
+                    "WHARF_WATCH_NAMESPACES / --watch-namespaces {value:?} is not a comma-separated list of \
+                     namespace names (empty for all namespaces)"
+                )
+            })?;
             init_tracing(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("failed to start the async runtime")?
-                .block_on(run(args))
+                .block_on(run(args, scope))
         }
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, scope: WatchScope) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to configure the Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
+    match &scope {
+        WatchScope::All => tracing::info!("watching all namespaces"),
+        WatchScope::Namespaces(namespaces) => {
+            tracing::info!(namespaces = %namespaces.join(","), "watching only these namespaces");
+        }
+    }
     let settings = RegistrySettings { image: args.registry_image };
     let metrics = Arc::new(Metrics::default());
     if let Some(address) = args.metrics_addr {
@@ -125,7 +133,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if !args.leader_election {
         metrics.set_leader(true);
-        wharf_operator::controller::run(client, settings, metrics).await;
+        wharf_operator::controller::run(client, settings, scope, metrics).await;
         return Ok(());
     }
     let namespace = args.leader_election_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
@@ -145,7 +153,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.set_leader(true);
     tokio::select! {
         // The controllers stop on SIGTERM: hand the Lease over now rather than after it expires.
-        () = wharf_operator::controller::run(client, settings, metrics.clone()) => {
+        () = wharf_operator::controller::run(client, settings, scope, metrics.clone()) => {
             metrics.set_leader(false);
             elector.release().await.context("failed to release the Lease; a successor takes over when it expires")?;
             Ok(())

@@ -28,3 +28,65 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "wharf.registryImage" -}}
 {{- printf "%s:%s" .Values.registryImage.repository (.Values.registryImage.tag | default .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/*
+The operator's rules, split by scope. Together they are operator/rbac/cluster-role.yaml; apart,
+operator/rbac/watch-namespaces/cluster.yaml and namespace.yaml (tests/harness/tests/chart.rs
+compares all three). `create` beside `patch` because a server-side apply that creates an object
+is authorized as a create; `get` only on Secrets and ConfigMaps, the children a reconcile reads
+one by one.
+*/}}
+{{- define "wharf.clusterScopedRules" -}}
+# Namespace labels decide repositoryNamespaces.from: Selector.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+# Cluster-scoped, so no owner reference: the Domain's finalizer deletes it.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterrolebindings]
+  verbs: [list, watch, create, patch, delete]
+# Binding system:auth-delegator (TokenReview) to a registry without holding its rights.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  resourceNames: ["system:auth-delegator"]
+  verbs: [bind]
+{{- end -}}
+
+{{- define "wharf.namespacedRules" -}}
+# The resources it reconciles: read and watch; patch to add and remove its finalizer.
+- apiGroups: [wharf.dev]
+  resources: [domains, repositories, upstreampolicies]
+  verbs: [get, list, watch, patch]
+- apiGroups: [wharf.dev]
+  resources: [domains/status, repositories/status, upstreampolicies/status]
+  verbs: [patch]
+# Owner references with blockOwnerDeletion, where OwnerReferencesPermissionEnforcement
+# is enabled.
+- apiGroups: [wharf.dev]
+  resources: [domains/finalizers]
+  verbs: [update]
+# A Domain's children, applied by server-side apply and watched for drift.
+- apiGroups: [""]
+  resources: [configmaps, secrets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [serviceaccounts, services]
+  verbs: [list, watch, create, patch]
+# A filesystem Domain's volume: deleted with deletionPolicy Delete, orphaned with Retain.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch]
+# Removed when replicas drop below 2.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, watch, create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

@@ -11,6 +11,7 @@ mod domain;
 mod policy;
 mod repository;
 mod storage;
+mod watches;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -33,6 +34,8 @@ use wharf_api::{Domain, DomainConfig, Repository, UpstreamPolicy};
 
 use crate::render::{CONFIG_KEY, FIELD_MANAGER, RegistrySettings, RenderError};
 use crate::resolve::{NamespaceLabels, ObjectKey};
+use crate::scope::WatchScope;
+use watches::ScopedTriggers;
 
 /// The finalizer on Domains and Repositories that carries out `deletionPolicy`.
 pub const FINALIZER: &str = "wharf.dev/cleanup";
@@ -160,15 +163,17 @@ pub struct Context {
     pub client: Client,
     /// Image and other settings of the registry pods.
     pub settings: RegistrySettings,
-    /// Every Domain.
+    /// The namespaces watched; the caches hold nothing from the others.
+    pub scope: WatchScope,
+    /// Every Domain in the watched namespaces.
     pub domains: Store<Domain>,
-    /// Every Repository.
+    /// Every Repository in the watched namespaces.
     pub repositories: Store<Repository>,
-    /// Every UpstreamPolicy.
+    /// Every UpstreamPolicy in the watched namespaces.
     pub policies: Store<UpstreamPolicy>,
     /// Every Namespace (labels, for `repositoryNamespaces.from: Selector`).
     pub namespaces: Store<Namespace>,
-    /// The rendered configurations (ConfigMaps the operator manages).
+    /// The rendered configurations (ConfigMaps the operator manages) in the watched namespaces.
     pub config_maps: Store<ConfigMap>,
     /// Publishes events.
     pub recorder: Recorder,
@@ -413,32 +418,31 @@ where
 /// Repositories applied at once) into few reconciles.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// Runs the three controllers until SIGTERM or SIGINT, counting reconciles in `metrics`.
-pub async fn run(client: Client, settings: RegistrySettings, metrics: Arc<crate::metrics::Metrics>) {
+/// Runs the three controllers over the namespaces of `scope` until SIGTERM or SIGINT, counting
+/// reconciles in `metrics`.
+pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, metrics: Arc<crate::metrics::Metrics>) {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
-    use kube::runtime::Controller;
     use kube::runtime::controller::Config;
 
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
     let config = || Config::default().debounce(DEBOUNCE);
-    let domain_controller =
-        Controller::new(Api::<Domain>::all(client.clone()), watcher::Config::default()).with_config(config());
-    let repository_controller =
-        Controller::new(Api::<Repository>::all(client.clone()), watcher::Config::default()).with_config(config());
-    let policy_controller =
-        Controller::new(Api::<UpstreamPolicy>::all(client.clone()), watcher::Config::default()).with_config(config());
+    let everything = watcher::Config::default;
+    let domain_controller = watches::controller::<Domain>(&client, &scope, everything()).with_config(config());
+    let repository_controller = watches::controller::<Repository>(&client, &scope, everything()).with_config(config());
+    let policy_controller = watches::controller::<UpstreamPolicy>(&client, &scope, everything()).with_config(config());
 
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
+        scope: scope.clone(),
         domains: domain_controller.store(),
         repositories: repository_controller.store(),
         policies: policy_controller.store(),
-        namespaces: spawn_cache(Api::<Namespace>::all(client.clone()), watcher::Config::default()),
-        config_maps: spawn_cache(Api::<ConfigMap>::all(client.clone()), managed()),
+        namespaces: spawn_cache(Api::<Namespace>::all(client.clone()), everything()),
+        config_maps: watches::cache::<ConfigMap>(&client, &scope, managed()),
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.to_owned(), instance: None }),
         failures: Mutex::new(HashMap::new()),
         served: Mutex::new(HashMap::new()),
@@ -473,21 +477,21 @@ pub async fn run(client: Client, settings: RegistrySettings, metrics: Arc<crate:
             .collect::<Vec<_>>()
     };
     let domains = domain_controller
-        .owns(Api::<ConfigMap>::all(client.clone()), managed())
-        .owns(Api::<Secret>::all(client.clone()), managed())
-        .owns(Api::<ServiceAccount>::all(client.clone()), managed())
-        .owns(Api::<Role>::all(client.clone()), managed())
-        .owns(Api::<RoleBinding>::all(client.clone()), managed())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), managed())
-        .owns(Api::<Deployment>::all(client.clone()), managed())
-        .owns(Api::<Service>::all(client.clone()), managed())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
+        .owns_in::<ConfigMap>(&client, &scope, managed())
+        .owns_in::<Secret>(&client, &scope, managed())
+        .owns_in::<ServiceAccount>(&client, &scope, managed())
+        .owns_in::<Role>(&client, &scope, managed())
+        .owns_in::<RoleBinding>(&client, &scope, managed())
+        .owns_in::<PersistentVolumeClaim>(&client, &scope, managed())
+        .owns_in::<Deployment>(&client, &scope, managed())
+        .owns_in::<Service>(&client, &scope, managed())
+        .owns_in::<PodDisruptionBudget>(&client, &scope, managed())
+        // ClusterRoleBindings and Namespaces are cluster-scoped: watched cluster-wide in every
+        // scope, as the cluster-scoped part of the operator's RBAC allows.
         .watches(Api::<ClusterRoleBinding>::all(client.clone()), managed(), domain_of_binding)
-        .watches(Api::<Repository>::all(client.clone()), watcher::Config::default(), |repository: Repository| {
-            Some(repository_domain(&repository))
-        })
-        .watches(Api::<UpstreamPolicy>::all(client.clone()), watcher::Config::default(), domains_of_policy)
-        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), selector_domains)
+        .watches_in(&client, &scope, everything(), |repository: Repository| Some(repository_domain(&repository)))
+        .watches_in(&client, &scope, everything(), domains_of_policy)
+        .watches(Api::<Namespace>::all(client.clone()), everything(), selector_domains)
         .shutdown_on_signal()
         .run(domain::reconcile, error_policy, ctx.clone())
         .for_each({
@@ -543,9 +547,9 @@ pub async fn run(client: Client, settings: RegistrySettings, metrics: Arc<crate:
         }
     };
     let repositories = repository_controller
-        .watches(Api::<Domain>::all(client.clone()), watcher::Config::default(), repositories_of_domain)
-        .watches(Api::<ConfigMap>::all(client.clone()), managed(), repositories_of_config)
-        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), repositories_in_namespace)
+        .watches_in(&client, &scope, everything(), repositories_of_domain)
+        .watches_in(&client, &scope, managed(), repositories_of_config)
+        .watches(Api::<Namespace>::all(client.clone()), everything(), repositories_in_namespace)
         .shutdown_on_signal()
         .run(repository::reconcile, error_policy, ctx.clone())
         .for_each({
@@ -563,8 +567,8 @@ pub async fn run(client: Client, settings: RegistrySettings, metrics: Arc<crate:
     let policies_for_domain = every_policy(ctx.policies.clone());
     let policies_for_config = every_policy(ctx.policies.clone());
     let policies = policy_controller
-        .watches(Api::<Domain>::all(client.clone()), watcher::Config::default(), move |_: Domain| policies_for_domain())
-        .watches(Api::<ConfigMap>::all(client.clone()), managed(), move |_: ConfigMap| policies_for_config())
+        .watches_in(&client, &scope, everything(), move |_: Domain| policies_for_domain())
+        .watches_in(&client, &scope, managed(), move |_: ConfigMap| policies_for_config())
         .shutdown_on_signal()
         .run(policy::reconcile, error_policy, ctx.clone())
         .for_each({

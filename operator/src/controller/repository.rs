@@ -61,6 +61,14 @@ async fn apply_repository(repository: &Repository, ctx: &Context) -> Result<Acti
     let domain_label = format!("{}/{}", domain_ref.namespace.as_deref().unwrap_or_default(), domain_ref.name);
     let mut endpoints = BTreeMap::new();
     let outcome = match ctx.domains.get(&domain_ref) {
+        None if !ctx.scope.includes(domain_ref.namespace.as_deref().unwrap_or_default()) => Outcome::stalled(
+            "DomainNotFound",
+            format!(
+                "Domain {domain_label} named in spec.domainRef is outside the namespaces this operator watches ({}); \
+                 point spec.domainRef at a Domain in one of them, or add its namespace to --watch-namespaces",
+                ctx.scope
+            ),
+        ),
         None => Outcome::stalled(
             "DomainNotFound",
             format!("Domain {domain_label} named in spec.domainRef does not exist; create it or fix spec.domainRef"),

@@ -1,6 +1,7 @@
 //! The Helm charts (`charts/wharf`, `charts/wharf-crds`) with a real helm and the real
-//! apiserver: lint; the CRD chart generated from the Wharf types; the operator's ClusterRole
-//! exactly the one the operator is tested under; an upgrade of the CRD chart updates the CRDs;
+//! apiserver: lint; the CRD chart generated from the Wharf types; the operator's ClusterRole,
+//! and with `watchNamespaces` its per-namespace Roles, exactly the RBAC the operator is tested
+//! under; an upgrade of the CRD chart updates the CRDs;
 //! every rendered object, the restricted Pod Security of the operator's pod and the examples
 //! accepted by a server-side dry-run. Runs helm (built by `tests/helm.sh`) in temp dirs, starts
 //! the harness's control plane, reads and (with `WHARF_UPDATE_CRDS=1`) writes chart files.
@@ -141,9 +142,17 @@ fn charts_lint() {
         let output = helm.run(&["lint", "--strict", chart]).unwrap();
         assert!(output.contains("0 chart(s) failed"), "{output}");
     }
+    let output =
+        helm.run(&["lint", "--strict", "charts/wharf", "--set", "watchNamespaces={team-web,team-data}"]).unwrap();
+    assert!(output.contains("0 chart(s) failed"), "{output}");
     // Values the schema refuses, and the one combination the templates refuse.
     let refused = helm.run(&["template", "charts/wharf", "--set", "logFormat=xml"]).unwrap_err();
     assert!(refused.contains("logFormat"), "{refused}");
+    for namespaces in ["{team-web,team-web}", "{Team_Web}", "{team-web,}"] {
+        let value = format!("watchNamespaces={namespaces}");
+        let refused = helm.run(&["template", "charts/wharf", "--set", &value]).unwrap_err();
+        assert!(refused.contains("watchNamespaces"), "{namespaces}: {refused}");
+    }
     let refused = helm
         .run(&["template", "charts/wharf", "--set", "replicaCount=2", "--set", "leaderElection.enabled=false"])
         .unwrap_err();
@@ -154,9 +163,10 @@ fn documents(yaml: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(yaml).unwrap().into_iter().filter(|document| !document.is_null()).collect()
 }
 
-/// The ClusterRole rules as a comparable list: each rule's lists sorted.
+/// The rules of a ClusterRole or Role as a comparable set: each rule's lists sorted, the rules
+/// sorted (their order means nothing to RBAC).
 fn normalized_rules(role: &Value) -> Vec<Value> {
-    role["rules"]
+    let mut rules: Vec<Value> = role["rules"]
         .as_array()
         .unwrap()
         .iter()
@@ -169,25 +179,125 @@ fn normalized_rules(role: &Value) -> Vec<Value> {
             }
             Value::Object(rule)
         })
-        .collect()
+        .collect();
+    rules.sort_by_key(|rule| rule.to_string());
+    rules
+}
+
+/// The document of `kind` in an `operator/rbac` file.
+fn rbac_file(path: &str, kind: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("operator/rbac").join(path)).unwrap();
+    documents(&text).into_iter().find(|document| document["kind"] == kind).unwrap()
+}
+
+/// The all-namespaces ClusterRole is its two halves for `--watch-namespaces` together, so
+/// neither mode can be granted something the other lacks.
+#[test]
+fn the_rbac_split_by_scope_adds_up_to_the_cluster_role() {
+    let whole = normalized_rules(&rbac_file("cluster-role.yaml", "ClusterRole"));
+    let cluster_scoped = normalized_rules(&rbac_file("watch-namespaces/cluster.yaml", "ClusterRole"));
+    let namespaced = normalized_rules(&rbac_file("watch-namespaces/namespace.yaml", "Role"));
+    let mut halves: Vec<Value> = cluster_scoped.iter().chain(&namespaced).cloned().collect();
+    halves.sort_by_key(|rule| rule.to_string());
+    assert_eq!(
+        halves, whole,
+        "operator/rbac/watch-namespaces/ must split operator/rbac/cluster-role.yaml, no more, no less"
+    );
+    // Each half holds only its scope's resources.
+    let cluster_resources = ["namespaces", "clusterrolebindings", "clusterroles"];
+    for rule in &cluster_scoped {
+        for resource in rule["resources"].as_array().unwrap() {
+            assert!(cluster_resources.contains(&resource.as_str().unwrap()), "{rule}");
+        }
+    }
+    for rule in &namespaced {
+        for resource in rule["resources"].as_array().unwrap() {
+            assert!(!cluster_resources.contains(&resource.as_str().unwrap()), "{rule}");
+        }
+    }
+    // Both halves bind the identity the all-namespaces files create.
+    let account = rbac_file("service-account.yaml", "ServiceAccount");
+    assert_eq!(rbac_file("watch-namespaces/cluster.yaml", "ServiceAccount")["metadata"], account["metadata"]);
+    let subject = json!([{"kind": "ServiceAccount", "name": "wharf-operator", "namespace": "wharf-system"}]);
+    assert_eq!(rbac_file("watch-namespaces/cluster.yaml", "ClusterRoleBinding")["subjects"], subject);
+    assert_eq!(rbac_file("watch-namespaces/namespace.yaml", "RoleBinding")["subjects"], subject);
+}
+
+/// The value of the operator container's environment variable `name`.
+fn operator_env(rendered: &[Value], name: &str) -> String {
+    let deployment = rendered.iter().find(|document| document["kind"] == "Deployment").unwrap();
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    env.iter().find(|variable| variable["name"] == name).unwrap()["value"].as_str().unwrap().to_owned()
 }
 
 #[test]
 fn cluster_role_is_the_operators() {
     let Some(helm) = Helm::new() else { return };
-    let operator_role = root().join("operator/rbac/cluster-role.yaml");
-    if !operator_role.is_file() {
-        eprintln!("skipped: {} is not in this tree yet", operator_role.display());
-        return;
-    }
     let rendered = documents(&helm.run(&["template", "wharf", "charts/wharf", "-n", "wharf-system"]).unwrap());
     let chart_role = rendered.iter().find(|document| document["kind"] == "ClusterRole").unwrap();
-    let operator: Value = serde_saphyr::from_str(&std::fs::read_to_string(&operator_role).unwrap()).unwrap();
     assert_eq!(
         normalized_rules(chart_role),
-        normalized_rules(&operator),
+        normalized_rules(&rbac_file("cluster-role.yaml", "ClusterRole")),
         "charts/wharf/templates/clusterrole.yaml must grant exactly what operator/rbac/cluster-role.yaml does"
     );
+    assert_eq!(operator_env(&rendered, "WHARF_WATCH_NAMESPACES"), "");
+    let roles: Vec<&Value> = rendered.iter().filter(|document| document["kind"] == "Role").collect();
+    assert_eq!(roles.len(), 1, "only the leader-election Role: {roles:?}");
+}
+
+#[test]
+fn watched_namespaces_get_roles_and_the_cluster_role_shrinks() {
+    let Some(helm) = Helm::new() else { return };
+    let rendered = documents(
+        &helm
+            .run(&[
+                "template",
+                "wharf",
+                "charts/wharf",
+                "-n",
+                "wharf-system",
+                "--set",
+                "watchNamespaces={team-web,team-data}",
+            ])
+            .unwrap(),
+    );
+    assert_eq!(operator_env(&rendered, "WHARF_WATCH_NAMESPACES"), "team-web,team-data");
+    let chart_role = rendered.iter().find(|document| document["kind"] == "ClusterRole").unwrap();
+    assert_eq!(
+        normalized_rules(chart_role),
+        normalized_rules(&rbac_file("watch-namespaces/cluster.yaml", "ClusterRole")),
+        "with watchNamespaces the chart's ClusterRole must grant exactly operator/rbac/watch-namespaces/cluster.yaml"
+    );
+    let namespaced = normalized_rules(&rbac_file("watch-namespaces/namespace.yaml", "Role"));
+    let of_kind = |kind: &str| -> Vec<&Value> {
+        rendered.iter().filter(|document| document["kind"] == kind && document["metadata"]["name"] == "wharf").collect()
+    };
+    let roles = of_kind("Role");
+    let namespaces: Vec<&str> = roles.iter().map(|role| role["metadata"]["namespace"].as_str().unwrap()).collect();
+    assert_eq!(namespaces, ["team-web", "team-data"]);
+    for role in &roles {
+        assert_eq!(
+            normalized_rules(role),
+            namespaced,
+            "the Role in {} must be operator/rbac/watch-namespaces/namespace.yaml",
+            role["metadata"]["namespace"]
+        );
+    }
+    let bindings = of_kind("RoleBinding");
+    assert_eq!(bindings.len(), 2);
+    for binding in bindings {
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wharf"})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "wharf", "namespace": "wharf-system"}])
+        );
+    }
+    // The leader-election Role stays as it is, in the release namespace.
+    let lease_role = rendered.iter().find(|document| document["metadata"]["name"] == "wharf-leader-election").unwrap();
+    assert_eq!(lease_role["metadata"]["namespace"], "wharf-system");
 }
 
 /// Server-side apply with `dryRun=All`: the apiserver validates, defaults and admits the
@@ -266,7 +376,11 @@ async fn crd_chart_upgrades_and_everything_is_accepted() {
     .await
     .unwrap();
 
-    // Every object of the operator chart, with values other than the defaults too.
+    // Every object of the operator chart, with values other than the defaults too (the
+    // watched namespaces must exist for their Roles to be admitted).
+    for namespace in ["team-web", "team-api"] {
+        ensure_namespace(&admin, namespace).await.unwrap();
+    }
     for values in [&[][..], &["--set", "replicaCount=2", "--set", "watchNamespaces={team-web,team-api}"][..]] {
         let mut args = vec!["template", "wharf", "charts/wharf", "--namespace", "wharf-system"];
         args.extend_from_slice(values);
@@ -277,6 +391,9 @@ async fn crd_chart_upgrades_and_everything_is_accepted() {
         {
             assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
         }
+        let watched = values.iter().any(|value| value.starts_with("watchNamespaces="));
+        let roles = rendered.iter().filter(|document| document["kind"] == "Role").count();
+        assert_eq!(roles, if watched { 3 } else { 1 }, "{values:?}");
         for document in &rendered {
             dry_run_apply(&admin, document, "wharf-system").await.unwrap();
         }
