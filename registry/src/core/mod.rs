@@ -50,7 +50,7 @@ pub enum CoreError {
 pub struct PackageSnapshot {
     pub revision: u64,
     pub index: PackageIndex,
-    renders: Mutex<HashMap<String, Rendered>>,
+    renders: Renders,
 }
 
 /// An encoded response body and its entity tag.
@@ -68,24 +68,44 @@ impl Rendered {
     }
 }
 
+/// The bodies rendered from one package index, by key (a format's variant and base URL),
+/// so a hot package is encoded once per change, not once per request.
+#[derive(Default)]
+pub struct Renders(Mutex<HashMap<String, Rendered>>);
+
+impl Renders {
+    /// Kept per index at most: a few variants times a few base URLs.
+    const MAX: usize = 16;
+
+    /// The body `render` produces from `index` for `key`, computed once while kept.
+    pub fn get_or_render(
+        &self,
+        key: &str,
+        index: &PackageIndex,
+        render: impl FnOnce(&PackageIndex) -> Bytes,
+    ) -> Rendered {
+        if let Some(hit) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return hit.clone();
+        }
+        let rendered = Rendered::of(render(index));
+        let mut renders = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if renders.len() > Self::MAX {
+            renders.clear();
+        }
+        renders.insert(key.to_owned(), rendered.clone());
+        rendered
+    }
+}
+
 impl PackageSnapshot {
     fn new(revision: u64, index: PackageIndex) -> Self {
-        PackageSnapshot { revision, index, renders: Mutex::new(HashMap::new()) }
+        PackageSnapshot { revision, index, renders: Renders::default() }
     }
 
     /// The body `render` produces for this revision, computed once per
     /// `key` (a format's variant and base URL).
     pub fn rendered(&self, key: &str, render: impl FnOnce(&PackageIndex) -> Bytes) -> Rendered {
-        if let Some(hit) = self.renders.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
-            return hit.clone();
-        }
-        let rendered = Rendered::of(render(&self.index));
-        let mut renders = self.renders.lock().unwrap_or_else(|e| e.into_inner());
-        if renders.len() > 16 {
-            renders.clear();
-        }
-        renders.insert(key.to_owned(), rendered.clone());
-        rendered
+        self.renders.get_or_render(key, &self.index, render)
     }
 }
 

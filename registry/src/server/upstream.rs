@@ -48,23 +48,14 @@ pub struct View {
     /// Whether policy and origin let the chain's external connection serve
     /// this package (what may complete a cached copy from outside).
     pub external_allowed: bool,
-    renders: Arc<Mutex<HashMap<String, Rendered>>>,
+    renders: Arc<crate::core::Renders>,
 }
 
 impl View {
     /// The body `render` produces from this view, computed once per `key`
     /// (a format's variant and base URL) while the view holds.
     pub fn rendered(&self, key: &str, render: impl FnOnce(&PackageIndex) -> Bytes) -> Rendered {
-        if let Some(hit) = self.renders.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
-            return hit.clone();
-        }
-        let rendered = Rendered::of(render(&self.index));
-        let mut renders = self.renders.lock().unwrap_or_else(|e| e.into_inner());
-        if renders.len() > 16 {
-            renders.clear();
-        }
-        renders.insert(key.to_owned(), rendered.clone());
-        rendered
+        self.renders.get_or_render(key, &self.index, render)
     }
 }
 
