@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use wharf_operator::controller::termination;
 use wharf_operator::leader::{Elector, Timing};
 use wharf_operator::metrics::Metrics;
 use wharf_operator::render::RegistrySettings;
 use wharf_operator::scope::WatchScope;
+use wharf_registry::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "wharf-operator", version, about = "Wharf operator: Domains, Repositories and UpstreamPolicies")]
@@ -69,12 +70,6 @@ struct RunArgs {
     leader_election_renew_seconds: u64,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
@@ -97,7 +92,7 @@ fn main() -> anyhow::Result<()> {
                      namespace names (empty for all namespaces)"
                 )
             })?;
-            init_tracing(args.log_format);
+            logging::init(args.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -177,14 +172,4 @@ fn default_identity() -> String {
 fn crd_yaml() -> anyhow::Result<String> {
     let files = wharf_api::crd_files().context("failed to write the CustomResourceDefinitions as YAML")?;
     Ok(files.into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cluster;
 pub mod core;
 pub mod formats;
+pub mod logging;
 pub mod secrets;
 pub mod server;
 pub mod startup;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use wharf_api::DomainConfig;
 use wharf_registry::cluster::ConfigMapSource;
+use wharf_registry::logging::{self, LogFormat};
 use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
@@ -68,15 +69,9 @@ struct ServeArgs {
 /// Where the embedded default configuration keeps its data.
 const DEFAULT_DATA: &str = "./wharf-data";
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> anyhow::Result<()> {
     let Cli { command: Command::Serve(args) } = Cli::parse();
-    init_tracing(args.log_format);
+    logging::init(args.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,14 +128,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%listen, "serving");
     startup::serve(listener, live).await
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

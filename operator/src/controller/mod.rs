@@ -31,6 +31,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wharf_api::{Domain, DomainConfig, Repository, UpstreamPolicy};
+use wharf_registry::server::error_chain;
 
 use crate::render::{CONFIG_KEY, FIELD_MANAGER, RegistrySettings, RenderError};
 use crate::resolve::{NamespaceLabels, ObjectKey};
@@ -382,22 +383,6 @@ fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ct
     let delay = ctx.failed(&key);
     tracing::warn!(object = %key, error = error.kind(), retry_in = ?delay, "reconcile failed: {}", error_chain(error));
     Action::requeue(delay)
-}
-
-/// An error and its causes on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // Some errors (kube's finalizer errors) already print their cause.
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) && !text.contains(&format!("{cause_text}:")) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs a reflector for `api` in the background and returns its cache.

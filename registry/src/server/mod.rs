@@ -208,8 +208,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Some errors (kube's finalizer errors) already print their cause.
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) && !text.contains(&format!("{cause_text}:")) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
