@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Api, ListParams};
-use wharf_api::{Domain, Repository, find_condition};
-use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually, free_ports};
+use kube::api::Api;
+use wharf_api::{Repository, find_condition};
+use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually, free_ports, install_crds};
 
 const WAIT: Duration = Duration::from_secs(30);
 const LEASE: &str = "wharf-operator";
@@ -191,9 +191,7 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
     let plane = ControlPlane::shared().await;
     let admin = plane.admin_client().await.unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for entry in std::fs::read_dir(root.join("crds")).unwrap() {
-        apply_yaml(&admin, &std::fs::read_to_string(entry.unwrap().path()).unwrap(), None).await.unwrap();
-    }
+    install_crds(&admin).await.unwrap();
     ensure_namespace(&admin, LEASE_NAMESPACE).await.unwrap();
     for file in ["cluster-role.yaml", "service-account.yaml"] {
         apply_yaml(&admin, &std::fs::read_to_string(root.join("operator/rbac").join(file)).unwrap(), None)
@@ -201,12 +199,6 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
             .unwrap();
     }
     apply_yaml(&admin, &chart_leader_election_rbac(), None).await.unwrap();
-    let domains: Api<Domain> = Api::all(admin.clone());
-    eventually(WAIT, "the Domain CRD is served", || async {
-        domains.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap();
     let kubeconfig = plane.service_account_kubeconfig(LEASE_NAMESPACE, "wharf-operator").await.unwrap();
 
     // Two replicas: one takes the Lease and reconciles, the other waits.

@@ -21,7 +21,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use tokio::sync::OnceCell;
 use wharf_api::{Domain, DomainConfig, Repository, UpstreamPolicy, find_condition};
-use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually};
+use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually, install_crds};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -42,20 +42,12 @@ async fn operator() -> Client {
     OPERATOR
         .get_or_init(|| async {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            for entry in std::fs::read_dir(root.join("crds")).unwrap() {
-                apply_yaml(&admin, &std::fs::read_to_string(entry.unwrap().path()).unwrap(), None).await.unwrap();
-            }
+            install_crds(&admin).await.unwrap();
             ensure_namespace(&admin, "wharf-system").await.unwrap();
             for file in ["cluster-role.yaml", "service-account.yaml"] {
                 let yaml = std::fs::read_to_string(root.join("operator/rbac").join(file)).unwrap();
                 apply_yaml(&admin, &yaml, None).await.unwrap();
             }
-            let domains: Api<Domain> = Api::all(admin.clone());
-            eventually(WAIT, "the Domain CRD is served", || async {
-                domains.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap();
             let kubeconfig = plane.service_account_kubeconfig("wharf-system", "wharf-operator").await.unwrap();
             let log = tempfile::Builder::new().prefix("wharf-operator-").suffix(".log").tempfile().unwrap().keep().unwrap().1;
             let script = format!(

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use wharf_api::{Domain, Repository, find_condition};
-use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually};
+use wharf_test_harness::{ControlPlane, apply_yaml, ensure_namespace, eventually, install_crds};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Watched: the Domain lives in the first, one of its Repositories in the second.
@@ -94,9 +94,7 @@ async fn repository_ready(api: &Api<Repository>, name: &str) -> Result<(String, 
 /// client and the operator's kubeconfig.
 async fn install(plane: &ControlPlane) -> (Client, PathBuf) {
     let admin = plane.admin_client().await.unwrap();
-    for entry in std::fs::read_dir(root().join("crds")).unwrap() {
-        apply_yaml(&admin, &std::fs::read_to_string(entry.unwrap().path()).unwrap(), None).await.unwrap();
-    }
+    install_crds(&admin).await.unwrap();
     for namespace in ["wharf-system", UNWATCHED].iter().chain(WATCHED.iter()) {
         ensure_namespace(&admin, namespace).await.unwrap();
     }
@@ -106,12 +104,6 @@ async fn install(plane: &ControlPlane) -> (Client, PathBuf) {
     for namespace in WATCHED {
         apply_yaml(&admin, &namespace_rbac, Some(namespace)).await.unwrap();
     }
-    let domains: Api<Domain> = Api::all(admin.clone());
-    eventually(WAIT, "the Domain CRD is served", || async {
-        domains.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap();
     let kubeconfig = plane.service_account_kubeconfig("wharf-system", "wharf-operator").await.unwrap();
     (admin, kubeconfig)
 }

@@ -298,6 +298,20 @@ pub async fn ensure_namespace(client: &Client, namespace: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Applies the checked-in CustomResourceDefinitions (`crds/`, what users install) and waits
+/// until the apiserver serves their kinds: a CRD is served a moment after it is created.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
+    for entry in std::fs::read_dir(&folder).with_context(|| format!("reading {}", folder.display()))? {
+        apply_yaml(client, &std::fs::read_to_string(entry?.path())?, None).await?;
+    }
+    eventually(Duration::from_secs(30), "the Wharf kinds are served", || async {
+        let request = get("/apis/wharf.dev/v1alpha1/domains?limit=1").map_err(|e| e.to_string())?;
+        client.request_text(request).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+}
+
 /// Server-side applies every document of `yaml` (field manager [`TEST_FIELD_MANAGER`],
 /// forcing conflicts), in `default_namespace` where a namespaced document names none.
 /// Returns the applied objects as the apiserver stored them.
