@@ -66,11 +66,6 @@ impl TokenReviewer {
         TokenReviewer { api: Api::all(client), audience: audience.into(), answers: Mutex::new(HashMap::new()) }
     }
 
-    /// The audience tokens must be issued for.
-    pub fn audience(&self) -> &str {
-        &self.audience
-    }
-
     /// Who `token` belongs to. Concurrent calls with one token share one review.
     pub async fn review(&self, token: &str) -> Reviewed {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
