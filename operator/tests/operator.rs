@@ -538,14 +538,6 @@ async fn the_platform_example_becomes_ready() {
     eprintln!("policy: {policy:?}");
 }
 
-/// The registry binary next to this test binary (`cargo test --workspace` builds it).
-fn registry_binary() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let binary = deps.parent().and_then(|deps| deps.parent()).unwrap().join("wharf-registry");
-    assert!(binary.exists(), "{} is missing: build it with `cargo build -p wharf-registry`", binary.display());
-    binary
-}
-
 fn npm(home: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let output = Command::new("npm")
         .args(args)
@@ -606,7 +598,8 @@ async fn npm_through_the_registry_the_operator_rendered() {
         .await
         .unwrap_or_else(|error| panic!("the registry pod is not admitted under the restricted standard: {error}"));
 
-    let kubelet = wharf_test_harness::Kubelet::new(plane, registry_binary());
+    let kubelet =
+        wharf_test_harness::Kubelet::new(plane, wharf_test_harness::workspace_binary("wharf-registry").unwrap());
     let registry = kubelet.run(ns, "wharf-e2e").await.unwrap_or_else(|error| panic!("{error:#}"));
     wait_domain(&client, ns, "e2e", "Available").await;
     wait_repository(&client, ns, "web", "Served", false).await;

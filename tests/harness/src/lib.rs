@@ -375,16 +375,40 @@ where
 /// The folder with `kube-apiserver` and `etcd`: `WHARF_CONTROL_PLANE_BIN`, or what
 /// `tests/control-plane.sh` builds (at once when cached).
 fn binaries() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("WHARF_CONTROL_PLANE_BIN") {
-        return Ok(PathBuf::from(bin));
+    cached_build("WHARF_CONTROL_PLANE_BIN", "control-plane.sh")
+}
+
+/// helm: `WHARF_HELM_BIN`, or what `tests/helm.sh` builds from its Go module (at once when
+/// cached).
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    cached_build("WHARF_HELM_BIN", "helm.sh")
+}
+
+/// What the environment variable `variable` names, or the path the build script
+/// `tests/{script}` prints last.
+fn cached_build(variable: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(variable) {
+        return Ok(PathBuf::from(path));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control-plane.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(script);
     let output = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output()?;
     if !output.status.success() {
-        bail!("{} failed ({})", script.display(), output.status);
+        bail!("{} failed ({}); or set {variable}", script.display(), output.status);
     }
     let stdout = String::from_utf8(output.stdout)?;
-    Ok(PathBuf::from(stdout.lines().last().context("control-plane.sh printed nothing")?.trim()))
+    let last = stdout.lines().last().with_context(|| format!("{} printed nothing", script.display()))?;
+    Ok(PathBuf::from(last.trim()))
+}
+
+/// A binary of this workspace, next to the running test binary (`cargo test --workspace`
+/// builds them all).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe.parent().and_then(|deps| deps.parent()).context("no target folder")?.join(name);
+    if !binary.exists() {
+        bail!("{} is missing: build it with `cargo build --workspace`", binary.display());
+    }
+    Ok(binary)
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {

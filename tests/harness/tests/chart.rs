@@ -9,35 +9,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use wharf_test_harness::{ControlPlane, TEST_FIELD_MANAGER, apply_yaml, dynamic_api, ensure_namespace, eventually};
+use wharf_test_harness::{
+    ControlPlane, TEST_FIELD_MANAGER, apply_yaml, dynamic_api, ensure_namespace, eventually, helm_binary,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// helm from `WHARF_HELM_BIN` or `tests/helm.sh`; `None` (and a note why) when neither gives
-/// one, e.g. on a machine without Go.
-fn helm() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("WHARF_HELM_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let script = root().join("tests/helm.sh");
-    match Command::new("bash").arg(&script).stderr(Stdio::inherit()).output() {
-        Ok(output) if output.status.success() => {
-            let stdout = String::from_utf8(output.stdout).unwrap();
-            stdout.lines().last().map(|line| PathBuf::from(line.trim()))
-        }
-        outcome => {
-            eprintln!("skipped: WHARF_HELM_BIN is unset and {} failed ({outcome:?})", script.display());
-            None
-        }
-    }
 }
 
 /// A helm command with its own config, cache and data folders, so nothing of the user's
@@ -48,8 +31,8 @@ struct Helm {
 }
 
 impl Helm {
-    fn new() -> Option<Helm> {
-        Some(Helm { binary: helm()?, home: tempfile::tempdir().unwrap() })
+    fn new() -> Helm {
+        Helm { binary: helm_binary().unwrap(), home: tempfile::tempdir().unwrap() }
     }
 
     fn run(&self, args: &[&str]) -> Result<String, String> {
@@ -137,7 +120,7 @@ fn crd_chart_matches_the_types() {
 
 #[test]
 fn charts_lint() {
-    let Some(helm) = Helm::new() else { return };
+    let helm = Helm::new();
     for chart in ["charts/wharf", "charts/wharf-crds"] {
         let output = helm.run(&["lint", "--strict", chart]).unwrap();
         assert!(output.contains("0 chart(s) failed"), "{output}");
@@ -232,7 +215,7 @@ fn operator_env(rendered: &[Value], name: &str) -> String {
 
 #[test]
 fn cluster_role_is_the_operators() {
-    let Some(helm) = Helm::new() else { return };
+    let helm = Helm::new();
     let rendered = documents(&helm.run(&["template", "wharf", "charts/wharf", "-n", "wharf-system"]).unwrap());
     let chart_role = rendered.iter().find(|document| document["kind"] == "ClusterRole").unwrap();
     assert_eq!(
@@ -247,7 +230,7 @@ fn cluster_role_is_the_operators() {
 
 #[test]
 fn watched_namespaces_get_roles_and_the_cluster_role_shrinks() {
-    let Some(helm) = Helm::new() else { return };
+    let helm = Helm::new();
     let rendered = documents(
         &helm
             .run(&[
@@ -325,7 +308,7 @@ fn printer_columns(crd: &CustomResourceDefinition) -> Vec<String> {
 /// through a server-side dry-run, and the operator's pod admitted under restricted Pod Security.
 #[tokio::test]
 async fn crd_chart_upgrades_and_everything_is_accepted() {
-    let Some(helm) = Helm::new() else { return };
+    let helm = Helm::new();
     let plane = ControlPlane::shared().await;
     let admin = plane.admin_client().await.unwrap();
     let kubeconfig = plane.admin_kubeconfig().unwrap();

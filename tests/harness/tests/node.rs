@@ -9,21 +9,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
-use wharf_test_harness::{ControlPlane, Kubelet, Node, apply_yaml, ensure_namespace, eventually};
-
-/// A binary of this workspace next to this test binary (`cargo test --workspace` builds it).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
-    assert!(binary.exists(), "{} is missing: build it with `cargo build --workspace`", binary.display());
-    binary
-}
+use wharf_test_harness::{ControlPlane, Kubelet, Node, apply_yaml, ensure_namespace, eventually, workspace_binary};
 
 /// A Job running `script` under `sh -c`, with `extra` appended to its pod spec.
 fn job(namespace: &str, name: &str, script: &str, extra: &str) -> String {
@@ -64,7 +55,7 @@ async fn the_node_runs_jobs_and_deployments_and_proxies_services() {
     let admin = plane.admin_client().await.unwrap();
     let ns = "node-test";
     ensure_namespace(&admin, ns).await.unwrap();
-    let kubelet = Kubelet::new(plane, workspace_binary("wharf-registry"));
+    let kubelet = Kubelet::new(plane, workspace_binary("wharf-registry").unwrap());
     let node = kubelet.start_node().await.unwrap();
 
     // The registry as a Deployment on a claim, behind a Service with a named targetPort.

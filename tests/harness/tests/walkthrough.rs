@@ -8,31 +8,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use wharf_test_harness::{ControlPlane, Kubelet, Listen, Node};
+use wharf_test_harness::{ControlPlane, Kubelet, Listen, Node, helm_binary, workspace_binary};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A binary of this workspace next to this test binary (`cargo test --workspace` builds it).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
-    assert!(binary.exists(), "{} is missing: build it with `cargo build --workspace`", binary.display());
-    binary
-}
-
-/// helm, from `WHARF_HELM_BIN` or what `tests/helm.sh` builds (at once when cached).
-fn helm_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("WHARF_HELM_BIN") {
-        return PathBuf::from(path);
-    }
-    let output = Command::new("bash").arg(root().join("tests/helm.sh")).stderr(Stdio::inherit()).output().unwrap();
-    assert!(output.status.success(), "tests/helm.sh failed: the walkthrough installs with helm");
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().lines().last().unwrap().trim())
 }
 
 /// The command lines of the `sh` blocks in the README section that starts with `heading`.
@@ -73,11 +55,16 @@ fn fail(node: &Node, what: String) -> ! {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_walkthrough_installs_a_package_from_a_pod() {
-    let helm = helm_binary();
+    let helm = helm_binary().unwrap();
     let plane = ControlPlane::shared().await;
     let kubectl = PathBuf::from(plane.kubectl().unwrap().get_program());
-    let node = Kubelet::new(plane, workspace_binary("wharf-registry"))
-        .image("wharf-operator", workspace_binary("wharf-operator"), Listen::Env("WHARF_METRICS_ADDR"), "/healthz")
+    let node = Kubelet::new(plane, workspace_binary("wharf-registry").unwrap())
+        .image(
+            "wharf-operator",
+            workspace_binary("wharf-operator").unwrap(),
+            Listen::Env("WHARF_METRICS_ADDR"),
+            "/healthz",
+        )
         .start_node()
         .await
         .unwrap();
