@@ -153,6 +153,8 @@ pub enum Created<T> {
 /// files, PEP 658 metadata): their bytes never change, so the cache needs
 /// no invalidation.
 const SMALL_BLOB_MAX: u64 = 64 * 1024;
+/// Attempts to read the newest revision while writers keep replacing it.
+const MAX_REVISION_READS: u32 = 16;
 /// Memory the small-blob cache may hold before it starts over.
 const SMALL_BLOB_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -430,35 +432,58 @@ impl Storage {
         }
     }
 
-    /// The newest revision under a revisioned document's folder, found by
-    /// listing (the cold path; warm readers probe with [`Self::revision_exists`]).
+    /// The newest revision under a revisioned document's folder and its
+    /// bytes. Listing finds it: a pruned or re-created old revision can
+    /// never pass for the newest, since the newest is never pruned.
     pub async fn latest_revision(&self, dir: &Path) -> Result<Option<(u64, Bytes)>, StorageError> {
-        let listing: Vec<_> =
-            self.store.list(Some(dir)).try_collect().await.map_err(|e| StorageError::store("list", dir, e))?;
-        let newest = listing
+        for _ in 0..MAX_REVISION_READS {
+            let Some(revision) = self.newest_revision(dir, None).await? else {
+                return Ok(None);
+            };
+            // Two writes between the list and this read prune what was
+            // listed: list again, a newer revision exists.
+            if let Some(bytes) = self.read_bytes(&keys::package_index_revision(dir, revision)).await? {
+                return Ok(Some((revision, bytes)));
+            }
+        }
+        Err(StorageError::Store {
+            action: "read the newest revision of",
+            key: dir.to_string(),
+            source: object_store::Error::Generic {
+                store: "wharf",
+                source: format!("revisions kept being replaced while {MAX_REVISION_READS} reads tried").into(),
+            },
+        })
+    }
+
+    /// The number of the newest revision under `dir`; with `after`, only
+    /// revisions newer than that one count. Revision keys are zero-padded,
+    /// so they sort as numbers and an object store lists only the newer
+    /// ones (S3's `start-after`).
+    pub async fn newest_revision(&self, dir: &Path, after: Option<u64>) -> Result<Option<u64>, StorageError> {
+        let listing: Vec<_> = match after {
+            Some(revision) => {
+                self.store.list_with_offset(Some(dir), &keys::package_index_revision(dir, revision)).try_collect().await
+            }
+            None => self.store.list(Some(dir)).try_collect().await,
+        }
+        .map_err(|e| StorageError::store("list", dir, e))?;
+        Ok(listing
             .iter()
             .filter_map(|meta| meta.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok())
-            .max();
-        let Some(revision) = newest else { return Ok(None) };
-        // Pruning may remove an old revision between list and get; the
-        // newest one is never pruned.
-        match self.read_bytes(&keys::package_index_revision(dir, revision)).await? {
-            Some(bytes) => Ok(Some((revision, bytes))),
-            None => Ok(None),
-        }
+            .filter(|&revision| after.is_none_or(|after| revision > after))
+            .max())
     }
 
     pub async fn read_revision(&self, dir: &Path, revision: u64) -> Result<Option<Bytes>, StorageError> {
         self.read_bytes(&keys::package_index_revision(dir, revision)).await
     }
 
-    pub async fn revision_exists(&self, dir: &Path, revision: u64) -> Result<bool, StorageError> {
-        let key = keys::package_index_revision(dir, revision);
-        match self.store.head(&key).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(StorageError::store("look up", &key, e)),
-        }
+    /// Deletes one revision a writer found was not part of the sequence
+    /// (see `Registry::update_index`); best effort, pruning removes it later
+    /// otherwise.
+    pub async fn delete_revision(&self, dir: &Path, revision: u64) {
+        let _ = self.store.delete(&keys::package_index_revision(dir, revision)).await;
     }
 
     /// Creates revision `revision`; `false` when another writer created it
@@ -756,12 +781,18 @@ mod tests {
         assert!(storage.create_revision(&dir, 1, Bytes::from_static(b"one")).await.unwrap());
         assert!(!storage.create_revision(&dir, 1, Bytes::from_static(b"lost")).await.unwrap());
         assert!(storage.create_revision(&dir, 2, Bytes::from_static(b"two")).await.unwrap());
-        assert!(storage.revision_exists(&dir, 2).await.unwrap());
-        assert!(!storage.revision_exists(&dir, 3).await.unwrap());
+        assert_eq!(storage.newest_revision(&dir, None).await.unwrap(), Some(2));
+        assert_eq!(storage.newest_revision(&dir, Some(1)).await.unwrap(), Some(2));
+        assert_eq!(storage.newest_revision(&dir, Some(2)).await.unwrap(), None);
         storage.prune_revisions(&dir, 2).await;
         let (rev, bytes) = storage.latest_revision(&dir).await.unwrap().unwrap();
         assert_eq!((rev, &bytes[..]), (2, &b"two"[..]));
-        assert!(!storage.revision_exists(&dir, 1).await.unwrap());
+        assert!(storage.read_revision(&dir, 1).await.unwrap().is_none());
+        // Revision numbers sort as numbers, past a change of digit count.
+        for revision in 3..=12 {
+            assert!(storage.create_revision(&dir, revision, Bytes::from_static(b"n")).await.unwrap());
+        }
+        assert_eq!(storage.newest_revision(&dir, Some(9)).await.unwrap(), Some(12));
     }
 
     /// A store that overwrites on a create-only write, as an S3-compatible

@@ -140,10 +140,11 @@ async fn s3_create_once_has_one_winner_among_twenty_and_revisions_compare_and_sw
         let (revision, bytes) = replica.latest_revision(&dir).await.unwrap().unwrap();
         assert_eq!(revision, 3);
         assert!(bytes.starts_with(b"rev 3 by "), "{bytes:?}");
-        assert!(replica.revision_exists(&dir, 3).await.unwrap() && !replica.revision_exists(&dir, 4).await.unwrap());
+        assert_eq!(replica.newest_revision(&dir, Some(2)).await.unwrap(), Some(3));
+        assert_eq!(replica.newest_revision(&dir, Some(3)).await.unwrap(), None);
     }
     replicas[1].prune_revisions(&dir, 3).await;
-    assert!(!replicas[2].revision_exists(&dir, 2).await.unwrap());
+    assert!(replicas[2].read_revision(&dir, 2).await.unwrap().is_none());
     assert_eq!(replicas[3].latest_revision(&dir).await.unwrap().unwrap().0, 3);
 
     // One signing key for all replicas, however many ask at once.

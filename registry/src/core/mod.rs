@@ -10,6 +10,8 @@
 
 pub mod model;
 pub mod policy;
+#[cfg(test)]
+mod replica_simulation;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -696,7 +698,9 @@ impl Registry {
             }
             let started = self.now();
             let current = slot.current();
-            if self.storage.revision_exists(&dir, current.revision + 1).await?
+            // A listing, not a look-up of revision N+1: N+1 may have been
+            // pruned already, or re-created by a writer that lost track.
+            if self.storage.newest_revision(&dir, Some(current.revision)).await?.is_some()
                 && let Some(newer) = self.load_latest(&dir).await?
             {
                 slot.offer(Arc::new(newer));
@@ -757,6 +761,15 @@ impl Registry {
     /// Compare-and-swap on a package index: read the newest revision, apply
     /// `change` (which says whether it changed anything), create the next
     /// revision; on losing the race, start over from the winner's index.
+    ///
+    /// Old revisions are pruned, so creating revision N+1 can succeed for a
+    /// writer that read N after N+1 existed and was pruned: its revision is
+    /// then a stray beside newer ones, not a successor. So a writer lists
+    /// after creating: its revision counts only when it is the newest, or
+    /// when the newest names this write among its recent writes. Otherwise
+    /// it deletes the stray and starts over. Every `change` must be
+    /// idempotent: when more than [`RECENT_WRITES`] writes landed between
+    /// the create and the listing, a write that did land is applied again.
     async fn update_index(
         &self,
         repo: &str,
@@ -778,11 +791,24 @@ impl Registry {
             index.created.get_or_insert(now);
             index.modified = Some(now);
             repair_latest(&mut index);
+            let write_id = format!("{:016x}", rand::random::<u64>());
+            index.recent_writes.push(write_id.clone());
+            let excess = index.recent_writes.len().saturating_sub(RECENT_WRITES);
+            index.recent_writes.drain(..excess);
             let bytes =
                 serde_json::to_vec(&index).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
             let next = revision + 1;
             if self.storage.create_revision(&dir, next, Bytes::from(bytes)).await? {
-                self.remember((repo.to_owned(), id.clone()), PackageSnapshot::new(next, index));
+                match self.confirm_revision(&dir, next, &write_id).await? {
+                    Confirmed::Newest => {
+                        self.remember((repo.to_owned(), id.clone()), PackageSnapshot::new(next, index));
+                    }
+                    Confirmed::Superseded => {}
+                    Confirmed::Stray => {
+                        self.storage.delete_revision(&dir, next).await;
+                        continue;
+                    }
+                }
                 if next > 2 {
                     let storage = self.storage.clone();
                     tokio::spawn(async move { storage.prune_revisions(&dir, next - 1).await });
@@ -796,6 +822,40 @@ impl Registry {
         }
         Err(CoreError::Contention(id.name.clone()))
     }
+
+    /// Whether revision `created`, just created by write `write_id`, is part
+    /// of the index's sequence of revisions (see [`Self::update_index`]).
+    async fn confirm_revision(
+        &self,
+        dir: &object_store::path::Path,
+        created: u64,
+        write_id: &str,
+    ) -> Result<Confirmed, CoreError> {
+        if self.storage.is_exclusive() {
+            // One process writes: no revision it created can have been pruned.
+            return Ok(Confirmed::Newest);
+        }
+        let Some((newest, bytes)) = self.storage.latest_revision(dir).await? else {
+            return Ok(Confirmed::Stray);
+        };
+        if newest == created {
+            return Ok(Confirmed::Newest);
+        }
+        let index: PackageIndex =
+            serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
+        Ok(if index.recent_writes.iter().any(|id| id == write_id) { Confirmed::Superseded } else { Confirmed::Stray })
+    }
+}
+
+/// What a writer learns about the revision it created.
+enum Confirmed {
+    /// It is the newest revision.
+    Newest,
+    /// Newer revisions were built on it.
+    Superseded,
+    /// It re-created a pruned revision number and is no successor of the
+    /// newest revision: the write did not land.
+    Stray,
 }
 
 /// How a file joins its version (see [`Registry::add_asset`] and

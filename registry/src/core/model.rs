@@ -117,7 +117,15 @@ pub struct PackageIndex {
     pub versions: BTreeMap<String, VersionEntry>,
     /// Named pointers to versions (npm dist-tags).
     pub tags: BTreeMap<String, String>,
+    /// Ids of the newest writes that led to this revision, oldest first
+    /// (at most [`RECENT_WRITES`]): how a writer tells that the revision it
+    /// created is part of the sequence (see `Registry::update_index`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_writes: Vec<String>,
 }
+
+/// How many write ids an index revision remembers.
+pub const RECENT_WRITES: usize = 32;
 
 impl PackageIndex {
     pub fn listed_versions(&self) -> impl Iterator<Item = (&String, &VersionEntry)> {
