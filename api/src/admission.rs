@@ -83,6 +83,13 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Repository",
+            path: "spec.allowedDownstreams[]",
+            rule: "has(self.namespace) != has(self.namespaceSelector) && (!has(self.name) || has(self.namespace))"
+                .into(),
+            message: "name a namespace (and, optionally, one Repository in it) or a namespaceSelector, not both",
+        },
+        Rule {
+            kind: "Repository",
             path: "spec.access.publish",
             rule: "!self.exists(subject, subject.kind == 'Anonymous')".into(),
             message: "Anonymous may read, never publish",

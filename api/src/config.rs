@@ -332,6 +332,7 @@ impl DomainConfig {
         checker.domain();
         checker.repositories();
         checker.upstream_cycles();
+        checker.upstream_consent();
         checker.policies();
         if problems.is_empty() { Ok(self) } else { Err(ConfigError::Invalid { problems }) }
     }
@@ -612,6 +613,23 @@ impl Checker<'_> {
                 );
             }
 
+            for (position, grant) in spec.allowed_downstreams.iter().enumerate() {
+                let path = format!("spec.allowedDownstreams[{position}]");
+                if grant.namespace_selector.is_some() {
+                    self.report(
+                        about,
+                        &format!("{path}.namespaceSelector"),
+                        "namespace selectors are evaluated by the operator, which knows namespace labels; a configuration file names namespaces (namespace, and name for one Repository)".to_owned(),
+                    );
+                } else if grant.namespace.as_deref().is_none_or(str::is_empty) {
+                    self.report(
+                        about,
+                        &format!("{path}.namespace"),
+                        "name a namespace (and a Repository in it, or every one)".to_owned(),
+                    );
+                }
+            }
+
             for (list, subjects, for_publish) in
                 [("read", &spec.access.read, false), ("publish", &spec.access.publish, true)]
             {
@@ -693,6 +711,17 @@ impl Checker<'_> {
                 "spec.upstreams",
                 format!("upstream cycle: {}", names.join(" -> ")),
             );
+        }
+    }
+
+    /// Reports every Repository whose upstream chain reaches a Repository that does not
+    /// consent to serving its readers (see [`crate::consent`]).
+    fn upstream_consent(&mut self) {
+        let repositories = &self.config.repositories;
+        for (index, repository) in repositories.iter().enumerate() {
+            for refusal in crate::consent::refusals(repository, |name| self.config.repository(name)) {
+                self.report(ObjectAt::Repository(index), &refusal.path, refusal.message);
+            }
         }
     }
 

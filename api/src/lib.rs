@@ -32,6 +32,7 @@
 mod admission;
 pub mod common;
 pub mod config;
+pub mod consent;
 pub mod domain;
 pub mod duration;
 pub mod pattern;
@@ -57,7 +58,7 @@ pub use policy::{
     PolicyRule, Restriction, RestrictionMode, TargetKind, TargetRef, UpstreamPolicy, UpstreamPolicySpec,
     UpstreamPolicyStatus,
 };
-pub use repository::{AccessSpec, MAX_UPSTREAMS, Repository, RepositorySpec, RepositoryStatus};
+pub use repository::{AccessSpec, DownstreamGrant, MAX_UPSTREAMS, Repository, RepositorySpec, RepositoryStatus};
 
 /// The CustomResourceDefinitions of every Wharf resource, for `wharf-operator crd` and the
 /// checked-in `crds/` folder.

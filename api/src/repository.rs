@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,14 @@ pub struct RepositorySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub upstreams: Vec<RepositoryRef>,
+    /// Repositories that may list this one as an upstream even though their readers could not
+    /// read it: their readers then get this Repository's packages through them. A Repository
+    /// whose readers (and publishers) may all read this one needs no entry; any other chain
+    /// that reaches this Repository is refused (reason `UpstreamNotPermitted`). Consent is given
+    /// to each reading Repository, also one that reaches this one through others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_downstreams: Vec<DownstreamGrant>,
     /// Name of an external connection from the Domain's catalogue (at most one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_connection: Option<String>,
@@ -67,10 +75,41 @@ impl RepositorySpec {
             domain_ref,
             description: None,
             upstreams: Vec::new(),
+            allowed_downstreams: Vec::new(),
             external_connection: None,
             access: AccessSpec::default(),
             deletion_policy: DeletionPolicy::default(),
         }
+    }
+}
+
+/// Repositories allowed to use a Repository as an upstream: one Repository (`namespace` and
+/// `name`), every Repository of a namespace (`namespace`), or of the namespaces whose labels
+/// match `namespaceSelector` (evaluated by the operator; a configuration file names
+/// namespaces).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DownstreamGrant {
+    /// Namespace of the allowed Repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The one allowed Repository of `namespace`; every Repository of it when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespaces whose Repositories are allowed, by their labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+impl DownstreamGrant {
+    /// The Repository `namespace/name`.
+    pub fn repository(namespace: &str, name: &str) -> Self {
+        DownstreamGrant { namespace: Some(namespace.to_owned()), name: Some(name.to_owned()), namespace_selector: None }
+    }
+
+    /// Every Repository of `namespace`.
+    pub fn namespace(namespace: &str) -> Self {
+        DownstreamGrant { namespace: Some(namespace.to_owned()), name: None, namespace_selector: None }
     }
 }
 

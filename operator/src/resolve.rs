@@ -40,6 +40,8 @@ pub enum Rejection {
     UpstreamNotReady,
     /// Upstreams form a cycle.
     UpstreamCycle,
+    /// A Repository in the upstream chain does not consent to serving this one's readers.
+    UpstreamNotPermitted,
     /// `externalConnection` is not in the Domain's catalogue.
     UnknownExternalConnection,
     /// The configuration validator refused the object.
@@ -61,6 +63,7 @@ impl Rejection {
             Rejection::UpstreamNotFound => "UpstreamNotFound",
             Rejection::UpstreamNotReady => "UpstreamNotReady",
             Rejection::UpstreamCycle => "UpstreamCycle",
+            Rejection::UpstreamNotPermitted => "UpstreamNotPermitted",
             Rejection::UnknownExternalConnection => "UnknownExternalConnection",
             Rejection::InvalidSpec => "InvalidSpec",
             Rejection::TargetNotFound => "TargetNotFound",
@@ -141,9 +144,15 @@ pub fn resolve<'a>(
         ));
     }
 
+    // Namespace selectors of `allowedDownstreams` become the namespaces they select now, so
+    // the rendered configuration means the same to the registry, which has no labels.
+    let expanded: Vec<Repository> = repositories
+        .into_iter()
+        .filter(|repository| refers_to(repository, domain))
+        .map(|repository| with_selected_namespaces(repository, namespaces))
+        .collect();
     // Oldest first: on a name clash the older Repository wins.
-    let mut candidates: Vec<&Repository> =
-        repositories.into_iter().filter(|repository| refers_to(repository, domain)).collect();
+    let mut candidates: Vec<&Repository> = expanded.iter().collect();
     candidates.sort_by(|a, b| {
         let created = |repository: &Repository| repository.metadata.creation_timestamp.clone().map(|time| time.0);
         created(a).cmp(&created(b)).then_with(|| key_of(&a.metadata).cmp(&key_of(&b.metadata)))
@@ -181,6 +190,9 @@ pub fn resolve<'a>(
     loop {
         let mut changed = reject_bad_references(domain, &mut admitted, &mut resolution.repositories);
         changed |= reject_cycles(&mut admitted, &mut resolution.repositories);
+        if !changed {
+            changed = reject_unpermitted(&mut admitted, &mut resolution.repositories);
+        }
         if changed {
             continue;
         }
@@ -340,6 +352,47 @@ fn reject_bad_references(
         reject(&name, rejection, message, admitted, verdicts);
     }
     changed
+}
+
+/// Rejects every admitted Repository whose upstream chain reaches a Repository that does not
+/// consent to serving its readers. Returns whether any was.
+fn reject_unpermitted(
+    admitted: &mut BTreeMap<String, &Repository>,
+    verdicts: &mut BTreeMap<ObjectKey, Verdict>,
+) -> bool {
+    let refused: Vec<(String, String)> = admitted
+        .iter()
+        .filter_map(|(name, repository)| {
+            let refusal = wharf_api::consent::refusals(repository, |upstream| admitted.get(upstream).copied())
+                .into_iter()
+                .next()?;
+            Some((name.clone(), format!("{}: {}", refusal.path, refusal.message)))
+        })
+        .collect();
+    let changed = !refused.is_empty();
+    for (name, message) in refused {
+        reject(&name, Rejection::UpstreamNotPermitted, message, admitted, verdicts);
+    }
+    changed
+}
+
+/// `repository` with each `allowedDownstreams` namespace selector replaced by the namespaces
+/// it selects.
+fn with_selected_namespaces(repository: &Repository, namespaces: &NamespaceLabels) -> Repository {
+    let mut repository = repository.clone();
+    let grants = std::mem::take(&mut repository.spec.allowed_downstreams);
+    for grant in grants {
+        match &grant.namespace_selector {
+            None => repository.spec.allowed_downstreams.push(grant),
+            Some(selector) => repository.spec.allowed_downstreams.extend(
+                namespaces
+                    .iter()
+                    .filter(|(_, labels)| selector::matches(selector, labels))
+                    .map(|(namespace, _)| wharf_api::DownstreamGrant::namespace(namespace)),
+            ),
+        }
+    }
+    repository
 }
 
 /// Rejects every admitted Repository on an upstream cycle. Returns whether any was.
@@ -625,6 +678,40 @@ spec:
 
     fn rejection_of(resolution: &Resolution, name: &str) -> Rejection {
         rejection(verdict(resolution, "team-a", name))
+    }
+
+    #[test]
+    fn upstreams_need_consent_given_by_name_or_namespace_selector() {
+        let private = |grants: &str| {
+            repository("team-b", "priv", &format!("  access: {{read: [{{kind: Namespace, name: team-b}}]}}\n{grants}"))
+        };
+        let app = repository("team-a", "app", "  upstreams: [{name: priv}]\n  access: {read: [{kind: Anonymous}]}");
+        let reader =
+            repository("team-a", "reader", "  upstreams: [{name: app}]\n  access: {read: [{kind: Anonymous}]}");
+        let yaml = [DOMAIN.to_owned(), private(""), app.clone(), reader.clone()].concat();
+        let resolution = resolve_yaml(&yaml);
+        let Verdict::Rejected(rejection, message) = verdict(&resolution, "team-a", "app") else { panic!() };
+        assert_eq!(*rejection, Rejection::UpstreamNotPermitted);
+        assert!(message.starts_with("spec.upstreams[0].name: upstream Repository `priv` does not permit"), "{message}");
+        assert_eq!(rejection_of(&resolution, "reader"), Rejection::UpstreamNotPermitted);
+        assert_eq!(verdict(&resolution, "team-b", "priv"), &Verdict::Admitted);
+
+        // Consent by namespace labels reaches every Repository of team-a; the rendered
+        // configuration names the namespaces the selector matched.
+        let grants = "  allowedDownstreams: [{namespaceSelector: {matchLabels: {wharf.dev/domain: acme}}}]\n";
+        let resolution = resolve_yaml(&[DOMAIN.to_owned(), private(grants), app, reader].concat());
+        assert_eq!(verdict(&resolution, "team-a", "app"), &Verdict::Admitted);
+        assert_eq!(verdict(&resolution, "team-a", "reader"), &Verdict::Admitted);
+        let config = resolution.config.unwrap();
+        let granted: Vec<_> = config
+            .repository("priv")
+            .unwrap()
+            .spec
+            .allowed_downstreams
+            .iter()
+            .map(|grant| grant.namespace.clone().unwrap())
+            .collect();
+        assert_eq!(granted, ["team-a", "team-b"]);
     }
 
     #[test]

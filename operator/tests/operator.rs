@@ -408,6 +408,53 @@ async fn invalid_objects_are_stalled_with_a_reason_a_person_can_act_on() {
     wait_repository(&client, "it-invalid-stranger", "stranger", "DomainNotReady", false).await;
 }
 
+/// The attack from the field, on a real apiserver: a team names another team's private
+/// Repository as the upstream of its anonymously readable one. Refused until the private
+/// Repository consents, here by a namespace selector.
+#[tokio::test]
+async fn an_upstream_without_consent_is_refused() {
+    let client = operator().await;
+    let (ns_a, ns_b) = ("it-consent-a", "it-consent-b");
+    for (namespace, team) in [(ns_a, "a"), (ns_b, "b")] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}, labels: {{wharf.dev/domain: consent, team: {team}}}}}\n"
+        );
+        apply_yaml(&client, &yaml, None).await.unwrap();
+    }
+    let domain = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: consent, namespace: {ns_a}}}\nspec:\n  storage: {{memory: {{}}}}\n  repositoryNamespaces: {{from: Selector, selector: {{matchLabels: {{wharf.dev/domain: consent}}}}}}\n"
+    );
+    apply_yaml(&client, &domain, None).await.unwrap();
+    let private = |extra: &str| {
+        format!(
+            "apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: priv, namespace: {ns_b}}}\nspec:\n  domainRef: {{name: consent, namespace: {ns_a}}}\n  access: {{read: [{{kind: Namespace, name: {ns_b}}}]}}\n{extra}"
+        )
+    };
+    apply_yaml(&client, &private(""), None).await.unwrap();
+    let app = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: app, namespace: {ns_a}}}\nspec:\n  domainRef: {{name: consent}}\n  upstreams: [{{name: priv}}]\n  access: {{read: [{{kind: Anonymous}}]}}\n"
+    );
+    apply_yaml(&client, &app, None).await.unwrap();
+
+    let message = wait_repository(&client, ns_a, "app", "UpstreamNotPermitted", true).await;
+    assert!(
+        message.contains("upstream Repository `priv` does not permit this Repository: Anonymous (anyone) may read"),
+        "{message}"
+    );
+    wait_repository(&client, ns_b, "priv", "DomainNotReady", false).await;
+
+    // A selector that matches another namespace is no consent; one that matches app's is.
+    apply_yaml(&client, &private("  allowedDownstreams: [{namespaceSelector: {matchLabels: {team: c}}}]\n"), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_repository(&client, ns_a, "app", "UpstreamNotPermitted", true).await;
+    apply_yaml(&client, &private("  allowedDownstreams: [{namespaceSelector: {matchLabels: {team: a}}}]\n"), None)
+        .await
+        .unwrap();
+    wait_repository(&client, ns_a, "app", "DomainNotReady", false).await;
+}
+
 #[tokio::test]
 async fn deletion_policies_keep_or_delete_the_data() {
     let client = operator().await;

@@ -180,27 +180,42 @@ spec:
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: npm-store}}
-spec: {{domainRef: {{name: live}}, externalConnection: public-npm}}
+spec:
+  domainRef: {{name: live}}
+  externalConnection: public-npm
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: pypi-store}}
-spec: {{domainRef: {{name: live}}, externalConnection: public-pypi}}
+spec:
+  domainRef: {{name: live}}
+  externalConnection: public-pypi
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: cargo-store}}
-spec: {{domainRef: {{name: live}}, externalConnection: public-crates}}
+spec:
+  domainRef: {{name: live}}
+  externalConnection: public-crates
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: go-store}}
-spec: {{domainRef: {{name: live}}, externalConnection: public-go}}
+spec:
+  domainRef: {{name: live}}
+  externalConnection: public-go
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: maven-store}}
-spec: {{domainRef: {{name: live}}, externalConnection: public-maven}}
+spec:
+  domainRef: {{name: live}}
+  externalConnection: public-maven
+  allowedDownstreams: [{{namespace: default, name: app}}]
 "#
     )
 }

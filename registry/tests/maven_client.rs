@@ -168,6 +168,7 @@ kind: Repository
 metadata: {{name: internal}}
 spec:
   domainRef: {{name: acme}}
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
@@ -175,6 +176,7 @@ metadata: {{name: maven-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-maven
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: UpstreamPolicy

@@ -52,6 +52,7 @@ kind: Repository
 metadata: {{name: internal}}
 spec:
   domainRef: {{name: acme}}
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
@@ -59,6 +60,7 @@ metadata: {{name: npm-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-npm
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
@@ -66,6 +68,7 @@ metadata: {{name: pypi-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-pypi
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
@@ -73,6 +76,7 @@ metadata: {{name: cargo-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-crates
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
@@ -80,6 +84,7 @@ metadata: {{name: go-store}}
 spec:
   domainRef: {{name: acme}}
   externalConnection: public-go
+  allowedDownstreams: [{{namespace: default, name: app}}]
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: UpstreamPolicy

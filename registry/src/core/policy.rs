@@ -129,8 +129,7 @@ pub fn may_publish(effective: &EffectivePolicy, origin: Option<&PackageOrigin>, 
         Some(origin @ PackageOrigin { kind: OriginKind::External, .. }) => Verdict {
             allowed: false,
             reason: format!(
-                "the first version of this name ({}) came through external connection {}; publishing it directly needs an UpstreamPolicy rule with publish: Allow",
-                origin.version,
+                "the first version of this name came through external connection {}; publishing it directly needs an UpstreamPolicy rule with publish: Allow",
                 origin.connection.as_deref().unwrap_or("?")
             ),
         },

@@ -61,11 +61,6 @@ pub async fn mint_token(
     if request.repositories.is_empty() || request.permissions.is_empty() {
         return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
     }
-    for repo in &request.repositories {
-        if repo != "*" && state.config.repository(repo).is_none() {
-            return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
-        }
-    }
     if let Principal::ServiceAccount(account) = &principal {
         check_exchange(&state, &principal, &request)?;
         if request.subject.as_ref().is_some_and(|subject| *subject != account.username) {
@@ -75,6 +70,12 @@ pub async fn mint_token(
             ));
         }
         request.subject = Some(account.username.clone());
+    } else {
+        for repo in &request.repositories {
+            if repo != "*" && state.config.repository(repo).is_none() {
+                return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
+            }
+        }
     }
     let min_ttl = wharf_api::TOKEN_TTL_MIN.as_secs();
     let max_ttl = state.config.domain.spec.max_token_ttl().as_secs();
@@ -112,14 +113,16 @@ pub async fn mint_token(
 }
 
 /// What a ServiceAccount may exchange its token for: named repositories, read or publish,
-/// each granted by the Repository's `access` now.
+/// each granted by the Repository's `access` now. A Repository that does not exist is
+/// refused as one the ServiceAccount may not use, so the answer reveals nothing about it.
 fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenRequest) -> Result<(), ApiError> {
     for repo in &request.repositories {
-        let Some(repository) = state.config.repository(repo) else {
+        if repo == "*" {
             return Err(ApiError::bad_request("a ServiceAccount names each repository; `*` is for admins", STYLE));
-        };
+        }
+        let repository = state.config.repository(repo);
         for permission in &request.permissions {
-            if !principal.may(repository, *permission) {
+            if !repository.is_some_and(|repository| principal.may(repository, *permission)) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     format!("{} may not {} on repository {repo}", principal.name(), permission.as_str()),
@@ -204,7 +207,7 @@ pub async fn get_version(
     State(state): State<SharedState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let repository = state.repository(&repo, STYLE)?;
+    let repository = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
     state.authorize(&headers, repository, Permission::Read, STYLE).await?;
     let id = package_id(&format, &package)?;
     let snapshot = state
@@ -248,7 +251,7 @@ pub async fn set_status(
     headers: HeaderMap,
     body: Result<Json<StatusRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let repository = state.repository(&repo, STYLE)?;
+    let repository = state.repository(&repo, &headers, Permission::Publish, STYLE).await?;
     state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
     let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
     if request.status == VersionStatus::Unfinished {
@@ -275,12 +278,17 @@ pub async fn origin(
     State(state): State<SharedState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let repository = state.repository(&repo, STYLE)?;
-    state.authorize(&headers, repository, Permission::Read, STYLE).await?;
+    let repository = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
+    let principal = state.authorize(&headers, repository, Permission::Read, STYLE).await?;
     let id = package_id(&format, &package)?;
     let effective = policy::evaluate(&state.config, &repo, &id);
     let chain = policy::resolution_order(&state.config, &repo);
-    let first = state.registry.package_origin(&id).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    // The origin record is per Domain: a first version in a Repository the caller cannot
+    // read is left out, so that the answer for a private name is the answer for a name
+    // nobody used (and names no Repository the caller cannot see).
+    let first = state.registry.package_origin(&id).await.map_err(|e| ApiError::from_core(e, STYLE))?.filter(|origin| {
+        state.config.repository(&origin.repository).is_some_and(|r| principal.may(r, Permission::Read))
+    });
     let blocked: Vec<_> =
         effective.blocked_versions.iter().map(|b| json!({"entry": b.value.to_string(), "source": b.source})).collect();
     Ok(Json(json!({

@@ -52,7 +52,7 @@ fn crate_and_version(krate: &str, version: &str) -> Result<(PackageId, String), 
 /// requests with 401, which is what makes cargo retry with its token.
 pub async fn config(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let base = format!("{}/cargo/{}", super::origin(&headers), repo_name(repo));
         let body = format::render_config(&format!("{base}/api/v1/crates"), &base, !repo.allows_anonymous_read());
@@ -73,7 +73,7 @@ pub async fn index_file(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let name = format::name_from_index_path(&path).map_err(bad_request)?;
         let missing = || ApiError::not_found(format!("crate {name} not found"), STYLE);
@@ -111,7 +111,7 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let (id, key) = crate_and_version(&krate, &version)?;
         let missing = || ApiError::not_found(format!("{krate}@{version} not found"), STYLE);
@@ -163,7 +163,7 @@ impl CrateUpload {
 }
 
 async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, STYLE)?;
+    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
     let principal = state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let limits = state.limits;
     let max_metadata = limits.max_metadata_bytes as u64;
@@ -326,7 +326,7 @@ async fn change_yank(
     headers: &HeaderMap,
     yank: bool,
 ) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, STYLE)?;
+    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
     state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let (id, key) = crate_and_version(krate, version)?;
     let (from, to) = if yank {
@@ -366,7 +366,8 @@ pub async fn owners(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let permission = if method == Method::GET || method == Method::HEAD { Permission::Read } else { Permission::Publish };
+        let repo = state.repository(&repo, &headers, permission, STYLE).await?;
         if method != Method::GET && method != Method::HEAD {
             state.authorize(&headers, repo, Permission::Publish, STYLE).await?;
             return Err(bad_request(format!(
@@ -404,7 +405,7 @@ pub async fn search(
     Query(params): Query<SearchParams>,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let per_page = match params.per_page.as_deref() {
             None => DEFAULT_PER_PAGE,

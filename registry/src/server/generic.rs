@@ -42,7 +42,7 @@ pub async fn put_asset(
     request: Request,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, request.headers(), Permission::Publish, STYLE).await?;
         state.authorize(request.headers(), repo, Permission::Publish, STYLE).await?;
         let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
         format::validate_namespace(&namespace).map_err(invalid)?;
@@ -99,7 +99,7 @@ pub async fn get_asset(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let missing = || ApiError::not_found(format!("{namespace}/{package} {version} has no asset {asset}"), STYLE);
@@ -124,7 +124,7 @@ pub async fn get_version(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let missing = || ApiError::not_found(format!("{namespace}/{package} {version} not found"), STYLE);
@@ -142,7 +142,7 @@ pub async fn get_package(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let snapshot = state

@@ -78,7 +78,7 @@ async fn handle(
     // Authorise before looking at the path: an anonymous client of a
     // private repository gets the challenge Maven waits for.
     let permission = if read { Permission::Read } else { Permission::Publish };
-    let authorized = match state.repository(repo_name, STYLE) {
+    let authorized = match state.repository(repo_name, &headers, permission, STYLE).await {
         Ok(repo) => state.authorize(&headers, repo, permission, STYLE).await.map(|_| ()),
         Err(e) => Err(e),
     };

@@ -66,10 +66,25 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    pub fn repository(&self, name: &str, style: ErrorStyle) -> Result<&Repository, ApiError> {
-        self.config
-            .repository(name)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("repository {name} not found"), style))
+    /// The Repository a request names, for a request that needs `permission` on it. A name
+    /// the Domain does not have is refused as a Repository the caller may not use is (401
+    /// without credentials, 403 with), so that no answer tells someone who may not read a
+    /// Repository whether it exists; only an admin learns that it does not (404).
+    pub async fn repository(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        permission: Permission,
+        style: ErrorStyle,
+    ) -> Result<&Repository, ApiError> {
+        if let Some(repository) = self.config.repository(name) {
+            return Ok(repository);
+        }
+        let principal = credentials::authenticate(self, headers, name, style).await?;
+        Err(match principal {
+            Principal::Admin => ApiError::new(StatusCode::NOT_FOUND, format!("repository {name} not found"), style),
+            principal => refusal(&principal, name, permission, style),
+        })
     }
 
     /// The package as the core has it now, its errors mapped for the client.
@@ -96,15 +111,21 @@ impl AppState {
         if principal.may(repo, permission) {
             return Ok(principal);
         }
-        if principal == Principal::Anonymous {
-            return Err(ApiError::unauthorized(format!("authentication required for repository {name}"), name, style));
-        }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{} may not {} on repository {name}", principal.name(), permission.as_str()),
-            style,
-        ))
+        Err(refusal(&principal, name, permission, style))
     }
+}
+
+/// What someone gets who may not do `permission` on the Repository `name`, or names one that
+/// does not exist: the same answer, so it reveals nothing about the Repository.
+fn refusal(principal: &Principal, name: &str, permission: Permission, style: ErrorStyle) -> ApiError {
+    if *principal == Principal::Anonymous {
+        return ApiError::unauthorized(format!("authentication required for repository {name}"), name, style);
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("{} may not {} on repository {name}", principal.name(), permission.as_str()),
+        style,
+    )
 }
 
 /// The registry's whole HTTP surface.

@@ -48,7 +48,9 @@ async fn handle(
     rest: &str,
     request: Request,
 ) -> (&'static str, Result<Response, ApiError>) {
-    let repo = match state.repository(repo_name, STYLE) {
+    let permission =
+        if matches!(*request.method(), Method::GET | Method::HEAD) { Permission::Read } else { Permission::Publish };
+    let repo = match state.repository(repo_name, request.headers(), permission, STYLE).await {
         Ok(repo) => repo,
         Err(e) => return ("npm", Err(e)),
     };

@@ -39,7 +39,7 @@ pub async fn redirect_project(Path((repo, project)): Path<(String, String)>) -> 
 
 pub async fn root(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let mut names = state
             .registry
@@ -62,7 +62,7 @@ pub async fn project(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let normalized = format::normalize_name(&project);
         if normalized != project {
@@ -106,7 +106,7 @@ pub async fn file(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, STYLE)?;
+        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
         state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         let (asset_name, metadata_file) = match filename.strip_suffix(".metadata") {
             Some(asset) => (asset, true),
@@ -169,7 +169,7 @@ async fn upload_file(
     headers: &HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, STYLE)?;
+    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
     state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let mut multipart =
         multipart.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {e}"), STYLE))?;

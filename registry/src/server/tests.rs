@@ -367,7 +367,12 @@ async fn access_rules() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(app.get("/npm/nope/demo", None).await.status, StatusCode::NOT_FOUND);
+    // A Repository that does not exist is answered as one the caller may not read.
+    let missing = app.get("/npm/nope/demo", None).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers[header::WWW_AUTHENTICATE], "Basic realm=\"wharf/nope\"");
+    assert_eq!(app.get("/npm/nope/demo", Some(&for_main)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.get("/npm/nope/demo", Some(ADMIN)).await.status, StatusCode::NOT_FOUND);
 }
 
 /// 50 publishers race for one version with different bytes: exactly one
@@ -1236,4 +1241,5 @@ async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
 }
 
 mod cargo;
+mod disclosure;
 mod upstream;

@@ -265,7 +265,8 @@ async fn cargo_bad_input_is_refused_and_changes_nothing() {
         ("/cargo/main/api/v1/crates/-demo/1.0.0/download", StatusCode::BAD_REQUEST),
         ("/cargo/main/api/v1/crates/demo/1.0/download", StatusCode::BAD_REQUEST),
         ("/cargo/main/api/v1/crates/demo/9.9.9/download", StatusCode::NOT_FOUND),
-        ("/cargo/nope/index/config.json", StatusCode::NOT_FOUND),
+        // As a private Repository would: no answer tells whether it exists.
+        ("/cargo/nope/index/config.json", StatusCode::UNAUTHORIZED),
     ] {
         let reply = app.get(uri, None).await;
         assert_eq!(reply.status, status, "{uri}: {}", reply.text());

@@ -96,7 +96,7 @@ async fn origin_report_rejects_bad_input() {
     for (uri, status) in [
         ("/api/v1/repositories/app/packages/npm/..%2Fetc/origin", StatusCode::BAD_REQUEST),
         ("/api/v1/repositories/app/packages/rpm/x/origin", StatusCode::BAD_REQUEST),
-        ("/api/v1/repositories/nope/packages/npm/x/origin", StatusCode::NOT_FOUND),
+        ("/api/v1/repositories/nope/packages/npm/x/origin", StatusCode::UNAUTHORIZED),
     ] {
         let reply = app.get(uri, None).await;
         assert_eq!(reply.status, status, "{uri}: {}", reply.text());
