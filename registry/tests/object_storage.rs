@@ -320,6 +320,54 @@ async fn replicas_on_one_bucket_serve_what_either_stored() {
     assert_eq!(from_first.text().await.unwrap(), from_second.text().await.unwrap());
 }
 
+/// The field case: replica B reads a package, replica A publishes four more versions
+/// (pruning index revisions behind it), then B must list all five and its own publish must
+/// reach a replica started afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_several_writes_behind_sees_them_and_its_publish_is_kept() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    let (data_a, data_b, data_c) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(data_a.path(), secrets.path(), &s3.endpoint);
+    let b = replica(data_b.path(), secrets.path(), &s3.endpoint);
+    let token = a.token(&["main"], &["read", "publish"]).await;
+    let client = reqwest::Client::new();
+    let publish = |server: &TestServer, version: &str| {
+        let body = format!("tool {version}");
+        client
+            .put(server.url(&format!("/generic/main/acme/tool/{version}/tool.txt")))
+            .bearer_auth(&token)
+            .header("X-Checksum-Sha256", hex::encode(Sha256::digest(body.as_bytes())))
+            .body(body)
+            .send()
+    };
+    let versions = |server: &TestServer| {
+        let request = client.get(server.url("/generic/main/acme/tool")).send();
+        async move {
+            let listing: serde_json::Value = request.await.unwrap().json().await.unwrap();
+            let mut names: Vec<String> = listing["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["version"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(publish(&a, "1.0.0").await.unwrap().status(), 201);
+    assert_eq!(versions(&b).await, ["1.0.0"]);
+    for version in ["1.1.0", "1.2.0", "1.3.0", "1.4.0"] {
+        assert_eq!(publish(&a, version).await.unwrap().status(), 201);
+    }
+    assert_eq!(versions(&b).await, ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]);
+    assert_eq!(publish(&b, "2.0.0").await.unwrap().status(), 201);
+    let c = replica(data_c.path(), secrets.path(), &s3.endpoint);
+    assert_eq!(versions(&c).await, ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "2.0.0"]);
+}
+
 #[test]
 fn a_missing_secret_stops_start_up_naming_it() {
     let data = tempfile::tempdir().unwrap();
