@@ -254,52 +254,58 @@ impl Registry {
                 .collect(),
         };
         let key = keys::version_record(repo, id.format.as_str(), &id.name, &new.version);
-        let (record, outcome) = match self.storage.create_json(&key, &record).await? {
-            Created::Created => (record, PublishOutcome::Created),
+        let (record, outcome, conflict) = match self.storage.create_json(&key, &record).await? {
+            Created::Created => (record, PublishOutcome::Created, None),
             Created::AlreadyExists(existing) => {
-                if !same_assets(&existing.assets, &record.assets) {
-                    return Err(CoreError::Conflict(format!(
+                let conflict = (!same_assets(&existing.assets, &record.assets)).then(|| {
+                    CoreError::Conflict(format!(
                         "{} {}@{} was already published with different contents",
                         id.format.as_str(),
                         display_name,
                         new.version
-                    )));
-                }
-                (existing, PublishOutcome::AlreadyPublished)
+                    ))
+                });
+                (existing, PublishOutcome::AlreadyPublished, conflict)
             }
         };
-        // Runs on both paths: a publisher that crashed after creating the
-        // record is completed by the next identical publish.
-        self.update_index(repo, id, display_name, |index| {
-            let mut changed = false;
-            if !index.versions.contains_key(&record.version) {
-                index.versions.insert(
-                    record.version.clone(),
-                    VersionEntry {
-                        status: VersionStatus::Published,
-                        created: record.created,
-                        metadata: record.metadata.clone(),
-                        assets: record.assets.iter().map(|a| (a.name.clone(), a.clone())).collect(),
-                        deprecated: None,
-                        withdrawn: false,
-                        fetched_from: None,
-                    },
-                );
-                changed = true;
-            }
-            if outcome == PublishOutcome::Created {
-                for tag in &new.tags {
-                    index.tags.insert(tag.clone(), record.version.clone());
+        // Runs on every path: a publisher that crashed after creating the
+        // record is completed by the next publish of the version, also one
+        // refused for different bytes, so what the 409 refers to is there.
+        let indexed = self
+            .update_index(repo, id, display_name, |index| {
+                let mut changed = false;
+                if !index.versions.contains_key(&record.version) {
+                    index.versions.insert(
+                        record.version.clone(),
+                        VersionEntry {
+                            status: VersionStatus::Published,
+                            created: record.created,
+                            metadata: record.metadata.clone(),
+                            assets: record.assets.iter().map(|a| (a.name.clone(), a.clone())).collect(),
+                            deprecated: None,
+                            withdrawn: false,
+                            fetched_from: None,
+                        },
+                    );
                     changed = true;
                 }
-            }
-            if let Some(withdrawals) = withdrawals {
-                let withdrawn = withdrawals(index);
-                changed |= apply_withdrawals(index, &withdrawn);
-            }
-            Ok(changed)
-        })
-        .await?;
+                if outcome == PublishOutcome::Created {
+                    for tag in &new.tags {
+                        index.tags.insert(tag.clone(), record.version.clone());
+                        changed = true;
+                    }
+                }
+                if let Some(withdrawals) = withdrawals {
+                    let withdrawn = withdrawals(index);
+                    changed |= apply_withdrawals(index, &withdrawn);
+                }
+                Ok(changed)
+            })
+            .await;
+        if let Some(conflict) = conflict {
+            return Err(conflict);
+        }
+        indexed?;
         Ok(outcome)
     }
 
@@ -479,61 +485,70 @@ impl Registry {
             };
         let asset = AssetRef { name: asset.name, digests: asset.digests, created: now, metadata: asset.metadata };
         let asset_key = keys::asset_record(repo, format, &id.name, version, &asset.name);
-        let (asset, outcome) = match self.storage.create_json(&asset_key, &asset).await? {
-            Created::Created => (asset, PublishOutcome::Created),
+        let (asset, outcome, conflict) = match self.storage.create_json(&asset_key, &asset).await? {
+            Created::Created => (asset, PublishOutcome::Created, None),
             Created::AlreadyExists(existing) if existing.digests.sha256 == asset.digests.sha256 => {
-                (existing, PublishOutcome::AlreadyPublished)
+                (existing, PublishOutcome::AlreadyPublished, None)
             }
-            Created::AlreadyExists(_) => {
-                return Err(CoreError::Conflict(format!(
+            Created::AlreadyExists(existing) => {
+                let conflict = CoreError::Conflict(format!(
                     "File already exists: {} was already uploaded with different contents",
                     asset.name
-                )));
+                ));
+                (existing, PublishOutcome::AlreadyPublished, Some(conflict))
             }
         };
-        self.update_index(repo, id, display_name, |index| {
-            let initial_status = match rules {
-                FileRules::Release { initial_status } => initial_status,
-                FileRules::Open { .. } => VersionStatus::Unfinished,
-                FileRules::Fetched { .. } => VersionStatus::Published,
-            };
-            let fetched_from = match rules {
-                FileRules::Fetched { connection, .. } => Some(connection.to_owned()),
-                _ => None,
-            };
-            let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
-                status: initial_status,
-                created: record.created,
-                metadata: record.metadata.clone(),
-                assets: Default::default(),
-                deprecated: None,
-                withdrawn: false,
-                fetched_from,
-            });
-            let mut changed = false;
-            if !entry.assets.contains_key(&asset.name) {
-                let accepts = match rules {
-                    FileRules::Release { .. } => {
-                        !matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed)
-                    }
-                    FileRules::Open { .. } => entry.status == VersionStatus::Unfinished,
-                    FileRules::Fetched { .. } => entry.status.is_installable(),
+        // As in `publish`: an upload that crashed after its asset record is
+        // completed by the next upload of that file, even a refused one.
+        let indexed = self
+            .update_index(repo, id, display_name, |index| {
+                let initial_status = match rules {
+                    FileRules::Release { initial_status } => initial_status,
+                    FileRules::Open { .. } => VersionStatus::Unfinished,
+                    FileRules::Fetched { .. } => VersionStatus::Published,
                 };
-                if !accepts {
-                    return Err(closed_version(version, entry.status));
+                let fetched_from = match rules {
+                    FileRules::Fetched { connection, .. } => Some(connection.to_owned()),
+                    _ => None,
+                };
+                let entry = index.versions.entry(version.to_owned()).or_insert_with(|| VersionEntry {
+                    status: initial_status,
+                    created: record.created,
+                    metadata: record.metadata.clone(),
+                    assets: Default::default(),
+                    deprecated: None,
+                    withdrawn: false,
+                    fetched_from,
+                });
+                let mut changed = false;
+                if !entry.assets.contains_key(&asset.name) {
+                    let accepts = match rules {
+                        FileRules::Release { .. } => {
+                            !matches!(entry.status, VersionStatus::Archived | VersionStatus::Disposed)
+                        }
+                        FileRules::Open { .. } => entry.status == VersionStatus::Unfinished,
+                        FileRules::Fetched { .. } => entry.status.is_installable(),
+                    };
+                    if !accepts {
+                        return Err(closed_version(version, entry.status));
+                    }
+                    entry.assets.insert(asset.name.clone(), asset.clone());
+                    changed = true;
                 }
-                entry.assets.insert(asset.name.clone(), asset.clone());
-                changed = true;
-            }
-            if let FileRules::Open { finalize: true } = rules
-                && entry.status == VersionStatus::Unfinished
-            {
-                entry.status = VersionStatus::Published;
-                changed = true;
-            }
-            Ok(changed)
-        })
-        .await?;
+                if conflict.is_none()
+                    && let FileRules::Open { finalize: true } = rules
+                    && entry.status == VersionStatus::Unfinished
+                {
+                    entry.status = VersionStatus::Published;
+                    changed = true;
+                }
+                Ok(changed)
+            })
+            .await;
+        if let Some(conflict) = conflict {
+            return Err(conflict);
+        }
+        indexed?;
         Ok(outcome)
     }
 
@@ -1079,6 +1094,62 @@ mod tests {
         let snapshot = registry.package("main", &id).await.unwrap().unwrap();
         assert!(snapshot.index.versions["1.0.0"].assets.is_empty());
         assert!(!snapshot.index.tags.contains_key("latest"));
+    }
+
+    /// A publisher killed between the version record and the index leaves a
+    /// version nobody can read; the next publish of it, even one refused for
+    /// other bytes, completes it, so the 409 refers to something that is there.
+    #[tokio::test]
+    async fn an_interrupted_publish_is_completed_by_the_next_attempt() {
+        let registry = registry();
+        let id = npm("pkg");
+        let first = blob(&registry, b"first").await;
+        let record = VersionRecord {
+            version: "1.0.0".into(),
+            created: Utc::now(),
+            metadata: serde_json::json!({"version": "1.0.0"}),
+            assets: vec![AssetRef {
+                name: "pkg-1.0.0.tgz".into(),
+                digests: first.clone(),
+                created: Utc::now(),
+                metadata: Default::default(),
+            }],
+        };
+        let key = keys::version_record("main", "npm", "pkg", "1.0.0");
+        assert!(matches!(registry.storage.create_json(&key, &record).await.unwrap(), Created::Created));
+        assert!(registry.package("main", &id).await.unwrap().is_none());
+
+        let other = blob(&registry, b"other").await;
+        let error = registry.publish_version("main", &id, "pkg", version("1.0.0", other)).await.unwrap_err();
+        assert!(matches!(error, CoreError::Conflict(_)), "{error}");
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0.0"].assets["pkg-1.0.0.tgz"].digests, first);
+
+        // The same for a file of a multi-file release (PyPI).
+        let pypi = PackageId::new(PackageFormat::Pypi, "demo");
+        let asset = AssetRef {
+            name: "demo-1.0.tar.gz".into(),
+            digests: first.clone(),
+            created: Utc::now(),
+            metadata: Default::default(),
+        };
+        let record =
+            VersionRecord { version: "1.0".into(), created: Utc::now(), metadata: Default::default(), assets: vec![] };
+        registry.storage.create_json(&keys::version_record("main", "pypi", "demo", "1.0"), &record).await.unwrap();
+        registry
+            .storage
+            .create_json(&keys::asset_record("main", "pypi", "demo", "1.0", "demo-1.0.tar.gz"), &asset)
+            .await
+            .unwrap();
+        let other = blob(&registry, b"other").await;
+        let file = NewAsset { name: "demo-1.0.tar.gz".into(), digests: other, metadata: Default::default() };
+        let error = registry
+            .add_asset("main", &pypi, "demo", "1.0", Default::default(), VersionStatus::Published, file)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CoreError::Conflict(_)), "{error}");
+        let snapshot = registry.package("main", &pypi).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0"].assets["demo-1.0.tar.gz"].digests, first);
     }
 
     #[tokio::test]
