@@ -886,12 +886,21 @@ fn newest<'a, 'b>(candidates: impl Iterator<Item = &'b Candidate<'a>>) -> Option
     candidates.max_by(|a, b| a.2.latest_rank().cmp(&b.2.latest_rank()).then_with(|| a.2.precedence(&b.2)))
 }
 
+/// Whether the version's zip can be had: published here, kept, or fetchable
+/// from upstream. A cached copy may hold only its `.mod` (the go command
+/// reads the `.mod` of versions it only checks for retractions); listed
+/// while the upstream is down, `go get` would pick it and fail.
+fn downloadable(version: &str, entry: &VersionEntry) -> bool {
+    entry.fetched_from.is_none() || entry.assets.contains_key(&zip_asset(version))
+}
+
 /// `@v/list`: listed versions, oldest first, without pseudo-versions (the
 /// protocol leaves those out; the go command finds them through `@latest`
 /// or by exact version).
 pub fn render_list(index: &PackageIndex) -> Bytes {
     let mut listed: Vec<(&String, ModuleVersion)> = index
         .listed_versions()
+        .filter(|(text, entry)| downloadable(text, entry))
         .filter_map(|(text, _)| parse_version(text).ok().map(|version| (text, version)))
         .filter(|(_, version)| !version.is_pseudo())
         .collect();
@@ -907,7 +916,7 @@ pub fn render_list(index: &PackageIndex) -> Bytes {
 /// `@latest`: the listed version the go command would pick (release over
 /// pre-release over pseudo-version).
 pub fn latest(index: &PackageIndex) -> Option<(&str, &VersionEntry)> {
-    let parsed = parse_candidates(index.listed_versions());
+    let parsed = parse_candidates(index.listed_versions().filter(|(text, entry)| downloadable(text, entry)));
     newest(parsed.iter()).map(|(text, entry, _)| (text.as_str(), *entry))
 }
 
@@ -976,7 +985,7 @@ mod tests {
     use std::io::{Cursor, Write};
 
     use super::*;
-    use crate::core::VersionStatus;
+    use crate::core::{AssetRef, VersionStatus};
 
     #[test]
     fn escaping_round_trips_and_rejects_malformed_escapes() {
@@ -1258,6 +1267,29 @@ retract (
         // The newest version (v1.10.0) retracts nothing; the archived
         // v1.2.0 does not speak for the module.
         assert!(retracted_versions(&index).is_empty());
+        // A cached copy holding only its `.mod` (upstream down, zip never
+        // fetched) is not offered; with its zip, or a URL to fetch it, it is.
+        let mut mod_only = entry(Published, &[]);
+        mod_only.fetched_from = Some("public-go".into());
+        let zip = |url: Value| AssetRef {
+            name: zip_asset("v1.10.2"),
+            digests: crate::storage::BlobDigests {
+                sha256: String::new(),
+                sha512: String::new(),
+                sha1: String::new(),
+                md5: String::new(),
+                size: 0,
+            },
+            created: DateTime::UNIX_EPOCH,
+            metadata: json!({ UPSTREAM_URL: url }),
+        };
+        index.versions.insert("v1.10.2".into(), mod_only.clone());
+        assert_eq!(latest(&index).unwrap().0, "v1.10.0");
+        assert!(!String::from_utf8_lossy(&render_list(&index)).contains("v1.10.2"));
+        mod_only.assets.insert(zip_asset("v1.10.2"), zip(json!("http://127.0.0.1:9/go/@v/v1.10.2.zip")));
+        index.versions.insert("v1.10.2".into(), mod_only);
+        assert_eq!(latest(&index).unwrap().0, "v1.10.2");
+        index.versions.remove("v1.10.2");
         // A newer release that retracts itself and an interval.
         index.versions.insert("v1.12.0".into(), entry(Published, &[("v1.9.0", "v1.10.1"), ("v1.12.0", "v1.12.0")]));
         let retracted: Vec<_> = retracted_versions(&index).into_iter().collect();
