@@ -405,6 +405,33 @@ fn go_project(ws: &Workspace, pinned: Option<&Path>) {
     }
 }
 
+/// With its default checksum database and a go.sum it has to fill, `go get`
+/// verifies every module through Wharf: the database is proxied through the
+/// Go connection, as the public module proxy does.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_go_verifies_checksums_through_wharf() {
+    if !live("live go checksum database") {
+        return;
+    }
+    let Some(url) = go_proxy() else { return };
+    let wharf = LiveWharf::start("go", &url);
+    let proxy = format!("http://127.0.0.1:{}/go/app", wharf.server().port);
+    let ws = Workspace::new();
+    go_project(&ws, None);
+    let mut command = go(&ws, "app", &proxy);
+    command.env_remove("GOSUMDB");
+    run_ok(command.args(["get", &format!("{GO_MODULE}@{GO_VERSION}")]));
+    let go_sum = std::fs::read_to_string(ws.path("app/go.sum")).unwrap();
+    assert!(go_sum.contains(GO_MODULE), "{go_sum}");
+    let metrics = reqwest::get(wharf.server().url("/metrics")).await.unwrap().text().await.unwrap();
+    let sumdb_requests: u64 = metrics
+        .lines()
+        .filter(|line| line.contains("route=\"go_sumdb\"") && line.contains("status=\"200\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(sumdb_requests >= 2, "the checksum database was not read through Wharf:\n{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn live_go_downloads_a_module_graph_cold_warm_and_unreachable() {
     if !live("live go") {

@@ -345,7 +345,7 @@ pub fn evaluate(config: &DomainConfig, repository: &str, id: &PackageId) -> Effe
 
 /// `metadataTTL` is policy-wide: the first Repository-level policy that sets
 /// it, else the first Domain-level one, else the default.
-fn metadata_ttl(config: &DomainConfig, repository: &str) -> Decided<Duration> {
+pub fn metadata_ttl(config: &DomainConfig, repository: &str) -> Decided<Duration> {
     let levels = [
         (PolicyLevel::Repository, config.repository_policies(repository).collect::<Vec<_>>()),
         (PolicyLevel::Domain, config.domain_policies().collect()),

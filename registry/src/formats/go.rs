@@ -790,8 +790,9 @@ pub enum ProxyRequest {
     Latest { path: String },
     /// `{module}/@v/{version}.{info,mod,zip}`
     File { path: String, version: String, kind: FileKind },
-    /// `sumdb/…`: checksum database proxying, which this registry does not do.
-    SumDb,
+    /// `sumdb/{name}/{path}`: a checksum database's endpoint, proxied to the
+    /// upstream proxy (`supported`, `latest`, `lookup/…`, `tile/…`).
+    SumDb { name: String, path: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -801,11 +802,35 @@ pub enum FileKind {
     Zip,
 }
 
+/// `{name}/{path}` of a checksum database request: the name a host name
+/// (`sum.golang.org` style), the path one of the protocol's endpoints with
+/// plain segments, so it can be appended to the upstream's URL as it is.
+fn parse_sumdb(rest: &str) -> Option<ProxyRequest> {
+    let (name, path) = rest.split_once('/')?;
+    let host_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    let segment_ok = |segment: &str| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!@+".contains(&b))
+    };
+    let endpoint_ok = path == "supported"
+        || path == "latest"
+        || path.strip_prefix("lookup/").is_some_and(|module| module.split('/').all(segment_ok))
+        || path.strip_prefix("tile/").is_some_and(|tile| tile.split('/').all(segment_ok));
+    (host_ok && endpoint_ok && path.len() <= 1024)
+        .then(|| ProxyRequest::SumDb { name: name.to_owned(), path: path.to_owned() })
+}
+
 /// Parses the path after `/go/{repo}/`; `Ok(None)` when it names no
 /// endpoint of the protocol.
 pub fn parse_request(rest: &str) -> Result<Option<ProxyRequest>, GoError> {
-    if rest.starts_with("sumdb/") {
-        return Ok(Some(ProxyRequest::SumDb));
+    if let Some(sumdb) = rest.strip_prefix("sumdb/") {
+        return Ok(parse_sumdb(sumdb));
     }
     if let Some(module) = rest.strip_suffix("/@latest") {
         return Ok(Some(ProxyRequest::Latest { path: unescape_path(module)? }));
@@ -1343,7 +1368,27 @@ retract (
                 kind: FileKind::Zip
             })
         );
-        assert_eq!(parse("sumdb/sum.example.org/supported"), Some(ProxyRequest::SumDb));
+        let sumdb = |name: &str, path: &str| Some(ProxyRequest::SumDb { name: name.into(), path: path.into() });
+        assert_eq!(parse("sumdb/sum.example.org/supported"), sumdb("sum.example.org", "supported"));
+        assert_eq!(parse("sumdb/sum.example.org/latest"), sumdb("sum.example.org", "latest"));
+        assert_eq!(
+            parse("sumdb/sum.example.org/lookup/example.com/!acme/m@v1.0.0"),
+            sumdb("sum.example.org", "lookup/example.com/!acme/m@v1.0.0")
+        );
+        assert_eq!(
+            parse("sumdb/sum.example.org/tile/8/0/x001/234.p/5"),
+            sumdb("sum.example.org", "tile/8/0/x001/234.p/5")
+        );
+        for refused in [
+            "sumdb/sum.example.org/lookup/../../etc",
+            "sumdb/Sum.Example.org/supported",
+            "sumdb/sum.example.org/other",
+            "sumdb/sum.example.org/tile/8//1",
+            "sumdb/127.0.0.1:9/supported",
+            "sumdb/sum.example.org/lookup/a?b",
+        ] {
+            assert_eq!(parse(refused), None, "{refused}");
+        }
         assert_eq!(parse("example.com/m/@v/v1.0.0.tar"), None);
         assert_eq!(parse("example.com/m"), None);
         assert!(matches!(parse_request("example.com/Acme/@v/list"), Err(GoError::InvalidEscape { .. })));

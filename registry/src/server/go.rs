@@ -14,9 +14,11 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
+use crate::core::policy;
 use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
 use crate::formats::go::{self as format, FileKind, ProxyRequest};
 use crate::storage::{BodyError, SyncBlobReader};
+use crate::upstream::Absence;
 
 const STYLE: ErrorStyle = ErrorStyle::Text;
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -62,7 +64,7 @@ async fn handle(
                 STYLE,
             )),
         ),
-        (ProxyRequest::SumDb, true) => ("go_sumdb", sumdb(state, repo, &headers).await),
+        (ProxyRequest::SumDb { name, path }, true) => ("go_sumdb", sumdb(state, repo, &name, &path, &headers).await),
         (ProxyRequest::List { path }, true) => ("go_list", list(state, repo, &path, &headers).await),
         (ProxyRequest::Latest { path }, true) => ("go_latest", latest(state, repo, &path, &headers).await),
         (ProxyRequest::File { path, version, kind }, true) => {
@@ -82,9 +84,34 @@ fn repo_name(repo: &Repository) -> &str {
 
 /// The go command asks a proxy whether it proxies a checksum database
 /// before using it; 404 sends it to the database directly.
-async fn sumdb(state: &SharedState, repo: &Repository, headers: &HeaderMap) -> Result<Response, ApiError> {
+/// A checksum database endpoint, proxied through the chain's Go external
+/// connection as public module proxies do, so the go command can verify
+/// public modules in a cluster that reaches nothing but Wharf. Without a
+/// connection, 404: the go command then asks the database directly.
+async fn sumdb(
+    state: &SharedState,
+    repo: &Repository,
+    name: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Read, STYLE).await?;
-    Err(ApiError::not_found("this proxy does not serve a checksum database", STYLE))
+    let chain = policy::resolution_order(&state.config, repo_name(repo));
+    let Some(hop) = chain.external(PackageFormat::Go) else {
+        return Err(ApiError::not_found("no Go external connection to proxy a checksum database through", STYLE));
+    };
+    let url = format!("{}/sumdb/{name}/{path}", hop.connection.url.trim_end_matches('/'));
+    let ttl = policy::metadata_ttl(&state.config, repo_name(repo)).value;
+    let document = state
+        .upstream
+        .metadata(&hop.connection.name, &url, "*/*", ttl, Absence::GoProxy)
+        .await
+        .map_err(|e| ApiError::from_upstream(&e, STYLE))?;
+    let Some(body) = document.body else {
+        return Err(ApiError::not_found(format!("checksum database {name}: {path} not found upstream"), STYLE));
+    };
+    let content_type = if path.starts_with("tile/") { "application/octet-stream" } else { TEXT };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn module(

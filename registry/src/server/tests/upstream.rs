@@ -595,3 +595,69 @@ async fn kept_views_follow_the_cooldown_clock_and_origins_recorded_elsewhere() {
     assert_eq!(app.put_json("/npm/sibling/shared-name", &sibling, &body).await.status, StatusCode::CREATED);
     assert_eq!(app.get("/npm/app/shared-name", None).await.status, StatusCode::NOT_FOUND, "reserved");
 }
+
+/// The checksum database goes through the chain's Go connection, as through
+/// a public module proxy, so `go` verifies public modules with Wharf alone.
+#[tokio::test]
+async fn go_checksum_database_is_proxied_through_the_go_connection() {
+    use axum::routing::get;
+    let lookup = "1234\nexample.com/m v1.0.0 h1:abc=\nexample.com/m v1.0.0/go.mod h1:def=\n\ngo.sum database tree\n";
+    let tile: &'static [u8] = &[0, 1, 2, 250, 251];
+    let upstream = axum::Router::new()
+        .route("/go/sumdb/sum.example.org/supported", get(|| async { "" }))
+        .route("/go/sumdb/sum.example.org/lookup/{*module}", get(move || async move { lookup }))
+        .route("/go/sumdb/sum.example.org/tile/8/0/001", get(move || async move { tile }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/go", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let config = format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{memory: {{}}}}
+  externalConnections: [{{name: public-go, format: go, url: "{base}"}}]
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: app}}
+spec:
+  domainRef: {{name: acme}}
+  upstreams: [{{name: go-store}}]
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: go-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-go
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: alone}}
+spec:
+  domainRef: {{name: acme}}
+  access: {{read: [{{kind: Anonymous}}]}}
+"#
+    );
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+    assert_eq!(app.get("/go/app/sumdb/sum.example.org/supported", None).await.status, StatusCode::OK);
+    let found = app.get("/go/app/sumdb/sum.example.org/lookup/example.com/m@v1.0.0", None).await;
+    assert_eq!((found.status, found.text()), (StatusCode::OK, lookup.to_owned()));
+    let tiled = app.get("/go/app/sumdb/sum.example.org/tile/8/0/001", None).await;
+    assert_eq!((tiled.status, &tiled.body[..]), (StatusCode::OK, tile));
+    assert_eq!(tiled.headers[header::CONTENT_TYPE], "application/octet-stream");
+    // Another database than the upstream serves, a path outside the protocol,
+    // and a Repository without a Go connection: 404, so go asks elsewhere.
+    assert_eq!(app.get("/go/app/sumdb/sum.other.org/supported", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/go/app/sumdb/sum.example.org/other", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/go/app/sumdb/sum.example.org/lookup/../x", None).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(app.get("/go/alone/sumdb/sum.example.org/supported", None).await.status, StatusCode::NOT_FOUND);
+    // Within the metadata TTL the copy is served while the upstream is gone.
+    server.abort();
+    let cached = app.get("/go/app/sumdb/sum.example.org/lookup/example.com/m@v1.0.0", None).await;
+    assert_eq!((cached.status, cached.text()), (StatusCode::OK, lookup.to_owned()));
+}
