@@ -2,8 +2,9 @@
 //! tags, reading package indexes. Knows nothing of HTTP; does storage I/O
 //! through [`Storage`].
 //!
-//! Write path: asset bytes are staged under content-addressed keys first,
-//! then a create-once record decides which publisher won, then the
+//! Write path: asset bytes are staged and checked under `uploads/`, then
+//! committed to content-addressed keys, then a create-once record decides
+//! which publisher won, then the
 //! package index is replaced by compare-and-swap. A crash between steps
 //! leaves unreferenced blobs or a record not yet indexed; the next publish
 //! of the same version indexes it (see [`Registry::publish_version`]).
@@ -22,7 +23,7 @@ use futures::Stream;
 
 pub use model::*;
 
-use crate::storage::{BlobBody, BlobDigests, BodyError, Created, Storage, StorageError, keys};
+use crate::storage::{BlobBody, BlobDigests, BodyError, Created, StagedBlob, Storage, StorageError, keys};
 
 /// How often one index write retries after losing a compare-and-swap.
 const MAX_INDEX_ATTEMPTS: u32 = 200;
@@ -175,8 +176,9 @@ impl Registry {
         &self.storage
     }
 
-    /// Streams an upload into the Domain's blob store (see [`Storage::stage_blob`]).
-    pub async fn stage_asset<S>(&self, body: S, limit: u64) -> Result<BlobDigests, CoreError>
+    /// Streams an upload into staging (see [`Storage::stage_blob`]): the
+    /// caller checks it there, then commits or discards it.
+    pub async fn stage_asset<S>(&self, body: S, limit: u64) -> Result<StagedBlob, CoreError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Send,
     {
@@ -915,7 +917,7 @@ mod tests {
 
     async fn blob(registry: &Registry, bytes: &'static [u8]) -> BlobDigests {
         let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from_static(bytes))]);
-        registry.stage_asset(body, 1 << 20).await.unwrap()
+        registry.stage_asset(body, 1 << 20).await.unwrap().commit().await.unwrap()
     }
 
     fn npm(name: &str) -> PackageId {
@@ -956,7 +958,7 @@ mod tests {
         let mut digests = Vec::new();
         for i in 0..50u8 {
             let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from(vec![i; 10]))]);
-            digests.push(registry.stage_asset(body, 1024).await.unwrap());
+            digests.push(registry.stage_asset(body, 1024).await.unwrap().commit().await.unwrap());
         }
         let attempts = digests.iter().cloned().map(|d| {
             let registry = registry.clone();
