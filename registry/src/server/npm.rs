@@ -247,8 +247,7 @@ async fn publish(
     let mut splitter = PublishBodySplitter::new(limits.max_metadata_bytes);
     let mut body = body.into_data_stream();
     let mut received = 0u64;
-    // npm sends one attachment; of more, the last one counts and the others
-    // are dropped, which deletes what they staged.
+    // The splitter refuses a second attachment, so there is at most one.
     let mut staging: Option<(String, StreamedUpload)> = None;
     let mut streamed: Option<(String, StreamedUpload)> = None;
     let read: Result<(), ApiError> = async {

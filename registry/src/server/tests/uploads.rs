@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use serde_json::json;
@@ -108,6 +110,30 @@ async fn refused_uploads_of_every_format_leave_no_bytes_behind() {
     assert_eq!(settled(store.as_ref()).await, before, "refused uploads left bytes behind");
     let stored = app.get("/npm/main/demo/-/demo-1.0.0.tgz", None).await;
     assert_eq!(stored.body, good, "the blob a refused upload shared is kept");
+}
+
+#[tokio::test]
+async fn a_publish_document_with_more_than_one_attachment_is_refused_before_staging_the_second() {
+    let folder = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(folder.path()).unwrap());
+    let app = TestApp::with_store(store.clone(), Limits::default()).await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let mut body = publish_body("demo", "1.0.0", &tarball("demo", "1.0.0", b""));
+    let attachments = body["_attachments"].as_object_mut().unwrap();
+    for i in 0..20_000 {
+        let data = STANDARD.encode(format!("tiny attachment {i}"));
+        attachments.insert(format!("extra-{i}.tgz"), json!({"data": data, "length": 20}));
+    }
+    let started = std::time::Instant::now();
+    let reply = app.put_json("/npm/main/demo", &token, &body).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    let message = reply.json()["error"].as_str().unwrap().to_owned();
+    assert!(message.contains("more than one attachment") && message.contains("extra-0.tgz"), "{message}");
+    assert!(settled(store.as_ref()).await.is_empty(), "nothing staged is left");
+    eprintln!("20,000 attachments refused in {elapsed:?}");
+    assert_eq!(app.get("/npm/main/demo", None).await.status, StatusCode::NOT_FOUND);
 }
 
 /// An upstream whose tarball never matches the digests its packument
