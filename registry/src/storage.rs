@@ -81,6 +81,12 @@ pub enum StorageError {
     ConditionalWritesIgnored { key: String },
     #[error("storage did not answer within {seconds} s")]
     Unresponsive { seconds: u64 },
+    #[error("failed to restrict {path} to its owner (mode 0600)")]
+    Permissions {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StorageError {
@@ -168,6 +174,9 @@ pub struct Storage {
     /// until then a shared store is not ready to serve.
     conditional_writes_verified: Arc<AtomicBool>,
     small_blobs: Arc<Mutex<SmallBlobs>>,
+    /// The folder a local filesystem store keeps its objects in, so the
+    /// files holding secrets can be restricted to their owner.
+    local_folder: Option<Arc<std::path::PathBuf>>,
 }
 
 #[derive(Debug, Default)]
@@ -246,7 +255,13 @@ impl Storage {
             exclusive: false,
             conditional_writes_verified: Arc::new(AtomicBool::new(false)),
             small_blobs: Default::default(),
+            local_folder: None,
         }
+    }
+
+    /// Says that the store keeps its objects as files under `folder`.
+    pub fn with_local_folder(self, folder: impl Into<std::path::PathBuf>) -> Self {
+        Storage { local_folder: Some(Arc::new(folder.into())), ..self }
     }
 
     /// Storage only this process writes to (a local folder, memory).
@@ -493,21 +508,29 @@ impl Storage {
     }
 
     /// Reads the token signing key, generating and storing one on first
-    /// use. Conditional create makes every replica agree on one key.
+    /// use. Conditional create makes every replica agree on one key. In a
+    /// local folder its file is made readable by its owner alone (0600):
+    /// with it, anyone can mint an admin token.
     pub async fn token_signing_key(&self) -> Result<Vec<u8>, StorageError> {
         let key = keys::token_signing_key();
-        if let Some(bytes) = self.read_bytes(&key).await? {
-            return Ok(bytes.to_vec());
-        }
-        let generated: [u8; 32] = rand::random();
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&key, PutPayload::from(generated.to_vec()), options).await {
-            Ok(_) => Ok(generated.to_vec()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Ok(self.read_bytes(&key).await?.map(|b| b.to_vec()).unwrap_or_else(|| generated.to_vec()))
+        let bytes = match self.read_bytes(&key).await? {
+            Some(bytes) => bytes.to_vec(),
+            None => {
+                let generated: [u8; 32] = rand::random();
+                let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+                match self.store.put_opts(&key, PutPayload::from(generated.to_vec()), options).await {
+                    Ok(_) => generated.to_vec(),
+                    Err(object_store::Error::AlreadyExists { .. }) => {
+                        self.read_bytes(&key).await?.map(|b| b.to_vec()).unwrap_or_else(|| generated.to_vec())
+                    }
+                    Err(e) => return Err(StorageError::store("create", &key, e)),
+                }
             }
-            Err(e) => Err(StorageError::store("create", &key, e)),
+        };
+        if let Some(folder) = &self.local_folder {
+            restrict_to_owner(&folder.join(key.as_ref()))?;
         }
+        Ok(bytes)
     }
 
     /// Whether the store answers (readiness). A shared store must also have
@@ -735,6 +758,26 @@ impl std::io::Seek for SyncBlobReader {
         self.position = target;
         Ok(target)
     }
+}
+
+/// Makes a secret's file readable and writable by its owner alone (0600),
+/// saying so when it was open to others before.
+fn restrict_to_owner(path: &std::path::Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| StorageError::Permissions { path: path.display().to_string(), source };
+    let mode = std::fs::metadata(path).map_err(failed)?.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                was = format!("{mode:o}"),
+                "the token signing key was readable by other users, who could mint admin tokens with it; it is \
+                 0600 now, but rotate it (delete the file and restart) if others may have read it"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn file_stream(
@@ -1026,6 +1069,31 @@ mod tests {
         assert!(storage.open_blob(&blob.sha256, blob.size, None).await.unwrap().is_none(), "not served from cache");
         let folders: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(folders.is_empty(), "emptied folders go too: {folders:?}");
+    }
+
+    #[tokio::test]
+    async fn a_local_data_folder_and_its_signing_key_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let data = parent.path().join("wharf-data");
+        let open = || {
+            crate::backends::open_storage(
+                &wharf_api::StorageSpec::filesystem(&data.display().to_string()),
+                &crate::secrets::SecretsDir::new("unused"),
+            )
+            .unwrap()
+        };
+        let storage = open();
+        assert_eq!(mode(&data), 0o700, "created for its owner alone");
+        let key = storage.token_signing_key().await.unwrap();
+        let key_file = data.join("keys").join("token-signing");
+        assert_eq!(mode(&key_file), 0o600);
+
+        // A key left readable by an older version is tightened at start.
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(open().token_signing_key().await.unwrap(), key);
+        assert_eq!(mode(&key_file), 0o600);
     }
 
     #[tokio::test]
