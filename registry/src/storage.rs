@@ -81,6 +81,11 @@ pub enum StorageError {
     ConditionalWritesIgnored { key: String },
     #[error("storage did not answer within {seconds} s")]
     Unresponsive { seconds: u64 },
+    #[error(
+        "cannot store {key}: a part of its key is {bytes} bytes long once percent-encoded, more than the \
+         {limit} it may have; use shorter names"
+    )]
+    KeyTooLong { key: String, bytes: usize, limit: usize },
     #[error("failed to restrict {path} to its owner (mode 0600)")]
     Permissions {
         path: String,
@@ -92,6 +97,22 @@ pub enum StorageError {
 impl StorageError {
     fn store(action: &'static str, key: &Path, source: object_store::Error) -> Self {
         StorageError::Store { action, key: key.to_string(), source }
+    }
+
+    /// Refuses a key with a part longer than [`keys::MAX_PART_BYTES`]
+    /// before anything is written under it.
+    fn check_key(key: &Path) -> Result<(), Self> {
+        match keys::oversized_part(key) {
+            None => Ok(()),
+            Some((bytes, limit)) => {
+                let full = key.as_ref();
+                let shown = match full.char_indices().nth(160) {
+                    Some((cut, _)) => format!("{}…", &full[..cut]),
+                    None => full.to_owned(),
+                };
+                Err(StorageError::KeyTooLong { key: shown, bytes, limit })
+            }
+        }
     }
 
     /// Whether storage could not be reached or failed in a way that may pass
@@ -191,6 +212,33 @@ pub mod keys {
 
     fn path<'a>(parts: impl IntoIterator<Item = &'a str>) -> Path {
         Path::from_iter(parts.into_iter().map(PathPart::from))
+    }
+
+    /// Longest part of a key, in bytes as stored: a file name on common
+    /// file systems (object stores allow more, and every backend is held
+    /// to the strictest). Parts are percent-encoded, so `/`, `~`, `%` and
+    /// every non-ASCII byte count three times.
+    pub const MAX_PART_BYTES: usize = 255;
+    /// Longest last part of a key: a local folder writes a file as
+    /// `{file}#{n}` first, then renames it.
+    pub const MAX_FILE_PART_BYTES: usize = MAX_PART_BYTES - "#1234567".len();
+    /// Longest package or file name: both are also stored as `{name}.json`.
+    pub const MAX_NAME_BYTES: usize = MAX_FILE_PART_BYTES - ".json".len();
+
+    /// How many bytes `part` takes as a key part.
+    pub fn encoded_len(part: &str) -> usize {
+        PathPart::from(part).as_ref().len()
+    }
+
+    /// The length of a part of `key` too long to store, with the limit it
+    /// passes ([`MAX_PART_BYTES`], or [`MAX_FILE_PART_BYTES`] for the last).
+    pub fn oversized_part(key: &Path) -> Option<(usize, usize)> {
+        let parts: Vec<usize> = key.parts().map(|part| part.as_ref().len()).collect();
+        let last = parts.len().saturating_sub(1);
+        parts.into_iter().enumerate().find_map(|(i, bytes)| {
+            let limit = if i == last { MAX_FILE_PART_BYTES } else { MAX_PART_BYTES };
+            (bytes > limit).then_some((bytes, limit))
+        })
     }
 
     pub fn blob(sha256: &str) -> Path {
@@ -396,6 +444,7 @@ impl Storage {
     where
         T: serde::Serialize + serde::de::DeserializeOwned,
     {
+        StorageError::check_key(key)?;
         let bytes =
             serde_json::to_vec(value).map_err(|source| StorageError::Decode { key: key.to_string(), source })?;
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
@@ -470,6 +519,7 @@ impl Storage {
     /// first (the compare-and-swap lost).
     pub async fn create_revision(&self, dir: &Path, revision: u64, bytes: Bytes) -> Result<bool, StorageError> {
         let key = keys::package_index_revision(dir, revision);
+        StorageError::check_key(&key)?;
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.store.put_opts(&key, PutPayload::from_bytes(bytes), options).await {
             Ok(_) => Ok(true),

@@ -242,6 +242,8 @@ impl Registry {
         new: NewVersion,
         withdrawals: Option<&Withdrawals>,
     ) -> Result<PublishOutcome, CoreError> {
+        // The assets live inside the version record, not as files of their own.
+        check_storable(id, &new.version, [])?;
         let now = Utc::now();
         let record = VersionRecord {
             version: new.version.clone(),
@@ -469,6 +471,7 @@ impl Registry {
             FileRules::Fetched { created, .. } => created,
             _ => Utc::now(),
         };
+        check_storable(id, version, [asset.name.as_str()])?;
         let format = id.format.as_str();
         let record =
             VersionRecord { version: version.to_owned(), created: now, metadata: version_metadata, assets: Vec::new() };
@@ -902,6 +905,38 @@ pub fn repair_latest(index: &mut PackageIndex) {
             index.tags.remove("latest");
         }
     }
+}
+
+/// Refuses, before anything is written, a package name, version or file
+/// name too long to be part of a storage key once percent-encoded (see
+/// [`keys::MAX_NAME_BYTES`]), so a refused publish leaves no record behind.
+/// Handlers call it too, before they commit an upload's bytes.
+pub fn check_storable<'a>(
+    id: &PackageId,
+    version: &str,
+    files: impl IntoIterator<Item = &'a str>,
+) -> Result<(), CoreError> {
+    let too_long = |what: &str, bytes: usize, limit: usize| {
+        CoreError::Invalid(format!(
+            "the {what} is too long to store: {bytes} bytes once percent-encoded (`/`, `~`, `%` and non-ASCII \
+             characters count three bytes each), at most {limit}"
+        ))
+    };
+    let name = keys::encoded_len(&id.name);
+    if name > keys::MAX_NAME_BYTES {
+        return Err(too_long("package name", name, keys::MAX_NAME_BYTES));
+    }
+    let version = keys::encoded_len(version);
+    if version > keys::MAX_PART_BYTES {
+        return Err(too_long("version", version, keys::MAX_PART_BYTES));
+    }
+    for file in files {
+        let file = keys::encoded_len(file);
+        if file > keys::MAX_NAME_BYTES {
+            return Err(too_long("file name", file, keys::MAX_NAME_BYTES));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -275,6 +275,7 @@ async fn check_crate(
     let repo_name = repo_name(repo);
     let id = crate_id(&name);
     let key = format::version_key(&new.version);
+    crate::core::check_storable(&id, &key, []).map_err(|e| ApiError::from_core(e, STYLE))?;
     upstream::check_publish(state, repo_name, &id, &name, &key, STYLE).await?;
     state.registry.claim_spelling(repo_name, &id, &name).await.map_err(|e| ApiError::from_core(e, STYLE))?;
     Ok(info)

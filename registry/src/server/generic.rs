@@ -47,6 +47,7 @@ pub async fn put_asset(
         let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
         format::validate_namespace(&namespace).map_err(invalid)?;
         format::validate_package(&package).map_err(invalid)?;
+        format::validate_package_length(&namespace, &package).map_err(invalid)?;
         format::validate_version(&version).map_err(invalid)?;
         format::validate_asset(&asset).map_err(invalid)?;
         let declared = request

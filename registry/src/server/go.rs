@@ -279,6 +279,8 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let parsed_version = format::parse_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    crate::core::check_storable(&PackageId::new(PackageFormat::Go, path), version, [])
+        .map_err(|e| ApiError::from_core(e, STYLE))?;
     let limit = state.limits.max_upload_bytes.min(format::MAX_ZIP_BYTES);
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {

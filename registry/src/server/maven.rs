@@ -432,6 +432,7 @@ async fn upload(
     if !known {
         upstream::check_publish(state, repo_name, &id, &id.name, &version, STYLE).await?;
     }
+    crate::core::check_storable(&id, &version, [file.file_name.as_str()]).map_err(|e| ApiError::from_core(e, STYLE))?;
     let limit = state.limits.max_upload_bytes;
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {

@@ -421,6 +421,7 @@ async fn verify_tarball(
             STYLE,
         ));
     }
+    crate::core::check_storable(&package_id(name), &new.version, []).map_err(|e| ApiError::from_core(e, STYLE))?;
     upstream::check_publish(state, repo_name, &package_id(name), name, &new.version, STYLE).await?;
     Ok(info)
 }

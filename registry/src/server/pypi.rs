@@ -230,6 +230,7 @@ async fn check_upload(
     let requires_python =
         core.requires_python.or_else(|| field("requires_python").filter(|r| !r.is_empty()).map(str::to_owned));
     let id = PackageId::new(PackageFormat::Pypi, &project);
+    crate::core::check_storable(&id, &version, [filename]).map_err(|e| ApiError::from_core(e, STYLE))?;
     upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
     Ok(CheckedUpload { name: name.to_owned(), version, project, expected_filetype, metadata_file, requires_python })
 }

@@ -493,6 +493,7 @@ pub async fn stored_asset(
     let Some(hop) = view.chain.external(id.format) else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
     let keepers = keepers(repo, hop);
+    unstorable(connection, id, version, asset_name, style)?;
     let _turn = state
         .upstream
         .one_at_a_time(&format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name))
@@ -527,6 +528,24 @@ pub async fn stored_asset(
     let fetched = Fetched { repo, view, id, version, created: entry.created, connection };
     keep_fetched(state, &fetched, &keepers, new, style).await?;
     Ok(digests)
+}
+
+/// Refuses, before fetching it, an upstream file whose name or version is
+/// too long to store (502: the upstream's document is at fault).
+fn unstorable(
+    connection: &str,
+    id: &PackageId,
+    version: &str,
+    file_name: &str,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
+    crate::core::check_storable(id, version, [file_name]).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("external connection {connection} offers a file that cannot be stored here: {e}"),
+            style,
+        )
+    })
 }
 
 fn mismatched(connection: &str, file_name: &str, style: ErrorStyle) -> ApiError {
@@ -641,6 +660,7 @@ pub async fn stored_maven_file(
     let Some(hop) = hop else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
     let keepers = keepers(repo, hop);
+    unstorable(connection, id, version, file_name, style)?;
     let _turn = state.upstream.one_at_a_time(&format!("{connection} maven {} {version} {file_name}", id.name)).await;
     for keeper in &keepers {
         if let Some(snapshot) = state.registry.package(keeper, id).await.map_err(core_error(style))?

@@ -46,12 +46,18 @@ const ABBREVIATED_KEYS: &[&str] = &[
     "dist",
 ];
 
+/// Longest version accepted: node-semver's limit is 256, and a version is
+/// one part of a storage key (255 bytes).
+pub const MAX_VERSION_LENGTH: usize = 255;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NpmError {
     #[error("invalid package name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("invalid version {version:?}: not a semantic version")]
     InvalidVersion { version: String },
+    #[error("invalid version: it is {length} characters long, at most {MAX_VERSION_LENGTH} are accepted")]
+    VersionTooLong { length: usize },
     #[error("invalid tag {0:?}: a tag is not a semantic version and uses URL-safe characters")]
     InvalidTag(String),
     #[error("invalid publish document: {0}")]
@@ -108,6 +114,9 @@ fn segment_ok(segment: &str) -> bool {
 }
 
 pub fn validate_version(version: &str) -> Result<semver::Version, NpmError> {
+    if version.len() > MAX_VERSION_LENGTH {
+        return Err(NpmError::VersionTooLong { length: version.len() });
+    }
     semver::Version::parse(version).map_err(|_| NpmError::InvalidVersion { version: version.to_owned() })
 }
 

@@ -184,3 +184,82 @@ async fn upstream_bytes_that_fail_verification_are_not_kept() {
     assert!(settled(store.as_ref()).await.is_empty(), "nothing the upstream sent is kept");
     server.abort();
 }
+
+#[tokio::test]
+async fn names_too_long_to_store_are_refused_with_400_and_store_nothing() {
+    let folder = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(folder.path()).unwrap());
+    let app = TestApp::with_store(store.clone(), Limits::default()).await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let bytes = b"asset".to_vec();
+    let checksum = Some(hex_digest::<sha2::Sha256>(&bytes));
+    let long_asset = format!("/generic/main/acme/tool/1.0/{}", "a".repeat(251));
+    let long_package = format!("/generic/main/acme/{}/1.0/tool.bin", "p".repeat(255));
+    for (uri, limit) in [(long_asset, "at most 242"), (long_package, "at most 239")] {
+        let reply = put_generic(&app, &token, &uri, bytes.clone(), checksum.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+        assert!(reply.text().contains(limit), "{}", reply.text());
+    }
+    let version = format!("1.0.0-{}", "x".repeat(5000));
+    let reply =
+        app.put_json("/npm/main/demo", &token, &publish_body("demo", &version, &tarball("demo", &version, b""))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.text().contains("at most 255"), "{}", reply.text());
+
+    // Any format: a wheel whose platform tag makes its file name too long.
+    let filename = format!("demo-1.0-py3-none-{}.whl", "x".repeat(230));
+    let fields = [(":action", "file_upload"), ("name", "demo"), ("version", "1.0")];
+    let (content_type, body) = upload_form(&fields, &filename, &wheel("demo", "1.0", "x = 1"));
+    let request = Request::post("/pypi/main/")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap();
+    let reply = app.send(request).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.text().contains("file name is too long to store"), "{}", reply.text());
+
+    // Within the limits, the same uploads are stored.
+    let fits = format!("/generic/main/acme/{}/1.0/{}", "p".repeat(235), "a".repeat(242));
+    let reply = put_generic(&app, &token, &fits, bytes.clone(), checksum.clone()).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let version = format!("1.0.0-{}", "x".repeat(249));
+    let reply =
+        app.put_json("/npm/main/demo", &token, &publish_body("demo", &version, &tarball("demo", &version, b""))).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+
+    let records = keys_under(store.as_ref(), "repositories").await;
+    assert!(records.iter().all(|key| key.contains(&"p".repeat(235)) || key.contains("/npm/demo/")), "{records:?}");
+    assert!(keys_under(store.as_ref(), "uploads").await.is_empty());
+    assert_eq!(keys_under(store.as_ref(), "blobs").await.len(), 2, "only the accepted uploads' bytes");
+}
+
+#[tokio::test]
+async fn the_core_refuses_any_format_s_name_too_long_to_store_before_writing() {
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let registry = crate::core::Registry::new(crate::storage::Storage::new(store.clone()));
+    let id = crate::core::PackageId::new(wharf_api::PackageFormat::Pypi, "demo");
+    let asset = |name: String| crate::core::NewAsset {
+        name,
+        digests: crate::storage::BlobDigests {
+            sha256: "0".repeat(64),
+            sha512: String::new(),
+            sha1: String::new(),
+            md5: String::new(),
+            size: 1,
+        },
+        metadata: json!({}),
+    };
+    // A file name of non-ASCII characters: 80 of them take 160 bytes as
+    // UTF-8 and 480 percent-encoded.
+    let error = registry
+        .add_asset("main", &id, "demo", "1.0", json!({}), crate::core::VersionStatus::Published, asset("é".repeat(80)))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, crate::core::CoreError::Invalid(_)), "{message}");
+    assert!(message.contains("file name is too long to store") && message.contains("at most 242"), "{message}");
+    let written: Vec<_> = store.list(None).try_collect().await.unwrap();
+    assert!(written.is_empty(), "no record is left: {written:?}");
+}
