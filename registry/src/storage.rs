@@ -99,8 +99,8 @@ impl StorageError {
         StorageError::Store { action, key: key.to_string(), source }
     }
 
-    /// Refuses a key with a part longer than [`keys::MAX_PART_BYTES`]
-    /// before anything is written under it.
+    /// Refuses a key with a part too long to store (see
+    /// [`keys::oversized_part`]) before anything is written under it.
     fn check_key(key: &Path) -> Result<(), Self> {
         match keys::oversized_part(key) {
             None => Ok(()),
