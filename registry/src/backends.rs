@@ -97,18 +97,39 @@ pub fn open_storage(spec: &StorageSpec, secrets: &SecretsDir) -> Result<Storage,
             Ok(Storage::new(with_prefix(store, azure.prefix.as_deref())?))
         }
         (None, None, None, Some(fs), None) => {
-            std::fs::create_dir_all(&fs.path)
+            create_private_folder(std::path::Path::new(&fs.path))
                 .map_err(|source| OpenStorageError::CreateFolder { path: fs.path.clone(), source })?;
             let store = LocalFileSystem::new_with_prefix(&fs.path)
                 .map_err(|source| OpenStorageError::Filesystem { path: fs.path.clone(), source })?
                 // A folder emptied by a delete or a purge goes too: folders are what
                 // listings see, so an empty one would list a package that is gone.
                 .with_automatic_cleanup(true);
-            Ok(Storage::exclusive(Arc::new(store)))
+            Ok(Storage::exclusive(Arc::new(store)).with_local_folder(&fs.path))
         }
         (None, None, None, None, Some(_)) => Ok(Storage::exclusive(Arc::new(InMemory::new()))),
         _ => Err(OpenStorageError::Backends { found: spec.backends() }),
     }
+}
+
+/// Creates the data folder readable by its owner alone (0700): it holds the
+/// token signing key and every artifact, private ones included. A folder
+/// that already exists keeps its mode, with a warning when others may
+/// enter it: a volume mounted with an `fsGroup` is group-accessible by
+/// design, and the signing key inside is kept 0600 regardless
+/// ([`Storage::token_signing_key`]).
+fn create_private_folder(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            folder = %path.display(),
+            mode = format!("{mode:o}"),
+            "the data folder is open to other users, who may read stored packages; `chmod 700` it unless a \
+             volume's fsGroup needs group access"
+        );
+    }
+    Ok(())
 }
 
 /// Where the credentials of `spec`'s store come from, for messages when they are refused.

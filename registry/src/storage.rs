@@ -81,11 +81,38 @@ pub enum StorageError {
     ConditionalWritesIgnored { key: String },
     #[error("storage did not answer within {seconds} s")]
     Unresponsive { seconds: u64 },
+    #[error(
+        "cannot store {key}: a part of its key is {bytes} bytes long once percent-encoded, more than the \
+         {limit} it may have; use shorter names"
+    )]
+    KeyTooLong { key: String, bytes: usize, limit: usize },
+    #[error("failed to restrict {path} to its owner (mode 0600)")]
+    Permissions {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StorageError {
     fn store(action: &'static str, key: &Path, source: object_store::Error) -> Self {
         StorageError::Store { action, key: key.to_string(), source }
+    }
+
+    /// Refuses a key with a part too long to store (see
+    /// [`keys::oversized_part`]) before anything is written under it.
+    fn check_key(key: &Path) -> Result<(), Self> {
+        match keys::oversized_part(key) {
+            None => Ok(()),
+            Some((bytes, limit)) => {
+                let full = key.as_ref();
+                let shown = match full.char_indices().nth(160) {
+                    Some((cut, _)) => format!("{}…", &full[..cut]),
+                    None => full.to_owned(),
+                };
+                Err(StorageError::KeyTooLong { key: shown, bytes, limit })
+            }
+        }
     }
 
     /// Whether storage could not be reached or failed in a way that may pass
@@ -170,6 +197,9 @@ pub struct Storage {
     /// until then a shared store is not ready to serve.
     conditional_writes_verified: Arc<AtomicBool>,
     small_blobs: Arc<Mutex<SmallBlobs>>,
+    /// The folder a local filesystem store keeps its objects in, so the
+    /// files holding secrets can be restricted to their owner.
+    local_folder: Option<Arc<std::path::PathBuf>>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +214,33 @@ pub mod keys {
 
     fn path<'a>(parts: impl IntoIterator<Item = &'a str>) -> Path {
         Path::from_iter(parts.into_iter().map(PathPart::from))
+    }
+
+    /// Longest part of a key, in bytes as stored: a file name on common
+    /// file systems (object stores allow more, and every backend is held
+    /// to the strictest). Parts are percent-encoded, so `/`, `~`, `%` and
+    /// every non-ASCII byte count three times.
+    pub const MAX_PART_BYTES: usize = 255;
+    /// Longest last part of a key: a local folder writes a file as
+    /// `{file}#{n}` first, then renames it.
+    pub const MAX_FILE_PART_BYTES: usize = MAX_PART_BYTES - "#1234567".len();
+    /// Longest package or file name: both are also stored as `{name}.json`.
+    pub const MAX_NAME_BYTES: usize = MAX_FILE_PART_BYTES - ".json".len();
+
+    /// How many bytes `part` takes as a key part.
+    pub fn encoded_len(part: &str) -> usize {
+        PathPart::from(part).as_ref().len()
+    }
+
+    /// The length of a part of `key` too long to store, with the limit it
+    /// passes ([`MAX_PART_BYTES`], or [`MAX_FILE_PART_BYTES`] for the last).
+    pub fn oversized_part(key: &Path) -> Option<(usize, usize)> {
+        let parts: Vec<usize> = key.parts().map(|part| part.as_ref().len()).collect();
+        let last = parts.len().saturating_sub(1);
+        parts.into_iter().enumerate().find_map(|(i, bytes)| {
+            let limit = if i == last { MAX_FILE_PART_BYTES } else { MAX_PART_BYTES };
+            (bytes > limit).then_some((bytes, limit))
+        })
     }
 
     pub fn blob(sha256: &str) -> Path {
@@ -248,7 +305,13 @@ impl Storage {
             exclusive: false,
             conditional_writes_verified: Arc::new(AtomicBool::new(false)),
             small_blobs: Default::default(),
+            local_folder: None,
         }
+    }
+
+    /// Says that the store keeps its objects as files under `folder`.
+    pub fn with_local_folder(self, folder: impl Into<std::path::PathBuf>) -> Self {
+        Storage { local_folder: Some(Arc::new(folder.into())), ..self }
     }
 
     /// Storage only this process writes to (a local folder, memory).
@@ -260,10 +323,12 @@ impl Storage {
         self.exclusive
     }
 
-    /// Streams `body` into a content-addressed blob, hashing as it goes,
-    /// and refuses it once it passes `limit` bytes. Nothing is buffered
-    /// beyond a couple of upload parts.
-    pub async fn stage_blob<S>(&self, body: S, limit: u64) -> Result<BlobDigests, StorageError>
+    /// Streams `body` into a staging object under `uploads/`, hashing as it
+    /// goes, and refuses it once it passes `limit` bytes. Nothing is
+    /// buffered beyond a couple of upload parts. The bytes become a blob
+    /// only through [`StagedBlob::commit`], after the caller's checks;
+    /// anything else deletes them.
+    pub async fn stage_blob<S>(&self, body: S, limit: u64) -> Result<StagedBlob, StorageError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Send,
     {
@@ -290,28 +355,17 @@ impl Storage {
         }
         .await;
         if let Err(error) = streamed {
-            // Best effort: an aborted upload leaves at most a staging object
-            // that garbage collection removes.
+            // Aborting removes the parts written so far; nothing was
+            // completed under the staging key.
             let _ = writer.abort().await;
             return Err(error);
         }
-        writer.finish().await.map_err(|e| StorageError::store("finish upload", &staging, e))?;
-
-        let digests = hashes.finish();
-        let target = keys::blob(&digests.sha256);
-        match self.store.head(&target).await {
-            Ok(_) => {
-                // Deduplicated: the Domain already holds these bytes.
-                let _ = self.store.delete(&staging).await;
-            }
-            Err(object_store::Error::NotFound { .. }) => self
-                .store
-                .rename(&staging, &target)
-                .await
-                .map_err(|e| StorageError::store("move upload to", &target, e))?,
-            Err(e) => return Err(StorageError::store("look up", &target, e)),
+        if let Err(e) = writer.finish().await {
+            // A failed completion may still have left the object behind.
+            let _ = self.store.delete(&staging).await;
+            return Err(StorageError::store("finish upload", &staging, e));
         }
-        Ok(digests)
+        Ok(StagedBlob { storage: self.clone(), key: staging, digests: hashes.finish(), pending: true })
     }
 
     /// Stores small bytes (a wheel's METADATA, say) as a blob.
@@ -379,11 +433,10 @@ impl Storage {
         Ok(Some(BlobBody { size, range, stream: futures::stream::once(async move { Ok(chunk) }).boxed() }))
     }
 
-    /// Reads a byte range of a blob into memory (for small reads such as
+    /// Reads a byte range of an object into memory (for small reads such as
     /// a zip's central directory).
-    pub async fn read_blob_range(&self, sha256: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
-        let key = keys::blob(sha256);
-        self.store.get_range(&key, range).await.map_err(|e| StorageError::store("read range of", &key, e))
+    async fn read_range(&self, key: &Path, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.store.get_range(key, range).await.map_err(|e| StorageError::store("read range of", key, e))
     }
 
     /// Writes `value` at `key` unless something is there already, in which
@@ -393,6 +446,7 @@ impl Storage {
     where
         T: serde::Serialize + serde::de::DeserializeOwned,
     {
+        StorageError::check_key(key)?;
         let bytes =
             serde_json::to_vec(value).map_err(|source| StorageError::Decode { key: key.to_string(), source })?;
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
@@ -490,6 +544,7 @@ impl Storage {
     /// first (the compare-and-swap lost).
     pub async fn create_revision(&self, dir: &Path, revision: u64, bytes: Bytes) -> Result<bool, StorageError> {
         let key = keys::package_index_revision(dir, revision);
+        StorageError::check_key(&key)?;
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.store.put_opts(&key, PutPayload::from_bytes(bytes), options).await {
             Ok(_) => Ok(true),
@@ -528,21 +583,29 @@ impl Storage {
     }
 
     /// Reads the token signing key, generating and storing one on first
-    /// use. Conditional create makes every replica agree on one key.
+    /// use. Conditional create makes every replica agree on one key. In a
+    /// local folder its file is made readable by its owner alone (0600):
+    /// with it, anyone can mint an admin token.
     pub async fn token_signing_key(&self) -> Result<Vec<u8>, StorageError> {
         let key = keys::token_signing_key();
-        if let Some(bytes) = self.read_bytes(&key).await? {
-            return Ok(bytes.to_vec());
-        }
-        let generated: [u8; 32] = rand::random();
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&key, PutPayload::from(generated.to_vec()), options).await {
-            Ok(_) => Ok(generated.to_vec()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Ok(self.read_bytes(&key).await?.map(|b| b.to_vec()).unwrap_or_else(|| generated.to_vec()))
+        let bytes = match self.read_bytes(&key).await? {
+            Some(bytes) => bytes.to_vec(),
+            None => {
+                let generated: [u8; 32] = rand::random();
+                let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+                match self.store.put_opts(&key, PutPayload::from(generated.to_vec()), options).await {
+                    Ok(_) => generated.to_vec(),
+                    Err(object_store::Error::AlreadyExists { .. }) => {
+                        self.read_bytes(&key).await?.map(|b| b.to_vec()).unwrap_or_else(|| generated.to_vec())
+                    }
+                    Err(e) => return Err(StorageError::store("create", &key, e)),
+                }
             }
-            Err(e) => Err(StorageError::store("create", &key, e)),
+        };
+        if let Some(folder) = &self.local_folder {
+            restrict_to_owner(&folder.join(key.as_ref()))?;
         }
+        Ok(bytes)
     }
 
     /// Whether the store answers (readiness). A shared store must also have
@@ -608,13 +671,122 @@ impl Storage {
     }
 }
 
-/// A blocking `Read + Seek` view of a blob over ranged reads, for parsers
-/// that need one (zip's central directory sits at the end). Use it only
-/// on a blocking thread (`spawn_blocking`).
+/// An upload held under `uploads/{uuid}` with its digests: checked there,
+/// then either committed to `blobs/` or deleted. Dropping it without
+/// [`Self::commit`] or [`Self::discard`] deletes the staged object in the
+/// background, a safety net for a request that is cancelled midway; every
+/// refusal should still discard it explicitly, so it is gone before the
+/// answer. Only the staging object is ever deleted: a blob the Domain
+/// already holds is never touched by a failed upload of the same bytes.
+#[must_use = "a staged upload is deleted unless committed"]
+pub struct StagedBlob {
+    storage: Storage,
+    key: Path,
+    digests: BlobDigests,
+    /// Whether the staging object may still exist and is ours to delete.
+    pending: bool,
+}
+
+impl std::fmt::Debug for StagedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedBlob").field("key", &self.key.as_ref()).field("digests", &self.digests).finish()
+    }
+}
+
+impl StagedBlob {
+    pub fn digests(&self) -> &BlobDigests {
+        &self.digests
+    }
+
+    /// A blocking reader of the staged bytes, for archive checks (call
+    /// from the runtime; read on a blocking thread).
+    pub fn reader(&self) -> SyncBlobReader {
+        SyncBlobReader {
+            storage: self.storage.clone(),
+            handle: tokio::runtime::Handle::current(),
+            key: self.key.clone(),
+            size: self.digests.size,
+            position: 0,
+            buffer: Bytes::new(),
+            buffer_start: 0,
+        }
+    }
+
+    /// Makes the bytes a content-addressed blob: moves them to
+    /// `blobs/sha256/…`, or drops them when the Domain holds those bytes
+    /// already. Call only once every check has passed.
+    pub async fn commit(mut self) -> Result<BlobDigests, StorageError> {
+        let store = &self.storage.store;
+        let target = keys::blob(&self.digests.sha256);
+        let moved = match store.head(&target).await {
+            // Deduplicated: the Domain already holds these bytes.
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => match store.rename(&self.key, &target).await {
+                Ok(()) => {
+                    self.pending = false;
+                    Ok(())
+                }
+                Err(e) => Err(StorageError::store("move upload to", &target, e)),
+            },
+            Err(e) => Err(StorageError::store("look up", &target, e)),
+        };
+        self.delete_staged().await;
+        moved.map(|()| self.digests.clone())
+    }
+
+    /// Deletes the staged bytes (a refused upload).
+    pub async fn discard(mut self) {
+        self.delete_staged().await;
+    }
+
+    /// Passes `result` through, discarding the staged bytes first when it
+    /// is an error: `staged.discard_on_err(check(&staged).await).await?`.
+    pub async fn discard_on_err<T, E>(&mut self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err() {
+            self.delete_staged().await;
+        }
+        result
+    }
+
+    async fn delete_staged(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            match self.storage.store.delete(&self.key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(key = %self.key, error = %e, "failed to delete a staged upload"),
+            }
+        }
+    }
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        if !self.pending {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %self.key, "a staged upload outlived the runtime and stays in storage");
+            return;
+        };
+        let store = self.storage.store.clone();
+        let key = self.key.clone();
+        runtime.spawn(async move {
+            if let Err(e) = store.delete(&key).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(key = %key, error = %e, "failed to delete a dropped staged upload");
+            }
+        });
+    }
+}
+
+/// A blocking `Read + Seek` view of a staged upload over ranged reads, for
+/// parsers that need one (zip's central directory sits at the end). Made
+/// by [`StagedBlob::reader`]; use it only on a blocking thread
+/// (`spawn_blocking`).
 pub struct SyncBlobReader {
     storage: Storage,
     handle: tokio::runtime::Handle,
-    sha256: String,
+    key: Path,
     size: u64,
     position: u64,
     buffer: Bytes,
@@ -623,12 +795,6 @@ pub struct SyncBlobReader {
 
 /// How much one ranged read fetches ahead.
 const SYNC_READ_AHEAD: u64 = 256 * 1024;
-
-impl SyncBlobReader {
-    pub fn new(storage: Storage, handle: tokio::runtime::Handle, sha256: String, size: u64) -> Self {
-        SyncBlobReader { storage, handle, sha256, size, position: 0, buffer: Bytes::new(), buffer_start: 0 }
-    }
-}
 
 impl std::io::Read for SyncBlobReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
@@ -639,10 +805,8 @@ impl std::io::Read for SyncBlobReader {
         if self.position < self.buffer_start || self.position >= buffer_end {
             let end = (self.position + SYNC_READ_AHEAD.max(out.len() as u64)).min(self.size);
             let range = self.position..end;
-            self.buffer = self
-                .handle
-                .block_on(self.storage.read_blob_range(&self.sha256, range))
-                .map_err(std::io::Error::other)?;
+            self.buffer =
+                self.handle.block_on(self.storage.read_range(&self.key, range)).map_err(std::io::Error::other)?;
             self.buffer_start = self.position;
             if self.buffer.is_empty() {
                 return Ok(0);
@@ -669,6 +833,26 @@ impl std::io::Seek for SyncBlobReader {
         self.position = target;
         Ok(target)
     }
+}
+
+/// Makes a secret's file readable and writable by its owner alone (0600),
+/// saying so when it was open to others before.
+fn restrict_to_owner(path: &std::path::Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| StorageError::Permissions { path: path.display().to_string(), source };
+    let mode = std::fs::metadata(path).map_err(failed)?.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                was = format!("{mode:o}"),
+                "the token signing key was readable by other users, who could mint admin tokens with it; it is \
+                 0600 now, but rotate it (delete the file and restart) if others may have read it"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn file_stream(
@@ -728,10 +912,10 @@ mod tests {
     #[tokio::test]
     async fn staged_blob_is_content_addressed_and_deduplicated() {
         let storage = storage();
-        let first = storage.stage_blob(body(vec![b"hello ", b"world"]), 1024).await.unwrap();
+        let first = storage.stage_blob(body(vec![b"hello ", b"world"]), 1024).await.unwrap().commit().await.unwrap();
         assert_eq!(first.sha256, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
         assert_eq!(first.size, 11);
-        let second = storage.stage_blob(body(vec![b"hello world"]), 1024).await.unwrap();
+        let second = storage.stage_blob(body(vec![b"hello world"]), 1024).await.unwrap().commit().await.unwrap();
         assert_eq!(first, second);
         let blobs: Vec<_> = storage.store.list(None).try_collect().await.unwrap();
         assert_eq!(blobs.len(), 1, "one object for identical bytes, no staging leftovers: {blobs:?}");
@@ -742,6 +926,58 @@ mod tests {
             assert_eq!(bytes.concat(), b"world", "size hint {size}");
         }
         assert!(storage.open_blob(&"0".repeat(64), 10, None).await.unwrap().is_none());
+    }
+
+    async fn keys_in(storage: &Storage) -> Vec<String> {
+        storage.store.list(None).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn staged_bytes_become_a_blob_only_when_committed() {
+        let storage = storage();
+        let staged = storage.stage_blob(body(vec![b"checked ", b"first"]), 1024).await.unwrap();
+        let held = keys_in(&storage).await;
+        assert!(held.len() == 1 && held[0].starts_with("uploads/"), "staged, not yet a blob: {held:?}");
+        // Checks read the staged bytes.
+        let reader = staged.reader();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut { reader }, &mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert_eq!(read, "checked first");
+        staged.discard().await;
+        assert!(keys_in(&storage).await.is_empty(), "a refused upload leaves nothing");
+
+        let digests = storage.stage_blob(body(vec![b"kept"]), 1024).await.unwrap().commit().await.unwrap();
+        assert_eq!(keys_in(&storage).await, [keys::blob(&digests.sha256).to_string()]);
+
+        // Dropped mid-request (a cancelled handler): deleted in the background.
+        drop(storage.stage_blob(body(vec![b"abandoned"]), 1024).await.unwrap());
+        for _ in 0..100 {
+            if keys_in(&storage).await.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(keys_in(&storage).await, [keys::blob(&digests.sha256).to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_of_bytes_already_stored_keeps_the_stored_blob() {
+        let storage = storage();
+        let stored = storage.stage_blob(body(vec![b"same bytes"]), 1024).await.unwrap().commit().await.unwrap();
+        let mut again = storage.stage_blob(body(vec![b"same bytes"]), 1024).await.unwrap();
+        assert_eq!(again.digests(), &stored);
+        let refused: Result<(), &str> = Err("declared digest differs");
+        assert!(again.discard_on_err(refused).await.is_err());
+        drop(again);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(keys_in(&storage).await, [keys::blob(&stored.sha256).to_string()]);
+        let opened = storage.open_blob(&stored.sha256, SMALL_BLOB_MAX + 1, None).await.unwrap();
+        assert!(opened.is_some(), "the Domain's copy is untouched");
     }
 
     #[tokio::test]
@@ -914,6 +1150,31 @@ mod tests {
         assert!(storage.open_blob(&blob.sha256, blob.size, None).await.unwrap().is_none(), "not served from cache");
         let folders: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(folders.is_empty(), "emptied folders go too: {folders:?}");
+    }
+
+    #[tokio::test]
+    async fn a_local_data_folder_and_its_signing_key_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let data = parent.path().join("wharf-data");
+        let open = || {
+            crate::backends::open_storage(
+                &wharf_api::StorageSpec::filesystem(&data.display().to_string()),
+                &crate::secrets::SecretsDir::new("unused"),
+            )
+            .unwrap()
+        };
+        let storage = open();
+        assert_eq!(mode(&data), 0o700, "created for its owner alone");
+        let key = storage.token_signing_key().await.unwrap();
+        let key_file = data.join("keys").join("token-signing");
+        assert_eq!(mode(&key_file), 0o600);
+
+        // A key left readable by an older version is tightened at start.
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(open().token_signing_key().await.unwrap(), key);
+        assert_eq!(mode(&key_file), 0o600);
     }
 
     #[tokio::test]

@@ -76,7 +76,8 @@ async fn s3_storage_stages_multipart_blobs_under_the_prefix_and_deduplicates() {
 
     // 12 MiB in 1 MiB chunks: three parts of a multipart upload.
     let blob = Bytes::from((0..12 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-    let digests = storage.stage_blob(chunks(&blob, 1024 * 1024), 64 * 1024 * 1024).await.unwrap();
+    let digests =
+        storage.stage_blob(chunks(&blob, 1024 * 1024), 64 * 1024 * 1024).await.unwrap().commit().await.unwrap();
     assert_eq!(digests.sha256, hex::encode(Sha256::digest(&blob)));
     assert_eq!(digests.size, blob.len() as u64);
     assert_eq!(read_all(&storage, &digests.sha256, digests.size, None).await, blob);
@@ -86,7 +87,11 @@ async fn s3_storage_stages_multipart_blobs_under_the_prefix_and_deduplicates() {
 
     // The same bytes again cost no second object and leave no staging upload.
     let again = storage.stage_blob(chunks(&blob, 3 * 1024 * 1024), 64 * 1024 * 1024).await.unwrap();
-    assert_eq!(again, digests);
+    assert_eq!(again.digests(), &digests);
+    assert_eq!(again.commit().await.unwrap(), digests);
+    // Staged bytes refused by a check are deleted.
+    let refused = storage.stage_blob(chunks(&blob.slice(..1024), 512), 64 * 1024 * 1024).await.unwrap();
+    refused.discard().await;
     let whole_bucket = s3_storage(&s3, secrets.path(), "");
     assert_eq!(whole_bucket.list_children(&Path::from("domains")).await.unwrap(), ["acme"]);
     assert_eq!(whole_bucket.list_children(&Path::from("domains/acme")).await.unwrap(), ["blobs"]);

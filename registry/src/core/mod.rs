@@ -2,8 +2,9 @@
 //! tags, reading package indexes. Knows nothing of HTTP; does storage I/O
 //! through [`Storage`].
 //!
-//! Write path: asset bytes are staged under content-addressed keys first,
-//! then a create-once record decides which publisher won, then the
+//! Write path: asset bytes are staged and checked under `uploads/`, then
+//! committed to content-addressed keys, then a create-once record decides
+//! which publisher won, then the
 //! package index is replaced by compare-and-swap. A crash between steps
 //! leaves unreferenced blobs or a record not yet indexed; the next publish
 //! of the same version indexes it (see [`Registry::publish_version`]).
@@ -24,7 +25,7 @@ use futures::Stream;
 
 pub use model::*;
 
-use crate::storage::{BlobBody, BlobDigests, BodyError, Created, Storage, StorageError, keys};
+use crate::storage::{BlobBody, BlobDigests, BodyError, Created, StagedBlob, Storage, StorageError, keys};
 
 /// How often one index write retries after losing a compare-and-swap.
 const MAX_INDEX_ATTEMPTS: u32 = 200;
@@ -177,8 +178,9 @@ impl Registry {
         &self.storage
     }
 
-    /// Streams an upload into the Domain's blob store (see [`Storage::stage_blob`]).
-    pub async fn stage_asset<S>(&self, body: S, limit: u64) -> Result<BlobDigests, CoreError>
+    /// Streams an upload into staging (see [`Storage::stage_blob`]): the
+    /// caller checks it there, then commits or discards it.
+    pub async fn stage_asset<S>(&self, body: S, limit: u64) -> Result<StagedBlob, CoreError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Send,
     {
@@ -242,6 +244,8 @@ impl Registry {
         new: NewVersion,
         withdrawals: Option<&Withdrawals>,
     ) -> Result<PublishOutcome, CoreError> {
+        // The assets live inside the version record, not as files of their own.
+        check_storable(id, &new.version, [])?;
         let now = Utc::now();
         let record = VersionRecord {
             version: new.version.clone(),
@@ -475,6 +479,7 @@ impl Registry {
             FileRules::Fetched { created, .. } => created,
             _ => Utc::now(),
         };
+        check_storable(id, version, [asset.name.as_str()])?;
         let format = id.format.as_str();
         let record =
             VersionRecord { version: version.to_owned(), created: now, metadata: version_metadata, assets: Vec::new() };
@@ -977,6 +982,38 @@ pub fn repair_latest(index: &mut PackageIndex) {
     }
 }
 
+/// Refuses, before anything is written, a package name, version or file
+/// name too long to be part of a storage key once percent-encoded (see
+/// [`keys::MAX_NAME_BYTES`]), so a refused publish leaves no record behind.
+/// Handlers call it too, before they commit an upload's bytes.
+pub fn check_storable<'a>(
+    id: &PackageId,
+    version: &str,
+    files: impl IntoIterator<Item = &'a str>,
+) -> Result<(), CoreError> {
+    let too_long = |what: &str, bytes: usize, limit: usize| {
+        CoreError::Invalid(format!(
+            "the {what} is too long to store: {bytes} bytes once percent-encoded (`/`, `~`, `%` and non-ASCII \
+             characters count three bytes each), at most {limit}"
+        ))
+    };
+    let name = keys::encoded_len(&id.name);
+    if name > keys::MAX_NAME_BYTES {
+        return Err(too_long("package name", name, keys::MAX_NAME_BYTES));
+    }
+    let version = keys::encoded_len(version);
+    if version > keys::MAX_PART_BYTES {
+        return Err(too_long("version", version, keys::MAX_PART_BYTES));
+    }
+    for file in files {
+        let file = keys::encoded_len(file);
+        if file > keys::MAX_NAME_BYTES {
+            return Err(too_long("file name", file, keys::MAX_NAME_BYTES));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -990,7 +1027,7 @@ mod tests {
 
     async fn blob(registry: &Registry, bytes: &'static [u8]) -> BlobDigests {
         let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from_static(bytes))]);
-        registry.stage_asset(body, 1 << 20).await.unwrap()
+        registry.stage_asset(body, 1 << 20).await.unwrap().commit().await.unwrap()
     }
 
     fn npm(name: &str) -> PackageId {
@@ -1031,7 +1068,7 @@ mod tests {
         let mut digests = Vec::new();
         for i in 0..50u8 {
             let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from(vec![i; 10]))]);
-            digests.push(registry.stage_asset(body, 1024).await.unwrap());
+            digests.push(registry.stage_asset(body, 1024).await.unwrap().commit().await.unwrap());
         }
         let attempts = digests.iter().cloned().map(|d| {
             let registry = registry.clone();

@@ -140,7 +140,7 @@ async fn run_interleaving(seed: u64) -> u64 {
     let replicas: Vec<Arc<Registry>> = (0..REPLICAS).map(|_| Arc::new(Registry::new(storage.clone()))).collect();
     let id = PackageId::new(PackageFormat::Npm, "pkg");
     let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from_static(b"tarball"))]);
-    let digests = replicas[0].stage_asset(body, 1 << 20).await.expect("stage");
+    let digests = replicas[0].stage_asset(body, 1 << 20).await.expect("stage").commit().await.expect("commit");
     let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let writes = Arc::new(AtomicU64::new(0));
 
@@ -218,7 +218,7 @@ async fn a_replica_far_behind_sees_the_newest_index_and_its_write_lands() {
     let (a, b) = (Registry::new(storage.clone()), Registry::new(storage.clone()));
     let id = PackageId::new(PackageFormat::Npm, "pkg");
     let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::from_static(b"tarball"))]);
-    let digests = a.stage_asset(body, 1 << 20).await.expect("stage");
+    let digests = a.stage_asset(body, 1 << 20).await.expect("stage").commit().await.expect("commit");
     let publish = |version: &str| NewVersion {
         version: version.to_owned(),
         metadata: serde_json::json!({}),

@@ -9,11 +9,29 @@ use crate::core::{PackageIndex, VersionEntry};
 /// Header carrying the SHA-256 (hex) the uploader computed.
 pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 const MAX_PART: usize = 255;
+/// Longest `{namespace}/{package}`, counted as stored: the core keeps it as
+/// one name, percent-encoded (the `/` takes three bytes), also as
+/// `{name}.json`, within a file name's 255 bytes less the suffix a local
+/// folder adds while writing (`storage::keys::MAX_NAME_BYTES`).
+pub const MAX_PACKAGE_BYTES: usize = 242;
+/// Longest asset name, counted as stored: also `{asset}.json`, and a `~`
+/// is percent-encoded into three bytes.
+pub const MAX_ASSET_BYTES: usize = 242;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GenericError {
     #[error("invalid {what} {value:?}: use 1–255 letters, digits and {allowed}, not starting with a dot")]
     InvalidPart { what: &'static str, value: String, allowed: &'static str },
+    #[error(
+        "namespace and package name are too long: {namespace_length} + {package_length} characters; together \
+         they may have at most {} (namespace/package takes {MAX_PACKAGE_BYTES} bytes at most as stored)",
+        MAX_PACKAGE_BYTES - 3
+    )]
+    PackageTooLong { namespace_length: usize, package_length: usize },
+    #[error(
+        "the asset name is too long: it takes {bytes} bytes as stored (a ~ counts three), at most {MAX_ASSET_BYTES}"
+    )]
+    AssetTooLong { bytes: usize },
     #[error("the {CHECKSUM_HEADER} header must be 64 hex digits")]
     InvalidChecksum,
 }
@@ -34,12 +52,26 @@ pub fn validate_package(package: &str) -> Result<(), GenericError> {
     check("package name", package, b"._-", ". _ -")
 }
 
+/// Checks that a valid namespace and package name fit in storage together.
+pub fn validate_package_length(namespace: &str, package: &str) -> Result<(), GenericError> {
+    // Both are ASCII without `~`: only the `/` between them is encoded.
+    if namespace.len() + 3 + package.len() > MAX_PACKAGE_BYTES {
+        return Err(GenericError::PackageTooLong { namespace_length: namespace.len(), package_length: package.len() });
+    }
+    Ok(())
+}
+
 pub fn validate_version(version: &str) -> Result<(), GenericError> {
     check("version", version, b"._-+", ". _ - +")
 }
 
 pub fn validate_asset(asset: &str) -> Result<(), GenericError> {
-    check("asset name", asset, b"._-+~@=,", ". _ - + ~ @ = ,")
+    check("asset name", asset, b"._-+~@=,", ". _ - + ~ @ = ,")?;
+    let bytes = asset.len() + 2 * asset.bytes().filter(|&b| b == b'~').count();
+    if bytes > MAX_ASSET_BYTES {
+        return Err(GenericError::AssetTooLong { bytes });
+    }
+    Ok(())
 }
 
 /// The core's name of a generic package.
@@ -100,6 +132,17 @@ mod tests {
             assert!(validate_namespace(bad).is_err(), "{bad:?}");
         }
         assert!(validate_version("1.0@x").is_err());
+    }
+
+    #[test]
+    fn lengths_fit_in_storage_once_encoded() {
+        validate_asset(&"a".repeat(242)).unwrap();
+        let error = validate_asset(&"a".repeat(251)).unwrap_err().to_string();
+        assert!(error.contains("251 bytes") && error.contains("at most 242"), "{error}");
+        assert!(validate_asset(&"~".repeat(81)).is_err(), "a ~ counts three");
+        validate_package_length("acme", &"p".repeat(235)).unwrap();
+        let error = validate_package_length("acme", &"p".repeat(236)).unwrap_err().to_string();
+        assert!(error.contains("at most 239"), "{error}");
     }
 
     #[test]

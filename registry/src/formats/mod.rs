@@ -5,6 +5,7 @@
 pub mod cargo;
 pub mod generic;
 pub mod go;
+pub mod inflate;
 pub mod maven;
 pub mod npm;
 pub mod pypi;

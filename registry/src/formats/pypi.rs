@@ -20,6 +20,8 @@ pub const HTML_CONTENT_TYPE: &str = "application/vnd.pypi.simple.v1+html";
 const API_VERSION: &str = "1.1";
 /// Largest METADATA file accepted from a wheel.
 const MAX_METADATA_BYTES: u64 = 4 * 1024 * 1024;
+/// Most an sdist's tar stream may inflate to (decompression bombs).
+pub const MAX_SDIST_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PypiError {
@@ -186,13 +188,33 @@ pub fn wheel_metadata(
 }
 
 /// Reads an sdist (`.tar.gz`) through and finds its top-level PKG-INFO.
+/// It may inflate to at most [`MAX_SDIST_UNPACKED_BYTES`].
 pub fn sdist_metadata(reader: impl Read, file: &DistFilename, filename: &str) -> Result<CoreMetadata, PypiError> {
+    sdist_metadata_within(reader, file, filename, MAX_SDIST_UNPACKED_BYTES)
+}
+
+/// [`sdist_metadata`] with the ceiling on the decompressed tar stream
+/// (headers and every entry type included) given.
+fn sdist_metadata_within(
+    reader: impl Read,
+    file: &DistFilename,
+    filename: &str,
+    max_unpacked: u64,
+) -> Result<CoreMetadata, PypiError> {
+    let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
     let invalid = |reason: String| PypiError::InvalidArchive { name: filename.to_owned(), reason };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    let broken = |what: &str, e: std::io::Error| {
+        if inflation.exceeded() {
+            invalid(format!("it unpacks to more than {max_unpacked} bytes"))
+        } else {
+            invalid(format!("{what}: {e}"))
+        }
+    };
+    let mut archive = tar::Archive::new(inflated);
     let mut found = None;
-    let entries = archive.entries().map_err(|e| invalid(format!("not a gzip tar archive: {e}")))?;
+    let entries = archive.entries().map_err(|e| broken("not a gzip tar archive", e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| invalid(format!("not a gzip tar archive: {e}")))?;
+        let mut entry = entry.map_err(|e| broken("not a gzip tar archive", e))?;
         let path = entry.path().map_err(|e| invalid(format!("bad entry path: {e}")))?.into_owned();
         if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(invalid(format!("entry {} escapes the archive", path.display())));
@@ -200,10 +222,10 @@ pub fn sdist_metadata(reader: impl Read, file: &DistFilename, filename: &str) ->
         let top_level_pkg_info = path.components().count() == 2 && path.ends_with("PKG-INFO");
         if top_level_pkg_info && found.is_none() && entry.size() <= MAX_METADATA_BYTES {
             let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(|e| invalid(format!("PKG-INFO is not UTF-8: {e}")))?;
+            entry.read_to_string(&mut text).map_err(|e| broken("PKG-INFO is not UTF-8", e))?;
             found = Some(parse_core_metadata(&text));
         } else {
-            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| invalid(format!("corrupt entry: {e}")))?;
+            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| broken("corrupt entry", e))?;
         }
     }
     let meta = found.ok_or_else(|| invalid("it has no top-level PKG-INFO".into()))?;
@@ -528,6 +550,21 @@ mod tests {
         let escaping = wheel(&[("../evil", ""), ("demo-1.0.dist-info/METADATA", "Name: demo\nVersion: 1.0\n")]);
         assert!(wheel_metadata(Cursor::new(escaping), &file, "x").unwrap_err().to_string().contains("escapes"));
         assert!(wheel_metadata(Cursor::new(b"not a zip".to_vec()), &file, "x").is_err());
+    }
+
+    #[test]
+    fn an_sdist_with_a_huge_directory_entry_is_refused_once_it_inflates_past_the_limit() {
+        let pkg_info = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n";
+        let bomb = crate::formats::inflate::gzip_tar_with_huge_directory(
+            "demo-1.0/huge/",
+            64 << 20,
+            &[("demo-1.0/PKG-INFO", &pkg_info[..])],
+        );
+        let file = parse_filename("demo-1.0.tar.gz").unwrap();
+        let error = sdist_metadata_within(&bomb[..], &file, "demo-1.0.tar.gz", 1 << 20).unwrap_err().to_string();
+        assert!(error.contains("unpacks to more than 1048576 bytes"), "{error}");
+        let meta = sdist_metadata_within(&bomb[..], &file, "demo-1.0.tar.gz", 65 << 20).unwrap();
+        assert_eq!(meta.name, "demo", "within the limit it is read as before");
     }
 
     #[test]

@@ -9,19 +9,20 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wharf_api::{PackageFormat, Repository};
 
 use super::metrics::tagged;
+use super::staging::StreamedUpload;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, VersionStatus};
 use crate::formats::cargo::archive::{self, ArchiveLimits};
 use crate::formats::cargo::framing::{FrameEvent, PublishFrameReader};
 use crate::formats::cargo::{self as format, NewCrateVersion};
-use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
+use crate::storage::StagedBlob;
 
 const STYLE: ErrorStyle = ErrorStyle::Cargo;
 /// Search results per page unless asked otherwise, and at most.
@@ -147,21 +148,6 @@ pub async fn publish(
     tagged("cargo_publish", publish_crate(&state, &repo, &headers, body).await)
 }
 
-/// A `.crate` being streamed into storage while the body is read.
-struct CrateUpload {
-    task: tokio::task::JoinHandle<Result<BlobDigests, CoreError>>,
-    sender: futures::channel::mpsc::Sender<Result<bytes::Bytes, BodyError>>,
-}
-
-impl CrateUpload {
-    /// Makes the staging fail rather than keep a partial blob.
-    async fn abort(mut self) {
-        let _ = self.sender.send(Err("the publish request was refused".into())).await;
-        drop(self.sender);
-        let _ = self.task.await;
-    }
-}
-
 async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
     let principal = state.authorize(headers, repo, Permission::Publish, STYLE).await?;
@@ -179,8 +165,8 @@ async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, bod
     let mut frames = PublishFrameReader::new(max_metadata, limits.max_upload_bytes);
     let mut body = body.into_data_stream();
     let mut new: Option<NewCrateVersion> = None;
-    let mut upload: Option<CrateUpload> = None;
-    let mut staged = None;
+    let mut upload: Option<StreamedUpload> = None;
+    let mut streamed: Option<StreamedUpload> = None;
     let read: Result<(), ApiError> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| bad_request(format!("failed to read the request body: {e}")))?;
@@ -194,70 +180,39 @@ async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, bod
                         new = Some(format::parse_publish_metadata(&json).map_err(bad_request)?);
                     }
                     FrameEvent::CrateStart(_) => {
-                        let (sender, receiver) = futures::channel::mpsc::channel(4);
-                        let registry = state.registry.clone();
-                        let task =
-                            tokio::spawn(async move { registry.stage_asset(receiver, limits.max_upload_bytes).await });
-                        upload = Some(CrateUpload { task, sender });
+                        upload = Some(StreamedUpload::start(state.registry.clone(), limits.max_upload_bytes));
                     }
                     FrameEvent::CrateData(bytes) => {
                         if let Some(upload) = upload.as_mut() {
-                            // A closed channel means staging failed; the
-                            // task's error is reported when it is joined.
-                            let _ = upload.sender.send(Ok(bytes)).await;
+                            upload.send(bytes).await;
                         }
                     }
-                    FrameEvent::CrateEnd => {
-                        if let Some(CrateUpload { task, sender }) = upload.take() {
-                            drop(sender);
-                            staged = Some(task);
-                        }
-                    }
+                    FrameEvent::CrateEnd => streamed = upload.take(),
                 }
             }
         }
         Ok(())
     }
     .await;
-    if let Err(error) = read {
-        if let Some(upload) = upload {
-            upload.abort().await;
+    let read = read.and_then(|()| frames.finish().map_err(bad_request));
+    let (new, streamed) = match (read, new, streamed, upload) {
+        (Ok(()), Some(new), Some(streamed), None) => (new, streamed),
+        (read, _, streamed, upload) => {
+            for upload in upload.into_iter().chain(streamed) {
+                upload.abort().await;
+            }
+            return Err(read.err().unwrap_or_else(|| bad_request("the body has no metadata or no .crate")));
         }
-        return Err(error);
-    }
-    if let Err(error) = frames.finish() {
-        if let Some(upload) = upload {
-            upload.abort().await;
-        }
-        return Err(bad_request(error));
-    }
-    let (Some(new), Some(staged)) = (new, staged) else {
-        return Err(bad_request("the body has no metadata or no .crate"));
     };
-    let digests =
-        staged.await.map_err(|e| ApiError::internal(&e, STYLE))?.map_err(|e| ApiError::from_core(e, STYLE))?;
-
+    let mut staged = streamed.finish(STYLE).await?;
+    let checked = check_crate(state, repo, &new, &staged).await;
+    let info = staged.discard_on_err(checked).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let name = new.name.clone();
     let vers = new.version.to_string();
-    let reader = SyncBlobReader::new(
-        state.registry.storage().clone(),
-        tokio::runtime::Handle::current(),
-        digests.sha256.clone(),
-        digests.size,
-    );
-    let info = {
-        let (name, vers) = (name.clone(), vers.clone());
-        tokio::task::spawn_blocking(move || archive::inspect_crate(reader, &name, &vers, ArchiveLimits::default()))
-            .await
-            .map_err(|e| ApiError::internal(&e, STYLE))?
-            .map_err(bad_request)?
-    };
-
     let repo_name = repo_name(repo);
     let id = crate_id(&name);
     let key = format::version_key(&new.version);
-    upstream::check_publish(state, repo_name, &id, &name, &key, STYLE).await?;
-    state.registry.claim_spelling(repo_name, &id, &name).await.map_err(|e| ApiError::from_core(e, STYLE))?;
     let mut metadata = new.metadata;
     metadata["publisher"] = json!(principal.name());
     let outcome = state
@@ -298,6 +253,32 @@ async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, bod
     };
     Ok(axum::Json(json!({"warnings": {"invalid_categories": [], "invalid_badges": [], "other": other}}))
         .into_response())
+}
+
+/// Every check of a staged `.crate` before it is committed: its entries
+/// and manifest, the origin rules, and the first spelling of its name.
+async fn check_crate(
+    state: &SharedState,
+    repo: &Repository,
+    new: &NewCrateVersion,
+    staged: &StagedBlob,
+) -> Result<archive::CrateInfo, ApiError> {
+    let (name, vers) = (new.name.clone(), new.version.to_string());
+    let reader = staged.reader();
+    let info = {
+        let (name, vers) = (name.clone(), vers.clone());
+        tokio::task::spawn_blocking(move || archive::inspect_crate(reader, &name, &vers, ArchiveLimits::default()))
+            .await
+            .map_err(|e| ApiError::internal(&e, STYLE))?
+            .map_err(bad_request)?
+    };
+    let repo_name = repo_name(repo);
+    let id = crate_id(&name);
+    let key = format::version_key(&new.version);
+    crate::core::check_storable(&id, &key, []).map_err(|e| ApiError::from_core(e, STYLE))?;
+    upstream::check_publish(state, repo_name, &id, &name, &key, STYLE).await?;
+    state.registry.claim_spelling(repo_name, &id, &name).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    Ok(info)
 }
 
 /// `DELETE api/v1/crates/{crate}/{version}/yank`: Published → Unlisted.

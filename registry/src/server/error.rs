@@ -70,6 +70,7 @@ impl ApiError {
         match error {
             StorageError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), style),
             StorageError::Body(_) => Self::bad_request(super::error_chain(error), style),
+            StorageError::KeyTooLong { .. } => Self::bad_request(error.to_string(), style),
             _ => Self::internal(error, style),
         }
     }

@@ -47,6 +47,7 @@ pub async fn put_asset(
         let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
         format::validate_namespace(&namespace).map_err(invalid)?;
         format::validate_package(&package).map_err(invalid)?;
+        format::validate_package_length(&namespace, &package).map_err(invalid)?;
         format::validate_version(&version).map_err(invalid)?;
         format::validate_asset(&asset).map_err(invalid)?;
         let declared = request
@@ -56,17 +57,22 @@ pub async fn put_asset(
             .ok_or_else(|| ApiError::bad_request(format!("the {} header is required", format::CHECKSUM_HEADER), STYLE))?;
         let declared = format::parse_checksum(declared).map_err(invalid)?;
         let body = request.into_body().into_data_stream().map_err(|e| Box::new(e) as BodyError);
-        let digests = state
+        let mut staged = state
             .registry
             .stage_asset(body, state.limits.max_upload_bytes)
             .await
             .map_err(|e| ApiError::from_core(e, STYLE))?;
-        if digests.sha256 != declared {
-            return Err(ApiError::bad_request(
-                format!("checksum mismatch: the header says {declared}, the body hashes to {}", digests.sha256),
+        let hashed = &staged.digests().sha256;
+        let checked = if *hashed == declared {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(
+                format!("checksum mismatch: the header says {declared}, the body hashes to {hashed}"),
                 STYLE,
-            ));
-        }
+            ))
+        };
+        staged.discard_on_err(checked).await?;
+        let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
         let id = PackageId::new(PackageFormat::Generic, format::package_name(&namespace, &package));
         let outcome = state
             .registry

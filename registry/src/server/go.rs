@@ -17,7 +17,7 @@ use crate::auth::Permission;
 use crate::core::policy;
 use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
 use crate::formats::go::{self as format, FileKind, ProxyRequest};
-use crate::storage::{BodyError, SyncBlobReader};
+use crate::storage::{BodyError, StagedBlob};
 use crate::upstream::Absence;
 
 const STYLE: ErrorStyle = ErrorStyle::Text;
@@ -259,6 +259,45 @@ fn info_response(version: &str, entry: &crate::core::VersionEntry, method: &Meth
     response
 }
 
+/// A module zip checked in staging: its contents, its `go.mod` (its own,
+/// or the one synthesized for a module without), and whether it had one.
+struct CheckedModule(format::ModuleZip, Vec<u8>, format::GoMod, bool);
+
+/// Every check of a staged module zip before it is committed: the zip's
+/// layout and sizes, its `go.mod` naming this module, the major-version
+/// rules, and the origin rules.
+async fn check_module(
+    state: &SharedState,
+    repo: &Repository,
+    path: &str,
+    version: &str,
+    parsed_version: &format::ModuleVersion,
+    staged: &StagedBlob,
+) -> Result<CheckedModule, ApiError> {
+    let reader = staged.reader();
+    let mut inspected = {
+        let (path, version) = (path.to_owned(), version.to_owned());
+        tokio::task::spawn_blocking(move || format::inspect_zip(reader, &path, &version, &format::ZipLimits::default()))
+            .await
+            .map_err(|e| ApiError::internal(&e, STYLE))?
+            .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
+    };
+    let has_go_mod = inspected.go_mod.is_some();
+    let go_mod_bytes = inspected.go_mod.take().unwrap_or_else(|| format::synthesized_go_mod(path));
+    let go_mod = format::parse_go_mod(&go_mod_bytes).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    if go_mod.module != path {
+        return Err(ApiError::bad_request(
+            format!("go.mod declares module {}, but this upload is for {path}", go_mod.module),
+            STYLE,
+        ));
+    }
+    format::check_major_version(path, version, parsed_version, has_go_mod)
+        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let id = PackageId::new(PackageFormat::Go, path);
+    upstream::check_publish(state, repo_name(repo), &id, path, version, STYLE).await?;
+    Ok(CheckedModule(inspected, go_mod_bytes, go_mod, has_go_mod))
+}
+
 async fn publish(
     state: &SharedState,
     repo: &Repository,
@@ -269,6 +308,8 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let parsed_version = format::parse_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    crate::core::check_storable(&PackageId::new(PackageFormat::Go, path), version, [])
+        .map_err(|e| ApiError::from_core(e, STYLE))?;
     let limit = state.limits.max_upload_bytes.min(format::MAX_ZIP_BYTES);
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -279,33 +320,10 @@ async fn publish(
         ));
     }
     let body = request.into_body().into_data_stream().map_err(|e| Box::new(e) as BodyError);
-    let digests = state.registry.stage_asset(body, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
-
-    let reader = SyncBlobReader::new(
-        state.registry.storage().clone(),
-        tokio::runtime::Handle::current(),
-        digests.sha256.clone(),
-        digests.size,
-    );
-    let inspected = {
-        let (path, version) = (path.to_owned(), version.to_owned());
-        tokio::task::spawn_blocking(move || format::inspect_zip(reader, &path, &version, &format::ZipLimits::default()))
-            .await
-            .map_err(|e| ApiError::internal(&e, STYLE))?
-            .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
-    };
-    let has_go_mod = inspected.go_mod.is_some();
-    let go_mod_bytes = inspected.go_mod.unwrap_or_else(|| format::synthesized_go_mod(path));
-    let go_mod = format::parse_go_mod(&go_mod_bytes).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-    if go_mod.module != path {
-        return Err(ApiError::bad_request(
-            format!("go.mod declares module {}, but this upload is for {path}", go_mod.module),
-            STYLE,
-        ));
-    }
-    format::check_major_version(path, version, &parsed_version, has_go_mod)
-        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-
+    let mut staged = state.registry.stage_asset(body, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let checked = check_module(state, repo, path, version, &parsed_version, &staged).await;
+    let CheckedModule(inspected, go_mod_bytes, go_mod, has_go_mod) = staged.discard_on_err(checked).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let go_mod_hash = format::go_mod_hash(&go_mod_bytes);
     let mod_digests =
         state.registry.store_small_asset(go_mod_bytes.into()).await.map_err(|e| ApiError::from_core(e, STYLE))?;
@@ -327,7 +345,6 @@ async fn publish(
         tags: Vec::new(),
     };
     let id = PackageId::new(PackageFormat::Go, path);
-    upstream::check_publish(state, repo_name(repo), &id, path, version, STYLE).await?;
     let outcome = state
         .registry
         .publish_version_withdrawing(

@@ -399,6 +399,23 @@ async fn verify_checksum(
     Ok((StatusCode::OK, "checksum matches the stored file\n").into_response())
 }
 
+/// Some clients (Gradle, curl users) declare digests as headers.
+fn check_declared_checksums(file: &ArtifactFile, headers: &HeaderMap, digests: &BlobDigests) -> Result<(), ApiError> {
+    for (name, stored) in
+        [("x-checksum-sha1", &digests.sha1), ("x-checksum-md5", &digests.md5), ("x-checksum-sha256", &digests.sha256)]
+    {
+        if let Some(claimed) = headers.get(name).and_then(|v| v.to_str().ok())
+            && !claimed.trim().eq_ignore_ascii_case(stored)
+        {
+            return Err(ApiError::bad_request(
+                format!("{} does not match its {name} header: received {stored}", file.file_name),
+                STYLE,
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn upload(
     state: &SharedState,
     repo_name: &str,
@@ -415,6 +432,7 @@ async fn upload(
     if !known {
         upstream::check_publish(state, repo_name, &id, &id.name, &version, STYLE).await?;
     }
+    crate::core::check_storable(&id, &version, [file.file_name.as_str()]).map_err(|e| ApiError::from_core(e, STYLE))?;
     let limit = state.limits.max_upload_bytes;
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -425,20 +443,10 @@ async fn upload(
         ));
     }
     let stream = body.into_data_stream().map_err(|e| Box::new(e) as BodyError);
-    let digests = state.registry.stage_asset(stream, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
-    // Some clients (Gradle, curl users) declare digests as headers.
-    for (name, stored) in
-        [("x-checksum-sha1", &digests.sha1), ("x-checksum-md5", &digests.md5), ("x-checksum-sha256", &digests.sha256)]
-    {
-        if let Some(claimed) = headers.get(name).and_then(|v| v.to_str().ok())
-            && !claimed.trim().eq_ignore_ascii_case(stored)
-        {
-            return Err(ApiError::bad_request(
-                format!("{} does not match its {name} header: received {stored}", file.file_name),
-                STYLE,
-            ));
-        }
-    }
+    let mut staged = state.registry.stage_asset(stream, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let checked = check_declared_checksums(file, headers, staged.digests());
+    staged.discard_on_err(checked).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let registry = &state.registry;
     let outcome = registry
         .add_asset(

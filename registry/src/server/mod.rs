@@ -14,6 +14,7 @@ mod maven;
 pub mod metrics;
 mod npm;
 mod pypi;
+mod staging;
 mod upstream;
 
 use std::sync::Arc;

@@ -9,17 +9,18 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use wharf_api::{PackageFormat, Repository};
 
 use super::metrics::tagged;
+use super::staging::StreamedUpload;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome};
 use crate::formats::npm::publish_body::{Event, PublishBodySplitter};
 use crate::formats::npm::{self as format, PublishRequest};
-use crate::storage::{BodyError, SyncBlobReader};
+use crate::storage::StagedBlob;
 
 const STYLE: ErrorStyle = ErrorStyle::Json;
 /// Largest unpacked size of a package tarball.
@@ -248,57 +249,59 @@ async fn publish(
     let mut splitter = PublishBodySplitter::new(limits.max_metadata_bytes);
     let mut body = body.into_data_stream();
     let mut received = 0u64;
-    let mut staging: Option<AttachmentUpload> = None;
-    let mut staged = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("failed to read the request body: {e}"), STYLE))?;
-        received += chunk.len() as u64;
-        if received > max_body {
-            return Err(too_large(limits.max_upload_bytes));
-        }
-        let events = splitter.feed(&chunk).map_err(|e| {
-            let status = match e {
-                format::publish_body::SplitError::MetadataTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            ApiError::new(status, e.to_string(), STYLE)
-        })?;
-        for event in events {
-            match event {
-                Event::AttachmentStart(file) => {
-                    let (sender, receiver) = futures::channel::mpsc::channel(4);
-                    let registry = state.registry.clone();
-                    let task =
-                        tokio::spawn(async move { registry.stage_asset(receiver, limits.max_upload_bytes).await });
-                    staging = Some(AttachmentUpload { file, task, sender });
-                }
-                Event::AttachmentData(bytes) => {
-                    if let Some(AttachmentUpload { sender, .. }) = staging.as_mut() {
-                        // A closed channel means staging failed; its
-                        // error is reported when the task is joined.
-                        let _ = sender.send(Ok(bytes.into())).await;
+    // The splitter refuses a second attachment, so there is at most one.
+    let mut staging: Option<(String, StreamedUpload)> = None;
+    let mut streamed: Option<(String, StreamedUpload)> = None;
+    let read: Result<(), ApiError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("failed to read the request body: {e}"), STYLE))?;
+            received += chunk.len() as u64;
+            if received > max_body {
+                return Err(too_large(limits.max_upload_bytes));
+            }
+            let events = splitter.feed(&chunk).map_err(|e| {
+                let status = match e {
+                    format::publish_body::SplitError::MetadataTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(status, e.to_string(), STYLE)
+            })?;
+            for event in events {
+                match event {
+                    Event::AttachmentStart(file) => {
+                        let upload = StreamedUpload::start(state.registry.clone(), limits.max_upload_bytes);
+                        staging = Some((file, upload));
                     }
-                }
-                Event::AttachmentEnd => {
-                    if let Some(AttachmentUpload { file, task, sender }) = staging.take() {
-                        drop(sender);
-                        staged.push((file, task));
+                    Event::AttachmentData(bytes) => {
+                        if let Some((_, upload)) = staging.as_mut() {
+                            upload.send(bytes.into()).await;
+                        }
                     }
+                    Event::AttachmentEnd => streamed = staging.take(),
                 }
             }
         }
+        Ok(())
     }
-    let skeleton = splitter.finish().map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-    let mut attachments = Vec::new();
-    for (file, task) in staged {
-        let digests =
-            task.await.map_err(|e| ApiError::internal(&e, STYLE))?.map_err(|e| ApiError::from_core(e, STYLE))?;
-        attachments.push((file, digests));
-    }
-
+    .await;
+    let skeleton = read.and_then(|()| splitter.finish().map_err(|e| ApiError::bad_request(e.to_string(), STYLE)));
+    let skeleton = match skeleton {
+        Ok(skeleton) => skeleton,
+        Err(error) => {
+            for (_, upload) in staging.into_iter().chain(streamed) {
+                upload.abort().await;
+            }
+            return Err(error);
+        }
+    };
+    let attachment = match streamed {
+        Some((file, upload)) => Some((file, upload.finish(STYLE).await?)),
+        None => None,
+    };
     let id = package_id(name);
-    let new = match format::parse_publish(&skeleton, name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))? {
-        PublishRequest::Deprecate(messages) => {
+    let (new, info, staged) = match check_publish_document(state, repo_name, name, &skeleton, attachment).await? {
+        CheckedPublish::Deprecate(messages) => {
             state
                 .registry
                 .set_deprecations(repo_name, &id, &messages)
@@ -306,47 +309,9 @@ async fn publish(
                 .map_err(|e| ApiError::from_core(e, STYLE))?;
             return Ok(axum::Json(json!({"ok": true})).into_response());
         }
-        PublishRequest::Publish(new) => new,
+        CheckedPublish::Publish(checked) => *checked,
     };
-    let digests = attachments
-        .into_iter()
-        .find(|(file, _)| *file == new.attachment)
-        .map(|(_, d)| d)
-        .ok_or_else(|| ApiError::bad_request(format!("attachment {} has no data", new.attachment), STYLE))?;
-    let mismatch = |what: &str| ApiError::bad_request(format!("the tarball does not match its declared {what}"), STYLE);
-    if new.declared_length.is_some_and(|n| n != digests.size) {
-        return Err(mismatch("length"));
-    }
-    if new.declared_shasum.as_ref().is_some_and(|s| *s != digests.sha1) {
-        return Err(mismatch("shasum"));
-    }
-    if new
-        .declared_integrity
-        .as_ref()
-        .is_some_and(|i| i.starts_with("sha512-") && *i != format::integrity(&digests.sha512))
-    {
-        return Err(mismatch("integrity"));
-    }
-    let reader = SyncBlobReader::new(
-        state.registry.storage().clone(),
-        tokio::runtime::Handle::current(),
-        digests.sha256.clone(),
-        digests.size,
-    );
-    let info = tokio::task::spawn_blocking(move || format::inspect_tarball(reader, MAX_UNPACKED_BYTES))
-        .await
-        .map_err(|e| ApiError::internal(&e, STYLE))?
-        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-    if info.name != name || info.version != new.version {
-        return Err(ApiError::bad_request(
-            format!(
-                "the tarball's package.json says {}@{}, but the document publishes {name}@{}",
-                info.name, info.version, new.version
-            ),
-            STYLE,
-        ));
-    }
-    upstream::check_publish(state, repo_name, &id, name, &new.version, STYLE).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let outcome = state
         .registry
         .publish_version(
@@ -381,11 +346,92 @@ async fn publish(
     Ok((status, axum::Json(json!({"ok": true, "id": name}))).into_response())
 }
 
-/// An attachment being streamed into storage while the body is read.
-struct AttachmentUpload {
-    file: String,
-    task: tokio::task::JoinHandle<Result<crate::storage::BlobDigests, crate::core::CoreError>>,
-    sender: futures::channel::mpsc::Sender<Result<bytes::Bytes, BodyError>>,
+/// Every check of a publish document and its staged tarball: the
+/// declared length and digests, the tarball's own `package.json`, and the
+/// origin rules. A refused tarball is discarded before this returns; one
+/// that passes comes back to be committed.
+async fn check_publish_document(
+    state: &SharedState,
+    repo_name: &str,
+    name: &str,
+    skeleton: &[u8],
+    attachment: Option<(String, StagedBlob)>,
+) -> Result<CheckedPublish, ApiError> {
+    let parsed = format::parse_publish(skeleton, name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE));
+    let new = match parsed {
+        Ok(PublishRequest::Publish(new)) => new,
+        Ok(PublishRequest::Deprecate(messages)) => {
+            discard(attachment).await;
+            return Ok(CheckedPublish::Deprecate(messages));
+        }
+        Err(error) => {
+            discard(attachment).await;
+            return Err(error);
+        }
+    };
+    let mut staged = match attachment {
+        Some((file, staged)) if file == new.attachment => staged,
+        other => {
+            discard(other).await;
+            return Err(ApiError::bad_request(format!("attachment {} has no data", new.attachment), STYLE));
+        }
+    };
+    let verified = verify_tarball(state, repo_name, name, &new, &staged).await;
+    let info = staged.discard_on_err(verified).await?;
+    Ok(CheckedPublish::Publish(Box::new((new, info, staged))))
+}
+
+async fn discard(attachment: Option<(String, StagedBlob)>) {
+    if let Some((_, staged)) = attachment {
+        staged.discard().await;
+    }
+}
+
+async fn verify_tarball(
+    state: &SharedState,
+    repo_name: &str,
+    name: &str,
+    new: &format::NewNpmVersion,
+    staged: &StagedBlob,
+) -> Result<format::TarballInfo, ApiError> {
+    let digests = staged.digests();
+    let mismatch = |what: &str| ApiError::bad_request(format!("the tarball does not match its declared {what}"), STYLE);
+    if new.declared_length.is_some_and(|n| n != digests.size) {
+        return Err(mismatch("length"));
+    }
+    if new.declared_shasum.as_ref().is_some_and(|s| *s != digests.sha1) {
+        return Err(mismatch("shasum"));
+    }
+    if new
+        .declared_integrity
+        .as_ref()
+        .is_some_and(|i| i.starts_with("sha512-") && *i != format::integrity(&digests.sha512))
+    {
+        return Err(mismatch("integrity"));
+    }
+    let reader = staged.reader();
+    let info = tokio::task::spawn_blocking(move || format::inspect_tarball(reader, MAX_UNPACKED_BYTES))
+        .await
+        .map_err(|e| ApiError::internal(&e, STYLE))?
+        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    if info.name != name || info.version != new.version {
+        return Err(ApiError::bad_request(
+            format!(
+                "the tarball's package.json says {}@{}, but the document publishes {name}@{}",
+                info.name, info.version, new.version
+            ),
+            STYLE,
+        ));
+    }
+    crate::core::check_storable(&package_id(name), &new.version, []).map_err(|e| ApiError::from_core(e, STYLE))?;
+    upstream::check_publish(state, repo_name, &package_id(name), name, &new.version, STYLE).await?;
+    Ok(info)
+}
+
+/// A publish document that passed [`check_publish_document`].
+enum CheckedPublish {
+    Deprecate(Vec<(String, Option<String>)>),
+    Publish(Box<(format::NewNpmVersion, format::TarballInfo, StagedBlob)>),
 }
 
 fn too_large(limit: u64) -> ApiError {

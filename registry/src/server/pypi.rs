@@ -16,7 +16,7 @@ use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
 use crate::core::{NewAsset, PackageId, PackageIndex, VersionStatus};
 use crate::formats::pypi::{self as format, DistKind};
-use crate::storage::{BlobDigests, BodyError, SyncBlobReader};
+use crate::storage::{BlobDigests, BodyError, StagedBlob};
 
 const STYLE: ErrorStyle = ErrorStyle::Text;
 
@@ -163,73 +163,35 @@ pub async fn upload(
     tagged("pypi_upload", upload_file(&state, &repo, &headers, multipart).await)
 }
 
-async fn upload_file(
+/// An upload that passed [`check_upload`].
+struct CheckedUpload {
+    name: String,
+    version: String,
+    project: String,
+    expected_filetype: &'static str,
+    /// A wheel's METADATA file, served for PEP 658.
+    metadata_file: Option<Vec<u8>>,
+    requires_python: Option<String>,
+}
+
+/// Every check of a staged distribution before it is committed: the form's
+/// name and version against the file name, the declared digests, the
+/// archive's own metadata, and the origin rules.
+async fn check_upload(
     state: &SharedState,
-    repo: &str,
-    headers: &HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
-    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
-    let mut multipart =
-        multipart.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {e}"), STYLE))?;
-    let limits = state.limits;
-    let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut text_bytes = 0usize;
-    let mut content: Option<(String, BlobDigests)> = None;
-    let bad_form = |e: axum::extract::multipart::MultipartError| {
-        ApiError::bad_request(format!("malformed upload form: {e}"), STYLE)
-    };
-    while let Some(field) = multipart.next_field().await.map_err(bad_form)? {
-        let name = field.name().unwrap_or_default().to_owned();
-        if name == "content" {
-            if content.is_some() {
-                return Err(ApiError::bad_request("the form has more than one content field", STYLE));
-            }
-            let filename = field
-                .file_name()
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::bad_request("the content field has no file name", STYLE))?;
-            let body = field.map_err(|e| Box::new(e) as BodyError);
-            let digests = state
-                .registry
-                .stage_asset(body, limits.max_upload_bytes)
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?;
-            content = Some((filename, digests));
-        } else {
-            let mut field = field;
-            let mut value = Vec::new();
-            while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
-                text_bytes += chunk.len();
-                if text_bytes > limits.max_metadata_bytes {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("the upload's metadata fields exceed {} bytes", limits.max_metadata_bytes),
-                        STYLE,
-                    ));
-                }
-                value.extend_from_slice(&chunk);
-            }
-            let value = String::from_utf8(value)
-                .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8"), STYLE))?;
-            fields.entry(name).or_default().push(value);
-        }
-    }
+    repo: &Repository,
+    fields: &BTreeMap<String, Vec<String>>,
+    filename: &str,
+    staged: &StagedBlob,
+) -> Result<CheckedUpload, ApiError> {
+    let digests = staged.digests();
     let field = |key: &str| fields.get(key).and_then(|v| v.first()).map(String::as_str);
-    match field(":action") {
-        Some("file_upload") => {}
-        other => {
-            return Err(ApiError::bad_request(format!("unsupported :action {other:?}; only file_upload is"), STYLE));
-        }
-    }
-    let (filename, digests) = content.ok_or_else(|| ApiError::bad_request("the upload has no content file", STYLE))?;
     let name = field("name").ok_or_else(|| ApiError::bad_request("the upload has no name field", STYLE))?;
     let version = field("version").ok_or_else(|| ApiError::bad_request("the upload has no version field", STYLE))?;
     format::validate_name(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
     let version = format::normalize_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
     let project = format::normalize_name(name);
-    let dist = format::parse_filename(&filename).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+    let dist = format::parse_filename(filename).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
     if dist.project != project || dist.version != version {
         return Err(ApiError::bad_request(
             format!("file name {filename} does not match the project {name} version {version}"),
@@ -251,14 +213,9 @@ async fn upload_file(
         return Err(digest_mismatch("md5_digest"));
     }
 
-    let reader = SyncBlobReader::new(
-        state.registry.storage().clone(),
-        tokio::runtime::Handle::current(),
-        digests.sha256.clone(),
-        digests.size,
-    );
+    let reader = staged.reader();
     let inspected = {
-        let filename = filename.clone();
+        let filename = filename.to_owned();
         tokio::task::spawn_blocking(move || match dist.kind {
             DistKind::Wheel => {
                 format::wheel_metadata(reader, &dist, &filename).map(|(bytes, meta)| (Some(bytes), meta))
@@ -272,14 +229,96 @@ async fn upload_file(
     let (metadata_file, core) = inspected;
     let requires_python =
         core.requires_python.or_else(|| field("requires_python").filter(|r| !r.is_empty()).map(str::to_owned));
+    let id = PackageId::new(PackageFormat::Pypi, &project);
+    crate::core::check_storable(&id, &version, [filename]).map_err(|e| ApiError::from_core(e, STYLE))?;
+    upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
+    Ok(CheckedUpload { name: name.to_owned(), version, project, expected_filetype, metadata_file, requires_python })
+}
+
+async fn upload_file(
+    state: &SharedState,
+    repo: &str,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
+    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
+    let mut multipart =
+        multipart.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {e}"), STYLE))?;
+    let limits = state.limits;
+    let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut text_bytes = 0usize;
+    let mut content: Option<(String, StagedBlob)> = None;
+    let bad_form = |e: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request(format!("malformed upload form: {e}"), STYLE)
+    };
+    let read: Result<(), ApiError> = async {
+        while let Some(field) = multipart.next_field().await.map_err(bad_form)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            if name == "content" {
+                if content.is_some() {
+                    return Err(ApiError::bad_request("the form has more than one content field", STYLE));
+                }
+                let filename = field
+                    .file_name()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::bad_request("the content field has no file name", STYLE))?;
+                let body = field.map_err(|e| Box::new(e) as BodyError);
+                let staged = state
+                    .registry
+                    .stage_asset(body, limits.max_upload_bytes)
+                    .await
+                    .map_err(|e| ApiError::from_core(e, STYLE))?;
+                content = Some((filename, staged));
+            } else {
+                let mut field = field;
+                let mut value = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
+                    text_bytes += chunk.len();
+                    if text_bytes > limits.max_metadata_bytes {
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("the upload's metadata fields exceed {} bytes", limits.max_metadata_bytes),
+                            STYLE,
+                        ));
+                    }
+                    value.extend_from_slice(&chunk);
+                }
+                let value = String::from_utf8(value)
+                    .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8"), STYLE))?;
+                fields.entry(name).or_default().push(value);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let read = read.and_then(|()| match fields.get(":action").and_then(|v| v.first()).map(String::as_str) {
+        Some("file_upload") => Ok(()),
+        other => Err(ApiError::bad_request(format!("unsupported :action {other:?}; only file_upload is"), STYLE)),
+    });
+    let content = match read {
+        Ok(()) => content,
+        Err(error) => {
+            if let Some((_, staged)) = content {
+                staged.discard().await;
+            }
+            return Err(error);
+        }
+    };
+    let (filename, mut staged) =
+        content.ok_or_else(|| ApiError::bad_request("the upload has no content file", STYLE))?;
+    let checked = check_upload(state, repo, &fields, &filename, &staged).await;
+    let CheckedUpload { name, version, project, expected_filetype, metadata_file, requires_python } =
+        staged.discard_on_err(checked).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let mut asset_metadata = json!({"filetype": expected_filetype, "requires_python": requires_python});
     if let Some(bytes) = metadata_file {
         let stored = state.registry.store_small_asset(bytes.into()).await.map_err(|e| ApiError::from_core(e, STYLE))?;
         asset_metadata["core_metadata_sha256"] = json!(stored.sha256);
         asset_metadata["core_metadata_size"] = json!(stored.size);
     }
+    let name = name.as_str();
     let id = PackageId::new(PackageFormat::Pypi, &project);
-    upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
     let outcome = state
         .registry
         .add_asset(

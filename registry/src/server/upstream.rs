@@ -21,7 +21,7 @@ use crate::core::{
     CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, Rendered, VersionStatus,
 };
 use crate::formats::{cargo, go, maven, npm, pypi};
-use crate::storage::BlobDigests;
+use crate::storage::{BlobDigests, StagedBlob};
 use crate::upstream::{Absence, Document, UpstreamError};
 
 /// Key of an unstored upstream asset's metadata holding its URL (the same
@@ -493,6 +493,7 @@ pub async fn stored_asset(
     let Some(hop) = view.chain.external(id.format) else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
     let keepers = keepers(repo, hop);
+    unstorable(connection, id, version, asset_name, style)?;
     let _turn = state
         .upstream
         .one_at_a_time(&format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name))
@@ -506,15 +507,19 @@ pub async fn stored_asset(
         }
     }
     let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
-    let digests = stage_upstream_file(state, connection, asset_name, body, style).await?;
-    let declared = &asset.digests;
+    let mut staged = stage_upstream_file(state, connection, asset_name, body, style).await?;
+    let (declared, fetched) = (&asset.digests, staged.digests());
     let differs = |declared: &str, actual: &str| !declared.is_empty() && !declared.eq_ignore_ascii_case(actual);
-    if differs(&declared.sha256, &digests.sha256)
-        || differs(&declared.sha512, &digests.sha512)
-        || differs(&declared.sha1, &digests.sha1)
+    let checked = if differs(&declared.sha256, &fetched.sha256)
+        || differs(&declared.sha512, &fetched.sha512)
+        || differs(&declared.sha1, &fetched.sha1)
     {
-        return Err(mismatched(connection, asset_name, style));
-    }
+        Err(mismatched(connection, asset_name, style))
+    } else {
+        Ok(())
+    };
+    staged.discard_on_err(checked).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, style))?;
     let mut metadata = asset.metadata.clone();
     if let Some(map) = metadata.as_object_mut() {
         map.remove(UPSTREAM_URL);
@@ -523,6 +528,24 @@ pub async fn stored_asset(
     let fetched = Fetched { repo, view, id, version, created: entry.created, connection };
     keep_fetched(state, &fetched, &keepers, new, style).await?;
     Ok(digests)
+}
+
+/// Refuses, before fetching it, an upstream file whose name or version is
+/// too long to store (502: the upstream's document is at fault).
+fn unstorable(
+    connection: &str,
+    id: &PackageId,
+    version: &str,
+    file_name: &str,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
+    crate::core::check_storable(id, version, [file_name]).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("external connection {connection} offers a file that cannot be stored here: {e}"),
+            style,
+        )
+    })
 }
 
 fn mismatched(connection: &str, file_name: &str, style: ErrorStyle) -> ApiError {
@@ -535,7 +558,8 @@ fn mismatched(connection: &str, file_name: &str, style: ErrorStyle) -> ApiError 
     )
 }
 
-/// Streams an upstream file into storage; a body that breaks off is the
+/// Streams an upstream file into staging, to be checked against what the
+/// upstream declared before it is committed; a body that breaks off is the
 /// upstream's failure (502), not the client's.
 async fn stage_upstream_file(
     state: &SharedState,
@@ -543,7 +567,7 @@ async fn stage_upstream_file(
     file_name: &str,
     body: impl futures::Stream<Item = Result<bytes::Bytes, crate::storage::BodyError>> + Send,
     style: ErrorStyle,
-) -> Result<BlobDigests, ApiError> {
+) -> Result<StagedBlob, ApiError> {
     state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| match e {
         CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -636,6 +660,7 @@ pub async fn stored_maven_file(
     let Some(hop) = hop else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
     let keepers = keepers(repo, hop);
+    unstorable(connection, id, version, file_name, style)?;
     let _turn = state.upstream.one_at_a_time(&format!("{connection} maven {} {version} {file_name}", id.name)).await;
     for keeper in &keepers {
         if let Some(snapshot) = state.registry.package(keeper, id).await.map_err(core_error(style))?
@@ -651,7 +676,30 @@ pub async fn stored_maven_file(
         Err(crate::upstream::UpstreamError::Status { status: 404, .. }) => return Err(missing()),
         Err(error) => return Err(ApiError::from_upstream(&error, style)),
     };
-    let digests = stage_upstream_file(state, connection, file_name, body, style).await?;
+    let mut staged = stage_upstream_file(state, connection, file_name, body, style).await?;
+    let checked = check_maven_sidecar(state, view, connection, &url, file_name, staged.digests(), style).await;
+    staged.discard_on_err(checked).await?;
+    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, style))?;
+    // The metadata dates no release; the file's own date stands in.
+    let created =
+        if entry.created == chrono::DateTime::UNIX_EPOCH { modified.unwrap_or_else(Utc::now) } else { entry.created };
+    let new = NewAsset { name: file_name.to_owned(), digests: digests.clone(), metadata: serde_json::Value::Null };
+    let fetched = Fetched { repo, view, id, version, created, connection };
+    keep_fetched(state, &fetched, &keepers, new, style).await?;
+    Ok(digests)
+}
+
+/// Compares an upstream Maven file with the upstream's `.sha1` sidecar,
+/// when it has one.
+async fn check_maven_sidecar(
+    state: &SharedState,
+    view: &View,
+    connection: &str,
+    url: &str,
+    file_name: &str,
+    fetched: &BlobDigests,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
     let sidecar = state
         .upstream
         .metadata(connection, &format!("{url}.sha1"), "text/plain", view.metadata_ttl, Absence::NotFound)
@@ -665,17 +713,11 @@ pub async fn stored_maven_file(
                 style,
             )
         })?;
-        if !declared.eq_ignore_ascii_case(&digests.sha1) {
+        if !declared.eq_ignore_ascii_case(&fetched.sha1) {
             return Err(mismatched(connection, file_name, style));
         }
     }
-    // The metadata dates no release; the file's own date stands in.
-    let created =
-        if entry.created == chrono::DateTime::UNIX_EPOCH { modified.unwrap_or_else(Utc::now) } else { entry.created };
-    let new = NewAsset { name: file_name.to_owned(), digests: digests.clone(), metadata: serde_json::Value::Null };
-    let fetched = Fetched { repo, view, id, version, created, connection };
-    keep_fetched(state, &fetched, &keepers, new, style).await?;
-    Ok(digests)
+    Ok(())
 }
 
 /// A small upstream document about a version not stored here (Go's

@@ -13,7 +13,9 @@ use serde::Deserialize;
 /// Limits on what a `.crate` may unpack to.
 #[derive(Clone, Copy, Debug)]
 pub struct ArchiveLimits {
-    /// Total bytes of all files once unpacked (decompression bombs).
+    /// Total bytes of all files once unpacked, and most the decompressed
+    /// tar stream (headers and every entry type included) may amount to
+    /// (decompression bombs).
     pub max_unpacked: u64,
     pub max_entries: u64,
     /// Largest `Cargo.toml` read into memory.
@@ -62,13 +64,24 @@ pub fn inspect_crate(
 ) -> Result<CrateInfo, ArchiveError> {
     let invalid = |m: String| ArchiveError(m);
     let folder = format!("{name}-{version}");
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    // The tar stream may add headers to the files' bytes, and trailing
+    // padding after them; neither may take it past this.
+    let ceiling = limits.max_unpacked.saturating_add(MAX_TRAILING_PADDING);
+    let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), ceiling);
+    let broken = |what: String, e: std::io::Error| {
+        if inflation.exceeded() {
+            invalid(format!("it unpacks to more than {} bytes", limits.max_unpacked))
+        } else {
+            invalid(format!("{what}: {e}"))
+        }
+    };
+    let mut archive = tar::Archive::new(inflated);
     let mut seen = HashSet::new();
     let mut manifest: Option<Manifest> = None;
     let (mut entry_count, mut file_count, mut unpacked_size) = (0u64, 0u64, 0u64);
-    let entries = archive.entries().map_err(|e| invalid(format!("not a gzip tar archive: {e}")))?;
+    let entries = archive.entries().map_err(|e| broken("not a gzip tar archive".into(), e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| invalid(format!("not a gzip tar archive: {e}")))?;
+        let mut entry = entry.map_err(|e| broken("not a gzip tar archive".into(), e))?;
         entry_count += 1;
         if entry_count > limits.max_entries {
             return Err(invalid(format!("it has more than {} entries", limits.max_entries)));
@@ -101,7 +114,7 @@ pub fn inspect_crate(
                 return Err(invalid(format!("{display} is larger than {} bytes", limits.max_manifest)));
             }
             let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(|e| invalid(format!("{display} is not UTF-8 text: {e}")))?;
+            entry.read_to_string(&mut text).map_err(|e| broken(format!("{display} is not UTF-8 text"), e))?;
             manifest = Some(
                 toml::from_str(&text).map_err(|e| invalid(format!("{display} is not valid TOML: {}", e.message())))?,
             );
@@ -109,12 +122,12 @@ pub fn inspect_crate(
             // Read through so a corrupt stream is caught here, not by the
             // first user who downloads it.
             std::io::copy(&mut entry, &mut std::io::sink())
-                .map_err(|e| invalid(format!("entry {display} is corrupt: {e}")))?;
+                .map_err(|e| broken(format!("entry {display} is corrupt"), e))?;
         }
     }
     let mut rest = archive.into_inner().take(MAX_TRAILING_PADDING + 1);
-    let trailing = std::io::copy(&mut rest, &mut std::io::sink())
-        .map_err(|e| invalid(format!("the gzip stream is corrupt: {e}")))?;
+    let trailing =
+        std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| broken("the gzip stream is corrupt".into(), e))?;
     if trailing > MAX_TRAILING_PADDING {
         return Err(invalid("it goes on after the end of the tar archive".into()));
     }
@@ -220,6 +233,19 @@ mod tests {
         assert!(check(&build_crate(&many)).unwrap_err().to_string().contains("more than 10 entries"));
         let good = build_crate(&[("demo-1.0.0/Cargo.toml", toml)]);
         assert!(check(&good[..good.len() - 10]).is_err(), "a truncated gzip stream is refused");
+    }
+
+    #[test]
+    fn a_huge_directory_entry_is_refused_once_the_inflated_stream_passes_the_limit() {
+        let toml = manifest("demo", "1.0.0");
+        let bomb = crate::formats::inflate::gzip_tar_with_huge_directory(
+            "demo-1.0.0/huge/",
+            64 << 20,
+            &[("demo-1.0.0/Cargo.toml", toml.as_bytes())],
+        );
+        let limits = ArchiveLimits { max_unpacked: 1 << 20, max_entries: 10, max_manifest: 1024 };
+        let error = inspect_crate(&bomb[..], "demo", "1.0.0", limits).unwrap_err().to_string();
+        assert!(error.contains("unpacks to more than 1048576 bytes"), "{error}");
     }
 
     #[test]

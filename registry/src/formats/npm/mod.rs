@@ -46,12 +46,18 @@ const ABBREVIATED_KEYS: &[&str] = &[
     "dist",
 ];
 
+/// Longest version accepted: node-semver's limit is 256, and a version is
+/// one part of a storage key (255 bytes).
+pub const MAX_VERSION_LENGTH: usize = 255;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NpmError {
     #[error("invalid package name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("invalid version {version:?}: not a semantic version")]
     InvalidVersion { version: String },
+    #[error("invalid version: it is {length} characters long, at most {MAX_VERSION_LENGTH} are accepted")]
+    VersionTooLong { length: usize },
     #[error("invalid tag {0:?}: a tag is not a semantic version and uses URL-safe characters")]
     InvalidTag(String),
     #[error("invalid publish document: {0}")]
@@ -108,6 +114,9 @@ fn segment_ok(segment: &str) -> bool {
 }
 
 pub fn validate_version(version: &str) -> Result<semver::Version, NpmError> {
+    if version.len() > MAX_VERSION_LENGTH {
+        return Err(NpmError::VersionTooLong { length: version.len() });
+    }
     semver::Version::parse(version).map_err(|_| NpmError::InvalidVersion { version: version.to_owned() })
 }
 
@@ -232,15 +241,25 @@ pub struct TarballInfo {
 
 /// Reads a package tarball (gzip tar) through: it must hold a
 /// `package/package.json` (the top folder's name is not checked, as npm
-/// does not) and no entry that escapes the package folder.
+/// does not) and no entry that escapes the package folder. It may inflate
+/// to at most `max_unpacked` bytes, counted on the decompressed tar stream
+/// (headers and every entry type included), so nothing is inflated past it.
 pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballInfo, NpmError> {
+    let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
     let invalid = |m: String| NpmError::InvalidTarball(m);
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    let broken = |what: &str, e: std::io::Error| {
+        if inflation.exceeded() {
+            invalid(format!("it unpacks to more than {max_unpacked} bytes"))
+        } else {
+            invalid(format!("{what}: {e}"))
+        }
+    };
+    let mut archive = tar::Archive::new(inflated);
     let mut package_json: Option<Value> = None;
     let (mut file_count, mut unpacked_size) = (0u64, 0u64);
-    let entries = archive.entries().map_err(|e| invalid(format!("not a gzip tar archive: {e}")))?;
+    let entries = archive.entries().map_err(|e| broken("not a gzip tar archive", e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| invalid(format!("not a gzip tar archive: {e}")))?;
+        let mut entry = entry.map_err(|e| broken("not a gzip tar archive", e))?;
         let path = entry.path().map_err(|e| invalid(format!("bad entry path: {e}")))?.into_owned();
         if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(invalid(format!("entry {} escapes the package folder", path.display())));
@@ -262,12 +281,12 @@ pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballIn
                 return Err(invalid("package.json is larger than 16 MiB".into()));
             }
             let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(|e| invalid(format!("package.json is not UTF-8: {e}")))?;
+            entry.read_to_string(&mut text).map_err(|e| broken("package.json is not UTF-8", e))?;
             package_json =
                 Some(serde_json::from_str(&text).map_err(|e| invalid(format!("package.json is not JSON: {e}")))?);
         } else {
             // Drain so the decompressor is checked end to end.
-            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| invalid(format!("corrupt entry: {e}")))?;
+            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| broken("corrupt entry", e))?;
         }
     }
     let manifest = package_json.ok_or_else(|| invalid("it has no package/package.json".into()))?;
@@ -427,6 +446,18 @@ mod tests {
         let big =
             tarball(&[("package/package.json", br#"{"name":"a","version":"1.0.0"}"#), ("package/big", &[0u8; 4096])]);
         assert!(inspect_tarball(&big[..], 1000).unwrap_err().to_string().contains("unpacks to more than"));
+    }
+
+    #[test]
+    fn a_huge_directory_entry_is_refused_once_the_inflated_stream_passes_the_limit() {
+        let bomb = crate::formats::inflate::gzip_tar_with_huge_directory(
+            "package/huge/",
+            64 << 20,
+            &[("package/package.json", br#"{"name":"a","version":"1.0.0"}"#)],
+        );
+        assert!(bomb.len() < 1024 * 1024, "{} compressed bytes", bomb.len());
+        let error = inspect_tarball(&bomb[..], 1 << 20).unwrap_err().to_string();
+        assert!(error.contains("unpacks to more than 1048576 bytes"), "{error}");
     }
 
     fn publish_doc(name: &str, version: &str, tags: Value) -> Vec<u8> {

@@ -10,6 +10,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+/// Attachments one publish document may carry: npm sends the tarball of
+/// the one version it publishes.
+const MAX_ATTACHMENTS: usize = 1;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SplitError {
     #[error("the publish document is not valid JSON near byte {0}")]
@@ -20,6 +24,11 @@ pub enum SplitError {
     Base64,
     #[error("the publish document ended early")]
     Truncated,
+    #[error(
+        "the publish document has more than one attachment (a second one, {0}, starts at byte {1}); npm publishes \
+         exactly one tarball per version"
+    )]
+    ExtraAttachment(String, u64),
 }
 
 /// What a chunk of input produced.
@@ -65,6 +74,8 @@ pub struct PublishBodySplitter {
     lex: Lex,
     pending_base64: Vec<u8>,
     offset: u64,
+    /// Attachments whose data has started.
+    attachments: usize,
 }
 
 impl PublishBodySplitter {
@@ -77,6 +88,7 @@ impl PublishBodySplitter {
             lex: Lex::Structure,
             pending_base64: Vec::new(),
             offset: 0,
+            attachments: 0,
         }
     }
 
@@ -165,6 +177,14 @@ impl PublishBodySplitter {
                             _ => Capture::Copy,
                         };
                         if matches!(capture, Capture::Attachment) {
+                            // Refused before a byte of it is handed out, so
+                            // a document of thousands of attachments stages
+                            // at most one.
+                            if self.attachments == MAX_ATTACHMENTS {
+                                let name = String::from_utf8_lossy(&self.keys[1]).into_owned();
+                                return Err(SplitError::ExtraAttachment(name, self.offset));
+                            }
+                            self.attachments += 1;
                             // Copy up to and including the opening quote.
                             self.copy(&chunk[run_start..=i])?;
                             run_start = i + 1;
@@ -284,6 +304,28 @@ mod tests {
         assert!(attachments.is_empty());
         assert_eq!(skeleton["data"], "keep");
         assert_eq!(skeleton["versions"]["1.0.0"]["data"], "keep");
+    }
+
+    #[test]
+    fn a_second_attachment_is_refused_before_any_of_its_data() {
+        let body = br#"{"_attachments":{"a.tgz":{"data":"AAAA"},"b.tgz":{"data":"QkJC"}}}"#;
+        let mut splitter = PublishBodySplitter::new(1 << 20);
+        let mut events = Vec::new();
+        let mut refused = None;
+        for byte in body.chunks(1) {
+            match splitter.feed(byte) {
+                Ok(more) => events.extend(more),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let refused = refused.expect("the second attachment is refused");
+        assert!(matches!(&refused, SplitError::ExtraAttachment(name, _) if name == "b.tgz"), "{refused}");
+        assert!(refused.to_string().contains("more than one attachment"), "{refused}");
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::AttachmentStart(_))).count(), 1);
+        assert!(!events.contains(&Event::AttachmentData(b"BBB".to_vec())), "{events:?}");
     }
 
     #[test]
