@@ -1242,4 +1242,5 @@ async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
 
 mod cargo;
 mod disclosure;
+mod limits;
 mod upstream;
