@@ -224,6 +224,12 @@ pub fn metadata_document(
     (headers, rendered.body).into_response()
 }
 
+/// The body length a request declares (`Content-Length`), so an upload can be refused
+/// with 413 before a byte of it is read or staged.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
 /// An error and its causes on one line, for logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -1,11 +1,12 @@
-//! Router tests for what every upload path shares: storage out of space is a 507 that
-//! says so.
+//! Router tests for what every upload path shares: a declared length over the limit is
+//! refused before a byte is staged, and storage out of space is a 507 that says so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -13,7 +14,7 @@ use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
 use serde_json::json;
 use sha2::Digest;
 
-use super::{Limits, TestApp, publish_body, tarball, upload_form, wheel};
+use super::{Limits, Reply, TestApp, publish_body, tarball, upload_form, wheel};
 use crate::formats::cargo::archive::{build_crate, manifest};
 use crate::formats::cargo::framing::encode;
 
@@ -156,4 +157,81 @@ async fn storage_out_of_space_is_507_for_every_format() {
         let detail = detail.unwrap_or_default();
         assert!(detail.contains("storage is full"), "{format} says why in its own error body: {detail}");
     }
+}
+
+/// A body that records whether anyone read it.
+fn watched_body(bytes: Vec<u8>) -> (Body, Arc<AtomicBool>) {
+    let read = Arc::new(AtomicBool::new(false));
+    let flag = read.clone();
+    let stream = futures::stream::once(async move {
+        flag.store(true, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))
+    });
+    (Body::from_stream(stream), read)
+}
+
+async fn staged_uploads(store: &InMemory) -> usize {
+    let all: Vec<_> = store.list(None).try_collect().await.unwrap();
+    all.iter()
+        .filter(|meta| meta.location.as_ref().starts_with("uploads/") || meta.location.as_ref().starts_with("blobs/"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_the_body_is_read() {
+    let limits = Limits { max_upload_bytes: 64 * 1024, max_metadata_bytes: 8 * 1024 };
+    let store = Arc::new(InMemory::new());
+    let app = TestApp::with_store(store.clone(), limits).await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let declared = (1u64 << 30).to_string();
+
+    let asset = b"small".to_vec();
+    let checksum = hex::encode(sha2::Sha256::digest(&asset));
+    let (body, generic_read) = watched_body(asset);
+    let generic: Reply = app
+        .send(
+            Request::put("/generic/main/acme/tool/1.0/tool.bin")
+                .header(header::AUTHORIZATION, bearer(&token))
+                .header("x-checksum-sha256", checksum)
+                .header(header::CONTENT_LENGTH, &declared)
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(generic.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", generic.text());
+    assert!(generic.json()["error"].as_str().unwrap().contains("65536"), "{}", generic.text());
+    assert!(!generic_read.load(Ordering::SeqCst), "the generic body was read");
+
+    let fields = [(":action", "file_upload"), ("name", "demo"), ("version", "1.0")];
+    let (content_type, form) = upload_form(&fields, "demo-1.0-py3-none-any.whl", &wheel("demo", "1.0", "x = 1"));
+    let (body, pypi_read) = watched_body(form);
+    let pypi = app
+        .send(
+            Request::post("/pypi/main/")
+                .header(header::AUTHORIZATION, bearer(&token))
+                .header(header::CONTENT_TYPE, content_type)
+                .header(header::CONTENT_LENGTH, &declared)
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(pypi.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", pypi.text());
+    assert!(pypi.text().contains("65536"), "{}", pypi.text());
+    assert!(!pypi_read.load(Ordering::SeqCst), "the PyPI form was read");
+    assert_eq!(staged_uploads(&store).await, 0, "nothing was staged");
+
+    // A declared length within the limits is served as before.
+    let (content_type, form) = upload_form(&fields, "demo-1.0-py3-none-any.whl", &wheel("demo", "1.0", "x = 1"));
+    let length = form.len().to_string();
+    let fine = app
+        .send(
+            Request::post("/pypi/main/")
+                .header(header::AUTHORIZATION, bearer(&token))
+                .header(header::CONTENT_TYPE, content_type)
+                .header(header::CONTENT_LENGTH, length)
+                .body(Body::from(form))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(fine.status, StatusCode::OK, "{}", fine.text());
 }
