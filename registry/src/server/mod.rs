@@ -5,6 +5,7 @@
 mod admin;
 mod blob;
 mod cargo;
+pub mod connections;
 mod credentials;
 mod error;
 mod generic;
