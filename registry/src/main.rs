@@ -71,8 +71,9 @@ struct ServeArgs {
     /// disconnected (slowloris). Bodies are not timed. A duration: 30s, 2m.
     #[arg(long, env = "WHARF_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = timeout)]
     header_read_timeout: Duration,
-    /// Time a keep-alive connection may stay open with no request in flight. The default
-    /// is longer than the 60 s idle timeout of common load balancers, so they close first.
+    /// Time a keep-alive connection may stay open with no request in flight, and a client
+    /// may take none of a response. The default is longer than the 60 s idle timeout of
+    /// common load balancers, so they close first.
     #[arg(long, env = "WHARF_IDLE_TIMEOUT", default_value = "75s", value_parser = timeout)]
     idle_timeout: Duration,
     /// Connections open at once; more are answered 503 with Retry-After and closed.

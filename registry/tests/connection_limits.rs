@@ -311,3 +311,83 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     assert_eq!(tarball_url, "https://mirror.attacker.invalid/npm/main/demo/-/demo-1.0.0.tgz");
     assert_eq!(dl, "https://mirror.attacker.invalid/cargo/main/api/v1/crates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_download_is_disconnected_a_slow_one_is_not() {
+    use sha2::Digest;
+    let (server, _data) = start(&[("WHARF_IDLE_TIMEOUT", "2s")]);
+    let port = server.port;
+    // Larger than what loopback's socket buffers hold, so the server must wait for the reader.
+    let asset: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let size = asset.len();
+    let token = server.token(&["main"], &["read", "publish"]).await;
+    let checksum = hex::encode(sha2::Sha256::digest(&asset));
+    let uploaded = reqwest::Client::new()
+        .put(server.url("/generic/main/acme/big/1.0/big.bin"))
+        .bearer_auth(&token)
+        .header("X-Checksum-Sha256", checksum)
+        .body(asset)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let download = format!(
+        "GET /generic/main/acme/big/1.0/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+
+    // A reader that pauses often but keeps taking the response is kept past the idle
+    // timeout. (The socket turns writable again only once a third or so of its send
+    // buffer has drained, so the reader must take that much per timeout: here 1 MiB
+    // every 250 ms against buffers of a few MiB.)
+    let slow = {
+        let download = download.clone();
+        tokio::spawn(async move {
+            let mut stream = connect_from([127, 0, 9, 1], port).await;
+            stream.write_all(download.as_bytes()).await.unwrap();
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut received = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                received += stream.read(&mut chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let slow_part = received;
+            // Then the rest, at full speed: all of it arrives.
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => received += read,
+                }
+            }
+            (slow_part, received)
+        })
+    };
+
+    // A reader that takes the response head and then nothing.
+    let mut stalled = connect_from([127, 0, 9, 2], port).await;
+    stalled.write_all(download.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Whatever the socket buffers hold still arrives; then the stream must end early.
+    let mut received = n;
+    let mut sink = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => received += read,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(received < size, "the whole {size} bytes were sent to a client that read none of them for 5 s");
+    eprintln!("a client that stopped reading got {received} of {size} bytes, then the connection was closed");
+
+    let (slow_part, received) = slow.await.unwrap();
+    assert!(received > size, "a slow but steady reader was cut off after {received} bytes");
+    eprintln!("a reader pausing 250 ms between reads took {slow_part} bytes in 5 s, was kept, and got all");
+}

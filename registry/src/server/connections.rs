@@ -2,8 +2,9 @@
 //! nobody can hold the registry's file descriptors: at most so many connections in
 //! all and from one client address (the rest are answered `503` with `Retry-After`
 //! and closed), a request head must arrive within the header timeout, and a
-//! connection with no request in flight is closed after the idle timeout. Bodies
-//! are not timed: a large upload or download takes as long as it takes. Also
+//! connection with no request in flight is closed after the idle timeout, as is one
+//! whose client takes none of a response for as long. Bodies are otherwise not
+//! timed: a large upload or download takes as long as it takes. Also
 //! drops `X-Forwarded-*` headers from peers that are not trusted proxies. Does I/O.
 
 use std::collections::HashMap;
@@ -209,6 +210,9 @@ struct ActivityState {
     /// When the head of the next request began: the connection's start, or the first
     /// byte read while idle.
     head_started: Option<Instant>,
+    /// Since when the client has taken none of a response (the socket's send buffer is
+    /// full): a stalled download, or a slow-read attack.
+    write_blocked_since: Option<Instant>,
 }
 
 /// Why a connection was closed by us.
@@ -216,13 +220,19 @@ struct ActivityState {
 enum Expiry {
     HeaderTimeout,
     Idle,
+    ResponseNotRead,
 }
 
 impl Activity {
     fn new() -> Arc<Activity> {
         let now = Instant::now();
         Arc::new(Activity {
-            state: Mutex::new(ActivityState { in_flight: 0, idle_since: now, head_started: Some(now) }),
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                idle_since: now,
+                head_started: Some(now),
+                write_blocked_since: None,
+            }),
             changed: Notify::new(),
         })
     }
@@ -258,11 +268,26 @@ impl Activity {
         self.changed.notify_one();
     }
 
-    /// The next deadline, if any: none while a request is in flight.
+    fn write_blocked(&self) {
+        let mut state = self.lock();
+        if state.write_blocked_since.is_none() {
+            state.write_blocked_since = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    fn write_unblocked(&self) {
+        // Only moves a deadline later: the watchdog sees it when it wakes.
+        self.lock().write_blocked_since = None;
+    }
+
+    /// The next deadline, if any. While a request is in flight, only a response the
+    /// client takes none of for the idle timeout has one: bodies are not otherwise timed.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expiry)> {
         let state = self.lock();
         if state.in_flight > 0 {
-            return None;
+            return state.write_blocked_since.map(|since| (since + limits.idle_timeout, Expiry::ResponseNotRead));
         }
         Some(match state.head_started {
             Some(started) => (started + limits.header_read_timeout, Expiry::HeaderTimeout),
@@ -340,13 +365,25 @@ impl AsyncRead for TrackedStream {
     }
 }
 
+impl TrackedStream {
+    fn note_write<T>(&self, result: Poll<T>) -> Poll<T> {
+        match result {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(_) => self.activity.write_unblocked(),
+        }
+        result
+    }
+}
+
 impl AsyncWrite for TrackedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -358,7 +395,8 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -511,6 +549,7 @@ async fn serve_connection<S>(
                 match expiry {
                     Expiry::HeaderTimeout => tracing::debug!(%peer, "closed: no complete request head in time"),
                     Expiry::Idle => tracing::debug!(%peer, "closed: idle"),
+                    Expiry::ResponseNotRead => tracing::debug!(%peer, "closed: the client stopped reading the response"),
                 }
                 return;
             }
