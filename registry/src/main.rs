@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ use wharf_registry::cluster::ConfigMapSource;
 use wharf_registry::logging::{self, LogFormat};
 use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
+use wharf_registry::server::connections::{self, ConnectionLimits, TrustedProxies};
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
 use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
 
@@ -64,6 +66,40 @@ struct ServeArgs {
     /// PyPI upload fields), in bytes.
     #[arg(long, env = "WHARF_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     max_metadata_bytes: usize,
+    /// Time a client has to send a request's head (method, path, headers), counted from
+    /// the connection's start or from the head's first byte; slower clients are
+    /// disconnected (slowloris). Bodies are not timed. A duration: 30s, 2m.
+    #[arg(long, env = "WHARF_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = timeout)]
+    header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay open with no request in flight, and a client
+    /// may take none of a response. The default is longer than the 60 s idle timeout of
+    /// common load balancers, so they close first.
+    #[arg(long, env = "WHARF_IDLE_TIMEOUT", default_value = "75s", value_parser = timeout)]
+    idle_timeout: Duration,
+    /// Connections open at once; more are answered 503 with Retry-After and closed.
+    /// Default: half of the soft open-files limit (RLIMIT_NOFILE) after 64 for the process
+    /// itself, at most 8192 (480 under a limit of 1024).
+    #[arg(long, env = "WHARF_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Connections open at once from one client address; trusted proxies are not counted.
+    #[arg(long, env = "WHARF_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_client: u32,
+    /// A proxy (address or CIDR range) whose X-Forwarded-Host, X-Forwarded-Proto,
+    /// X-Forwarded-For and Forwarded headers are believed, e.g. the ingress controller's
+    /// pod range; repeat for more, or `none`. From any other peer those headers are
+    /// dropped, so clients cannot choose the host of tarball and download URLs.
+    #[arg(long = "trusted-proxy", env = "WHARF_TRUSTED_PROXIES", value_delimiter = ',',
+          default_values_t = ["127.0.0.0/8".to_owned(), "::1".to_owned()])]
+    trusted_proxies: Vec<String>,
+}
+
+fn timeout(text: &str) -> Result<Duration, String> {
+    match wharf_api::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be at least 1s".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Where the embedded default configuration keeps its data.
@@ -117,6 +153,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The operator mounts a filesystem Domain's volume at --data.
     let mounted_at = args.config_map.as_ref().and(args.data.as_deref());
     let storage = startup::open_storage(&config, &options.secrets, mounted_at)?;
+    let connection_limits = ConnectionLimits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections.map_or_else(connections::default_max_connections, |n| n as usize),
+        max_connections_per_client: args.max_connections_per_client as usize,
+        trusted_proxies: TrustedProxies::parse(args.trusted_proxies.iter().map(String::as_str))?,
+    };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("failed to listen on {}", options.listen))?;
@@ -126,6 +169,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((source, revision)) = source {
         tokio::spawn(source.watch(live.clone(), revision, options.secrets.clone()));
     }
-    tracing::info!(%listen, "serving");
-    startup::serve(listener, live).await
+    tracing::info!(
+        %listen,
+        max_connections = connection_limits.max_connections,
+        max_connections_per_client = connection_limits.max_connections_per_client,
+        trusted_proxies = %connection_limits.trusted_proxies,
+        "serving"
+    );
+    startup::serve(listener, live, connection_limits).await;
+    Ok(())
 }

@@ -12,6 +12,7 @@ use wharf_api::DomainConfig;
 use crate::auth::TokenSigner;
 use crate::core::Registry;
 use crate::secrets::SecretsDir;
+use crate::server::connections::ConnectionLimits;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
 use crate::storage::Storage;
 
@@ -162,17 +163,14 @@ impl LiveServer {
     }
 }
 
-/// Serves until SIGINT or SIGTERM; requests in flight (uploads included)
-/// are allowed to finish first.
-pub async fn serve(listener: tokio::net::TcpListener, live: Arc<LiveServer>) -> anyhow::Result<()> {
+/// Serves until SIGINT or SIGTERM within `limits` (see [`server::connections`]); requests
+/// in flight (uploads included) are allowed to finish first.
+pub async fn serve(listener: tokio::net::TcpListener, live: Arc<LiveServer>, limits: ConnectionLimits) {
     let service = tower::service_fn(move |request: axum::extract::Request| {
         let router = live.router();
         async move { router.oneshot(request).await }
     });
-    axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")
+    server::connections::serve(listener, limits, service, shutdown_signal()).await;
 }
 
 async fn shutdown_signal() {

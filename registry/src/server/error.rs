@@ -83,10 +83,38 @@ impl ApiError {
         Self::new(status, error.to_string(), style)
     }
 
-    pub fn internal(error: &dyn std::error::Error, style: ErrorStyle) -> Self {
+    /// A failure on our side: 507 when storage is out of space (the client may retry
+    /// once an operator has made room), else 500. Logged with its cause chain either way.
+    pub fn internal(error: &(dyn std::error::Error + 'static), style: ErrorStyle) -> Self {
+        if out_of_space(error) {
+            tracing::error!(error = %super::error_chain(error), "storage is out of space");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the registry's storage is full, so nothing was published; retry once an operator has freed \
+                 space or enlarged the volume",
+                style,
+            );
+        }
         tracing::error!(error = %super::error_chain(error), "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the registry's log", style)
     }
+}
+
+/// Whether a cause of `error` is the file system saying it has no room (ENOSPC) or the
+/// user's quota is spent (EDQUOT): the same answer for every format and every write, since
+/// wherever in a publish it happens (staging, moving a blob, writing a record) nothing
+/// half-done becomes visible and the client may retry later.
+fn out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 impl IntoResponse for ApiError {

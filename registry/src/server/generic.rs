@@ -44,6 +44,14 @@ pub async fn put_asset(
     let result = async {
         let repo = state.repository(&repo, request.headers(), Permission::Publish, STYLE).await?;
         state.authorize(request.headers(), repo, Permission::Publish, STYLE).await?;
+        let limit = state.limits.max_upload_bytes;
+        if super::declared_length(request.headers()).is_some_and(|n| n > limit) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the asset exceeds the upload limit of {limit} bytes"),
+                STYLE,
+            ));
+        }
         let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
         format::validate_namespace(&namespace).map_err(invalid)?;
         format::validate_package(&package).map_err(invalid)?;
@@ -59,7 +67,7 @@ pub async fn put_asset(
         let body = request.into_body().into_data_stream().map_err(|e| Box::new(e) as BodyError);
         let mut staged = state
             .registry
-            .stage_asset(body, state.limits.max_upload_bytes)
+            .stage_asset(body, limit)
             .await
             .map_err(|e| ApiError::from_core(e, STYLE))?;
         let hashed = &staged.digests().sha256;

@@ -5,6 +5,7 @@
 mod admin;
 mod blob;
 mod cargo;
+pub mod connections;
 mod credentials;
 mod error;
 mod generic;
@@ -223,6 +224,12 @@ pub fn metadata_document(
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     (headers, rendered.body).into_response()
+}
+
+/// The body length a request declares (`Content-Length`), so an upload can be refused
+/// with 413 before a byte of it is read or staged.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
 /// An error and its causes on one line, for logs.

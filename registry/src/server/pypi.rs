@@ -153,6 +153,10 @@ pub async fn file(
     tagged("pypi_file", result)
 }
 
+/// Room for a form's boundaries and part headers beyond its file and text fields: twine
+/// sends some 30 fields, each framed in about 100 bytes.
+const FORM_FRAMING_BYTES: u64 = 64 * 1024;
+
 /// The legacy upload API: one `multipart/form-data` POST per file.
 pub async fn upload(
     Path(repo): Path<String>,
@@ -243,9 +247,18 @@ async fn upload_file(
 ) -> Result<Response, ApiError> {
     let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
     state.authorize(headers, repo, Permission::Publish, STYLE).await?;
+    let limits = state.limits;
+    // The file, the text fields, and the form's framing (boundaries and part headers).
+    let max_body = limits.max_upload_bytes + limits.max_metadata_bytes as u64 + FORM_FRAMING_BYTES;
+    if super::declared_length(headers).is_some_and(|n| n > max_body) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload exceeds the limit of {} bytes per file", limits.max_upload_bytes),
+            STYLE,
+        ));
+    }
     let mut multipart =
         multipart.map_err(|e| ApiError::bad_request(format!("expected a multipart/form-data upload: {e}"), STYLE))?;
-    let limits = state.limits;
     let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut text_bytes = 0usize;
     let mut content: Option<(String, StagedBlob)> = None;

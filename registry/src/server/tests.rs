@@ -1242,5 +1242,6 @@ async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
 
 mod cargo;
 mod disclosure;
+mod limits;
 mod uploads;
 mod upstream;
