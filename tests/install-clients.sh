@@ -12,6 +12,12 @@ PYTHON_CLIENTS="twine==7.0.0 uv==0.13.9 build==1.3.0 setuptools==80.9.0 wheel==0
 STAMP="$TOOLS_DIR/venv/.installed"
 SOURCE_DIR="$(cd "$(dirname "$0")" && pwd)"
 
+# Two runs at once (a developer's and a helper's) would install into the same
+# folders and leave them broken: one at a time.
+mkdir -p "$TOOLS_DIR"
+exec 9>"$TOOLS_DIR/.install.lock"
+flock 9
+
 need() {
     command -v "$1" >/dev/null 2>&1 || { echo "install-clients: $1 is required but not installed ($2)" >&2; exit 1; }
 }
@@ -67,8 +73,9 @@ fi
 # the npm registry, into its own folder keyed by version.
 AZURITE="azurite@3.37.0"
 AZURITE_DIR="$TOOLS_DIR/azurite"
+# A copy that no longer starts (an interrupted install) is installed again.
 if [ -f "$AZURITE_DIR/.installed" ] && [ "$(cat "$AZURITE_DIR/.installed")" = "$AZURITE" ] \
-    && [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+    && "$AZURITE_DIR/node_modules/.bin/azurite-blob" --version >/dev/null 2>&1; then
     echo "install-clients: Azurite already in $AZURITE_DIR"
 else
     rm -rf "$AZURITE_DIR"
