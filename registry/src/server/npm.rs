@@ -378,6 +378,8 @@ async fn check_publish_document(
     };
     let verified = verify_tarball(state, repo_name, name, &new, &staged).await;
     let info = staged.discard_on_err(verified).await?;
+    let mut new = new;
+    format::align_with_tarball(&mut new.manifest, name, &info);
     Ok(CheckedPublish::Publish(Box::new((new, info, staged))))
 }
 

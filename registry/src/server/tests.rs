@@ -129,7 +129,11 @@ impl TestApp {
 fn tarball(name: &str, version: &str, extra: &[u8]) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (path, data) in [
-        ("package/package.json", json!({"name": name, "version": version}).to_string().into_bytes()),
+        // The dependencies `publish_body` declares: the packument serves the tarball's.
+        (
+            "package/package.json",
+            json!({"name": name, "version": version, "dependencies": {"left-pad": "^1.0.0"}}).to_string().into_bytes(),
+        ),
         ("package/index.js", extra.to_vec()),
     ] {
         let mut header = tar::Header::new_gnu();
@@ -1245,3 +1249,41 @@ mod disclosure;
 mod limits;
 mod uploads;
 mod upstream;
+
+/// npm manifest confusion: the document claims `left-pad` and no scripts,
+/// the tarball's package.json depends on `evil-dep` and runs a postinstall.
+/// The packument serves what the tarball says.
+#[tokio::test]
+async fn npm_packuments_serve_what_the_tarball_says() {
+    let app = TestApp::new().await;
+    let token = app.token(&["main"], &["publish"]).await;
+    let package_json = json!({
+        "name": "confused",
+        "version": "1.0.0",
+        "dependencies": {"evil-dep": "^1.0.0"},
+        "scripts": {"postinstall": "node steal.js", "test": "true"},
+        "bin": "cli.js",
+    });
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, data) in [("package/package.json", package_json.to_string().into_bytes()), ("package/cli.js", vec![])] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, &data[..]).unwrap();
+    }
+    let tarball = builder.into_inner().unwrap().finish().unwrap();
+    // publish_body declares {"left-pad": "^1.0.0"} and nothing else.
+    let body = publish_body("confused", "1.0.0", &tarball);
+    assert_eq!(app.put_json("/npm/main/confused", &token, &body).await.status, StatusCode::CREATED);
+    for accept in ["application/json", "application/vnd.npm.install-v1+json"] {
+        let request = Request::get("/npm/main/confused").header(header::ACCEPT, accept).body(Body::empty()).unwrap();
+        let packument = app.send(request).await.json();
+        let version = &packument["versions"]["1.0.0"];
+        assert_eq!(version["dependencies"], json!({"evil-dep": "^1.0.0"}), "{accept}");
+        assert_eq!(version["hasInstallScript"], true, "{accept}");
+        assert_eq!(version["bin"], json!({"confused": "cli.js"}), "{accept}");
+    }
+    let full = app.get("/npm/main/confused/1.0.0", None).await.json();
+    assert_eq!(full["scripts"]["postinstall"], "node steal.js");
+}

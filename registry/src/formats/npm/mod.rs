@@ -237,6 +237,67 @@ pub struct TarballInfo {
     pub version: String,
     pub file_count: u64,
     pub unpacked_size: u64,
+    /// The tarball's `package.json`: what npm reads once it installed the
+    /// package, so what the packument must say too.
+    pub manifest: Value,
+    /// Whether the package has a `binding.gyp`, which makes npm run
+    /// `node-gyp rebuild` at install.
+    pub has_binding_gyp: bool,
+}
+
+/// Fields of a version manifest that decide what an install fetches and
+/// runs. The packument serves them as the tarball's `package.json` has
+/// them, never as the publish document claims: a document that lists other
+/// dependencies, or hides a `postinstall`, must not mislead auditors and
+/// lockfile tools about what installing does (npm's "manifest confusion").
+const INSTALL_FIELDS: &[&str] = &[
+    "dependencies",
+    "optionalDependencies",
+    "peerDependencies",
+    "peerDependenciesMeta",
+    "bundleDependencies",
+    "bundledDependencies",
+    "bin",
+    "engines",
+    "os",
+    "cpu",
+    "libc",
+    "scripts",
+];
+
+/// Replaces the install fields of a published manifest with the tarball's
+/// and derives `hasInstallScript` from them, as npm does when it packs.
+pub fn align_with_tarball(manifest: &mut Value, name: &str, tarball: &TarballInfo) {
+    let Value::Object(manifest) = manifest else { return };
+    for field in INSTALL_FIELDS {
+        match tarball.manifest.get(*field) {
+            Some(value) => manifest.insert((*field).to_owned(), value.clone()),
+            None => manifest.remove(*field),
+        };
+    }
+    // A string `bin` names one command, called as the package (its scope dropped).
+    if let Some(Value::String(path)) = manifest.get("bin") {
+        let command = name.rsplit('/').next().unwrap_or(name).to_owned();
+        let path = path.clone();
+        manifest.insert("bin".into(), json!({ command: path }));
+    }
+    let scripts = manifest.get("scripts").and_then(Value::as_object);
+    let has_script = |key: &str| scripts.is_some_and(|scripts| scripts.contains_key(key));
+    let gyp = tarball.has_binding_gyp && !has_script("install") && !has_script("preinstall");
+    if gyp {
+        let scripts = manifest.entry("scripts").or_insert_with(|| json!({}));
+        if let Value::Object(scripts) = scripts {
+            scripts.insert("install".into(), json!("node-gyp rebuild"));
+        }
+    }
+    let runs_at_install = ["preinstall", "install", "postinstall"].iter().any(|key| {
+        manifest.get("scripts").and_then(Value::as_object).is_some_and(|scripts| scripts.contains_key(*key))
+    });
+    if runs_at_install {
+        manifest.insert("hasInstallScript".into(), json!(true));
+    } else {
+        manifest.remove("hasInstallScript");
+    }
 }
 
 /// Reads a package tarball (gzip tar) through: it must hold a
@@ -256,6 +317,7 @@ pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballIn
     };
     let mut archive = tar::Archive::new(inflated);
     let mut package_json: Option<Value> = None;
+    let mut has_binding_gyp = false;
     let (mut file_count, mut unpacked_size) = (0u64, 0u64);
     let entries = archive.entries().map_err(|e| broken("not a gzip tar archive", e))?;
     for entry in entries {
@@ -273,9 +335,10 @@ pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballIn
             return Err(invalid(format!("it unpacks to more than {max_unpacked} bytes")));
         }
         let mut components = path.components();
-        let is_manifest = components.next().is_some()
-            && components.next().is_some_and(|c| c.as_os_str() == "package.json")
-            && components.next().is_none();
+        let top_level = components.next().is_some().then(|| components.next()).flatten();
+        let is_manifest = top_level.is_some_and(|c| c.as_os_str() == "package.json") && components.next().is_none();
+        let mut rest = path.components().skip(1);
+        has_binding_gyp |= rest.next().is_some_and(|c| c.as_os_str() == "binding.gyp") && rest.next().is_none();
         if is_manifest && package_json.is_none() {
             if entry.size() > 16 * 1024 * 1024 {
                 return Err(invalid("package.json is larger than 16 MiB".into()));
@@ -296,6 +359,8 @@ pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballIn
         version: field("version").ok_or_else(|| invalid("package.json has no version".into()))?,
         file_count,
         unpacked_size,
+        has_binding_gyp,
+        manifest,
     })
 }
 
@@ -438,7 +503,17 @@ mod tests {
         let good =
             tarball(&[("package/package.json", br#"{"name":"a","version":"1.0.0"}"#), ("package/index.js", b"x")]);
         let info = inspect_tarball(&good[..], 1 << 20).unwrap();
-        assert_eq!(info, TarballInfo { name: "a".into(), version: "1.0.0".into(), file_count: 2, unpacked_size: 31 });
+        assert_eq!(
+            info,
+            TarballInfo {
+                name: "a".into(),
+                version: "1.0.0".into(),
+                file_count: 2,
+                unpacked_size: 31,
+                manifest: json!({"name": "a", "version": "1.0.0"}),
+                has_binding_gyp: false,
+            }
+        );
         let missing = tarball(&[("package/index.js", b"x")]);
         assert!(inspect_tarball(&missing[..], 1 << 20).unwrap_err().to_string().contains("no package/package.json"));
         assert!(inspect_tarball(&b"not gzip"[..], 1 << 20).is_err());
