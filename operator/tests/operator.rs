@@ -153,7 +153,7 @@ spec:
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {{name: store, namespace: {ns}}}
-spec: {{domainRef: {{name: acme}}, externalConnection: npm-public}}
+spec: {{domainRef: {{name: acme}}, externalConnection: npm-public, allowedDownstreams: [{{namespace: {ns}, name: web}}]}}
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository

@@ -147,7 +147,8 @@ impl StorageError {
 }
 
 /// The digests of a blob, computed while it streamed in.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// (`Default`: no digests, for a file known only by its upstream URL.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlobDigests {
     /// Hex SHA-256: the blob's address.
     pub sha256: String,

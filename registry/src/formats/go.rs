@@ -969,13 +969,7 @@ pub fn upstream_index(list: &[u8], path: &str, connection: &str, module_base: &s
             let url = format!("{module_base}{}.{extension}", escape(version));
             let asset = crate::core::AssetRef {
                 name: name.clone(),
-                digests: crate::storage::BlobDigests {
-                    sha256: String::new(),
-                    sha512: String::new(),
-                    sha1: String::new(),
-                    md5: String::new(),
-                    size: 0,
-                },
+                digests: Default::default(),
                 created: DateTime::UNIX_EPOCH,
                 metadata: json!({UPSTREAM_URL: url}),
             };
@@ -1298,13 +1292,7 @@ retract (
         mod_only.fetched_from = Some("public-go".into());
         let zip = |url: Value| AssetRef {
             name: zip_asset("v1.10.2"),
-            digests: crate::storage::BlobDigests {
-                sha256: String::new(),
-                sha512: String::new(),
-                sha1: String::new(),
-                md5: String::new(),
-                size: 0,
-            },
+            digests: Default::default(),
             created: DateTime::UNIX_EPOCH,
             metadata: json!({ UPSTREAM_URL: url }),
         };

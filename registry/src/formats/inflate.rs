@@ -23,6 +23,12 @@ impl InflationCheck {
     pub fn exceeded(&self) -> bool {
         self.0.get()
     }
+
+    /// Why reading `what` failed, for a refusal: the limit (`limit` as
+    /// people should read it) when it was passed, else the error.
+    pub fn reason(&self, what: &str, error: &std::io::Error, limit: u64) -> String {
+        if self.exceeded() { format!("it unpacks to more than {limit} bytes") } else { format!("{what}: {error}") }
+    }
 }
 
 /// Wraps a decompressor so that reading past `limit` bytes from it fails.

@@ -203,13 +203,7 @@ fn sdist_metadata_within(
 ) -> Result<CoreMetadata, PypiError> {
     let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
     let invalid = |reason: String| PypiError::InvalidArchive { name: filename.to_owned(), reason };
-    let broken = |what: &str, e: std::io::Error| {
-        if inflation.exceeded() {
-            invalid(format!("it unpacks to more than {max_unpacked} bytes"))
-        } else {
-            invalid(format!("{what}: {e}"))
-        }
-    };
+    let broken = |what: &str, e: std::io::Error| invalid(inflation.reason(what, &e, max_unpacked));
     let mut archive = tar::Archive::new(inflated);
     let mut found = None;
     let entries = archive.entries().map_err(|e| broken("not a gzip tar archive", e))?;

@@ -68,13 +68,7 @@ pub fn inspect_crate(
     // padding after them; neither may take it past this.
     let ceiling = limits.max_unpacked.saturating_add(MAX_TRAILING_PADDING);
     let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), ceiling);
-    let broken = |what: String, e: std::io::Error| {
-        if inflation.exceeded() {
-            invalid(format!("it unpacks to more than {} bytes", limits.max_unpacked))
-        } else {
-            invalid(format!("{what}: {e}"))
-        }
-    };
+    let broken = |what: String, e: std::io::Error| invalid(inflation.reason(&what, &e, limits.max_unpacked));
     let mut archive = tar::Archive::new(inflated);
     let mut seen = HashSet::new();
     let mut manifest: Option<Manifest> = None;

@@ -308,13 +308,7 @@ pub fn align_with_tarball(manifest: &mut Value, name: &str, tarball: &TarballInf
 pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballInfo, NpmError> {
     let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
     let invalid = |m: String| NpmError::InvalidTarball(m);
-    let broken = |what: &str, e: std::io::Error| {
-        if inflation.exceeded() {
-            invalid(format!("it unpacks to more than {max_unpacked} bytes"))
-        } else {
-            invalid(format!("{what}: {e}"))
-        }
-    };
+    let broken = |what: &str, e: std::io::Error| invalid(inflation.reason(what, &e, max_unpacked));
     let mut archive = tar::Archive::new(inflated);
     let mut package_json: Option<Value> = None;
     let mut has_binding_gyp = false;
