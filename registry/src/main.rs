@@ -13,6 +13,7 @@ use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
 use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
+use wharf_registry::upstream::UpstreamOptions;
 
 #[derive(Parser)]
 #[command(name = "wharf-registry", version, about = "Wharf artifact registry")]
@@ -64,6 +65,12 @@ struct ServeArgs {
     /// PyPI upload fields), in bytes.
     #[arg(long, env = "WHARF_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     max_metadata_bytes: usize,
+    /// How old, in seconds, the last good copy of an upstream metadata document (packument,
+    /// simple page, index file) may be and still be served while the upstream fails. The
+    /// copy is kept in storage, so it is served across restarts. Counted from when the
+    /// upstream last sent or confirmed it.
+    #[arg(long, env = "WHARF_UPSTREAM_MAX_STALE_SECONDS", default_value_t = UpstreamOptions::default().max_stale.as_secs())]
+    upstream_max_stale_seconds: u64,
 }
 
 /// Where the embedded default configuration keeps its data.
@@ -112,6 +119,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token,
         signing_key,
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
+        upstream: UpstreamOptions { max_stale: std::time::Duration::from_secs(args.upstream_max_stale_seconds) },
         token_review,
     };
     // The operator mounts a filesystem Domain's volume at --data.

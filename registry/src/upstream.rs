@@ -19,7 +19,7 @@ use reqwest::header::{self, HeaderValue};
 use wharf_api::DomainConfig;
 
 use crate::secrets::{SecretError, SecretsDir};
-use crate::storage::BodyError;
+use crate::storage::{BodyError, Storage, keys};
 
 /// How long one upstream request may take to answer (headers, or the whole
 /// metadata document).
@@ -33,6 +33,21 @@ const MAX_CACHED_BYTES: usize = 512 * 1024 * 1024;
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(10);
 /// Largest upstream metadata document read.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
+
+/// How the client treats external connections (registry options).
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    /// How old the last good copy of a metadata document may be and still
+    /// be served when the upstream fails (counted from when the upstream
+    /// last sent or confirmed it).
+    pub max_stale: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        UpstreamOptions { max_stale: Duration::from_secs(7 * 24 * 60 * 60) }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -240,7 +255,31 @@ struct CachedDocument {
     body: Option<Bytes>,
     etag: Option<String>,
     last_modified: Option<String>,
-    checked: Instant,
+    /// When this process last had it confirmed; `None` for a copy read
+    /// back from storage, which is revalidated before it is served fresh.
+    checked: Option<Instant>,
+    /// When the upstream last sent or confirmed it (what staleness counts from).
+    fetched: chrono::DateTime<chrono::Utc>,
+}
+
+/// The record of a metadata document's last good copy kept in storage
+/// (`upstream/{connection}/{sha256 of url}.json`), so that a restarted
+/// registry can serve it while the upstream is down. The body is a blob;
+/// the record stays small.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptDocument {
+    url: String,
+    /// The body's blob; `None` when the upstream said there is no document.
+    body: Option<KeptBody>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    fetched: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptBody {
+    sha256: String,
+    size: usize,
 }
 
 /// A metadata document and whether it is older than its TTL because the
@@ -250,6 +289,16 @@ pub struct Document {
     pub stale: bool,
     /// The upstream's `Last-Modified`, when it sent one.
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The hex SHA-256 of a URL (what names its kept copy in storage).
+fn url_digest(url: &str) -> String {
+    sha256_hex(url.as_bytes())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// An HTTP date (`Last-Modified`).
@@ -295,6 +344,10 @@ pub struct UpstreamClient {
     /// Credentials of private connections, by connection name; replaced whole
     /// when a new configuration revision is served.
     credentials: std::sync::RwLock<Arc<HashMap<String, ConnectionCredentials>>>,
+    /// Where the last good copy of each metadata document is kept across
+    /// restarts (the Domain's storage); none in unit tests.
+    storage: Option<Storage>,
+    options: UpstreamOptions,
 }
 
 impl Default for UpstreamClient {
@@ -321,7 +374,21 @@ impl UpstreamClient {
             requests: UpstreamRequests::default(),
             unreachable: Mutex::new(HashMap::new()),
             credentials: std::sync::RwLock::new(Arc::new(credentials)),
+            storage: None,
+            options: UpstreamOptions::default(),
         }
+    }
+
+    /// Keeps the last good copy of every metadata document in `storage`
+    /// and serves it when the upstream fails, also after a restart.
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    pub fn with_options(mut self, options: UpstreamOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Sends `credentials` from now on (a new configuration revision's).
@@ -470,7 +537,7 @@ impl UpstreamClient {
         ttl: Duration,
         absence: Absence,
     ) -> Result<Document, UpstreamError> {
-        let fresh = |cached: &CachedDocument| cached.checked.elapsed() < ttl;
+        let fresh = |cached: &CachedDocument| cached.checked.is_some_and(|checked| checked.elapsed() < ttl);
         let document = |cached: &CachedDocument, stale: bool| Document {
             body: cached.body.clone(),
             stale,
@@ -481,7 +548,14 @@ impl UpstreamClient {
             return Ok(document(&cached, false));
         }
         let _turn = self.one_at_a_time(&format!("metadata {key}")).await;
-        let cached = self.cached(&key);
+        let cached = match self.cached(&key) {
+            Some(cached) => Some(cached),
+            None => self.read_kept(connection, url).await.and_then(|kept| {
+                // Kept in memory too, so that every reader sees this one copy.
+                self.keep(&key, kept);
+                self.cached(&key)
+            }),
+        };
         if let Some(cached) = cached.as_ref().filter(|c| fresh(c)) {
             return Ok(document(cached, false));
         }
@@ -492,16 +566,107 @@ impl UpstreamClient {
         match answer {
             Ok(fetched) => {
                 let answer = document(&fetched, false);
+                self.write_kept(connection, url, cached.as_deref(), &fetched).await;
                 self.keep(&key, fetched);
                 Ok(answer)
             }
             Err(error) => match cached {
-                Some(cached) => {
-                    tracing::warn!(error = %crate::server::error_chain(&error), "serving stale upstream metadata");
+                Some(cached) if self.within_max_stale(&cached) => {
+                    tracing::warn!(
+                        error = %crate::server::error_chain(&error),
+                        fetched = %cached.fetched,
+                        "serving stale upstream metadata"
+                    );
                     Ok(document(&cached, true))
+                }
+                Some(cached) => {
+                    tracing::warn!(
+                        error = %crate::server::error_chain(&error),
+                        fetched = %cached.fetched,
+                        max_stale_seconds = self.options.max_stale.as_secs(),
+                        "the last copy of this upstream metadata is older than --upstream-max-stale-seconds; not serving it"
+                    );
+                    Err(error)
                 }
                 None => Err(error),
             },
+        }
+    }
+
+    fn within_max_stale(&self, cached: &CachedDocument) -> bool {
+        let age = chrono::Utc::now().signed_duration_since(cached.fetched);
+        age.to_std().map_or(true, |age| age <= self.options.max_stale)
+    }
+
+    /// The last good copy of a document kept in storage, if any (a copy
+    /// that cannot be read is logged and treated as none).
+    async fn read_kept(&self, connection: &str, url: &str) -> Option<CachedDocument> {
+        let storage = self.storage.as_ref()?;
+        let key = keys::upstream_document(connection, &url_digest(url));
+        let read = async {
+            let Some(kept) = storage.read_json::<KeptDocument>(&key).await? else { return Ok(None) };
+            if kept.url != url {
+                return Ok(None);
+            }
+            let body = match &kept.body {
+                None => None,
+                Some(body) => match storage.read_blob(&body.sha256).await? {
+                    Some(bytes) if bytes.len() == body.size => Some(bytes),
+                    _ => return Ok(None),
+                },
+            };
+            Ok::<_, crate::storage::StorageError>(Some(CachedDocument {
+                body,
+                etag: kept.etag,
+                last_modified: kept.last_modified,
+                checked: None,
+                fetched: kept.fetched,
+            }))
+        };
+        read.await.unwrap_or_else(|error| {
+            tracing::warn!(connection, url, error = %crate::server::error_chain(&error), "failed to read the kept copy of upstream metadata");
+            None
+        })
+    }
+
+    /// Keeps `fetched` in storage as the last good copy: its body as a blob
+    /// (written only when it changed) and a small record. A document the
+    /// upstream says is absent is recorded only over an earlier copy, so
+    /// that probes of absent paths write nothing. Failures are logged: the
+    /// answer does not depend on them.
+    async fn write_kept(
+        &self,
+        connection: &str,
+        url: &str,
+        previous: Option<&CachedDocument>,
+        fetched: &CachedDocument,
+    ) {
+        let Some(storage) = &self.storage else { return };
+        let had_copy = previous.is_some_and(|p| p.body.is_some());
+        if fetched.body.is_none() && !had_copy {
+            return;
+        }
+        let write = async {
+            let body = match &fetched.body {
+                None => None,
+                Some(bytes) => {
+                    let unchanged = previous.and_then(|p| p.body.as_ref()).is_some_and(|p| p == bytes);
+                    let sha256 =
+                        if unchanged { sha256_hex(bytes) } else { storage.put_small_blob(bytes.clone()).await?.sha256 };
+                    Some(KeptBody { sha256, size: bytes.len() })
+                }
+            };
+            let record = KeptDocument {
+                url: url.to_owned(),
+                body,
+                etag: fetched.etag.clone(),
+                last_modified: fetched.last_modified.clone(),
+                fetched: fetched.fetched,
+            };
+            storage.put_json(&keys::upstream_document(connection, &url_digest(url)), &record).await
+        };
+        if let Err(error) = write.await {
+            tracing::warn!(connection, url, error = %crate::server::error_chain(&error), "failed to keep a copy of upstream metadata");
         }
     }
 
@@ -545,11 +710,18 @@ impl UpstreamClient {
                 body: cached.body.clone(),
                 etag: etag.or_else(|| cached.etag.clone()),
                 last_modified: last_modified.or_else(|| cached.last_modified.clone()),
-                checked: Instant::now(),
+                checked: Some(Instant::now()),
+                fetched: chrono::Utc::now(),
             });
         }
         if absence.covers(status) {
-            return Ok(CachedDocument { body: None, etag, last_modified, checked: Instant::now() });
+            return Ok(CachedDocument {
+                body: None,
+                etag,
+                last_modified,
+                checked: Some(Instant::now()),
+                fetched: chrono::Utc::now(),
+            });
         }
         if !status.is_success() {
             return Err(self.refused(connection, url, response.url(), status));
@@ -565,7 +737,13 @@ impl UpstreamClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(CachedDocument { body: Some(Bytes::from(body)), etag, last_modified, checked: Instant::now() })
+        Ok(CachedDocument {
+            body: Some(Bytes::from(body)),
+            etag,
+            last_modified,
+            checked: Some(Instant::now()),
+            fetched: chrono::Utc::now(),
+        })
     }
 
     fn too_large(&self, connection: &str, url: &str) -> UpstreamError {

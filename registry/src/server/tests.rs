@@ -73,6 +73,7 @@ impl TestApp {
     async fn with_config(config: &str, store: Arc<dyn ObjectStore>, limits: Limits) -> TestApp {
         let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
+            upstream: Default::default(),
             listen: "127.0.0.1:0".parse().unwrap(),
             secrets: crate::secrets::SecretsDir::new("/nonexistent-secrets"),
             admin_token: ADMIN.into(),
