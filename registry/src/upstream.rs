@@ -27,9 +27,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Metadata documents kept in memory, per process, and their total size.
 const MAX_CACHED_DOCUMENTS: usize = 10_000;
 const MAX_CACHED_BYTES: usize = 512 * 1024 * 1024;
-/// After a connection could not be reached, requests to it fail at once
-/// for this long (serving stale metadata and cached files) instead of each
-/// waiting for its own connect timeout.
+/// After a host (scheme, host and port) could not be reached, requests to
+/// it fail at once for this long (serving stale metadata and cached files)
+/// instead of each waiting for its own connect timeout. Other hosts of the
+/// same connection (a file host its metadata points at) are still asked.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(10);
 /// Largest upstream metadata document read.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
@@ -66,8 +67,10 @@ pub enum UpstreamError {
     Unauthorized { connection: String, url: String, status: u16, advice: &'static str },
     #[error("external connection {connection} sent metadata over {limit} bytes for {url}")]
     TooLarge { connection: String, url: String, limit: usize },
-    #[error("external connection {connection} was unreachable moments ago; not retried before {seconds} s ({url})")]
-    BackingOff { connection: String, url: String, seconds: u64 },
+    #[error(
+        "external connection {connection}: {host} was unreachable moments ago; not retried before {seconds} s ({url})"
+    )]
+    BackingOff { connection: String, host: String, url: String, seconds: u64 },
 }
 
 impl UpstreamError {
@@ -291,6 +294,15 @@ pub struct Document {
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What back-off is kept per: a URL's scheme, host and port (the URL
+/// itself when it has no host).
+fn host_of(url: &str) -> String {
+    match reqwest::Url::parse(url).map(|u| u.origin()) {
+        Ok(origin @ url::Origin::Tuple(..)) => origin.ascii_serialization(),
+        _ => url.to_owned(),
+    }
+}
+
 /// The hex SHA-256 of a URL (what names its kept copy in storage).
 fn url_digest(url: &str) -> String {
     sha256_hex(url.as_bytes())
@@ -339,7 +351,7 @@ pub struct UpstreamClient {
     documents: Mutex<Documents>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     requests: UpstreamRequests,
-    /// Connections that could not be reached, and until when to skip them.
+    /// Hosts (origins) that could not be reached, and until when to skip them.
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Credentials of private connections, by connection name; replaced whole
     /// when a new configuration revision is served.
@@ -441,12 +453,14 @@ impl UpstreamClient {
         UpstreamError::Unauthorized { connection: connection_name, url, status: status_code, advice }
     }
 
-    /// Fails at once while `connection` is backing off after being unreachable.
+    /// Fails at once while the host of `url` is backing off after being unreachable.
     fn check_reachable(&self, connection: &str, url: &str) -> Result<(), UpstreamError> {
         let unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        match unreachable.get(connection) {
+        let host = host_of(url);
+        match unreachable.get(&host) {
             Some(until) if *until > Instant::now() => Err(UpstreamError::BackingOff {
                 connection: connection.to_owned(),
+                host,
                 url: url.to_owned(),
                 seconds: until.saturating_duration_since(Instant::now()).as_secs() + 1,
             }),
@@ -454,15 +468,15 @@ impl UpstreamClient {
         }
     }
 
-    /// Notes how a request to `connection` went, for [`Self::check_reachable`].
-    fn note<T>(&self, connection: &str, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+    /// Notes how a request to `url` went, for [`Self::check_reachable`].
+    fn note<T>(&self, url: &str, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
         let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Err(error) if error.is_unreachable() => {
-                unreachable.insert(connection.to_owned(), Instant::now() + UNREACHABLE_BACKOFF);
+                unreachable.insert(host_of(url), Instant::now() + UNREACHABLE_BACKOFF);
             }
             Ok(_) => {
-                unreachable.remove(connection);
+                unreachable.remove(&host_of(url));
             }
             Err(_) => {}
         }
@@ -560,7 +574,7 @@ impl UpstreamClient {
             return Ok(document(cached, false));
         }
         let answer = match self.check_reachable(connection, url) {
-            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
+            Ok(()) => self.note(url, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
             Err(backing_off) => Err(backing_off),
         };
         match answer {
@@ -774,7 +788,7 @@ impl UpstreamClient {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
         });
-        let response = self.note(connection, sent)?;
+        let response = self.note(url, sent)?;
         let outcome = if response.status().is_success() { "fetched" } else { "failed" };
         self.count(connection, "artifact", outcome);
         if !response.status().is_success() {
@@ -953,6 +967,29 @@ spec:
         let expired = client.metadata("public-go", &gone, "*/*", Duration::ZERO, Absence::GoProxy).await;
         assert_eq!(expired.unwrap().body, None);
         assert_eq!(seen.lock().unwrap().len(), 4, "asked again once the TTL is over");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_metadata_host_does_not_hold_back_a_reachable_file_host() {
+        let seen: Seen = Arc::default();
+        let files = server(seen.clone(), String::new()).await;
+        // A port nothing listens on any more.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let metadata_host = format!("http://{closed}");
+        let client = UpstreamClient::default();
+        let ttl = Duration::from_secs(60);
+
+        let first = client.metadata("public-npm", &format!("{metadata_host}/a"), "*/*", ttl, Absence::NotFound).await;
+        assert!(first.err().unwrap().is_unreachable());
+        let again = client.metadata("public-npm", &format!("{metadata_host}/b"), "*/*", ttl, Absence::NotFound).await;
+        let message = again.err().unwrap().to_string();
+        assert!(message.contains("unreachable moments ago") && message.contains(&metadata_host), "{message}");
+
+        // The same connection's file on another, reachable host is fetched.
+        let file = client.download("public-npm", &format!("{files}/forbidden")).await;
+        let message = file.err().unwrap().to_string();
+        assert!(message.contains("answered 403"), "the file host was asked: {message}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
