@@ -74,6 +74,7 @@ pub async fn build_state(
     };
     let domain = config.domain_name().to_owned();
     let credentials = crate::upstream::resolve_credentials(&config, &options.secrets)?;
+    options.upstream.check(&config)?;
     let upstream = Arc::new(
         crate::upstream::UpstreamClient::new(credentials)
             .with_storage(storage.clone())

@@ -42,11 +42,70 @@ pub struct UpstreamOptions {
     /// be served when the upstream fails (counted from when the upstream
     /// last sent or confirmed it).
     pub max_stale: Duration,
+    /// Origins besides its own that a connection may fetch files from, by
+    /// connection name (`--upstream-file-origin`).
+    pub file_origins: HashMap<String, Vec<url::Origin>>,
+    /// The longest one file download may take, start to end.
+    pub file_deadline: Duration,
+    /// A download is abandoned when fewer than `file_min_bytes` arrive in
+    /// any `file_window`.
+    pub file_min_bytes: u64,
+    pub file_window: Duration,
 }
 
 impl Default for UpstreamOptions {
+    /// Sized for large artifacts: a 1 GiB file needs about 300 KiB/s to
+    /// finish within the hour; the rate floor (64 KiB per 30 s) only
+    /// catches a trickle.
     fn default() -> Self {
-        UpstreamOptions { max_stale: Duration::from_secs(7 * 24 * 60 * 60) }
+        UpstreamOptions {
+            max_stale: Duration::from_secs(7 * 24 * 60 * 60),
+            file_origins: HashMap::new(),
+            file_deadline: Duration::from_secs(60 * 60),
+            file_min_bytes: 64 * 1024,
+            file_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A `--upstream-file-origin` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileOriginError {
+    #[error("--upstream-file-origin {0:?}: expected CONNECTION=ORIGIN, such as files-npm=https://files.example.test")]
+    Shape(String),
+    #[error("--upstream-file-origin {0:?}: the origin is not a URL")]
+    NotAUrl(String, #[source] url::ParseError),
+    #[error(
+        "--upstream-file-origin {0:?}: give only the scheme (http or https), host and port, such as https://files.example.test:8443"
+    )]
+    NotAnOrigin(String),
+    #[error("--upstream-file-origin names external connection {0:?}, which the Domain does not have")]
+    UnknownConnection(String),
+}
+
+/// Parses one `--upstream-file-origin CONNECTION=ORIGIN`.
+pub fn parse_file_origin(text: &str) -> Result<(String, url::Origin), FileOriginError> {
+    let (connection, origin) = text.split_once('=').ok_or_else(|| FileOriginError::Shape(text.to_owned()))?;
+    if connection.is_empty() || origin.is_empty() {
+        return Err(FileOriginError::Shape(text.to_owned()));
+    }
+    let url = url::Url::parse(origin).map_err(|e| FileOriginError::NotAUrl(text.to_owned(), e))?;
+    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+    let plain = url.username().is_empty() && url.password().is_none() && url.host().is_some();
+    if !matches!(url.scheme(), "http" | "https") || !bare || !plain {
+        return Err(FileOriginError::NotAnOrigin(text.to_owned()));
+    }
+    Ok((connection.to_owned(), url.origin()))
+}
+
+impl UpstreamOptions {
+    /// Refuses file origins for connections `config` does not have.
+    pub fn check(&self, config: &DomainConfig) -> Result<(), FileOriginError> {
+        let known = &config.domain.spec.external_connections;
+        match self.file_origins.keys().find(|name| !known.iter().any(|c| &c.name == *name)) {
+            Some(unknown) => Err(FileOriginError::UnknownConnection(unknown.clone())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -68,6 +127,14 @@ pub enum UpstreamError {
     #[error("external connection {connection} sent metadata over {limit} bytes for {url}")]
     TooLarge { connection: String, url: String, limit: usize },
     #[error(
+        "external connection {connection} did not finish sending {url} within {seconds} s (--upstream-file-deadline-seconds)"
+    )]
+    FileDeadline { connection: String, url: String, seconds: u64 },
+    #[error(
+        "external connection {connection} sent fewer than {bytes} bytes of {url} in {seconds} s (--upstream-file-min-bytes per --upstream-file-window-seconds)"
+    )]
+    FileTooSlow { connection: String, url: String, bytes: u64, seconds: u64 },
+    #[error(
         "external connection {connection}: {host} was unreachable moments ago; not retried before {seconds} s ({url})"
     )]
     BackingOff { connection: String, host: String, url: String, seconds: u64 },
@@ -84,7 +151,10 @@ impl UpstreamError {
     }
 
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::Timeout { .. })
+        matches!(
+            self,
+            UpstreamError::Timeout { .. } | UpstreamError::FileDeadline { .. } | UpstreamError::FileTooSlow { .. }
+        )
     }
 
     /// The connection itself failed (not an answer it gave).
@@ -401,6 +471,12 @@ impl UpstreamClient {
     pub fn with_options(mut self, options: UpstreamOptions) -> Self {
         self.options = options;
         self
+    }
+
+    /// Whether `connection` may fetch files from `origin` beyond its own
+    /// (`--upstream-file-origin`).
+    pub fn allows_file_origin(&self, connection: &str, origin: &url::Origin) -> bool {
+        self.options.file_origins.get(connection).is_some_and(|origins| origins.contains(origin))
     }
 
     /// Sends `credentials` from now on (a new configuration revision's).
@@ -784,6 +860,7 @@ impl UpstreamClient {
         UpstreamError,
     > {
         self.check_reachable(connection, url)?;
+        let started = tokio::time::Instant::now();
         let sent = self.get(&self.files, connection, url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
@@ -795,7 +872,74 @@ impl UpstreamClient {
             return Err(self.refused(connection, url, response.url(), response.status()));
         }
         let modified = http_date(response.headers().get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()));
-        Ok((response.bytes_stream().map_err(|e| Box::new(e) as BodyError), modified))
+        let body = response.bytes_stream().map_err(|e| Box::new(e) as BodyError);
+        Ok((self.paced(connection, url, started, body), modified))
+    }
+
+    /// `body`, ended with [`UpstreamError::FileDeadline`] once
+    /// `file_deadline` has passed since `started`, and with
+    /// [`UpstreamError::FileTooSlow`] when a `file_window` brings fewer
+    /// than `file_min_bytes`.
+    fn paced<S>(
+        &self,
+        connection: &str,
+        url: &str,
+        started: tokio::time::Instant,
+        body: S,
+    ) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + use<S>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        struct Pace<S> {
+            body: std::pin::Pin<Box<S>>,
+            deadline: tokio::time::Instant,
+            window_end: tokio::time::Instant,
+            window_bytes: u64,
+            failed: bool,
+        }
+        let options = self.options.clone();
+        let (connection, url) = (connection.to_owned(), url.to_owned());
+        let window = options.file_window.max(Duration::from_millis(1));
+        let pace = Pace {
+            body: Box::pin(body),
+            deadline: started + options.file_deadline,
+            window_end: tokio::time::Instant::now() + window,
+            window_bytes: 0,
+            failed: false,
+        };
+        futures::stream::unfold(pace, move |mut pace| {
+            let (connection, url, options) = (connection.clone(), url.clone(), options.clone());
+            async move {
+                if pace.failed {
+                    return None;
+                }
+                let error = loop {
+                    let wake = pace.deadline.min(pace.window_end);
+                    match tokio::time::timeout_at(wake, pace.body.next()).await {
+                        Ok(Some(Ok(chunk))) => {
+                            pace.window_bytes += chunk.len() as u64;
+                            return Some((Ok(chunk), pace));
+                        }
+                        Ok(other) => return other.map(|item| (item, pace)),
+                        Err(_) if tokio::time::Instant::now() >= pace.deadline => {
+                            let seconds = options.file_deadline.as_secs();
+                            break UpstreamError::FileDeadline { connection, url, seconds };
+                        }
+                        Err(_) if pace.window_bytes < options.file_min_bytes => {
+                            let (bytes, seconds) = (options.file_min_bytes, window.as_secs());
+                            break UpstreamError::FileTooSlow { connection, url, bytes, seconds };
+                        }
+                        Err(_) => {
+                            pace.window_bytes = 0;
+                            pace.window_end = tokio::time::Instant::now() + window;
+                        }
+                    }
+                };
+                pace.failed = true;
+                Some((Err(Box::new(error) as BodyError), pace))
+            }
+        })
     }
 }
 

@@ -718,8 +718,15 @@ async fn upstream_metadata_survives_a_restart_with_the_upstream_gone() {
     drop(wharf);
     let wharf = TestServer::start_in(data.path(), Some(&config), &[]);
     assert_eq!(packument_versions(&wharf, "wharf-major").await, before, "the upstream's versions and latest");
-    let logs = wharf.log_lines().join("\n");
-    assert!(logs.contains("serving stale upstream metadata"), "{logs}");
+    // The log is read by another thread; give it a moment.
+    let logged = || wharf.log_lines().iter().any(|l| l.contains("serving stale upstream metadata"));
+    for _ in 0..50 {
+        if logged() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(logged(), "{}", wharf.log_lines().join("\n"));
 
     // The last good packument is kept in storage as a small record and a blob.
     let kept_dir = data.path().join("store/upstream/public-npm");
