@@ -1,9 +1,11 @@
 //! Fetching from external connections over HTTP: upstream metadata kept
-//! for the policy's TTL, revalidated with ETag / If-Modified-Since and
-//! served stale when the upstream fails; artifacts streamed, never
-//! buffered; concurrent fetches of one thing coalesced; a private
-//! upstream's credentials sent to its own origin only. Does network I/O
-//! (and reads the credentials' files at start-up).
+//! for the policy's TTL, revalidated with ETag / If-Modified-Since, its
+//! last good copy kept in storage and served stale (also after a restart)
+//! when the upstream fails; artifacts streamed, never buffered, within a
+//! deadline and a minimum rate; concurrent fetches of one thing coalesced;
+//! unreachable hosts backed off per host; a private upstream's credentials
+//! sent to its own origin only. Does network I/O (and reads the
+//! credentials' files at start-up).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
