@@ -34,6 +34,10 @@ const MAX_CACHED_BYTES: usize = 512 * 1024 * 1024;
 /// instead of each waiting for its own connect timeout. Other hosts of the
 /// same connection (a file host its metadata points at) are still asked.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a failed file fetch is remembered for the callers that waited
+/// behind it (longer than any of them can have waited is not needed: a
+/// waiter only takes a failure noted after it started waiting).
+const FAILED_FETCH_KEPT: Duration = Duration::from_secs(60);
 /// Largest upstream metadata document read.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
 
@@ -425,6 +429,8 @@ pub struct UpstreamClient {
     requests: UpstreamRequests,
     /// Hosts (origins) that could not be reached, and until when to skip them.
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// File fetches that failed, by turn key: when, and the answer given.
+    failed_fetches: Mutex<HashMap<String, (Instant, u16, String)>>,
     /// Credentials of private connections, by connection name; replaced whole
     /// when a new configuration revision is served.
     credentials: std::sync::RwLock<Arc<HashMap<String, ConnectionCredentials>>>,
@@ -457,6 +463,7 @@ impl UpstreamClient {
             in_flight: Mutex::new(HashMap::new()),
             requests: UpstreamRequests::default(),
             unreachable: Mutex::new(HashMap::new()),
+            failed_fetches: Mutex::new(HashMap::new()),
             credentials: std::sync::RwLock::new(Arc::new(credentials)),
             storage: None,
             options: UpstreamOptions::default(),
@@ -587,6 +594,22 @@ impl UpstreamClient {
             }
         };
         lock.lock_owned().await
+    }
+
+    /// Notes that the fetch holding turn `key` failed with `status` and
+    /// `message`, for the callers that waited behind it.
+    pub fn note_failed_fetch(&self, key: &str, status: u16, message: &str) {
+        let mut failed = self.failed_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, (when, _, _)| when.elapsed() < FAILED_FETCH_KEPT);
+        failed.insert(key.to_owned(), (Instant::now(), status, message.to_owned()));
+    }
+
+    /// How the fetch of turn `key` failed, when it failed after `since`
+    /// (while the caller waited for the turn): the waiter gets that answer
+    /// rather than starting the same fetch over.
+    pub fn failed_since(&self, key: &str, since: Instant) -> Option<(u16, String)> {
+        let failed = self.failed_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get(key).filter(|(when, _, _)| *when >= since).map(|(_, status, message)| (*status, message.clone()))
     }
 
     /// A document is kept per connection and URL: two connections at one

@@ -493,10 +493,9 @@ pub async fn stored_asset(
     let Some(hop) = view.chain.external(id.format) else { return Err(missing()) };
     let connection = hop.connection.name.as_str();
     let keepers = keepers(repo, hop);
-    let _turn = state
-        .upstream
-        .one_at_a_time(&format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name))
-        .await;
+    let turn = format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name);
+    let asked = Instant::now();
+    let _turn = state.upstream.one_at_a_time(&turn).await;
     // Whoever held the turn before may have stored it meanwhile.
     for keeper in &keepers {
         if let Some(snapshot) = state.registry.package(keeper, id).await.map_err(core_error(style))?
@@ -505,9 +504,18 @@ pub async fn stored_asset(
             return Ok(stored.digests.clone());
         }
     }
+    // Or failed meanwhile: its answer, rather than the same wait again.
+    if let Some((status, message)) = state.upstream.failed_since(&turn, asked) {
+        return Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), message, style));
+    }
     check_file_origin(state, view, hop, id.format, url, asset_name, style).await?;
-    let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
-    let digests = stage_upstream_file(state, connection, asset_name, body, style).await?;
+    let fetched = async {
+        let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
+        stage_upstream_file(state, connection, asset_name, body, style).await
+    };
+    let digests = fetched.await.inspect_err(|error| {
+        state.upstream.note_failed_fetch(&turn, error.status.as_u16(), &error.message);
+    })?;
     let declared = &asset.digests;
     let differs = |declared: &str, actual: &str| !declared.is_empty() && !declared.eq_ignore_ascii_case(actual);
     if differs(&declared.sha256, &digests.sha256)
