@@ -15,6 +15,7 @@ use wharf_registry::server::Limits;
 use wharf_registry::server::connections::{self, ConnectionLimits, TrustedProxies};
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
 use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
+use wharf_registry::upstream::UpstreamOptions;
 
 #[derive(Parser)]
 #[command(name = "wharf-registry", version, about = "Wharf artifact registry")]
@@ -92,6 +93,29 @@ struct ServeArgs {
     #[arg(long = "trusted-proxy", env = "WHARF_TRUSTED_PROXIES", value_delimiter = ',',
           default_values_t = ["127.0.0.0/8".to_owned(), "::1".to_owned()])]
     trusted_proxies: Vec<String>,
+    /// How old, in seconds, the last good copy of an upstream metadata document (packument,
+    /// simple page, index file) may be and still be served while the upstream fails. The
+    /// copy is kept in storage, so it is served across restarts. Counted from when the
+    /// upstream last sent or confirmed it.
+    #[arg(long, env = "WHARF_UPSTREAM_MAX_STALE_SECONDS", default_value_t = UpstreamOptions::default().max_stale.as_secs())]
+    upstream_max_stale_seconds: u64,
+    /// CONNECTION=ORIGIN (repeatable): a scheme, host and port besides the connection URL's
+    /// own that the external connection's metadata may point files at (a separate file
+    /// host). Files anywhere else are refused with a 502. The Cargo `dl` origin of the
+    /// connection's own config.json is always allowed.
+    #[arg(long = "upstream-file-origin", env = "WHARF_UPSTREAM_FILE_ORIGINS", value_delimiter = ',', value_parser = parse_file_origin)]
+    upstream_file_origins: Vec<(String, url::Origin)>,
+    /// The longest one upstream file download may take, in seconds; past it the client gets
+    /// a 504 naming the connection and nothing of the file is kept.
+    #[arg(long, env = "WHARF_UPSTREAM_FILE_DEADLINE_SECONDS", default_value_t = UpstreamOptions::default().file_deadline.as_secs())]
+    upstream_file_deadline_seconds: u64,
+    /// An upstream file download is abandoned (504) when fewer than this many bytes arrive in
+    /// any --upstream-file-window-seconds.
+    #[arg(long, env = "WHARF_UPSTREAM_FILE_MIN_BYTES", default_value_t = UpstreamOptions::default().file_min_bytes)]
+    upstream_file_min_bytes: u64,
+    /// The window --upstream-file-min-bytes is counted over, in seconds.
+    #[arg(long, env = "WHARF_UPSTREAM_FILE_WINDOW_SECONDS", default_value_t = UpstreamOptions::default().file_window.as_secs())]
+    upstream_file_window_seconds: u64,
 }
 
 fn timeout(text: &str) -> Result<Duration, String> {
@@ -100,6 +124,10 @@ fn timeout(text: &str) -> Result<Duration, String> {
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
     }
+}
+
+fn parse_file_origin(text: &str) -> Result<(String, url::Origin), String> {
+    wharf_registry::upstream::parse_file_origin(text).map_err(|e| e.to_string())
 }
 
 /// Where the embedded default configuration keeps its data.
@@ -148,6 +176,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token,
         signing_key,
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
+        upstream: UpstreamOptions {
+            max_stale: std::time::Duration::from_secs(args.upstream_max_stale_seconds),
+            file_origins: args.upstream_file_origins.iter().fold(Default::default(), |mut map, (name, origin)| {
+                map.entry(name.clone()).or_insert_with(Vec::new).push(origin.clone());
+                map
+            }),
+            file_deadline: std::time::Duration::from_secs(args.upstream_file_deadline_seconds),
+            file_min_bytes: args.upstream_file_min_bytes,
+            file_window: std::time::Duration::from_secs(args.upstream_file_window_seconds),
+        },
         token_review,
     };
     // The operator mounts a filesystem Domain's volume at --data.

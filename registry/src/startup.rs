@@ -37,6 +37,8 @@ pub struct ServeOptions {
     /// Overrides the signing key kept in storage (all replicas must agree).
     pub signing_key: Option<Vec<u8>>,
     pub limits: Limits,
+    /// How external connections are treated.
+    pub upstream: crate::upstream::UpstreamOptions,
     /// Checks Kubernetes ServiceAccount tokens (cluster mode).
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
 }
@@ -73,7 +75,12 @@ pub async fn build_state(
     };
     let domain = config.domain_name().to_owned();
     let credentials = crate::upstream::resolve_credentials(&config, &options.secrets)?;
-    let upstream = Arc::new(crate::upstream::UpstreamClient::new(credentials));
+    options.upstream.check(&config)?;
+    let upstream = Arc::new(
+        crate::upstream::UpstreamClient::new(credentials)
+            .with_storage(storage.clone())
+            .with_options(options.upstream.clone()),
+    );
     Ok(Arc::new(AppState {
         registry: Arc::new(Registry::new(storage)),
         signer: TokenSigner::new(key, domain),

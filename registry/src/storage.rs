@@ -284,6 +284,13 @@ pub mod keys {
         path(["origins", format, &file])
     }
 
+    /// The last good copy of an upstream metadata document, per external
+    /// connection and request URL (`url_sha256`: the URL's SHA-256, hex).
+    pub fn upstream_document(connection: &str, url_sha256: &str) -> Path {
+        let file = format!("{url_sha256}.json");
+        path(["upstream", connection, &file])
+    }
+
     pub fn token_signing_key() -> Path {
         path(["keys", "token-signing"])
     }
@@ -468,6 +475,21 @@ impl Storage {
             }
             Err(e) => Err(StorageError::store("create", key, e)),
         }
+    }
+
+    /// Writes `value` at `key`, replacing what is there (a record only
+    /// one writer's last word matters for, such as a cached copy).
+    pub async fn put_json<T: serde::Serialize>(&self, key: &Path, value: &T) -> Result<(), StorageError> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|source| StorageError::Decode { key: key.to_string(), source })?;
+        self.store.put(key, PutPayload::from(bytes)).await.map_err(|e| StorageError::store("write", key, e))?;
+        Ok(())
+    }
+
+    /// A whole blob in memory (a small one, such as a kept metadata
+    /// document); `None` when the Domain has no such blob.
+    pub async fn read_blob(&self, sha256: &str) -> Result<Option<Bytes>, StorageError> {
+        self.read_bytes(&keys::blob(sha256)).await
     }
 
     pub async fn read_json<T: serde::de::DeserializeOwned>(&self, key: &Path) -> Result<Option<T>, StorageError> {
@@ -1112,6 +1134,7 @@ mod tests {
         // The registry refuses to start on it, saying why.
         let config = wharf_api::DomainConfig::embedded_default("unused");
         let options = crate::startup::ServeOptions {
+            upstream: Default::default(),
             listen: ([127, 0, 0, 1], 0).into(),
             secrets: crate::secrets::SecretsDir::new("unused"),
             admin_token: "admin".into(),

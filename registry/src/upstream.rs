@@ -1,9 +1,11 @@
 //! Fetching from external connections over HTTP: upstream metadata kept
-//! for the policy's TTL, revalidated with ETag / If-Modified-Since and
-//! served stale when the upstream fails; artifacts streamed, never
-//! buffered; concurrent fetches of one thing coalesced; a private
-//! upstream's credentials sent to its own origin only. Does network I/O
-//! (and reads the credentials' files at start-up).
+//! for the policy's TTL, revalidated with ETag / If-Modified-Since, its
+//! last good copy kept in storage and served stale (also after a restart)
+//! when the upstream fails; artifacts streamed, never buffered, within a
+//! deadline and a minimum rate; concurrent fetches of one thing coalesced;
+//! unreachable hosts backed off per host; a private upstream's credentials
+//! sent to its own origin only. Does network I/O (and reads the
+//! credentials' files at start-up).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,7 +21,7 @@ use reqwest::header::{self, HeaderValue};
 use wharf_api::DomainConfig;
 
 use crate::secrets::{SecretError, SecretsDir};
-use crate::storage::BodyError;
+use crate::storage::{BodyError, Storage, keys};
 
 /// How long one upstream request may take to answer (headers, or the whole
 /// metadata document).
@@ -27,12 +29,91 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Metadata documents kept in memory, per process, and their total size.
 const MAX_CACHED_DOCUMENTS: usize = 10_000;
 const MAX_CACHED_BYTES: usize = 512 * 1024 * 1024;
-/// After a connection could not be reached, requests to it fail at once
-/// for this long (serving stale metadata and cached files) instead of each
-/// waiting for its own connect timeout.
+/// After a host (scheme, host and port) could not be reached, requests to
+/// it fail at once for this long (serving stale metadata and cached files)
+/// instead of each waiting for its own connect timeout. Other hosts of the
+/// same connection (a file host its metadata points at) are still asked.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a failed file fetch is remembered for the callers that waited
+/// behind it (longer than any of them can have waited is not needed: a
+/// waiter only takes a failure noted after it started waiting).
+const FAILED_FETCH_KEPT: Duration = Duration::from_secs(60);
 /// Largest upstream metadata document read.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024 * 1024;
+
+/// How the client treats external connections (registry options).
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    /// How old the last good copy of a metadata document may be and still
+    /// be served when the upstream fails (counted from when the upstream
+    /// last sent or confirmed it).
+    pub max_stale: Duration,
+    /// Origins besides its own that a connection may fetch files from, by
+    /// connection name (`--upstream-file-origin`).
+    pub file_origins: HashMap<String, Vec<url::Origin>>,
+    /// The longest one file download may take, start to end.
+    pub file_deadline: Duration,
+    /// A download is abandoned when fewer than `file_min_bytes` arrive in
+    /// any `file_window`.
+    pub file_min_bytes: u64,
+    pub file_window: Duration,
+}
+
+impl Default for UpstreamOptions {
+    /// Sized for large artifacts: a 1 GiB file needs about 300 KiB/s to
+    /// finish within the hour; the rate floor (64 KiB per 30 s) only
+    /// catches a trickle.
+    fn default() -> Self {
+        UpstreamOptions {
+            max_stale: Duration::from_secs(7 * 24 * 60 * 60),
+            file_origins: HashMap::new(),
+            file_deadline: Duration::from_secs(60 * 60),
+            file_min_bytes: 64 * 1024,
+            file_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A `--upstream-file-origin` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileOriginError {
+    #[error("--upstream-file-origin {0:?}: expected CONNECTION=ORIGIN, such as files-npm=https://files.example.test")]
+    Shape(String),
+    #[error("--upstream-file-origin {0:?}: the origin is not a URL")]
+    NotAUrl(String, #[source] url::ParseError),
+    #[error(
+        "--upstream-file-origin {0:?}: give only the scheme (http or https), host and port, such as https://files.example.test:8443"
+    )]
+    NotAnOrigin(String),
+    #[error("--upstream-file-origin names external connection {0:?}, which the Domain does not have")]
+    UnknownConnection(String),
+}
+
+/// Parses one `--upstream-file-origin CONNECTION=ORIGIN`.
+pub fn parse_file_origin(text: &str) -> Result<(String, url::Origin), FileOriginError> {
+    let (connection, origin) = text.split_once('=').ok_or_else(|| FileOriginError::Shape(text.to_owned()))?;
+    if connection.is_empty() || origin.is_empty() {
+        return Err(FileOriginError::Shape(text.to_owned()));
+    }
+    let url = url::Url::parse(origin).map_err(|e| FileOriginError::NotAUrl(text.to_owned(), e))?;
+    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+    let plain = url.username().is_empty() && url.password().is_none() && url.host().is_some();
+    if !matches!(url.scheme(), "http" | "https") || !bare || !plain {
+        return Err(FileOriginError::NotAnOrigin(text.to_owned()));
+    }
+    Ok((connection.to_owned(), url.origin()))
+}
+
+impl UpstreamOptions {
+    /// Refuses file origins for connections `config` does not have.
+    pub fn check(&self, config: &DomainConfig) -> Result<(), FileOriginError> {
+        let known = &config.domain.spec.external_connections;
+        match self.file_origins.keys().find(|name| !known.iter().any(|c| &c.name == *name)) {
+            Some(unknown) => Err(FileOriginError::UnknownConnection(unknown.clone())),
+            None => Ok(()),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -51,8 +132,18 @@ pub enum UpstreamError {
     Unauthorized { connection: String, url: String, status: u16, advice: &'static str },
     #[error("external connection {connection} sent metadata over {limit} bytes for {url}")]
     TooLarge { connection: String, url: String, limit: usize },
-    #[error("external connection {connection} was unreachable moments ago; not retried before {seconds} s ({url})")]
-    BackingOff { connection: String, url: String, seconds: u64 },
+    #[error(
+        "external connection {connection} did not finish sending {url} within {seconds} s (--upstream-file-deadline-seconds)"
+    )]
+    FileDeadline { connection: String, url: String, seconds: u64 },
+    #[error(
+        "external connection {connection} sent fewer than {bytes} bytes of {url} in {seconds} s (--upstream-file-min-bytes per --upstream-file-window-seconds)"
+    )]
+    FileTooSlow { connection: String, url: String, bytes: u64, seconds: u64 },
+    #[error(
+        "external connection {connection}: {host} was unreachable moments ago; not retried before {seconds} s ({url})"
+    )]
+    BackingOff { connection: String, host: String, url: String, seconds: u64 },
 }
 
 impl UpstreamError {
@@ -66,7 +157,10 @@ impl UpstreamError {
     }
 
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::Timeout { .. })
+        matches!(
+            self,
+            UpstreamError::Timeout { .. } | UpstreamError::FileDeadline { .. } | UpstreamError::FileTooSlow { .. }
+        )
     }
 
     /// The connection itself failed (not an answer it gave).
@@ -240,7 +334,31 @@ struct CachedDocument {
     body: Option<Bytes>,
     etag: Option<String>,
     last_modified: Option<String>,
-    checked: Instant,
+    /// When this process last had it confirmed; `None` for a copy read
+    /// back from storage, which is revalidated before it is served fresh.
+    checked: Option<Instant>,
+    /// When the upstream last sent or confirmed it (what staleness counts from).
+    fetched: chrono::DateTime<chrono::Utc>,
+}
+
+/// The record of a metadata document's last good copy kept in storage
+/// (`upstream/{connection}/{sha256 of url}.json`), so that a restarted
+/// registry can serve it while the upstream is down. The body is a blob;
+/// the record stays small.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptDocument {
+    url: String,
+    /// The body's blob; `None` when the upstream said there is no document.
+    body: Option<KeptBody>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    fetched: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptBody {
+    sha256: String,
+    size: usize,
 }
 
 /// A metadata document and whether it is older than its TTL because the
@@ -250,6 +368,25 @@ pub struct Document {
     pub stale: bool,
     /// The upstream's `Last-Modified`, when it sent one.
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What back-off is kept per: a URL's scheme, host and port (the URL
+/// itself when it has no host).
+fn host_of(url: &str) -> String {
+    match reqwest::Url::parse(url).map(|u| u.origin()) {
+        Ok(origin @ url::Origin::Tuple(..)) => origin.ascii_serialization(),
+        _ => url.to_owned(),
+    }
+}
+
+/// The hex SHA-256 of a URL (what names its kept copy in storage).
+fn url_digest(url: &str) -> String {
+    sha256_hex(url.as_bytes())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// An HTTP date (`Last-Modified`).
@@ -290,11 +427,17 @@ pub struct UpstreamClient {
     documents: Mutex<Documents>,
     in_flight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     requests: UpstreamRequests,
-    /// Connections that could not be reached, and until when to skip them.
+    /// Hosts (origins) that could not be reached, and until when to skip them.
     unreachable: Mutex<HashMap<String, Instant>>,
+    /// File fetches that failed, by turn key: when, and the answer given.
+    failed_fetches: Mutex<HashMap<String, (Instant, u16, String)>>,
     /// Credentials of private connections, by connection name; replaced whole
     /// when a new configuration revision is served.
     credentials: std::sync::RwLock<Arc<HashMap<String, ConnectionCredentials>>>,
+    /// Where the last good copy of each metadata document is kept across
+    /// restarts (the Domain's storage); none in unit tests.
+    storage: Option<Storage>,
+    options: UpstreamOptions,
 }
 
 impl Default for UpstreamClient {
@@ -320,8 +463,29 @@ impl UpstreamClient {
             in_flight: Mutex::new(HashMap::new()),
             requests: UpstreamRequests::default(),
             unreachable: Mutex::new(HashMap::new()),
+            failed_fetches: Mutex::new(HashMap::new()),
             credentials: std::sync::RwLock::new(Arc::new(credentials)),
+            storage: None,
+            options: UpstreamOptions::default(),
         }
+    }
+
+    /// Keeps the last good copy of every metadata document in `storage`
+    /// and serves it when the upstream fails, also after a restart.
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    pub fn with_options(mut self, options: UpstreamOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Whether `connection` may fetch files from `origin` beyond its own
+    /// (`--upstream-file-origin`).
+    pub fn allows_file_origin(&self, connection: &str, origin: &url::Origin) -> bool {
+        self.options.file_origins.get(connection).is_some_and(|origins| origins.contains(origin))
     }
 
     /// Sends `credentials` from now on (a new configuration revision's).
@@ -374,12 +538,14 @@ impl UpstreamClient {
         UpstreamError::Unauthorized { connection: connection_name, url, status: status_code, advice }
     }
 
-    /// Fails at once while `connection` is backing off after being unreachable.
+    /// Fails at once while the host of `url` is backing off after being unreachable.
     fn check_reachable(&self, connection: &str, url: &str) -> Result<(), UpstreamError> {
         let unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        match unreachable.get(connection) {
+        let host = host_of(url);
+        match unreachable.get(&host) {
             Some(until) if *until > Instant::now() => Err(UpstreamError::BackingOff {
                 connection: connection.to_owned(),
+                host,
                 url: url.to_owned(),
                 seconds: until.saturating_duration_since(Instant::now()).as_secs() + 1,
             }),
@@ -387,15 +553,15 @@ impl UpstreamClient {
         }
     }
 
-    /// Notes how a request to `connection` went, for [`Self::check_reachable`].
-    fn note<T>(&self, connection: &str, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+    /// Notes how a request to `url` went, for [`Self::check_reachable`].
+    fn note<T>(&self, url: &str, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
         let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Err(error) if error.is_unreachable() => {
-                unreachable.insert(connection.to_owned(), Instant::now() + UNREACHABLE_BACKOFF);
+                unreachable.insert(host_of(url), Instant::now() + UNREACHABLE_BACKOFF);
             }
             Ok(_) => {
-                unreachable.remove(connection);
+                unreachable.remove(&host_of(url));
             }
             Err(_) => {}
         }
@@ -428,6 +594,22 @@ impl UpstreamClient {
             }
         };
         lock.lock_owned().await
+    }
+
+    /// Notes that the fetch holding turn `key` failed with `status` and
+    /// `message`, for the callers that waited behind it.
+    pub fn note_failed_fetch(&self, key: &str, status: u16, message: &str) {
+        let mut failed = self.failed_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, (when, _, _)| when.elapsed() < FAILED_FETCH_KEPT);
+        failed.insert(key.to_owned(), (Instant::now(), status, message.to_owned()));
+    }
+
+    /// How the fetch of turn `key` failed, when it failed after `since`
+    /// (while the caller waited for the turn): the waiter gets that answer
+    /// rather than starting the same fetch over.
+    pub fn failed_since(&self, key: &str, since: Instant) -> Option<(u16, String)> {
+        let failed = self.failed_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get(key).filter(|(when, _, _)| *when >= since).map(|(_, status, message)| (*status, message.clone()))
     }
 
     /// A document is kept per connection and URL: two connections at one
@@ -470,7 +652,7 @@ impl UpstreamClient {
         ttl: Duration,
         absence: Absence,
     ) -> Result<Document, UpstreamError> {
-        let fresh = |cached: &CachedDocument| cached.checked.elapsed() < ttl;
+        let fresh = |cached: &CachedDocument| cached.checked.is_some_and(|checked| checked.elapsed() < ttl);
         let document = |cached: &CachedDocument, stale: bool| Document {
             body: cached.body.clone(),
             stale,
@@ -481,27 +663,125 @@ impl UpstreamClient {
             return Ok(document(&cached, false));
         }
         let _turn = self.one_at_a_time(&format!("metadata {key}")).await;
-        let cached = self.cached(&key);
+        let cached = match self.cached(&key) {
+            Some(cached) => Some(cached),
+            None => self.read_kept(connection, url).await.and_then(|kept| {
+                // Kept in memory too, so that every reader sees this one copy.
+                self.keep(&key, kept);
+                self.cached(&key)
+            }),
+        };
         if let Some(cached) = cached.as_ref().filter(|c| fresh(c)) {
             return Ok(document(cached, false));
         }
         let answer = match self.check_reachable(connection, url) {
-            Ok(()) => self.note(connection, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
+            Ok(()) => self.note(url, self.revalidate(connection, url, accept, cached.as_deref(), absence).await),
             Err(backing_off) => Err(backing_off),
         };
         match answer {
             Ok(fetched) => {
                 let answer = document(&fetched, false);
+                self.write_kept(connection, url, cached.as_deref(), &fetched).await;
                 self.keep(&key, fetched);
                 Ok(answer)
             }
             Err(error) => match cached {
-                Some(cached) => {
-                    tracing::warn!(error = %crate::server::error_chain(&error), "serving stale upstream metadata");
+                Some(cached) if self.within_max_stale(&cached) => {
+                    tracing::warn!(
+                        error = %crate::server::error_chain(&error),
+                        fetched = %cached.fetched,
+                        "serving stale upstream metadata"
+                    );
                     Ok(document(&cached, true))
+                }
+                Some(cached) => {
+                    tracing::warn!(
+                        error = %crate::server::error_chain(&error),
+                        fetched = %cached.fetched,
+                        max_stale_seconds = self.options.max_stale.as_secs(),
+                        "the last copy of this upstream metadata is older than --upstream-max-stale-seconds; not serving it"
+                    );
+                    Err(error)
                 }
                 None => Err(error),
             },
+        }
+    }
+
+    fn within_max_stale(&self, cached: &CachedDocument) -> bool {
+        let age = chrono::Utc::now().signed_duration_since(cached.fetched);
+        age.to_std().map_or(true, |age| age <= self.options.max_stale)
+    }
+
+    /// The last good copy of a document kept in storage, if any (a copy
+    /// that cannot be read is logged and treated as none).
+    async fn read_kept(&self, connection: &str, url: &str) -> Option<CachedDocument> {
+        let storage = self.storage.as_ref()?;
+        let key = keys::upstream_document(connection, &url_digest(url));
+        let read = async {
+            let Some(kept) = storage.read_json::<KeptDocument>(&key).await? else { return Ok(None) };
+            if kept.url != url {
+                return Ok(None);
+            }
+            let body = match &kept.body {
+                None => None,
+                Some(body) => match storage.read_blob(&body.sha256).await? {
+                    Some(bytes) if bytes.len() == body.size => Some(bytes),
+                    _ => return Ok(None),
+                },
+            };
+            Ok::<_, crate::storage::StorageError>(Some(CachedDocument {
+                body,
+                etag: kept.etag,
+                last_modified: kept.last_modified,
+                checked: None,
+                fetched: kept.fetched,
+            }))
+        };
+        read.await.unwrap_or_else(|error| {
+            tracing::warn!(connection, url, error = %crate::server::error_chain(&error), "failed to read the kept copy of upstream metadata");
+            None
+        })
+    }
+
+    /// Keeps `fetched` in storage as the last good copy: its body as a blob
+    /// (written only when it changed) and a small record. A document the
+    /// upstream says is absent is recorded only over an earlier copy, so
+    /// that probes of absent paths write nothing. Failures are logged: the
+    /// answer does not depend on them.
+    async fn write_kept(
+        &self,
+        connection: &str,
+        url: &str,
+        previous: Option<&CachedDocument>,
+        fetched: &CachedDocument,
+    ) {
+        let Some(storage) = &self.storage else { return };
+        let had_copy = previous.is_some_and(|p| p.body.is_some());
+        if fetched.body.is_none() && !had_copy {
+            return;
+        }
+        let write = async {
+            let body = match &fetched.body {
+                None => None,
+                Some(bytes) => {
+                    let unchanged = previous.and_then(|p| p.body.as_ref()).is_some_and(|p| p == bytes);
+                    let sha256 =
+                        if unchanged { sha256_hex(bytes) } else { storage.put_small_blob(bytes.clone()).await?.sha256 };
+                    Some(KeptBody { sha256, size: bytes.len() })
+                }
+            };
+            let record = KeptDocument {
+                url: url.to_owned(),
+                body,
+                etag: fetched.etag.clone(),
+                last_modified: fetched.last_modified.clone(),
+                fetched: fetched.fetched,
+            };
+            storage.put_json(&keys::upstream_document(connection, &url_digest(url)), &record).await
+        };
+        if let Err(error) = write.await {
+            tracing::warn!(connection, url, error = %crate::server::error_chain(&error), "failed to keep a copy of upstream metadata");
         }
     }
 
@@ -545,11 +825,18 @@ impl UpstreamClient {
                 body: cached.body.clone(),
                 etag: etag.or_else(|| cached.etag.clone()),
                 last_modified: last_modified.or_else(|| cached.last_modified.clone()),
-                checked: Instant::now(),
+                checked: Some(Instant::now()),
+                fetched: chrono::Utc::now(),
             });
         }
         if absence.covers(status) {
-            return Ok(CachedDocument { body: None, etag, last_modified, checked: Instant::now() });
+            return Ok(CachedDocument {
+                body: None,
+                etag,
+                last_modified,
+                checked: Some(Instant::now()),
+                fetched: chrono::Utc::now(),
+            });
         }
         if !status.is_success() {
             return Err(self.refused(connection, url, response.url(), status));
@@ -565,7 +852,13 @@ impl UpstreamClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(CachedDocument { body: Some(Bytes::from(body)), etag, last_modified, checked: Instant::now() })
+        Ok(CachedDocument {
+            body: Some(Bytes::from(body)),
+            etag,
+            last_modified,
+            checked: Some(Instant::now()),
+            fetched: chrono::Utc::now(),
+        })
     }
 
     fn too_large(&self, connection: &str, url: &str) -> UpstreamError {
@@ -592,18 +885,86 @@ impl UpstreamClient {
         UpstreamError,
     > {
         self.check_reachable(connection, url)?;
+        let started = tokio::time::Instant::now();
         let sent = self.get(&self.files, connection, url).send().await.map_err(|e| {
             self.count(connection, "artifact", "failed");
             UpstreamError::of(connection, url, e)
         });
-        let response = self.note(connection, sent)?;
+        let response = self.note(url, sent)?;
         let outcome = if response.status().is_success() { "fetched" } else { "failed" };
         self.count(connection, "artifact", outcome);
         if !response.status().is_success() {
             return Err(self.refused(connection, url, response.url(), response.status()));
         }
         let modified = http_date(response.headers().get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()));
-        Ok((response.bytes_stream().map_err(|e| Box::new(e) as BodyError), modified))
+        let body = response.bytes_stream().map_err(|e| Box::new(e) as BodyError);
+        Ok((self.paced(connection, url, started, body), modified))
+    }
+
+    /// `body`, ended with [`UpstreamError::FileDeadline`] once
+    /// `file_deadline` has passed since `started`, and with
+    /// [`UpstreamError::FileTooSlow`] when a `file_window` brings fewer
+    /// than `file_min_bytes`.
+    fn paced<S>(
+        &self,
+        connection: &str,
+        url: &str,
+        started: tokio::time::Instant,
+        body: S,
+    ) -> impl Stream<Item = Result<Bytes, BodyError>> + Send + use<S>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    {
+        use futures::StreamExt as _;
+        struct Pace<S> {
+            body: std::pin::Pin<Box<S>>,
+            deadline: tokio::time::Instant,
+            window_end: tokio::time::Instant,
+            window_bytes: u64,
+            failed: bool,
+        }
+        let options = self.options.clone();
+        let (connection, url) = (connection.to_owned(), url.to_owned());
+        let window = options.file_window.max(Duration::from_millis(1));
+        let pace = Pace {
+            body: Box::pin(body),
+            deadline: started + options.file_deadline,
+            window_end: tokio::time::Instant::now() + window,
+            window_bytes: 0,
+            failed: false,
+        };
+        futures::stream::unfold(pace, move |mut pace| {
+            let (connection, url, options) = (connection.clone(), url.clone(), options.clone());
+            async move {
+                if pace.failed {
+                    return None;
+                }
+                let error = loop {
+                    let wake = pace.deadline.min(pace.window_end);
+                    match tokio::time::timeout_at(wake, pace.body.next()).await {
+                        Ok(Some(Ok(chunk))) => {
+                            pace.window_bytes += chunk.len() as u64;
+                            return Some((Ok(chunk), pace));
+                        }
+                        Ok(other) => return other.map(|item| (item, pace)),
+                        Err(_) if tokio::time::Instant::now() >= pace.deadline => {
+                            let seconds = options.file_deadline.as_secs();
+                            break UpstreamError::FileDeadline { connection, url, seconds };
+                        }
+                        Err(_) if pace.window_bytes < options.file_min_bytes => {
+                            let (bytes, seconds) = (options.file_min_bytes, window.as_secs());
+                            break UpstreamError::FileTooSlow { connection, url, bytes, seconds };
+                        }
+                        Err(_) => {
+                            pace.window_bytes = 0;
+                            pace.window_end = tokio::time::Instant::now() + window;
+                        }
+                    }
+                };
+                pace.failed = true;
+                Some((Err(Box::new(error) as BodyError), pace))
+            }
+        })
     }
 }
 
@@ -775,6 +1136,29 @@ spec:
         let expired = client.metadata("public-go", &gone, "*/*", Duration::ZERO, Absence::GoProxy).await;
         assert_eq!(expired.unwrap().body, None);
         assert_eq!(seen.lock().unwrap().len(), 4, "asked again once the TTL is over");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_metadata_host_does_not_hold_back_a_reachable_file_host() {
+        let seen: Seen = Arc::default();
+        let files = server(seen.clone(), String::new()).await;
+        // A port nothing listens on any more.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let metadata_host = format!("http://{closed}");
+        let client = UpstreamClient::default();
+        let ttl = Duration::from_secs(60);
+
+        let first = client.metadata("public-npm", &format!("{metadata_host}/a"), "*/*", ttl, Absence::NotFound).await;
+        assert!(first.err().unwrap().is_unreachable());
+        let again = client.metadata("public-npm", &format!("{metadata_host}/b"), "*/*", ttl, Absence::NotFound).await;
+        let message = again.err().unwrap().to_string();
+        assert!(message.contains("unreachable moments ago") && message.contains(&metadata_host), "{message}");
+
+        // The same connection's file on another, reachable host is fetched.
+        let file = client.download("public-npm", &format!("{files}/forbidden")).await;
+        let message = file.err().unwrap().to_string();
+        assert!(message.contains("answered 403"), "the file host was asked: {message}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

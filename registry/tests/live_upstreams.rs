@@ -237,11 +237,16 @@ struct LiveWharf {
 
 impl LiveWharf {
     fn start(format: &str, url: &str) -> LiveWharf {
+        Self::start_with(format, url, &[])
+    }
+
+    /// [`LiveWharf::start`] with more registry arguments.
+    fn start_with(format: &str, url: &str, args: &[&str]) -> LiveWharf {
         let data = tempfile::tempdir().unwrap();
         let closed = closed_port_url();
         let pick = |f: &str| if f == format { url.to_owned() } else { closed.clone() };
         let config = live_config(&pick("npm"), &pick("pypi"), &pick("cargo"), &pick("go"), &pick("maven"));
-        let server = TestServer::start_in(data.path(), Some(&config), &[]);
+        let server = TestServer::start_in(data.path(), Some(&config), args);
         LiveWharf { data, server: Some(server) }
     }
 
@@ -346,7 +351,22 @@ async fn live_pip_installs_requests_cold_warm_and_unreachable() {
         return;
     }
     let Some(url) = pypi_index() else { return };
-    let mut wharf = LiveWharf::start("pypi", &url);
+    // The index may keep its files on another host, which Wharf fetches
+    // from only when allowed; the host is read from the index itself.
+    let page = format!("{}/requests/", url.trim_end_matches('/'));
+    let listing: serde_json::Value = reqwest::Client::new()
+        .get(&page)
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = listing["files"][0]["url"].as_str().unwrap();
+    let file = reqwest::Url::parse(&page).unwrap().join(file).unwrap();
+    let file_origin = format!("public-pypi={}", file.origin().ascii_serialization());
+    let mut wharf = LiveWharf::start_with("pypi", &url, &["--upstream-file-origin", &file_origin]);
     let cold = Workspace::new();
     pip_install(&cold, wharf.server());
     let checked = run_ok(

@@ -680,3 +680,64 @@ async fn a_warm_go_build_through_the_chain_makes_no_upstream_request() {
     assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "44");
     assert_eq!(upstream_requests(&wharf, "public-go").await, after_cold, "a warm build asks the upstream nothing");
 }
+
+/// The packument `app` serves for `name`: its versions and `latest`.
+async fn packument_versions(wharf: &TestServer, name: &str) -> (Vec<String>, String) {
+    let response = reqwest::get(wharf.url(&format!("/npm/app/{name}"))).await.unwrap();
+    assert_eq!(response.status(), 200, "{name}");
+    let packument: serde_json::Value = response.json().await.unwrap();
+    let mut versions: Vec<String> = packument["versions"].as_object().unwrap().keys().cloned().collect();
+    versions.sort();
+    (versions, packument["dist-tags"]["latest"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_metadata_survives_a_restart_with_the_upstream_gone() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let data = tempfile::tempdir().unwrap();
+    let config = chain_config(&public);
+    let wharf = TestServer::start_in(data.path(), Some(&config), &[]);
+    let public_token = public.token(&["public"], &["publish"]).await;
+    let ws = Workspace::new();
+    for version in ["1.0.0", "2.0.0"] {
+        let dir = format!("major-{version}");
+        npm_package(&ws, &dir, "wharf-major", version, &format!("module.exports = '{version}';\n"));
+        write_npmrc(&ws, &dir, &public, "public", Some(&public_token));
+        run_ok(npm(&ws, &dir).args(["publish", "--access", "public"]));
+    }
+    // Only 1.0.0 is kept; 2.0.0 is known from the upstream's packument alone.
+    let client = Workspace::new();
+    client.write("project/package.json", r#"{"name":"project","version":"1.0.0","private":true}"#);
+    write_npmrc(&client, "project", &wharf, "app", None);
+    run_ok(npm(&client, "project").args(["install", "wharf-major@1.0.0"]));
+    let before = packument_versions(&wharf, "wharf-major").await;
+    assert_eq!(before, (vec!["1.0.0".to_owned(), "2.0.0".to_owned()], "2.0.0".to_owned()));
+
+    // The upstream goes away, then the registry restarts.
+    drop(public);
+    drop(wharf);
+    let wharf = TestServer::start_in(data.path(), Some(&config), &[]);
+    assert_eq!(packument_versions(&wharf, "wharf-major").await, before, "the upstream's versions and latest");
+    // The log is read by another thread; give it a moment.
+    let logged = || wharf.log_lines().iter().any(|l| l.contains("serving stale upstream metadata"));
+    for _ in 0..50 {
+        if logged() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(logged(), "{}", wharf.log_lines().join("\n"));
+
+    // The last good packument is kept in storage as a small record and a blob.
+    let kept_dir = data.path().join("store/upstream/public-npm");
+    let records: Vec<_> = std::fs::read_dir(&kept_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
+    assert!(record["url"].as_str().unwrap().ends_with("/npm/public/wharf-major"), "{record}");
+    assert!(std::fs::metadata(&records[0]).unwrap().len() < 1024, "{record}");
+
+    // Past --upstream-max-stale-seconds the kept copy is not served.
+    drop(wharf);
+    let strict = TestServer::start_in(data.path(), Some(&config), &["--upstream-max-stale-seconds", "0"]);
+    assert_eq!(packument_versions(&strict, "wharf-major").await.0, vec!["1.0.0".to_owned()]);
+}

@@ -71,8 +71,18 @@ impl TestApp {
     }
 
     async fn with_config(config: &str, store: Arc<dyn ObjectStore>, limits: Limits) -> TestApp {
+        Self::with_upstream_options(config, store, limits, Default::default()).await
+    }
+
+    async fn with_upstream_options(
+        config: &str,
+        store: Arc<dyn ObjectStore>,
+        limits: Limits,
+        upstream: crate::upstream::UpstreamOptions,
+    ) -> TestApp {
         let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
+            upstream,
             listen: "127.0.0.1:0".parse().unwrap(),
             secrets: crate::secrets::SecretsDir::new("/nonexistent-secrets"),
             admin_token: ADMIN.into(),

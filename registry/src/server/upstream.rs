@@ -494,10 +494,9 @@ pub async fn stored_asset(
     let connection = hop.connection.name.as_str();
     let keepers = keepers(repo, hop);
     unstorable(connection, id, version, asset_name, style)?;
-    let _turn = state
-        .upstream
-        .one_at_a_time(&format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name))
-        .await;
+    let turn = format!("{connection} {} {} {version} {asset_name}", id.format.as_str(), id.name);
+    let asked = Instant::now();
+    let _turn = state.upstream.one_at_a_time(&turn).await;
     // Whoever held the turn before may have stored it meanwhile.
     for keeper in &keepers {
         if let Some(snapshot) = state.registry.package(keeper, id).await.map_err(core_error(style))?
@@ -506,8 +505,18 @@ pub async fn stored_asset(
             return Ok(stored.digests.clone());
         }
     }
-    let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
-    let mut staged = stage_upstream_file(state, connection, asset_name, body, style).await?;
+    // Or failed meanwhile: its answer, rather than the same wait again.
+    if let Some((status, message)) = state.upstream.failed_since(&turn, asked) {
+        return Err(ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), message, style));
+    }
+    check_file_origin(state, view, hop, id.format, url, asset_name, style).await?;
+    let fetch = async {
+        let body = state.upstream.download(connection, url).await.map_err(|e| ApiError::from_upstream(&e, style))?;
+        stage_upstream_file(state, connection, asset_name, body, style).await
+    };
+    let mut staged = fetch.await.inspect_err(|error| {
+        state.upstream.note_failed_fetch(&turn, error.status.as_u16(), &error.message);
+    })?;
     let (declared, fetched) = (&asset.digests, staged.digests());
     let differs = |declared: &str, actual: &str| !declared.is_empty() && !declared.eq_ignore_ascii_case(actual);
     let checked = if differs(&declared.sha256, &fetched.sha256)
@@ -548,6 +557,55 @@ fn unstorable(
     })
 }
 
+/// Refuses (502) a file URL from upstream metadata that is not on an origin
+/// the connection may fetch from: the connection URL's own, for Cargo the
+/// `dl` origin of the connection's own `config.json`, and any given with
+/// `--upstream-file-origin`. Metadata pointing files elsewhere (at an
+/// internal address, say) would otherwise make Wharf fetch it; the URL is
+/// logged, never told the client.
+async fn check_file_origin(
+    state: &SharedState,
+    view: &View,
+    hop: &ExternalHop,
+    format: PackageFormat,
+    url: &str,
+    file_name: &str,
+    style: ErrorStyle,
+) -> Result<(), ApiError> {
+    let connection = hop.connection.name.as_str();
+    let origin_of = |text: &str| reqwest::Url::parse(text).ok().map(|u| u.origin());
+    let origin = origin_of(url).filter(|o| o.is_tuple());
+    let mut allowed = origin.as_ref().is_some_and(|origin| {
+        origin_of(&hop.connection.url).as_ref() == Some(origin) || state.upstream.allows_file_origin(connection, origin)
+    });
+    if !allowed && format == PackageFormat::Cargo && origin.is_some() {
+        let config_url = format!("{}/config.json", hop.connection.url.trim_end_matches('/'));
+        let config = state
+            .upstream
+            .metadata(connection, &config_url, "application/json", view.metadata_ttl, Absence::of(format))
+            .await
+            .map_err(|e| ApiError::from_upstream(&e, style))?;
+        let template = config.body.and_then(|body| cargo::upstream::download_template(&body).ok());
+        allowed = template.and_then(|t| origin_of(&t)) == origin;
+    }
+    if allowed {
+        return Ok(());
+    }
+    tracing::warn!(
+        connection,
+        file = file_name,
+        url,
+        "refused an upstream file URL on an origin the connection may not fetch from"
+    );
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "external connection {connection} points {file_name} at a host other than its own; refused (the registry's log names it; to allow a separate file host, start the registry with --upstream-file-origin {connection}=ORIGIN)"
+        ),
+        style,
+    ))
+}
+
 fn mismatched(connection: &str, file_name: &str, style: ErrorStyle) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
@@ -568,13 +626,21 @@ async fn stage_upstream_file(
     body: impl futures::Stream<Item = Result<bytes::Bytes, crate::storage::BodyError>> + Send,
     style: ErrorStyle,
 ) -> Result<StagedBlob, ApiError> {
-    state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| match e {
-        CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("external connection {connection} broke off sending {file_name}: {cause}"),
-            style,
-        ),
-        other => ApiError::from_core(other, style),
+    state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| {
+        // Too slow or past its deadline: 504, naming the connection.
+        if let CoreError::Storage(crate::storage::StorageError::Body(cause)) = &e
+            && let Some(upstream) = cause.downcast_ref::<UpstreamError>()
+        {
+            return ApiError::from_upstream(upstream, style);
+        }
+        match e {
+            CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("external connection {connection} broke off sending {file_name}: {cause}"),
+                style,
+            ),
+            other => ApiError::from_core(other, style),
+        }
     })
 }
 

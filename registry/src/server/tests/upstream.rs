@@ -661,3 +661,171 @@ spec:
     let cached = app.get("/go/app/sumdb/sum.example.org/lookup/example.com/m@v1.0.0", None).await;
     assert_eq!((cached.status, cached.text()), (StatusCode::OK, lookup.to_owned()));
 }
+
+/// A loopback server answering every request with `status` and `body`,
+/// counting the requests.
+async fn answering(status: StatusCode, body: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let router = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { (status, body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn file_urls_on_another_origin_are_refused_without_telling_the_client_where() {
+    let (internal, internal_hits) = answering(StatusCode::INTERNAL_SERVER_ERROR, "internal-secret").await;
+    let packument = json!({
+        "name": "pointed",
+        "dist-tags": {"latest": "1.0.0"},
+        "versions": {"1.0.0": {"name": "pointed", "version": "1.0.0",
+            "dist": {"tarball": format!("{internal}/admin/pointed-1.0.0.tgz"), "shasum": "a".repeat(40)}}}
+    });
+    let packument: &'static str = Box::leak(packument.to_string().into_boxed_str());
+    let (upstream, _) = answering(StatusCode::OK, packument).await;
+    let config = CHAIN_CONFIG
+        .replace("http://127.0.0.1:9/npm/public", &format!("{upstream}/npm/public"))
+        .replace("      minimumReleaseAge: 72h\n", "");
+    let tarball = "/npm/app/pointed/-/pointed-1.0.0.tgz";
+
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+    let reply = app.get(tarball, None).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    let message = reply.text();
+    assert!(message.contains("external connection public-npm") && message.contains("pointed-1.0.0.tgz"), "{message}");
+    let internal_host = internal.trim_start_matches("http://");
+    for secret in [internal_host, "500", "internal-secret", "/admin/"] {
+        assert!(!message.contains(secret), "{secret} in: {message}");
+    }
+    assert_eq!(internal_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the foreign URL is never fetched");
+
+    // An origin allowed with --upstream-file-origin is fetched (and its
+    // answer reported, as the connection's own would be).
+    let (_, origin) = crate::upstream::parse_file_origin(&format!("public-npm={internal}")).unwrap();
+    let options = crate::upstream::UpstreamOptions {
+        file_origins: [("public-npm".to_owned(), vec![origin])].into(),
+        ..Default::default()
+    };
+    let allowed = TestApp::with_upstream_options(
+        &config,
+        Arc::new(object_store::memory::InMemory::new()),
+        Limits::default(),
+        options,
+    )
+    .await;
+    let reply = allowed.get(tarball, None).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(reply.text().contains("answered 500"), "{}", reply.text());
+    assert_eq!(internal_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn file_origins_must_be_bare_origins_of_known_connections() {
+    use crate::upstream::parse_file_origin;
+    let (name, origin) = parse_file_origin("files=https://files.example.test:8443").unwrap();
+    assert_eq!((name.as_str(), origin.ascii_serialization().as_str()), ("files", "https://files.example.test:8443"));
+    for bad in
+        ["https://files.example.test", "files=", "files=ftp://x.test", "files=https://x.test/path", "files=not a url"]
+    {
+        let error = parse_file_origin(bad).err().unwrap().to_string();
+        assert!(error.contains("--upstream-file-origin"), "{bad}: {error}");
+    }
+    let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", CHAIN_CONFIG).unwrap();
+    let options = crate::upstream::UpstreamOptions {
+        file_origins: [("nope".to_owned(), vec![origin])].into(),
+        ..Default::default()
+    };
+    assert!(options.check(&config).err().unwrap().to_string().contains("\"nope\""));
+}
+
+/// An npm upstream whose one tarball trickles a byte every 200 ms and
+/// stops by itself after 10 s.
+async fn trickling_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let tarball = format!("{url}/npm/public/slow/-/slow-1.0.0.tgz");
+    let router = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let tarball = tarball.clone();
+        async move {
+            if uri.path().ends_with(".tgz") {
+                let bytes = futures::stream::unfold(0u32, |sent| async move {
+                    if sent == 50 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")), sent + 1))
+                });
+                return axum::response::Response::new(Body::from_stream(bytes));
+            }
+            let packument = json!({
+                "name": "slow",
+                "dist-tags": {"latest": "1.0.0"},
+                "versions": {"1.0.0": {"name": "slow", "version": "1.0.0", "dist": {"tarball": tarball, "shasum": "a".repeat(40)}}}
+            });
+            axum::response::Response::new(Body::from(packument.to_string()))
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test]
+async fn a_trickling_upstream_file_gets_a_504_in_bounded_time_and_leaves_nothing_stored() {
+    let upstream = trickling_upstream().await;
+    let config = CHAIN_CONFIG
+        .replace("http://127.0.0.1:9/npm/public", &format!("{upstream}/npm/public"))
+        .replace("      minimumReleaseAge: 72h\n", "");
+    let tarball = "/npm/app/slow/-/slow-1.0.0.tgz";
+    // (deadline, minimum bytes per 1 s window, what the message names)
+    let cases = [(Duration::from_secs(60), 1024, "fewer than 1024 bytes"), (Duration::from_secs(2), 1, "within 2 s")];
+    for (deadline, min_bytes, expected) in cases {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let options = crate::upstream::UpstreamOptions {
+            file_deadline: deadline,
+            file_min_bytes: min_bytes,
+            file_window: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let app = Arc::new(TestApp::with_upstream_options(&config, store.clone(), Limits::default(), options).await);
+        let started = std::time::Instant::now();
+        // Two clients at once: the second waits behind the first's fetch.
+        let second = {
+            let app = app.clone();
+            tokio::spawn(async move { app.get(tarball, None).await })
+        };
+        let first = app.get(tarball, None).await;
+        let second = second.await.unwrap();
+        let elapsed = started.elapsed();
+        for reply in [&first, &second] {
+            assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
+            let message = reply.text();
+            assert!(message.contains("external connection public-npm") && message.contains(expected), "{message}");
+        }
+        println!("{expected}: both clients answered 504 after {elapsed:?}");
+        // The waiting client gets the fetch's answer, not a second wait.
+        let bound = deadline.min(Duration::from_secs(2)) + Duration::from_secs(1);
+        assert!(elapsed < bound, "{elapsed:?}");
+        use futures::TryStreamExt as _;
+        let stored: Vec<_> = object_store::ObjectStore::list(&*store, None).try_collect().await.unwrap();
+        // The only blob is the kept copy of the packument (an upstream/ record names it).
+        let mut kept = Vec::new();
+        for meta in stored.iter().filter(|meta| meta.location.as_ref().starts_with("upstream/")) {
+            let record =
+                object_store::ObjectStoreExt::get(&*store, &meta.location).await.unwrap().bytes().await.unwrap();
+            let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+            kept.push(record["body"]["sha256"].as_str().unwrap().to_owned());
+        }
+        let staged: Vec<_> = stored
+            .iter()
+            .map(|meta| meta.location.to_string())
+            .filter(|key| key.starts_with("uploads/") || key.starts_with("blobs/"))
+            .filter(|key| !kept.iter().any(|sha256| key.ends_with(sha256.as_str())))
+            .collect();
+        assert!(staged.is_empty(), "{staged:?}");
+    }
+}
