@@ -64,6 +64,14 @@ fn rules() -> Vec<Rule> {
             message: "url must be an http or https URL with a host",
         },
         Rule {
+            kind: "Domain",
+            path: "spec.externalConnections[].fileOrigins[]",
+            rule: "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != '' \
+                   && url(self).getEscapedPath() in ['', '/'] && size(url(self).getQuery()) == 0"
+                .into(),
+            message: "a file origin is a scheme (http or https), a host and an optional port, nothing else",
+        },
+        Rule {
             kind: "Repository",
             path: "spec.domainRef",
             rule: "self == oldSelf".into(),

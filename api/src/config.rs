@@ -461,6 +461,17 @@ impl Checker<'_> {
             if !is_http_url(&connection.url) {
                 self.report(about, &format!("{path}.url"), format!("`{}` is not an http(s) URL", connection.url));
             }
+            for (position, origin) in connection.file_origins.iter().enumerate() {
+                if !is_bare_origin(origin) {
+                    self.report(
+                        about,
+                        &format!("{path}.fileOrigins[{position}]"),
+                        format!(
+                            "`{origin}` is not an origin: give only the scheme (http or https), host and port, like https://files.example.test:8443"
+                        ),
+                    );
+                }
+            }
             self.secret(about, &format!("{path}.credentialsSecretRef"), connection.credentials_secret_ref.as_ref());
         }
 
@@ -903,6 +914,16 @@ impl Checker<'_> {
             self.required(about, &format!("{path}.name"), &secret.name);
         }
     }
+}
+
+/// Whether `text` is an http(s) origin and nothing more: scheme, host, optional port.
+fn is_bare_origin(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else { return false };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    matches!(scheme, "http" | "https")
+        && is_http_url(text)
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@'])
 }
 
 /// Checks an RFC 1123 label: 1 to 63 characters of `a-z`, `0-9` and `-`, starting and

@@ -258,6 +258,14 @@ pub struct ExternalConnection {
     /// or `token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// Other origins (scheme, host and port, like `https://files.example.test`) the
+    /// registry may fetch this connection's files from, when its metadata points files at
+    /// a separate host (a PyPI index's file host). Files anywhere else are refused, so
+    /// upstream metadata cannot make the registry fetch internal addresses. A Cargo index's
+    /// `dl` origin is allowed without being listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub file_origins: Vec<String>,
 }
 
 /// Package formats Wharf serves.

@@ -99,12 +99,6 @@ struct ServeArgs {
     /// upstream last sent or confirmed it.
     #[arg(long, env = "WHARF_UPSTREAM_MAX_STALE_SECONDS", default_value_t = UpstreamOptions::default().max_stale.as_secs())]
     upstream_max_stale_seconds: u64,
-    /// CONNECTION=ORIGIN (repeatable): a scheme, host and port besides the connection URL's
-    /// own that the external connection's metadata may point files at (a separate file
-    /// host). Files anywhere else are refused with a 502. The Cargo `dl` origin of the
-    /// connection's own config.json is always allowed.
-    #[arg(long = "upstream-file-origin", env = "WHARF_UPSTREAM_FILE_ORIGINS", value_delimiter = ',', value_parser = parse_file_origin)]
-    upstream_file_origins: Vec<(String, url::Origin)>,
     /// The longest one upstream file download may take, in seconds; past it the client gets
     /// a 504 naming the connection and nothing of the file is kept.
     #[arg(long, env = "WHARF_UPSTREAM_FILE_DEADLINE_SECONDS", default_value_t = UpstreamOptions::default().file_deadline.as_secs())]
@@ -124,10 +118,6 @@ fn timeout(text: &str) -> Result<Duration, String> {
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
     }
-}
-
-fn parse_file_origin(text: &str) -> Result<(String, url::Origin), String> {
-    wharf_registry::upstream::parse_file_origin(text).map_err(|e| e.to_string())
 }
 
 /// Where the embedded default configuration keeps its data.
@@ -178,10 +168,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits { max_upload_bytes: args.max_upload_bytes, max_metadata_bytes: args.max_metadata_bytes },
         upstream: UpstreamOptions {
             max_stale: std::time::Duration::from_secs(args.upstream_max_stale_seconds),
-            file_origins: args.upstream_file_origins.iter().fold(Default::default(), |mut map, (name, origin)| {
-                map.entry(name.clone()).or_insert_with(Vec::new).push(origin.clone());
-                map
-            }),
             file_deadline: std::time::Duration::from_secs(args.upstream_file_deadline_seconds),
             file_min_bytes: args.upstream_file_min_bytes,
             file_window: std::time::Duration::from_secs(args.upstream_file_window_seconds),

@@ -75,7 +75,6 @@ pub async fn build_state(
     };
     let domain = config.domain_name().to_owned();
     let credentials = crate::upstream::resolve_credentials(&config, &options.secrets)?;
-    options.upstream.check(&config)?;
     let upstream = Arc::new(
         crate::upstream::UpstreamClient::new(credentials)
             .with_storage(storage.clone())

@@ -48,9 +48,6 @@ pub struct UpstreamOptions {
     /// be served when the upstream fails (counted from when the upstream
     /// last sent or confirmed it).
     pub max_stale: Duration,
-    /// Origins besides its own that a connection may fetch files from, by
-    /// connection name (`--upstream-file-origin`).
-    pub file_origins: HashMap<String, Vec<url::Origin>>,
     /// The longest one file download may take, start to end.
     pub file_deadline: Duration,
     /// A download is abandoned when fewer than `file_min_bytes` arrive in
@@ -66,51 +63,9 @@ impl Default for UpstreamOptions {
     fn default() -> Self {
         UpstreamOptions {
             max_stale: Duration::from_secs(7 * 24 * 60 * 60),
-            file_origins: HashMap::new(),
             file_deadline: Duration::from_secs(60 * 60),
             file_min_bytes: 64 * 1024,
             file_window: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A `--upstream-file-origin` that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum FileOriginError {
-    #[error("--upstream-file-origin {0:?}: expected CONNECTION=ORIGIN, such as files-npm=https://files.example.test")]
-    Shape(String),
-    #[error("--upstream-file-origin {0:?}: the origin is not a URL")]
-    NotAUrl(String, #[source] url::ParseError),
-    #[error(
-        "--upstream-file-origin {0:?}: give only the scheme (http or https), host and port, such as https://files.example.test:8443"
-    )]
-    NotAnOrigin(String),
-    #[error("--upstream-file-origin names external connection {0:?}, which the Domain does not have")]
-    UnknownConnection(String),
-}
-
-/// Parses one `--upstream-file-origin CONNECTION=ORIGIN`.
-pub fn parse_file_origin(text: &str) -> Result<(String, url::Origin), FileOriginError> {
-    let (connection, origin) = text.split_once('=').ok_or_else(|| FileOriginError::Shape(text.to_owned()))?;
-    if connection.is_empty() || origin.is_empty() {
-        return Err(FileOriginError::Shape(text.to_owned()));
-    }
-    let url = url::Url::parse(origin).map_err(|e| FileOriginError::NotAUrl(text.to_owned(), e))?;
-    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
-    let plain = url.username().is_empty() && url.password().is_none() && url.host().is_some();
-    if !matches!(url.scheme(), "http" | "https") || !bare || !plain {
-        return Err(FileOriginError::NotAnOrigin(text.to_owned()));
-    }
-    Ok((connection.to_owned(), url.origin()))
-}
-
-impl UpstreamOptions {
-    /// Refuses file origins for connections `config` does not have.
-    pub fn check(&self, config: &DomainConfig) -> Result<(), FileOriginError> {
-        let known = &config.domain.spec.external_connections;
-        match self.file_origins.keys().find(|name| !known.iter().any(|c| &c.name == *name)) {
-            Some(unknown) => Err(FileOriginError::UnknownConnection(unknown.clone())),
-            None => Ok(()),
         }
     }
 }
@@ -480,12 +435,6 @@ impl UpstreamClient {
     pub fn with_options(mut self, options: UpstreamOptions) -> Self {
         self.options = options;
         self
-    }
-
-    /// Whether `connection` may fetch files from `origin` beyond its own
-    /// (`--upstream-file-origin`).
-    pub fn allows_file_origin(&self, connection: &str, origin: &url::Origin) -> bool {
-        self.options.file_origins.get(connection).is_some_and(|origins| origins.contains(origin))
     }
 
     /// Sends `credentials` from now on (a new configuration revision's).

@@ -240,13 +240,19 @@ impl LiveWharf {
         Self::start_with(format, url, &[])
     }
 
-    /// [`LiveWharf::start`] with more registry arguments.
-    fn start_with(format: &str, url: &str, args: &[&str]) -> LiveWharf {
+    /// [`LiveWharf::start`] with the connection of `format` allowed to fetch files from
+    /// `file_origins` too.
+    fn start_with(format: &str, url: &str, file_origins: &[&str]) -> LiveWharf {
         let data = tempfile::tempdir().unwrap();
         let closed = closed_port_url();
         let pick = |f: &str| if f == format { url.to_owned() } else { closed.clone() };
-        let config = live_config(&pick("npm"), &pick("pypi"), &pick("cargo"), &pick("go"), &pick("maven"));
-        let server = TestServer::start_in(data.path(), Some(&config), args);
+        let mut config = live_config(&pick("npm"), &pick("pypi"), &pick("cargo"), &pick("go"), &pick("maven"));
+        if !file_origins.is_empty() {
+            let connection = format!("format: {format}, url: \"{url}\"");
+            let origins: Vec<String> = file_origins.iter().map(|origin| format!("\"{origin}\"")).collect();
+            config = config.replace(&connection, &format!("{connection}, fileOrigins: [{}]", origins.join(", ")));
+        }
+        let server = TestServer::start_in(data.path(), Some(&config), &[]);
         LiveWharf { data, server: Some(server) }
     }
 
@@ -365,8 +371,8 @@ async fn live_pip_installs_requests_cold_warm_and_unreachable() {
         .unwrap();
     let file = listing["files"][0]["url"].as_str().unwrap();
     let file = reqwest::Url::parse(&page).unwrap().join(file).unwrap();
-    let file_origin = format!("public-pypi={}", file.origin().ascii_serialization());
-    let mut wharf = LiveWharf::start_with("pypi", &url, &["--upstream-file-origin", &file_origin]);
+    let file_origin = file.origin().ascii_serialization();
+    let mut wharf = LiveWharf::start_with("pypi", &url, &[&file_origin]);
     let cold = Workspace::new();
     pip_install(&cold, wharf.server());
     let checked = run_ok(

@@ -559,8 +559,8 @@ fn unstorable(
 
 /// Refuses (502) a file URL from upstream metadata that is not on an origin
 /// the connection may fetch from: the connection URL's own, for Cargo the
-/// `dl` origin of the connection's own `config.json`, and any given with
-/// `--upstream-file-origin`. Metadata pointing files elsewhere (at an
+/// `dl` origin of the connection's own `config.json`, and the connection's
+/// `fileOrigins`. Metadata pointing files elsewhere (at an
 /// internal address, say) would otherwise make Wharf fetch it; the URL is
 /// logged, never told the client.
 async fn check_file_origin(
@@ -576,7 +576,9 @@ async fn check_file_origin(
     let origin_of = |text: &str| reqwest::Url::parse(text).ok().map(|u| u.origin());
     let origin = origin_of(url).filter(|o| o.is_tuple());
     let mut allowed = origin.as_ref().is_some_and(|origin| {
-        origin_of(&hop.connection.url).as_ref() == Some(origin) || state.upstream.allows_file_origin(connection, origin)
+        std::iter::once(&hop.connection.url)
+            .chain(&hop.connection.file_origins)
+            .any(|allowed| origin_of(allowed).as_ref() == Some(origin))
     });
     if !allowed && format == PackageFormat::Cargo && origin.is_some() {
         let config_url = format!("{}/config.json", hop.connection.url.trim_end_matches('/'));
@@ -600,7 +602,7 @@ async fn check_file_origin(
     Err(ApiError::new(
         StatusCode::BAD_GATEWAY,
         format!(
-            "external connection {connection} points {file_name} at a host other than its own; refused (the registry's log names it; to allow a separate file host, start the registry with --upstream-file-origin {connection}=ORIGIN)"
+            "external connection {connection} points {file_name} at a host other than its own; refused (the registry's log names it; to allow a separate file host, add its origin to the connection's fileOrigins in the Domain)"
         ),
         style,
     ))

@@ -73,10 +73,20 @@ async fn domains() {
             "acme",
             "  storage: {filesystem: {path: /data}}\n  tokens: {maxTTL: 1h30m}\n  externalConnections:\n\
              \x20 - {name: npm-public, format: npm, url: \"https://npm.example.invalid/\"}\n\
-             \x20 - {name: pypi-public, format: pypi, url: \"http://pypi.example.invalid/simple/\"}\n",
+             \x20 - {name: pypi-public, format: pypi, url: \"http://pypi.example.invalid/simple/\",\n\
+             \x20    fileOrigins: [\"https://files.example.invalid\", \"http://files.example.invalid:8080/\"]}\n",
         ),
     )
     .await;
+    for origin in ["https://files.example.invalid/packages", "ftp://files.example.invalid", "https://x.invalid?q=1"] {
+        let yaml = domain(
+            "origins",
+            &format!(
+                "  storage: {{memory: {{}}}}\n  externalConnections: [{{name: p, format: pypi, url: \"https://a.invalid/\", fileOrigins: [\"{origin}\"]}}]\n"
+            ),
+        );
+        rejects(&client, &yaml, "a file origin is a scheme (http or https), a host and an optional port").await;
+    }
     for ttl in ["15m", "12h", "900", "0d1h"] {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
             .await;
@@ -141,6 +151,15 @@ async fn repositories() {
     )
     .await;
     rejects(&client, &repository("Bad_Name", ""), "metadata.name").await;
+    accepts(&client, &repository("shared", "  allowedDownstreams: [{namespace: team-web, name: web}, {namespace: team-data}, {namespaceSelector: {matchLabels: {team: x}}}]\n")).await;
+    for grant in ["{name: web}", "{namespace: a, namespaceSelector: {matchLabels: {team: x}}}", "{}"] {
+        rejects(
+            &client,
+            &repository("grants", &format!("  allowedDownstreams: [{grant}]\n")),
+            "name a namespace (and, optionally, one Repository in it) or a namespaceSelector, not both",
+        )
+        .await;
+    }
 
     // domainRef is fixed once set: packages do not move between Domains.
     rejects(

@@ -704,20 +704,13 @@ async fn file_urls_on_another_origin_are_refused_without_telling_the_client_wher
     }
     assert_eq!(internal_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the foreign URL is never fetched");
 
-    // An origin allowed with --upstream-file-origin is fetched (and its
+    // An origin the connection lists in fileOrigins is fetched (and its
     // answer reported, as the connection's own would be).
-    let (_, origin) = crate::upstream::parse_file_origin(&format!("public-npm={internal}")).unwrap();
-    let options = crate::upstream::UpstreamOptions {
-        file_origins: [("public-npm".to_owned(), vec![origin])].into(),
-        ..Default::default()
-    };
-    let allowed = TestApp::with_upstream_options(
-        &config,
-        Arc::new(object_store::memory::InMemory::new()),
-        Limits::default(),
-        options,
-    )
-    .await;
+    let allowing =
+        config.replace("url: \"http://127.0.0.1:", &format!("fileOrigins: [\"{internal}\"], url: \"http://127.0.0.1:"));
+    assert!(allowing.contains("fileOrigins"), "{allowing}");
+    let allowed =
+        TestApp::with_config(&allowing, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
     let reply = allowed.get(tarball, None).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     assert!(reply.text().contains("answered 500"), "{}", reply.text());
@@ -725,22 +718,20 @@ async fn file_urls_on_another_origin_are_refused_without_telling_the_client_wher
 }
 
 #[test]
-fn file_origins_must_be_bare_origins_of_known_connections() {
-    use crate::upstream::parse_file_origin;
-    let (name, origin) = parse_file_origin("files=https://files.example.test:8443").unwrap();
-    assert_eq!((name.as_str(), origin.ascii_serialization().as_str()), ("files", "https://files.example.test:8443"));
-    for bad in
-        ["https://files.example.test", "files=", "files=ftp://x.test", "files=https://x.test/path", "files=not a url"]
-    {
-        let error = parse_file_origin(bad).err().unwrap().to_string();
-        assert!(error.contains("--upstream-file-origin"), "{bad}: {error}");
-    }
-    let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", CHAIN_CONFIG).unwrap();
-    let options = crate::upstream::UpstreamOptions {
-        file_origins: [("nope".to_owned(), vec![origin])].into(),
-        ..Default::default()
+fn file_origins_must_be_bare_origins() {
+    let with = |origin: &str| {
+        CHAIN_CONFIG.replace("format: npm, url:", &format!("format: npm, fileOrigins: [\"{origin}\"], url:"))
     };
-    assert!(options.check(&config).err().unwrap().to_string().contains("\"nope\""));
+    wharf_api::DomainConfig::from_yaml_str("test.yaml", &with("https://files.example.test:8443")).unwrap();
+    wharf_api::DomainConfig::from_yaml_str("test.yaml", &with("http://files.example.test/")).unwrap();
+    for bad in ["files.example.test", "ftp://x.test", "https://x.test/path", "https://user@x.test", "https://x.test?q"]
+    {
+        let error = wharf_api::DomainConfig::from_yaml_str("test.yaml", &with(bad)).unwrap_err().to_string();
+        assert!(
+            error.contains("spec.externalConnections[0].fileOrigins[0]") && error.contains("is not an origin"),
+            "{bad}: {error}"
+        );
+    }
 }
 
 /// An npm upstream whose one tarball trickles a byte every 200 ms and
