@@ -510,17 +510,41 @@ impl Storage {
     }
 
     /// The newest revision under a revisioned document's folder and its
-    /// bytes. Listing finds it: a pruned or re-created old revision can
-    /// never pass for the newest, since the newest is never pruned.
+    /// bytes (see [`Self::read_newest_revision`]).
     pub async fn latest_revision(&self, dir: &Path) -> Result<Option<(u64, Bytes)>, StorageError> {
+        self.read_newest_revision(dir, None).await
+    }
+
+    /// Reads the newest revision, starting from `candidate` (a revision a
+    /// listing just named) or from a listing. Pruning deletes old revisions
+    /// and a writer that lost track may re-create a pruned number, so what
+    /// key N holds by the time it is read may be such a stray. Pruning N
+    /// takes a revision N+2, and the newest is never pruned, so a stray at N
+    /// always has N+2 or newer beside it: revision N counts when, after it
+    /// was read, nothing past N+1 is listed (N+1 is a write that began after
+    /// the listing that named N); otherwise the newest listed is read instead.
+    pub async fn read_newest_revision(
+        &self,
+        dir: &Path,
+        candidate: Option<u64>,
+    ) -> Result<Option<(u64, Bytes)>, StorageError> {
+        let mut candidate = candidate;
         for _ in 0..MAX_REVISION_READS {
-            let Some(revision) = self.newest_revision(dir, None).await? else {
-                return Ok(None);
+            let revision = match candidate {
+                Some(revision) => revision,
+                None => match self.newest_revision(dir, None).await? {
+                    Some(revision) => revision,
+                    None => return Ok(None),
+                },
             };
-            // Two writes between the list and this read prune what was
-            // listed: list again, a newer revision exists.
-            if let Some(bytes) = self.read_bytes(&keys::package_index_revision(dir, revision)).await? {
-                return Ok(Some((revision, bytes)));
+            // Pruned since it was listed: list again, a newer one exists.
+            let Some(bytes) = self.read_bytes(&keys::package_index_revision(dir, revision)).await? else {
+                candidate = None;
+                continue;
+            };
+            match self.newest_revision(dir, Some(revision + 1)).await? {
+                None => return Ok(Some((revision, bytes))),
+                newer => candidate = newer,
             }
         }
         Err(StorageError::Store {

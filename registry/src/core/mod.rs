@@ -720,10 +720,10 @@ impl Registry {
             let current = slot.current();
             // A listing, not a look-up of revision N+1: N+1 may have been
             // pruned already, or re-created by a writer that lost track.
-            if self.storage.newest_revision(&dir, Some(current.revision)).await?.is_some()
-                && let Some(newer) = self.load_latest(&dir).await?
+            if let Some(newest) = self.storage.newest_revision(&dir, Some(current.revision)).await?
+                && let Some((revision, bytes)) = self.storage.read_newest_revision(&dir, Some(newest)).await?
             {
-                slot.offer(Arc::new(newer));
+                slot.offer(Arc::new(decode_index(&dir, revision, &bytes)?));
             }
             slot.probed_from.store(started, Ordering::Release);
             return Ok(Some(slot.current()));
@@ -745,9 +745,7 @@ impl Registry {
         let Some((revision, bytes)) = self.storage.latest_revision(dir).await? else {
             return Ok(None);
         };
-        let index: PackageIndex =
-            serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
-        Ok(Some(PackageSnapshot::new(revision, index)))
+        Ok(Some(decode_index(dir, revision, &bytes)?))
     }
 
     /// Names of the packages of one format in a repository (normalised).
@@ -855,16 +853,25 @@ impl Registry {
             // One process writes: no revision it created can have been pruned.
             return Ok(Confirmed::Newest);
         }
-        let Some((newest, bytes)) = self.storage.latest_revision(dir).await? else {
-            return Ok(Confirmed::Stray);
-        };
-        if newest == created {
+        // Nothing newer: ours is the newest (a pruned revision always has
+        // newer ones, since the newest is never pruned).
+        if self.storage.newest_revision(dir, Some(created)).await?.is_none() {
             return Ok(Confirmed::Newest);
         }
-        let index: PackageIndex =
-            serde_json::from_slice(&bytes).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
-        Ok(if index.recent_writes.iter().any(|id| id == write_id) { Confirmed::Superseded } else { Confirmed::Stray })
+        let Some((revision, bytes)) = self.storage.latest_revision(dir).await? else {
+            return Ok(Confirmed::Stray);
+        };
+        let newest = decode_index(dir, revision, &bytes)?;
+        let ours = newest.index.recent_writes.iter().any(|id| id == write_id);
+        Ok(if ours { Confirmed::Superseded } else { Confirmed::Stray })
     }
+}
+
+/// A package index revision as stored.
+fn decode_index(dir: &object_store::path::Path, revision: u64, bytes: &[u8]) -> Result<PackageSnapshot, CoreError> {
+    let index: PackageIndex =
+        serde_json::from_slice(bytes).map_err(|source| StorageError::Decode { key: dir.to_string(), source })?;
+    Ok(PackageSnapshot::new(revision, index))
 }
 
 /// What a writer learns about the revision it created.
