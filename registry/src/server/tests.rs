@@ -137,20 +137,19 @@ impl TestApp {
 }
 
 fn tarball(name: &str, version: &str, extra: &[u8]) -> Vec<u8> {
+    // The dependencies `publish_body` declares: the packument serves the tarball's.
+    let package_json = json!({"name": name, "version": version, "dependencies": {"left-pad": "^1.0.0"}});
+    gzip_tar(&[("package/package.json", &package_json.to_string().into_bytes()), ("package/index.js", extra)])
+}
+
+fn gzip_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, data) in [
-        // The dependencies `publish_body` declares: the packument serves the tarball's.
-        (
-            "package/package.json",
-            json!({"name": name, "version": version, "dependencies": {"left-pad": "^1.0.0"}}).to_string().into_bytes(),
-        ),
-        ("package/index.js", extra.to_vec()),
-    ] {
+    for (path, data) in entries {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, path, &data[..]).unwrap();
+        builder.append_data(&mut header, path, *data).unwrap();
     }
     builder.into_inner().unwrap().finish().unwrap()
 }
@@ -1274,15 +1273,8 @@ async fn npm_packuments_serve_what_the_tarball_says() {
         "scripts": {"postinstall": "node steal.js", "test": "true"},
         "bin": "cli.js",
     });
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, data) in [("package/package.json", package_json.to_string().into_bytes()), ("package/cli.js", vec![])] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, &data[..]).unwrap();
-    }
-    let tarball = builder.into_inner().unwrap().finish().unwrap();
+    let tarball =
+        gzip_tar(&[("package/package.json", &package_json.to_string().into_bytes()), ("package/cli.js", b"")]);
     // publish_body declares {"left-pad": "^1.0.0"} and nothing else.
     let body = publish_body("confused", "1.0.0", &tarball);
     assert_eq!(app.put_json("/npm/main/confused", &token, &body).await.status, StatusCode::CREATED);

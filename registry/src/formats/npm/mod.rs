@@ -283,16 +283,12 @@ pub fn align_with_tarball(manifest: &mut Value, name: &str, tarball: &TarballInf
     }
     let scripts = manifest.get("scripts").and_then(Value::as_object);
     let has_script = |key: &str| scripts.is_some_and(|scripts| scripts.contains_key(key));
+    // npm runs `node-gyp rebuild` for a binding.gyp unless an install script is given.
     let gyp = tarball.has_binding_gyp && !has_script("install") && !has_script("preinstall");
-    if gyp {
-        let scripts = manifest.entry("scripts").or_insert_with(|| json!({}));
-        if let Value::Object(scripts) = scripts {
-            scripts.insert("install".into(), json!("node-gyp rebuild"));
-        }
+    let runs_at_install = gyp || ["preinstall", "install", "postinstall"].into_iter().any(has_script);
+    if gyp && let Value::Object(scripts) = manifest.entry("scripts").or_insert_with(|| json!({})) {
+        scripts.insert("install".into(), json!("node-gyp rebuild"));
     }
-    let runs_at_install = ["preinstall", "install", "postinstall"].iter().any(|key| {
-        manifest.get("scripts").and_then(Value::as_object).is_some_and(|scripts| scripts.contains_key(*key))
-    });
     if runs_at_install {
         manifest.insert("hasInstallScript".into(), json!(true));
     } else {
@@ -490,6 +486,30 @@ mod tests {
             builder.append_data(&mut header, path, *data).unwrap();
         }
         builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn install_fields_follow_the_tarball() {
+        let info = |manifest: Value, has_binding_gyp: bool| TarballInfo {
+            name: "native".into(),
+            version: "1.0.0".into(),
+            file_count: 1,
+            unpacked_size: 1,
+            manifest,
+            has_binding_gyp,
+        };
+        // The document claims an install script the tarball does not have.
+        let mut claimed = json!({"name": "native", "scripts": {"postinstall": "x"}, "hasInstallScript": true});
+        align_with_tarball(&mut claimed, "native", &info(json!({"name": "native"}), false));
+        assert_eq!(claimed, json!({"name": "native"}));
+        // A binding.gyp without an install script: npm runs node-gyp.
+        let mut native = json!({"name": "native"});
+        align_with_tarball(&mut native, "native", &info(json!({"scripts": {"test": "t"}}), true));
+        assert_eq!(native["scripts"], json!({"test": "t", "install": "node-gyp rebuild"}));
+        assert_eq!(native["hasInstallScript"], true);
+        let mut own = json!({});
+        align_with_tarball(&mut own, "native", &info(json!({"scripts": {"preinstall": "p"}}), true));
+        assert_eq!(own["scripts"], json!({"preinstall": "p"}));
     }
 
     #[test]

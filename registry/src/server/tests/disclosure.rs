@@ -79,6 +79,7 @@ async fn missing_and_private_repositories_answer_alike() {
         "/pypi/{repo}/simple/x/",
         "/cargo/{repo}/index/config.json",
         "/go/{repo}/example.com/m/@v/list",
+        "/go/{repo}/sumdb/sum.example.org/supported",
         "/maven/{repo}/com/acme/lib/maven-metadata.xml",
         "/generic/{repo}/acme/tool",
     ];
