@@ -21,7 +21,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams, WatchEvent, WatchParams};
-use wharf_registry::server::error_chain;
+use wharf_diagnostics::error_chain;
 
 /// Talking to the apiserver about the Lease failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wharf_diagnostics::logging::{self, LogFormat};
 use wharf_operator::controller::termination;
 use wharf_operator::leader::{Elector, Timing};
 use wharf_operator::metrics::Metrics;
 use wharf_operator::render::RegistrySettings;
 use wharf_operator::scope::WatchScope;
-use wharf_registry::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "wharf-operator", version, about = "Wharf operator: Domains, Repositories and UpstreamPolicies")]

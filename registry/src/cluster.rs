@@ -13,8 +13,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use wharf_api::DomainConfig;
 
-use crate::secrets::SecretsDir;
 use crate::startup::LiveServer;
+use wharf_storage::secrets::SecretsDir;
 
 /// The key of the ConfigMap that holds the rendered resources.
 pub const CONFIG_KEY: &str = "wharf.yaml";

@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wharf_api::DomainConfig;
+use wharf_diagnostics::logging::{self, LogFormat};
 use wharf_registry::cluster::ConfigMapSource;
-use wharf_registry::logging::{self, LogFormat};
-use wharf_registry::secrets::SecretsDir;
 use wharf_registry::server::Limits;
 use wharf_registry::server::connections::{self, ConnectionLimits, TrustedProxies};
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
 use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
-use wharf_registry::upstream::UpstreamOptions;
+use wharf_storage::secrets::SecretsDir;
+use wharf_upstream::UpstreamOptions;
 
 #[derive(Parser)]
 #[command(name = "wharf-registry", version, about = "Wharf artifact registry")]
@@ -176,7 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     // The operator mounts a filesystem Domain's volume at --data.
     let mounted_at = args.config_map.as_ref().and(args.data.as_deref());
-    let storage = startup::open_storage(&config, &options.secrets, mounted_at)?;
+    let storage = wharf_storage::backends::open_domain_storage(&config, &options.secrets, mounted_at)?;
     let connection_limits = ConnectionLimits {
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,

@@ -10,24 +10,11 @@ use tower::ServiceExt;
 use wharf_api::DomainConfig;
 
 use crate::auth::TokenSigner;
-use crate::core::Registry;
-use crate::secrets::SecretsDir;
 use crate::server::connections::ConnectionLimits;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
-use crate::storage::Storage;
-
-/// Opens the storage the Domain's `storage` names, with credentials from
-/// `secrets` (see [`crate::backends::open_storage`]). `mounted_at`, in cluster mode, is
-/// where the pod has the Domain's filesystem volume: the path in the Domain is where the
-/// operator mounts it, and the pod's own view of its mounts is what counts.
-pub fn open_storage(config: &DomainConfig, secrets: &SecretsDir, mounted_at: Option<&str>) -> anyhow::Result<Storage> {
-    let mut spec = config.domain.spec.storage.clone();
-    if let (Some(filesystem), Some(mounted_at)) = (spec.filesystem.as_mut(), mounted_at) {
-        mounted_at.clone_into(&mut filesystem.path);
-    }
-    crate::backends::open_storage(&spec, secrets)
-        .with_context(|| format!("failed to open the storage of Domain {:?}", config.domain_name()))
-}
+use wharf_core::Registry;
+use wharf_storage::Storage;
+use wharf_storage::secrets::SecretsDir;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -38,7 +25,7 @@ pub struct ServeOptions {
     pub signing_key: Option<Vec<u8>>,
     pub limits: Limits,
     /// How external connections are treated.
-    pub upstream: crate::upstream::UpstreamOptions,
+    pub upstream: wharf_upstream::UpstreamOptions,
     /// Checks Kubernetes ServiceAccount tokens (cluster mode).
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
 }
@@ -55,11 +42,11 @@ pub async fn build_state(
         match storage.verify_conditional_writes().await {
             Ok(()) => {}
             Err(error) if error.is_unreachable() => tracing::warn!(
-                error = %server::error_chain(&error),
+                error = %wharf_diagnostics::error_chain(&error),
                 "storage is not reachable; serving anyway, /readyz answers 503 until it is"
             ),
             Err(error) if error.is_access_denied() => {
-                let source = crate::backends::credentials_source(&config.domain.spec.storage);
+                let source = wharf_storage::backends::credentials_source(&config.domain.spec.storage);
                 return Err(error)
                     .context(format!("storage refused {source}: check them and the bucket's permissions"));
             }
@@ -74,9 +61,9 @@ pub async fn build_state(
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,
     };
     let domain = config.domain_name().to_owned();
-    let credentials = crate::upstream::resolve_credentials(&config, &options.secrets)?;
+    let credentials = wharf_upstream::resolve_credentials(&config, &options.secrets)?;
     let upstream = Arc::new(
-        crate::upstream::UpstreamClient::new(credentials)
+        wharf_upstream::UpstreamClient::new(credentials)
             .with_storage(storage.clone())
             .with_options(options.upstream.clone()),
     );
@@ -117,7 +104,7 @@ pub enum ReloadError {
     StorageChanged,
     /// An external connection's credentials could not be read.
     #[error(transparent)]
-    Credentials(#[from] crate::upstream::CredentialsError),
+    Credentials(#[from] wharf_upstream::CredentialsError),
 }
 
 impl LiveServer {
@@ -149,7 +136,7 @@ impl LiveServer {
         if config.domain.spec.storage != old.config.domain.spec.storage {
             return Err(ReloadError::StorageChanged);
         }
-        let credentials = crate::upstream::resolve_credentials(&config, secrets)?;
+        let credentials = wharf_upstream::resolve_credentials(&config, secrets)?;
         old.upstream.replace_credentials(credentials);
         let state = Arc::new(AppState {
             config: Arc::new(config),
@@ -232,4 +219,31 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
         "\nMint a publish token:\n  curl -s -X POST {base}/api/v1/auth/token -H \"Authorization: Bearer $WHARF_ADMIN_TOKEN\" \\\n    -H 'content-type: application/json' -d '{{\"repositories\":[\"*\"],\"permissions\":[\"read\",\"publish\"]}}'\n"
     ));
     text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use wharf_storage::Storage;
+    use wharf_storage::testing::IgnoresPreconditions;
+
+    #[tokio::test]
+    async fn a_store_ignoring_conditional_writes_is_refused_at_start_saying_why() {
+        let careless = Storage::new(Arc::new(IgnoresPreconditions::default()));
+        let config = wharf_api::DomainConfig::embedded_default("unused");
+        let options = super::ServeOptions {
+            upstream: Default::default(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            secrets: wharf_storage::secrets::SecretsDir::new("unused"),
+            admin_token: "admin".into(),
+            signing_key: Some(vec![7; 32]),
+            limits: Default::default(),
+            token_review: None,
+        };
+        let refused = super::build_state(config, careless, &options).await.err().unwrap();
+        let message = format!("{refused:#}");
+        assert!(message.contains("conditional write") && message.contains("If-None-Match"), "{message}");
+    }
 }

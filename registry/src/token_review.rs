@@ -117,7 +117,7 @@ impl TokenReviewer {
             .api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|error| ReviewError::Unavailable(crate::server::error_chain(&error)))?;
+            .map_err(|error| ReviewError::Unavailable(wharf_diagnostics::error_chain(&error)))?;
         let status = answered.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             let reason = status.error.filter(|error| !error.is_empty()).unwrap_or_else(|| "not authenticated".into());

@@ -52,7 +52,7 @@ fn greet_code(version: &str) -> String {
 }
 
 async fn publish(server: &TestServer, repo: &str, path: &str, version: &str, zip: Vec<u8>, token: &str) {
-    let escaped = wharf_registry::formats::go::escape(path);
+    let escaped = wharf_formats::go::escape(path);
     let response = reqwest::Client::new()
         .put(server.url(&format!("/go/{repo}/{escaped}/@v/{version}.zip")))
         .bearer_auth(token)
@@ -65,7 +65,7 @@ async fn publish(server: &TestServer, repo: &str, path: &str, version: &str, zip
 }
 
 async fn fetch(server: &TestServer, repo: &str, path: &str, file: &str) -> Vec<u8> {
-    let escaped = wharf_registry::formats::go::escape(path);
+    let escaped = wharf_formats::go::escape(path);
     let response = reqwest::get(server.url(&format!("/go/{repo}/{escaped}/@v/{file}"))).await.unwrap();
     assert_eq!(response.status(), 200, "{file}");
     response.bytes().await.unwrap().to_vec()

@@ -19,9 +19,9 @@ use object_store::path::Path;
 use sha2::{Digest, Sha256};
 use support::*;
 use wharf_api::{S3Storage, SecretRef, StorageSpec};
-use wharf_registry::backends::open_storage;
-use wharf_registry::secrets::SecretsDir;
-use wharf_registry::storage::{BodyError, Created, Storage, keys};
+use wharf_storage::backends::open_storage;
+use wharf_storage::secrets::SecretsDir;
+use wharf_storage::{BodyError, Created, Storage, keys};
 
 const BUCKET: &str = "wharf";
 const SECRET: &str = "acme-s3";

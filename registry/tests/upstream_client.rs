@@ -465,7 +465,7 @@ async fn publish_go_module(public: &TestServer, module: &str, answer: u32) {
     write!(zip, "package answer\n\n// Answer is what the test expects.\nfunc Answer() int {{ return {answer} }}\n")
         .unwrap();
     let zip = zip.finish().unwrap().into_inner();
-    let escaped = wharf_registry::formats::go::escape(module);
+    let escaped = wharf_formats::go::escape(module);
     let published = reqwest::Client::new()
         .put(public.url(&format!("/go/public/{escaped}/@v/v1.0.0.zip")))
         .bearer_auth(&token)

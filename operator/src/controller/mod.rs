@@ -31,7 +31,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wharf_api::{Domain, DomainConfig, Repository, UpstreamPolicy};
-use wharf_registry::server::error_chain;
+use wharf_diagnostics::error_chain;
 
 use crate::render::{CONFIG_KEY, FIELD_MANAGER, RegistrySettings, RenderError};
 use crate::resolve::{NamespaceLabels, ObjectKey};
@@ -117,7 +117,7 @@ pub enum Error {
         what: String,
         /// The cause.
         #[source]
-        source: wharf_registry::storage::StorageError,
+        source: wharf_storage::StorageError,
     },
     /// Secrets could not be staged for opening storage.
     #[error("failed to stage the Secrets of Domain {domain} for opening its storage")]

@@ -187,7 +187,7 @@ async fn cleanup(repository: &Repository, ctx: &Context) -> Result<Action, Error
     let note = if storage.memory.is_some() {
         "deletionPolicy Delete: in-memory storage holds nothing the operator can reach; the registry stops serving the Repository".to_owned()
     } else {
-        let prefix = wharf_registry::storage::keys::repository(&name);
+        let prefix = wharf_storage::keys::repository(&name);
         let deleted = super::storage::purge_domain(ctx, &domain, Some(&prefix)).await?;
         format!("deletionPolicy Delete: deleted {deleted} stored objects of Repository {name}")
     };

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 use wharf_api::{Domain, DomainConfig};
-use wharf_registry::secrets::SecretsDir;
+use wharf_storage::secrets::SecretsDir;
 
 use super::{Context, Error, display_name};
 
@@ -28,7 +28,7 @@ pub async fn purge_domain(
     // The registry reads Secrets from a folder laid out like a Secret volume; give it one.
     let folder = tempfile::tempdir().map_err(|source| Error::StageSecrets { domain: domain_name.clone(), source })?;
     stage_secrets(ctx, domain, &config, folder.path()).await?;
-    let storage = wharf_registry::startup::open_storage(&config, &SecretsDir::new(folder.path()), None)
+    let storage = wharf_storage::backends::open_domain_storage(&config, &SecretsDir::new(folder.path()), None)
         .map_err(|source| Error::OpenStorage { domain: domain_name.clone(), source: source.into() })?;
     let what = match prefix {
         Some(prefix) => format!("{prefix} in Domain {domain_name}"),

@@ -13,9 +13,8 @@ use wharf_api::PackageFormat;
 use super::credentials::authenticate;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::auth::{Permission, Principal, TokenClaims};
-use crate::core::policy::{self, Decided};
-use crate::core::{PackageId, VersionStatus};
-use crate::formats;
+use wharf_core::policy::{self, Decided};
+use wharf_core::{PackageId, VersionStatus};
 
 const STYLE: ErrorStyle = ErrorStyle::Json;
 
@@ -168,32 +167,33 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
         format.parse().map_err(|_| ApiError::bad_request(format!("unknown package format {format}"), STYLE))?;
     let name = match format {
         PackageFormat::Npm => {
-            formats::npm::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::npm::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             package.to_owned()
         }
         PackageFormat::Pypi => {
-            formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-            formats::pypi::normalize_name(package)
+            wharf_formats::pypi::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::pypi::normalize_name(package)
         }
         // `namespace/package`, the slash written %2F.
         PackageFormat::Generic => {
             let (namespace, name) = package
                 .split_once('/')
                 .ok_or_else(|| ApiError::bad_request("a generic package is named namespace%2Fpackage here", STYLE))?;
-            formats::generic::validate_namespace(namespace).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-            formats::generic::validate_package(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-            formats::generic::package_name(namespace, name)
+            wharf_formats::generic::validate_namespace(namespace)
+                .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::generic::validate_package(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::generic::package_name(namespace, name)
         }
         PackageFormat::Cargo => {
-            formats::cargo::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-            formats::cargo::canonical_name(package)
+            wharf_formats::cargo::validate_name(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::cargo::canonical_name(package)
         }
         // The module path as written (`example.com/Acme/m`, slashes as %2F).
         PackageFormat::Go => {
-            formats::go::check_module_path(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::go::check_module_path(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             package.to_owned()
         }
-        PackageFormat::Maven => formats::maven::parse_package_name(package)
+        PackageFormat::Maven => wharf_formats::maven::parse_package_name(package)
             .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
             .package_name(),
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),

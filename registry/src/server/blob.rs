@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ErrorStyle};
-use crate::core::Registry;
-use crate::storage::BlobDigests;
+use wharf_core::Registry;
+use wharf_storage::BlobDigests;
 
 pub async fn serve(
     registry: &Registry,

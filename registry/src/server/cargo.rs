@@ -18,11 +18,11 @@ use super::metrics::tagged;
 use super::staging::StreamedUpload;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, VersionStatus};
-use crate::formats::cargo::archive::{self, ArchiveLimits};
-use crate::formats::cargo::framing::{FrameEvent, PublishFrameReader};
-use crate::formats::cargo::{self as format, NewCrateVersion};
-use crate::storage::StagedBlob;
+use wharf_core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, VersionStatus};
+use wharf_formats::cargo::archive::{self, ArchiveLimits};
+use wharf_formats::cargo::framing::{FrameEvent, PublishFrameReader};
+use wharf_formats::cargo::{self as format, NewCrateVersion};
+use wharf_storage::StagedBlob;
 
 const STYLE: ErrorStyle = ErrorStyle::Cargo;
 /// Search results per page unless asked otherwise, and at most.
@@ -275,7 +275,7 @@ async fn check_crate(
     let repo_name = repo_name(repo);
     let id = crate_id(&name);
     let key = format::version_key(&new.version);
-    crate::core::check_storable(&id, &key, []).map_err(|e| ApiError::from_core(e, STYLE))?;
+    wharf_core::check_storable(&id, &key, []).map_err(|e| ApiError::from_core(e, STYLE))?;
     upstream::check_publish(state, repo_name, &id, &name, &key, STYLE).await?;
     state.registry.claim_spelling(repo_name, &id, &name).await.map_err(|e| ApiError::from_core(e, STYLE))?;
     Ok(info)

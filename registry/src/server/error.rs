@@ -5,8 +5,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::core::CoreError;
-use crate::storage::StorageError;
+use wharf_core::CoreError;
+use wharf_storage::StorageError;
 
 /// The error body a client expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl ApiError {
     pub fn from_storage(error: &StorageError, style: ErrorStyle) -> Self {
         match error {
             StorageError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string(), style),
-            StorageError::Body(_) => Self::bad_request(super::error_chain(error), style),
+            StorageError::Body(_) => Self::bad_request(wharf_diagnostics::error_chain(error), style),
             StorageError::KeyTooLong { .. } => Self::bad_request(error.to_string(), style),
             _ => Self::internal(error, style),
         }
@@ -77,9 +77,9 @@ impl ApiError {
 
     /// An external connection failed: 504 when it did not answer in time,
     /// 502 otherwise; the message names the connection and the URL.
-    pub fn from_upstream(error: &crate::upstream::UpstreamError, style: ErrorStyle) -> Self {
+    pub fn from_upstream(error: &wharf_upstream::UpstreamError, style: ErrorStyle) -> Self {
         let status = if error.is_timeout() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
-        tracing::warn!(error = %super::error_chain(error), "upstream request failed");
+        tracing::warn!(error = %wharf_diagnostics::error_chain(error), "upstream request failed");
         Self::new(status, error.to_string(), style)
     }
 
@@ -87,7 +87,7 @@ impl ApiError {
     /// once an operator has made room), else 500. Logged with its cause chain either way.
     pub fn internal(error: &(dyn std::error::Error + 'static), style: ErrorStyle) -> Self {
         if out_of_space(error) {
-            tracing::error!(error = %super::error_chain(error), "storage is out of space");
+            tracing::error!(error = %wharf_diagnostics::error_chain(error), "storage is out of space");
             return Self::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "the registry's storage is full, so nothing was published; retry once an operator has freed \
@@ -95,7 +95,7 @@ impl ApiError {
                 style,
             );
         }
-        tracing::error!(error = %super::error_chain(error), "request failed");
+        tracing::error!(error = %wharf_diagnostics::error_chain(error), "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the registry's log", style)
     }
 }

@@ -13,9 +13,9 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId, PublishOutcome};
-use crate::formats::generic as format;
-use crate::storage::BodyError;
+use wharf_core::{NewAsset, PackageId, PublishOutcome};
+use wharf_formats::generic as format;
+use wharf_storage::BodyError;
 
 const STYLE: ErrorStyle = ErrorStyle::Json;
 

@@ -14,11 +14,11 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::policy;
-use crate::core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
-use crate::formats::go::{self as format, FileKind, ProxyRequest};
-use crate::storage::{BodyError, StagedBlob};
-use crate::upstream::Absence;
+use wharf_core::policy;
+use wharf_core::{CoreError, NewAsset, NewVersion, PackageId, PackageSnapshot, PublishOutcome, Rendered};
+use wharf_formats::go::{self as format, FileKind, ProxyRequest};
+use wharf_storage::{BodyError, StagedBlob};
+use wharf_upstream::Absence;
 
 const STYLE: ErrorStyle = ErrorStyle::Text;
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -246,7 +246,7 @@ async fn file(
     blob::serve(&state.registry, &asset.digests, content_type, method, headers, STYLE).await
 }
 
-fn info_response(version: &str, entry: &crate::core::VersionEntry, method: &Method) -> Response {
+fn info_response(version: &str, entry: &wharf_core::VersionEntry, method: &Method) -> Response {
     let body = format::render_info(version, entry);
     let mut response = (
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, max-age=31536000, immutable")],
@@ -308,7 +308,7 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let parsed_version = format::parse_version(version).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-    crate::core::check_storable(&PackageId::new(PackageFormat::Go, path), version, [])
+    wharf_core::check_storable(&PackageId::new(PackageFormat::Go, path), version, [])
         .map_err(|e| ApiError::from_core(e, STYLE))?;
     let limit = state.limits.max_upload_bytes.min(format::MAX_ZIP_BYTES);
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());

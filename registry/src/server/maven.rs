@@ -38,11 +38,11 @@ use wharf_api::PackageFormat;
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId, PackageIndex, PackageSnapshot, PublishOutcome, VersionStatus};
-use crate::formats::maven::{
+use wharf_core::{NewAsset, PackageId, PackageIndex, PackageSnapshot, PublishOutcome, VersionStatus};
+use wharf_formats::maven::{
     self as format, ArtifactFile, ChecksumAlgorithm, Coordinates, FileVersion, MetadataLevel, RepositoryPath,
 };
-use crate::storage::{BlobDigests, BodyError};
+use wharf_storage::{BlobDigests, BodyError};
 
 /// Maven shows the status code and reason phrase of a failed transfer.
 const STYLE: ErrorStyle = ErrorStyle::Text;
@@ -432,7 +432,7 @@ async fn upload(
     if !known {
         upstream::check_publish(state, repo_name, &id, &id.name, &version, STYLE).await?;
     }
-    crate::core::check_storable(&id, &version, [file.file_name.as_str()]).map_err(|e| ApiError::from_core(e, STYLE))?;
+    wharf_core::check_storable(&id, &version, [file.file_name.as_str()]).map_err(|e| ApiError::from_core(e, STYLE))?;
     let limit = state.limits.max_upload_bytes;
     let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n| n > limit) {

@@ -70,14 +70,14 @@ struct ResultLabels {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new(crate::upstream::UpstreamRequests::default())
+        Self::new(wharf_upstream::UpstreamRequests::default())
     }
 }
 
 impl Metrics {
     /// The registry's metrics, with the external connections' request
     /// counter among them.
-    pub fn new(upstream_requests: crate::upstream::UpstreamRequests) -> Self {
+    pub fn new(upstream_requests: wharf_upstream::UpstreamRequests) -> Self {
         let mut registry = Registry::with_prefix("wharf");
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Family::<RouteLabels, Histogram, DurationBuckets>::new_with_constructor(DurationBuckets);

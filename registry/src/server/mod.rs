@@ -27,9 +27,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post, put};
 use wharf_api::DomainConfig;
 use wharf_api::Repository;
+use wharf_diagnostics::error_chain;
 
 use crate::auth::{Permission, Principal, TokenSigner};
-use crate::core::Registry;
+use wharf_core::Registry;
 
 pub use error::{ApiError, ErrorStyle};
 
@@ -58,7 +59,7 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
     /// The client of the Domain's external connections.
-    pub upstream: Arc<crate::upstream::UpstreamClient>,
+    pub upstream: Arc<wharf_upstream::UpstreamClient>,
     /// Views through chains, kept while they hold.
     pub views: upstream::ViewCache,
     /// Checks Kubernetes ServiceAccount tokens; in cluster mode only.
@@ -93,9 +94,9 @@ impl AppState {
     pub async fn package(
         &self,
         repo: &str,
-        id: &crate::core::PackageId,
+        id: &wharf_core::PackageId,
         style: ErrorStyle,
-    ) -> Result<Option<Arc<crate::core::PackageSnapshot>>, ApiError> {
+    ) -> Result<Option<Arc<wharf_core::PackageSnapshot>>, ApiError> {
         self.registry.package(repo, id).await.map_err(|e| ApiError::from_core(e, style))
     }
 
@@ -205,7 +206,7 @@ async fn not_found() -> ApiError {
 /// revalidate it by ETag and get a 304 when it did not change. `Vary`
 /// covers what selects the representation.
 pub fn metadata_document(
-    rendered: crate::core::Rendered,
+    rendered: wharf_core::Rendered,
     content_type: &'static str,
     request_headers: &HeaderMap,
     vary: Option<&'static str>,
@@ -230,22 +231,6 @@ pub fn metadata_document(
 /// with 413 before a byte of it is read or staged.
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
-}
-
-/// An error and its causes on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // Some errors (kube's finalizer errors) already print their cause.
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) && !text.contains(&format!("{cause_text}:")) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The URL clients used to reach us (scheme and host), for links that must

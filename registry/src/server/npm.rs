@@ -17,10 +17,10 @@ use super::metrics::tagged;
 use super::staging::StreamedUpload;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome};
-use crate::formats::npm::publish_body::{Event, PublishBodySplitter};
-use crate::formats::npm::{self as format, PublishRequest};
-use crate::storage::StagedBlob;
+use wharf_core::{NewAsset, NewVersion, PackageId, PackageIndex, PublishOutcome};
+use wharf_formats::npm::publish_body::{Event, PublishBodySplitter};
+use wharf_formats::npm::{self as format, PublishRequest};
+use wharf_storage::StagedBlob;
 
 const STYLE: ErrorStyle = ErrorStyle::Json;
 /// Largest unpacked size of a package tarball.
@@ -331,7 +331,7 @@ async fn publish(
         )
         .await
         .map_err(|e| match e {
-            crate::core::CoreError::Conflict(_) => ApiError::new(
+            wharf_core::CoreError::Conflict(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 format!("cannot publish over the previously published version {}", new.version),
                 STYLE,
@@ -425,7 +425,7 @@ async fn verify_tarball(
             STYLE,
         ));
     }
-    crate::core::check_storable(&package_id(name), &new.version, []).map_err(|e| ApiError::from_core(e, STYLE))?;
+    wharf_core::check_storable(&package_id(name), &new.version, []).map_err(|e| ApiError::from_core(e, STYLE))?;
     upstream::check_publish(state, repo_name, &package_id(name), name, &new.version, STYLE).await?;
     Ok(info)
 }

@@ -14,9 +14,9 @@ use wharf_api::{PackageFormat, Repository};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
 use crate::auth::Permission;
-use crate::core::{NewAsset, PackageId, PackageIndex, VersionStatus};
-use crate::formats::pypi::{self as format, DistKind};
-use crate::storage::{BlobDigests, BodyError, StagedBlob};
+use wharf_core::{NewAsset, PackageId, PackageIndex, VersionStatus};
+use wharf_formats::pypi::{self as format, DistKind};
+use wharf_storage::{BlobDigests, BodyError, StagedBlob};
 
 const STYLE: ErrorStyle = ErrorStyle::Text;
 
@@ -234,7 +234,7 @@ async fn check_upload(
     let requires_python =
         core.requires_python.or_else(|| field("requires_python").filter(|r| !r.is_empty()).map(str::to_owned));
     let id = PackageId::new(PackageFormat::Pypi, &project);
-    crate::core::check_storable(&id, &version, [filename]).map_err(|e| ApiError::from_core(e, STYLE))?;
+    wharf_core::check_storable(&id, &version, [filename]).map_err(|e| ApiError::from_core(e, STYLE))?;
     upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
     Ok(CheckedUpload { name: name.to_owned(), version, project, expected_filetype, metadata_file, requires_python })
 }

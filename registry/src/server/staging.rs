@@ -10,8 +10,8 @@ use futures::SinkExt;
 use futures::channel::mpsc;
 
 use super::{ApiError, ErrorStyle};
-use crate::core::{CoreError, Registry};
-use crate::storage::{BodyError, StagedBlob};
+use wharf_core::{CoreError, Registry};
+use wharf_storage::{BodyError, StagedBlob};
 
 pub struct StreamedUpload {
     task: tokio::task::JoinHandle<Result<StagedBlob, CoreError>>,

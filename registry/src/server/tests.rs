@@ -78,20 +78,20 @@ impl TestApp {
         config: &str,
         store: Arc<dyn ObjectStore>,
         limits: Limits,
-        upstream: crate::upstream::UpstreamOptions,
+        upstream: wharf_upstream::UpstreamOptions,
     ) -> TestApp {
         let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
             upstream,
             listen: "127.0.0.1:0".parse().unwrap(),
-            secrets: crate::secrets::SecretsDir::new("/nonexistent-secrets"),
+            secrets: wharf_storage::secrets::SecretsDir::new("/nonexistent-secrets"),
             admin_token: ADMIN.into(),
             signing_key: Some(b"test-key".to_vec()),
             limits,
             token_review: None,
         };
         // Shared storage: readers revalidate, as replicas on object storage do.
-        TestApp { router: app(build_state(config, crate::storage::Storage::new(store), &options).await.unwrap()) }
+        TestApp { router: app(build_state(config, wharf_storage::Storage::new(store), &options).await.unwrap()) }
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
@@ -155,7 +155,7 @@ fn gzip_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 fn publish_body(name: &str, version: &str, tarball: &[u8]) -> Value {
-    let file = crate::formats::npm::tarball_filename(name, version);
+    let file = wharf_formats::npm::tarball_filename(name, version);
     json!({
         "_id": name,
         "name": name,

@@ -16,13 +16,13 @@ use futures::StreamExt;
 use wharf_api::PackageFormat;
 
 use super::{ApiError, ErrorStyle, SharedState};
-use crate::core::policy::{self, Chain, EffectivePolicy, ExternalHop};
-use crate::core::{
+use wharf_core::policy::{self, Chain, EffectivePolicy, ExternalHop};
+use wharf_core::{
     CoreError, NewAsset, OriginKind, PackageId, PackageIndex, PackageOrigin, PublishOutcome, Rendered, VersionStatus,
 };
-use crate::formats::{cargo, go, maven, npm, pypi};
-use crate::storage::{BlobDigests, StagedBlob};
-use crate::upstream::{Absence, Document, UpstreamError};
+use wharf_formats::{cargo, go, maven, npm, pypi};
+use wharf_storage::{BlobDigests, StagedBlob};
+use wharf_upstream::{Absence, Document, UpstreamError};
 
 /// Key of an unstored upstream asset's metadata holding its URL (the same
 /// for every format).
@@ -48,7 +48,7 @@ pub struct View {
     /// Whether policy and origin let the chain's external connection serve
     /// this package (what may complete a cached copy from outside).
     pub external_allowed: bool,
-    renders: Arc<crate::core::Renders>,
+    renders: Arc<wharf_core::Renders>,
 }
 
 impl View {
@@ -309,7 +309,7 @@ async fn external_index(
         PackageFormat::Cargo => {
             // The sparse index: `config.json` says where crates download
             // from; the index file is found by the name as cargo spelled it.
-            let upstream = |e: crate::upstream::UpstreamError| ApiError::from_upstream(&e, style);
+            let upstream = |e: wharf_upstream::UpstreamError| ApiError::from_upstream(&e, style);
             let config_url = format!("{base}/config.json");
             let config =
                 consulted.read(state, name, &config_url, "application/json", ttl, absence).await.map_err(upstream)?;
@@ -399,7 +399,7 @@ pub async fn view(
         return Ok(cached.view.clone());
     }
 
-    let local = crate::core::merge_snapshots(snapshots.iter().flatten());
+    let local = wharf_core::merge_snapshots(snapshots.iter().flatten());
     let origin = origin_of(recorded, local.as_ref());
     let hop = usable_hop(&chain, id, &effective, origin.as_ref());
     let external_allowed = hop.is_some();
@@ -548,7 +548,7 @@ fn unstorable(
     file_name: &str,
     style: ErrorStyle,
 ) -> Result<(), ApiError> {
-    crate::core::check_storable(id, version, [file_name]).map_err(|e| {
+    wharf_core::check_storable(id, version, [file_name]).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("external connection {connection} offers a file that cannot be stored here: {e}"),
@@ -625,18 +625,18 @@ async fn stage_upstream_file(
     state: &SharedState,
     connection: &str,
     file_name: &str,
-    body: impl futures::Stream<Item = Result<bytes::Bytes, crate::storage::BodyError>> + Send,
+    body: impl futures::Stream<Item = Result<bytes::Bytes, wharf_storage::BodyError>> + Send,
     style: ErrorStyle,
 ) -> Result<StagedBlob, ApiError> {
     state.registry.stage_asset(body, state.limits.max_upload_bytes).await.map_err(|e| {
         // Too slow or past its deadline: 504, naming the connection.
-        if let CoreError::Storage(crate::storage::StorageError::Body(cause)) = &e
+        if let CoreError::Storage(wharf_storage::StorageError::Body(cause)) = &e
             && let Some(upstream) = cause.downcast_ref::<UpstreamError>()
         {
             return ApiError::from_upstream(upstream, style);
         }
         match e {
-            CoreError::Storage(crate::storage::StorageError::Body(cause)) => ApiError::new(
+            CoreError::Storage(wharf_storage::StorageError::Body(cause)) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 format!("external connection {connection} broke off sending {file_name}: {cause}"),
                 style,
@@ -741,7 +741,7 @@ pub async fn stored_maven_file(
     let url = format!("{base}/{}{version}/{file_name}", maven::package_path(coordinates));
     let (body, modified) = match state.upstream.download_dated(connection, &url).await {
         Ok(download) => download,
-        Err(crate::upstream::UpstreamError::Status { status: 404, .. }) => return Err(missing()),
+        Err(wharf_upstream::UpstreamError::Status { status: 404, .. }) => return Err(missing()),
         Err(error) => return Err(ApiError::from_upstream(&error, style)),
     };
     let mut staged = stage_upstream_file(state, connection, file_name, body, style).await?;

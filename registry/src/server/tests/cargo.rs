@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::{Limits, Reply, TestApp};
-use crate::formats::cargo::archive::{build_crate, manifest};
-use crate::formats::cargo::framing::encode;
+use wharf_formats::cargo::archive::{build_crate, manifest};
+use wharf_formats::cargo::framing::encode;
 
 fn crate_file(name: &str, version: &str, source: &str) -> Vec<u8> {
     let folder = format!("{name}-{version}");

@@ -15,8 +15,8 @@ use serde_json::json;
 use sha2::Digest;
 
 use super::{Limits, Reply, TestApp, publish_body, tarball, upload_form, wheel};
-use crate::formats::cargo::archive::{build_crate, manifest};
-use crate::formats::cargo::framing::encode;
+use wharf_formats::cargo::archive::{build_crate, manifest};
+use wharf_formats::cargo::framing::encode;
 
 /// A store whose disk fills up on demand: every write then fails as the local file
 /// system's do, with an `io::Error` of kind `StorageFull` (ENOSPC) as the cause.

@@ -15,7 +15,7 @@ use object_store::ObjectStore;
 use serde_json::json;
 
 use super::{Limits, TestApp, go_zip, hex_digest, publish_body, put_generic, tarball, upload_form, wheel};
-use crate::formats::cargo::archive::{build_crate, manifest};
+use wharf_formats::cargo::archive::{build_crate, manifest};
 
 async fn keys_under(store: &dyn ObjectStore, prefix: &str) -> BTreeSet<String> {
     let prefix = object_store::path::Path::from(prefix);
@@ -101,7 +101,7 @@ async fn refused_uploads_of_every_format_leave_no_bytes_behind() {
     let folder = "demo-1.0.0";
     let crate_file = build_crate(&[(&format!("{folder}/Cargo.toml"), manifest("other", "1.0.0").as_bytes())]);
     let metadata = json!({"name": "demo", "vers": "1.0.0", "deps": [], "features": {}, "authors": [], "links": null});
-    let body = crate::formats::cargo::framing::encode(metadata.to_string().as_bytes(), &crate_file);
+    let body = wharf_formats::cargo::framing::encode(metadata.to_string().as_bytes(), &crate_file);
     let request =
         Request::put("/cargo/main/api/v1/crates/new").header(header::AUTHORIZATION, &token).body(Body::from(body));
     let reply = app.send(request.unwrap()).await;
@@ -151,7 +151,7 @@ async fn lying_upstream() -> (String, tokio::task::JoinHandle<()>) {
         "versions": {"1.0.0": {"name": "left-pad", "version": "1.0.0", "dist": {
             "tarball": tarball_url,
             "shasum": hex_digest::<sha1::Sha1>(&declared),
-            "integrity": crate::formats::npm::integrity(&hex_digest::<sha2::Sha512>(&declared)),
+            "integrity": wharf_formats::npm::integrity(&hex_digest::<sha2::Sha512>(&declared)),
         }}},
     });
     let served = std::sync::atomic::AtomicU64::new(0);
@@ -247,11 +247,11 @@ async fn names_too_long_to_store_are_refused_with_400_and_store_nothing() {
 #[tokio::test]
 async fn the_core_refuses_any_format_s_name_too_long_to_store_before_writing() {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let registry = crate::core::Registry::new(crate::storage::Storage::new(store.clone()));
-    let id = crate::core::PackageId::new(wharf_api::PackageFormat::Pypi, "demo");
-    let asset = |name: String| crate::core::NewAsset {
+    let registry = wharf_core::Registry::new(wharf_storage::Storage::new(store.clone()));
+    let id = wharf_core::PackageId::new(wharf_api::PackageFormat::Pypi, "demo");
+    let asset = |name: String| wharf_core::NewAsset {
         name,
-        digests: crate::storage::BlobDigests {
+        digests: wharf_storage::BlobDigests {
             sha256: "0".repeat(64),
             sha512: String::new(),
             sha1: String::new(),
@@ -263,11 +263,11 @@ async fn the_core_refuses_any_format_s_name_too_long_to_store_before_writing() {
     // A file name of non-ASCII characters: 80 of them take 160 bytes as
     // UTF-8 and 480 percent-encoded.
     let error = registry
-        .add_asset("main", &id, "demo", "1.0", json!({}), crate::core::VersionStatus::Published, asset("é".repeat(80)))
+        .add_asset("main", &id, "demo", "1.0", json!({}), wharf_core::VersionStatus::Published, asset("é".repeat(80)))
         .await
         .unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, crate::core::CoreError::Invalid(_)), "{message}");
+    assert!(matches!(error, wharf_core::CoreError::Invalid(_)), "{message}");
     assert!(message.contains("file name is too long to store") && message.contains("at most 242"), "{message}");
     let written: Vec<_> = store.list(None).try_collect().await.unwrap();
     assert!(written.is_empty(), "no record is left: {written:?}");

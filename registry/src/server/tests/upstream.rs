@@ -163,14 +163,14 @@ impl PublicRegistry {
 
     /// Publishes a crate (cargo's framed body) and returns the `.crate` bytes.
     async fn publish_crate(&self, name: &str, version: &str) -> Vec<u8> {
-        use crate::formats::cargo::archive::{build_crate, manifest};
+        use wharf_formats::cargo::archive::{build_crate, manifest};
         let folder = format!("{name}-{version}");
         let bytes = build_crate(&[
             (&format!("{folder}/Cargo.toml"), manifest(name, version).as_bytes()),
             (&format!("{folder}/src/lib.rs"), b"pub fn f() {}"),
         ]);
         let metadata = json!({"name": name, "vers": version, "deps": [], "features": {}, "authors": [], "links": null});
-        let body = crate::formats::cargo::framing::encode(metadata.to_string().as_bytes(), &bytes);
+        let body = wharf_formats::cargo::framing::encode(metadata.to_string().as_bytes(), &bytes);
         let token = self.app.token(&["public"], &["publish"]).await;
         let request = Request::put("/cargo/public/api/v1/crates/new")
             .header(header::AUTHORIZATION, token)
@@ -449,7 +449,7 @@ async fn pypi_pages_merge_the_chain_and_hide_what_policy_forbids() {
 
 async fn get_json(app: &TestApp, uri: &str) -> super::Reply {
     let request =
-        Request::get(uri).header(header::ACCEPT, crate::formats::pypi::JSON_CONTENT_TYPE).body(Body::empty()).unwrap();
+        Request::get(uri).header(header::ACCEPT, wharf_formats::pypi::JSON_CONTENT_TYPE).body(Body::empty()).unwrap();
     app.send(request).await
 }
 
@@ -500,13 +500,13 @@ async fn cargo_reads_a_sparse_index_upstream_and_keeps_what_it_fetched() {
     let token = app.token(&["internal"], &["publish"]).await;
     let (metadata, bytes) =
         (json!({"name": "demo-crate", "vers": "2.0.0", "deps": [], "features": {}, "authors": [], "links": null}), {
-            use crate::formats::cargo::archive::{build_crate, manifest};
+            use wharf_formats::cargo::archive::{build_crate, manifest};
             build_crate(&[
                 ("demo-crate-2.0.0/Cargo.toml", manifest("demo-crate", "2.0.0").as_bytes()),
                 ("demo-crate-2.0.0/src/lib.rs", b""),
             ])
         });
-    let body = crate::formats::cargo::framing::encode(metadata.to_string().as_bytes(), &bytes);
+    let body = wharf_formats::cargo::framing::encode(metadata.to_string().as_bytes(), &bytes);
     let request = Request::put("/cargo/internal/api/v1/crates/new")
         .header(header::AUTHORIZATION, token)
         .body(Body::from(body))
@@ -776,7 +776,7 @@ async fn a_trickling_upstream_file_gets_a_504_in_bounded_time_and_leaves_nothing
     let cases = [(Duration::from_secs(60), 1024, "fewer than 1024 bytes"), (Duration::from_secs(2), 1, "within 2 s")];
     for (deadline, min_bytes, expected) in cases {
         let store = Arc::new(object_store::memory::InMemory::new());
-        let options = crate::upstream::UpstreamOptions {
+        let options = wharf_upstream::UpstreamOptions {
             file_deadline: deadline,
             file_min_bytes: min_bytes,
             file_window: Duration::from_secs(1),

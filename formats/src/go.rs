@@ -23,7 +23,7 @@ use regex::Regex;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::core::{PackageIndex, VersionEntry};
+use wharf_core::{PackageIndex, VersionEntry};
 
 /// Longest module path accepted. The go command sets none; object store
 /// keys do (S3: 1024 bytes for the whole key).
@@ -967,7 +967,7 @@ pub fn upstream_index(list: &[u8], path: &str, connection: &str, module_base: &s
     for version in text.lines().map(str::trim).filter(|v| parse_version(v).is_ok()) {
         let asset = |name: String, extension: &str| {
             let url = format!("{module_base}{}.{extension}", escape(version));
-            let asset = crate::core::AssetRef {
+            let asset = wharf_core::AssetRef {
                 name: name.clone(),
                 digests: Default::default(),
                 created: DateTime::UNIX_EPOCH,
@@ -978,7 +978,7 @@ pub fn upstream_index(list: &[u8], path: &str, connection: &str, module_base: &s
         index.versions.insert(
             version.to_owned(),
             VersionEntry {
-                status: crate::core::VersionStatus::Published,
+                status: wharf_core::VersionStatus::Published,
                 created: DateTime::UNIX_EPOCH,
                 metadata: json!({"module": path, "hasGoMod": true, "retract": []}),
                 assets: [asset(mod_asset(version), "mod"), asset(zip_asset(version), "zip")].into(),
@@ -1004,7 +1004,7 @@ mod tests {
     use std::io::{Cursor, Write};
 
     use super::*;
-    use crate::core::{AssetRef, VersionStatus};
+    use wharf_core::{AssetRef, VersionStatus};
 
     #[test]
     fn escaping_round_trips_and_rejects_malformed_escapes() {

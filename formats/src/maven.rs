@@ -20,8 +20,8 @@ use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::core::{PackageIndex, VersionEntry};
-use crate::storage::BlobDigests;
+use wharf_core::{PackageIndex, VersionEntry};
+use wharf_storage::BlobDigests;
 
 /// The file every metadata level is named.
 pub const METADATA_FILE: &str = "maven-metadata.xml";
@@ -242,7 +242,7 @@ fn is_timestamp(text: &str) -> bool {
     matches!(fields, (Some(_), Some(1..=12), Some(1..=31), Some(0..=23), Some(0..=59), Some(0..=60)))
 }
 
-/// The series a core version belongs to, for [`crate::core::Registry::finish_version`]:
+/// The series a core version belongs to, for [`wharf_core::Registry::finish_version`]:
 /// the builds of one SNAPSHOT form a series, ranked by timestamp then
 /// build number; the newest stays listed. Releases are in no series.
 pub fn snapshot_series(version: &str) -> Option<(String, (String, u32))> {
@@ -781,7 +781,7 @@ pub fn upstream_index(document: &[u8], name: &str, connection: &str) -> Result<P
             continue;
         }
         let entry = VersionEntry {
-            status: crate::core::VersionStatus::Published,
+            status: wharf_core::VersionStatus::Published,
             created: chrono::DateTime::UNIX_EPOCH,
             metadata: serde_json::json!({}),
             assets: Default::default(),
@@ -810,7 +810,7 @@ pub fn version_metadata(version: &FileVersion) -> serde_json::Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::{AssetRef, VersionStatus};
+    use wharf_core::{AssetRef, VersionStatus};
 
     fn file(path: &str) -> ArtifactFile {
         match parse_path(path).unwrap() {

@@ -599,9 +599,9 @@ spec:
         assert!(may_publish(&acme, Some(&external), "other").allowed);
     }
 
-    fn entry(days_old: i64, fetched: bool) -> crate::core::VersionEntry {
-        crate::core::VersionEntry {
-            status: crate::core::VersionStatus::Published,
+    fn entry(days_old: i64, fetched: bool) -> crate::VersionEntry {
+        crate::VersionEntry {
+            status: crate::VersionStatus::Published,
             created: chrono::Utc::now() - chrono::Duration::days(days_old),
             metadata: serde_json::json!({}),
             assets: Default::default(),
@@ -634,9 +634,9 @@ spec:
 
     #[test]
     fn a_cached_copy_keeps_the_upstream_files_it_lacks() {
-        let asset = |name: &str| crate::core::AssetRef {
+        let asset = |name: &str| crate::AssetRef {
             name: name.into(),
-            digests: crate::storage::BlobDigests {
+            digests: wharf_storage::BlobDigests {
                 sha256: "0".repeat(64),
                 sha512: String::new(),
                 sha1: String::new(),

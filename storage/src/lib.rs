@@ -20,6 +20,11 @@
 //! bytes go under content-addressed keys (an overwrite is harmless) and
 //! compare-and-swap is built from `PutMode::Create` of numbered revisions.
 
+pub mod backends;
+pub mod secrets;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1078,97 +1083,19 @@ mod tests {
         assert_eq!(storage.newest_revision(&dir, Some(9)).await.unwrap(), Some(12));
     }
 
-    /// A store that overwrites on a create-only write, as an S3-compatible
-    /// server without If-None-Match support does.
-    #[derive(Debug)]
-    struct IgnoresPreconditions(InMemory);
-
-    impl std::fmt::Display for IgnoresPreconditions {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "IgnoresPreconditions")
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for IgnoresPreconditions {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: PutPayload,
-            _ignored: PutOptions,
-        ) -> object_store::Result<object_store::PutResult> {
-            self.0.put_opts(location, payload, PutOptions::default()).await
-        }
-
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            options: object_store::PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-            self.0.put_multipart_opts(location, options).await
-        }
-
-        async fn get_opts(
-            &self,
-            location: &Path,
-            options: GetOptions,
-        ) -> object_store::Result<object_store::GetResult> {
-            self.0.get_opts(location, options).await
-        }
-
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<Path>>,
-        ) -> BoxStream<'static, object_store::Result<Path>> {
-            self.0.delete_stream(locations)
-        }
-
-        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-            self.0.list(prefix)
-        }
-
-        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
-            self.0.list_with_delimiter(prefix).await
-        }
-
-        async fn copy_opts(
-            &self,
-            from: &Path,
-            to: &Path,
-            options: object_store::CopyOptions,
-        ) -> object_store::Result<()> {
-            self.0.copy_opts(from, to, options).await
-        }
-    }
-
     #[tokio::test]
     async fn conditional_writes_are_verified_and_a_store_ignoring_them_is_refused() {
         let honest = storage();
         honest.verify_conditional_writes().await.unwrap();
         honest.check().await.unwrap();
 
-        let careless = Storage::new(Arc::new(IgnoresPreconditions(InMemory::new())));
+        let careless = Storage::new(Arc::new(crate::testing::IgnoresPreconditions::default()));
         let error = careless.verify_conditional_writes().await.unwrap_err();
         assert!(matches!(error, StorageError::ConditionalWritesIgnored { .. }), "{error}");
         assert!(!error.is_unreachable(), "waiting will not fix it");
         assert!(careless.check().await.is_err(), "never ready");
         let left: Vec<_> = careless.store.list(None).try_collect().await.unwrap();
         assert!(left.is_empty(), "the probe is removed: {left:?}");
-
-        // The registry refuses to start on it, saying why.
-        let config = wharf_api::DomainConfig::embedded_default("unused");
-        let options = crate::startup::ServeOptions {
-            upstream: Default::default(),
-            listen: ([127, 0, 0, 1], 0).into(),
-            secrets: crate::secrets::SecretsDir::new("unused"),
-            admin_token: "admin".into(),
-            signing_key: Some(vec![7; 32]),
-            limits: Default::default(),
-            token_review: None,
-        };
-        let refused = crate::startup::build_state(config, careless, &options).await.err().unwrap();
-        let message = format!("{refused:#}");
-        assert!(message.contains("conditional write") && message.contains("If-None-Match"), "{message}");
     }
 
     #[tokio::test]

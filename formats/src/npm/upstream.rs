@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use super::{NpmError, tarball_filename, validate_version};
-use crate::core::{AssetRef, PackageIndex, VersionEntry, VersionStatus};
-use crate::storage::BlobDigests;
+use wharf_core::{AssetRef, PackageIndex, VersionEntry, VersionStatus};
+use wharf_storage::BlobDigests;
 
 /// Key of an upstream asset's metadata holding where to fetch it.
 pub const UPSTREAM_URL: &str = "upstreamUrl";

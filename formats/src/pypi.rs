@@ -12,7 +12,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::core::{PackageIndex, VersionStatus};
+use wharf_core::{PackageIndex, VersionStatus};
 
 pub const JSON_CONTENT_TYPE: &str = "application/vnd.pypi.simple.v1+json";
 pub const HTML_CONTENT_TYPE: &str = "application/vnd.pypi.simple.v1+html";
@@ -201,7 +201,7 @@ fn sdist_metadata_within(
     filename: &str,
     max_unpacked: u64,
 ) -> Result<CoreMetadata, PypiError> {
-    let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
+    let (inflated, inflation) = crate::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
     let invalid = |reason: String| PypiError::InvalidArchive { name: filename.to_owned(), reason };
     let broken = |what: &str, e: std::io::Error| invalid(inflation.reason(what, &e, max_unpacked));
     let mut archive = tar::Archive::new(inflated);
@@ -449,9 +449,9 @@ pub fn upstream_index(
             // Unknown age (PEP 700 is optional): treated as old.
             .unwrap_or(chrono::DateTime::UNIX_EPOCH);
         let yanked = file.get("yanked").is_some_and(|y| y.as_bool().unwrap_or(y.is_string()));
-        let asset = crate::core::AssetRef {
+        let asset = wharf_core::AssetRef {
             name: filename.to_owned(),
-            digests: crate::storage::BlobDigests {
+            digests: wharf_storage::BlobDigests {
                 sha256: sha256.to_ascii_lowercase(),
                 sha512: String::new(),
                 sha1: String::new(),
@@ -461,7 +461,7 @@ pub fn upstream_index(
             created,
             metadata: json!({UPSTREAM_URL: url, "requires_python": text("requires-python")}),
         };
-        let entry = index.versions.entry(parsed.version).or_insert_with(|| crate::core::VersionEntry {
+        let entry = index.versions.entry(parsed.version).or_insert_with(|| wharf_core::VersionEntry {
             status: if yanked { VersionStatus::Unlisted } else { VersionStatus::Published },
             created,
             metadata: json!({}),
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn an_sdist_with_a_huge_directory_entry_is_refused_once_it_inflates_past_the_limit() {
         let pkg_info = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n";
-        let bomb = crate::formats::inflate::gzip_tar_with_huge_directory(
+        let bomb = crate::inflate::gzip_tar_with_huge_directory(
             "demo-1.0/huge/",
             64 << 20,
             &[("demo-1.0/PKG-INFO", &pkg_info[..])],

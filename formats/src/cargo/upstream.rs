@@ -5,8 +5,8 @@
 use serde_json::{Map, Value};
 
 use super::{CargoError, crate_filename, validate_name, validate_version, version_key};
-use crate::core::{AssetRef, PackageIndex, VersionEntry, VersionStatus};
-use crate::storage::BlobDigests;
+use wharf_core::{AssetRef, PackageIndex, VersionEntry, VersionStatus};
+use wharf_storage::BlobDigests;
 
 /// Key of an upstream asset's metadata holding where to fetch it.
 pub const UPSTREAM_URL: &str = "upstreamUrl";

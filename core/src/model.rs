@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use wharf_api::PackageFormat;
 
-use crate::storage::BlobDigests;
+use wharf_storage::BlobDigests;
 
 /// A package within a repository: its format and its name as the format
 /// normalises it (the storage key). The name the publisher spelled is kept

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::core::{PackageIndex, VersionEntry};
+use wharf_core::{PackageIndex, VersionEntry};
 
 /// Content type of the abbreviated ("corgi") packument.
 pub const ABBREVIATED_CONTENT_TYPE: &str = "application/vnd.npm.install-v1+json";
@@ -302,7 +302,7 @@ pub fn align_with_tarball(manifest: &mut Value, name: &str, tarball: &TarballInf
 /// to at most `max_unpacked` bytes, counted on the decompressed tar stream
 /// (headers and every entry type included), so nothing is inflated past it.
 pub fn inspect_tarball(reader: impl Read, max_unpacked: u64) -> Result<TarballInfo, NpmError> {
-    let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
+    let (inflated, inflation) = crate::inflate::limit(flate2::read::GzDecoder::new(reader), max_unpacked);
     let invalid = |m: String| NpmError::InvalidTarball(m);
     let broken = |what: &str, e: std::io::Error| invalid(inflation.reason(what, &e, max_unpacked));
     let mut archive = tar::Archive::new(inflated);
@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn a_huge_directory_entry_is_refused_once_the_inflated_stream_passes_the_limit() {
-        let bomb = crate::formats::inflate::gzip_tar_with_huge_directory(
+        let bomb = crate::inflate::gzip_tar_with_huge_directory(
             "package/huge/",
             64 << 20,
             &[("package/package.json", br#"{"name":"a","version":"1.0.0"}"#)],

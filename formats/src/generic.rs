@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::core::{PackageIndex, VersionEntry};
+use wharf_core::{PackageIndex, VersionEntry};
 
 /// Header carrying the SHA-256 (hex) the uploader computed.
 pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";

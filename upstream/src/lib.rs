@@ -20,8 +20,8 @@ use prometheus_client::metrics::family::Family;
 use reqwest::header::{self, HeaderValue};
 use wharf_api::DomainConfig;
 
-use crate::secrets::{SecretError, SecretsDir};
-use crate::storage::{BodyError, Storage, keys};
+use wharf_storage::secrets::{SecretError, SecretsDir};
+use wharf_storage::{BodyError, Storage, keys};
 
 /// How long one upstream request may take to answer (headers, or the whole
 /// metadata document).
@@ -637,7 +637,7 @@ impl UpstreamClient {
             Err(error) => match cached {
                 Some(cached) if self.within_max_stale(&cached) => {
                     tracing::warn!(
-                        error = %crate::server::error_chain(&error),
+                        error = %wharf_diagnostics::error_chain(&error),
                         fetched = %cached.fetched,
                         "serving stale upstream metadata"
                     );
@@ -645,7 +645,7 @@ impl UpstreamClient {
                 }
                 Some(cached) => {
                     tracing::warn!(
-                        error = %crate::server::error_chain(&error),
+                        error = %wharf_diagnostics::error_chain(&error),
                         fetched = %cached.fetched,
                         max_stale_seconds = self.options.max_stale.as_secs(),
                         "the last copy of this upstream metadata is older than --upstream-max-stale-seconds; not serving it"
@@ -679,7 +679,7 @@ impl UpstreamClient {
                     _ => return Ok(None),
                 },
             };
-            Ok::<_, crate::storage::StorageError>(Some(CachedDocument {
+            Ok::<_, wharf_storage::StorageError>(Some(CachedDocument {
                 body,
                 etag: kept.etag,
                 last_modified: kept.last_modified,
@@ -688,7 +688,7 @@ impl UpstreamClient {
             }))
         };
         read.await.unwrap_or_else(|error| {
-            tracing::warn!(connection, url, error = %crate::server::error_chain(&error), "failed to read the kept copy of upstream metadata");
+            tracing::warn!(connection, url, error = %wharf_diagnostics::error_chain(&error), "failed to read the kept copy of upstream metadata");
             None
         })
     }
@@ -730,7 +730,7 @@ impl UpstreamClient {
             storage.put_json(&keys::upstream_document(connection, &url_digest(url)), &record).await
         };
         if let Err(error) = write.await {
-            tracing::warn!(connection, url, error = %crate::server::error_chain(&error), "failed to keep a copy of upstream metadata");
+            tracing::warn!(connection, url, error = %wharf_diagnostics::error_chain(&error), "failed to keep a copy of upstream metadata");
         }
     }
 
@@ -814,7 +814,7 @@ impl UpstreamClient {
         UpstreamError::TooLarge { connection: connection.to_owned(), url: url.to_owned(), limit: MAX_METADATA_BYTES }
     }
 
-    /// The bytes at `url`, as a stream for [`crate::core::Registry::stage_asset`].
+    /// The bytes at `url`, as a stream for `Registry::stage_asset`.
     pub async fn download(
         &self,
         connection: &str,
@@ -979,7 +979,7 @@ spec:
         let named = resolve_credentials(&config(url, "named", Some("pat")), &secrets).unwrap();
         assert_eq!(authorization(&named), "Bearer named-token");
 
-        let chain = |error: &dyn std::error::Error| crate::server::error_chain(error);
+        let chain = |error: &dyn std::error::Error| wharf_diagnostics::error_chain(error);
         let missing = chain(&resolve_credentials(&config(url, "absent", None), &secrets).unwrap_err());
         let absent_file = dir.path().join("absent/token").display().to_string();
         for part in ["private-npm", "\"absent\"", absent_file.as_str()] {

@@ -5,6 +5,8 @@
 //! [`Storage::verify_conditional_writes`].
 
 use std::sync::Arc;
+
+use anyhow::Context;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
@@ -17,8 +19,8 @@ use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use wharf_api::{AzureStorage, GcsStorage, S3Storage, SecretRef, StorageSpec};
 
+use crate::Storage;
 use crate::secrets::{SecretError, SecretsDir};
-use crate::storage::Storage;
 
 /// Keys of the Secret an S3 `credentialsSecretRef` names.
 pub const S3_ACCESS_KEY_ID: &str = "accessKeyId";
@@ -109,6 +111,23 @@ pub fn open_storage(spec: &StorageSpec, secrets: &SecretsDir) -> Result<Storage,
         (None, None, None, None, Some(_)) => Ok(Storage::exclusive(Arc::new(InMemory::new()))),
         _ => Err(OpenStorageError::Backends { found: spec.backends() }),
     }
+}
+
+/// Opens the storage the Domain's `storage` names, with credentials from
+/// `secrets` (see [`open_storage`]). `mounted_at`, in cluster mode, is
+/// where the pod has the Domain's filesystem volume: the path in the Domain is where the
+/// operator mounts it, and the pod's own view of its mounts is what counts.
+pub fn open_domain_storage(
+    config: &wharf_api::DomainConfig,
+    secrets: &SecretsDir,
+    mounted_at: Option<&str>,
+) -> anyhow::Result<Storage> {
+    let mut spec = config.domain.spec.storage.clone();
+    if let (Some(filesystem), Some(mounted_at)) = (spec.filesystem.as_mut(), mounted_at) {
+        mounted_at.clone_into(&mut filesystem.path);
+    }
+    open_storage(&spec, secrets)
+        .with_context(|| format!("failed to open the storage of Domain {:?}", config.domain_name()))
 }
 
 /// Creates the data folder readable by its owner alone (0700): it holds the
@@ -302,7 +321,7 @@ mod tests {
     fn missing_s3_secret_key_names_the_secret_and_key() {
         let (_dir, secrets) = secrets_with(&[("acme-s3", "accessKeyId", "AK")]);
         let error = open_storage(&s3(Some(reference("acme-s3", None))), &secrets).unwrap_err();
-        let chain = crate::server::error_chain(&error);
+        let chain = wharf_diagnostics::error_chain(&error);
         assert!(chain.contains("Secret \"acme-s3\"") && chain.contains("secretAccessKey"), "{chain}");
         let error = open_storage(&s3(Some(reference("acme-s3", Some("creds")))), &secrets).unwrap_err();
         assert!(matches!(error, OpenStorageError::S3CredentialsKey { .. }), "{error}");

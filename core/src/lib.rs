@@ -25,7 +25,7 @@ use futures::Stream;
 
 pub use model::*;
 
-use crate::storage::{BlobBody, BlobDigests, BodyError, Created, StagedBlob, Storage, StorageError, keys};
+use wharf_storage::{BlobBody, BlobDigests, BodyError, Created, StagedBlob, Storage, StorageError, keys};
 
 /// How often one index write retries after losing a compare-and-swap.
 const MAX_INDEX_ATTEMPTS: u32 = 200;

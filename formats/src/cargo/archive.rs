@@ -67,7 +67,7 @@ pub fn inspect_crate(
     // The tar stream may add headers to the files' bytes, and trailing
     // padding after them; neither may take it past this.
     let ceiling = limits.max_unpacked.saturating_add(MAX_TRAILING_PADDING);
-    let (inflated, inflation) = crate::formats::inflate::limit(flate2::read::GzDecoder::new(reader), ceiling);
+    let (inflated, inflation) = crate::inflate::limit(flate2::read::GzDecoder::new(reader), ceiling);
     let broken = |what: String, e: std::io::Error| invalid(inflation.reason(&what, &e, limits.max_unpacked));
     let mut archive = tar::Archive::new(inflated);
     let mut seen = HashSet::new();
@@ -148,7 +148,7 @@ pub fn inspect_crate(
 }
 
 /// Builds a `.crate` from `(path, bytes)` entries, for tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub fn build_crate(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (path, data) in entries {
@@ -169,7 +169,7 @@ pub fn build_crate(entries: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// A `Cargo.toml` as cargo normalises it for a package.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub fn manifest(name: &str, version: &str) -> String {
     format!(
         "[package]\nedition = \"2021\"\nname = \"{name}\"\nversion = \"{version}\"\ndescription = \"\"\"\n[package]\nname = \"other\"\n\"\"\"\n"
@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn a_huge_directory_entry_is_refused_once_the_inflated_stream_passes_the_limit() {
         let toml = manifest("demo", "1.0.0");
-        let bomb = crate::formats::inflate::gzip_tar_with_huge_directory(
+        let bomb = crate::inflate::gzip_tar_with_huge_directory(
             "demo-1.0.0/huge/",
             64 << 20,
             &[("demo-1.0.0/Cargo.toml", toml.as_bytes())],

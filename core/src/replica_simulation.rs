@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use wharf_api::PackageFormat;
 
 use super::*;
-use crate::storage::BodyError;
+use wharf_storage::BodyError;
 
 /// An in-memory store whose every call waits a random time before and after
 /// it reaches the data, as a remote store does.

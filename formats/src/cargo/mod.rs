@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::core::{PackageIndex, VersionEntry, VersionStatus};
+use wharf_core::{PackageIndex, VersionEntry, VersionStatus};
 
 /// Longest crate name (crates.io's limit).
 pub const MAX_NAME_LENGTH: usize = 64;
@@ -386,8 +386,8 @@ pub fn publishers(index: &PackageIndex) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::AssetRef;
-    use crate::storage::BlobDigests;
+    use wharf_core::AssetRef;
+    use wharf_storage::BlobDigests;
 
     #[test]
     fn names() {
