@@ -10,6 +10,8 @@
 
 use serde_json::{Value, json};
 
+use crate::PackageFormat;
+
 /// One CEL rule at a schema path (`.`-separated properties, `[]` for list items).
 struct Rule {
     kind: &'static str,
@@ -56,6 +58,15 @@ fn rules() -> Vec<Rule> {
             path: "spec.externalConnections",
             rule: "self.all(c, self.exists_one(d, d.name == c.name))".into(),
             message: "external connection names must be unique in a Domain",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.externalConnections[].format",
+            rule: format!(
+                "self in [{}]",
+                PackageFormat::WITH_EXTERNAL_CONNECTIONS.map(|format| format!("'{format}'")).join(", ")
+            ),
+            message: "external connections are served for npm, pypi, maven, cargo and go; nuget, swift and generic connections are not served yet",
         },
         Rule {
             kind: "Domain",

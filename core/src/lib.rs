@@ -9,8 +9,11 @@
 //! leaves unreferenced blobs or a record not yet indexed; the next publish
 //! of the same version indexes it (see [`Registry::publish_version`]).
 
+pub mod adapter;
+pub mod chain;
 pub mod model;
 pub mod policy;
+pub mod publish;
 #[cfg(test)]
 mod replica_simulation;
 
@@ -23,7 +26,10 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::Stream;
 
+pub use adapter::{Adapters, FormatAdapter, LayoutFile, UpstreamSource};
+pub use chain::{Packages, View};
 pub use model::*;
+pub use publish::{Declared, Digest, Placement, Publication};
 
 use wharf_storage::{BlobBody, BlobDigests, BodyError, Created, StagedBlob, Storage, StorageError, keys};
 
@@ -34,7 +40,7 @@ const MAX_CACHED_PACKAGES: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("{0} not found")]
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -44,8 +50,31 @@ pub enum CoreError {
     Invalid(String),
     #[error("too many concurrent writers on package {0}; try again")]
     Contention(String),
+    /// A check of an upload stopped unexpectedly (a bug, not the upload's fault).
+    #[error("{0}")]
+    Crashed(String),
+    /// A policy or origin rule refuses the request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// An external connection failed or sent what cannot be used: the
+    /// upstream's fault, not the client's.
+    #[error("{message}")]
+    Upstream { message: String, timed_out: bool },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl CoreError {
+    /// An external connection's failure, logged here with its causes.
+    pub fn upstream(error: &wharf_upstream::UpstreamError) -> Self {
+        tracing::warn!(error = %wharf_diagnostics::error_chain(error), "upstream request failed");
+        CoreError::Upstream { message: error.to_string(), timed_out: error.is_timeout() }
+    }
+
+    /// An external connection answered with something that cannot be used.
+    pub fn upstream_unusable(message: impl Into<String>) -> Self {
+        CoreError::Upstream { message: message.into(), timed_out: false }
+    }
 }
 
 /// A package index as read at one revision, with its encodings cached so a
@@ -201,7 +230,7 @@ impl Registry {
         self.storage
             .open_blob(sha256, digests.size, range)
             .await?
-            .ok_or_else(|| CoreError::NotFound(format!("blob {sha256}")))
+            .ok_or_else(|| CoreError::NotFound(format!("blob {sha256} not found")))
     }
 
     /// Publishes a whole version at once. Of concurrent publishers of one
@@ -575,8 +604,10 @@ impl Registry {
         series: impl Fn(&str) -> Option<(String, R)>,
     ) -> Result<(), CoreError> {
         self.update_existing(repo, id, |index| {
-            let entry =
-                index.versions.get_mut(version).ok_or_else(|| CoreError::NotFound(format!("version {version}")))?;
+            let entry = index
+                .versions
+                .get_mut(version)
+                .ok_or_else(|| CoreError::NotFound(format!("version {version} not found")))?;
             let mut changed = false;
             match entry.status {
                 VersionStatus::Unfinished => {
@@ -621,8 +652,10 @@ impl Registry {
         status: VersionStatus,
     ) -> Result<(), CoreError> {
         self.update_existing(repo, id, |index| {
-            let entry =
-                index.versions.get_mut(version).ok_or_else(|| CoreError::NotFound(format!("version {version}")))?;
+            let entry = index
+                .versions
+                .get_mut(version)
+                .ok_or_else(|| CoreError::NotFound(format!("version {version} not found")))?;
             if let Some(expected) = expected
                 && entry.status != expected
             {
@@ -664,7 +697,7 @@ impl Registry {
                         entry.status.as_str()
                     )));
                 }
-                None => return Err(CoreError::NotFound(format!("version {version}"))),
+                None => return Err(CoreError::NotFound(format!("version {version} not found"))),
             }
             Ok(index.tags.insert(tag.to_owned(), version.to_owned()).as_deref() != Some(version))
         })
@@ -771,7 +804,7 @@ impl Registry {
         change: impl FnMut(&mut PackageIndex) -> Result<bool, CoreError>,
     ) -> Result<(), CoreError> {
         if self.package(repo, id).await?.is_none() {
-            return Err(CoreError::NotFound(format!("package {}", id.name)));
+            return Err(CoreError::NotFound(format!("package {} not found", id.name)));
         }
         self.update_index(repo, id, &id.name, change).await
     }

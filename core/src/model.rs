@@ -63,6 +63,11 @@ impl VersionStatus {
     }
 }
 
+/// The key in an asset's metadata naming the URL of a file an external
+/// connection offers and the Domain does not hold yet (the same for every
+/// format); the read pipeline fetches it from there on first use.
+pub const UPSTREAM_URL: &str = "upstreamUrl";
+
 /// One file of a version, pointing at a content-addressed blob.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssetRef {

@@ -23,6 +23,7 @@ use regex::Regex;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use wharf_core::UPSTREAM_URL;
 use wharf_core::{PackageIndex, VersionEntry};
 
 /// Longest module path accepted. The go command sets none; object store
@@ -952,9 +953,6 @@ pub fn render_info(version: &str, entry: &VersionEntry) -> Bytes {
     let body = json!({"Version": version, "Time": time.to_rfc3339_opts(SecondsFormat::Secs, true)});
     Bytes::from(body.to_string())
 }
-
-/// Key of an upstream asset's metadata holding where to fetch it.
-pub const UPSTREAM_URL: &str = "upstreamUrl";
 
 /// An upstream proxy's `@v/list` as versions not stored here, each with
 /// its `.mod` and `.zip` at `module_base` (the module's `…/@v/` URL).

@@ -1,7 +1,10 @@
-//! Protocol adapters' pure halves: each format's names, versions, manifests
-//! and archives, and its metadata documents. No I/O and no HTTP types; the
-//! handlers in `server` call these and the core.
+//! The formats: each one's names, versions, manifests, archives and
+//! metadata documents (pure functions, no I/O and no HTTP types), and its
+//! adapter for the core's read pipeline ([`adapters`]), which reads upstream
+//! documents only through the core. The registry's handlers call these and
+//! the core's pipelines.
 
+pub mod adapters;
 pub mod cargo;
 pub mod generic;
 pub mod go;

@@ -12,9 +12,10 @@ use wharf_api::DomainConfig;
 use crate::auth::TokenSigner;
 use crate::server::connections::ConnectionLimits;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
-use wharf_core::Registry;
+use wharf_core::{Packages, Registry};
 use wharf_storage::Storage;
 use wharf_storage::secrets::SecretsDir;
+use wharf_upstream::UpstreamClient;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -67,17 +68,26 @@ pub async fn build_state(
             .with_storage(storage.clone())
             .with_options(options.upstream.clone()),
     );
+    let metrics = Arc::new(Metrics::new(upstream.requests()));
+    let registry = Arc::new(Registry::new(storage));
     Ok(Arc::new(AppState {
-        registry: Arc::new(Registry::new(storage)),
+        packages: packages(Arc::new(config), registry, upstream, options.limits),
         signer: TokenSigner::new(key, domain),
         admin_token: options.admin_token.clone(),
         limits: options.limits,
-        metrics: Arc::new(Metrics::new(upstream.requests())),
-        upstream,
-        views: Default::default(),
+        metrics,
         token_review: options.token_review.clone(),
-        config: Arc::new(config),
     }))
+}
+
+/// The pipelines every format's requests go through, over one configuration revision.
+fn packages(
+    config: Arc<DomainConfig>,
+    registry: Arc<Registry>,
+    upstream: Arc<UpstreamClient>,
+    limits: Limits,
+) -> Packages {
+    Packages::new(config, registry, upstream, wharf_formats::adapters::all(), limits.max_upload_bytes)
 }
 
 /// The configuration in force and the router built from it. A new configuration revision
@@ -127,27 +137,27 @@ impl LiveServer {
     /// connections' credentials cannot be read from `secrets`.
     pub fn replace_config(&self, config: DomainConfig, secrets: &SecretsDir) -> Result<(), ReloadError> {
         let old = self.state();
-        if config.domain_name() != old.config.domain_name() {
+        if config.domain_name() != old.packages.config.domain_name() {
             return Err(ReloadError::OtherDomain {
-                serving: old.config.domain_name().to_owned(),
+                serving: old.packages.config.domain_name().to_owned(),
                 new: config.domain_name().to_owned(),
             });
         }
-        if config.domain.spec.storage != old.config.domain.spec.storage {
+        if config.domain.spec.storage != old.packages.config.domain.spec.storage {
             return Err(ReloadError::StorageChanged);
         }
         let credentials = wharf_upstream::resolve_credentials(&config, secrets)?;
-        old.upstream.replace_credentials(credentials);
+        old.packages.upstream.replace_credentials(credentials);
+        // Views through chains belong to the configuration they were built under: new
+        // pipelines, over the same core and client.
+        let packages =
+            packages(Arc::new(config), old.packages.registry.clone(), old.packages.upstream.clone(), old.limits);
         let state = Arc::new(AppState {
-            config: Arc::new(config),
-            registry: old.registry.clone(),
+            packages,
             signer: old.signer.clone(),
             admin_token: old.admin_token.clone(),
             limits: old.limits,
             metrics: old.metrics.clone(),
-            upstream: old.upstream.clone(),
-            // Views through chains belong to the configuration they were built under.
-            views: Default::default(),
             token_review: old.token_review.clone(),
         });
         let router = server::app(state.clone());

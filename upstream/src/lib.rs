@@ -283,6 +283,14 @@ impl Absence {
     }
 }
 
+/// How a file fetch failed, told to those who waited for it.
+#[derive(Clone, Debug)]
+pub struct FailedFetch {
+    /// The upstream did not answer, or not fast enough.
+    pub timed_out: bool,
+    pub message: String,
+}
+
 /// An upstream metadata document as last seen.
 struct CachedDocument {
     /// `None`: the upstream said 404.
@@ -385,7 +393,7 @@ pub struct UpstreamClient {
     /// Hosts (origins) that could not be reached, and until when to skip them.
     unreachable: Mutex<HashMap<String, Instant>>,
     /// File fetches that failed, by turn key: when, and the answer given.
-    failed_fetches: Mutex<HashMap<String, (Instant, u16, String)>>,
+    failed_fetches: Mutex<HashMap<String, (Instant, FailedFetch)>>,
     /// Credentials of private connections, by connection name; replaced whole
     /// when a new configuration revision is served.
     credentials: std::sync::RwLock<Arc<HashMap<String, ConnectionCredentials>>>,
@@ -545,20 +553,21 @@ impl UpstreamClient {
         lock.lock_owned().await
     }
 
-    /// Notes that the fetch holding turn `key` failed with `status` and
-    /// `message`, for the callers that waited behind it.
-    pub fn note_failed_fetch(&self, key: &str, status: u16, message: &str) {
+    /// Notes that the fetch holding turn `key` failed, for the callers that
+    /// waited behind it.
+    pub fn note_failed_fetch(&self, key: &str, timed_out: bool, message: &str) {
         let mut failed = self.failed_fetches.lock().unwrap_or_else(|e| e.into_inner());
-        failed.retain(|_, (when, _, _)| when.elapsed() < FAILED_FETCH_KEPT);
-        failed.insert(key.to_owned(), (Instant::now(), status, message.to_owned()));
+        failed.retain(|_, (when, _)| when.elapsed() < FAILED_FETCH_KEPT);
+        let fetch = FailedFetch { timed_out, message: message.to_owned() };
+        failed.insert(key.to_owned(), (Instant::now(), fetch));
     }
 
     /// How the fetch of turn `key` failed, when it failed after `since`
     /// (while the caller waited for the turn): the waiter gets that answer
     /// rather than starting the same fetch over.
-    pub fn failed_since(&self, key: &str, since: Instant) -> Option<(u16, String)> {
+    pub fn failed_since(&self, key: &str, since: Instant) -> Option<FailedFetch> {
         let failed = self.failed_fetches.lock().unwrap_or_else(|e| e.into_inner());
-        failed.get(key).filter(|(when, _, _)| *when >= since).map(|(_, status, message)| (*status, message.clone()))
+        failed.get(key).filter(|(when, _)| *when >= since).map(|(_, fetch)| fetch.clone())
     }
 
     /// A document is kept per connection and URL: two connections at one

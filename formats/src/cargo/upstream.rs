@@ -5,11 +5,9 @@
 use serde_json::{Map, Value};
 
 use super::{CargoError, crate_filename, validate_name, validate_version, version_key};
+use wharf_core::UPSTREAM_URL;
 use wharf_core::{AssetRef, PackageIndex, VersionEntry, VersionStatus};
 use wharf_storage::BlobDigests;
-
-/// Key of an upstream asset's metadata holding where to fetch it.
-pub const UPSTREAM_URL: &str = "upstreamUrl";
 
 /// The `dl` template of an upstream's `config.json`.
 pub fn download_template(config: &[u8]) -> Result<String, CargoError> {

@@ -360,6 +360,14 @@ pub fn integrity(sha512_hex: &str) -> String {
     format!("sha512-{}", STANDARD.encode(raw))
 }
 
+/// The SHA-512 a Subresource Integrity string declares, in hex: `None` when
+/// it declares another algorithm (nothing to compare), empty when it is not
+/// valid base64 (it matches nothing).
+pub fn declared_sha512(integrity: &str) -> Option<String> {
+    let encoded = integrity.strip_prefix("sha512-")?;
+    Some(STANDARD.decode(encoded).map(hex::encode).unwrap_or_default())
+}
+
 /// Renders the packument: full (`abbreviated == false`) or the install
 /// document. `base` is the repository's npm root URL, without trailing
 /// slash; tarball URLs go under it so npm sends its token along.

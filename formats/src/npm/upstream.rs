@@ -6,11 +6,9 @@
 use serde_json::Value;
 
 use super::{NpmError, tarball_filename, validate_version};
+use wharf_core::UPSTREAM_URL;
 use wharf_core::{AssetRef, PackageIndex, VersionEntry, VersionStatus};
 use wharf_storage::BlobDigests;
-
-/// Key of an upstream asset's metadata holding where to fetch it.
-pub const UPSTREAM_URL: &str = "upstreamUrl";
 
 /// An upstream packument as a package index of versions not stored here:
 /// each asset carries the upstream URL and the declared SHA-1/SHA-512, and

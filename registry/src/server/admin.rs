@@ -10,13 +10,21 @@ use serde::Deserialize;
 use serde_json::json;
 use wharf_api::PackageFormat;
 
+use super::access::{Access, Client};
 use super::credentials::authenticate;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::auth::{Permission, Principal, TokenClaims};
 use wharf_core::policy::{self, Decided};
 use wharf_core::{PackageId, VersionStatus};
 
-const STYLE: ErrorStyle = ErrorStyle::Json;
+/// Callers of the management API: errors as `{"error": …}`.
+pub enum Admin {}
+
+impl Client for Admin {
+    const STYLE: ErrorStyle = ErrorStyle::Json;
+}
+
+const STYLE: ErrorStyle = Admin::STYLE;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -27,6 +35,44 @@ pub struct TokenRequest {
     ttl_seconds: Option<u64>,
     /// Who the token is for; shown by `npm whoami` and in logs.
     subject: Option<String>,
+}
+
+/// What a token request asks for, checked: the subject and lifetime of the token to mint.
+fn check_token_request(
+    state: &SharedState,
+    principal: &Principal,
+    request: &mut TokenRequest,
+) -> Result<(String, u64), ApiError> {
+    if request.repositories.is_empty() || request.permissions.is_empty() {
+        return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
+    }
+    if let Principal::ServiceAccount(account) = principal {
+        check_exchange(state, principal, request)?;
+        if request.subject.as_ref().is_some_and(|subject| *subject != account.username) {
+            return Err(ApiError::bad_request(
+                format!("a token exchanged by a ServiceAccount is for {}; leave subject out", account.username),
+                STYLE,
+            ));
+        }
+        request.subject = Some(account.username.clone());
+    } else {
+        for repo in &request.repositories {
+            if repo != "*" && state.packages.config.repository(repo).is_none() {
+                return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
+            }
+        }
+    }
+    let min_ttl = wharf_api::TOKEN_TTL_MIN.as_secs();
+    let max_ttl = state.packages.config.domain.spec.max_token_ttl().as_secs();
+    let ttl = request.ttl_seconds.unwrap_or(max_ttl);
+    if !(min_ttl..=max_ttl).contains(&ttl) {
+        return Err(ApiError::bad_request(format!("ttlSeconds must be between {min_ttl} and {max_ttl}"), STYLE));
+    }
+    let subject = request.subject.clone().unwrap_or_else(|| "token".into());
+    if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("subject must be 1–128 printable characters", STYLE));
+    }
+    Ok((subject, ttl))
 }
 
 /// `POST /api/v1/auth/token`: a scoped, short-lived registry token. An admin mints any; a
@@ -57,35 +103,7 @@ pub async fn mint_token(
         Principal::Admin | Principal::ServiceAccount(_) => {}
     }
     let Json(mut request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
-    if request.repositories.is_empty() || request.permissions.is_empty() {
-        return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
-    }
-    if let Principal::ServiceAccount(account) = &principal {
-        check_exchange(&state, &principal, &request)?;
-        if request.subject.as_ref().is_some_and(|subject| *subject != account.username) {
-            return Err(ApiError::bad_request(
-                format!("a token exchanged by a ServiceAccount is for {}; leave subject out", account.username),
-                STYLE,
-            ));
-        }
-        request.subject = Some(account.username.clone());
-    } else {
-        for repo in &request.repositories {
-            if repo != "*" && state.config.repository(repo).is_none() {
-                return Err(ApiError::bad_request(format!("repository {repo} does not exist"), STYLE));
-            }
-        }
-    }
-    let min_ttl = wharf_api::TOKEN_TTL_MIN.as_secs();
-    let max_ttl = state.config.domain.spec.max_token_ttl().as_secs();
-    let ttl = request.ttl_seconds.unwrap_or(max_ttl);
-    if !(min_ttl..=max_ttl).contains(&ttl) {
-        return Err(ApiError::bad_request(format!("ttlSeconds must be between {min_ttl} and {max_ttl}"), STYLE));
-    }
-    let subject = request.subject.unwrap_or_else(|| "token".into());
-    if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("subject must be 1–128 printable characters", STYLE));
-    }
+    let (subject, ttl) = check_token_request(&state, &principal, &mut request)?;
     let now = chrono::Utc::now().timestamp();
     let claims = TokenClaims {
         sub: subject,
@@ -119,7 +137,7 @@ fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenReq
         if repo == "*" {
             return Err(ApiError::bad_request("a ServiceAccount names each repository; `*` is for admins", STYLE));
         }
-        let repository = state.config.repository(repo);
+        let repository = state.packages.config.repository(repo);
         for permission in &request.permissions {
             if !repository.is_some_and(|repository| principal.may(repository, *permission)) {
                 return Err(ApiError::new(
@@ -137,6 +155,7 @@ fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenReq
 pub async fn list_repositories(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let principal = authenticate(&state, &headers, "api", STYLE).await?;
     let repositories: Vec<_> = state
+        .packages
         .config
         .repositories
         .iter()
@@ -203,12 +222,10 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
 
 /// `GET …/packages/{format}/{package}/versions/{version}`.
 pub async fn get_version(
+    _access: Access<Admin>,
     Path((repo, format, package, version)): Path<(String, String, String, String)>,
     State(state): State<SharedState>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let repository = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-    state.authorize(&headers, repository, Permission::Read, STYLE).await?;
     let id = package_id(&format, &package)?;
     let snapshot = state
         .package(&repo, &id, STYLE)
@@ -246,19 +263,18 @@ pub struct StatusRequest {
 /// `PUT …/versions/{version}/status`: Published ↔ Unlisted ↔ Archived, or
 /// Disposed for good. Needs publish rights on the repository.
 pub async fn set_status(
+    _access: Access<Admin>,
     Path((repo, format, package, version)): Path<(String, String, String, String)>,
     State(state): State<SharedState>,
-    headers: HeaderMap,
     body: Result<Json<StatusRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let repository = state.repository(&repo, &headers, Permission::Publish, STYLE).await?;
-    state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
     let Json(request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
     if request.status == VersionStatus::Unfinished {
         return Err(ApiError::bad_request("a version cannot be set back to Unfinished", STYLE));
     }
     let id = package_id(&format, &package)?;
     state
+        .packages
         .registry
         .set_status(&repo, &id, &version, request.expected_status, request.status)
         .await
@@ -274,21 +290,22 @@ fn decided_restriction(decided: &Decided<Option<wharf_api::Restriction>>) -> ser
 /// `GET …/packages/{format}/{package}/origin`: the effective origin
 /// configuration of a package in a repository and what produced each part.
 pub async fn origin(
+    access: Access<Admin>,
     Path((repo, format, package)): Path<(String, String, String)>,
     State(state): State<SharedState>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let repository = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-    let principal = state.authorize(&headers, repository, Permission::Read, STYLE).await?;
+    let principal = access.principal;
     let id = package_id(&format, &package)?;
-    let effective = policy::evaluate(&state.config, &repo, &id);
-    let chain = policy::resolution_order(&state.config, &repo);
+    let effective = policy::evaluate(&state.packages.config, &repo, &id);
+    let chain = policy::resolution_order(&state.packages.config, &repo);
     // The origin record is per Domain: a first version in a Repository the caller cannot
     // read is left out, so that the answer for a private name is the answer for a name
     // nobody used (and names no Repository the caller cannot see).
-    let first = state.registry.package_origin(&id).await.map_err(|e| ApiError::from_core(e, STYLE))?.filter(|origin| {
-        state.config.repository(&origin.repository).is_some_and(|r| principal.may(r, Permission::Read))
-    });
+    let first = state.packages.registry.package_origin(&id).await.map_err(|e| ApiError::from_core(e, STYLE))?.filter(
+        |origin| {
+            state.packages.config.repository(&origin.repository).is_some_and(|r| principal.may(r, Permission::Read))
+        },
+    );
     let blocked: Vec<_> =
         effective.blocked_versions.iter().map(|b| json!({"entry": b.value.to_string(), "source": b.source})).collect();
     Ok(Json(json!({

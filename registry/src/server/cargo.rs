@@ -9,29 +9,33 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wharf_api::{PackageFormat, Repository};
+use wharf_api::PackageFormat;
 
+use super::access::{Access, Authorized, Client};
 use super::metrics::tagged;
-use super::staging::StreamedUpload;
-use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
-use crate::auth::Permission;
-use wharf_core::{CoreError, NewAsset, NewVersion, PackageId, PublishOutcome, VersionStatus};
+use super::staging::{self, Embedded};
+use super::{ApiError, ErrorStyle, SharedState, blob};
+use wharf_core::{
+    CoreError, Declared, NewAsset, NewVersion, PackageId, Placement, Publication, PublishOutcome, VersionStatus,
+};
 use wharf_formats::cargo::archive::{self, ArchiveLimits};
 use wharf_formats::cargo::framing::{FrameEvent, PublishFrameReader};
 use wharf_formats::cargo::{self as format, NewCrateVersion};
 use wharf_storage::StagedBlob;
 
-const STYLE: ErrorStyle = ErrorStyle::Cargo;
+/// cargo: errors as `{"errors": [{"detail": …}]}`.
+pub enum Cargo {}
+
+impl Client for Cargo {
+    const STYLE: ErrorStyle = ErrorStyle::Cargo;
+}
+
+const STYLE: ErrorStyle = Cargo::STYLE;
 /// Search results per page unless asked otherwise, and at most.
 const DEFAULT_PER_PAGE: usize = 10;
 const MAX_PER_PAGE: usize = 100;
-
-fn repo_name(repo: &Repository) -> &str {
-    repo.metadata.name.as_deref().unwrap_or_default()
-}
 
 fn crate_id(name: &str) -> PackageId {
     PackageId::new(PackageFormat::Cargo, format::canonical_name(name))
@@ -51,49 +55,36 @@ fn crate_and_version(krate: &str, version: &str) -> Result<(PackageId, String), 
 
 /// `GET index/config.json`. For a private repository it answers anonymous
 /// requests with 401, which is what makes cargo retry with its token.
-pub async fn config(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
-    let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
-        let base = format!("{}/cargo/{}", super::origin(&headers), repo_name(repo));
+pub async fn config(access: Authorized<Cargo>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    let result = access.and_then(|access| {
+        let repo = access.repository(&state)?;
+        let base = format!("{}/cargo/{}", super::origin(&headers), access.repo);
         let body = format::render_config(&format!("{base}/api/v1/crates"), &base, !repo.allows_anonymous_read());
-        Ok::<_, ApiError>(
-            ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, no-cache")], body)
-                .into_response(),
-        )
-    }
-    .await;
+        Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, no-cache")], body)
+            .into_response())
+    });
     tagged("cargo_config", result)
 }
 
 /// `GET index/{1,2,3/a,ab/cd}/{name}`: the crate's index file, rendered
-/// once per index revision and served with an ETag.
+/// once per view and served with an ETag.
 pub async fn index_file(
-    Path((repo, path)): Path<(String, String)>,
+    access: Authorized<Cargo>,
+    Path((_, path)): Path<(String, String)>,
     State(state): State<SharedState>,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
+        let access = access?;
         let name = format::name_from_index_path(&path).map_err(bad_request)?;
         let missing = || ApiError::not_found(format!("crate {name} not found"), STYLE);
-        let rendered = if upstream::has_chain(&state, repo_name(repo)) {
-            let view =
-                upstream::view(&state, repo_name(repo), &crate_id(&name), &name, STYLE).await?.ok_or_else(missing)?;
-            if view.index.display_name.to_ascii_lowercase() != name {
-                return Err(missing());
-            }
-            view.rendered("cargo:index", format::render_index_file)
-        } else {
-            let snapshot = state.package(repo_name(repo), &crate_id(&name), STYLE).await?.ok_or_else(missing)?;
-            // Only the kept spelling has an index file; cargo offers the other
-            // spelling itself when a lookup fails.
-            if snapshot.index.display_name.to_ascii_lowercase() != name {
-                return Err(missing());
-            }
-            snapshot.rendered("cargo:index", format::render_index_file)
-        };
+        let view = state.view(&access.repo, &crate_id(&name), &name, STYLE).await?.ok_or_else(missing)?;
+        // Only the kept spelling has an index file; cargo offers the other
+        // spelling itself when a lookup fails.
+        if view.index().display_name.to_ascii_lowercase() != name {
+            return Err(missing());
+        }
+        let rendered = view.rendered("cargo:index", format::render_index_file);
         if rendered.body.is_empty() {
             return Err(missing());
         }
@@ -106,146 +97,69 @@ pub async fn index_file(
 /// `GET api/v1/crates/{crate}/{version}/download` (config.json's `dl`).
 /// Yanked versions stay downloadable so existing lockfiles still build.
 pub async fn download(
-    Path((repo, krate, version)): Path<(String, String, String)>,
+    access: Authorized<Cargo>,
+    Path((_, krate, version)): Path<(String, String, String)>,
     State(state): State<SharedState>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
+        let access = access?;
         let (id, key) = crate_and_version(&krate, &version)?;
         let missing = || ApiError::not_found(format!("{krate}@{version} not found"), STYLE);
-        if upstream::has_chain(&state, repo_name(repo)) {
-            let view = upstream::view(&state, repo_name(repo), &id, &krate, STYLE).await?.ok_or_else(missing)?;
-            let file =
-                view.index.versions.get(&key).and_then(|e| e.assets.keys().next().cloned()).ok_or_else(missing)?;
-            let digests = upstream::stored_asset(&state, repo_name(repo), &view, &id, &key, &file, STYLE).await?;
-            return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE).await;
-        }
-        let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
-        let entry = snapshot.index.versions.get(&key).ok_or_else(missing)?;
-        if !entry.status.is_installable() {
-            return Err(ApiError::not_found(format!("{krate}@{version} is {}", entry.status.as_str()), STYLE));
-        }
-        let asset = entry.assets.values().next().ok_or_else(missing)?;
-        blob::serve(&state.registry, &asset.digests, "application/octet-stream", &method, &headers, STYLE).await
+        let view = state.view(&access.repo, &id, &krate, STYLE).await?.ok_or_else(missing)?;
+        let file = view.index().versions.get(&key).and_then(|e| e.assets.keys().next().cloned()).ok_or_else(missing)?;
+        let digests = state.stored_asset(&access.repo, &view, &id, &key, &file, STYLE).await?;
+        blob::serve(&state.packages.registry, &digests, "application/octet-stream", &method, &headers, STYLE).await
     }
     .await;
     tagged("cargo_download", result)
 }
 
 /// `PUT api/v1/crates/new`: cargo's framed body, streamed. The metadata is
-/// checked as soon as it arrives, the `.crate` goes straight to storage,
-/// is inspected there, and the version is created by the core (exactly one
-/// of concurrent publishers wins).
+/// checked as soon as it arrives, the `.crate` goes straight to staging and
+/// through the publish pipeline (exactly one of concurrent publishers wins).
 pub async fn publish(
-    Path(repo): Path<String>,
+    access: Authorized<Cargo>,
     State(state): State<SharedState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    tagged("cargo_publish", publish_crate(&state, &repo, &headers, body).await)
+    tagged("cargo_publish", async { publish_crate(&state, &access?, &headers, body).await }.await)
 }
 
-async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
-    let principal = state.authorize(headers, repo, Permission::Publish, STYLE).await?;
-    let limits = state.limits;
-    let max_metadata = limits.max_metadata_bytes as u64;
-    let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    if declared.is_some_and(|n| n > 8 + max_metadata + limits.max_upload_bytes) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the publish body exceeds the upload limit of {} bytes", limits.max_upload_bytes),
-            STYLE,
-        ));
-    }
-
-    let mut frames = PublishFrameReader::new(max_metadata, limits.max_upload_bytes);
-    let mut body = body.into_data_stream();
-    let mut new: Option<NewCrateVersion> = None;
-    let mut upload: Option<StreamedUpload> = None;
-    let mut streamed: Option<StreamedUpload> = None;
-    let read: Result<(), ApiError> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| bad_request(format!("failed to read the request body: {e}")))?;
-            let events = frames.feed(chunk).map_err(|e| {
-                let status = if e.is_too_large() { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-                ApiError::new(status, e.to_string(), STYLE)
-            })?;
-            for event in events {
-                match event {
-                    FrameEvent::Metadata(json) => {
-                        new = Some(format::parse_publish_metadata(&json).map_err(bad_request)?);
-                    }
-                    FrameEvent::CrateStart(_) => {
-                        upload = Some(StreamedUpload::start(state.registry.clone(), limits.max_upload_bytes));
-                    }
-                    FrameEvent::CrateData(bytes) => {
-                        if let Some(upload) = upload.as_mut() {
-                            upload.send(bytes).await;
-                        }
-                    }
-                    FrameEvent::CrateEnd => streamed = upload.take(),
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
-    let read = read.and_then(|()| frames.finish().map_err(bad_request));
-    let (new, streamed) = match (read, new, streamed, upload) {
-        (Ok(()), Some(new), Some(streamed), None) => (new, streamed),
-        (read, _, streamed, upload) => {
-            for upload in upload.into_iter().chain(streamed) {
-                upload.abort().await;
-            }
-            return Err(read.err().unwrap_or_else(|| bad_request("the body has no metadata or no .crate")));
-        }
-    };
-    let mut staged = streamed.finish(STYLE).await?;
-    let checked = check_crate(state, repo, &new, &staged).await;
-    let info = staged.discard_on_err(checked).await?;
-    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+async fn publish_crate(
+    state: &SharedState,
+    access: &Access<Cargo>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (new, staged) = read_publish_body(state, headers, body).await?;
     let name = new.name.clone();
     let vers = new.version.to_string();
-    let repo_name = repo_name(repo);
-    let id = crate_id(&name);
-    let key = format::version_key(&new.version);
+    let mut publication = Publication::new(&access.repo, crate_id(&name), &name, format::version_key(&new.version));
+    publication.keeps_spelling = true;
+    publication.conflict = Some(format!(
+        "crate version {name}@{} is already uploaded with different contents; versions are immutable, so publish a new version (and yank this one if it is broken)",
+        publication.version
+    ));
+    let (crate_name, crate_version) = (name.clone(), vers.clone());
+    let inspect = move |reader| {
+        archive::inspect_crate(reader, &crate_name, &crate_version, ArchiveLimits::default())
+            .map_err(|e| CoreError::Invalid(e.to_string()))
+    };
+    let accepted = state.packages.accept(&publication, staged, &Declared::default(), inspect).await;
+    let (info, digests) = accepted.map_err(|e| ApiError::from_core(e, STYLE))?;
     let mut metadata = new.metadata;
-    metadata["publisher"] = json!(principal.name());
-    let outcome = state
-        .registry
-        .publish_version(
-            repo_name,
-            &id,
-            &name,
-            NewVersion {
-                version: format::version_key(&new.version),
-                metadata,
-                assets: vec![NewAsset {
-                    name: format::crate_filename(&name, &vers),
-                    digests,
-                    metadata: json!({"fileCount": info.file_count, "unpackedSize": info.unpacked_size}),
-                }],
-                tags: Vec::new(),
-            },
-        )
-        .await
-        .map_err(|e| match e {
-            CoreError::Conflict(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "crate version {name}@{} is already uploaded with different contents; versions are immutable, so publish a new version (and yank this one if it is broken)",
-                    format::version_key(&new.version)
-                ),
-                STYLE,
-            ),
-            other => ApiError::from_core(other, STYLE),
-        })?;
-    upstream::record_publish(state, repo_name, &id, &key, outcome, STYLE).await?;
-    let other: Vec<String> = match outcome {
+    metadata["publisher"] = json!(access.principal.name());
+    let asset = NewAsset {
+        name: format::crate_filename(&name, &vers),
+        digests,
+        metadata: json!({"fileCount": info.file_count, "unpackedSize": info.unpacked_size}),
+    };
+    let new = NewVersion { version: publication.version.clone(), metadata, assets: vec![asset], tags: Vec::new() };
+    let written = state.packages.write(&publication, Placement::Version { new, withdrawals: None }).await;
+    let other: Vec<String> = match written.map_err(|e| ApiError::from_core(e, STYLE))? {
         PublishOutcome::Created => Vec::new(),
         PublishOutcome::AlreadyPublished => {
             vec![format!("{name}@{vers} was already published with these exact bytes; nothing changed")]
@@ -255,60 +169,82 @@ async fn publish_crate(state: &SharedState, repo: &str, headers: &HeaderMap, bod
         .into_response())
 }
 
-/// Every check of a staged `.crate` before it is committed: its entries
-/// and manifest, the origin rules, and the first spelling of its name.
-async fn check_crate(
+/// Reads cargo's framing (u32 LE length, JSON metadata, u32 LE length,
+/// `.crate`) as it streams: the metadata is checked before the first byte of
+/// the `.crate` is staged.
+async fn read_publish_body(
     state: &SharedState,
-    repo: &Repository,
-    new: &NewCrateVersion,
-    staged: &StagedBlob,
-) -> Result<archive::CrateInfo, ApiError> {
-    let (name, vers) = (new.name.clone(), new.version.to_string());
-    let reader = staged.reader();
-    let info = {
-        let (name, vers) = (name.clone(), vers.clone());
-        tokio::task::spawn_blocking(move || archive::inspect_crate(reader, &name, &vers, ArchiveLimits::default()))
-            .await
-            .map_err(|e| ApiError::internal(&e, STYLE))?
-            .map_err(bad_request)?
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(NewCrateVersion, StagedBlob), ApiError> {
+    let limits = state.limits;
+    let max_metadata = limits.max_metadata_bytes as u64;
+    let max_body = 8 + max_metadata + limits.max_upload_bytes;
+    let too_large = || {
+        let message = format!("the publish body exceeds the upload limit of {} bytes", limits.max_upload_bytes);
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message, STYLE)
     };
-    let repo_name = repo_name(repo);
-    let id = crate_id(&name);
-    let key = format::version_key(&new.version);
-    wharf_core::check_storable(&id, &key, []).map_err(|e| ApiError::from_core(e, STYLE))?;
-    upstream::check_publish(state, repo_name, &id, &name, &key, STYLE).await?;
-    state.registry.claim_spelling(repo_name, &id, &name).await.map_err(|e| ApiError::from_core(e, STYLE))?;
-    Ok(info)
+    if super::declared_length(headers).is_some_and(|n| n > max_body) {
+        return Err(too_large());
+    }
+    let mut frames = PublishFrameReader::new(max_metadata, limits.max_upload_bytes);
+    let mut new: Option<NewCrateVersion> = None;
+    let split = |chunk| {
+        let events = frames.feed(chunk).map_err(|e| {
+            let status = if e.is_too_large() { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+            ApiError::new(status, e.to_string(), STYLE)
+        })?;
+        let mut parts = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                FrameEvent::Metadata(json) => new = Some(format::parse_publish_metadata(&json).map_err(bad_request)?),
+                FrameEvent::CrateStart(_) => parts.push(Embedded::Start(String::new())),
+                FrameEvent::CrateData(bytes) => parts.push(Embedded::Data(bytes)),
+                FrameEvent::CrateEnd => parts.push(Embedded::End),
+            }
+        }
+        Ok(parts)
+    };
+    let registry = &state.packages.registry;
+    // The framing reader refuses a frame past its limit itself, naming which.
+    let limits = (u64::MAX, limits.max_upload_bytes);
+    let staged = staging::stage_embedded(registry, body, limits, STYLE, too_large, split).await?;
+    match (frames.finish(), new, staged) {
+        (Ok(()), Some(new), Some((_, staged))) => Ok((new, staged)),
+        (finished, _, staged) => {
+            if let Some((_, staged)) = staged {
+                staged.discard().await;
+            }
+            Err(finished.err().map(bad_request).unwrap_or_else(|| bad_request("the body has no metadata or no .crate")))
+        }
+    }
 }
 
 /// `DELETE api/v1/crates/{crate}/{version}/yank`: Published → Unlisted.
 pub async fn yank(
-    Path((repo, krate, version)): Path<(String, String, String)>,
+    access: Authorized<Cargo>,
+    Path((_, krate, version)): Path<(String, String, String)>,
     State(state): State<SharedState>,
-    headers: HeaderMap,
 ) -> Response {
-    tagged("cargo_yank", change_yank(&state, &repo, &krate, &version, &headers, true).await)
+    tagged("cargo_yank", async { change_yank(&state, &access?, &krate, &version, true).await }.await)
 }
 
 /// `PUT api/v1/crates/{crate}/{version}/unyank`: Unlisted → Published.
 pub async fn unyank(
-    Path((repo, krate, version)): Path<(String, String, String)>,
+    access: Authorized<Cargo>,
+    Path((_, krate, version)): Path<(String, String, String)>,
     State(state): State<SharedState>,
-    headers: HeaderMap,
 ) -> Response {
-    tagged("cargo_unyank", change_yank(&state, &repo, &krate, &version, &headers, false).await)
+    tagged("cargo_unyank", async { change_yank(&state, &access?, &krate, &version, false).await }.await)
 }
 
 async fn change_yank(
     state: &SharedState,
-    repo: &str,
+    access: &Access<Cargo>,
     krate: &str,
     version: &str,
-    headers: &HeaderMap,
     yank: bool,
 ) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
-    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
     let (id, key) = crate_and_version(krate, version)?;
     let (from, to) = if yank {
         (VersionStatus::Published, VersionStatus::Unlisted)
@@ -317,7 +253,7 @@ async fn change_yank(
     };
     // Compare-and-swap from the one status this operation starts from, so
     // an Archived version is never brought back by an unyank.
-    match state.registry.set_status(repo_name(repo), &id, &key, Some(from), to).await {
+    match state.packages.registry.set_status(&access.repo, &id, &key, Some(from), to).await {
         Ok(()) => {}
         // Already where it was asked to go (a retry, or a concurrent yank).
         Err(CoreError::StatusMismatch { actual, .. }) if actual == to.as_str() => {}
@@ -341,24 +277,21 @@ async fn change_yank(
 /// Publish rights in Wharf belong to the Repository (its `access.publish`
 /// and the tokens minted for it), so there is no owner list to edit.
 pub async fn owners(
-    Path((repo, krate)): Path<(String, String)>,
+    access: Authorized<Cargo>,
+    Path((_, krate)): Path<(String, String)>,
     State(state): State<SharedState>,
     method: Method,
-    headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let permission = if method == Method::GET || method == Method::HEAD { Permission::Read } else { Permission::Publish };
-        let repo = state.repository(&repo, &headers, permission, STYLE).await?;
+        let access = access?;
         if method != Method::GET && method != Method::HEAD {
-            state.authorize(&headers, repo, Permission::Publish, STYLE).await?;
             return Err(bad_request(format!(
                 "crate owners cannot be changed in Wharf: who may publish {krate} is decided by repository {}'s access.publish",
-                repo_name(repo)
+                access.repo
             )));
         }
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
         format::validate_name(&krate).map_err(bad_request)?;
-        let snapshot = state.package(repo_name(repo), &crate_id(&krate), STYLE).await?
+        let snapshot = state.package(&access.repo, &crate_id(&krate), STYLE).await?
             .ok_or_else(|| ApiError::not_found(format!("crate {krate} not found"), STYLE))?;
         let users: Vec<Value> = format::publishers(&snapshot.index)
             .into_iter()
@@ -371,6 +304,42 @@ pub async fn owners(
     tagged("cargo_owners", result)
 }
 
+/// The first `per_page` of `names` that have an installable version, as
+/// cargo shows them, and how many such crates there are in all.
+async fn search_page(
+    state: &SharedState,
+    repo: &str,
+    names: Vec<String>,
+    per_page: usize,
+) -> Result<(Vec<Value>, usize), ApiError> {
+    let mut crates = Vec::new();
+    let mut total = 0usize;
+    for name in names {
+        // Each match costs a snapshot read; stop loading once the page
+        // is full and only count the rest.
+        if crates.len() >= per_page {
+            total += 1;
+            continue;
+        }
+        let snapshot = state.package(repo, &PackageId::new(PackageFormat::Cargo, name), STYLE).await?;
+        // A spelling claimed by a publish that then failed has no versions.
+        let Some(snapshot) = snapshot.filter(|s| s.index.versions.values().any(|v| v.status.is_installable())) else {
+            continue;
+        };
+        total += 1;
+        let newest = format::newest_listed(&snapshot.index);
+        let max_version =
+            newest.and_then(|(_, entry)| entry.metadata.get("vers").and_then(Value::as_str)).unwrap_or("0.0.0");
+        let description = newest.and_then(|(_, entry)| entry.metadata.get("description")).cloned();
+        crates.push(json!({
+            "name": snapshot.index.display_name,
+            "max_version": max_version,
+            "description": description.unwrap_or(Value::Null),
+        }));
+    }
+    Ok((crates, total))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct SearchParams {
     q: Option<String>,
@@ -380,14 +349,12 @@ pub struct SearchParams {
 /// `GET api/v1/crates?q=&per_page=`: crates whose name contains `q`
 /// (case-insensitive, `-` equal to `_`), exact match first, then by name.
 pub async fn search(
-    Path(repo): Path<String>,
+    access: Authorized<Cargo>,
     State(state): State<SharedState>,
-    headers: HeaderMap,
     Query(params): Query<SearchParams>,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
+        let access = access?;
         let per_page = match params.per_page.as_deref() {
             None => DEFAULT_PER_PAGE,
             Some(text) => text
@@ -398,40 +365,16 @@ pub async fn search(
         };
         let query = format::canonical_name(params.q.as_deref().unwrap_or("").trim());
         let mut names: Vec<String> = state
+            .packages
             .registry
-            .package_names(repo_name(repo), PackageFormat::Cargo)
+            .package_names(&access.repo, PackageFormat::Cargo)
             .await
             .map_err(|e| ApiError::from_core(e, STYLE))?
             .into_iter()
             .filter(|name| name.contains(&query))
             .collect();
         names.sort_by(|a, b| (*a != query).cmp(&(*b != query)).then_with(|| a.cmp(b)));
-        let mut crates = Vec::new();
-        let mut total = 0usize;
-        for name in names {
-            // Each match costs a snapshot read; stop loading once the page
-            // is full and only count the rest.
-            if crates.len() >= per_page {
-                total += 1;
-                continue;
-            }
-            let snapshot = state.package(repo_name(repo), &PackageId::new(PackageFormat::Cargo, name), STYLE).await?;
-            // A spelling claimed by a publish that then failed has no versions.
-            let Some(snapshot) = snapshot.filter(|s| s.index.versions.values().any(|v| v.status.is_installable()))
-            else {
-                continue;
-            };
-            total += 1;
-            let newest = format::newest_listed(&snapshot.index);
-            let max_version =
-                newest.and_then(|(_, entry)| entry.metadata.get("vers").and_then(Value::as_str)).unwrap_or("0.0.0");
-            let description = newest.and_then(|(_, entry)| entry.metadata.get("description")).cloned();
-            crates.push(json!({
-                "name": snapshot.index.display_name,
-                "max_version": max_version,
-                "description": description.unwrap_or(Value::Null),
-            }));
-        }
+        let (crates, total) = search_page(&state, &access.repo, names, per_page).await?;
         Ok(axum::Json(json!({"crates": crates, "meta": {"total": total}})).into_response())
     }
     .await;

@@ -20,6 +20,19 @@ pub enum ErrorStyle {
     Cargo,
 }
 
+impl ErrorStyle {
+    /// The style of the client a request path is for: each format's
+    /// endpoints live under its own prefix.
+    pub fn of_path(path: &str) -> Self {
+        let prefix = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        match prefix {
+            "pypi" | "go" | "maven" => ErrorStyle::Text,
+            "cargo" => ErrorStyle::Cargo,
+            _ => ErrorStyle::Json,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -60,7 +73,11 @@ impl ApiError {
             CoreError::NotFound(_) => StatusCode::NOT_FOUND,
             CoreError::Conflict(_) | CoreError::StatusMismatch { .. } => StatusCode::CONFLICT,
             CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
             CoreError::Contention(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CoreError::Upstream { timed_out: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+            CoreError::Upstream { timed_out: false, .. } => StatusCode::BAD_GATEWAY,
+            CoreError::Crashed(_) => return Self::internal(&error, style),
             CoreError::Storage(storage) => return Self::from_storage(storage, style),
         };
         Self::new(status, error.to_string(), style)

@@ -22,7 +22,7 @@
 //! - Checksum sidecars are compared with the stored file's digests (400 on
 //!   a mismatch) and not stored; GETs answer from the stored digests.
 //!
-//! A Repository with upstreams reads through its chain (`server/upstream`):
+//! A Repository with upstreams reads through its chain (`wharf_core::chain`):
 //! `maven-metadata.xml` is rendered from the merged, policy-filtered view,
 //! and a file of a release from the external connection is fetched once
 //! and kept. Deploys are origin-checked like the other formats' publishes.
@@ -35,26 +35,41 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use wharf_api::PackageFormat;
 
+use super::access::{Authorized, Client};
 use super::metrics::tagged;
-use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
-use crate::auth::Permission;
-use wharf_core::{NewAsset, PackageId, PackageIndex, PackageSnapshot, PublishOutcome, VersionStatus};
+use super::{ApiError, ErrorStyle, SharedState, blob};
+use wharf_core::{
+    Declared, Digest, NewAsset, PackageId, PackageIndex, PackageSnapshot, Placement, Publication, PublishOutcome,
+    VersionStatus,
+};
 use wharf_formats::maven::{
     self as format, ArtifactFile, ChecksumAlgorithm, Coordinates, FileVersion, MetadataLevel, RepositoryPath,
 };
 use wharf_storage::{BlobDigests, BodyError};
 
 /// Maven shows the status code and reason phrase of a failed transfer.
-const STYLE: ErrorStyle = ErrorStyle::Text;
+pub enum Maven {}
+
+impl Client for Maven {
+    const STYLE: ErrorStyle = ErrorStyle::Text;
+}
+
+const STYLE: ErrorStyle = Maven::STYLE;
 /// Largest checksum sidecar accepted: a SHA-512 hex digest and a file name.
 const MAX_SIDECAR_BYTES: usize = 1024;
 
+/// Authorised before the path is looked at: an anonymous client of a
+/// private repository gets the challenge Maven waits for.
 pub async fn dispatch(
-    Path((repo, path)): Path<(String, String)>,
+    access: Authorized<Maven>,
+    Path((_, path)): Path<(String, String)>,
     State(state): State<SharedState>,
     request: Request,
 ) -> Response {
-    let (operation, result) = handle(&state, &repo, &path, request).await;
+    let (operation, result) = match access {
+        Ok(access) => handle(&state, &access.repo, &path, request).await,
+        Err(refused) => ("maven", Err(refused)),
+    };
     tagged(operation, result)
 }
 
@@ -75,16 +90,6 @@ async fn handle(
         return ("maven", Err(refused));
     }
     let headers = request.headers().clone();
-    // Authorise before looking at the path: an anonymous client of a
-    // private repository gets the challenge Maven waits for.
-    let permission = if read { Permission::Read } else { Permission::Publish };
-    let authorized = match state.repository(repo_name, &headers, permission, STYLE).await {
-        Ok(repo) => state.authorize(&headers, repo, permission, STYLE).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = authorized {
-        return ("maven", Err(e));
-    }
     let parsed = match format::parse_path(path) {
         Ok(parsed) => parsed,
         Err(e) => return ("maven", Err(ApiError::bad_request(e.to_string(), STYLE))),
@@ -121,7 +126,12 @@ async fn package(
     repo_name: &str,
     coordinates: &Coordinates,
 ) -> Result<Option<std::sync::Arc<PackageSnapshot>>, ApiError> {
-    state.registry.package(repo_name, &package_id(coordinates)).await.map_err(|e| ApiError::from_core(e, STYLE))
+    state
+        .packages
+        .registry
+        .package(repo_name, &package_id(coordinates))
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))
 }
 
 /// The core version and stored file name a layout file names. The
@@ -148,21 +158,13 @@ async fn downloadable(
     file: &ArtifactFile,
 ) -> Result<(BlobDigests, DateTime<Utc>), ApiError> {
     let missing = || ApiError::not_found(format!("{} not found", file.file_name), STYLE);
-    if upstream::has_chain(state, repo_name) {
-        let id = package_id(&file.coordinates);
-        let view = upstream::view(state, repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
-        let (version, name) = stored_name(&view.index, file).ok_or_else(missing)?;
-        let digests =
-            upstream::stored_maven_file(state, repo_name, &view, &id, &file.coordinates, &version, &name, STYLE)
-                .await?;
-        let created = view.index.versions.get(&version).and_then(|e| e.assets.get(&name)).map(|a| a.created);
-        return Ok((digests, created.unwrap_or_else(Utc::now)));
-    }
-    let snapshot = package(state, repo_name, &file.coordinates).await?.ok_or_else(missing)?;
-    let (version, name) = stored_name(&snapshot.index, file).ok_or_else(missing)?;
-    let entry = snapshot.index.versions.get(&version).filter(|e| e.status.is_installable()).ok_or_else(missing)?;
-    let asset = entry.assets.get(&name).ok_or_else(missing)?;
-    Ok((asset.digests.clone(), asset.created))
+    let id = package_id(&file.coordinates);
+    let view = state.view(repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+    let (version, name) = stored_name(view.index(), file).ok_or_else(missing)?;
+    let stored = state.packages.stored_layout_file(repo_name, &view, &id, &version, &name).await;
+    let digests = stored.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let created = view.index().versions.get(&version).and_then(|e| e.assets.get(&name)).map(|a| a.created);
+    Ok((digests, created.unwrap_or_else(Utc::now)))
 }
 
 /// The resolver takes `X-Checksum-*` headers instead of fetching sidecars.
@@ -201,7 +203,7 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let (digests, created) = downloadable(state, repo_name, file).await?;
     let content_type = format::content_type(&file.extension);
-    let mut response = blob::serve(&state.registry, &digests, content_type, method, headers, STYLE).await?;
+    let mut response = blob::serve(&state.packages.registry, &digests, content_type, method, headers, STYLE).await?;
     checksum_headers(response.headers_mut(), &digests.sha1, &digests.md5, &digests.sha256);
     last_modified(response.headers_mut(), Some(created));
     if matches!(file.version, FileVersion::LatestSnapshot { .. }) {
@@ -248,16 +250,11 @@ async fn metadata(
         MetadataLevel::Artifact => "maven:artifact".to_owned(),
         MetadataLevel::Snapshot { base_version } => format!("maven:snapshot:{base_version}"),
     };
-    let (rendered, modified) = if upstream::has_chain(state, repo_name) {
-        // Rendered from the merged chain, after policy: blocked and
-        // too-young versions are gone and `latest`/`release` follow.
-        let id = package_id(coordinates);
-        let view = upstream::view(state, repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
-        (view.rendered(&key, render), view.index.modified)
-    } else {
-        let snapshot = package(state, repo_name, coordinates).await?.ok_or_else(missing)?;
-        (snapshot.rendered(&key, render), snapshot.index.modified)
-    };
+    // Rendered from the view, after policy: blocked and too-young versions
+    // are gone and `latest`/`release` follow.
+    let id = package_id(coordinates);
+    let view = state.view(repo_name, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+    let (rendered, modified) = (view.rendered(&key, render), view.index().modified);
     if rendered.body.is_empty() {
         return Err(missing());
     }
@@ -325,19 +322,9 @@ async fn complete_deploy(
     }
     let versions =
         format::deployed_versions(&document, level).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
-    let Some(snapshot) = package(state, repo_name, coordinates).await? else { return Ok(accepted()) };
     let id = package_id(coordinates);
-    for version in versions {
-        let unfinished = snapshot.index.versions.get(&version).is_some_and(|e| e.status == VersionStatus::Unfinished);
-        if unfinished {
-            state
-                .registry
-                .finish_version(repo_name, &id, &version, format::snapshot_series)
-                .await
-                .map_err(|e| ApiError::from_core(e, STYLE))?;
-            upstream::record_publish(state, repo_name, &id, &version, PublishOutcome::Created, STYLE).await?;
-        }
-    }
+    let finished = state.packages.finish(repo_name, &id, &versions, format::snapshot_series).await;
+    finished.map_err(|e| ApiError::from_core(e, STYLE))?;
     Ok(accepted())
 }
 
@@ -399,23 +386,24 @@ async fn verify_checksum(
     Ok((StatusCode::OK, "checksum matches the stored file\n").into_response())
 }
 
-/// Some clients (Gradle, curl users) declare digests as headers.
-fn check_declared_checksums(file: &ArtifactFile, headers: &HeaderMap, digests: &BlobDigests) -> Result<(), ApiError> {
-    for (name, stored) in
-        [("x-checksum-sha1", &digests.sha1), ("x-checksum-md5", &digests.md5), ("x-checksum-sha256", &digests.sha256)]
+/// The digests some clients (Gradle, curl users) declare as headers.
+fn declared_checksums(file: &ArtifactFile, headers: &HeaderMap) -> Declared {
+    let mut declared = Declared::default();
+    for (name, digest) in
+        [("x-checksum-sha1", Digest::Sha1), ("x-checksum-md5", Digest::Md5), ("x-checksum-sha256", Digest::Sha256)]
     {
-        if let Some(claimed) = headers.get(name).and_then(|v| v.to_str().ok())
-            && !claimed.trim().eq_ignore_ascii_case(stored)
-        {
-            return Err(ApiError::bad_request(
-                format!("{} does not match its {name} header: received {stored}", file.file_name),
-                STYLE,
-            ));
-        }
+        let claimed = headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let file_name = file.file_name.clone();
+        declared = declared.expect(digest, claimed, move |stored| {
+            format!("{file_name} does not match its {name} header: received {stored}")
+        });
     }
-    Ok(())
+    declared
 }
 
+/// One file of a deploy, into its version (Unfinished until the deploy's
+/// metadata arrives). The first file of a version in this Repository
+/// decides whether it may be deployed here at all; its later files follow it.
 async fn upload(
     state: &SharedState,
     repo_name: &str,
@@ -424,18 +412,12 @@ async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     let version = uploaded_version(file)?;
-    let id = package_id(&file.coordinates);
-    // The first file of a version in this Repository decides whether it
-    // may be deployed here at all; its later files follow it.
-    let known =
-        package(state, repo_name, &file.coordinates).await?.is_some_and(|p| p.index.versions.contains_key(&version));
-    if !known {
-        upstream::check_publish(state, repo_name, &id, &id.name, &version, STYLE).await?;
-    }
-    wharf_core::check_storable(&id, &version, [file.file_name.as_str()]).map_err(|e| ApiError::from_core(e, STYLE))?;
+    let name = file.coordinates.package_name();
+    let mut publication = Publication::new(repo_name, package_id(&file.coordinates), &name, &version);
+    publication.files.push(file.file_name.clone());
+    publication.admitted_by_first_file = true;
     let limit = state.limits.max_upload_bytes;
-    let declared: Option<u64> = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if super::declared_length(headers).is_some_and(|n| n > limit) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("{} exceeds the upload limit of {limit} bytes", file.file_name),
@@ -443,24 +425,17 @@ async fn upload(
         ));
     }
     let stream = body.into_data_stream().map_err(|e| Box::new(e) as BodyError);
-    let mut staged = state.registry.stage_asset(stream, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
-    let checked = check_declared_checksums(file, headers, staged.digests());
-    staged.discard_on_err(checked).await?;
-    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
-    let registry = &state.registry;
-    let outcome = registry
-        .add_asset(
-            repo_name,
-            &id,
-            &id.name,
-            &version,
-            format::version_metadata(&file.version),
-            VersionStatus::Unfinished,
-            NewAsset { name: file.file_name.clone(), digests, metadata: serde_json::Value::Null },
-        )
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?;
-    Ok(match outcome {
+    let registry = &state.packages.registry;
+    let staged = registry.stage_asset(stream, limit).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let accepted = state.packages.accept(&publication, staged, &declared_checksums(file, headers), |_| Ok(())).await;
+    let ((), digests) = accepted.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let placement = Placement::File {
+        version_metadata: format::version_metadata(&file.version),
+        status: VersionStatus::Unfinished,
+        asset: NewAsset { name: file.file_name.clone(), digests, metadata: serde_json::Value::Null },
+    };
+    let written = state.packages.write(&publication, placement).await;
+    Ok(match written.map_err(|e| ApiError::from_core(e, STYLE))? {
         PublishOutcome::Created => (StatusCode::CREATED, "created\n").into_response(),
         PublishOutcome::AlreadyPublished => (StatusCode::OK, "already stored with identical bytes\n").into_response(),
     })

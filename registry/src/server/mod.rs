@@ -2,6 +2,7 @@
 //! the status codes and bodies each client understands. Handlers extract,
 //! call the core, encode.
 
+mod access;
 mod admin;
 mod blob;
 mod cargo;
@@ -16,7 +17,6 @@ pub mod metrics;
 mod npm;
 mod pypi;
 mod staging;
-mod upstream;
 
 use std::sync::Arc;
 
@@ -25,12 +25,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post, put};
-use wharf_api::DomainConfig;
 use wharf_api::Repository;
 use wharf_diagnostics::error_chain;
 
 use crate::auth::{Permission, Principal, TokenSigner};
-use wharf_core::Registry;
+use wharf_core::{PackageId, Packages, View};
+use wharf_storage::BlobDigests;
 
 pub use error::{ApiError, ErrorStyle};
 
@@ -52,16 +52,15 @@ impl Default for Limits {
 
 /// Everything a handler needs, shared by all requests.
 pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub config: Arc<DomainConfig>,
+    /// The Domain's packages under this configuration revision: the core
+    /// (`packages.registry`), the configuration (`packages.config`), the
+    /// external connections' client (`packages.upstream`), and the read and
+    /// publish pipelines over them.
+    pub packages: Packages,
     pub signer: TokenSigner,
     pub admin_token: String,
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
-    /// The client of the Domain's external connections.
-    pub upstream: Arc<wharf_upstream::UpstreamClient>,
-    /// Views through chains, kept while they hold.
-    pub views: upstream::ViewCache,
     /// Checks Kubernetes ServiceAccount tokens; in cluster mode only.
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
 }
@@ -80,7 +79,7 @@ impl AppState {
         permission: Permission,
         style: ErrorStyle,
     ) -> Result<&Repository, ApiError> {
-        if let Some(repository) = self.config.repository(name) {
+        if let Some(repository) = self.packages.config.repository(name) {
             return Ok(repository);
         }
         let principal = credentials::authenticate(self, headers, name, style).await?;
@@ -94,10 +93,36 @@ impl AppState {
     pub async fn package(
         &self,
         repo: &str,
-        id: &wharf_core::PackageId,
+        id: &PackageId,
         style: ErrorStyle,
     ) -> Result<Option<Arc<wharf_core::PackageSnapshot>>, ApiError> {
-        self.registry.package(repo, id).await.map_err(|e| ApiError::from_core(e, style))
+        self.packages.registry.package(repo, id).await.map_err(|e| ApiError::from_core(e, style))
+    }
+
+    /// The package as `repo`'s clients see it, through its chain (see
+    /// [`Packages::view`]); `None` when nobody has it.
+    pub async fn view(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        spelling: &str,
+        style: ErrorStyle,
+    ) -> Result<Option<View>, ApiError> {
+        self.packages.view(repo, id, spelling).await.map_err(|e| ApiError::from_core(e, style))
+    }
+
+    /// A file of a version in `view`, fetched into the Domain first when it
+    /// comes from an external connection (see [`Packages::stored_asset`]).
+    pub async fn stored_asset(
+        &self,
+        repo: &str,
+        view: &View,
+        id: &PackageId,
+        version: &str,
+        file: &str,
+        style: ErrorStyle,
+    ) -> Result<BlobDigests, ApiError> {
+        self.packages.stored_asset(repo, view, id, version, file).await.map_err(|e| ApiError::from_core(e, style))
     }
 
     /// Decides whether the request may do `permission` on `repo` (see [`Principal::may`]):
@@ -188,7 +213,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {
-    match state.registry.storage().check().await {
+    match state.packages.registry.storage().check().await {
         Ok(()) => "ready".into_response(),
         Err(error) => {
             tracing::warn!(error = %error_chain(&error), "storage is not reachable");

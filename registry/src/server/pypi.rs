@@ -9,20 +9,25 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde_json::json;
-use wharf_api::{PackageFormat, Repository};
+use wharf_api::PackageFormat;
 
+use super::access::{Access, Authorized, Client};
 use super::metrics::tagged;
-use super::{ApiError, ErrorStyle, SharedState, blob, upstream};
-use crate::auth::Permission;
-use wharf_core::{NewAsset, PackageId, PackageIndex, VersionStatus};
-use wharf_formats::pypi::{self as format, DistKind};
+use super::{ApiError, ErrorStyle, SharedState, blob};
+use wharf_core::{
+    CoreError, Declared, Digest, NewAsset, PackageId, PackageIndex, Placement, Publication, VersionStatus,
+};
+use wharf_formats::pypi::{self as format, DistFilename, DistKind};
 use wharf_storage::{BlobDigests, BodyError, StagedBlob};
 
-const STYLE: ErrorStyle = ErrorStyle::Text;
+/// pip, uv and twine: errors as plain text, the message also the reason phrase.
+pub enum Pypi {}
 
-fn repo_name(repo: &Repository) -> &str {
-    repo.metadata.name.as_deref().unwrap_or_default()
+impl Client for Pypi {
+    const STYLE: ErrorStyle = ErrorStyle::Text;
 }
+
+const STYLE: ErrorStyle = Pypi::STYLE;
 
 /// PEP 503 asks for a 301 to the normalised, slash-terminated URL.
 fn moved_permanently(location: String) -> Response {
@@ -37,13 +42,13 @@ pub async fn redirect_project(Path((repo, project)): Path<(String, String)>) -> 
     moved_permanently(format!("/pypi/{repo}/simple/{}/", format::normalize_name(&project)))
 }
 
-pub async fn root(Path(repo): Path<String>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
+pub async fn root(access: Authorized<Pypi>, State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
+        let access = access?;
         let mut names = state
+            .packages
             .registry
-            .package_names(repo_name(repo), PackageFormat::Pypi)
+            .package_names(&access.repo, PackageFormat::Pypi)
             .await
             .map_err(|e| ApiError::from_core(e, STYLE))?;
         names.sort();
@@ -57,16 +62,16 @@ pub async fn root(Path(repo): Path<String>, State(state): State<SharedState>, he
 }
 
 pub async fn project(
-    Path((repo, project)): Path<(String, String)>,
+    access: Authorized<Pypi>,
+    Path((_, project)): Path<(String, String)>,
     State(state): State<SharedState>,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
+        let access = access?;
         let normalized = format::normalize_name(&project);
         if normalized != project {
-            return Ok(moved_permanently(format!("/pypi/{}/simple/{normalized}/", repo_name(repo))));
+            return Ok(moved_permanently(format!("/pypi/{}/simple/{normalized}/", access.repo)));
         }
         format::validate_name(&project).map_err(|e| ApiError::not_found(e.to_string(), STYLE))?;
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
@@ -86,13 +91,8 @@ pub async fn project(
         };
         let id = PackageId::new(PackageFormat::Pypi, &normalized);
         let not_found = || ApiError::not_found(format!("project {normalized} not found"), STYLE);
-        let rendered = if upstream::has_chain(&state, repo_name(repo)) {
-            let view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(not_found)?;
-            view.rendered(key, render)
-        } else {
-            let snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(not_found)?;
-            snapshot.rendered(key, render)
-        };
+        let view = state.view(&access.repo, &id, &id.name, STYLE).await?.ok_or_else(not_found)?;
+        let rendered = view.rendered(key, render);
         Ok(super::metadata_document(rendered, content_type, &headers, Some("Accept, Authorization")))
     }
     .await;
@@ -100,44 +100,38 @@ pub async fn project(
 }
 
 pub async fn file(
-    Path((repo, project, version, filename)): Path<(String, String, String, String)>,
+    access: Authorized<Pypi>,
+    Path((_, project, version, filename)): Path<(String, String, String, String)>,
     State(state): State<SharedState>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let repo = state.repository(&repo, &headers, Permission::Read, STYLE).await?;
-        state.authorize(&headers, repo, Permission::Read, STYLE).await?;
+        let access = access?;
         let (asset_name, metadata_file) = match filename.strip_suffix(".metadata") {
             Some(asset) => (asset, true),
             None => (filename.as_str(), false),
         };
         let missing = || ApiError::not_found(format!("file {filename} not found"), STYLE);
         let id = PackageId::new(PackageFormat::Pypi, &project);
-        // Borrowed, not cloned: a file request must not copy the whole index.
-        let (view, snapshot);
-        let index = if upstream::has_chain(&state, repo_name(repo)) {
-            view = upstream::view(&state, repo_name(repo), &id, &id.name, STYLE).await?.ok_or_else(missing)?;
-            if !metadata_file {
-                let digests =
-                    upstream::stored_asset(&state, repo_name(repo), &view, &id, &version, asset_name, STYLE).await?;
-                return blob::serve(&state.registry, &digests, "application/octet-stream", &method, &headers, STYLE)
-                    .await;
-            }
-            &*view.index
-        } else {
-            snapshot = state.package(repo_name(repo), &id, STYLE).await?.ok_or_else(missing)?;
-            &snapshot.index
-        };
-        let entry = index.versions.get(&version).ok_or_else(missing)?;
+        let view = state.view(&access.repo, &id, &id.name, STYLE).await?.ok_or_else(missing)?;
+        if !metadata_file {
+            let digests = state.stored_asset(&access.repo, &view, &id, &version, asset_name, STYLE).await?;
+            return blob::serve(
+                &state.packages.registry,
+                &digests,
+                "application/octet-stream",
+                &method,
+                &headers,
+                STYLE,
+            )
+            .await;
+        }
+        let entry = view.index().versions.get(&version).ok_or_else(missing)?;
         if !entry.status.is_installable() {
             return Err(ApiError::not_found(format!("{project} {version} is {}", entry.status.as_str()), STYLE));
         }
         let asset = entry.assets.get(asset_name).ok_or_else(missing)?;
-        if !metadata_file {
-            return blob::serve(&state.registry, &asset.digests, "application/octet-stream", &method, &headers, STYLE)
-                .await;
-        }
         let sha256 = asset.metadata.get("core_metadata_sha256").and_then(|v| v.as_str()).ok_or_else(missing)?;
         let size = asset.metadata.get("core_metadata_size").and_then(|v| v.as_u64()).unwrap_or(0);
         let digests = BlobDigests {
@@ -147,7 +141,7 @@ pub async fn file(
             md5: String::new(),
             size,
         };
-        blob::serve(&state.registry, &digests, "text/plain; charset=utf-8", &method, &headers, STYLE).await
+        blob::serve(&state.packages.registry, &digests, "text/plain; charset=utf-8", &method, &headers, STYLE).await
     }
     .await;
     tagged("pypi_file", result)
@@ -159,36 +153,24 @@ const FORM_FRAMING_BYTES: u64 = 64 * 1024;
 
 /// The legacy upload API: one `multipart/form-data` POST per file.
 pub async fn upload(
-    Path(repo): Path<String>,
+    access: Authorized<Pypi>,
     State(state): State<SharedState>,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    tagged("pypi_upload", upload_file(&state, &repo, &headers, multipart).await)
+    tagged("pypi_upload", async { upload_file(&state, &access?, &headers, multipart).await }.await)
 }
 
-/// An upload that passed [`check_upload`].
-struct CheckedUpload {
+/// The form of an upload, as checked before its file is: what it publishes.
+struct UploadForm {
     name: String,
     version: String,
     project: String,
-    expected_filetype: &'static str,
-    /// A wheel's METADATA file, served for PEP 658.
-    metadata_file: Option<Vec<u8>>,
-    requires_python: Option<String>,
+    dist: DistFilename,
 }
 
-/// Every check of a staged distribution before it is committed: the form's
-/// name and version against the file name, the declared digests, the
-/// archive's own metadata, and the origin rules.
-async fn check_upload(
-    state: &SharedState,
-    repo: &Repository,
-    fields: &BTreeMap<String, Vec<String>>,
-    filename: &str,
-    staged: &StagedBlob,
-) -> Result<CheckedUpload, ApiError> {
-    let digests = staged.digests();
+/// The form's name and version, checked against the file's name.
+fn check_form(fields: &BTreeMap<String, Vec<String>>, filename: &str) -> Result<UploadForm, ApiError> {
     let field = |key: &str| fields.get(key).and_then(|v| v.first()).map(String::as_str);
     let name = field("name").ok_or_else(|| ApiError::bad_request("the upload has no name field", STYLE))?;
     let version = field("version").ok_or_else(|| ApiError::bad_request("the upload has no version field", STYLE))?;
@@ -202,51 +184,100 @@ async fn check_upload(
             STYLE,
         ));
     }
-    let expected_filetype = match dist.kind {
+    if field("filetype").is_some_and(|t| t != filetype(dist.kind)) {
+        return Err(ApiError::bad_request(format!("filetype must be {} for {filename}", filetype(dist.kind)), STYLE));
+    }
+    Ok(UploadForm { name: name.to_owned(), version, project, dist })
+}
+
+fn filetype(kind: DistKind) -> &'static str {
+    match kind {
         DistKind::Wheel => "bdist_wheel",
         DistKind::Sdist => "sdist",
-    };
-    if field("filetype").is_some_and(|t| t != expected_filetype) {
-        return Err(ApiError::bad_request(format!("filetype must be {expected_filetype} for {filename}"), STYLE));
     }
-    let digest_mismatch = |which: &str| ApiError::bad_request(format!("the file does not match its {which}"), STYLE);
-    if field("sha256_digest").is_some_and(|d| !d.eq_ignore_ascii_case(&digests.sha256)) {
-        return Err(digest_mismatch("sha256_digest"));
-    }
-    if field("md5_digest").is_some_and(|d| !d.is_empty() && !d.eq_ignore_ascii_case(&digests.md5)) {
-        return Err(digest_mismatch("md5_digest"));
-    }
+}
 
-    let reader = staged.reader();
-    let inspected = {
-        let filename = filename.to_owned();
-        tokio::task::spawn_blocking(move || match dist.kind {
-            DistKind::Wheel => {
-                format::wheel_metadata(reader, &dist, &filename).map(|(bytes, meta)| (Some(bytes), meta))
-            }
-            DistKind::Sdist => format::sdist_metadata(reader, &dist, &filename).map(|meta| (None, meta)),
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e, STYLE))?
-        .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
-    };
-    let (metadata_file, core) = inspected;
-    let requires_python =
-        core.requires_python.or_else(|| field("requires_python").filter(|r| !r.is_empty()).map(str::to_owned));
-    let id = PackageId::new(PackageFormat::Pypi, &project);
-    wharf_core::check_storable(&id, &version, [filename]).map_err(|e| ApiError::from_core(e, STYLE))?;
-    upstream::check_publish(state, repo_name(repo), &id, &project, &version, STYLE).await?;
-    Ok(CheckedUpload { name: name.to_owned(), version, project, expected_filetype, metadata_file, requires_python })
+/// The digests the form declares for its file.
+fn declared_digests(fields: &BTreeMap<String, Vec<String>>) -> Declared {
+    let field = |key: &str| fields.get(key).and_then(|v| v.first()).cloned();
+    let mismatch = |which: &'static str| move |_: &str| format!("the file does not match its {which}");
+    Declared::default().expect(Digest::Sha256, field("sha256_digest"), mismatch("sha256_digest")).expect(
+        Digest::Md5,
+        field("md5_digest").filter(|d| !d.is_empty()),
+        mismatch("md5_digest"),
+    )
 }
 
 async fn upload_file(
     state: &SharedState,
-    repo: &str,
+    access: &Access<Pypi>,
     headers: &HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let repo = state.repository(repo, headers, Permission::Publish, STYLE).await?;
-    state.authorize(headers, repo, Permission::Publish, STYLE).await?;
+    let (fields, filename, mut staged) = read_form(state, headers, multipart).await?;
+    let UploadForm { name, version, project, dist } = staged.discard_on_err(check_form(&fields, &filename)).await?;
+    let mut publication =
+        Publication::new(&access.repo, PackageId::new(PackageFormat::Pypi, &project), &name, &version);
+    publication.files.push(filename.clone());
+    let (kind, inspected_name) = (dist.kind, filename.clone());
+    let inspect = move |reader| {
+        match kind {
+            DistKind::Wheel => format::wheel_metadata(reader, &dist, &inspected_name).map(|(b, meta)| (Some(b), meta)),
+            DistKind::Sdist => format::sdist_metadata(reader, &dist, &inspected_name).map(|meta| (None, meta)),
+        }
+        .map_err(|e| CoreError::Invalid(e.to_string()))
+    };
+    let accepted = state.packages.accept(&publication, staged, &declared_digests(&fields), inspect).await;
+    let ((metadata_file, core), digests) = accepted.map_err(|e| ApiError::from_core(e, STYLE))?;
+    let field = |key: &str| fields.get(key).and_then(|v| v.first()).filter(|v| !v.is_empty()).cloned();
+    let requires_python = core.requires_python.or_else(|| field("requires_python"));
+    let mut asset_metadata = json!({"filetype": filetype(kind), "requires_python": requires_python});
+    if let Some(bytes) = metadata_file {
+        let registry = &state.packages.registry;
+        let stored = registry.store_small_asset(bytes.into()).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+        asset_metadata["core_metadata_sha256"] = json!(stored.sha256);
+        asset_metadata["core_metadata_size"] = json!(stored.size);
+    }
+    let placement = Placement::File {
+        version_metadata: format::version_metadata(&fields),
+        status: VersionStatus::Published,
+        asset: NewAsset { name: filename, digests, metadata: asset_metadata },
+    };
+    state.packages.write(&publication, placement).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    Ok((StatusCode::OK, "OK\n").into_response())
+}
+
+/// A text field of the form, counted against what all of them may take.
+async fn read_text_field(
+    mut field: axum::extract::multipart::Field<'_>,
+    name: &str,
+    text_bytes: &mut usize,
+    max_text_bytes: usize,
+) -> Result<String, ApiError> {
+    let mut value = Vec::new();
+    while let Some(chunk) =
+        field.chunk().await.map_err(|e| ApiError::bad_request(format!("malformed upload form: {e}"), STYLE))?
+    {
+        *text_bytes += chunk.len();
+        if *text_bytes > max_text_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the upload's metadata fields exceed {max_text_bytes} bytes"),
+                STYLE,
+            ));
+        }
+        value.extend_from_slice(&chunk);
+    }
+    String::from_utf8(value).map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8"), STYLE))
+}
+
+/// Reads the upload form as it streams: its text fields (at most
+/// `--max-metadata-bytes` in all) and its one file, staged.
+async fn read_form(
+    state: &SharedState,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(BTreeMap<String, Vec<String>>, String, StagedBlob), ApiError> {
     let limits = state.limits;
     // The file, the text fields, and the form's framing (boundaries and part headers).
     let max_body = limits.max_upload_bytes + limits.max_metadata_bytes as u64 + FORM_FRAMING_BYTES;
@@ -268,39 +299,21 @@ async fn upload_file(
     let read: Result<(), ApiError> = async {
         while let Some(field) = multipart.next_field().await.map_err(bad_form)? {
             let name = field.name().unwrap_or_default().to_owned();
-            if name == "content" {
-                if content.is_some() {
-                    return Err(ApiError::bad_request("the form has more than one content field", STYLE));
-                }
-                let filename = field
-                    .file_name()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::bad_request("the content field has no file name", STYLE))?;
-                let body = field.map_err(|e| Box::new(e) as BodyError);
-                let staged = state
-                    .registry
-                    .stage_asset(body, limits.max_upload_bytes)
-                    .await
-                    .map_err(|e| ApiError::from_core(e, STYLE))?;
-                content = Some((filename, staged));
-            } else {
-                let mut field = field;
-                let mut value = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
-                    text_bytes += chunk.len();
-                    if text_bytes > limits.max_metadata_bytes {
-                        return Err(ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("the upload's metadata fields exceed {} bytes", limits.max_metadata_bytes),
-                            STYLE,
-                        ));
-                    }
-                    value.extend_from_slice(&chunk);
-                }
-                let value = String::from_utf8(value)
-                    .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8"), STYLE))?;
+            if name != "content" {
+                let value = read_text_field(field, &name, &mut text_bytes, limits.max_metadata_bytes).await?;
                 fields.entry(name).or_default().push(value);
+                continue;
             }
+            if content.is_some() {
+                return Err(ApiError::bad_request("the form has more than one content field", STYLE));
+            }
+            let filename = field
+                .file_name()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::bad_request("the content field has no file name", STYLE))?;
+            let body = field.map_err(|e| Box::new(e) as BodyError);
+            let staged = state.packages.registry.stage_asset(body, limits.max_upload_bytes).await;
+            content = Some((filename, staged.map_err(|e| ApiError::from_core(e, STYLE))?));
         }
         Ok(())
     }
@@ -309,42 +322,14 @@ async fn upload_file(
         Some("file_upload") => Ok(()),
         other => Err(ApiError::bad_request(format!("unsupported :action {other:?}; only file_upload is"), STYLE)),
     });
-    let content = match read {
-        Ok(()) => content,
-        Err(error) => {
+    match (read, content) {
+        (Ok(()), Some((filename, staged))) => Ok((fields, filename, staged)),
+        (Ok(()), None) => Err(ApiError::bad_request("the upload has no content file", STYLE)),
+        (Err(error), content) => {
             if let Some((_, staged)) = content {
                 staged.discard().await;
             }
-            return Err(error);
+            Err(error)
         }
-    };
-    let (filename, mut staged) =
-        content.ok_or_else(|| ApiError::bad_request("the upload has no content file", STYLE))?;
-    let checked = check_upload(state, repo, &fields, &filename, &staged).await;
-    let CheckedUpload { name, version, project, expected_filetype, metadata_file, requires_python } =
-        staged.discard_on_err(checked).await?;
-    let digests = staged.commit().await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
-    let mut asset_metadata = json!({"filetype": expected_filetype, "requires_python": requires_python});
-    if let Some(bytes) = metadata_file {
-        let stored = state.registry.store_small_asset(bytes.into()).await.map_err(|e| ApiError::from_core(e, STYLE))?;
-        asset_metadata["core_metadata_sha256"] = json!(stored.sha256);
-        asset_metadata["core_metadata_size"] = json!(stored.size);
     }
-    let name = name.as_str();
-    let id = PackageId::new(PackageFormat::Pypi, &project);
-    let outcome = state
-        .registry
-        .add_asset(
-            repo_name(repo),
-            &id,
-            name,
-            &version,
-            format::version_metadata(&fields),
-            VersionStatus::Published,
-            NewAsset { name: filename, digests, metadata: asset_metadata },
-        )
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))?;
-    upstream::record_publish(state, repo_name(repo), &id, &version, outcome, STYLE).await?;
-    Ok((StatusCode::OK, "OK\n").into_response())
 }

@@ -87,6 +87,15 @@ async fn domains() {
         );
         rejects(&client, &yaml, "a file origin is a scheme (http or https), a host and an optional port").await;
     }
+    for format in ["nuget", "swift", "generic"] {
+        let yaml = domain(
+            "unserved",
+            &format!(
+                "  storage: {{memory: {{}}}}\n  externalConnections: [{{name: c, format: {format}, url: \"https://a.invalid/\"}}]\n"
+            ),
+        );
+        rejects(&client, &yaml, "nuget, swift and generic connections are not served yet").await;
+    }
     for ttl in ["15m", "12h", "900", "0d1h"] {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
             .await;

@@ -76,6 +76,8 @@ async fn missing_and_private_repositories_answer_alike() {
         "/api/v1/repositories/{repo}/packages/npm/x/origin",
         "/api/v1/repositories/{repo}/packages/npm/x/versions/1.0.0",
         "/npm/{repo}/x",
+        "/npm/{repo}/-/ping",
+        "/npm/{repo}/-/npm/v1/security/audits/quick",
         "/pypi/{repo}/simple/x/",
         "/cargo/{repo}/index/config.json",
         "/go/{repo}/example.com/m/@v/list",
