@@ -125,7 +125,11 @@ for store in npm pypi cargo go; do
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
 metadata: {name: $store-store}
-spec: {domainRef: {name: bench}, externalConnection: public-$connection}
+spec:
+  domainRef: {name: bench}
+  externalConnection: public-$connection
+  # A public cache: app's anonymous readers may read it (the upstream consent rule).
+  access: {read: [{kind: Anonymous}]}
 EOF
 done
 WHARF_ADMIN_TOKEN=bench-$RANDOM$RANDOM RUST_LOG=${BENCH_WHARF_LOG:-info} "$WHARF_BIN" serve --config "$RUN/wharf.yaml" \

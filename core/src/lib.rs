@@ -11,6 +11,7 @@
 
 pub mod adapter;
 pub mod chain;
+pub mod explain;
 pub mod model;
 pub mod policy;
 pub mod publish;

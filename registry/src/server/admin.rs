@@ -14,7 +14,6 @@ use super::access::{Access, Client};
 use super::credentials::authenticate;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::auth::{Permission, Principal, TokenClaims};
-use wharf_core::policy::{self, Decided};
 use wharf_core::{PackageId, VersionStatus};
 
 /// Callers of the management API: errors as `{"error": …}`.
@@ -282,11 +281,6 @@ pub async fn set_status(
     Ok(Json(json!({"version": version, "status": request.status.as_str()})).into_response())
 }
 
-/// A restriction and the rule that set it, for the origin report.
-fn decided_restriction(decided: &Decided<Option<wharf_api::Restriction>>) -> serde_json::Value {
-    json!({"restriction": decided.value, "source": decided.source})
-}
-
 /// `GET …/packages/{format}/{package}/origin`: the effective origin
 /// configuration of a package in a repository and what produced each part.
 pub async fn origin(
@@ -294,47 +288,9 @@ pub async fn origin(
     Path((repo, format, package)): Path<(String, String, String)>,
     State(state): State<SharedState>,
 ) -> Result<Response, ApiError> {
-    let principal = access.principal;
     let id = package_id(&format, &package)?;
-    let effective = policy::evaluate(&state.packages.config, &repo, &id);
-    let chain = policy::resolution_order(&state.packages.config, &repo);
-    // The origin record is per Domain: a first version in a Repository the caller cannot
-    // read is left out, so that the answer for a private name is the answer for a name
-    // nobody used (and names no Repository the caller cannot see).
-    let first = state.packages.registry.package_origin(&id).await.map_err(|e| ApiError::from_core(e, STYLE))?.filter(
-        |origin| {
-            state.packages.config.repository(&origin.repository).is_some_and(|r| principal.may(r, Permission::Read))
-        },
-    );
-    let blocked: Vec<_> =
-        effective.blocked_versions.iter().map(|b| json!({"entry": b.value.to_string(), "source": b.source})).collect();
-    Ok(Json(json!({
-        "repository": repo,
-        "format": id.format.as_str(),
-        "package": id.name,
-        "chain": chain.repositories,
-        "externalConnection": chain.external(id.format).map(|hop| json!({
-            "name": hop.connection.name,
-            "url": hop.connection.url,
-            "heldBy": hop.holder,
-        })),
-        "publish": decided_restriction(&effective.publish),
-        "externalUpstream": decided_restriction(&effective.external_upstream),
-        "internalUpstream": decided_restriction(&effective.internal_upstream),
-        "minimumReleaseAge": {
-            "value": effective.minimum_release_age.value.map(wharf_api::format_duration),
-            "source": effective.minimum_release_age.source,
-        },
-        "blockedVersions": blocked,
-        "metadataTTL": {
-            "value": wharf_api::format_duration(effective.metadata_ttl.value),
-            "source": effective.metadata_ttl.source,
-        },
-        "firstVersionOrigin": first,
-        "effective": {
-            "publish": policy::may_publish(&effective, first.as_ref(), &repo),
-            "externalUpstream": policy::may_fetch_external(&effective, first.as_ref(), &repo),
-        },
-    }))
-    .into_response())
+    let config = &state.packages.config;
+    let readable = |name: &str| config.repository(name).is_some_and(|r| access.principal.may(r, Permission::Read));
+    let report = state.packages.origin_report(&repo, &id, readable).await;
+    Ok(Json(report.map_err(|e| ApiError::from_core(e, STYLE))?).into_response())
 }
