@@ -11,4 +11,5 @@ pub mod go;
 pub mod inflate;
 pub mod maven;
 pub mod npm;
+pub mod nuget;
 pub mod pypi;
