@@ -1,6 +1,8 @@
 //! The format-neutral core: publishing versions and assets, statuses and
-//! tags, reading package indexes. Knows nothing of HTTP; does storage I/O
-//! through [`Storage`].
+//! tags, reading package indexes, and the publish and read pipelines every
+//! format goes through ([`Packages`]). Serves no HTTP; does storage I/O
+//! through [`Storage`] and reads external connections only through
+//! `wharf-upstream`.
 //!
 //! Write path: asset bytes are staged and checked under `uploads/`, then
 //! committed to content-addressed keys, then a create-once record decides

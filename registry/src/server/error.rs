@@ -20,19 +20,6 @@ pub enum ErrorStyle {
     Cargo,
 }
 
-impl ErrorStyle {
-    /// The style of the client a request path is for: each format's
-    /// endpoints live under its own prefix.
-    pub fn of_path(path: &str) -> Self {
-        let prefix = path.trim_start_matches('/').split('/').next().unwrap_or_default();
-        match prefix {
-            "pypi" | "go" | "maven" => ErrorStyle::Text,
-            "cargo" => ErrorStyle::Cargo,
-            _ => ErrorStyle::Json,
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -90,14 +77,6 @@ impl ApiError {
             StorageError::KeyTooLong { .. } => Self::bad_request(error.to_string(), style),
             _ => Self::internal(error, style),
         }
-    }
-
-    /// An external connection failed: 504 when it did not answer in time,
-    /// 502 otherwise; the message names the connection and the URL.
-    pub fn from_upstream(error: &wharf_upstream::UpstreamError, style: ErrorStyle) -> Self {
-        let status = if error.is_timeout() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
-        tracing::warn!(error = %wharf_diagnostics::error_chain(error), "upstream request failed");
-        Self::new(status, error.to_string(), style)
     }
 
     /// A failure on our side: 507 when storage is out of space (the client may retry

@@ -39,8 +39,7 @@ use super::access::{Authorized, Client};
 use super::metrics::tagged;
 use super::{ApiError, ErrorStyle, SharedState, blob};
 use wharf_core::{
-    Declared, Digest, NewAsset, PackageId, PackageIndex, PackageSnapshot, Placement, Publication, PublishOutcome,
-    VersionStatus,
+    Declared, Digest, NewAsset, PackageId, PackageIndex, Placement, Publication, PublishOutcome, VersionStatus,
 };
 use wharf_formats::maven::{
     self as format, ArtifactFile, ChecksumAlgorithm, Coordinates, FileVersion, MetadataLevel, RepositoryPath,
@@ -119,19 +118,6 @@ async fn handle(
 
 fn package_id(coordinates: &Coordinates) -> PackageId {
     PackageId::new(PackageFormat::Maven, coordinates.package_name())
-}
-
-async fn package(
-    state: &SharedState,
-    repo_name: &str,
-    coordinates: &Coordinates,
-) -> Result<Option<std::sync::Arc<PackageSnapshot>>, ApiError> {
-    state
-        .packages
-        .registry
-        .package(repo_name, &package_id(coordinates))
-        .await
-        .map_err(|e| ApiError::from_core(e, STYLE))
 }
 
 /// The core version and stored file name a layout file names. The
@@ -365,7 +351,7 @@ async fn verify_checksum(
     };
     // Any status: the sidecars of a version still Unfinished arrive
     // before its POM publishes it.
-    let snapshot = package(state, repo_name, &file.coordinates).await?.ok_or_else(not_uploaded)?;
+    let snapshot = state.package(repo_name, &package_id(&file.coordinates), STYLE).await?.ok_or_else(not_uploaded)?;
     let asset = snapshot
         .index
         .versions
