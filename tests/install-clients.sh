@@ -44,6 +44,19 @@ if ! command -v lua5.4 >/dev/null 2>&1 && ! command -v lua >/dev/null 2>&1; then
     fi
 fi
 
+# NuGet's own command-line client (nuget.exe, from the npm package
+# nuget-exe) runs on Mono; Debian packages Mono.
+if ! command -v mono >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "install-clients: installing mono-complete with apt-get (about 80 s)"
+        apt-get install -y -qq --no-install-recommends mono-complete >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends mono-complete >/dev/null; }
+    else
+        echo "install-clients: Mono is required for the NuGet client (Debian: apt-get install mono-complete)" >&2
+        exit 1
+    fi
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
     echo "install-clients: Python clients already in $TOOLS_DIR/venv"
 else
@@ -83,6 +96,20 @@ else
     npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel error "$AZURITE" >/dev/null
     echo "$AZURITE" > "$AZURITE_DIR/.installed"
     echo "install-clients: installed $AZURITE into $AZURITE_DIR"
+fi
+
+# NuGet's command-line client, into its own folder keyed by version.
+NUGET_CLIENT="nuget-exe@5.8.0"
+NUGET_DIR="$TOOLS_DIR/nuget"
+if [ -f "$NUGET_DIR/.installed" ] && [ "$(cat "$NUGET_DIR/.installed")" = "$NUGET_CLIENT" ] \
+    && [ -f "$NUGET_DIR/node_modules/nuget-exe/nuget-5.8.0.exe" ]; then
+    echo "install-clients: NuGet client already in $NUGET_DIR"
+else
+    rm -rf "$NUGET_DIR"
+    mkdir -p "$NUGET_DIR"
+    npm install --prefix "$NUGET_DIR" --no-audit --no-fund --loglevel error "$NUGET_CLIENT" >/dev/null
+    echo "$NUGET_CLIENT" > "$NUGET_DIR/.installed"
+    echo "install-clients: installed $NUGET_CLIENT into $NUGET_DIR"
 fi
 
 # The go command sends credentials only over https, so the Go tests put a

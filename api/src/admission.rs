@@ -66,7 +66,7 @@ fn rules() -> Vec<Rule> {
                 "self in [{}]",
                 PackageFormat::WITH_EXTERNAL_CONNECTIONS.map(|format| format!("'{format}'")).join(", ")
             ),
-            message: "external connections are served for npm, pypi, maven, cargo and go; nuget, swift and generic connections are not served yet",
+            message: "external connections are served for npm, pypi, maven, nuget, cargo and go; swift and generic connections are not served yet",
         },
         Rule {
             kind: "Domain",

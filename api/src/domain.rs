@@ -306,8 +306,14 @@ impl PackageFormat {
     /// The formats an external connection may speak: those the registry can read upstream
     /// documents of. A connection of another format is refused (CEL and the loader), not
     /// accepted and ignored.
-    pub const WITH_EXTERNAL_CONNECTIONS: [PackageFormat; 5] =
-        [PackageFormat::Npm, PackageFormat::Pypi, PackageFormat::Maven, PackageFormat::Cargo, PackageFormat::Go];
+    pub const WITH_EXTERNAL_CONNECTIONS: [PackageFormat; 6] = [
+        PackageFormat::Npm,
+        PackageFormat::Pypi,
+        PackageFormat::Maven,
+        PackageFormat::Nuget,
+        PackageFormat::Cargo,
+        PackageFormat::Go,
+    ];
 
     /// The lowercase name used in YAML, URLs and patterns (`npm`, `pypi`, …).
     pub fn as_str(&self) -> &'static str {

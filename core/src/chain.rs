@@ -423,6 +423,32 @@ impl Packages {
         Ok(view)
     }
 
+    /// What `repo` and its upstream Repositories hold of the package, with
+    /// policy applied as in [`Self::view`], without reading any external
+    /// connection: for listings that span many packages (search), where a
+    /// fetch per package would be too slow. `None` when none holds it.
+    pub async fn held(&self, repo: &str, id: &PackageId) -> Result<Option<PackageIndex>, CoreError> {
+        let chain = policy::resolution_order(&self.config, repo);
+        let effective = policy::evaluate(&self.config, repo, id);
+        let snapshots = self
+            .registry
+            .chain_snapshots(&chain.repositories, id, |r| r == repo || effective.internal_allowed(r))
+            .await?;
+        let Some(mut index) = crate::merge_snapshots(snapshots.iter().flatten()) else { return Ok(None) };
+        policy::apply_policy(&mut index, id, &effective, Utc::now());
+        Ok(Some(index))
+    }
+
+    /// The names of `format` that `repo` and its upstream Repositories
+    /// hold, sorted, each once.
+    pub async fn held_names(&self, repo: &str, format: PackageFormat) -> Result<Vec<String>, CoreError> {
+        let mut names = std::collections::BTreeSet::new();
+        for repository in policy::resolution_order(&self.config, repo).repositories {
+            names.extend(self.registry.package_names(&repository, format).await?);
+        }
+        Ok(names.into_iter().collect())
+    }
+
     /// Whether every upstream document a view read is still the same copy
     /// (asking the client, which revalidates what is past its TTL).
     async fn readings_hold(&self, readings: &[Reading], ttl: Duration) -> bool {

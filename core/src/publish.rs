@@ -139,18 +139,41 @@ impl Packages {
         declared: &Declared,
         inspect: impl FnOnce(SyncBlobReader) -> Result<I, CoreError> + Send + 'static,
     ) -> Result<(I, BlobDigests), CoreError> {
+        let inspected = self.inspect(&mut staged, declared, inspect).await?;
+        let digests = self.commit(publication, staged).await?;
+        Ok((inspected, digests))
+    }
+
+    /// The first half of [`Self::accept`], for formats whose package says
+    /// what it is (a `.nupkg`'s manifest names its id and version): the
+    /// declared digests and `inspect`, deleting the staged bytes on a
+    /// refusal. [`Self::commit`] finishes, once the inspection told the
+    /// handler what the [`Publication`] is.
+    pub async fn inspect<I: Send + 'static>(
+        &self,
+        staged: &mut StagedBlob,
+        declared: &Declared,
+        inspect: impl FnOnce(SyncBlobReader) -> Result<I, CoreError> + Send + 'static,
+    ) -> Result<I, CoreError> {
         let checked = async {
             declared.check(staged.digests())?;
             let reader = staged.reader();
-            let inspected = tokio::task::spawn_blocking(move || inspect(reader))
+            tokio::task::spawn_blocking(move || inspect(reader))
                 .await
-                .map_err(|e| CoreError::Crashed(format!("inspecting the upload failed: {e}")))??;
-            self.admit(publication).await?;
-            Ok::<_, CoreError>(inspected)
+                .map_err(|e| CoreError::Crashed(format!("inspecting the upload failed: {e}")))?
         };
-        let inspected = staged.discard_on_err(checked.await).await?;
-        let digests = staged.commit().await?;
-        Ok((inspected, digests))
+        staged.discard_on_err(checked.await).await
+    }
+
+    /// The second half of [`Self::accept`]: [`Self::admit`], then the
+    /// staged bytes become a blob (deleted on a refusal).
+    pub async fn commit(
+        &self,
+        publication: &Publication<'_>,
+        mut staged: StagedBlob,
+    ) -> Result<BlobDigests, CoreError> {
+        staged.discard_on_err(self.admit(publication).await).await?;
+        Ok(staged.commit().await?)
     }
 
     /// Whether `publication` may be published at all: its names fit in

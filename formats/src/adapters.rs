@@ -12,7 +12,7 @@ use futures::StreamExt;
 use wharf_api::PackageFormat;
 use wharf_core::{Adapters, CoreError, FormatAdapter, LayoutFile, PackageId, PackageIndex, UpstreamSource};
 
-use crate::{cargo, go, maven, npm, pypi};
+use crate::{cargo, go, maven, npm, nuget, pypi};
 
 /// The adapters of every format with external connections.
 pub fn all() -> Adapters {
@@ -22,6 +22,7 @@ pub fn all() -> Adapters {
         Arc::new(Go),
         Arc::new(Cargo),
         Arc::new(Maven),
+        Arc::new(Nuget),
     ])
 }
 
@@ -210,6 +211,64 @@ impl FormatAdapter for Maven {
 
     fn parse_sha1_sidecar(&self, body: &[u8]) -> Option<String> {
         maven::ChecksumAlgorithm::Sha1.parse_sidecar(body)
+    }
+}
+
+pub struct Nuget;
+
+impl Nuget {
+    /// Where the feed's registrations and flat container are: the
+    /// connection's URL is its service index.
+    async fn resources(upstream: &UpstreamSource<'_>) -> Result<nuget::upstream::FeedResources, CoreError> {
+        let Some(body) = upstream.read_body(upstream.base(), "application/json").await? else {
+            return Err(CoreError::upstream_unusable(format!(
+                "external connection {} has no NuGet service index at {}",
+                upstream.connection(),
+                upstream.base()
+            )));
+        };
+        nuget::upstream::feed_resources(&body).map_err(|e| upstream.unreadable(e))
+    }
+}
+
+#[async_trait::async_trait]
+impl FormatAdapter for Nuget {
+    fn format(&self) -> PackageFormat {
+        PackageFormat::Nuget
+    }
+
+    /// The package's registration: its index, and the pages it links when
+    /// it has too many versions to inline them.
+    async fn upstream_index(
+        &self,
+        upstream: &UpstreamSource<'_>,
+        id: &PackageId,
+        _spelling: &str,
+    ) -> Result<Option<PackageIndex>, CoreError> {
+        let resources = Self::resources(upstream).await?;
+        let url = nuget::upstream::registration_url(&resources, &id.name);
+        let Some(body) = upstream.read_body(&url, "application/json").await? else { return Ok(None) };
+        let mut leaves = Vec::new();
+        for page in nuget::upstream::registration_pages(&body).map_err(|e| upstream.unreadable(e))? {
+            match page {
+                nuget::upstream::Page::Inline(items) => leaves.extend(items),
+                nuget::upstream::Page::Linked(url) => {
+                    let Some(body) = upstream.read_body(&url, "application/json").await? else {
+                        return Err(upstream.unreadable(format!("registration page {url} is missing")));
+                    };
+                    leaves.extend(nuget::upstream::page_leaves(&body).map_err(|e| upstream.unreadable(e))?);
+                }
+            }
+        }
+        nuget::upstream::upstream_index(&leaves, &id.name, &resources, upstream.connection())
+            .map(Some)
+            .map_err(|e| upstream.unreadable(e))
+    }
+
+    /// Packages download from the feed's flat container, which may be on
+    /// another host than its service index.
+    async fn declared_file_origin(&self, upstream: &UpstreamSource<'_>) -> Result<Option<String>, CoreError> {
+        Ok(Some(Self::resources(upstream).await?.package_base))
     }
 }
 

@@ -213,6 +213,10 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
         text.push_str(&format!(
             "  cargo: [registries.wharf] index = \"sparse+{base}/cargo/{name}/index/\", credential-provider = \"cargo:token\"\n"
         ));
+        text.push_str(&format!(
+            "  nuget: nuget sources add -Name wharf -Source {base}/nuget/{name}/v3/index.json -Username token -Password \"$WHARF_TOKEN\" -StorePasswordInClearText\n"
+        ));
+        text.push_str("         nuget push PACKAGE.nupkg -Source wharf -ApiKey \"$WHARF_TOKEN\"\n");
         if repo.allows_anonymous_read() {
             text.push_str(&format!("  go:   GOPROXY={base}/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"));
         } else {

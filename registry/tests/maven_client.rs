@@ -145,46 +145,10 @@ async fn maven_deploy_snapshots_immutability_and_resolution() {
 /// `app` reads through `[internal, maven-store]`; `maven-store` holds the
 /// connection to the public registry at `public_base`.
 fn chain_config(public_base: &str) -> String {
-    format!(
-        r#"
-apiVersion: wharf.dev/v1alpha1
-kind: Domain
-metadata: {{name: acme}}
-spec:
-  storage: {{filesystem: {{path: "{{data}}"}}}}
-  externalConnections:
-    - {{name: public-maven, format: maven, url: "{public_base}/maven/public"}}
----
-apiVersion: wharf.dev/v1alpha1
-kind: Repository
-metadata: {{name: app}}
-spec:
-  domainRef: {{name: acme}}
-  upstreams: [{{name: internal}}, {{name: maven-store}}]
-  access: {{read: [{{kind: Anonymous}}]}}
----
-apiVersion: wharf.dev/v1alpha1
-kind: Repository
-metadata: {{name: internal}}
-spec:
-  domainRef: {{name: acme}}
-  allowedDownstreams: [{{namespace: default, name: app}}]
----
-apiVersion: wharf.dev/v1alpha1
-kind: Repository
-metadata: {{name: maven-store}}
-spec:
-  domainRef: {{name: acme}}
-  externalConnection: public-maven
-  allowedDownstreams: [{{namespace: default, name: app}}]
----
-apiVersion: wharf.dev/v1alpha1
-kind: UpstreamPolicy
-metadata: {{name: supply-chain}}
-spec:
-  targetRefs: [{{kind: Domain, name: acme}}]
-  metadataTTL: 1s
-  rules:
+    store_chain_config("maven", &format!("{public_base}/maven/public"), MAVEN_RULES)
+}
+
+const MAVEN_RULES: &str = r#"  rules:
     - patterns: ["/maven/com.acme/young$"]
       minimumReleaseAge: 1h
     - patterns: ["/maven/com.acme/aged$"]
@@ -193,9 +157,7 @@ spec:
       blockedVersions: ["/maven/com.acme/blocked@1.1"]
     - patterns: ["/maven/com.acme/forkable$"]
       publish: Allow
-"#
-    )
-}
+"#;
 
 /// Deploys a POM-only release `com.acme:{artifact}:{version}` with plain
 /// PUTs (the POM, then the metadata that completes the deploy); the POM's

@@ -214,9 +214,23 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
         PackageFormat::Maven => wharf_formats::maven::parse_package_name(package)
             .map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?
             .package_name(),
+        PackageFormat::Nuget => {
+            wharf_formats::nuget::validate_id(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::nuget::lower_id(package)
+        }
         other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
     };
     Ok(PackageId::new(format, name))
+}
+
+/// A version as the format keys it (NuGet's `1.0` is `1.0.0`).
+fn version_key(id: &PackageId, version: &str) -> Result<String, ApiError> {
+    match id.format {
+        PackageFormat::Nuget => wharf_formats::nuget::parse_version(version)
+            .map(|v| v.key())
+            .map_err(|e| ApiError::bad_request(e.to_string(), STYLE)),
+        _ => Ok(version.to_owned()),
+    }
 }
 
 /// `GET …/packages/{format}/{package}/versions/{version}`.
@@ -226,6 +240,7 @@ pub async fn get_version(
     State(state): State<SharedState>,
 ) -> Result<Response, ApiError> {
     let id = package_id(&format, &package)?;
+    let version = version_key(&id, &version)?;
     let snapshot = state
         .package(&repo, &id, STYLE)
         .await?
@@ -272,6 +287,7 @@ pub async fn set_status(
         return Err(ApiError::bad_request("a version cannot be set back to Unfinished", STYLE));
     }
     let id = package_id(&format, &package)?;
+    let version = version_key(&id, &version)?;
     state
         .packages
         .registry

@@ -15,6 +15,7 @@ mod guard;
 mod maven;
 pub mod metrics;
 mod npm;
+mod nuget;
 mod pypi;
 mod staging;
 
@@ -170,6 +171,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/cargo/{repo}/api/v1/crates/new", put(cargo::publish))
         .route("/go/{repo}/{*rest}", any(go::dispatch))
         .route("/maven/{repo}/{*path}", any(maven::dispatch))
+        .route("/nuget/{repo}/v3/{*rest}", any(nuget::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()

@@ -28,6 +28,54 @@ spec:
   access: {read: [{kind: Anonymous}]}
 "#;
 
+/// The one-format chain of the client tests: `app` (anonymous read) reads
+/// through `[internal, {format}-store]`; the store holds the external
+/// connection `public-{format}` to `url`. `rules` are the Domain
+/// UpstreamPolicy's (metadataTTL 1s).
+pub fn store_chain_config(format: &str, url: &str, rules: &str) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  externalConnections:
+    - {{name: public-{format}, format: {format}, url: "{url}"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: app}}
+spec:
+  domainRef: {{name: acme}}
+  upstreams: [{{name: internal}}, {{name: {format}-store}}]
+  access: {{read: [{{kind: Anonymous}}]}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: internal}}
+spec:
+  domainRef: {{name: acme}}
+  allowedDownstreams: [{{namespace: default, name: app}}]
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: {format}-store}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-{format}
+  allowedDownstreams: [{{namespace: default, name: app}}]
+---
+apiVersion: wharf.dev/v1alpha1
+kind: UpstreamPolicy
+metadata: {{name: supply-chain}}
+spec:
+  targetRefs: [{{kind: Domain, name: acme}}]
+  metadataTTL: 1s
+{rules}"#
+    )
+}
+
 pub struct TestServer {
     child: Child,
     pub base: String,

@@ -94,7 +94,7 @@ async fn domains() {
                 "  storage: {{memory: {{}}}}\n  externalConnections: [{{name: c, format: {format}, url: \"https://a.invalid/\"}}]\n"
             ),
         );
-        rejects(&client, &yaml, "nuget, swift and generic connections are not served yet").await;
+        rejects(&client, &yaml, "swift and generic connections are not served yet").await;
     }
     for ttl in ["15m", "12h", "900", "0d1h"] {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))

@@ -3,9 +3,17 @@
 //! `1.0.0`, `01.2.3.0` is `1.2.3`, build metadata is not part of a version's
 //! identity, release labels compare without case). The registry stores and
 //! serves NuGet packages under these keys so that every spelling a client
-//! may send finds the same package. Pure, no I/O.
+//! may send finds the same package. The package check is in [`package`],
+//! the v3 documents served in [`documents`], an upstream feed read in
+//! [`upstream`]. Pure, no I/O.
 
 use std::cmp::Ordering;
+
+pub mod documents;
+pub mod package;
+pub mod upstream;
+
+pub use package::{Manifest, Nupkg, PackageLimits, inspect_nupkg};
 
 /// Longest package id NuGet accepts.
 pub const MAX_ID_LENGTH: usize = 100;
@@ -18,6 +26,10 @@ pub enum NugetError {
     InvalidId(String),
     #[error("invalid version `{version}`: {reason}")]
     InvalidVersion { version: String, reason: &'static str },
+    #[error("invalid package: {0}")]
+    InvalidPackage(String),
+    #[error("unreadable upstream document: {0}")]
+    InvalidDocument(String),
 }
 
 /// Checks a package id: words of ASCII letters, digits and `_`, joined by
@@ -95,6 +107,15 @@ impl NugetVersion {
             text.push_str(&self.release.join("."));
         }
         text
+    }
+
+    /// The normalised form with its build metadata (`ToFullString`): what
+    /// registrations and search show.
+    pub fn full(&self) -> String {
+        match &self.metadata {
+            Some(metadata) => format!("{}+{metadata}", self.normalized()),
+            None => self.normalized(),
+        }
     }
 
     /// What the registry keys the version by, and the flat container
