@@ -66,7 +66,7 @@ fn rules() -> Vec<Rule> {
                 "self in [{}]",
                 PackageFormat::WITH_EXTERNAL_CONNECTIONS.map(|format| format!("'{format}'")).join(", ")
             ),
-            message: "external connections are served for npm, pypi, maven, nuget, cargo and go; swift and generic connections are not served yet",
+            message: "external connections are served for npm, pypi, maven, nuget, swift, cargo and go; generic connections are not served (generic packages are never read through a chain)",
         },
         Rule {
             kind: "Domain",

@@ -1406,7 +1406,7 @@ spec:
   externalConnections:
     - {name: npm-public, format: npm, url: \"npm.example\"}
     - {name: npm-public, format: npm, url: \"https://npm.example\"}
-    - {name: swift-public, format: swift, url: \"https://swift.example\"}
+    - {name: files-public, format: generic, url: \"https://files.example\"}
 ---
 apiVersion: wharf.dev/v1alpha1
 kind: Repository
@@ -1424,11 +1424,11 @@ spec:
             "test.yaml: document 1 (Domain acme): spec.storage: 2 storage backends are set (filesystem, memory); set exactly one",
             "test.yaml: document 1 (Domain acme): spec.externalConnections[0].url: `npm.example` is not an http(s) URL",
             "test.yaml: document 1 (Domain acme): spec.externalConnections[1].name: external connection `npm-public` is already defined at spec.externalConnections[0]",
-            "test.yaml: document 1 (Domain acme): spec.externalConnections[2].format: external connections of format swift are not served yet; connections are served for npm, pypi, maven, nuget, cargo, go",
+            "test.yaml: document 1 (Domain acme): spec.externalConnections[2].format: external connections of format generic are not served yet; connections are served for npm, pypi, maven, nuget, swift, cargo, go",
             "test.yaml: document 1 (Domain acme): spec.tokens.maxTTL: 5m is outside the allowed range 15m to 12h",
             "test.yaml: document 2 (Repository Main_Repo): metadata.name: `Main_Repo` may only contain lowercase letters, digits and '-'",
             "test.yaml: document 2 (Repository Main_Repo): spec.domainRef: refers to Domain default/other, but this configuration's Domain is default/acme",
-            "test.yaml: document 2 (Repository Main_Repo): spec.externalConnection: no external connection named `pypi-public` in Domain acme; known: npm-public, npm-public, swift-public",
+            "test.yaml: document 2 (Repository Main_Repo): spec.externalConnection: no external connection named `pypi-public` in Domain acme; known: npm-public, npm-public, files-public",
             "test.yaml: document 2 (Repository Main_Repo): spec.access.read[0]: ServiceAccount needs a namespace",
             "test.yaml: document 2 (Repository Main_Repo): spec.access.publish[0]: Anonymous may only read; publishing always needs an identity",
         ];

@@ -306,11 +306,12 @@ impl PackageFormat {
     /// The formats an external connection may speak: those the registry can read upstream
     /// documents of. A connection of another format is refused (CEL and the loader), not
     /// accepted and ignored.
-    pub const WITH_EXTERNAL_CONNECTIONS: [PackageFormat; 6] = [
+    pub const WITH_EXTERNAL_CONNECTIONS: [PackageFormat; 7] = [
         PackageFormat::Npm,
         PackageFormat::Pypi,
         PackageFormat::Maven,
         PackageFormat::Nuget,
+        PackageFormat::Swift,
         PackageFormat::Cargo,
         PackageFormat::Go,
     ];

@@ -225,7 +225,8 @@ pub fn apply_policy(
 }
 
 /// The namespace and name a pattern sees: the npm scope without `@`, the
-/// Maven groupId, the generic namespace; empty for the other formats.
+/// Maven groupId, the generic namespace, the Swift scope; empty for the
+/// other formats.
 pub fn coordinates(id: &PackageId) -> (String, String) {
     let split = |separator: char| match id.name.split_once(separator) {
         Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
@@ -238,6 +239,7 @@ pub fn coordinates(id: &PackageId) -> (String, String) {
         },
         PackageFormat::Maven => split(':'),
         PackageFormat::Generic => split('/'),
+        PackageFormat::Swift => split('.'),
         _ => (String::new(), id.name.clone()),
     }
 }
@@ -494,6 +496,7 @@ spec:
             ("com.acme".into(), "lib".into())
         );
         assert_eq!(coordinates(&PackageId::new(PackageFormat::Pypi, "acme-x")), (String::new(), "acme-x".into()));
+        assert_eq!(coordinates(&PackageId::new(PackageFormat::Swift, "acme.list")), ("acme".into(), "list".into()));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use wharf_api::PackageFormat;
 use wharf_core::{Adapters, CoreError, FormatAdapter, LayoutFile, PackageId, PackageIndex, UpstreamSource};
 
-use crate::{cargo, go, maven, npm, nuget, pypi};
+use crate::{cargo, go, maven, npm, nuget, pypi, swift};
 
 /// The adapters of every format with external connections.
 pub fn all() -> Adapters {
@@ -23,6 +23,7 @@ pub fn all() -> Adapters {
         Arc::new(Cargo),
         Arc::new(Maven),
         Arc::new(Nuget),
+        Arc::new(Swift),
     ])
 }
 
@@ -269,6 +270,58 @@ impl FormatAdapter for Nuget {
     /// another host than its service index.
     async fn declared_file_origin(&self, upstream: &UpstreamSource<'_>) -> Result<Option<String>, CoreError> {
         Ok(Some(Self::resources(upstream).await?.package_base))
+    }
+}
+
+pub struct Swift;
+
+#[async_trait::async_trait]
+impl FormatAdapter for Swift {
+    fn format(&self) -> PackageFormat {
+        PackageFormat::Swift
+    }
+
+    /// Another registry's release list, then each release's metadata for
+    /// its archive checksum (which the fetched archive is checked against)
+    /// and publication date. Its manifests are fetched as they are asked
+    /// for; version-specific variants of upstream releases are not linked.
+    async fn upstream_index(
+        &self,
+        upstream: &UpstreamSource<'_>,
+        _id: &PackageId,
+        spelling: &str,
+    ) -> Result<Option<PackageIndex>, CoreError> {
+        const ACCEPT: &str = "application/vnd.swift.registry.v1+json";
+        let Some((scope, name)) = spelling.split_once('.') else { return Ok(None) };
+        let package_url = format!("{}/{scope}/{name}", upstream.base());
+        let Some(body) = upstream.read_body(&package_url, ACCEPT).await? else { return Ok(None) };
+        let versions = swift::upstream_releases(&body).map_err(|e| upstream.unreadable(e))?;
+        let releases: Vec<_> = futures::stream::iter(versions)
+            .map(|version| {
+                let url = format!("{package_url}/{version}");
+                async move { (version, upstream.read_body(&url, ACCEPT).await) }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut index = PackageIndex { display_name: spelling.to_owned(), ..PackageIndex::default() };
+        for (version, body) in releases {
+            let Some(body) = body? else { continue };
+            let (checksum, published, metadata) = swift::upstream_release(&body).map_err(|e| upstream.unreadable(e))?;
+            // An undated release counts as new.
+            let created = published.unwrap_or_else(Utc::now);
+            let entry = swift::upstream_entry(
+                &package_url,
+                &version,
+                spelling,
+                &checksum,
+                created,
+                metadata,
+                upstream.connection(),
+            );
+            index.versions.insert(version, entry);
+        }
+        Ok(Some(index))
     }
 }
 

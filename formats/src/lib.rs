@@ -13,3 +13,4 @@ pub mod maven;
 pub mod npm;
 pub mod nuget;
 pub mod pypi;
+pub mod swift;

@@ -217,6 +217,7 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
             "  nuget: nuget sources add -Name wharf -Source {base}/nuget/{name}/v3/index.json -Username token -Password \"$WHARF_TOKEN\" -StorePasswordInClearText\n"
         ));
         text.push_str("         nuget push PACKAGE.nupkg -Source wharf -ApiKey \"$WHARF_TOKEN\"\n");
+        text.push_str(&format!("  swift: swift package-registry set --allow-insecure-http {base}/swift/{name} (login and publish need https)\n"));
         if repo.allows_anonymous_read() {
             text.push_str(&format!("  go:   GOPROXY={base}/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"));
         } else {

@@ -31,7 +31,11 @@ spec:
 /// `app` reads through `[internal, nuget-store]`; the store holds the
 /// external connection to the "public" registry's feed at `base`.
 fn chain_config(base: &str) -> String {
-    store_chain_config("nuget", &format!("{base}/nuget/public/v3/index.json"), "")
+    store_chain_config(
+        "nuget",
+        &format!("{base}/nuget/public/v3/index.json"),
+        "  rules:\n    - patterns: [\"/nuget//public.lib\"]\n      blockedVersions: [\"/nuget//Public.Lib@2.1.0\"]\n",
+    )
 }
 
 fn nuget_exe() -> PathBuf {
@@ -227,7 +231,7 @@ async fn a_broken_package_is_refused_and_nothing_is_stored() {
     let token = server.token(&["dotnet"], &["read", "publish"]).await;
     let ws = Workspace::new();
     let good = std::fs::read(pack(&ws, "Acme.Good", "1.0.0", "good", &[])).unwrap();
-    let files = || walkdir(data.path());
+    let files = || files_under(data.path());
     let before = files();
     for (bytes, reason) in
         [(b"not a zip".to_vec(), "not a zip archive"), (renamed_manifest(&good), "must be named Acme.Good.nuspec")]
@@ -273,22 +277,6 @@ fn renamed_manifest(package: &[u8]) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
-fn walkdir(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                files.extend(walkdir(&path));
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nuget_installs_through_the_chain_and_keeps_working_without_the_upstream() {
     let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
@@ -299,7 +287,25 @@ async fn nuget_installs_through_the_chain_and_keeps_working_without_the_upstream
     let output = push(&ws, &lib, &feed(&public, "public"), &public_token);
     assert!(output.status.success(), "{}", text(&output));
 
+    let blocked = pack(&ws, "Public.Lib", "2.1.0", "blocked", &[]);
+    let output = push(&ws, &blocked, &feed(&public, "public"), &public_token);
+    assert!(output.status.success(), "{}", text(&output));
+
     let app = feed(&wharf, "app");
+    // The blocked version is not offered, nor installable.
+    let versions: Value = reqwest::get(wharf.url("/nuget/app/v3/flatcontainer/public.lib/index.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions["versions"], serde_json::json!(["2.0.0"]));
+    let refused = run(nuget(&ws, ".").args(["install", "Public.Lib", "-Version", "2.1.0", "-Source", &app]).args([
+        "-OutputDirectory",
+        "blocked",
+        "-NonInteractive",
+    ]));
+    assert!(!refused.status.success(), "{}", text(&refused));
     run_ok(nuget(&ws, ".").args(["install", "Public.Lib", "-Version", "2.0.0", "-Source", &app]).args([
         "-OutputDirectory",
         "pkgs",

@@ -218,7 +218,15 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
             wharf_formats::nuget::validate_id(package).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
             wharf_formats::nuget::lower_id(package)
         }
-        other => return Err(ApiError::bad_request(format!("format {} is not served yet", other.as_str()), STYLE)),
+        // `scope.name`.
+        PackageFormat::Swift => {
+            let (scope, name) = package
+                .split_once('.')
+                .ok_or_else(|| ApiError::bad_request("a Swift package is named scope.name here", STYLE))?;
+            wharf_formats::swift::validate_scope(scope).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::swift::validate_name(name).map_err(|e| ApiError::bad_request(e.to_string(), STYLE))?;
+            wharf_formats::swift::package_key(scope, name)
+        }
     };
     Ok(PackageId::new(format, name))
 }

@@ -18,6 +18,9 @@ pub enum ErrorStyle {
     Text,
     /// `{"errors": [{"detail": "…"}]}`: what cargo prints.
     Cargo,
+    /// RFC 7807 `application/problem+json` (`status`, `title`, `detail`):
+    /// the Swift package registry's errors, `detail` being what SwiftPM shows.
+    Problem,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,15 @@ impl IntoResponse for ApiError {
             ErrorStyle::Json => (self.status, axum::Json(serde_json::json!({"error": self.message}))).into_response(),
             ErrorStyle::Cargo => {
                 (self.status, axum::Json(serde_json::json!({"errors": [{"detail": self.message}]}))).into_response()
+            }
+            ErrorStyle::Problem => {
+                let title = self.status.canonical_reason().unwrap_or("Error");
+                let body = serde_json::json!({"status": self.status.as_u16(), "title": title, "detail": self.message});
+                let mut response = (self.status, body.to_string()).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+                response
             }
             ErrorStyle::Text => {
                 let mut response = (self.status, format!("{}\n", self.message)).into_response();

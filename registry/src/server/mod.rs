@@ -18,6 +18,7 @@ mod npm;
 mod nuget;
 mod pypi;
 mod staging;
+mod swift;
 
 use std::sync::Arc;
 
@@ -172,6 +173,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/go/{repo}/{*rest}", any(go::dispatch))
         .route("/maven/{repo}/{*path}", any(maven::dispatch))
         .route("/nuget/{repo}/v3/{*rest}", any(nuget::dispatch))
+        .route("/swift/{repo}/{*rest}", any(swift::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());
     Router::new()

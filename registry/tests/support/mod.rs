@@ -339,6 +339,21 @@ impl Workspace {
     }
 }
 
+/// Every file under `dir`, sorted: what a refused upload must leave unchanged.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
 /// Runs a command, failing the test with its output when it fails.
 pub fn run_ok(command: &mut Command) -> Output {
     let output = run(command);

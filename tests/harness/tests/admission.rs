@@ -87,14 +87,18 @@ async fn domains() {
         );
         rejects(&client, &yaml, "a file origin is a scheme (http or https), a host and an optional port").await;
     }
-    for format in ["nuget", "swift", "generic"] {
+    for (format, served) in [("nuget", true), ("swift", true), ("generic", false)] {
         let yaml = domain(
-            "unserved",
+            &format!("connection-{format}"),
             &format!(
                 "  storage: {{memory: {{}}}}\n  externalConnections: [{{name: c, format: {format}, url: \"https://a.invalid/\"}}]\n"
             ),
         );
-        rejects(&client, &yaml, "swift and generic connections are not served yet").await;
+        if served {
+            accepts(&client, &yaml).await;
+        } else {
+            rejects(&client, &yaml, "generic connections are not served").await;
+        }
     }
     for ttl in ["15m", "12h", "900", "0d1h"] {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
