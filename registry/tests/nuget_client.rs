@@ -1,6 +1,6 @@
 //! NuGet's own command-line client (nuget.exe 5.8 on Mono) against the real
 //! registry binary: `pack`, `push`, `install`, `restore` of a
-//! packages.config project, `delete` (unlist) and the exact pin of an
+//! packages.config project, `list`, `delete` (unlist) and the exact pin of an
 //! unlisted version, a private source with stored credentials, and an
 //! install through an upstream chain whose external connection is a second
 //! registry's NuGet feed, which keeps working once that feed is gone.
@@ -174,6 +174,16 @@ async fn nuget_pushes_installs_restores_and_unlists_on_a_private_feed() {
     assert!(!output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("401"), "{}", text(&output));
 
+    // `nuget list` (the v2 search the service index names), with the
+    // stored credentials.
+    let list = |ws: &Workspace, extra: &[&str]| {
+        let output = run_ok(
+            nuget(ws, ".").args(["list", "acme", "-Source", "wharf", "-ConfigFile", "NuGet.Config"]).args(extra),
+        );
+        String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(list(&ws, &[]), ["Acme.Base 1.1.0", "Acme.Demo 1.0.0"]);
+
     // Search: ids without case, prereleases and SemVer 2.0.0 only when asked.
     let search = |query: &str| format!("{}?{query}", server.url("/nuget/dotnet/v3/search"));
     let found = get_json(&search("q=ACME&semVerLevel=2.0.0"), &reader).await;
@@ -193,6 +203,11 @@ async fn nuget_pushes_installs_restores_and_unlists_on_a_private_feed() {
     let versions: Vec<&str> =
         found["data"][0]["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
     assert_eq!(versions, ["1.0.0"]);
+    assert_eq!(list(&ws, &[]), ["Acme.Base 1.0.0", "Acme.Demo 1.0.0"]);
+    assert_eq!(
+        list(&ws, &["-AllVersions", "-IncludeDelisted"]),
+        ["Acme.Base 1.1.0", "Acme.Base 1.0.0", "Acme.Demo 1.0.0"]
+    );
     let registration = get_json(&server.url("/nuget/dotnet/v3/registration/acme.base/index.json"), &reader).await;
     let listed: Vec<bool> = registration["items"][0]["items"]
         .as_array()

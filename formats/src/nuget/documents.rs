@@ -1,6 +1,7 @@
 //! The NuGet v3 documents a feed serves, rendered from a package's index:
 //! the service index, the flat container's version list, registrations
-//! (index, pages, leaves) and search results. Versions are the index's keys
+//! (index, pages, leaves), search results, and the v2 search feed
+//! nuget.exe's `list` reads. Versions are the index's keys
 //! (lower-case normalised); each version's metadata is its [`Manifest`].
 //! Pure, no I/O.
 
@@ -52,6 +53,11 @@ impl Feed {
         format!("{}/{lower_id}/page/{lower}/{upper}.json", self.registrations())
     }
 
+    /// The v2 (OData) search `nuget list` reads, beside the v3 resources.
+    pub fn legacy(&self) -> String {
+        format!("{}/v2/", self.base.trim_end_matches("/v3"))
+    }
+
     pub fn package_content(&self, lower_id: &str, key: &str) -> String {
         format!("{}/{lower_id}/{key}/{}", self.flat_container(), nupkg_filename(lower_id, key))
     }
@@ -86,6 +92,7 @@ pub fn render_service_index(feed: &Feed) -> Bytes {
         (search, "SearchQueryService", "search"),
         (autocomplete.clone(), "SearchAutocompleteService/3.5.0", "ids and versions"),
         (autocomplete, "SearchAutocompleteService", "ids and versions"),
+        (feed.legacy(), "LegacyGallery/2.0.0", "the v2 search nuget.exe's list command reads"),
     ]
     .into_iter()
     .map(|(url, kind, comment)| json!({"@id": url, "@type": kind, "comment": comment}))
@@ -352,6 +359,76 @@ pub fn matches_query(query: &str, index: &PackageIndex) -> bool {
     })
 }
 
+/// Which versions of each package a v2 search returns (its `$filter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V2Filter {
+    /// `IsLatestVersion`: the newest listed release.
+    Latest,
+    /// `IsAbsoluteLatestVersion`: the newest listed version, prereleases included.
+    AbsoluteLatest,
+    /// No filter: every installable version, unlisted ones dated 1900 (the
+    /// client leaves them out unless asked to include them).
+    All,
+}
+
+/// The versions of a package a v2 search returns, oldest first.
+pub fn v2_versions(index: &PackageIndex, filter: V2Filter, prerelease: bool) -> Vec<Release<'_>> {
+    let mut shown: Vec<Release<'_>> = releases(index)
+        .into_iter()
+        .filter(|r| filter == V2Filter::All || r.entry.status.is_listed())
+        .filter(|r| (prerelease && filter != V2Filter::Latest) || !r.version.is_prerelease())
+        .collect();
+    if filter != V2Filter::All {
+        shown = shown.pop().into_iter().collect();
+    }
+    shown
+}
+
+/// A v2 search result page: an Atom feed with one entry per version, as
+/// nuget.exe's v2 feed parser reads it (`d:Id`, `d:Version`, the package
+/// URL in `content/@src`; a 1900 `d:Published` marks an unlisted version).
+pub fn render_v2_feed<'a>(feed: &Feed, entries: impl IntoIterator<Item = (&'a PackageIndex, Release<'a>)>) -> Bytes {
+    use quick_xml::escape::escape;
+    let legacy = feed.legacy();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xml:base=\"{base}\" xmlns=\"http://www.w3.org/2005/Atom\" \
+         xmlns:d=\"http://schemas.microsoft.com/ado/2007/08/dataservices\" \
+         xmlns:m=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\">\n\
+         <id>{base}Search</id><title type=\"text\">Search</title><updated>{now}</updated>\n",
+        base = escape(&legacy),
+        now = rfc3339(Utc::now()),
+    );
+    for (index, release) in entries {
+        let id = display_id(index);
+        let lower = lower_id(id);
+        let version = release.full_version();
+        let published = if release.entry.status.is_listed() {
+            rfc3339(release.entry.created)
+        } else {
+            UNLISTED_PUBLISHED.to_owned()
+        };
+        xml.push_str(&format!(
+            "<entry><id>{entry_id}</id><title type=\"text\">{id}</title><updated>{published}</updated>\
+             <author><name>{authors}</name></author>\
+             <content type=\"application/zip\" src=\"{content}\"/>\
+             <m:properties><d:Id>{id}</d:Id><d:Version>{version}</d:Version>\
+             <d:NormalizedVersion>{normalized}</d:NormalizedVersion><d:Description>{description}</d:Description>\
+             <d:Published m:type=\"Edm.DateTime\">{published}</d:Published>\
+             <d:IsPrerelease m:type=\"Edm.Boolean\">{prerelease}</d:IsPrerelease></m:properties></entry>\n",
+            entry_id = escape(format!("{legacy}Packages(Id='{id}',Version='{version}')")),
+            id = escape(id),
+            authors = escape(&release.manifest.authors),
+            content = escape(feed.package_content(&lower, release.key)),
+            version = escape(&version),
+            normalized = escape(release.version.normalized()),
+            description = escape(&release.manifest.description),
+            prerelease = release.version.is_prerelease(),
+        ));
+    }
+    xml.push_str("</feed>\n");
+    Bytes::from(xml)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -422,6 +499,31 @@ mod tests {
         let page = render_registration_page(&feed, &large, "1.0.64", "1.0.127").unwrap();
         assert_eq!(json(&page)["items"].as_array().unwrap().len(), 64);
         assert!(render_registration_page(&feed, &large, "1.0.0", "1.0.1").is_none());
+    }
+
+    #[test]
+    fn v2_searches_return_the_versions_their_filter_names() {
+        use VersionStatus::*;
+        let index = index_of(&[
+            ("1.0.0", "1.0.0", Published),
+            ("1.1.0", "1.1.0", Unlisted),
+            ("2.0.0-beta", "2.0.0-beta", Published),
+        ]);
+        let keys = |filter, prerelease| -> Vec<String> {
+            v2_versions(&index, filter, prerelease).iter().map(|r| r.key.to_owned()).collect()
+        };
+        assert_eq!(keys(V2Filter::Latest, false), ["1.0.0"]);
+        assert_eq!(keys(V2Filter::Latest, true), ["1.0.0"]);
+        assert_eq!(keys(V2Filter::AbsoluteLatest, true), ["2.0.0-beta"]);
+        assert_eq!(keys(V2Filter::All, false), ["1.0.0", "1.1.0"]);
+        assert_eq!(keys(V2Filter::All, true), ["1.0.0", "1.1.0", "2.0.0-beta"]);
+        let feed = Feed::new("http://h/nuget/r/v3");
+        let xml = render_v2_feed(&feed, v2_versions(&index, V2Filter::All, false).into_iter().map(|r| (&index, r)));
+        let xml = std::str::from_utf8(&xml).unwrap();
+        assert!(xml.contains("<d:Id>Acme.Demo</d:Id><d:Version>1.1.0</d:Version>"), "{xml}");
+        assert!(xml.contains(&format!("<d:Published m:type=\"Edm.DateTime\">{UNLISTED_PUBLISHED}</d:Published>")));
+        assert!(xml.contains("src=\"http://h/nuget/r/v3/flatcontainer/acme.demo/1.0.0/acme.demo.1.0.0.nupkg\""));
+        assert_eq!(feed.legacy(), "http://h/nuget/r/v2/");
     }
 
     #[test]

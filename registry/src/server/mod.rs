@@ -172,7 +172,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/cargo/{repo}/api/v1/crates/new", put(cargo::publish))
         .route("/go/{repo}/{*rest}", any(go::dispatch))
         .route("/maven/{repo}/{*path}", any(maven::dispatch))
-        .route("/nuget/{repo}/v3/{*rest}", any(nuget::dispatch))
+        .route("/nuget/{repo}/{*rest}", any(nuget::dispatch))
         .route("/swift/{repo}/{*rest}", any(swift::dispatch))
         // Uploads enforce their own streaming limits (413).
         .layer(DefaultBodyLimit::disable());

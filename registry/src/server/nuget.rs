@@ -1,7 +1,8 @@
 //! NuGet v3 endpoints under `/nuget/{repo}/v3/`: the service index, push
 //! (`PUT package`), unlist (`DELETE`) and relist (`POST`), the flat
-//! container, registrations and search. Errors are plain text with the
-//! message as the reason phrase, which is what nuget and dotnet print.
+//! container, registrations and search; and under `v2/` the one v2 search
+//! nuget.exe's `list` reads. Errors are plain text with the message as the
+//! reason phrase, which is what nuget and dotnet print.
 //!
 //! Users configure the source `http://HOST/nuget/{repo}/v3/index.json`.
 
@@ -81,7 +82,20 @@ async fn handle(
     let headers = request.headers().clone();
     let read = method == Method::GET || method == Method::HEAD;
     let feed = feed(&headers, &access.repo);
-    match (segments.as_slice(), read) {
+    let (version, segments) = match segments.split_first() {
+        Some((version, rest)) => (*version, rest),
+        None => ("", &segments[..]),
+    };
+    if version == "v2" {
+        return legacy(state, access, &feed, segments, read, request.uri()).await;
+    }
+    if version != "v3" {
+        return (
+            "nuget",
+            Err(ApiError::not_found(format!("no NuGet resource at {rest}; the feed is v3/index.json"), STYLE)),
+        );
+    }
+    match (segments, read) {
         (["index.json"], true) => ("nuget_service_index", Ok(json_body(documents::render_service_index(&feed)))),
         (["package"], false) if method == Method::PUT => ("nuget_push", push(state, access, &headers, request).await),
         (["package", id, version], false) if method == Method::DELETE => {
@@ -313,6 +327,79 @@ async fn set_listed(
         Err(other) => return Err(core_error(other)),
     }
     Ok(if listed { StatusCode::OK } else { StatusCode::NO_CONTENT }.into_response())
+}
+
+/// The v2 (OData) resources `nuget list` reads, which the service index
+/// names `LegacyGallery`: the service root (whose body the client does not
+/// read), no `$metadata` (so the client assumes `Search()`), and `Search()`.
+async fn legacy(
+    state: &SharedState,
+    access: &Access<Nuget>,
+    feed: &Feed,
+    segments: &[&str],
+    read: bool,
+    uri: &axum::http::Uri,
+) -> (&'static str, Result<Response, ApiError>) {
+    match (segments, read) {
+        ([], true) => ("nuget_v2", Ok("NuGet v2 search for nuget list; the feed is v3/index.json\n".into_response())),
+        (["Search()"], true) => ("nuget_v2_search", legacy_search(state, access, feed, uri).await),
+        _ => ("nuget_v2", Err(ApiError::not_found("only Search() of the v2 protocol is served", STYLE))),
+    }
+}
+
+/// An OData string literal: `'text'` with `''` for a quote.
+fn odata_string(value: &str) -> String {
+    let value = value.trim();
+    value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(value).replace("''", "'")
+}
+
+/// `v2/Search()?$filter=&searchTerm=&includePrerelease=&$skip=&$top=`:
+/// versions as an Atom feed, ordered by id, `$top` (at most 100) from `$skip`.
+async fn legacy_search(
+    state: &SharedState,
+    access: &Access<Nuget>,
+    feed: &Feed,
+    uri: &axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| bad_request(format!("malformed query: {e}")))?
+        .0;
+    let value = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let filter = match value("$filter").map(str::trim) {
+        None | Some("") => documents::V2Filter::All,
+        Some("IsLatestVersion") => documents::V2Filter::Latest,
+        Some("IsAbsoluteLatestVersion") => documents::V2Filter::AbsoluteLatest,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "unsupported $filter {other:?}; IsLatestVersion and IsAbsoluteLatestVersion are"
+            )));
+        }
+    };
+    let prerelease = value("includePrerelease").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let number = |key: &str, default: usize| -> Result<usize, ApiError> {
+        value(key).map_or(Ok(default), |v| v.parse().map_err(|_| bad_request(format!("{key} must be a whole number"))))
+    };
+    let (skip, top) = (number("$skip", 0)?, number("$top", 30)?.min(100));
+    let term = value("searchTerm").map(odata_string).unwrap_or_default();
+    let names = state.packages.held_names(&access.repo, PackageFormat::Nuget).await.map_err(core_error)?;
+    let mut indexes = Vec::new();
+    for name in names {
+        let id = PackageId::new(PackageFormat::Nuget, name);
+        if let Some(index) = state.packages.held(&access.repo, &id).await.map_err(core_error)?
+            && documents::matches_query(&term, &index)
+        {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_by_key(|index| index.display_name.to_ascii_lowercase());
+    let entries: Vec<_> = indexes
+        .iter()
+        .flat_map(|index| documents::v2_versions(index, filter, prerelease).into_iter().rev().map(move |r| (index, r)))
+        .skip(skip)
+        .take(top)
+        .collect();
+    let body = documents::render_v2_feed(feed, entries);
+    Ok(([(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")], body).into_response())
 }
 
 /// The query of a search or autocomplete request.
