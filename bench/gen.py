@@ -222,6 +222,10 @@ ENDPOINTS = [
     ("cargoindex", "Cargo sparse-index file", 0.5, ""),
     ("mavenpom", "Maven pom", 0.5, ""),
     ("goinfo", "Go .info", 0.5, ""),
+    ("nugetreg", "NuGet registration index", 0.5, ""),
+    ("nupkg", "NuGet .nupkg", 0.7, ""),
+    ("swiftreleases", "Swift release list", 0.5, ""),
+    ("swiftzip", "Swift source archive", 0.7, ""),
 ]
 P99_TARGET_MS = 10.0
 IDLE_RSS_TARGET_MIB = 30.0
@@ -441,11 +445,40 @@ def cmd_go_zip(args):
         zf.writestr(prefix + "bench.go", "package bench\n\nfunc Answer() int { return 42 }\n")
 
 
+def cmd_nupkgs(args):
+    """Writes .nupkg files {id}.{version}.nupkg for versions {prefix}0.., each with a random payload."""
+    import zipfile
+    os.makedirs(args.out, exist_ok=True)
+    for version in version_list(args):
+        nuspec = ('<?xml version="1.0"?><package><metadata><id>%s</id><version>%s</version>'
+                  '<authors>bench</authors><description>benchmark package</description></metadata></package>'
+                  % (args.name, version))
+        path = os.path.join(args.out, "%s.%s.nupkg" % (args.name, version))
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("%s.nuspec" % args.name, nuspec)
+            zf.writestr("content/payload.bin", rand_bytes(version, args.size))
+        print(path)
+
+
+def cmd_swift_zips(args):
+    """Writes Swift source archives {version}.zip (one top-level folder with Package.swift), random payloads."""
+    import zipfile
+    os.makedirs(args.out, exist_ok=True)
+    for version in version_list(args):
+        path = os.path.join(args.out, "%s.zip" % version)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("%s/Package.swift" % args.name,
+                        '// swift-tools-version:5.7\nimport PackageDescription\n\nlet package = Package(name: "Bench")\n')
+            zf.writestr("%s/Sources/Bench/payload.bin" % args.name, rand_bytes(version, args.size))
+        print(path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    for name, fn in (("npm-tgz", cmd_npm_tgz), ("wheels", cmd_wheels)):
+    for name, fn in (("npm-tgz", cmd_npm_tgz), ("wheels", cmd_wheels), ("nupkgs", cmd_nupkgs),
+                     ("swift-zips", cmd_swift_zips)):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True)
         p.add_argument("--name", default="bench-pkg")

@@ -39,7 +39,7 @@ PEER_PASSWORD=bench-$RANDOM$RANDOM
 
 ACCEPT_ABBREV='Accept: application/vnd.npm.install-v1+json'
 # What is measured, in report order; the last three only Wharf serves.
-ENDPOINTS="packument tarball simple wheel cargoindex mavenpom goinfo"
+ENDPOINTS="packument tarball simple wheel cargoindex mavenpom goinfo nugetreg nupkg swiftreleases swiftzip"
 ACCEPT_HTML='Accept: text/html'
 
 # fd 3 = the script's stderr, so messages (the cleanup's too, which may run
@@ -266,8 +266,10 @@ fetch() {
 
 declare -A URL=() # URL[server:endpoint]
 
-# Cargo (a 50-version index file), Maven (a released pom) and Go (a module
-# version), served by Wharf alone: the other registries here speak npm/PyPI.
+# Cargo (a 50-version index file), Maven (a released pom), Go (a module
+# version), NuGet and Swift (50 versions each, a random payload of the
+# artifact size in each package), served by Wharf alone: the other
+# registries here speak npm/PyPI.
 seed_other_formats() {
   local auth="Authorization: Bearer $WHARF_TOKEN" v body crates=$RUN/crates
   $GEN crate-publish --out "$crates" --name bench-crate --count "$BENCH_VERSIONS"
@@ -290,6 +292,23 @@ seed_other_formats() {
   curl -sf --max-time 30 -X PUT -H "$auth" --data-binary "@$RUN/bench.zip" \
     "$WHARF_URL/go/main/example.internal/bench/@v/v1.0.0.zip" >/dev/null || die "Go module PUT to Wharf failed"
   URL[wharf:goinfo]=$WHARF_URL/go/main/example.internal/bench/@v/v1.0.0.info
+  local nupkg zip
+  $GEN nupkgs --out "$ART/nuget-$BENCH_ARTIFACT_BYTES" --name Bench.Pkg --count "$BENCH_VERSIONS" \
+    --size "$BENCH_ARTIFACT_BYTES" >"$RUN/nupkgs.txt"
+  while read -r nupkg; do
+    curl -sf --max-time 30 -X PUT -H "X-NuGet-ApiKey: $WHARF_TOKEN" -F "package=@$nupkg" \
+      "$WHARF_URL/nuget/main/v3/package/" >/dev/null || die "NuGet push of $nupkg to Wharf failed"
+  done <"$RUN/nupkgs.txt"
+  URL[wharf:nugetreg]=$WHARF_URL/nuget/main/v3/registration/bench.pkg/index.json
+  URL[wharf:nupkg]=$WHARF_URL/nuget/main/v3/flatcontainer/bench.pkg/1.0.0/bench.pkg.1.0.0.nupkg
+  $GEN swift-zips --out "$ART/swift-$BENCH_ARTIFACT_BYTES" --name bench.Pkg --count "$BENCH_VERSIONS" \
+    --size "$BENCH_ARTIFACT_BYTES" >"$RUN/swift-zips.txt"
+  while read -r zip; do
+    curl -sf --max-time 30 -X PUT -H "$auth" -F "source-archive=@$zip;type=application/zip" \
+      "$WHARF_URL/swift/main/bench/Pkg/$(basename "$zip" .zip)" >/dev/null || die "Swift publish of $zip to Wharf failed"
+  done <"$RUN/swift-zips.txt"
+  URL[wharf:swiftreleases]=$WHARF_URL/swift/main/bench/Pkg
+  URL[wharf:swiftzip]=$WHARF_URL/swift/main/bench/Pkg/1.0.0.zip
 }
 
 # ------------------------------------------------------------------- Wharf --
@@ -450,7 +469,7 @@ for s in "${SERVERS[@]}"; do
       note "$s: simple page GET failed"; unset "URL[$s:simple]"
     fi
   fi
-  for ep in cargoindex mavenpom goinfo; do
+  for ep in cargoindex mavenpom goinfo nugetreg nupkg swiftreleases swiftzip; do
     [ -n "${URL[$s:$ep]:-}" ] || continue
     if r=$(fetch "${URL[$s:$ep]}" "$RUN/bodies/$s.$ep"); then
       SIZE[$s:$ep]=${r%% *}; CTYPE[$s:$ep]=${r#* }
@@ -476,7 +495,9 @@ done
 NGINX_DIR=$RUN/nginx
 mkdir -p "$NGINX_DIR/html" "$NGINX_DIR/tmp" "$NGINX_DIR/logs"
 declare -A NGINX_FILE=([packument]=packument [tarball]=tarball.tgz [simple]=simple.html [wheel]=wheel.whl
-  [cargoindex]=bench-crate [mavenpom]=bench-lib-1.0.0.pom [goinfo]=v1.0.0.info)
+  [cargoindex]=bench-crate [mavenpom]=bench-lib-1.0.0.pom [goinfo]=v1.0.0.info
+  [nugetreg]=nuget-registration.json [nupkg]=bench.pkg.1.0.0.nupkg [swiftreleases]=swift-releases.json
+  [swiftzip]=swift-1.0.0.zip)
 declare -A NGINX_SRC=()
 for ep in $ENDPOINTS; do
   for s in wharf verdaccio pypiserver devpi; do

@@ -396,8 +396,12 @@ pub fn latest(index: &PackageIndex) -> Option<&String> {
 
 /// `GET /{scope}/{name}`: listed releases, and those that are gone (Archived,
 /// Disposed) with a problem, as the spec expresses deletion. Unlisted
-/// releases are left out (kept installable by exact URL).
+/// releases are left out (kept installable by exact URL). Empty when the
+/// package has no release at all.
 pub fn render_releases(index: &PackageIndex, package_url: &str) -> bytes::Bytes {
+    if index.versions.values().all(|entry| entry.status == wharf_core::VersionStatus::Unfinished) {
+        return bytes::Bytes::new();
+    }
     let mut releases = serde_json::Map::new();
     for (_, key, entry) in self::releases(index) {
         let url = format!("{package_url}/{key}");

@@ -201,6 +201,8 @@ pub fn repository_endpoints(domain: &Domain, repository: &str) -> BTreeMap<Strin
         (PackageFormat::Npm, format!("{base}/npm/{repository}/")),
         (PackageFormat::Pypi, format!("{base}/pypi/{repository}/simple/")),
         (PackageFormat::Maven, format!("{base}/maven/{repository}/")),
+        (PackageFormat::Nuget, format!("{base}/nuget/{repository}/v3/index.json")),
+        (PackageFormat::Swift, format!("{base}/swift/{repository}")),
         (PackageFormat::Cargo, format!("sparse+{base}/cargo/{repository}/index/")),
         (PackageFormat::Go, format!("{base}/go/{repository}")),
         (PackageFormat::Generic, format!("{base}/generic/{repository}/")),
@@ -738,7 +740,9 @@ spec:
         assert_eq!(endpoints["npm"], "http://wharf-acme.wharf-system.svc:80/npm/web/");
         assert_eq!(endpoints["pypi"], "http://wharf-acme.wharf-system.svc:80/pypi/web/simple/");
         assert_eq!(endpoints["cargo"], "sparse+http://wharf-acme.wharf-system.svc:80/cargo/web/index/");
-        assert_eq!(endpoints.len(), 6);
+        assert_eq!(endpoints["nuget"], "http://wharf-acme.wharf-system.svc:80/nuget/web/v3/index.json");
+        assert_eq!(endpoints["swift"], "http://wharf-acme.wharf-system.svc:80/swift/web");
+        assert_eq!(endpoints.len(), PackageFormat::ALL.len(), "every format the registry serves");
     }
 
     #[test]

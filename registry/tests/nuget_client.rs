@@ -153,6 +153,17 @@ async fn nuget_pushes_installs_restores_and_unlists_on_a_private_feed() {
     assert_eq!(installed(&ws, "pkgs", "Acme.Demo", "1.0.0"), "demo 1.0.0");
     assert_eq!(installed(&ws, "pkgs", "Acme.Base", "1.0.0"), "base 1.0.0");
 
+    // The manifest as published, from the flat container.
+    let nuspec = reqwest::Client::new()
+        .get(server.url("/nuget/dotnet/v3/flatcontainer/acme.demo/1.0.0/acme.demo.nuspec"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nuspec.status(), 200);
+    let nuspec = nuspec.text().await.unwrap();
+    assert!(nuspec.contains("<id>Acme.Demo</id>") && nuspec.contains("Acme.Base"), "{nuspec}");
+
     // Restore of a packages.config project into a fresh folder.
     ws.write(
         "project/packages.config",
@@ -330,6 +341,12 @@ async fn nuget_installs_through_the_chain_and_keeps_working_without_the_upstream
     let kept = wharf.url("/api/v1/repositories/nuget-store/packages/nuget/Public.Lib/versions/2.0.0");
     let response = reqwest::Client::new().get(kept).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(response.status(), 200, "the fetched version is kept in the store");
+
+    // The upstream's manifest, through the chain.
+    let nuspec =
+        reqwest::get(wharf.url("/nuget/app/v3/flatcontainer/public.lib/2.0.0/public.lib.nuspec")).await.unwrap();
+    assert_eq!(nuspec.status(), 200);
+    assert!(nuspec.text().await.unwrap().contains("<id>Public.Lib</id>"));
 
     // A public name is not published internally: the origin is recorded.
     // Pushing to a private feed needs its credentials for the service index

@@ -142,9 +142,13 @@ fn display_id(index: &PackageIndex) -> &str {
 }
 
 /// `flatcontainer/{id}/index.json`: every installable version, unlisted
-/// ones included (the client resolves exact pins through it).
+/// ones included (the client resolves exact pins through it); empty when
+/// none is installable.
 pub fn render_versions(index: &PackageIndex) -> Bytes {
     let versions: Vec<&str> = releases(index).iter().map(|r| r.key).collect();
+    if versions.is_empty() {
+        return Bytes::new();
+    }
     Bytes::from(json!({"versions": versions}).to_string())
 }
 
@@ -472,6 +476,7 @@ mod tests {
             ("0.9.0", "0.9.0", Archived),
         ]);
         assert_eq!(json(&render_versions(&index))["versions"], json!(["1.0.0-beta", "1.0.2", "1.0.10"]));
+        assert!(render_versions(&index_of(&[("0.9.0", "0.9.0", Archived)])).is_empty());
     }
 
     #[test]

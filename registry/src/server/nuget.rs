@@ -82,14 +82,14 @@ async fn handle(
     let headers = request.headers().clone();
     let read = method == Method::GET || method == Method::HEAD;
     let feed = feed(&headers, &access.repo);
-    let (version, segments) = match segments.split_first() {
-        Some((version, rest)) => (*version, rest),
+    let (protocol, segments) = match segments.split_first() {
+        Some((protocol, rest)) => (*protocol, rest),
         None => ("", &segments[..]),
     };
-    if version == "v2" {
+    if protocol == "v2" {
         return legacy(state, access, &feed, segments, read, request.uri()).await;
     }
-    if version != "v3" {
+    if protocol != "v3" {
         return (
             "nuget",
             Err(ApiError::not_found(format!("no NuGet resource at {rest}; the feed is v3/index.json"), STYLE)),
@@ -121,14 +121,10 @@ async fn handle(
         }
         (["search"], true) => ("nuget_search", search(state, access, &feed, request.uri()).await),
         (["autocomplete"], true) => ("nuget_autocomplete", autocomplete(state, access, request.uri()).await),
-        (_, true) => ("nuget", Err(ApiError::not_found(format!("no NuGet resource at v3/{rest}"), STYLE))),
+        (_, true) => ("nuget", Err(ApiError::not_found(format!("no NuGet resource at {rest}"), STYLE))),
         (_, false) => (
             "nuget",
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not supported on v3/{rest}"),
-                STYLE,
-            )),
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not supported on {rest}"), STYLE)),
         ),
     }
 }
@@ -157,10 +153,10 @@ async fn versions(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (_, view) = view(state, access, id).await?;
-    if documents::releases(view.index()).is_empty() {
+    let rendered = view.rendered("nuget:versions", documents::render_versions);
+    if rendered.body.is_empty() {
         return Err(ApiError::not_found(format!("package {id} has no installable version"), STYLE));
     }
-    let rendered = view.rendered("nuget:versions", documents::render_versions);
     Ok(super::metadata_document(rendered, "application/json; charset=utf-8", headers, None))
 }
 

@@ -177,13 +177,23 @@ async fn list_releases(
     let (id, _) = release_id(scope, name, None)?;
     let view = view(state, access, &id, &format!("{scope}.{name}")).await?;
     let package_url = format!("{base}/{scope}/{name}");
-    if format::releases(view.index()).is_empty() {
-        return Err(problem(StatusCode::NOT_FOUND, format!("package {scope}.{name} has no releases")));
-    }
+    // Both rendered once per view: a hot package's list costs no parsing.
     let rendered =
         view.rendered(&format!("swift:releases:{package_url}"), |index| format::render_releases(index, &package_url));
-    let latest = format::latest(view.index()).map(|key| link(&format!("{package_url}/{key}"), "latest-version"));
-    Ok(with_links(super::metadata_document(rendered, JSON, headers, None), &latest.into_iter().collect::<Vec<_>>()))
+    if rendered.body.is_empty() {
+        return Err(problem(StatusCode::NOT_FOUND, format!("package {scope}.{name} has no releases")));
+    }
+    let latest = view.rendered(&format!("swift:latest:{package_url}"), |index| {
+        let latest = format::latest(index).map(|key| link(&format!("{package_url}/{key}"), "latest-version"));
+        bytes::Bytes::from(latest.unwrap_or_default())
+    });
+    let mut response = super::metadata_document(rendered, JSON, headers, None);
+    if let Ok(value) = HeaderValue::from_bytes(&latest.body)
+        && !latest.body.is_empty()
+    {
+        response.headers_mut().insert(header::LINK, value);
+    }
+    Ok(response)
 }
 
 /// A release a path names, as the repository's clients see it.
