@@ -8,3 +8,4 @@ pub mod cluster;
 pub mod server;
 pub mod startup;
 pub mod token_review;
+pub mod tokens;

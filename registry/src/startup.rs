@@ -12,6 +12,7 @@ use wharf_api::DomainConfig;
 use crate::auth::TokenSigner;
 use crate::server::connections::ConnectionLimits;
 use crate::server::{self, AppState, Limits, metrics::Metrics};
+use crate::tokens::TokenLedger;
 use wharf_core::{Packages, Registry};
 use wharf_storage::Storage;
 use wharf_storage::secrets::SecretsDir;
@@ -69,10 +70,13 @@ pub async fn build_state(
             .with_options(options.upstream.clone()),
     );
     let metrics = Arc::new(Metrics::new(upstream.requests()));
+    let tokens = TokenLedger::new(storage.clone());
+    tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
     let registry = Arc::new(Registry::new(storage));
     Ok(Arc::new(AppState {
         packages: packages(Arc::new(config), registry, upstream, options.limits),
         signer: TokenSigner::new(key, domain),
+        tokens,
         admin_token: options.admin_token.clone(),
         limits: options.limits,
         metrics,
@@ -155,6 +159,7 @@ impl LiveServer {
         let state = Arc::new(AppState {
             packages,
             signer: old.signer.clone(),
+            tokens: old.tokens.clone(),
             admin_token: old.admin_token.clone(),
             limits: old.limits,
             metrics: old.metrics.clone(),

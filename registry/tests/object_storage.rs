@@ -558,3 +558,108 @@ async fn azure_replicas_share_a_container_and_a_wrong_key_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("storage refused the credentials of Secret \"acme-azure\""), "{stderr}");
 }
+
+/// A leaked token is stopped without rotating the Domain's key: revoked on
+/// one replica, refused there at once and by the other replica within 5 s;
+/// revoking a subject stops all its tokens issued so far; the listing shows
+/// live tokens and never their secrets; only the admin may list or revoke.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_is_refused_by_every_replica_within_seconds() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(data_a.path(), secrets.path(), &s3.endpoint);
+    let b = replica(data_b.path(), secrets.path(), &s3.endpoint);
+    let client = reqwest::Client::new();
+    let mint = |subject: &'static str| {
+        let request = client
+            .post(a.url("/api/v1/auth/token"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"repositories": ["main"], "permissions": ["publish"], "subject": subject}))
+            .send();
+        async move {
+            let reply: serde_json::Value = request.await.unwrap().json().await.unwrap();
+            reply["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let (leaked, other, ci_one, ci_two) =
+        (mint("laptop").await, mint("release").await, mint("ci").await, mint("ci").await);
+    let publish = |server: &TestServer, token: &str, version: &str| {
+        let body = format!("tool {version}");
+        client
+            .put(server.url(&format!("/generic/main/acme/tool/{version}/tool.txt")))
+            .bearer_auth(token)
+            .header("X-Checksum-Sha256", hex::encode(Sha256::digest(body.as_bytes())))
+            .body(body)
+            .send()
+    };
+    assert_eq!(publish(&b, &leaked, "1.0.0").await.unwrap().status(), 201);
+
+    // The listing: every live token, no secret.
+    let listing = client.get(a.url("/api/v1/auth/tokens")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(listing.status(), 200);
+    let text = listing.text().await.unwrap();
+    for token in [&leaked, &other, &ci_one, &ci_two] {
+        assert!(!text.contains(token.as_str()), "the listing shows a token's secret");
+    }
+    let listing: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tokens = listing["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 4);
+    let id = tokens.iter().find(|t| t["subject"] == "laptop").unwrap()["id"].as_str().unwrap().to_owned();
+
+    // Neither anonymous callers nor registry tokens may list or revoke.
+    assert_eq!(client.get(a.url("/api/v1/auth/tokens")).send().await.unwrap().status(), 401);
+    let by_token = client.delete(a.url(&format!("/api/v1/auth/tokens/{id}"))).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(by_token.status(), 403);
+
+    // Revoked on A: refused there at once, and by B within 5 s.
+    let revoked =
+        client.delete(a.url(&format!("/api/v1/auth/tokens/{id}"))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let at = Instant::now();
+    let refused = publish(&a, &leaked, "1.0.1").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.text().await.unwrap().contains("was revoked"));
+    loop {
+        let status = publish(&b, &leaked, "1.0.2").await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        // Before B learned of it: the same file again is a 200.
+        assert!(status == 201 || status == 200, "{status}");
+        assert!(at.elapsed() < Duration::from_secs(5), "replica B still accepts the revoked token after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("replica B refused the revoked token {:?} after the revocation", at.elapsed());
+    assert_eq!(publish(&b, &other, "1.0.3").await.unwrap().status(), 201, "other tokens still work");
+    let again =
+        client.delete(a.url(&format!("/api/v1/auth/tokens/{id}"))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(again.status(), 404);
+
+    // A subject: both of its tokens, on both replicas; a new one works.
+    let by_subject =
+        client.delete(b.url("/api/v1/auth/tokens?subject=ci")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(by_subject.status(), 200);
+    let by_subject: serde_json::Value = by_subject.json().await.unwrap();
+    assert_eq!(by_subject["revoked"].as_array().unwrap().len(), 2);
+    assert_eq!(publish(&b, &ci_one, "1.0.4").await.unwrap().status(), 401);
+    let at = Instant::now();
+    while publish(&a, &ci_two, "1.0.5").await.unwrap().status() != 401 {
+        assert!(at.elapsed() < Duration::from_secs(5), "replica A still accepts the subject's token after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = mint("ci").await;
+    assert_eq!(publish(&a, &fresh, "1.0.6").await.unwrap().status(), 201);
+    let listing: serde_json::Value = client
+        .get(b.url("/api/v1/auth/tokens?subject=ci"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listing["tokens"].as_array().unwrap().len(), 1, "{listing}");
+}

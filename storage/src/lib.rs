@@ -300,6 +300,35 @@ pub mod keys {
         path(["keys", "token-signing"])
     }
 
+    /// The record of an issued registry token (`name` carries its expiry
+    /// and id), and the folder of them.
+    pub fn issued_token(name: &str) -> Path {
+        path(["tokens", "issued", name])
+    }
+
+    pub fn issued_tokens() -> Path {
+        path(["tokens", "issued"])
+    }
+
+    /// A revoked token (`name` carries its expiry and id), and the folder.
+    pub fn revoked_token(name: &str) -> Path {
+        path(["tokens", "revoked", name])
+    }
+
+    pub fn revoked_tokens() -> Path {
+        path(["tokens", "revoked"])
+    }
+
+    /// A revocation of every token of a subject issued until a time
+    /// (`name` carries the time and the subject's digest), and the folder.
+    pub fn revoked_subject(name: &str) -> Path {
+        path(["tokens", "revoked-subjects", name])
+    }
+
+    pub fn revoked_subjects() -> Path {
+        path(["tokens", "revoked-subjects"])
+    }
+
     /// Everything a Repository holds (its packages of every format).
     pub fn repository(repo: &str) -> Path {
         path(["repositories", repo])
@@ -619,6 +648,26 @@ impl Storage {
             if old {
                 let _ = self.store.delete(&meta.location).await;
             }
+        }
+    }
+
+    /// Names of the objects directly in `dir` (not in its sub-folders), decoded.
+    pub async fn list_files(&self, dir: &Path) -> Result<Vec<String>, StorageError> {
+        let listing =
+            self.store.list_with_delimiter(Some(dir)).await.map_err(|e| StorageError::store("list", dir, e))?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter_map(|meta| meta.location.filename())
+            .map(|name| percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
+            .collect())
+    }
+
+    /// Deletes the object at `key`; one already gone is not an error.
+    pub async fn delete(&self, key: &Path) -> Result<(), StorageError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StorageError::store("delete", key, e)),
         }
     }
 

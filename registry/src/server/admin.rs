@@ -2,8 +2,8 @@
 //! their statuses, and the effective origin configuration of a package.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -113,6 +113,8 @@ pub async fn mint_token(
         exp: now + ttl as i64,
         jti: uuid::Uuid::new_v4().to_string(),
     };
+    // Recorded first, so every token handed out can be listed and revoked.
+    state.tokens.record(&claims).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let token = state.signer.mint(&claims);
     let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).map(|t| t.to_rfc3339());
     tracing::info!(subject = %claims.sub, repositories = ?claims.repos, permissions = ?claims.perms, ttl, "minted token");
@@ -126,6 +128,97 @@ pub async fn mint_token(
         })),
     )
         .into_response())
+}
+
+/// The token endpoints below are the admin's: who holds a registry token
+/// and revoking it is the Domain operator's business.
+async fn require_admin(state: &SharedState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match authenticate(state, headers, "api", STYLE).await? {
+        Principal::Admin => Ok(()),
+        Principal::Anonymous => {
+            Err(ApiError::unauthorized("listing and revoking tokens needs the admin token", "api", STYLE))
+        }
+        other => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} may not list or revoke tokens; that needs the admin token", other.name()),
+            STYLE,
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectQuery {
+    subject: Option<String>,
+}
+
+/// The admin's request, and the subject it names (`?subject=`), if any.
+async fn admin_with_subject(
+    state: &SharedState,
+    headers: &HeaderMap,
+    query: Result<Query<SubjectQuery>, QueryRejection>,
+) -> Result<Option<String>, ApiError> {
+    require_admin(state, headers).await?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    Ok(query.subject.filter(|s| !s.is_empty()))
+}
+
+fn token_json(token: &crate::tokens::IssuedToken) -> serde_json::Value {
+    let time = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|t| t.to_rfc3339());
+    json!({
+        "id": token.id,
+        "subject": token.subject,
+        "repositories": token.repositories,
+        "permissions": token.permissions,
+        "issuedAt": time(token.issued_at),
+        "expiresAt": time(token.expires_at),
+    })
+}
+
+/// `GET /api/v1/auth/tokens[?subject=]`: the registry tokens still valid
+/// (neither expired nor revoked), never their secrets.
+pub async fn list_tokens(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    query: Result<Query<SubjectQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let subject = admin_with_subject(&state, &headers, query).await?;
+    let live =
+        state.tokens.live(chrono::Utc::now().timestamp()).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+    let tokens: Vec<_> =
+        live.iter().filter(|t| subject.as_ref().is_none_or(|s| *s == t.subject)).map(token_json).collect();
+    Ok(Json(json!({"tokens": tokens})).into_response())
+}
+
+/// `DELETE /api/v1/auth/tokens/{id}`: revokes one token, on every replica
+/// within seconds.
+pub async fn revoke_token(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers).await?;
+    let now = chrono::Utc::now().timestamp();
+    let revoked = state.tokens.revoke(&id, now).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+    let token = revoked.ok_or_else(|| ApiError::not_found(format!("no valid token has id {id}"), STYLE))?;
+    tracing::info!(id = %token.id, subject = %token.subject, "revoked token");
+    Ok(Json(json!({"revoked": [token_json(&token)]})).into_response())
+}
+
+/// `DELETE /api/v1/auth/tokens?subject=`: revokes every token of a subject
+/// issued until now (tokens minted for it later are valid).
+pub async fn revoke_subject(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    query: Result<Query<SubjectQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let subject = admin_with_subject(&state, &headers, query).await?.ok_or_else(|| {
+        ApiError::bad_request("name the subject whose tokens to revoke (?subject=), or DELETE …/tokens/{id}", STYLE)
+    })?;
+    let now = chrono::Utc::now().timestamp();
+    let revoked = state.tokens.revoke_subject(&subject, now).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+    tracing::info!(%subject, count = revoked.len(), "revoked the tokens of a subject");
+    Ok(Json(json!({"subject": subject, "revoked": revoked.iter().map(token_json).collect::<Vec<_>>()})).into_response())
 }
 
 /// What a ServiceAccount may exchange its token for: named repositories, read or publish,
@@ -172,6 +265,8 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
                     "go": format!("/go/{name}"),
                     "generic": format!("/generic/{name}/"),
                     "maven": format!("/maven/{name}/"),
+                    "nuget": format!("/nuget/{name}/v3/index.json"),
+                    "swift": format!("/swift/{name}"),
                 },
             })
         })

@@ -65,11 +65,15 @@ pub async fn authenticate(
         };
     }
     let now = chrono::Utc::now().timestamp();
-    state
+    let claims = state
         .signer
         .verify(&token, now)
-        .map(Principal::Token)
-        .map_err(|error| ApiError::unauthorized(format!("invalid credential: {error}"), repo, style))
+        .map_err(|error| ApiError::unauthorized(format!("invalid credential: {error}"), repo, style))?;
+    state
+        .tokens
+        .check(&claims)
+        .map_err(|revoked| ApiError::unauthorized(format!("invalid credential: {revoked}"), repo, style))?;
+    Ok(Principal::Token(claims))
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct AppState {
     /// publish pipelines over them.
     pub packages: Packages,
     pub signer: TokenSigner,
+    /// The tokens issued and revoked, shared by every replica through storage.
+    pub tokens: Arc<crate::tokens::TokenLedger>,
     pub admin_token: String,
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
@@ -181,6 +183,8 @@ pub fn app(state: SharedState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/auth/token", post(admin::mint_token))
+        .route("/api/v1/auth/tokens", get(admin::list_tokens).delete(admin::revoke_subject))
+        .route("/api/v1/auth/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/repositories", get(admin::list_repositories))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", get(admin::get_version))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
