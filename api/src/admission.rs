@@ -150,6 +150,12 @@ fn rules() -> Vec<Rule> {
                 .into(),
             message: "ServiceAccount needs name and namespace, Namespace needs name, OIDC needs issuer",
         });
+        rules.push(Rule {
+            kind: "Repository",
+            path: subject_list,
+            rule: "self.kind != 'OIDC'".into(),
+            message: crate::common::OIDC_NOT_ENFORCED,
+        });
     }
     rules
 }

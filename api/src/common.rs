@@ -233,17 +233,27 @@ impl Subject {
                     problems.push("Namespace needs a name (the namespace's name)".to_owned());
                 }
             }
-            SubjectKind::Oidc => match self.issuer.as_deref() {
-                None | Some("") => problems.push("OIDC needs an issuer".to_owned()),
-                Some(issuer) if !is_http_url(issuer) => {
-                    problems.push(format!("OIDC issuer `{issuer}` is not an http(s) URL"))
+            SubjectKind::Oidc => {
+                // Refused rather than accepted and ignored: a policy naming a CI
+                // pipeline must not look enforced while it grants nothing.
+                problems.push(OIDC_NOT_ENFORCED.to_owned());
+                match self.issuer.as_deref() {
+                    None | Some("") => problems.push("OIDC needs an issuer".to_owned()),
+                    Some(issuer) if !is_http_url(issuer) => {
+                        problems.push(format!("OIDC issuer `{issuer}` is not an http(s) URL"))
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
-            },
+            }
         }
         problems
     }
 }
+
+/// Why an OIDC subject is refused, in the loader and in admission alike.
+pub const OIDC_NOT_ENFORCED: &str = "OIDC subjects are not enforced yet: the registry does not verify OIDC ID \
+     tokens, so this subject would grant nothing; use a ServiceAccount or Namespace subject, or an \
+     admin-minted token";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -268,8 +278,11 @@ mod tests {
         assert_eq!(account.problems(true), vec!["ServiceAccount needs a namespace"]);
         assert!(Subject::namespace("team-web").problems(false).is_empty());
         assert_eq!(Subject::new(SubjectKind::Namespace).problems(false).len(), 1);
-        assert_eq!(Subject::new(SubjectKind::Oidc).problems(true), vec!["OIDC needs an issuer"]);
-        assert!(Subject::oidc("https://token.actions.example", BTreeMap::new()).problems(true).is_empty());
+        assert_eq!(Subject::new(SubjectKind::Oidc).problems(true), vec![OIDC_NOT_ENFORCED, "OIDC needs an issuer"]);
+        assert_eq!(
+            Subject::oidc("https://token.actions.example", BTreeMap::new()).problems(true),
+            vec![OIDC_NOT_ENFORCED]
+        );
         let mut anonymous_with_name = Subject::anonymous();
         anonymous_with_name.name = Some("x".into());
         assert_eq!(anonymous_with_name.problems(false).len(), 1);

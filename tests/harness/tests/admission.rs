@@ -142,8 +142,17 @@ async fn repositories() {
             "web",
             "  upstreams: [{name: shared}, {name: npm-store}]\n  externalConnection: npm-public\n  access:\n\
              \x20   read: [{kind: Namespace, name: team-web}, {kind: Anonymous}]\n\
-             \x20   publish: [{kind: ServiceAccount, namespace: team-web, name: release-bot}, {kind: OIDC, issuer: \"https://issuer.invalid\", claims: {repository: acme/web}}]\n",
+             \x20   publish: [{kind: ServiceAccount, namespace: team-web, name: release-bot}]\n",
         ),
+    )
+    .await;
+    rejects(
+        &client,
+        &repository(
+            "ci",
+            "  access:\n    publish: [{kind: OIDC, issuer: \"https://issuer.invalid\", claims: {repository: acme/web}}]\n",
+        ),
+        "OIDC subjects are not enforced yet",
     )
     .await;
     let eleven: Vec<String> = (0..11).map(|i| format!("{{name: up{i}}}")).collect();
