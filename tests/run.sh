@@ -2,9 +2,10 @@
 # The whole test suite: installs the package clients the end-to-end tests
 # drive (tests/install-clients.sh), builds the kube-apiserver and etcd the
 # operator tests run against (tests/control-plane.sh; cached by version) and the
-# helm the chart tests run (tests/helm.sh; cached by version) and Argo CD's Lua
-# sandbox for the health check tests (tests/argocd-lua.sh), then runs every test
-# of the workspace.
+# helm the chart tests run (tests/helm.sh; cached by version), Argo CD's Lua
+# sandbox for the health check tests (tests/argocd-lua.sh) and the OpenID
+# provider the OIDC tests run (tests/oidc-provider.sh: Ory Hydra, cached by
+# version), then runs every test of the workspace.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,6 @@ WHARF_HELM_BIN="$(tests/helm.sh | tail -n 1)"
 export WHARF_HELM_BIN
 WHARF_ARGOCD_LUA_BIN="$(tests/argocd-lua.sh | tail -n 1)"
 export WHARF_ARGOCD_LUA_BIN
+WHARF_HYDRA_BIN="$(tests/oidc-provider.sh | tail -n 1)"
+export WHARF_HYDRA_BIN
 cargo test --workspace --locked "$@"

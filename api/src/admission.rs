@@ -70,6 +70,14 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec.tokens.trustedIssuers[].issuer",
+            rule: "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && \
+                   url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))"
+                .into(),
+            message: "a trusted issuer is an https URL (http only on a loopback address)",
+        },
+        Rule {
+            kind: "Domain",
             path: "spec.externalConnections[].url",
             rule: "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''".into(),
             message: "url must be an http or https URL with a host",
@@ -153,8 +161,8 @@ fn rules() -> Vec<Rule> {
         rules.push(Rule {
             kind: "Repository",
             path: subject_list,
-            rule: "self.kind != 'OIDC'".into(),
-            message: crate::common::OIDC_NOT_ENFORCED,
+            rule: "self.kind != 'OIDC' || (has(self.claims) && size(self.claims) > 0)".into(),
+            message: crate::common::OIDC_NEEDS_CLAIMS,
         });
     }
     rules

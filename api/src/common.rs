@@ -34,8 +34,15 @@ pub fn is_ready(conditions: &[Condition]) -> bool {
 /// Whether `text` looks like an absolute `http://` or `https://` URL with a host. A
 /// deliberately small check (no URL crate): scheme, a non-empty host, no whitespace.
 pub fn is_http_url(text: &str) -> bool {
-    let Some(rest) = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")) else {
-        return false;
+    http_url_host(text).is_some()
+}
+
+/// The scheme (`http` or `https`) and host of an absolute http(s) URL, as
+/// [`is_http_url`] reads it.
+fn http_url_host(text: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = match text.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", text.strip_prefix("http://")?),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = authority.rsplit('@').next().unwrap_or_default();
@@ -44,7 +51,17 @@ pub fn is_http_url(text: &str) -> bool {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         None => host.split(':').next().unwrap_or_default(),
     };
-    !host.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+    (!host.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())).then_some((scheme, host))
+}
+
+/// Whether `text` is an https URL, or an http one on a loopback address
+/// (what tests run): where credentials and signing keys may come from.
+pub fn is_https_or_loopback(text: &str) -> bool {
+    match http_url_host(text) {
+        Some(("https", _)) => true,
+        Some((_, host)) => host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 /// What happens to stored data when the resource is deleted.
@@ -173,6 +190,25 @@ impl Subject {
         Subject { issuer: Some(issuer.to_owned()), claims, ..Subject::new(SubjectKind::Oidc) }
     }
 
+    /// Whether an ID token of `issuer` with `claims` (already verified) is
+    /// this OIDC subject: every condition names a claim the token has, whose
+    /// value (a string, number or boolean as written) matches it exactly or
+    /// as a glob (`*` for any run of characters).
+    pub fn matches_oidc(&self, issuer: &str, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.kind == SubjectKind::Oidc
+            && self.issuer.as_deref() == Some(issuer)
+            && !self.claims.is_empty()
+            && self.claims.iter().all(|(claim, pattern)| {
+                let value = match claims.get(claim) {
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    Some(serde_json::Value::Number(number)) => number.to_string(),
+                    Some(serde_json::Value::Bool(flag)) => flag.to_string(),
+                    _ => return false,
+                };
+                glob_matches(pattern, &value)
+            })
+    }
+
     /// Whether ServiceAccount `namespace/name` is this subject: the ServiceAccount itself, or
     /// any ServiceAccount of the namespace it names. OIDC and Anonymous subjects name no
     /// ServiceAccount.
@@ -234,9 +270,8 @@ impl Subject {
                 }
             }
             SubjectKind::Oidc => {
-                // Refused rather than accepted and ignored: a policy naming a CI
-                // pipeline must not look enforced while it grants nothing.
-                problems.push(OIDC_NOT_ENFORCED.to_owned());
+                forbid(self.name.is_some(), "name");
+                forbid(self.namespace.is_some(), "namespace");
                 match self.issuer.as_deref() {
                     None | Some("") => problems.push("OIDC needs an issuer".to_owned()),
                     Some(issuer) if !is_http_url(issuer) => {
@@ -244,21 +279,86 @@ impl Subject {
                     }
                     Some(_) => {}
                 }
+                // Without a condition, any workflow anywhere that can ask the issuer
+                // for this audience would match.
+                if self.claims.is_empty() {
+                    problems.push(OIDC_NEEDS_CLAIMS.to_owned());
+                }
+                if self.claims.iter().any(|(claim, value)| claim.is_empty() || value.is_empty()) {
+                    problems.push("OIDC claim conditions need a claim name and a value".to_owned());
+                }
             }
         }
         problems
     }
 }
 
-/// Why an OIDC subject is refused, in the loader and in admission alike.
-pub const OIDC_NOT_ENFORCED: &str = "OIDC subjects are not enforced yet: the registry does not verify OIDC ID \
-     tokens, so this subject would grant nothing; use a ServiceAccount or Namespace subject, or an \
-     admin-minted token";
+/// Whether `text` matches `pattern`, where `*` stands for any run of
+/// characters (none included) and everything else for itself.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let Some((first, rest)) = pattern.split_once('*') else { return pattern == text };
+    let Some(mut remaining) = text.strip_prefix(first) else { return false };
+    let mut pieces: Vec<&str> = rest.split('*').collect();
+    let last = pieces.pop().unwrap_or_default();
+    for piece in pieces {
+        match remaining.find(piece) {
+            Some(at) => remaining = &remaining[at + piece.len()..],
+            None => return false,
+        }
+    }
+    remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+/// Why an OIDC subject without claim conditions is refused, in the loader and
+/// in admission alike.
+pub const OIDC_NEEDS_CLAIMS: &str = "OIDC needs claims: at least one condition on the ID token's claims (such as \
+     repository and ref), or every job that can get a token from the issuer would match";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oidc_subjects_match_claims_exactly_or_by_glob() {
+        let claims = |pairs: &[(&str, serde_json::Value)]| -> serde_json::Map<String, serde_json::Value> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+        };
+        let issuer = "https://token.actions.example";
+        let subject = Subject::oidc(
+            issuer,
+            BTreeMap::from([
+                ("repository".to_owned(), "acme/web".to_owned()),
+                ("ref".to_owned(), "refs/heads/*".to_owned()),
+            ]),
+        );
+        let token = claims(&[("repository", "acme/web".into()), ("ref", "refs/heads/main".into()), ("run", 7.into())]);
+        assert!(subject.matches_oidc(issuer, &token));
+        assert!(!subject.matches_oidc("https://other.example", &token));
+        let fork = claims(&[("repository", "evil/web".into()), ("ref", "refs/heads/main".into())]);
+        assert!(!subject.matches_oidc(issuer, &fork));
+        let tag = claims(&[("repository", "acme/web".into()), ("ref", "refs/tags/v1".into())]);
+        assert!(!subject.matches_oidc(issuer, &tag));
+        assert!(!subject.matches_oidc(issuer, &claims(&[("repository", "acme/web".into())])), "a claim missing");
+        let numbered = Subject::oidc(issuer, BTreeMap::from([("run".to_owned(), "7".to_owned())]));
+        assert!(numbered.matches_oidc(issuer, &token));
+        assert!(!Subject::oidc(issuer, BTreeMap::new()).matches_oidc(issuer, &token), "no condition, no match");
+
+        for (pattern, text, matches) in [
+            ("a*", "abc", true),
+            ("*c", "abc", true),
+            ("a*c", "ac", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxc", false),
+            ("*", "", true),
+            ("abc", "abcd", false),
+            ("a*a", "a", false),
+            ("repo:acme/*:ref:refs/heads/main", "repo:acme/web:ref:refs/heads/main", true),
+            ("repo:acme/*:ref:refs/heads/main", "repo:acme/web:ref:refs/heads/dev", false),
+        ] {
+            assert_eq!(glob_matches(pattern, text), matches, "{pattern} ~ {text}");
+        }
+    }
 
     #[test]
     fn subject_kinds_use_their_wire_names() {
@@ -278,11 +378,13 @@ mod tests {
         assert_eq!(account.problems(true), vec!["ServiceAccount needs a namespace"]);
         assert!(Subject::namespace("team-web").problems(false).is_empty());
         assert_eq!(Subject::new(SubjectKind::Namespace).problems(false).len(), 1);
-        assert_eq!(Subject::new(SubjectKind::Oidc).problems(true), vec![OIDC_NOT_ENFORCED, "OIDC needs an issuer"]);
+        assert_eq!(Subject::new(SubjectKind::Oidc).problems(true), vec!["OIDC needs an issuer", OIDC_NEEDS_CLAIMS]);
         assert_eq!(
             Subject::oidc("https://token.actions.example", BTreeMap::new()).problems(true),
-            vec![OIDC_NOT_ENFORCED]
+            vec![OIDC_NEEDS_CLAIMS]
         );
+        let claims = BTreeMap::from([("repository".to_owned(), "acme/*".to_owned())]);
+        assert!(Subject::oidc("https://token.actions.example", claims).problems(true).is_empty());
         let mut anonymous_with_name = Subject::anonymous();
         anonymous_with_name.name = Some("x".into());
         assert_eq!(anonymous_with_name.problems(false).len(), 1);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::common::{API_VERSION, DomainRef, Subject, is_http_url};
+use crate::common::{API_VERSION, DomainRef, Subject, SubjectKind, is_http_url};
 use crate::domain::{Domain, DomainSpec, NamespacesFrom, PackageFormat, StorageSpec, TOKEN_TTL_CEILING, TOKEN_TTL_MIN};
 use crate::duration::{format_duration, parse_duration};
 use crate::pattern::{BlockedVersion, PackagePattern};
@@ -519,6 +519,46 @@ impl Checker<'_> {
             }
         }
 
+        let issuers = spec.tokens.as_ref().map(|tokens| tokens.trusted_issuers.as_slice()).unwrap_or_default();
+        for (position, issuer) in issuers.iter().enumerate() {
+            let path = format!("spec.tokens.trustedIssuers[{position}]");
+            if !crate::common::is_https_or_loopback(&issuer.issuer) {
+                self.report(
+                    about,
+                    &format!("{path}.issuer"),
+                    format!("`{}` is not an https URL (http only on a loopback address)", issuer.issuer),
+                );
+            }
+            if issuers[..position].iter().any(|earlier| earlier.issuer == issuer.issuer) {
+                self.report(about, &format!("{path}.issuer"), format!("issuer {} is listed twice", issuer.issuer));
+            }
+            if issuer.audiences.is_empty() || issuer.audiences.iter().any(|audience| audience.trim().is_empty()) {
+                self.report(
+                    about,
+                    &format!("{path}.audiences"),
+                    "name the audiences accepted (what the CI job asks its issuer for); an empty one is not".to_owned(),
+                );
+            }
+            if let Some(url) = &issuer.jwks_url
+                && !crate::common::is_https_or_loopback(url)
+            {
+                self.report(
+                    about,
+                    &format!("{path}.jwksURL"),
+                    format!("`{url}` is not an https URL (http only on a loopback address)"),
+                );
+            }
+            if let Some(text) = &issuer.clock_skew {
+                match parse_duration(text) {
+                    Err(error) => self.report(about, &format!("{path}.clockSkew"), error.to_string()),
+                    Ok(skew) if skew > crate::domain::CLOCK_SKEW_CEILING => {
+                        self.report(about, &format!("{path}.clockSkew"), format!("{text} is more than 5m"))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+
         if let Some(registry) = &spec.registry {
             if let Some(replicas) = registry.replicas
                 && replicas < 0
@@ -659,6 +699,17 @@ impl Checker<'_> {
                 for (position, subject) in subjects.iter().enumerate() {
                     for message in subject.problems(for_publish) {
                         self.report(about, &format!("spec.access.{list}[{position}]"), message);
+                    }
+                    if let Some(issuer) = subject.issuer.as_deref().filter(|_| subject.kind == SubjectKind::Oidc)
+                        && config.domain.spec.trusted_issuer(issuer).is_none()
+                    {
+                        self.report(
+                            about,
+                            &format!("spec.access.{list}[{position}].issuer"),
+                            format!(
+                                "Domain {domain_name} does not trust issuer {issuer}; add it to its spec.tokens.trustedIssuers"
+                            ),
+                        );
                     }
                 }
             }
@@ -1280,6 +1331,52 @@ spec:
 
     fn messages(error: &ConfigError) -> Vec<String> {
         error.problems().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn oidc_subjects_need_a_trusted_issuer_and_issuers_are_checked() {
+        let text = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage: {memory: {}}
+  tokens:
+    trustedIssuers:
+      - {issuer: "https://token.actions.example", audiences: ["https://wharf.example"], clockSkew: 30s}
+      - {issuer: "http://ci.example", audiences: [""], jwksURL: "ftp://keys", clockSkew: 10m}
+      - {issuer: "https://token.actions.example", audiences: [a]}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: web}
+spec:
+  domainRef: {name: acme}
+  access:
+    publish:
+      - {kind: OIDC, issuer: "https://token.actions.example", claims: {repository: acme/web}}
+      - {kind: OIDC, issuer: "https://gitlab.example", claims: {project_path: acme/web}}
+"#;
+        let error = load(text).unwrap_err();
+        assert_eq!(
+            messages(&error),
+            [
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[1].issuer: `http://ci.example` is not an https URL (http only on a loopback address)",
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[1].audiences: name the audiences accepted (what the CI job asks its issuer for); an empty one is not",
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[1].jwksURL: `ftp://keys` is not an https URL (http only on a loopback address)",
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[1].clockSkew: 10m is more than 5m",
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[2].issuer: issuer https://token.actions.example is listed twice",
+                "test.yaml: document 2 (Repository web): spec.access.publish[1].issuer: Domain acme does not trust issuer https://gitlab.example; add it to its spec.tokens.trustedIssuers",
+            ]
+        );
+        let trusted = text.replace("https://gitlab.example", "https://token.actions.example");
+        let start = trusted.find("      - {issuer: \"http://ci.example\"").unwrap();
+        let end = trusted.find("---").unwrap();
+        let valid = format!("{}{}", &trusted[..start], &trusted[end..]);
+        let config = load(&valid).unwrap();
+        let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
+        assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
+        assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
     }
 
     #[test]

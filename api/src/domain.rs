@@ -388,6 +388,56 @@ pub struct TokenSpec {
     #[serde(rename = "maxTTL", default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_SCHEMA_PATTERN))]
     pub max_ttl: Option<String>,
+    /// OpenID Connect issuers (CI systems such as GitHub Actions or GitLab CI) whose ID
+    /// tokens may be exchanged for registry tokens at `POST /api/v1/auth/oidc`, within what
+    /// the Repositories' `OIDC` subjects grant. A Repository's `OIDC` subject names one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+}
+
+/// An OpenID Connect issuer the Domain trusts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIssuer {
+    /// The issuer, exactly as its tokens' `iss` claim says; its discovery document is at
+    /// `{issuer}/.well-known/openid-configuration`. https (http only on a loopback address).
+    #[schemars(length(max = 512))]
+    pub issuer: String,
+    /// The audiences accepted: a token's `aud` must name one of them (what the CI job asks
+    /// its issuer for, such as the registry's URL).
+    #[schemars(length(min = 1))]
+    pub audiences: Vec<String>,
+    /// Where the issuer's signing keys are, when not where its discovery document says.
+    #[serde(rename = "jwksURL", default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How far the issuer's clock may be from the registry's, such as `30s`; 60s when
+    /// unset, at most 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_SCHEMA_PATTERN))]
+    pub clock_skew: Option<String>,
+}
+
+/// The longest clock difference a trusted issuer may be allowed.
+pub const CLOCK_SKEW_CEILING: Duration = Duration::from_secs(5 * 60);
+/// The clock difference allowed when a trusted issuer sets none.
+pub const CLOCK_SKEW_DEFAULT: Duration = Duration::from_secs(60);
+
+impl TrustedIssuer {
+    /// The clock difference tolerated (default 60s; validation reports an invalid one).
+    pub fn clock_skew(&self) -> Duration {
+        self.clock_skew
+            .as_deref()
+            .and_then(|text| parse_duration(text).ok())
+            .map_or(CLOCK_SKEW_DEFAULT, |skew| skew.min(CLOCK_SKEW_CEILING))
+    }
+}
+
+impl DomainSpec {
+    /// The trusted issuer whose tokens say `iss`, if the Domain trusts it.
+    pub fn trusted_issuer(&self, iss: &str) -> Option<&TrustedIssuer> {
+        self.tokens.as_ref()?.trusted_issuers.iter().find(|issuer| issuer.issuer == iss)
+    }
 }
 
 /// Settings of the registry Deployment and Service.
@@ -439,11 +489,11 @@ mod tests {
     fn token_ttl_defaults_and_ceiling() {
         let mut spec = DomainSpec::new(StorageSpec::memory());
         assert_eq!(spec.max_token_ttl(), TOKEN_TTL_CEILING);
-        spec.tokens = Some(TokenSpec { max_ttl: Some("1h".into()) });
+        spec.tokens = Some(TokenSpec { max_ttl: Some("1h".into()), ..TokenSpec::default() });
         assert_eq!(spec.max_token_ttl(), Duration::from_secs(3600));
-        spec.tokens = Some(TokenSpec { max_ttl: Some("7d".into()) });
+        spec.tokens = Some(TokenSpec { max_ttl: Some("7d".into()), ..TokenSpec::default() });
         assert_eq!(spec.max_token_ttl(), TOKEN_TTL_CEILING);
-        spec.tokens = Some(TokenSpec { max_ttl: Some("1m".into()) });
+        spec.tokens = Some(TokenSpec { max_ttl: Some("1m".into()), ..TokenSpec::default() });
         assert_eq!(spec.max_token_ttl(), TOKEN_TTL_MIN);
     }
 

@@ -50,7 +50,7 @@ pub use config::{
 pub use domain::{
     AzureStorage, Domain, DomainSpec, DomainStatus, EncryptionSpec, ExternalConnection, FilesystemStorage, GcsStorage,
     MemoryStorage, NamespacesFrom, PackageFormat, RegistryDeploymentSpec, RepositoryNamespaces, S3Storage, ServiceSpec,
-    StorageSpec, TOKEN_TTL_CEILING, TOKEN_TTL_MIN, TokenSpec, UnknownFormatError,
+    StorageSpec, TOKEN_TTL_CEILING, TOKEN_TTL_MIN, TokenSpec, TrustedIssuer, UnknownFormatError,
 };
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use pattern::{BlockedVersion, PackagePattern, PatternError};

@@ -76,6 +76,18 @@ pub enum Principal {
     /// A Kubernetes ServiceAccount token: what it may do is what the Repositories' `access`
     /// grants that ServiceAccount.
     ServiceAccount(ServiceAccount),
+    /// A verified ID token of a trusted OIDC issuer (at the exchange only): what it may do
+    /// is what the Repositories' `OIDC` subjects matching its claims grant.
+    Oidc(OidcIdentity),
+}
+
+/// Who an ID token of a trusted issuer says its bearer is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    /// `{issuer}#{sub}`: the subject of the registry tokens it is exchanged for.
+    pub name: String,
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Principal {
@@ -85,12 +97,13 @@ impl Principal {
             Principal::Admin => "admin",
             Principal::Token(claims) => &claims.sub,
             Principal::ServiceAccount(account) => &account.username,
+            Principal::Oidc(identity) => &identity.name,
         }
     }
 
     /// Whether this principal may do `permission` on `repo`: anyone may read where the
-    /// Repository admits anonymous reads; a ServiceAccount where its `access` names it
-    /// (publishers may read); a registry token within its scope.
+    /// Repository admits anonymous reads; a ServiceAccount or an OIDC identity where its
+    /// `access` names it (publishers may read); a registry token within its scope.
     pub fn may(&self, repo: &Repository, permission: Permission) -> bool {
         if permission == Permission::Read && repo.allows_anonymous_read() {
             return true;
@@ -99,6 +112,16 @@ impl Principal {
             Principal::ServiceAccount(account) => {
                 let named = |subjects: &[wharf_api::Subject]| {
                     subjects.iter().any(|subject| subject.includes_service_account(&account.namespace, &account.name))
+                };
+                match permission {
+                    Permission::Read => named(&repo.spec.access.read) || named(&repo.spec.access.publish),
+                    Permission::Publish => named(&repo.spec.access.publish),
+                    Permission::Admin => false,
+                }
+            }
+            Principal::Oidc(identity) => {
+                let named = |subjects: &[wharf_api::Subject]| {
+                    subjects.iter().any(|subject| subject.matches_oidc(&identity.issuer, &identity.claims))
                 };
                 match permission {
                     Permission::Read => named(&repo.spec.access.read) || named(&repo.spec.access.publish),
@@ -115,7 +138,7 @@ impl Principal {
     /// access is decided by the Repository's `access` (see [`Principal::may`]).
     pub fn grants(&self, repo: &str, permission: Permission) -> bool {
         match self {
-            Principal::Anonymous | Principal::ServiceAccount(_) => false,
+            Principal::Anonymous | Principal::ServiceAccount(_) | Principal::Oidc(_) => false,
             Principal::Admin => true,
             Principal::Token(claims) => {
                 let repo_ok = claims.repos.iter().any(|r| r == "*" || r == repo);

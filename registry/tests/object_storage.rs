@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path as FsPath;
 use std::time::{Duration, Instant};
 
@@ -229,20 +228,6 @@ fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
     command
 }
 
-/// A minimal valid wheel of module `s3_demo` whose `VERSION` is `version`.
-fn write_wheel(path: &FsPath, version: &str) {
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let options = zip::write::SimpleFileOptions::default();
-    zip.start_file("s3_demo/__init__.py", options).unwrap();
-    writeln!(zip, "VERSION = {version:?}").unwrap();
-    zip.start_file(format!("s3_demo-{version}.dist-info/METADATA"), options).unwrap();
-    write!(zip, "Metadata-Version: 2.1\nName: s3-demo\nVersion: {version}\n").unwrap();
-    zip.start_file(format!("s3_demo-{version}.dist-info/WHEEL"), options).unwrap();
-    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
-    zip.start_file(format!("s3_demo-{version}.dist-info/RECORD"), options).unwrap();
-    zip.finish().unwrap();
-}
-
 /// npm and pip install through `server` into fresh folders of `ws`; returns
 /// what the installed npm package and Python module say.
 fn install_through(ws: &Workspace, server: &TestServer, tag: &str) -> (String, String) {
@@ -281,7 +266,7 @@ async fn replicas_on_one_bucket_serve_what_either_stored() {
     write_npmrc(&ws, "pkg", &first, "main", Some(&token));
     run_ok(npm(&ws, "pkg").args(["publish", "--access", "public"]));
     let wheel = ws.path("s3_demo-1.0.0-py3-none-any.whl");
-    write_wheel(&wheel, "1.0.0");
+    write_wheel(&wheel, "s3-demo", "1.0.0", "VERSION = \"1.0.0\"\n");
     run_ok(
         ws.command(venv_bin(&tools, "twine"), ".")
             .args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url"])

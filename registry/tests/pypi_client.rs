@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -40,21 +39,6 @@ fn build_project(ws: &Workspace, venv: &Path, dir: &str, name: &str, version: &s
     files.sort();
     assert_eq!(files.len(), 2, "{files:?}");
     files
-}
-
-/// A minimal valid wheel whose payload is `body`.
-pub fn write_wheel(path: &Path, project: &str, version: &str, body: &str) {
-    let module = project.replace('-', "_");
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let options = zip::write::SimpleFileOptions::default();
-    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
-    zip.write_all(body.as_bytes()).unwrap();
-    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
-    write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
-    zip.start_file(format!("{module}-{version}.dist-info/WHEEL"), options).unwrap();
-    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
-    zip.start_file(format!("{module}-{version}.dist-info/RECORD"), options).unwrap();
-    zip.finish().unwrap();
 }
 
 fn twine(ws: &Workspace, venv: &Path, server: &TestServer, repo: &str, token: &str) -> std::process::Command {

@@ -196,21 +196,6 @@ async fn npm_installs_internal_names_and_retains_public_ones() {
     assert!(wharf.log_lines().iter().any(|l| l.contains("public-npm")), "the registry log names the connection");
 }
 
-/// A minimal valid wheel whose module returns `body` as `VALUE`.
-fn write_wheel(path: &Path, project: &str, version: &str, body: &str) {
-    let module = project.replace('-', "_");
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let options = zip::write::SimpleFileOptions::default();
-    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
-    writeln!(zip, "VALUE = {body:?}").unwrap();
-    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
-    write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
-    zip.start_file(format!("{module}-{version}.dist-info/WHEEL"), options).unwrap();
-    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
-    zip.start_file(format!("{module}-{version}.dist-info/RECORD"), options).unwrap();
-    zip.finish().unwrap();
-}
-
 fn twine_upload(ws: &Workspace, tools: &Path, server: &TestServer, repo: &str, token: &str, file: &Path) {
     run_ok(
         ws.command(venv_bin(tools, "twine"), ".")
@@ -248,7 +233,7 @@ async fn pip_installs_internal_names_and_retains_public_ones() {
     std::fs::create_dir_all(ws.path("wheels")).unwrap();
     let wheel = |project: &str, version: &str, body: &str| {
         let path = ws.path(&format!("wheels/{}-{version}-py3-none-any.whl", project.replace('-', "_")));
-        write_wheel(&path, project, version, body);
+        write_wheel(&path, project, version, &format!("VALUE = {body:?}\n"));
         path
     };
 

@@ -45,15 +45,15 @@ fn check_token_request(
     if request.repositories.is_empty() || request.permissions.is_empty() {
         return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
     }
-    if let Principal::ServiceAccount(account) = principal {
+    if matches!(principal, Principal::ServiceAccount(_) | Principal::Oidc(_)) {
         check_exchange(state, principal, request)?;
-        if request.subject.as_ref().is_some_and(|subject| *subject != account.username) {
+        if request.subject.as_ref().is_some_and(|subject| subject != principal.name()) {
             return Err(ApiError::bad_request(
-                format!("a token exchanged by a ServiceAccount is for {}; leave subject out", account.username),
+                format!("an exchanged token is for {}; leave subject out", principal.name()),
                 STYLE,
             ));
         }
-        request.subject = Some(account.username.clone());
+        request.subject = Some(principal.name().to_owned());
     } else {
         for repo in &request.repositories {
             if repo != "*" && state.packages.config.repository(repo).is_none() {
@@ -92,7 +92,7 @@ pub async fn mint_token(
                 STYLE,
             ));
         }
-        Principal::Token(_) => {
+        Principal::Token(_) | Principal::Oidc(_) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "a registry token cannot mint tokens; use an admin or a ServiceAccount token",
@@ -103,6 +103,55 @@ pub async fn mint_token(
     }
     let Json(mut request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
     let (subject, ttl) = check_token_request(&state, &principal, &mut request)?;
+    issue(&state, subject, request, ttl).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OidcExchangeRequest {
+    /// An ID token of an issuer the Domain trusts (`spec.tokens.trustedIssuers`).
+    id_token: String,
+    repositories: Vec<String>,
+    permissions: Vec<Permission>,
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /api/v1/auth/oidc`: a CI job's ID token exchanged for a registry token, for
+/// named repositories and permissions each granted now by an `OIDC` subject of the
+/// Repository's `access` that the token's claims match. No stored secret is involved.
+pub async fn exchange_oidc(
+    State(state): State<SharedState>,
+    body: Result<Json<OidcExchangeRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(exchange) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    let verified = state.oidc.verify(&state.packages.config.domain.spec, exchange.id_token.trim()).await;
+    let verified = verified.map_err(|error| match error {
+        crate::oidc::OidcError::Unavailable { .. } => {
+            tracing::warn!(%error, "an ID token could not be verified");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string(), STYLE)
+        }
+        refused => ApiError::unauthorized(refused.to_string(), "api", STYLE),
+    })?;
+    let principal = Principal::Oidc(crate::auth::OidcIdentity {
+        name: format!("{}#{}", verified.issuer, verified.subject),
+        issuer: verified.issuer,
+        claims: verified.claims,
+    });
+    let mut request = TokenRequest {
+        repositories: exchange.repositories,
+        permissions: exchange.permissions,
+        // A CI job needs its token for the job: an hour unless it asks otherwise.
+        ttl_seconds: Some(
+            exchange.ttl_seconds.unwrap_or(3600).min(state.packages.config.domain.spec.max_token_ttl().as_secs()),
+        ),
+        subject: None,
+    };
+    let (subject, ttl) = check_token_request(&state, &principal, &mut request)?;
+    issue(&state, subject, request, ttl).await
+}
+
+/// Records and signs a token for `subject`.
+async fn issue(state: &SharedState, subject: String, request: TokenRequest, ttl: u64) -> Result<Response, ApiError> {
     let now = chrono::Utc::now().timestamp();
     let claims = TokenClaims {
         sub: subject,
@@ -221,13 +270,14 @@ pub async fn revoke_subject(
     Ok(Json(json!({"subject": subject, "revoked": revoked.iter().map(token_json).collect::<Vec<_>>()})).into_response())
 }
 
-/// What a ServiceAccount may exchange its token for: named repositories, read or publish,
-/// each granted by the Repository's `access` now. A Repository that does not exist is
-/// refused as one the ServiceAccount may not use, so the answer reveals nothing about it.
+/// What a ServiceAccount or an OIDC identity may exchange its token for: named
+/// repositories, read or publish, each granted by the Repository's `access` now. A
+/// Repository that does not exist is refused as one it may not use, so the answer reveals
+/// nothing about it.
 fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenRequest) -> Result<(), ApiError> {
     for repo in &request.repositories {
         if repo == "*" {
-            return Err(ApiError::bad_request("a ServiceAccount names each repository; `*` is for admins", STYLE));
+            return Err(ApiError::bad_request("an exchange names each repository; `*` is for admins", STYLE));
         }
         let repository = state.packages.config.repository(repo);
         for permission in &request.permissions {

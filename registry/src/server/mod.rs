@@ -62,6 +62,8 @@ pub struct AppState {
     pub signer: TokenSigner,
     /// The tokens issued and revoked, shared by every replica through storage.
     pub tokens: Arc<crate::tokens::TokenLedger>,
+    /// Verifies ID tokens of the Domain's trusted OIDC issuers, with their keys kept.
+    pub oidc: Arc<crate::oidc::OidcVerifier>,
     pub admin_token: String,
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
@@ -183,6 +185,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/auth/token", post(admin::mint_token))
+        .route("/api/v1/auth/oidc", post(admin::exchange_oidc))
         .route("/api/v1/auth/tokens", get(admin::list_tokens).delete(admin::revoke_subject))
         .route("/api/v1/auth/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/repositories", get(admin::list_repositories))

@@ -354,6 +354,21 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A minimal valid wheel of `project` whose module's `__init__.py` is `init`.
+pub fn write_wheel(path: &Path, project: &str, version: &str, init: &str) {
+    let module = project.replace('-', "_");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{module}/__init__.py"), options).unwrap();
+    zip.write_all(init.as_bytes()).unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), options).unwrap();
+    write!(zip, "Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/WHEEL"), options).unwrap();
+    write!(zip, "Wheel-Version: 1.0\nGenerator: wharf-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n").unwrap();
+    zip.start_file(format!("{module}-{version}.dist-info/RECORD"), options).unwrap();
+    zip.finish().unwrap();
+}
+
 /// Runs a command, failing the test with its output when it fails.
 pub fn run_ok(command: &mut Command) -> Output {
     let output = run(command);

@@ -100,6 +100,22 @@ async fn domains() {
             rejects(&client, &yaml, "generic connections are not served").await;
         }
     }
+    let issuers = |issuer: &str| {
+        domain(
+            "issuers",
+            &format!(
+                "  storage: {{memory: {{}}}}\n  tokens:\n    trustedIssuers: [{{issuer: \"{issuer}\", audiences: [wharf]}}]\n"
+            ),
+        )
+    };
+    accepts(&client, &issuers("https://token.actions.example")).await;
+    accepts(&client, &issuers("http://127.0.0.1:4444")).await;
+    rejects(&client, &issuers("http://ci.example"), "http only on a loopback address").await;
+    let no_audience = domain(
+        "no-audience",
+        "  storage: {memory: {}}\n  tokens:\n    trustedIssuers: [{issuer: \"https://ci.example\", audiences: []}]\n",
+    );
+    rejects(&client, &no_audience, "audiences").await;
     for ttl in ["15m", "12h", "900", "0d1h"] {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
             .await;
@@ -146,13 +162,18 @@ async fn repositories() {
         ),
     )
     .await;
-    rejects(
+    accepts(
         &client,
         &repository(
             "ci",
             "  access:\n    publish: [{kind: OIDC, issuer: \"https://issuer.invalid\", claims: {repository: acme/web}}]\n",
         ),
-        "OIDC subjects are not enforced yet",
+    )
+    .await;
+    rejects(
+        &client,
+        &repository("ci-anyone", "  access:\n    publish: [{kind: OIDC, issuer: \"https://issuer.invalid\"}]\n"),
+        "OIDC needs claims",
     )
     .await;
     let eleven: Vec<String> = (0..11).map(|i| format!("{{name: up{i}}}")).collect();

@@ -1,0 +1,353 @@
+//! Trusted publishing: a real OpenID provider (Ory Hydra, built by
+//! `tests/oidc-provider.sh`) issues ID tokens with the claims a CI system
+//! puts in them (repository, ref, a `sub` naming both), the registry
+//! exchanges them for registry tokens within what the Repositories' `OIDC`
+//! subjects grant, and the real npm and twine publish with those. Refused:
+//! another repository or branch, another audience, a tampered or expired
+//! token, `alg: none` and an HMAC signature keyed with the public key. The
+//! provider's key rotation is followed.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use support::*;
+
+/// How long the provider's ID tokens live: short, so one can be seen expire.
+const ID_TOKEN_SECONDS: u64 = 4;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An Ory Hydra on loopback with its in-memory store; stopped on drop.
+struct Provider {
+    child: Child,
+    issuer: String,
+    admin: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+impl Provider {
+    async fn start() -> Provider {
+        let binary = std::env::var_os("WHARF_HYDRA_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let cache =
+                std::env::var_os("HOME").map(PathBuf::from).unwrap().join(".cache/wharf/oidc/hydra-v2.3.0/hydra");
+            assert!(cache.exists(), "Ory Hydra is missing: run tests/oidc-provider.sh (tests/run.sh does it)");
+            cache
+        });
+        let (public, admin) = (free_port(), free_port());
+        let issuer = format!("http://127.0.0.1:{public}");
+        let log = std::env::temp_dir().join(format!("wharf-hydra-{public}.log"));
+        let child = Command::new(binary)
+            .args(["serve", "all", "--dev", "--sqa-opt-out"])
+            .env("DSN", "memory")
+            .env("URLS_SELF_ISSUER", &issuer)
+            // The test plays the login and consent apps through the admin API.
+            .env("URLS_LOGIN", "http://127.0.0.1:9/login")
+            .env("URLS_CONSENT", "http://127.0.0.1:9/consent")
+            .env("SECRETS_SYSTEM", "a system secret for the wharf tests")
+            .env("SERVE_PUBLIC_HOST", "127.0.0.1")
+            .env("SERVE_PUBLIC_PORT", public.to_string())
+            .env("SERVE_ADMIN_HOST", "127.0.0.1")
+            .env("SERVE_ADMIN_PORT", admin.to_string())
+            .env("TTL_ID_TOKEN", format!("{ID_TOKEN_SECONDS}s"))
+            .env("LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let provider = Provider { child, issuer, admin: format!("http://127.0.0.1:{admin}"), http };
+        let started = Instant::now();
+        loop {
+            let ready = provider.http.get(format!("{}/health/ready", provider.admin)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            let output = || std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(started.elapsed() < Duration::from_secs(60), "Hydra did not become ready:\n{}", output());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        provider
+    }
+
+    async fn admin_json(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let response = self.http.request(method, format!("{}{path}", self.admin)).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    async fn register_client(&self, client_id: &str) {
+        let client = json!({
+            "client_id": client_id, "client_secret": "a client secret for the tests",
+            "grant_types": ["authorization_code"], "response_types": ["code"], "scope": "openid",
+            "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "client_secret_post",
+        });
+        self.admin_json(reqwest::Method::POST, "/admin/clients", client).await;
+    }
+
+    /// A new signing key for ID tokens: the provider signs with it from now on.
+    async fn rotate_keys(&self) -> String {
+        let body = json!({"alg": "RS256", "kid": "rotated", "use": "sig"});
+        let set = self.admin_json(reqwest::Method::POST, "/admin/keys/hydra.openid.id-token", body).await;
+        set["keys"][0]["kid"].as_str().unwrap().to_owned()
+    }
+
+    /// An ID token for `client_id`, through the authorization code flow a
+    /// CI system's token service runs: login as `subject`, consent adding
+    /// `claims` to the ID token, the code exchanged at the token endpoint.
+    async fn id_token(&self, client_id: &str, subject: &str, claims: Value) -> String {
+        let mut cookies: HashMap<String, String> = HashMap::new();
+        let get = |url: String, cookies: &HashMap<String, String>| {
+            let cookie = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+            self.http.get(url).header("Cookie", cookie).send()
+        };
+        let follow = |response: &reqwest::Response, cookies: &mut HashMap<String, String>| {
+            for value in response.headers().get_all("set-cookie") {
+                let pair = value.to_str().unwrap().split(';').next().unwrap();
+                let (name, value) = pair.split_once('=').unwrap();
+                cookies.insert(name.to_owned(), value.to_owned());
+            }
+            response.headers()["location"].to_str().unwrap().to_owned()
+        };
+        let query = |url: &str, key: &str| -> String {
+            let query = url.split_once('?').unwrap().1;
+            let value = query.split('&').find_map(|pair| pair.strip_prefix(&format!("{key}="))).unwrap();
+            percent_encoding::percent_decode_str(value).decode_utf8().unwrap().into_owned()
+        };
+        let start = format!(
+            "{}/oauth2/auth?client_id={client_id}&response_type=code&scope=openid&redirect_uri={REDIRECT}&state=state-0123456789&nonce=nonce-0123456789",
+            self.issuer
+        );
+        let response = get(start, &cookies).await.unwrap();
+        let login = follow(&response, &mut cookies);
+        let challenge = query(&login, "login_challenge");
+        let accepted = self
+            .admin_json(
+                reqwest::Method::PUT,
+                &format!("/admin/oauth2/auth/requests/login/accept?login_challenge={challenge}"),
+                json!({"subject": subject}),
+            )
+            .await;
+        let response = get(accepted["redirect_to"].as_str().unwrap().to_owned(), &cookies).await.unwrap();
+        let consent = follow(&response, &mut cookies);
+        let challenge = query(&consent, "consent_challenge");
+        let accepted = self
+            .admin_json(
+                reqwest::Method::PUT,
+                &format!("/admin/oauth2/auth/requests/consent/accept?consent_challenge={challenge}"),
+                json!({"grant_scope": ["openid"], "session": {"id_token": claims}}),
+            )
+            .await;
+        let response = get(accepted["redirect_to"].as_str().unwrap().to_owned(), &cookies).await.unwrap();
+        let callback = follow(&response, &mut cookies);
+        let code = query(&callback, "code");
+        let encode =
+            |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("client_id", client_id),
+            ("client_secret", "a client secret for the tests"),
+        ]
+        .iter()
+        .map(|(key, value)| format!("{key}={}", encode(value)))
+        .collect::<Vec<_>>()
+        .join("&");
+        let tokens: Value = self
+            .http
+            .post(format!("{}/oauth2/token", self.issuer))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens["id_token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn config(issuer: &str) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  tokens:
+    trustedIssuers:
+      - {{issuer: "{issuer}", audiences: [wharf-ci], clockSkew: 0s}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: web}}
+spec:
+  domainRef: {{name: acme}}
+  access:
+    read: [{{kind: Anonymous}}]
+    publish:
+      - {{kind: OIDC, issuer: "{issuer}", claims: {{repository: acme/web, ref: "refs/heads/*"}}}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: other}}
+spec:
+  domainRef: {{name: acme}}
+  access:
+    publish:
+      - {{kind: OIDC, issuer: "{issuer}", claims: {{repository: acme/other}}}}
+"#
+    )
+}
+
+/// What `POST /api/v1/auth/oidc` answers for `id_token` asking to publish to `repo`.
+async fn exchange(server: &TestServer, id_token: &str, repo: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/auth/oidc"))
+        .json(&json!({"idToken": id_token, "repositories": [repo], "permissions": ["publish"]}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn claims_of(token: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+fn header_of(token: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ci_publishes_with_an_id_token_and_only_where_access_allows() {
+    let provider = Provider::start().await;
+    provider.register_client("wharf-ci").await;
+    provider.register_client("another-audience").await;
+    let server = TestServer::start_with(Some(&config(&provider.issuer)), &[]);
+    let main_claims = json!({"repository": "acme/web", "ref": "refs/heads/main"});
+    let subject = "repo:acme/web:ref:refs/heads/main";
+
+    // The job's ID token becomes a registry token for `web`, no stored secret involved.
+    let id_token = provider.id_token("wharf-ci", subject, main_claims.clone()).await;
+    let (status, reply) = exchange(&server, &id_token, "web").await;
+    assert_eq!(status, 201, "{reply}");
+    let token = reply["token"].as_str().unwrap().to_owned();
+    // Not for another repository's packages (asked while the ID token lives).
+    let (status, reply) = exchange(&server, &id_token, "other").await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("may not publish on repository other"), "{reply}");
+
+    // The real clients publish with it.
+    let ws = Workspace::new();
+    ws.write("pkg/package.json", &json!({"name": "ci-built", "version": "1.0.0"}).to_string());
+    ws.write("pkg/index.js", "module.exports = 42;\n");
+    write_npmrc(&ws, "pkg", &server, "web", Some(&token));
+    run_ok(ws.command("npm", "pkg").args(["publish", "--no-audit", "--no-fund"]));
+    let tools = python_tools();
+    let wheel = ws.path("ci_built-1.0.0-py3-none-any.whl");
+    write_wheel(&wheel, "ci-built", "1.0.0", "ANSWER = 42\n");
+    run_ok(
+        ws.command(venv_bin(&tools, "twine"), ".")
+            .args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url"])
+            .arg(server.url("/pypi/web/"))
+            .args(["-u", "__token__", "-p", &token])
+            .arg(&wheel),
+    );
+    let listing = reqwest::get(server.url("/pypi/web/simple/ci-built/")).await.unwrap().text().await.unwrap();
+    assert!(listing.contains("ci_built-1.0.0-py3-none-any.whl"), "{listing}");
+    // The token is the pipeline's, listed under its issuer and subject.
+    let tokens: Value = reqwest::Client::new()
+        .get(server.url("/api/v1/auth/tokens"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tokens["tokens"][0]["subject"], format!("{}#{subject}", provider.issuer));
+
+    // Not another CI repository's job, nor a job on a tag.
+    let fork = provider
+        .id_token(
+            "wharf-ci",
+            "repo:evil/web:ref:refs/heads/main",
+            json!({"repository": "evil/web", "ref": "refs/heads/main"}),
+        )
+        .await;
+    assert_eq!(exchange(&server, &fork, "web").await.0, 403);
+    let tag = provider
+        .id_token(
+            "wharf-ci",
+            "repo:acme/web:ref:refs/tags/v1",
+            json!({"repository": "acme/web", "ref": "refs/tags/v1"}),
+        )
+        .await;
+    assert_eq!(exchange(&server, &tag, "web").await.0, 403, "refs/heads/* does not match a tag");
+
+    // Refused with a reason: another audience, a tampered token, alg none,
+    // an HMAC keyed with the provider's public key, an expired token.
+    let other_audience = provider.id_token("another-audience", subject, main_claims.clone()).await;
+    let (status, reply) = exchange(&server, &other_audience, "web").await;
+    assert_eq!(status, 401);
+    assert!(reply["error"].as_str().unwrap().contains("audience"), "{reply}");
+    let parts: Vec<&str> = id_token.split('.').collect();
+    let mut forged_claims = claims_of(&id_token);
+    forged_claims["repository"] = json!("acme/other");
+    let forged_payload = URL_SAFE_NO_PAD.encode(forged_claims.to_string());
+    let tampered = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
+    let (status, reply) = exchange(&server, &tampered, "other").await;
+    assert_eq!(status, 401);
+    assert!(reply["error"].as_str().unwrap().contains("signature"), "{reply}");
+    let unsigned = format!("{}.{forged_payload}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#));
+    assert_eq!(exchange(&server, &unsigned, "other").await.0, 401);
+    let jwks: Value =
+        reqwest::get(format!("{}/.well-known/jwks.json", provider.issuer)).await.unwrap().json().await.unwrap();
+    let public_key = jwks["keys"][0]["n"].as_str().unwrap().to_owned();
+    let mut hmac_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hmac_header.kid = header_of(&id_token)["kid"].as_str().map(str::to_owned);
+    let confused = jsonwebtoken::encode(
+        &hmac_header,
+        &forged_claims,
+        &jsonwebtoken::EncodingKey::from_secret(public_key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let (status, reply) = exchange(&server, &confused, "other").await;
+    assert_eq!(status, 401);
+    assert!(reply["error"].as_str().unwrap().contains("HS256"), "{reply}");
+    tokio::time::sleep(Duration::from_secs(ID_TOKEN_SECONDS + 1)).await;
+    let (status, reply) = exchange(&server, &id_token, "web").await;
+    assert_eq!(status, 401);
+    assert!(reply["error"].as_str().unwrap().contains("expired"), "{reply}");
+
+    // The provider rotates its signing key: tokens signed with the new key
+    // are accepted (the registry fetches the keys again for the new kid).
+    let rotated = provider.rotate_keys().await;
+    let fresh = provider.id_token("wharf-ci", subject, main_claims).await;
+    assert_eq!(header_of(&fresh)["kid"], rotated);
+    let (status, reply) = exchange(&server, &fresh, "web").await;
+    assert_eq!(status, 201, "{reply}");
+}
