@@ -84,6 +84,13 @@ async fn missing_and_private_repositories_answer_alike() {
         "/go/{repo}/sumdb/sum.example.org/supported",
         "/maven/{repo}/com/acme/lib/maven-metadata.xml",
         "/generic/{repo}/acme/tool",
+        "/nuget/{repo}/v3/index.json",
+        "/nuget/{repo}/v3/search?q=x",
+        "/nuget/{repo}/v3/flatcontainer/x/index.json",
+        "/nuget/{repo}/v2/Search()?searchTerm='x'",
+        "/swift/{repo}/acme/x",
+        "/swift/{repo}/identifiers?url=https://git.example/x",
+        "/swift/{repo}/availability",
     ];
     for path in paths {
         for token in [None, Some(pub_reader.as_str())] {
