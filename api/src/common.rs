@@ -152,10 +152,12 @@ pub struct Subject {
     /// ServiceAccount: the namespace it lives in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// OIDC: the issuer URL, exactly as in the token's `iss` claim.
+    /// OIDC: the issuer URL, exactly as in the token's `iss` claim; the Domain must trust
+    /// it (`spec.tokens.trustedIssuers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// OIDC: claims the token must carry with exactly these values (all must match).
+    /// OIDC: claims the ID token must carry, each with this value or matching it as a glob
+    /// (`*` for any run of characters), all of them; at least one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, String>,
 }
