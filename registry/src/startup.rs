@@ -211,6 +211,9 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
         let name = repo.metadata.name.as_deref().unwrap_or_default();
         let access = if repo.allows_anonymous_read() { "anonymous read" } else { "private" };
         text.push_str(&format!("\nRepository {name} ({access}):\n"));
+        text.push_str(&format!(
+            "  wharf login --tool npm|pip|twine|cargo --registry {base} --repository {name}   (or by hand:)\n"
+        ));
         text.push_str(&format!("  npm:  npm config set registry {base}/npm/{name}/\n"));
         text.push_str(&format!("        echo '//{listen}/npm/{name}/:_authToken=${{WHARF_TOKEN}}' >> .npmrc\n"));
         text.push_str(&format!("  pip:  pip install --index-url {base}/pypi/{name}/simple/ PACKAGE\n"));

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
@@ -51,26 +50,11 @@ fn configure(ws: &Workspace, setup: &CargoSetup) {
 /// `cargo` isolated in the workspace: its own `CARGO_HOME`, none of the
 /// outer `cargo test`'s variables, the token only when the setup has one.
 fn cargo(ws: &Workspace, setup: &CargoSetup, dir: &str) -> Command {
-    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    // HOME moves into the workspace; rustup's toolchains stay where they are.
-    let rustup_home = std::env::var_os("RUSTUP_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".rustup")));
-    let mut command = ws.command(program, dir);
-    for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if key_text.starts_with("CARGO") || key_text.starts_with("RUSTC_") || key_text == "RUSTFLAGS" {
-            command.env_remove(&key);
-        }
-    }
-    command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
+    let mut command = isolated_cargo(ws, dir);
     // Hermetic: the registry under test is plain http on loopback, so send
     // every https request (a public registry) to a closed port; a test that
     // needed the internet would fail here instead of passing by luck.
     command.env("https_proxy", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
-    if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
-        command.env("RUSTUP_HOME", rustup_home);
-    }
     if let Some(token) = setup.token {
         command.env("CARGO_REGISTRIES_WHARF_TOKEN", token);
     }

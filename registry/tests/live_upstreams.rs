@@ -73,22 +73,7 @@ fn go_proxy() -> Option<String> {
 /// `cargo` with its own `CARGO_HOME` and none of the outer `cargo test`'s
 /// variables.
 fn cargo(ws: &Workspace, dir: &str) -> Command {
-    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let rustup_home = std::env::var_os("RUSTUP_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".rustup")));
-    let mut command = ws.command(program, dir);
-    for (key, _) in std::env::vars_os() {
-        let text = key.to_string_lossy();
-        if text.starts_with("CARGO") || text.starts_with("RUSTC_") || text == "RUSTFLAGS" {
-            command.env_remove(&key);
-        }
-    }
-    command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
-    if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
-        command.env("RUSTUP_HOME", rustup_home);
-    }
-    command
+    isolated_cargo(ws, dir)
 }
 
 /// cargo's default (sparse) index: cargo has no stable command printing

@@ -348,22 +348,8 @@ fn cargo(ws: &Workspace, index: &str, token: Option<&str>, dir: &str) -> std::pr
             "[registries.wharf]\nindex = \"sparse+{index}\"\ncredential-provider = \"cargo:token\"\n\n[net]\nretry = 0\n"
         ),
     );
-    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let rustup_home = std::env::var_os("RUSTUP_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".rustup")));
-    let mut command = ws.command(program, dir);
-    for (key, _) in std::env::vars_os() {
-        let text = key.to_string_lossy();
-        if text.starts_with("CARGO") || text.starts_with("RUSTC_") || text == "RUSTFLAGS" {
-            command.env_remove(&key);
-        }
-    }
-    command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
+    let mut command = isolated_cargo(ws, dir);
     command.env("https_proxy", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
-    if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
-        command.env("RUSTUP_HOME", rustup_home);
-    }
     if let Some(token) = token {
         command.env("CARGO_REGISTRIES_WHARF_TOKEN", token);
     }

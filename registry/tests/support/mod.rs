@@ -369,6 +369,27 @@ pub fn write_wheel(path: &Path, project: &str, version: &str, init: &str) {
     zip.finish().unwrap();
 }
 
+/// `cargo` isolated in the workspace: its own `CARGO_HOME`, none of the
+/// outer `cargo test`'s variables; rustup's toolchains stay where they are.
+pub fn isolated_cargo(ws: &Workspace, dir: &str) -> Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let rustup_home = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".rustup")));
+    let mut command = ws.command(program, dir);
+    for (key, _) in std::env::vars_os() {
+        let text = key.to_string_lossy();
+        if text.starts_with("CARGO") || text.starts_with("RUSTC_") || text == "RUSTFLAGS" {
+            command.env_remove(&key);
+        }
+    }
+    command.env("CARGO_HOME", ws.path("home/.cargo")).env("CARGO_TERM_COLOR", "never");
+    if let Some(rustup_home) = rustup_home.filter(|p| p.exists()) {
+        command.env("RUSTUP_HOME", rustup_home);
+    }
+    command
+}
+
 /// Runs a command, failing the test with its output when it fails.
 pub fn run_ok(command: &mut Command) -> Output {
     let output = run(command);

@@ -1,0 +1,186 @@
+//! `wharf`: a registry token, and each package client configured for a
+//! Wharf repository with it, in one command.
+//!
+//! ```sh
+//! wharf login --tool npm --registry https://wharf.example --repository web
+//! wharf logout --tool npm --registry https://wharf.example --repository web
+//! wharf token --registry https://wharf.example --repository web
+//! ```
+//!
+//! The token comes from, in this order: `--token-env` (a registry token
+//! already at hand), `--id-token-env` (a CI job's OIDC ID token, exchanged
+//! at `/api/v1/auth/oidc`), `--admin-token-env` (the admin token, which
+//! mints one at `/api/v1/auth/token`).
+
+mod tools;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use tools::{Homes, Target, Tool};
+
+#[derive(Parser)]
+#[command(name = "wharf", version, about = "Configures package clients for a Wharf repository")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Gets a token and writes TOOL's configuration for the repository.
+    Login {
+        #[arg(long, value_enum)]
+        tool: Tool,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        token: TokenArgs,
+        /// Print the files that would be written, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Removes what `login` wrote for the repository from TOOL's configuration.
+    Logout {
+        #[arg(long, value_enum)]
+        tool: Tool,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Prints a registry token for the repository, for scripts.
+    Token {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// The registry's URL, such as https://wharf.example.
+    #[arg(long, env = "WHARF_REGISTRY")]
+    registry: String,
+    #[arg(long)]
+    repository: String,
+    /// The name the registry gets in the clients' files (cargo's `--registry`, twine's `-r`).
+    #[arg(long, default_value = "wharf")]
+    name: String,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// An environment variable holding a registry token to use as it is.
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// An environment variable holding a CI job's OIDC ID token, exchanged for a registry token.
+    #[arg(long, value_name = "VAR")]
+    id_token_env: Option<String>,
+    /// An environment variable holding the admin token, which mints a registry token.
+    #[arg(long, value_name = "VAR", default_value = "WHARF_ADMIN_TOKEN")]
+    admin_token_env: String,
+    /// What the token may do: read, publish (repeat for both).
+    #[arg(long = "permission", default_values_t = vec!["read".to_owned(), "publish".to_owned()])]
+    permissions: Vec<String>,
+    /// Lifetime in seconds (the registry caps it at its Domain's tokens.maxTTL).
+    #[arg(long)]
+    ttl_seconds: Option<u64>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Target {
+        Target {
+            registry: self.registry.trim_end_matches('/').to_owned(),
+            repository: self.repository.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+fn env_var(name: &str) -> anyhow::Result<String> {
+    let value = std::env::var(name).with_context(|| format!("the environment variable {name} is not set"))?;
+    Ok(value.trim().to_owned())
+}
+
+/// A registry token from the first source the arguments give.
+async fn token(target: &Target, args: &TokenArgs) -> anyhow::Result<String> {
+    if let Some(name) = &args.token_env {
+        return env_var(name);
+    }
+    let client = reqwest::Client::new();
+    let mut body = json!({"repositories": [target.repository], "permissions": args.permissions});
+    if let Some(ttl) = args.ttl_seconds {
+        body["ttlSeconds"] = json!(ttl);
+    }
+    let request = match &args.id_token_env {
+        Some(name) => {
+            body["idToken"] = json!(env_var(name)?);
+            client.post(format!("{}/api/v1/auth/oidc", target.registry)).json(&body)
+        }
+        None => {
+            let admin = env_var(&args.admin_token_env).context(
+                "no credential to get a token with: pass --token-env, --id-token-env, or set the admin token",
+            )?;
+            client.post(format!("{}/api/v1/auth/token", target.registry)).bearer_auth(admin).json(&body)
+        }
+    };
+    let response = request.send().await.with_context(|| format!("cannot reach {}", target.registry))?;
+    let status = response.status();
+    let reply: Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let reason = reply.get("error").and_then(Value::as_str).unwrap_or("no reason given");
+        bail!("the registry refused the token: {status}: {reason}");
+    }
+    reply.get("token").and_then(Value::as_str).map(str::to_owned).context("the registry's answer has no token")
+}
+
+fn apply(tool: Tool, target: &Target, token: Option<&str>, dry_run: bool) -> anyhow::Result<()> {
+    let homes = Homes::from_environment()?;
+    let changes = tools::changes(tool, target, &homes, token, |path: &PathBuf| std::fs::read_to_string(path).ok())?;
+    for change in changes {
+        if dry_run {
+            println!("# {}\n{}", change.path.display(), change.contents);
+            continue;
+        }
+        if let Some(parent) = change.path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        write_private(&change.path, &change.contents)?;
+        eprintln!("wrote {}", change.path.display());
+    }
+    Ok(())
+}
+
+/// Writes a file that may hold a token, readable by its owner only.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Login { tool, target, token: args, dry_run } => {
+            let target = target.target();
+            let token = token(&target, &args).await?;
+            apply(tool, &target, Some(&token), dry_run)
+        }
+        Command::Logout { tool, target, dry_run } => apply(tool, &target.target(), None, dry_run),
+        Command::Token { target, token: args } => {
+            println!("{}", token(&target.target(), &args).await?);
+            Ok(())
+        }
+    }
+}

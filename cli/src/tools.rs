@@ -1,0 +1,368 @@
+//! Each package client's configuration for one Wharf repository, written
+//! the way the client reads it: merged into the user's own files (settings
+//! that are not this registry's are kept as they are), and removed again by
+//! `logout`. Pure text editing; the caller reads and writes the files.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+/// A client `wharf login` configures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tool {
+    /// npm and pnpm: the user's `~/.npmrc` (read by both; pnpm expands no
+    /// variables in a project's `.npmrc`, so the token goes here).
+    Npm,
+    /// pip: the user's `pip.conf` (`index-url` with the token).
+    Pip,
+    /// twine: `~/.pypirc`, a repository named after the registry.
+    Twine,
+    /// cargo: `$CARGO_HOME/config.toml` (the registry) and `credentials.toml` (its token).
+    Cargo,
+}
+
+/// Where the repository is and what the client is told.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The registry's base URL, no trailing slash.
+    pub registry: String,
+    pub repository: String,
+    /// The name the registry gets in the clients' configurations.
+    pub name: String,
+}
+
+/// One file's new contents.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Change {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+/// The user's folders the clients read.
+pub struct Homes {
+    pub home: PathBuf,
+    pub xdg_config: PathBuf,
+    pub cargo: PathBuf,
+}
+
+impl Homes {
+    pub fn from_environment() -> anyhow::Result<Homes> {
+        let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set")?;
+        let xdg_config = std::env::var_os("XDG_CONFIG_HOME").map_or_else(|| home.join(".config"), PathBuf::from);
+        let cargo = std::env::var_os("CARGO_HOME").map_or_else(|| home.join(".cargo"), PathBuf::from);
+        Ok(Homes { home, xdg_config, cargo })
+    }
+}
+
+impl Target {
+    fn npm_url(&self) -> String {
+        format!("{}/npm/{}/", self.registry, self.repository)
+    }
+
+    /// `//host:port/npm/{repo}/`: the key npm files a token under.
+    fn npm_auth_prefix(&self) -> String {
+        let url = self.npm_url();
+        let without_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        format!("//{without_scheme}")
+    }
+
+    fn pypi_upload_url(&self) -> String {
+        format!("{}/pypi/{}/", self.registry, self.repository)
+    }
+
+    fn pypi_index_url(&self, token: Option<&str>) -> String {
+        let index = format!("{}/pypi/{}/simple/", self.registry, self.repository);
+        match (token, index.split_once("://")) {
+            (Some(token), Some((scheme, rest))) => format!("{scheme}://__token__:{token}@{rest}"),
+            _ => index,
+        }
+    }
+
+    /// The simple index without its scheme: how this registry's
+    /// `index-url` ends, with or without credentials in it.
+    fn pypi_index_host_path(&self) -> String {
+        let index = self.pypi_index_url(None);
+        index.split_once("://").map_or(index.clone(), |(_, rest)| rest.to_owned())
+    }
+
+    fn cargo_index(&self) -> String {
+        format!("sparse+{}/cargo/{}/index/", self.registry, self.repository)
+    }
+}
+
+/// The files `tool` needs changed for `target`, from their current
+/// contents (`read` gives `None` for a file that does not exist); `token`
+/// `None` removes this registry's settings (logout).
+pub fn changes(
+    tool: Tool,
+    target: &Target,
+    homes: &Homes,
+    token: Option<&str>,
+    read: impl Fn(&PathBuf) -> Option<String>,
+) -> anyhow::Result<Vec<Change>> {
+    let change = |path: PathBuf, edit: &dyn Fn(&str) -> anyhow::Result<String>| -> anyhow::Result<Change> {
+        let current = read(&path).unwrap_or_default();
+        let contents = edit(&current).with_context(|| format!("cannot update {}", path.display()))?;
+        Ok(Change { path, contents })
+    };
+    Ok(match tool {
+        Tool::Npm => vec![change(homes.home.join(".npmrc"), &|text| Ok(npmrc(text, target, token)))?],
+        Tool::Pip => vec![change(homes.xdg_config.join("pip/pip.conf"), &|text| {
+            let value = token.map(|token| target.pypi_index_url(Some(token)));
+            let ours = |value: &str| value.ends_with(&target.pypi_index_host_path());
+            Ok(ini_set(text, "global", "index-url", value.as_deref(), ours))
+        })?],
+        Tool::Twine => vec![change(homes.home.join(".pypirc"), &|text| Ok(pypirc(text, target, token)))?],
+        Tool::Cargo => vec![
+            change(homes.cargo.join("config.toml"), &|text| cargo_config(text, target, token.is_some()))?,
+            change(homes.cargo.join("credentials.toml"), &|text| cargo_credentials(text, target, token))?,
+        ],
+    })
+}
+
+/// `~/.npmrc`: `registry=` pointing at the repository and the token under
+/// its URL; other lines kept. Logout removes both (the `registry=` line
+/// only if it is this repository's).
+fn npmrc(text: &str, target: &Target, token: Option<&str>) -> String {
+    let auth_key = format!("{}:_authToken", target.npm_auth_prefix());
+    let registry_line = format!("registry={}", target.npm_url());
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            key != auth_key && !(key == "registry" && (token.is_some() || line.trim() == registry_line))
+        })
+        .map(str::to_owned)
+        .collect();
+    if let Some(token) = token {
+        lines.push(registry_line);
+        lines.push(format!("{auth_key}={token}"));
+    }
+    join_lines(&lines)
+}
+
+fn join_lines(lines: &[String]) -> String {
+    if lines.is_empty() { String::new() } else { format!("{}\n", lines.join("\n")) }
+}
+
+/// Sets (or with `None` removes, when `ours` says the value is this
+/// registry's) `key` in `[section]` of an INI file, keeping everything else.
+fn ini_set(text: &str, section: &str, key: &str, value: Option<&str>, ours: impl Fn(&str) -> bool) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut placed = false;
+    let header = format!("[{section}]");
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') && trimmed.ends_with(']') {
+            if current == section
+                && !placed
+                && let Some(value) = value
+            {
+                lines.push(format!("{key} = {value}"));
+                placed = true;
+            }
+            current = trimmed[1..trimmed.len() - 1].trim().to_owned();
+            lines.push(line.to_owned());
+            continue;
+        }
+        let line_key = trimmed.split(['=', ':']).next().unwrap_or_default().trim();
+        if current == section && line_key == key {
+            let existing = trimmed.split_once(['=', ':']).map_or("", |(_, v)| v.trim());
+            match value {
+                Some(value) if !placed => {
+                    lines.push(format!("{key} = {value}"));
+                    placed = true;
+                }
+                Some(_) => {}
+                None if ours(existing) => {}
+                None => lines.push(line.to_owned()),
+            }
+            continue;
+        }
+        lines.push(line.to_owned());
+    }
+    if let Some(value) = value.filter(|_| !placed) {
+        if current != section {
+            if !lines.iter().any(|l| l.trim() == header) {
+                lines.push(header);
+            } else {
+                // The section exists earlier: insert right after its header.
+                let at = lines.iter().position(|l| l.trim() == header).map_or(lines.len(), |i| i + 1);
+                lines.insert(at, format!("{key} = {value}"));
+                return join_lines(&lines);
+            }
+        }
+        lines.push(format!("{key} = {value}"));
+    }
+    join_lines(&lines)
+}
+
+/// `~/.pypirc`: a repository section named after the registry, listed in
+/// `[distutils] index-servers`; logout removes both.
+fn pypirc(text: &str, target: &Target, token: Option<&str>) -> String {
+    let text = join_continuations(text);
+    // Drop our section, whatever it held.
+    let mut kept: Vec<String> = Vec::new();
+    let mut in_ours = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') && trimmed.ends_with(']') {
+            in_ours = trimmed[1..trimmed.len() - 1].trim() == target.name;
+        }
+        if !in_ours {
+            kept.push(line.to_owned());
+        }
+    }
+    let text = join_lines(&kept);
+    let servers: Vec<String> = text
+        .lines()
+        .skip_while(|l| l.trim() != "[distutils]")
+        .skip(1)
+        .take_while(|l| !l.trim().starts_with('['))
+        .find_map(|l| {
+            l.trim().strip_prefix("index-servers").map(|rest| rest.trim_start_matches(['=', ':', ' ']).to_owned())
+        })
+        .map(|list| list.split_whitespace().map(str::to_owned).filter(|s| *s != target.name).collect())
+        .unwrap_or_default();
+    let mut servers = servers;
+    if token.is_some() {
+        servers.push(target.name.clone());
+    }
+    let list = servers.join(" ");
+    let mut text = ini_set(&text, "distutils", "index-servers", (!list.is_empty()).then_some(list.as_str()), |_| true);
+    if let Some(token) = token {
+        text.push_str(&format!(
+            "\n[{}]\nrepository = {}\nusername = __token__\npassword = {token}\n",
+            target.name,
+            target.pypi_upload_url()
+        ));
+    }
+    text
+}
+
+/// An INI file with each value on one line: indented lines continue the
+/// value above them (`index-servers =` followed by one name per line).
+fn join_continuations(text: &str) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let continues = line.starts_with([' ', '\t']) && !line.trim().is_empty();
+        match lines.last_mut() {
+            Some(previous) if continues && previous.contains(['=', ':']) && !previous.trim().starts_with('[') => {
+                previous.push(' ');
+                previous.push_str(line.trim());
+            }
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    join_lines(&lines)
+}
+
+/// `$CARGO_HOME/config.toml`: `[registries.{name}]` with the sparse index
+/// and the plain token provider; logout removes the table.
+fn cargo_config(text: &str, target: &Target, login: bool) -> anyhow::Result<String> {
+    let mut document: toml_edit::DocumentMut = text.parse().context("not valid TOML")?;
+    let registries = document.entry("registries").or_insert(toml_edit::table());
+    let Some(registries) = registries.as_table_mut() else { bail!("its `registries` is not a table") };
+    registries.set_implicit(true);
+    if login {
+        let mut table = toml_edit::Table::new();
+        table["index"] = toml_edit::value(target.cargo_index());
+        table["credential-provider"] = toml_edit::value("cargo:token");
+        registries.insert(&target.name, toml_edit::Item::Table(table));
+    } else {
+        registries.remove(&target.name);
+    }
+    Ok(document.to_string())
+}
+
+/// `$CARGO_HOME/credentials.toml`: the token of `[registries.{name}]`.
+fn cargo_credentials(text: &str, target: &Target, token: Option<&str>) -> anyhow::Result<String> {
+    let mut document: toml_edit::DocumentMut = text.parse().context("not valid TOML")?;
+    let registries = document.entry("registries").or_insert(toml_edit::table());
+    let Some(registries) = registries.as_table_mut() else { bail!("its `registries` is not a table") };
+    registries.set_implicit(true);
+    match token {
+        Some(token) => {
+            let mut table = toml_edit::Table::new();
+            table["token"] = toml_edit::value(token);
+            registries.insert(&target.name, toml_edit::Item::Table(table));
+        }
+        None => {
+            registries.remove(&target.name);
+        }
+    }
+    Ok(document.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target { registry: "http://127.0.0.1:8080".into(), repository: "main".into(), name: "wharf".into() }
+    }
+
+    #[test]
+    fn npmrc_keeps_other_settings_and_logout_removes_only_ours() {
+        let before = "fund=false\nregistry=http://other.example/\n//other.example/:_authToken=keep\n";
+        let after = npmrc(before, &target(), Some("T"));
+        assert_eq!(
+            after,
+            "fund=false\n//other.example/:_authToken=keep\nregistry=http://127.0.0.1:8080/npm/main/\n//127.0.0.1:8080/npm/main/:_authToken=T\n"
+        );
+        assert_eq!(npmrc(&after, &target(), Some("T")), after, "logging in twice changes nothing");
+        assert_eq!(npmrc(&after, &target(), None), "fund=false\n//other.example/:_authToken=keep\n");
+    }
+
+    #[test]
+    fn ini_values_are_set_in_their_section() {
+        let text = "[install]\ntimeout = 60\n[global]\nindex-url = http://old/\ntrusted-host = x\n";
+        let set = ini_set(text, "global", "index-url", Some("http://new/"), |_| true);
+        assert_eq!(set, "[install]\ntimeout = 60\n[global]\nindex-url = http://new/\ntrusted-host = x\n");
+        assert_eq!(ini_set("", "global", "index-url", Some("v"), |_| true), "[global]\nindex-url = v\n");
+        assert_eq!(
+            ini_set("[global]\na = 1\n[other]\nb = 2\n", "global", "k", Some("v"), |_| true),
+            "[global]\na = 1\nk = v\n[other]\nb = 2\n"
+        );
+        assert_eq!(
+            ini_set(&set, "global", "index-url", None, |v| v == "http://new/"),
+            "[install]\ntimeout = 60\n[global]\ntrusted-host = x\n"
+        );
+        assert_eq!(ini_set(&set, "global", "index-url", None, |_| false), set, "a value not ours stays");
+    }
+
+    #[test]
+    fn pypirc_lists_the_repository_and_logout_takes_it_out() {
+        let before = "[distutils]\nindex-servers =\n    pypi\n\n[pypi]\nusername = me\n";
+        let after = pypirc("[distutils]\nindex-servers = pypi\n\n[pypi]\nusername = me\n", &target(), Some("T"));
+        assert!(after.contains("index-servers = pypi wharf"), "{after}");
+        assert!(
+            after.contains(
+                "[wharf]\nrepository = http://127.0.0.1:8080/pypi/main/\nusername = __token__\npassword = T\n"
+            ),
+            "{after}"
+        );
+        assert!(after.contains("[pypi]\nusername = me"), "{after}");
+        let out = pypirc(&after, &target(), None);
+        assert!(!out.contains("wharf") && out.contains("index-servers = pypi") && out.contains("[pypi]"), "{out}");
+        let multi_line = pypirc(before, &target(), Some("T"));
+        assert!(multi_line.contains("index-servers = pypi wharf\n"), "{multi_line}");
+        assert!(multi_line.contains("[wharf]") && multi_line.contains("[pypi]\nusername = me"), "{multi_line}");
+    }
+
+    #[test]
+    fn cargo_files_keep_comments_and_other_registries() {
+        let config = "# mine\n[net]\nretry = 2\n\n[registries.other]\nindex = \"sparse+https://o/\"\n";
+        let after = cargo_config(config, &target(), true).unwrap();
+        assert!(after.starts_with("# mine\n[net]\nretry = 2\n"), "{after}");
+        assert!(after.contains("[registries.other]") && after.contains("[registries.wharf]"), "{after}");
+        assert!(after.contains("index = \"sparse+http://127.0.0.1:8080/cargo/main/index/\""), "{after}");
+        let out = cargo_config(&after, &target(), false).unwrap();
+        assert!(!out.contains("wharf") && out.contains("[registries.other]"), "{out}");
+        let credentials = cargo_credentials("", &target(), Some("T")).unwrap();
+        assert_eq!(credentials, "[registries.wharf]\ntoken = \"T\"\n");
+        assert!(cargo_config("registries = 1", &target(), true).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! `wharf login` (the `wharf-cli` binary) against the real registry, each
+//! tool followed by its real client working through what was written, in a
+//! home that already has settings of its own (kept): npm publishes and
+//! installs with no project `.npmrc`, twine uploads with `-r wharf`, pip
+//! downloads through its user `pip.conf`, cargo publishes and builds with
+//! its user `config.toml` and `credentials.toml`. `--dry-run` writes
+//! nothing; `logout` takes out only what `login` put in; `wharf token`
+//! prints a working token.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use support::*;
+
+/// The `wharf` binary `cargo test --workspace` builds beside this test.
+fn wharf_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("wharf");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p wharf-cli` (tests/run.sh does)", bin.display());
+    bin
+}
+
+fn wharf(ws: &Workspace, server: &TestServer, args: &[&str]) -> Command {
+    let mut command = ws.command(wharf_bin(), ".");
+    command.args(args).args(["--registry", &server.base, "--repository", "main"]);
+    command.env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN).env("CARGO_HOME", ws.path("home/.cargo"));
+    command
+}
+
+fn read(ws: &Workspace, path: &str) -> String {
+    std::fs::read_to_string(ws.path(path)).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tool_works_after_one_login() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    ws.write("home/.npmrc", "fund=false\n");
+    ws.write("home/.cargo/config.toml", "# my settings\n[net]\nretry = 0\n");
+
+    // npm: the user's .npmrc, its own setting kept; publish and install with no project .npmrc.
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "npm"]));
+    let npmrc = read(&ws, "home/.npmrc");
+    assert!(
+        npmrc.starts_with("fund=false\n") && npmrc.contains(&format!("registry={}/npm/main/", server.base)),
+        "{npmrc}"
+    );
+    ws.write("pkg/package.json", &serde_json::json!({"name": "logged-in", "version": "1.0.0"}).to_string());
+    ws.write("pkg/index.js", "module.exports = 'via wharf login';\n");
+    run_ok(ws.command("npm", "pkg").args(["publish", "--no-audit"]));
+    ws.write("app/package.json", &serde_json::json!({"name": "app", "version": "0.0.0", "private": true}).to_string());
+    run_ok(ws.command("npm", "app").args(["install", "--no-audit", "logged-in@1.0.0"]));
+    assert_eq!(read(&ws, "app/node_modules/logged-in/index.js"), "module.exports = 'via wharf login';\n");
+
+    // twine: ~/.pypirc, then `twine upload -r wharf`.
+    let tools = python_tools();
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "twine"]));
+    let wheel = ws.path("logged_in-1.0.0-py3-none-any.whl");
+    write_wheel(&wheel, "logged-in", "1.0.0", "VIA = 'wharf login'\n");
+    run_ok(ws.command(venv_bin(&tools, "twine"), ".").args(["upload", "--non-interactive", "-r", "wharf"]).arg(&wheel));
+
+    // pip: the user's pip.conf (the workspace's pip ignores config files unless told otherwise).
+    let dry = run_ok(&mut wharf(&ws, &server, &["login", "--tool", "pip", "--dry-run"]));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("index-url = http://__token__:"), "{}", text(&dry));
+    assert!(!ws.path("home/.config/pip/pip.conf").exists(), "--dry-run wrote the file");
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "pip"]));
+    let mut pip = ws.command(venv_bin(&tools, "pip"), ".");
+    pip.env_remove("PIP_CONFIG_FILE").args(["download", "--no-deps", "-d", "downloads", "logged-in==1.0.0"]);
+    run_ok(&mut pip);
+    assert!(ws.path("downloads/logged_in-1.0.0-py3-none-any.whl").exists());
+
+    // cargo: the registry and its token in CARGO_HOME, the user's config kept.
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "cargo"]));
+    let config = read(&ws, "home/.cargo/config.toml");
+    assert!(
+        config.starts_with("# my settings\n[net]\nretry = 0\n") && config.contains("[registries.wharf]"),
+        "{config}"
+    );
+    ws.write(
+        "lib/Cargo.toml",
+        "[package]\nname = \"logged-in\"\nversion = \"1.0.0\"\nedition = \"2021\"\ndescription = \"test\"\nlicense = \"MIT\"\npublish = [\"wharf\"]\n",
+    );
+    ws.write("lib/src/lib.rs", "pub fn via() -> &'static str {\n    \"wharf login\"\n}\n");
+    run_ok(isolated_cargo(&ws, "lib").args(["publish", "--registry", "wharf", "--allow-dirty"]));
+    ws.write(
+        "bin/Cargo.toml",
+        "[package]\nname = \"bin\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\nlogged-in = { version = \"1\", registry = \"wharf\" }\n",
+    );
+    ws.write("bin/src/main.rs", "fn main() {\n    println!(\"{}\", logged_in::via());\n}\n");
+    let output = run_ok(isolated_cargo(&ws, "bin").args(["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "wharf login");
+
+    // logout takes out what login put in, nothing else.
+    run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "npm"]));
+    assert_eq!(read(&ws, "home/.npmrc"), "fund=false\n");
+    run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "cargo"]));
+    let config = read(&ws, "home/.cargo/config.toml");
+    assert!(!config.contains("wharf") && config.contains("retry = 0"), "{config}");
+    assert!(!read(&ws, "home/.cargo/credentials.toml").contains("token"));
+
+    // `wharf token` prints a token that works; a refusal says why.
+    let token = run_ok(&mut wharf(&ws, &server, &["token", "--permission", "publish"]));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let whoami = reqwest::Client::new().get(server.url("/npm/main/-/whoami")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(whoami.status(), 200);
+    let mut refused = wharf(&ws, &server, &["token"]);
+    refused.env("WHARF_ADMIN_TOKEN", "wrong");
+    let output = run(&mut refused);
+    assert!(!output.status.success() && text(&output).contains("401"), "{}", text(&output));
+}
