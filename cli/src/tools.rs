@@ -17,6 +17,9 @@ pub enum Tool {
     Pip,
     /// twine: `~/.pypirc`, a repository named after the registry.
     Twine,
+    /// uv: the user `uv.toml`, an `[[index]]` named after the registry (the default
+    /// index, with its publish URL).
+    Uv,
     /// cargo: `$CARGO_HOME/config.toml` (the registry) and `credentials.toml` (its token).
     Cargo,
 }
@@ -113,6 +116,7 @@ pub fn changes(
             Ok(ini_set(text, "global", "index-url", value.as_deref(), ours))
         })?],
         Tool::Twine => vec![change(homes.home.join(".pypirc"), &|text| Ok(pypirc(text, target, token)))?],
+        Tool::Uv => vec![change(homes.xdg_config.join("uv/uv.toml"), &|text| uv_toml(text, target, token))?],
         Tool::Cargo => vec![
             change(homes.cargo.join("config.toml"), &|text| cargo_config(text, target, token.is_some()))?,
             change(homes.cargo.join("credentials.toml"), &|text| cargo_credentials(text, target, token))?,
@@ -258,6 +262,28 @@ fn join_continuations(text: &str) -> String {
     join_lines(&lines)
 }
 
+/// The user `uv.toml`: an `[[index]]` named after the registry, the
+/// default, with the token in its URL and its publish URL; logout removes
+/// that entry. Other indexes and settings are kept.
+fn uv_toml(text: &str, target: &Target, token: Option<&str>) -> anyhow::Result<String> {
+    let mut document: toml_edit::DocumentMut = text.parse().context("not valid TOML")?;
+    let indexes = document.entry("index").or_insert(toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()));
+    let Some(indexes) = indexes.as_array_of_tables_mut() else { bail!("its `index` is not an array of tables") };
+    indexes.retain(|index| index.get("name").and_then(|n| n.as_str()) != Some(target.name.as_str()));
+    if let Some(token) = token {
+        let mut index = toml_edit::Table::new();
+        index["name"] = toml_edit::value(target.name.as_str());
+        index["url"] = toml_edit::value(target.pypi_index_url(Some(token)));
+        index["publish-url"] = toml_edit::value(target.pypi_upload_url());
+        index["default"] = toml_edit::value(true);
+        indexes.push(index);
+    }
+    if indexes.is_empty() {
+        document.remove("index");
+    }
+    Ok(document.to_string())
+}
+
 /// `$CARGO_HOME/config.toml`: `[registries.{name}]` with the sparse index
 /// and the plain token provider; logout removes the table.
 fn cargo_config(text: &str, target: &Target, login: bool) -> anyhow::Result<String> {
@@ -350,6 +376,21 @@ mod tests {
         let multi_line = pypirc(before, &target(), Some("T"));
         assert!(multi_line.contains("index-servers = pypi wharf\n"), "{multi_line}");
         assert!(multi_line.contains("[wharf]") && multi_line.contains("[pypi]\nusername = me"), "{multi_line}");
+    }
+
+    #[test]
+    fn uv_gets_a_default_index_and_keeps_the_others() {
+        let before = "native-tls = true\n\n[[index]]\nname = \"mirror\"\nurl = \"https://m/simple/\"\n";
+        let after = uv_toml(before, &target(), Some("T")).unwrap();
+        assert!(after.starts_with("native-tls = true\n") && after.contains("name = \"mirror\""), "{after}");
+        assert!(after.contains("url = \"http://__token__:T@127.0.0.1:8080/pypi/main/simple/\""), "{after}");
+        assert!(
+            after.contains("default = true") && after.contains("publish-url = \"http://127.0.0.1:8080/pypi/main/\"")
+        );
+        assert_eq!(uv_toml(&after, &target(), Some("T")).unwrap(), after, "logging in twice changes nothing");
+        let out = uv_toml(&after, &target(), None).unwrap();
+        assert!(!out.contains("pypi/main") && out.contains("mirror"), "{out}");
+        assert_eq!(uv_toml(&uv_toml("", &target(), Some("T")).unwrap(), &target(), None).unwrap(), "");
     }
 
     #[test]

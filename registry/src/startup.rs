@@ -212,7 +212,7 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
         let access = if repo.allows_anonymous_read() { "anonymous read" } else { "private" };
         text.push_str(&format!("\nRepository {name} ({access}):\n"));
         text.push_str(&format!(
-            "  wharf login --tool npm|pip|twine|cargo --registry {base} --repository {name}   (or by hand:)\n"
+            "  wharf login --tool npm|pip|uv|twine|cargo --registry {base} --repository {name}   (or by hand:)\n"
         ));
         text.push_str(&format!("  npm:  npm config set registry {base}/npm/{name}/\n"));
         text.push_str(&format!("        echo '//{listen}/npm/{name}/:_authToken=${{WHARF_TOKEN}}' >> .npmrc\n"));

@@ -2,7 +2,8 @@
 //! tool followed by its real client working through what was written, in a
 //! home that already has settings of its own (kept): npm publishes and
 //! installs with no project `.npmrc`, twine uploads with `-r wharf`, pip
-//! downloads through its user `pip.conf`, cargo publishes and builds with
+//! downloads through its user `pip.conf`, uv installs through its user
+//! `uv.toml`, cargo publishes and builds with
 //! its user `config.toml` and `credentials.toml`. `--dry-run` writes
 //! nothing; `logout` takes out only what `login` put in; `wharf token`
 //! prints a working token.
@@ -71,6 +72,26 @@ async fn every_tool_works_after_one_login() {
     pip.env_remove("PIP_CONFIG_FILE").args(["download", "--no-deps", "-d", "downloads", "logged-in==1.0.0"]);
     run_ok(&mut pip);
     assert!(ws.path("downloads/logged_in-1.0.0-py3-none-any.whl").exists());
+
+    // uv: the user uv.toml's default index (the workspace's uv ignores config files unless told).
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "uv"]));
+    let uv = venv_bin(&tools, "uv");
+    let mut venv = ws.command(&uv, ".");
+    venv.env_remove("UV_NO_CONFIG").args(["venv", "--quiet", "uv-env"]);
+    run_ok(&mut venv);
+    let mut install = ws.command(&uv, ".");
+    install.env_remove("UV_NO_CONFIG").args([
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        "uv-env/bin/python",
+        "logged-in==1.0.0",
+    ]);
+    run_ok(&mut install);
+    let imported =
+        run_ok(ws.command(ws.path("uv-env/bin/python"), ".").args(["-c", "import logged_in; print(logged_in.VIA)"]));
+    assert_eq!(String::from_utf8_lossy(&imported.stdout).trim(), "wharf login");
 
     // cargo: the registry and its token in CARGO_HOME, the user's config kept.
     run_ok(&mut wharf(&ws, &server, &["login", "--tool", "cargo"]));
