@@ -207,10 +207,17 @@ spec:
     assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
     assert_eq!(pod.security_context.as_ref().unwrap().seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let yaml = config_maps.get("wharf-acme-config").await.unwrap().data.unwrap()["wharf.yaml"].clone();
-    let config = DomainConfig::from_yaml_str("wharf.yaml", &yaml).unwrap();
-    assert_eq!(config.repositories.len(), 2);
-    assert_eq!(config.policies.len(), 1);
+    // The objects were applied together, but the operator may render the
+    // Domain before it has seen the policy: the configuration converges.
+    let yaml = eventually(WAIT, "the rendered configuration has both Repositories and the policy", || async {
+        let map = config_maps.get("wharf-acme-config").await.map_err(|e| e.to_string())?;
+        let yaml = map.data.unwrap_or_default().get("wharf.yaml").cloned().unwrap_or_default();
+        let config = DomainConfig::from_yaml_str("wharf.yaml", &yaml).map_err(|e| e.to_string())?;
+        let counts = (config.repositories.len(), config.policies.len());
+        if counts == (2, 1) { Ok(yaml) } else { Err(format!("{} Repositories, {} policies", counts.0, counts.1)) }
+    })
+    .await
+    .unwrap();
     wait_repository(&client, ns, "web", "DomainNotReady", false).await;
 
     // The kubelet's part: the Deployment becomes available.
