@@ -97,7 +97,7 @@ pub fn render_service_index(feed: &Feed) -> Bytes {
     .into_iter()
     .map(|(url, kind, comment)| json!({"@id": url, "@type": kind, "comment": comment}))
     .collect();
-    let document = json!({"version": "3.0.0", "resources": resources, "@context": {"@vocab": "http://schema.nuget.org/services#", "comment": "http://www.w3.org/2000/01/rdf-schema#comment"}});
+    let document = json!({"version": "3.0.0", "resources": resources});
     Bytes::from(document.to_string())
 }
 
@@ -280,7 +280,7 @@ pub fn render_registration_leaf(feed: &Feed, index: &PackageIndex, key: &str) ->
     let lower = lower_id(display_id(index));
     let document = json!({
         "@id": feed.registration_leaf(&lower, key),
-        "@type": ["Package", "http://schema.nuget.org/catalog#Permalink"],
+        "@type": "Package",
         "catalogEntry": format!("{}#catalogEntry", feed.registration_leaf(&lower, key)),
         "listed": release.entry.status.is_listed(),
         "packageContent": feed.package_content(&lower, key),
