@@ -247,13 +247,17 @@ impl FormatAdapter for Nuget {
         _spelling: &str,
     ) -> Result<Option<PackageIndex>, CoreError> {
         let resources = Self::resources(upstream).await?;
+        let same_origin =
+            |url: &str| nuget::upstream::check_same_origin(url, upstream.base()).map_err(|e| upstream.unreadable(e));
         let url = nuget::upstream::registration_url(&resources, &id.name);
+        same_origin(&url)?;
         let Some(body) = upstream.read_body(&url, "application/json").await? else { return Ok(None) };
         let mut leaves = Vec::new();
         for page in nuget::upstream::registration_pages(&body).map_err(|e| upstream.unreadable(e))? {
             match page {
                 nuget::upstream::Page::Inline(items) => leaves.extend(items),
                 nuget::upstream::Page::Linked(url) => {
+                    same_origin(&url)?;
                     let Some(body) = upstream.read_body(&url, "application/json").await? else {
                         return Err(upstream.unreadable(format!("registration page {url} is missing")));
                     };

@@ -66,6 +66,20 @@ pub fn feed_resources(body: &[u8]) -> Result<FeedResources, NugetError> {
     Ok(FeedResources { registrations, package_base })
 }
 
+/// Refuses a metadata URL a feed names on another origin (scheme, host,
+/// port) than its service index: the registry would otherwise fetch
+/// whatever address an upstream document puts there. Packages, which a
+/// feed may serve from another host, are checked as files are.
+pub fn check_same_origin(url: &str, service_index: &str) -> Result<(), NugetError> {
+    let origin = |text: &str| url::Url::parse(text).ok().map(|u| u.origin().ascii_serialization());
+    match (origin(url), origin(service_index)) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        _ => Err(invalid(format!(
+            "{url} is not on the service index's origin; registrations are read from the feed's own host only"
+        ))),
+    }
+}
+
 /// The registration index's URL for a package.
 pub fn registration_url(resources: &FeedResources, id: &str) -> String {
     format!("{}/{}/index.json", resources.registrations, lower_id(id))
@@ -277,6 +291,13 @@ mod tests {
         assert_eq!(resources.package_base, "https://f/flat");
         assert_eq!(registration_url(&resources, "Acme.Demo"), "https://f/reg-gz-semver2/acme.demo/index.json");
         assert!(feed_resources(b"{\"resources\": []}").is_err());
+        let index = "https://f/v3/index.json";
+        assert!(check_same_origin("https://f/reg/a/index.json", index).is_ok());
+        for elsewhere in
+            ["https://g/reg/", "http://f/reg/", "https://f:8443/reg/", "http://169.254.169.254/", "not a url"]
+        {
+            assert!(check_same_origin(elsewhere, index).is_err(), "{elsewhere}");
+        }
     }
 
     #[test]
