@@ -103,12 +103,16 @@ pub fn changes(
     token: Option<&str>,
     read: impl Fn(&PathBuf) -> Option<String>,
 ) -> anyhow::Result<Vec<Change>> {
-    let change = |path: PathBuf, edit: &dyn Fn(&str) -> anyhow::Result<String>| -> anyhow::Result<Change> {
-        let current = read(&path).unwrap_or_default();
-        let contents = edit(&current).with_context(|| format!("cannot update {}", path.display()))?;
-        Ok(Change { path, contents })
+    // A file the edit leaves as it is (a logout with nothing of ours in it,
+    // a file that is not there) is not written.
+    let change = |path: PathBuf, edit: &dyn Fn(&str) -> anyhow::Result<String>| -> anyhow::Result<Option<Change>> {
+        let current = read(&path);
+        let contents = edit(current.as_deref().unwrap_or_default())
+            .with_context(|| format!("cannot update {}", path.display()))?;
+        Ok((current.as_deref() != Some(contents.as_str()) && !(current.is_none() && contents.is_empty()))
+            .then_some(Change { path, contents }))
     };
-    Ok(match tool {
+    let changes = match tool {
         Tool::Npm => vec![change(homes.home.join(".npmrc"), &|text| Ok(npmrc(text, target, token)))?],
         Tool::Pip => vec![change(homes.xdg_config.join("pip/pip.conf"), &|text| {
             let value = token.map(|token| target.pypi_index_url(Some(token)));
@@ -121,7 +125,8 @@ pub fn changes(
             change(homes.cargo.join("config.toml"), &|text| cargo_config(text, target, token.is_some()))?,
             change(homes.cargo.join("credentials.toml"), &|text| cargo_credentials(text, target, token))?,
         ],
-    })
+    };
+    Ok(changes.into_iter().flatten().collect())
 }
 
 /// `~/.npmrc`: `registry=` pointing at the repository and the token under
@@ -328,6 +333,18 @@ mod tests {
 
     fn target() -> Target {
         Target { registry: "http://127.0.0.1:8080".into(), repository: "main".into(), name: "wharf".into() }
+    }
+
+    #[test]
+    fn logout_writes_no_file_that_was_not_there_and_login_writes_the_missing() {
+        let homes = Homes { home: "/h".into(), xdg_config: "/h/.config".into(), cargo: "/h/.cargo".into() };
+        for tool in [Tool::Npm, Tool::Pip, Tool::Twine, Tool::Uv, Tool::Cargo] {
+            assert!(changes(tool, &target(), &homes, None, |_| None).unwrap().is_empty(), "{tool:?}");
+            assert!(!changes(tool, &target(), &homes, Some("T"), |_| None).unwrap().is_empty(), "{tool:?}");
+        }
+        let written = npmrc("", &target(), Some("T"));
+        let again = changes(Tool::Npm, &target(), &homes, Some("T"), |_| Some(written.clone())).unwrap();
+        assert!(again.is_empty(), "an unchanged file is not rewritten");
     }
 
     #[test]

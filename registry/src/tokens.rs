@@ -36,6 +36,19 @@ pub struct IssuedToken {
 }
 
 impl IssuedToken {
+    /// What a revocation check needs of the token it describes.
+    fn claims(&self) -> TokenClaims {
+        TokenClaims {
+            sub: self.subject.clone(),
+            dom: String::new(),
+            repos: self.repositories.clone(),
+            perms: self.permissions.clone(),
+            iat: self.issued_at,
+            exp: self.expires_at,
+            jti: self.id.clone(),
+        }
+    }
+
     fn of(claims: &TokenClaims) -> Self {
         IssuedToken {
             id: claims.jti.clone(),
@@ -128,16 +141,7 @@ impl TokenLedger {
                 continue;
             }
             let Some(token) = self.storage.read_json::<IssuedToken>(&key).await? else { continue };
-            let probe = TokenClaims {
-                sub: token.subject.clone(),
-                dom: String::new(),
-                repos: Vec::new(),
-                perms: Vec::new(),
-                iat: token.issued_at,
-                exp: token.expires_at,
-                jti: token.id.clone(),
-            };
-            if self.check(&probe).is_ok() {
+            if self.check(&token.claims()).is_ok() {
                 live.push(token);
             }
         }
@@ -145,9 +149,21 @@ impl TokenLedger {
         Ok(live)
     }
 
-    /// Revokes one token by its id; `None` when no live token has it.
+    /// Revokes one token by its id; `None` when no live token has it. Its
+    /// record is found by name, so only that one is read.
     pub async fn revoke(&self, id: &str, now: i64) -> Result<Option<IssuedToken>, StorageError> {
-        let Some(token) = self.live(now).await?.into_iter().find(|t| t.id == id) else { return Ok(None) };
+        let names = self.storage.list_files(&keys::issued_tokens()).await?;
+        let name = names
+            .iter()
+            .find(|name| parse_timed_name(name).is_some_and(|(expires, named)| named == id && expires > now));
+        let Some(name) = name else { return Ok(None) };
+        let Some(token) = self.storage.read_json::<IssuedToken>(&keys::issued_token(name)).await? else {
+            return Ok(None);
+        };
+        let probe = token.claims();
+        if self.check(&probe).is_err() {
+            return Ok(None);
+        }
         let key = keys::revoked_token(&timed_name(token.expires_at, &token.id));
         self.storage.put_json(&key, &token).await?;
         self.write_revoked().ids.insert(token.id.clone());
