@@ -78,6 +78,18 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec.tokens.trustedIssuers[]",
+            rule: "!has(self.people) || !has(self.people.clientID) || self.people.clientID in self.audiences".into(),
+            message: "people.clientID must be one of the issuer's audiences, or its ID tokens would be refused",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.tokens.trustedIssuers[].people.prefix",
+            rule: "!self.startsWith('system:')".into(),
+            message: "`system:` names belong to Kubernetes; choose another prefix",
+        },
+        Rule {
+            kind: "Domain",
             path: "spec.externalConnections[].url",
             rule: "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''".into(),
             message: "url must be an http or https URL with a host",
@@ -154,9 +166,10 @@ fn rules() -> Vec<Rule> {
             path: subject_list,
             rule: "self.kind == 'ServiceAccount' ? has(self.name) && has(self.namespace) : \
                    self.kind == 'Namespace' ? has(self.name) : \
-                   self.kind == 'OIDC' ? has(self.issuer) : true"
+                   self.kind == 'OIDC' ? has(self.issuer) : \
+                   self.kind in ['User', 'Group'] ? has(self.name) : true"
                 .into(),
-            message: "ServiceAccount needs name and namespace, Namespace needs name, OIDC needs issuer",
+            message: "ServiceAccount needs name and namespace, Namespace, User and Group need name, OIDC needs issuer",
         });
         rules.push(Rule {
             kind: "Repository",
@@ -174,6 +187,8 @@ fn rules() -> Vec<Rule> {
 const BOUNDS: &[(&str, &str, &str, u64)] = &[
     ("Domain", "spec.externalConnections", "maxItems", 100),
     ("Domain", "spec.externalConnections[].url", "maxLength", 2048),
+    ("Domain", "spec.tokens.trustedIssuers[].audiences", "maxItems", 32),
+    ("Domain", "spec.tokens.trustedIssuers[].audiences[]", "maxLength", 512),
     ("Repository", "spec.access.read", "maxItems", 100),
     ("Repository", "spec.access.publish", "maxItems", 100),
     ("Repository", "spec.access.read[].name", "maxLength", 253),

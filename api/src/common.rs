@@ -118,6 +118,12 @@ pub enum SubjectKind {
     /// that must all match.
     #[serde(rename = "OIDC")]
     Oidc,
+    /// A person, by user name: as the apiserver names them (their kubeconfig token,
+    /// `spec.tokens.kubernetesUsers`) or as a trusted issuer's `people` mapping does (with
+    /// its prefix); needs `name`.
+    User,
+    /// Every person in a group, named as [`SubjectKind::User`] names people; needs `name`.
+    Group,
     /// Anyone, without credentials. Only allowed for `read`.
     Anonymous,
 }
@@ -129,6 +135,8 @@ impl SubjectKind {
             SubjectKind::ServiceAccount => "ServiceAccount",
             SubjectKind::Namespace => "Namespace",
             SubjectKind::Oidc => "OIDC",
+            SubjectKind::User => "User",
+            SubjectKind::Group => "Group",
             SubjectKind::Anonymous => "Anonymous",
         }
     }
@@ -144,9 +152,11 @@ impl std::fmt::Display for SubjectKind {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
-    /// What kind of subject this is: ServiceAccount, Namespace, OIDC or Anonymous.
+    /// What kind of subject this is: ServiceAccount, Namespace, OIDC, User, Group or
+    /// Anonymous.
     pub kind: SubjectKind,
-    /// ServiceAccount: its name. Namespace: the namespace's name.
+    /// ServiceAccount: its name. Namespace: the namespace's name. User: the user name.
+    /// Group: the group's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// ServiceAccount: the namespace it lives in.
@@ -211,6 +221,26 @@ impl Subject {
             })
     }
 
+    /// A person, by user name.
+    pub fn user(name: &str) -> Self {
+        Subject { name: Some(name.to_owned()), ..Subject::new(SubjectKind::User) }
+    }
+
+    /// Every person of a group.
+    pub fn group(name: &str) -> Self {
+        Subject { name: Some(name.to_owned()), ..Subject::new(SubjectKind::Group) }
+    }
+
+    /// Whether `person` is this User subject, or in this Group subject.
+    pub fn includes_person(&self, person: &Person) -> bool {
+        let Some(name) = self.name.as_deref() else { return false };
+        match self.kind {
+            SubjectKind::User => person.username == name,
+            SubjectKind::Group => person.groups.iter().any(|group| group == name),
+            _ => false,
+        }
+    }
+
     /// Whether ServiceAccount `namespace/name` is this subject: the ServiceAccount itself, or
     /// any ServiceAccount of the namespace it names. OIDC and Anonymous subjects name no
     /// ServiceAccount.
@@ -220,7 +250,7 @@ impl Subject {
                 self.namespace.as_deref() == Some(namespace) && self.name.as_deref() == Some(name)
             }
             SubjectKind::Namespace => self.name.as_deref() == Some(namespace),
-            SubjectKind::Oidc | SubjectKind::Anonymous => false,
+            SubjectKind::Oidc | SubjectKind::User | SubjectKind::Group | SubjectKind::Anonymous => false,
         }
     }
 
@@ -241,10 +271,10 @@ impl Subject {
                 forbid(self.issuer.is_some(), "issuer");
                 forbid(!self.claims.is_empty(), "claims");
             }
-            SubjectKind::ServiceAccount | SubjectKind::Namespace => {
+            SubjectKind::ServiceAccount | SubjectKind::Namespace | SubjectKind::User | SubjectKind::Group => {
                 forbid(self.issuer.is_some(), "issuer");
                 forbid(!self.claims.is_empty(), "claims");
-                if self.kind == SubjectKind::Namespace {
+                if self.kind != SubjectKind::ServiceAccount {
                     forbid(self.namespace.is_some(), "namespace");
                 }
             }
@@ -271,6 +301,11 @@ impl Subject {
                     problems.push("Namespace needs a name (the namespace's name)".to_owned());
                 }
             }
+            SubjectKind::User | SubjectKind::Group => {
+                if !has(&self.name) {
+                    problems.push(format!("{} needs a name", self.kind));
+                }
+            }
             SubjectKind::Oidc => {
                 forbid(self.name.is_some(), "name");
                 forbid(self.namespace.is_some(), "namespace");
@@ -293,6 +328,16 @@ impl Subject {
         }
         problems
     }
+}
+
+/// A person, as an identity provider or the apiserver names them: a user
+/// name and the groups they are in (prefixed as the source's mapping says).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Person {
+    /// The user name, prefixed.
+    pub username: String,
+    /// The groups they are in, each prefixed.
+    pub groups: Vec<String>,
 }
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of

@@ -557,6 +557,38 @@ impl Checker<'_> {
                     Ok(_) => {}
                 }
             }
+            if let Some(people) = &issuer.people {
+                if people.username_claim.trim().is_empty() {
+                    self.report(
+                        about,
+                        &format!("{path}.people.usernameClaim"),
+                        "name the claim holding the user name, such as email or preferred_username".to_owned(),
+                    );
+                }
+                if !people.scopes.is_empty() && !people.scopes.iter().any(|scope| scope == "openid") {
+                    self.report(
+                        about,
+                        &format!("{path}.people.scopes"),
+                        "include openid: without it the provider issues no ID token".to_owned(),
+                    );
+                }
+                if people.prefix.starts_with("system:") {
+                    self.report(
+                        about,
+                        &format!("{path}.people.prefix"),
+                        "`system:` names belong to Kubernetes; choose another prefix".to_owned(),
+                    );
+                }
+                if let Some(client) = &people.client_id
+                    && !issuer.audiences.contains(client)
+                {
+                    self.report(
+                        about,
+                        &format!("{path}.people.clientID"),
+                        format!("client {client} is not among the audiences; its ID tokens would be refused"),
+                    );
+                }
+            }
         }
 
         if let Some(registry) = &spec.registry {
@@ -699,6 +731,19 @@ impl Checker<'_> {
                 for (position, subject) in subjects.iter().enumerate() {
                     for message in subject.problems(for_publish) {
                         self.report(about, &format!("spec.access.{list}[{position}]"), message);
+                    }
+                    if matches!(subject.kind, SubjectKind::User | SubjectKind::Group)
+                        && !config.domain.spec.identifies_people()
+                    {
+                        self.report(
+                            about,
+                            &format!("spec.access.{list}[{position}]"),
+                            format!(
+                                "Domain {domain_name} names no people, so this {} would match no one: set its \
+                                 spec.tokens.kubernetesUsers, or a trusted issuer's people",
+                                subject.kind
+                            ),
+                        );
                     }
                     if let Some(issuer) = subject.issuer.as_deref().filter(|_| subject.kind == SubjectKind::Oidc)
                         && config.domain.spec.trusted_issuer(issuer).is_none()
@@ -1377,6 +1422,61 @@ spec:
         let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
         assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
         assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
+    }
+
+    #[test]
+    fn people_subjects_need_a_source_of_people_and_mappings_are_checked() {
+        let repository = "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: web}\n\
+             spec:\n  domainRef: {name: acme}\n  access:\n    read: [{kind: Group, name: \"idp:platform\"}]\n    \
+             publish: [{kind: User, name: alice}, {kind: User}]\n";
+        let error = load(&format!("{DOMAIN}{repository}")).unwrap_err();
+        assert_eq!(
+            messages(&error),
+            [
+                "test.yaml: document 2 (Repository web): spec.access.read[0]: Domain acme names no people, so this Group would match no one: set its spec.tokens.kubernetesUsers, or a trusted issuer's people",
+                "test.yaml: document 2 (Repository web): spec.access.publish[0]: Domain acme names no people, so this User would match no one: set its spec.tokens.kubernetesUsers, or a trusted issuer's people",
+                "test.yaml: document 2 (Repository web): spec.access.publish[1]: User needs a name",
+                "test.yaml: document 2 (Repository web): spec.access.publish[1]: Domain acme names no people, so this User would match no one: set its spec.tokens.kubernetesUsers, or a trusted issuer's people",
+            ]
+        );
+        let idp = |people: &str| {
+            format!(
+                "{DOMAIN}  tokens:\n    trustedIssuers:\n      - {{issuer: \"https://idp.example\", audiences: [wharf-cli], people: {people}}}\n"
+            )
+        };
+        let error = load(&idp("{usernameClaim: \"\", prefix: \"system:x\", clientID: other}")).unwrap_err();
+        assert_eq!(
+            messages(&error),
+            [
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[0].people.usernameClaim: name the claim holding the user name, such as email or preferred_username",
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[0].people.prefix: `system:` names belong to Kubernetes; choose another prefix",
+                "test.yaml: document 1 (Domain acme): spec.tokens.trustedIssuers[0].people.clientID: client other is not among the audiences; its ID tokens would be refused",
+            ]
+        );
+        let people = "{usernameClaim: email, groupsClaim: groups, prefix: \"idp:\", clientID: wharf-cli}";
+        let config = load(&format!("{}{}", idp(people), repository.replace(", {kind: User}", ""))).unwrap();
+        let mapping = config.domain.spec.trusted_issuer("https://idp.example").unwrap().people.clone().unwrap();
+        let claims = |value: serde_json::Value| value.as_object().unwrap().clone();
+        let alice = mapping
+            .person(&claims(
+                serde_json::json!({"email": "alice@example.com", "email_verified": true, "groups": ["platform", ""]}),
+            ))
+            .unwrap();
+        assert_eq!(
+            (alice.username.as_str(), alice.groups.as_slice()),
+            ("idp:alice@example.com", ["idp:platform".to_owned()].as_slice())
+        );
+        assert!(
+            mapping.person(&claims(serde_json::json!({"email": "alice@example.com"}))).is_none(),
+            "unverified email"
+        );
+        assert!(mapping.person(&claims(serde_json::json!({"email": "", "email_verified": true}))).is_none());
+        let web = config.repository("web").unwrap();
+        assert!(web.spec.access.read[0].includes_person(&alice));
+        assert!(!web.spec.access.publish[0].includes_person(&alice), "User alice is the cluster's, not idp:alice");
+        let kubernetes =
+            load(&format!("{DOMAIN}  tokens: {{kubernetesUsers: true}}\n{repository}").replace(", {kind: User}", ""));
+        assert!(kubernetes.unwrap().domain.spec.kubernetes_users());
     }
 
     #[test]

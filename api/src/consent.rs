@@ -102,6 +102,9 @@ fn covers(reader: &Subject, subject: &Subject) -> bool {
         }
         (SubjectKind::Namespace, SubjectKind::ServiceAccount) => reader.name == subject.namespace,
         (SubjectKind::Namespace, SubjectKind::Namespace) => reader.name == subject.name,
+        (SubjectKind::User, SubjectKind::User) | (SubjectKind::Group, SubjectKind::Group) => {
+            reader.name == subject.name
+        }
         // A token matching the subject's claims matches every claim the reader asks for.
         (SubjectKind::Oidc, SubjectKind::Oidc) => {
             reader.issuer == subject.issuer
@@ -121,6 +124,8 @@ fn describe(subject: &Subject) -> String {
         ),
         SubjectKind::Namespace => format!("Namespace {}", subject.name.as_deref().unwrap_or_default()),
         SubjectKind::Oidc => format!("OIDC subject of {}", subject.issuer.as_deref().unwrap_or_default()),
+        SubjectKind::User => format!("User {}", subject.name.as_deref().unwrap_or_default()),
+        SubjectKind::Group => format!("Group {}", subject.name.as_deref().unwrap_or_default()),
     }
 }
 

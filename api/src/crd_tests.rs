@@ -94,7 +94,7 @@ fn crd_names_and_wire_fields() {
     assert_eq!(repository["properties"]["upstreams"]["maxItems"], 10);
     assert_eq!(
         repository["properties"]["access"]["properties"]["read"]["items"]["properties"]["kind"]["enum"],
-        serde_json::json!(["ServiceAccount", "Namespace", "OIDC", "Anonymous"])
+        serde_json::json!(["ServiceAccount", "Namespace", "OIDC", "User", "Group", "Anonymous"])
     );
 
     let policy = spec(2);

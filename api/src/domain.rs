@@ -394,6 +394,14 @@ pub struct TokenSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub trusted_issuers: Vec<TrustedIssuer>,
+    /// People may exchange their own Kubernetes token (the one in their kubeconfig) for a
+    /// registry token at `POST /api/v1/auth/kubernetes` (`wharf login --kubeconfig`): the
+    /// registry asks the apiserver who they are with a TokenReview, and the Repositories'
+    /// `User` and `Group` subjects name them as the apiserver does. The registry sees that
+    /// token once per exchange and keeps nothing of it. Cluster mode only; ServiceAccounts
+    /// and other `system:` identities are refused (pods present a projected token instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_users: Option<bool>,
 }
 
 /// An OpenID Connect issuer the Domain trusts.
@@ -416,6 +424,75 @@ pub struct TrustedIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_SCHEMA_PATTERN))]
     pub clock_skew: Option<String>,
+    /// When set, this issuer is also an identity provider for people: its ID tokens name a
+    /// person, matched by the Repositories' `User` and `Group` subjects, and `wharf login
+    /// --sign-in` signs people in with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub people: Option<PeopleClaims>,
+}
+
+/// How an identity provider's ID tokens name a person, as the apiserver's own OIDC
+/// configuration (`claimMappings`) does.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeopleClaims {
+    /// The claim holding the user name: `email` (honoured only with `email_verified:
+    /// true`), `preferred_username`, `sub` or another string claim.
+    #[schemars(length(min = 1, max = 128))]
+    pub username_claim: String,
+    /// The claim listing the person's groups (a list of strings, or one string), such as
+    /// `groups`; without it people are named by user name only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub groups_claim: Option<String>,
+    /// Put in front of every user and group name from this issuer, such as `idp:`, so that
+    /// its `alice` is not the cluster's `alice`; `User` and `Group` subjects name people
+    /// with it. Required; empty only when the names cannot collide.
+    #[schemars(length(max = 64))]
+    pub prefix: String,
+    /// The OAuth client `wharf login --sign-in` signs in as: a public client allowed the
+    /// authorization code flow with PKCE and the loopback redirect
+    /// `http://127.0.0.1/callback` (any port). One of `audiences`, since its ID tokens
+    /// are issued for it. Without it people exchange ID tokens they got otherwise.
+    #[serde(rename = "clientID", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id: Option<String>,
+    /// The scopes `wharf login --sign-in` asks for; `openid email profile` when unset. Add
+    /// the one your provider wants for the groups claim (Dex: `groups`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub scopes: Vec<String>,
+}
+
+impl PeopleClaims {
+    /// The scopes a sign-in asks for.
+    pub fn sign_in_scopes(&self) -> Vec<String> {
+        if self.scopes.is_empty() {
+            ["openid", "email", "profile"].map(str::to_owned).to_vec()
+        } else {
+            self.scopes.clone()
+        }
+    }
+
+    /// The person an ID token's verified `claims` name, if they name one: the user name
+    /// claim is a non-empty string (and an `email` one is verified); groups are read from
+    /// the groups claim when it is a string or a list of strings.
+    pub fn person(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<crate::Person> {
+        use serde_json::Value;
+        let username = claims.get(&self.username_claim)?.as_str().filter(|name| !name.is_empty())?;
+        if self.username_claim == "email" && claims.get("email_verified") != Some(&Value::Bool(true)) {
+            return None;
+        }
+        let groups = match self.groups_claim.as_ref().and_then(|claim| claims.get(claim)) {
+            Some(Value::String(group)) => vec![group.clone()],
+            Some(Value::Array(groups)) => groups.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        Some(crate::Person {
+            username: format!("{}{username}", self.prefix),
+            groups: groups.iter().filter(|g| !g.is_empty()).map(|group| format!("{}{group}", self.prefix)).collect(),
+        })
+    }
 }
 
 /// The longest clock difference a trusted issuer may be allowed.
@@ -437,6 +514,18 @@ impl DomainSpec {
     /// The trusted issuer whose tokens say `iss`, if the Domain trusts it.
     pub fn trusted_issuer(&self, iss: &str) -> Option<&TrustedIssuer> {
         self.tokens.as_ref()?.trusted_issuers.iter().find(|issuer| issuer.issuer == iss)
+    }
+
+    /// Whether people may exchange their Kubernetes tokens (`spec.tokens.kubernetesUsers`).
+    pub fn kubernetes_users(&self) -> bool {
+        self.tokens.as_ref().and_then(|tokens| tokens.kubernetes_users).unwrap_or(false)
+    }
+
+    /// Whether anything names people for `User` and `Group` subjects: Kubernetes users or a
+    /// trusted issuer with a `people` mapping.
+    pub fn identifies_people(&self) -> bool {
+        self.kubernetes_users()
+            || self.tokens.as_ref().is_some_and(|tokens| tokens.trusted_issuers.iter().any(|i| i.people.is_some()))
     }
 }
 

@@ -40,7 +40,7 @@ pub mod policy;
 pub mod repository;
 
 pub use common::{
-    API_VERSION, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, DeletionPolicy, DomainRef, GROUP,
+    API_VERSION, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, DeletionPolicy, DomainRef, GROUP, Person,
     RepositoryRef, SecretRef, Subject, SubjectKind, VERSION, find_condition, is_http_url, is_ready,
 };
 pub use config::{
@@ -49,8 +49,9 @@ pub use config::{
 };
 pub use domain::{
     AzureStorage, Domain, DomainSpec, DomainStatus, EncryptionSpec, ExternalConnection, FilesystemStorage, GcsStorage,
-    MemoryStorage, NamespacesFrom, PackageFormat, RegistryDeploymentSpec, RepositoryNamespaces, S3Storage, ServiceSpec,
-    StorageSpec, TOKEN_TTL_CEILING, TOKEN_TTL_MIN, TokenSpec, TrustedIssuer, UnknownFormatError,
+    MemoryStorage, NamespacesFrom, PackageFormat, PeopleClaims, RegistryDeploymentSpec, RepositoryNamespaces,
+    S3Storage, ServiceSpec, StorageSpec, TOKEN_TTL_CEILING, TOKEN_TTL_MIN, TokenSpec, TrustedIssuer,
+    UnknownFormatError,
 };
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use pattern::{BlockedVersion, PackagePattern, PatternError};

@@ -9,9 +9,13 @@
 //!
 //! The token comes from, in this order: `--token-env` (a registry token
 //! already at hand), `--id-token-env` (a CI job's OIDC ID token, exchanged
-//! at `/api/v1/auth/oidc`), `--admin-token-env` (the admin token, which
+//! at `/api/v1/auth/oidc`), `--sign-in` (a person signing in with the
+//! Domain's identity provider; the ID token is exchanged the same way),
+//! `--kubeconfig` (a person's own Kubernetes token, exchanged at
+//! `/api/v1/auth/kubernetes`), `--admin-token-env` (the admin token, which
 //! mints one at `/api/v1/auth/token`).
 
+mod identity;
 mod tools;
 
 use std::path::PathBuf;
@@ -80,6 +84,21 @@ struct TokenArgs {
     /// An environment variable holding a CI job's OIDC ID token, exchanged for a registry token.
     #[arg(long, value_name = "VAR")]
     id_token_env: Option<String>,
+    /// Sign in with the Domain's identity provider in a browser (authorization code with PKCE).
+    #[arg(long)]
+    sign_in: bool,
+    /// With --sign-in: the provider's issuer, when the Domain names several.
+    #[arg(long, requires = "sign_in")]
+    issuer: Option<String>,
+    /// With --sign-in: print the sign-in address only, do not open a browser.
+    #[arg(long, requires = "sign_in")]
+    no_browser: bool,
+    /// Use the token of your kubeconfig's user: the registry asks the cluster who you are.
+    #[arg(long, conflicts_with = "sign_in")]
+    kubeconfig: bool,
+    /// With --kubeconfig: the context whose user to use (the current one otherwise).
+    #[arg(long, requires = "kubeconfig")]
+    kube_context: Option<String>,
     /// An environment variable holding the admin token, which mints a registry token.
     #[arg(long, value_name = "VAR", default_value = "WHARF_ADMIN_TOKEN")]
     admin_token_env: String,
@@ -116,14 +135,26 @@ async fn token(target: &Target, args: &TokenArgs) -> anyhow::Result<String> {
     if let Some(ttl) = args.ttl_seconds {
         body["ttlSeconds"] = json!(ttl);
     }
-    let request = match &args.id_token_env {
-        Some(name) => {
-            body["idToken"] = json!(env_var(name)?);
+    let id_token = match &args.id_token_env {
+        Some(name) => Some(env_var(name)?),
+        None if args.sign_in => {
+            Some(identity::sign_in(&target.registry, args.issuer.as_deref(), !args.no_browser).await?)
+        }
+        None => None,
+    };
+    let request = match id_token {
+        Some(id_token) => {
+            body["idToken"] = json!(id_token);
             client.post(format!("{}/api/v1/auth/oidc", target.registry)).json(&body)
+        }
+        None if args.kubeconfig => {
+            body["token"] = json!(identity::kubeconfig_token(args.kube_context.as_deref())?);
+            client.post(format!("{}/api/v1/auth/kubernetes", target.registry)).json(&body)
         }
         None => {
             let admin = env_var(&args.admin_token_env).context(
-                "no credential to get a token with: pass --token-env, --id-token-env, or set the admin token",
+                "no credential to get a token with: pass --sign-in, --kubeconfig, --token-env or --id-token-env, or \
+                 set the admin token",
             )?;
             client.post(format!("{}/api/v1/auth/token", target.registry)).bearer_auth(admin).json(&body)
         }

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use wharf_api::Repository;
+use wharf_api::{Person, Repository, Subject};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -77,8 +77,12 @@ pub enum Principal {
     /// grants that ServiceAccount.
     ServiceAccount(ServiceAccount),
     /// A verified ID token of a trusted OIDC issuer (at the exchange only): what it may do
-    /// is what the Repositories' `OIDC` subjects matching its claims grant.
+    /// is what the Repositories' `OIDC` subjects matching its claims grant, and, when the
+    /// issuer names people, their `User` and `Group` subjects naming the person.
     Oidc(OidcIdentity),
+    /// A person the apiserver vouched for by their own Kubernetes token (at the exchange
+    /// only): what they may do is what the Repositories' `User` and `Group` subjects grant.
+    KubernetesUser(Person),
 }
 
 /// Who an ID token of a trusted issuer says its bearer is.
@@ -88,6 +92,8 @@ pub struct OidcIdentity {
     /// `{issuer}#{sub}`: the subject of the registry tokens it is exchanged for.
     pub name: String,
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The person the token names, when its issuer is an identity provider for people.
+    pub person: Option<Person>,
 }
 
 impl Principal {
@@ -98,31 +104,30 @@ impl Principal {
             Principal::Token(claims) => &claims.sub,
             Principal::ServiceAccount(account) => &account.username,
             Principal::Oidc(identity) => &identity.name,
+            Principal::KubernetesUser(person) => &person.username,
         }
     }
 
     /// Whether this principal may do `permission` on `repo`: anyone may read where the
-    /// Repository admits anonymous reads; a ServiceAccount or an OIDC identity where its
-    /// `access` names it (publishers may read); a registry token within its scope.
+    /// Repository admits anonymous reads; a ServiceAccount, an OIDC identity or a person
+    /// where its `access` names them (publishers may read); a registry token within its
+    /// scope.
     pub fn may(&self, repo: &Repository, permission: Permission) -> bool {
         if permission == Permission::Read && repo.allows_anonymous_read() {
             return true;
         }
-        match self {
-            Principal::ServiceAccount(account) => {
-                let named = |subjects: &[wharf_api::Subject]| {
-                    subjects.iter().any(|subject| subject.includes_service_account(&account.namespace, &account.name))
-                };
-                match permission {
-                    Permission::Read => named(&repo.spec.access.read) || named(&repo.spec.access.publish),
-                    Permission::Publish => named(&repo.spec.access.publish),
-                    Permission::Admin => false,
-                }
-            }
+        let names = |subject: &Subject| match self {
+            Principal::ServiceAccount(account) => subject.includes_service_account(&account.namespace, &account.name),
             Principal::Oidc(identity) => {
-                let named = |subjects: &[wharf_api::Subject]| {
-                    subjects.iter().any(|subject| subject.matches_oidc(&identity.issuer, &identity.claims))
-                };
+                subject.matches_oidc(&identity.issuer, &identity.claims)
+                    || identity.person.as_ref().is_some_and(|person| subject.includes_person(person))
+            }
+            Principal::KubernetesUser(person) => subject.includes_person(person),
+            _ => false,
+        };
+        match self {
+            Principal::ServiceAccount(_) | Principal::Oidc(_) | Principal::KubernetesUser(_) => {
+                let named = |subjects: &[Subject]| subjects.iter().any(names);
                 match permission {
                     Permission::Read => named(&repo.spec.access.read) || named(&repo.spec.access.publish),
                     Permission::Publish => named(&repo.spec.access.publish),
@@ -138,7 +143,9 @@ impl Principal {
     /// access is decided by the Repository's `access` (see [`Principal::may`]).
     pub fn grants(&self, repo: &str, permission: Permission) -> bool {
         match self {
-            Principal::Anonymous | Principal::ServiceAccount(_) | Principal::Oidc(_) => false,
+            Principal::Anonymous | Principal::ServiceAccount(_) | Principal::Oidc(_) | Principal::KubernetesUser(_) => {
+                false
+            }
             Principal::Admin => true,
             Principal::Token(claims) => {
                 let repo_ok = claims.repos.iter().any(|r| r == "*" || r == repo);
@@ -310,6 +317,34 @@ mod tests {
         assert!(other_scope.may(&web, Permission::Read));
         assert!(!other_scope.may(&web, Permission::Publish));
         assert!(Principal::Admin.may(&web, Permission::Publish));
+    }
+
+    #[test]
+    fn repository_access_decides_for_people() {
+        use wharf_api::{DomainRef, RepositorySpec};
+        let mut web = Repository::new("web", RepositorySpec::new(DomainRef::default()));
+        web.spec.access.read.push(Subject::group("idp:developers"));
+        web.spec.access.publish.push(Subject::user("alice"));
+        let person = |username: &str, groups: &[&str]| Person {
+            username: username.to_owned(),
+            groups: groups.iter().map(|group| (*group).to_owned()).collect(),
+        };
+        let alice = Principal::KubernetesUser(person("alice", &["system:authenticated"]));
+        assert!(alice.may(&web, Permission::Publish) && alice.may(&web, Permission::Read));
+        let developer = |person: Person| {
+            Principal::Oidc(OidcIdentity {
+                issuer: "https://idp.example".into(),
+                name: person.username.clone(),
+                claims: serde_json::Map::new(),
+                person: Some(person),
+            })
+        };
+        let bob = developer(person("idp:bob", &["idp:developers"]));
+        assert!(bob.may(&web, Permission::Read) && !bob.may(&web, Permission::Publish));
+        assert!(!developer(person("idp:alice", &[])).may(&web, Permission::Read), "the IdP's alice is not alice");
+        let cluster_developers = Principal::KubernetesUser(person("carol", &["developers"]));
+        assert!(!cluster_developers.may(&web, Permission::Read), "groups are named with their prefix");
+        assert!(!alice.grants("web", Permission::Read), "a person's credential grants nothing by itself");
     }
 
     #[test]

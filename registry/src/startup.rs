@@ -58,6 +58,12 @@ pub async fn build_state(
             Err(error) => return Err(error).context("storage cannot hold a Wharf Domain"),
         }
     }
+    if config.domain.spec.kubernetes_users() && options.token_review.is_none() {
+        anyhow::bail!(
+            "spec.tokens.kubernetesUsers needs cluster mode (--config-map): people's Kubernetes tokens are checked \
+             by the apiserver, which a registry outside a cluster cannot ask"
+        );
+    }
     let key = match &options.signing_key {
         Some(key) => key.clone(),
         None => storage.token_signing_key().await.context("failed to load the token signing key")?,

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::auth::ServiceAccount;
+use wharf_api::Person;
 
 /// The audience a pod's projected token must be issued for, so that a token meant for the
 /// apiserver (or another service) is not accepted here, and one meant for Wharf is no use
@@ -109,8 +110,40 @@ impl TokenReviewer {
     }
 
     async fn ask(&self, token: &str) -> Result<ServiceAccount, ReviewError> {
+        let (user, audiences) = self.authenticated(token, Some(&self.audience)).await.map_err(|error| match error {
+            ReviewError::Rejected(reason) => ReviewError::Rejected(format!(
+                "{reason} (a pod's token must be projected with audience {})",
+                self.audience
+            )),
+            unavailable => unavailable,
+        })?;
+        // An apiserver that ignores audiences answers with none: refuse rather than accept
+        // a token that may have been meant for someone else.
+        if !audiences.contains(&self.audience) {
+            return Err(ReviewError::Rejected(format!("the token is not issued for audience {}", self.audience)));
+        }
+        let username = user.username.unwrap_or_default();
+        ServiceAccount::from_username(&username).ok_or_else(|| {
+            ReviewError::Rejected(format!(
+                "{username} is not a ServiceAccount; only ServiceAccount tokens are accepted"
+            ))
+        })
+    }
+
+    /// The person a user's own Kubernetes token (from their kubeconfig) belongs to, with
+    /// their groups, as the apiserver says: reviewed for the apiserver's own audiences, since
+    /// that is whom the token was issued for. Asked every time (people exchange rarely);
+    /// ServiceAccounts and other `system:` identities are refused, as they are not people.
+    pub async fn review_person(&self, token: &str) -> Result<Person, ReviewError> {
+        let (user, _) = self.authenticated(token, None).await?;
+        person(user.username.unwrap_or_default(), user.groups.unwrap_or_default())
+    }
+
+    /// Who the apiserver says `token` is, and the audiences it was accepted for; asked for
+    /// `audience`, or the apiserver's own when `None`.
+    async fn authenticated(&self, token: &str, audience: Option<&str>) -> Result<(UserInfo, Vec<String>), ReviewError> {
         let review = TokenReview {
-            spec: TokenReviewSpec { token: token.to_owned(), audiences: Some(vec![self.audience.clone()]) },
+            spec: TokenReviewSpec { token: token.to_owned(), audiences: audience.map(|a| vec![a.to_owned()]) },
             ..Default::default()
         };
         let answered = self
@@ -121,23 +154,24 @@ impl TokenReviewer {
         let status = answered.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             let reason = status.error.filter(|error| !error.is_empty()).unwrap_or_else(|| "not authenticated".into());
-            return Err(ReviewError::Rejected(format!(
-                "{reason} (a pod's token must be projected with audience {})",
-                self.audience
-            )));
+            return Err(ReviewError::Rejected(reason));
         }
-        // An apiserver that ignores audiences answers with none: refuse rather than accept
-        // a token that may have been meant for someone else.
-        if !status.audiences.unwrap_or_default().contains(&self.audience) {
-            return Err(ReviewError::Rejected(format!("the token is not issued for audience {}", self.audience)));
-        }
-        let username = status.user.and_then(|user| user.username).unwrap_or_default();
-        ServiceAccount::from_username(&username).ok_or_else(|| {
-            ReviewError::Rejected(format!(
-                "{username} is not a ServiceAccount; only ServiceAccount tokens are accepted"
-            ))
-        })
+        Ok((status.user.unwrap_or_default(), status.audiences.unwrap_or_default()))
     }
+}
+
+/// A reviewed Kubernetes user as a person, unless it is a ServiceAccount or another
+/// `system:` identity (nodes, controllers, anonymous).
+fn person(username: String, groups: Vec<String>) -> Result<Person, ReviewError> {
+    if ServiceAccount::from_username(&username).is_some() {
+        return Err(ReviewError::Rejected(format!(
+            "{username} is a ServiceAccount: a pod presents its projected token (audience {DEFAULT_AUDIENCE}) instead"
+        )));
+    }
+    if username.is_empty() || username.starts_with("system:") {
+        return Err(ReviewError::Rejected(format!("{username:?} is a Kubernetes system identity, not a person")));
+    }
+    Ok(Person { username, groups })
 }
 
 /// Whether `token` looks like a JWT signed by someone other than a Wharf Domain (whose
@@ -186,6 +220,16 @@ mod tests {
         assert!(!is_foreign_jwt("abc.def"));
         assert!(!is_foreign_jwt("a.b.c.d"));
         assert!(!is_foreign_jwt("!!!.e30.c2ln"));
+    }
+
+    #[test]
+    fn people_are_users_that_are_not_system_identities() {
+        let alice = person("alice".into(), vec!["platform".into(), "system:authenticated".into()]).unwrap();
+        assert_eq!(alice.username, "alice");
+        assert_eq!(alice.groups, ["platform", "system:authenticated"]);
+        for not_a_person in ["system:serviceaccount:ci:bot", "system:node:n1", "system:anonymous", ""] {
+            assert!(person(not_a_person.into(), Vec::new()).is_err(), "{not_a_person}");
+        }
     }
 
     #[test]

@@ -39,6 +39,17 @@ fn config_map_reader(namespace: &str) -> String {
     )
 }
 
+/// What the operator grants the registry in `namespace`: its ConfigMap, and TokenReview
+/// through system:auth-delegator.
+fn reviewer_rbac(namespace: &str) -> String {
+    format!(
+        "{}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {namespace}-registry-auth-delegator}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}\n\
+         subjects: [{{kind: ServiceAccount, name: registry, namespace: {namespace}}}]\n",
+        config_map_reader(namespace)
+    )
+}
+
 async fn metric(metrics_url: String, name: &str) -> f64 {
     let text = reqwest::get(metrics_url).await.unwrap().text().await.unwrap();
     text.lines()
@@ -129,15 +140,7 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
         serde_json::to_string(&data).unwrap()
     };
     apply_yaml(&admin, &config("[{kind: Namespace, name: team-a}]"), None).await.unwrap();
-    // What the operator grants the registry: its ConfigMap, and TokenReview through
-    // system:auth-delegator.
-    let rbac = format!(
-        "{}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {NS}-registry-auth-delegator}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}\n\
-         subjects: [{{kind: ServiceAccount, name: registry, namespace: {NS}}}]\n",
-        config_map_reader(NS)
-    );
-    apply_yaml(&admin, &rbac, None).await.unwrap();
+    apply_yaml(&admin, &reviewer_rbac(NS), None).await.unwrap();
     let kubeconfig = plane.service_account_kubeconfig(NS, "registry").await.unwrap();
     let server = TestServer::start_in_env(
         data.path(),
@@ -235,4 +238,97 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     .await
     .unwrap();
     assert_eq!(status(&bot), 200, "publishers read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_exchange_their_kubeconfig_token_for_what_user_and_group_subjects_grant() {
+    const NS: &str = "k8s-people";
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("store").display().to_string();
+    wharf_test_harness::ensure_namespace(&admin, NS).await.unwrap();
+    // Alice publishes; the developers group (bob's) reads. Without kubernetesUsers, User
+    // and Group subjects would name no one (the loader refuses them), so anyone reads.
+    let config = |kubernetes_users: bool| {
+        let access = if kubernetes_users {
+            "read: [{kind: Group, name: developers}]\n    publish: [{kind: User, name: alice}]"
+        } else {
+            "read: [{kind: Anonymous}]"
+        };
+        let yaml = format!(
+            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: acme, namespace: {NS}}}\n\
+             spec:\n  storage: {{filesystem: {{path: {store}}}}}\n  tokens: {{kubernetesUsers: {kubernetes_users}}}\n---\n\
+             apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {NS}}}\n\
+             spec:\n  domainRef: {{name: acme}}\n  access:\n    {access}\n"
+        );
+        let data = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "wharf-acme-config", "namespace": NS}, "data": {"wharf.yaml": yaml}});
+        serde_json::to_string(&data).unwrap()
+    };
+    apply_yaml(&admin, &config(true), None).await.unwrap();
+    apply_yaml(&admin, &reviewer_rbac(NS), None).await.unwrap();
+    let kubeconfig = plane.service_account_kubeconfig(NS, "registry").await.unwrap();
+    let server = TestServer::start_in_env(
+        data.path(),
+        None,
+        &["--config-map", &format!("{NS}/wharf-acme-config")],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    );
+    let ws = Workspace::new();
+    let wharf_as = |person: &str, args: &[&str]| {
+        let mut command = ws.command(wharf_bin(), ".");
+        command
+            .args(args)
+            .args(["--kubeconfig", "--registry", &server.base, "--repository", "web"])
+            .env("KUBECONFIG", plane.person_kubeconfig(person).unwrap());
+        run(&mut command)
+    };
+
+    // Alice logs in with her kubeconfig; npm publishes with what was written.
+    let login = wharf_as("alice", &["login", "--tool", "npm"]);
+    assert!(login.status.success(), "{}", text(&login));
+    ws.write("pkg/package.json", r#"{"name": "from-kubectl", "version": "1.0.0"}"#);
+    ws.write("pkg/index.js", "module.exports = 'published with a kubeconfig identity';\n");
+    run_ok(ws.command("npm", "pkg").args(["publish", "--no-audit"]));
+    let whoami = run(ws.command("npm", "pkg").args(["whoami"]));
+    assert_eq!(String::from_utf8_lossy(&whoami.stdout).trim(), "alice");
+
+    // Bob is a developer: he reads, and may not publish.
+    let reader = wharf_as("bob", &["token", "--permission", "read"]);
+    assert!(reader.status.success(), "{}", text(&reader));
+    let token = String::from_utf8(reader.stdout).unwrap().trim().to_owned();
+    let packument = server.url("/npm/web/from-kubectl");
+    assert_eq!(http_request("GET", &packument, &[("authorization", &format!("Bearer {token}"))], "").unwrap(), 200);
+    let publisher = wharf_as("bob", &["token"]);
+    assert!(text(&publisher).contains("bob may not publish on repository web"), "{}", text(&publisher));
+
+    // Not people: a ServiceAccount's token, a token the apiserver does not know.
+    let exchange = |token: String| {
+        let url = server.url("/api/v1/auth/kubernetes");
+        async move {
+            let body = serde_json::json!({"token": token, "repositories": ["web"], "permissions": ["read"]});
+            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let account = plane.service_account_token(NS, "builder").await.unwrap();
+    let (status, body) = exchange(account).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("is a ServiceAccount"), "{body}");
+    let (status, _) = exchange("a-token-nobody-issued".to_owned()).await;
+    assert_eq!(status, 401);
+    assert_eq!(exchange(" ".to_owned()).await.0, 400);
+
+    // A Domain that does not take them says so.
+    apply_yaml(&admin, &config(false), None).await.unwrap();
+    eventually(Duration::from_secs(5), "kubernetesUsers turned off", || {
+        let answer = exchange(String::new());
+        async move {
+            let (status, body) = answer.await;
+            if status == 403 && body.contains("kubernetesUsers") { Ok(()) } else { Err(format!("{status} {body}")) }
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -5,14 +5,16 @@
 //! subjects grant, and the real npm and twine publish with those. Refused:
 //! another repository or branch, another audience, a tampered or expired
 //! token, `alg: none` and an HMAC signature keyed with the public key. The
-//! provider's key rotation is followed.
+//! provider's key rotation is followed. People sign in with `wharf login
+//! --sign-in` (authorization code with PKCE on a loopback redirect, the test
+//! playing the browser) and are named by `User` and `Group` subjects.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -111,10 +113,22 @@ impl Provider {
         set["keys"][0]["kid"].as_str().unwrap().to_owned()
     }
 
-    /// An ID token for `client_id`, through the authorization code flow a
-    /// CI system's token service runs: login as `subject`, consent adding
-    /// `claims` to the ID token, the code exchanged at the token endpoint.
-    async fn id_token(&self, client_id: &str, subject: &str, claims: Value) -> String {
+    /// A public client (no secret; PKCE), as `wharf login --sign-in` signs in with: any
+    /// port on the loopback redirect, as RFC 8252 allows native apps.
+    async fn register_public_client(&self, client_id: &str) {
+        let client = json!({
+            "client_id": client_id, "grant_types": ["authorization_code"], "response_types": ["code"],
+            "scope": "openid email profile", "redirect_uris": ["http://127.0.0.1/callback"],
+            "token_endpoint_auth_method": "none",
+        });
+        self.admin_json(reqwest::Method::POST, "/admin/clients", client).await;
+    }
+
+    /// Plays the browser and the provider's login and consent apps for an
+    /// authorization request at `start`: signs in as `subject`, consents to
+    /// `scopes` adding `claims` to the ID token, and returns the address the
+    /// provider then sends the browser to (the client's redirect, with a code).
+    async fn authorize(&self, start: String, subject: &str, scopes: &[&str], claims: Value) -> String {
         let mut cookies: HashMap<String, String> = HashMap::new();
         let get = |url: String, cookies: &HashMap<String, String>| {
             let cookie = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
@@ -128,15 +142,6 @@ impl Provider {
             }
             response.headers()["location"].to_str().unwrap().to_owned()
         };
-        let query = |url: &str, key: &str| -> String {
-            let query = url.split_once('?').unwrap().1;
-            let value = query.split('&').find_map(|pair| pair.strip_prefix(&format!("{key}="))).unwrap();
-            percent_encoding::percent_decode_str(value).decode_utf8().unwrap().into_owned()
-        };
-        let start = format!(
-            "{}/oauth2/auth?client_id={client_id}&response_type=code&scope=openid&redirect_uri={REDIRECT}&state=state-0123456789&nonce=nonce-0123456789",
-            self.issuer
-        );
         let response = get(start, &cookies).await.unwrap();
         let login = follow(&response, &mut cookies);
         let challenge = query(&login, "login_challenge");
@@ -154,11 +159,22 @@ impl Provider {
             .admin_json(
                 reqwest::Method::PUT,
                 &format!("/admin/oauth2/auth/requests/consent/accept?consent_challenge={challenge}"),
-                json!({"grant_scope": ["openid"], "session": {"id_token": claims}}),
+                json!({"grant_scope": scopes, "session": {"id_token": claims}}),
             )
             .await;
         let response = get(accepted["redirect_to"].as_str().unwrap().to_owned(), &cookies).await.unwrap();
-        let callback = follow(&response, &mut cookies);
+        follow(&response, &mut cookies)
+    }
+
+    /// An ID token for `client_id`, through the authorization code flow a
+    /// CI system's token service runs: login as `subject`, consent adding
+    /// `claims` to the ID token, the code exchanged at the token endpoint.
+    async fn id_token(&self, client_id: &str, subject: &str, claims: Value) -> String {
+        let start = format!(
+            "{}/oauth2/auth?client_id={client_id}&response_type=code&scope=openid&redirect_uri={REDIRECT}&state=state-0123456789&nonce=nonce-0123456789",
+            self.issuer
+        );
+        let callback = self.authorize(start, subject, &["openid"], claims).await;
         let code = query(&callback, "code");
         let encode =
             |text: &str| percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string();
@@ -186,6 +202,13 @@ impl Provider {
             .unwrap();
         tokens["id_token"].as_str().unwrap().to_owned()
     }
+}
+
+/// The value of `key` in `url`'s query.
+fn query(url: &str, key: &str) -> String {
+    let query = url.split_once('?').unwrap().1;
+    let value = query.split('&').find_map(|pair| pair.strip_prefix(&format!("{key}="))).unwrap();
+    percent_encoding::percent_decode_str(value).decode_utf8().unwrap().into_owned()
 }
 
 fn config(issuer: &str) -> String {
@@ -350,4 +373,127 @@ async fn ci_publishes_with_an_id_token_and_only_where_access_allows() {
     assert_eq!(header_of(&fresh)["kid"], rotated);
     let (status, reply) = exchange(&server, &fresh, "web").await;
     assert_eq!(status, 201, "{reply}");
+}
+
+fn people_config(issuer: &str) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  tokens:
+    trustedIssuers:
+      - issuer: "{issuer}"
+        audiences: [wharf-cli]
+        people: {{usernameClaim: email, groupsClaim: groups, prefix: "idp:", clientID: wharf-cli}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: web}}
+spec:
+  domainRef: {{name: acme}}
+  access:
+    read: [{{kind: Group, name: "idp:developers"}}]
+    publish: [{{kind: User, name: "idp:alice@example.com"}}]
+"#
+    )
+}
+
+/// Runs `wharf` with `args` and `--sign-in`, playing the person's browser
+/// when it prints the sign-in address: signs in at the provider as
+/// `subject`, whose ID token carries `claims`.
+async fn signed_in(ws: &Workspace, provider: &Provider, args: &[&str], subject: &str, claims: Value) -> Output {
+    let mut child = ws
+        .command(wharf_bin(), ".")
+        .args(args)
+        .args(["--sign-in", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let line = line.unwrap();
+            if let Some(address) = line.strip_prefix("Sign in at: ") {
+                let _ = address_tx.send(address.to_owned());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    if let Ok(address) = address_rx.recv_timeout(Duration::from_secs(30)) {
+        let callback = provider.authorize(address, subject, &["openid", "email", "profile"], claims).await;
+        assert!(callback.starts_with("http://127.0.0.1:"), "the provider sends the browser back to wharf: {callback}");
+        let page = reqwest::get(callback).await.unwrap().text().await.unwrap();
+        assert!(page.contains("Signed in to Wharf"), "{page}");
+    }
+    let mut output = child.wait_with_output().unwrap();
+    output.stderr = reader.join().unwrap().into_bytes();
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_sign_in_with_wharf_login_and_are_named_by_user_and_group_subjects() {
+    let provider = Provider::start().await;
+    provider.register_public_client("wharf-cli").await;
+    let server = TestServer::start_with(Some(&people_config(&provider.issuer)), &[]);
+    let target = ["--registry", server.base.as_str(), "--repository", "web"];
+    let person = |email: &str, verified: bool, groups: &[&str]| json!({"email": email, "email_verified": verified, "groups": groups});
+
+    // Alice signs in once; npm then publishes with what `wharf login` wrote.
+    let ws = Workspace::new();
+    let alice = person("alice@example.com", true, &["developers"]);
+    let login = signed_in(&ws, &provider, &[&["login", "--tool", "npm"][..], &target].concat(), "alice", alice).await;
+    assert!(login.status.success(), "{}", text(&login));
+    ws.write("pkg/package.json", &json!({"name": "signed-in", "version": "1.0.0"}).to_string());
+    ws.write("pkg/index.js", "module.exports = 'published by a person';\n");
+    run_ok(ws.command("npm", "pkg").args(["publish", "--no-audit"]));
+    let whoami = run(ws.command("npm", "pkg").args(["whoami"]));
+    assert_eq!(String::from_utf8_lossy(&whoami.stdout).trim(), "idp:alice@example.com");
+    // Her token is listed, and revocable, under her name.
+    let tokens: Value = reqwest::Client::new()
+        .get(server.url("/api/v1/auth/tokens?subject=idp:alice@example.com"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1, "{tokens}");
+
+    // Bob is a developer: his group reads, and he may not publish.
+    let bob = person("bob@example.com", true, &["developers"]);
+    let read_token = [&["token", "--permission", "read"][..], &target].concat();
+    let reader = signed_in(&ws, &provider, &read_token, "bob", bob.clone()).await;
+    assert!(reader.status.success(), "{}", text(&reader));
+    let token = String::from_utf8(reader.stdout).unwrap().trim().to_owned();
+    let packument = server.url("/npm/web/signed-in");
+    let auth = format!("Bearer {token}");
+    assert_eq!(http_request("GET", &packument, &[("authorization", &auth)], "").unwrap(), 200);
+    let publisher = signed_in(&ws, &provider, &[&["token"][..], &target].concat(), "bob", bob).await;
+    assert!(!publisher.status.success());
+    assert!(text(&publisher).contains("idp:bob@example.com may not publish on repository web"), "{}", text(&publisher));
+
+    // An address nobody verified names no one; another group reads nothing.
+    let unverified = person("alice@example.com", false, &["developers"]);
+    let refused = signed_in(&ws, &provider, &read_token, "eve", unverified).await;
+    assert!(text(&refused).contains("may not read on repository web"), "{}", text(&refused));
+    let outsider = person("carol@example.com", true, &["sales"]);
+    let refused = signed_in(&ws, &provider, &read_token, "carol", outsider).await;
+    assert!(text(&refused).contains("idp:carol@example.com may not read on repository web"), "{}", text(&refused));
+
+    // Anyone may ask where to sign in; nothing else is revealed.
+    let options: Value = reqwest::get(server.url("/api/v1/auth/sign-in")).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        options,
+        json!({"providers": [{"issuer": provider.issuer, "clientID": "wharf-cli", "scopes": ["openid", "email", "profile"]}],
+               "kubernetesUsers": false})
+    );
 }

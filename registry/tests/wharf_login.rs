@@ -11,18 +11,9 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use support::*;
-
-/// The `wharf` binary `cargo test --workspace` builds beside this test.
-fn wharf_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("wharf");
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p wharf-cli` (tests/run.sh does)", bin.display());
-    bin
-}
 
 fn wharf(ws: &Workspace, server: &TestServer, args: &[&str]) -> Command {
     let mut command = ws.command(wharf_bin(), ".");

@@ -45,7 +45,7 @@ fn check_token_request(
     if request.repositories.is_empty() || request.permissions.is_empty() {
         return Err(ApiError::bad_request("name at least one repository and one permission", STYLE));
     }
-    if matches!(principal, Principal::ServiceAccount(_) | Principal::Oidc(_)) {
+    if matches!(principal, Principal::ServiceAccount(_) | Principal::Oidc(_) | Principal::KubernetesUser(_)) {
         check_exchange(state, principal, request)?;
         if request.subject.as_ref().is_some_and(|subject| subject != principal.name()) {
             return Err(ApiError::bad_request(
@@ -92,7 +92,7 @@ pub async fn mint_token(
                 STYLE,
             ));
         }
-        Principal::Token(_) | Principal::Oidc(_) => {
+        Principal::Token(_) | Principal::Oidc(_) | Principal::KubernetesUser(_) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "a registry token cannot mint tokens; use an admin or a ServiceAccount token",
@@ -132,22 +132,101 @@ pub async fn exchange_oidc(
         }
         refused => ApiError::unauthorized(refused.to_string(), "api", STYLE),
     })?;
+    let spec = &state.packages.config.domain.spec;
+    let person =
+        spec.trusted_issuer(&verified.issuer).and_then(|issuer| issuer.people.as_ref()?.person(&verified.claims));
     let principal = Principal::Oidc(crate::auth::OidcIdentity {
-        name: format!("{}#{}", verified.issuer, verified.subject),
+        // A person is known by name (listed and revoked as such), a CI job by issuer and subject.
+        name: person
+            .as_ref()
+            .map_or_else(|| format!("{}#{}", verified.issuer, verified.subject), |p| p.username.clone()),
         issuer: verified.issuer,
         claims: verified.claims,
+        person,
     });
+    exchange_for(&state, principal, exchange.repositories, exchange.permissions, exchange.ttl_seconds).await
+}
+
+/// Mints the registry token an exchanged identity asked for, within what it is granted now;
+/// an hour unless it asks otherwise (a CI job needs its token for the job).
+async fn exchange_for(
+    state: &SharedState,
+    principal: Principal,
+    repositories: Vec<String>,
+    permissions: Vec<Permission>,
+    ttl_seconds: Option<u64>,
+) -> Result<Response, ApiError> {
+    let max_ttl = state.packages.config.domain.spec.max_token_ttl().as_secs();
     let mut request = TokenRequest {
-        repositories: exchange.repositories,
-        permissions: exchange.permissions,
-        // A CI job needs its token for the job: an hour unless it asks otherwise.
-        ttl_seconds: Some(
-            exchange.ttl_seconds.unwrap_or(3600).min(state.packages.config.domain.spec.max_token_ttl().as_secs()),
-        ),
+        repositories,
+        permissions,
+        ttl_seconds: Some(ttl_seconds.unwrap_or(3600).min(max_ttl)),
         subject: None,
     };
-    let (subject, ttl) = check_token_request(&state, &principal, &mut request)?;
-    issue(&state, subject, request, ttl).await
+    let (subject, ttl) = check_token_request(state, &principal, &mut request)?;
+    issue(state, subject, request, ttl).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesExchangeRequest {
+    /// The person's own Kubernetes token, as their kubeconfig holds it.
+    token: String,
+    repositories: Vec<String>,
+    permissions: Vec<Permission>,
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /api/v1/auth/kubernetes`: a person's Kubernetes token (`wharf login
+/// --kubeconfig`) exchanged for a registry token, for named repositories and permissions
+/// each granted now by a `User` or `Group` subject naming them as the apiserver does. Only
+/// where the Domain sets `spec.tokens.kubernetesUsers`.
+pub async fn exchange_kubernetes(
+    State(state): State<SharedState>,
+    body: Result<Json<KubernetesExchangeRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    if !state.packages.config.domain.spec.kubernetes_users() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this Domain does not take Kubernetes users' tokens; its spec.tokens.kubernetesUsers is not set",
+            STYLE,
+        ));
+    }
+    let Some(reviewer) = &state.token_review else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "Kubernetes users are served in cluster mode only", STYLE));
+    };
+    let Json(exchange) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    if exchange.token.trim().is_empty() {
+        return Err(ApiError::bad_request("token is empty: send the token of your kubeconfig's user", STYLE));
+    }
+    let person = reviewer.review_person(exchange.token.trim()).await.map_err(|error| match error {
+        crate::token_review::ReviewError::Unavailable(_) => {
+            tracing::warn!(%error, "a Kubernetes user's token could not be reviewed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string(), STYLE)
+        }
+        refused => ApiError::unauthorized(refused.to_string(), "api", STYLE),
+    })?;
+    let principal = Principal::KubernetesUser(person);
+    exchange_for(&state, principal, exchange.repositories, exchange.permissions, exchange.ttl_seconds).await
+}
+
+/// `GET /api/v1/auth/sign-in`: the identity providers people sign in with (`wharf login
+/// --sign-in`), each an issuer and the public client to use, and whether Kubernetes users'
+/// tokens are taken. Public: a client needs it before it has any credential, and it names
+/// nothing a sign-in page would not.
+pub async fn sign_in_options(State(state): State<SharedState>) -> Response {
+    let spec = &state.packages.config.domain.spec;
+    let providers: Vec<_> = spec
+        .tokens
+        .iter()
+        .flat_map(|tokens| &tokens.trusted_issuers)
+        .filter_map(|issuer| {
+            let people = issuer.people.as_ref()?;
+            let client = people.client_id.as_ref()?;
+            Some(json!({"issuer": issuer.issuer, "clientID": client, "scopes": people.sign_in_scopes()}))
+        })
+        .collect();
+    Json(json!({"providers": providers, "kubernetesUsers": spec.kubernetes_users()})).into_response()
 }
 
 /// Records and signs a token for `subject`.

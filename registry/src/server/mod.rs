@@ -186,6 +186,8 @@ pub fn app(state: SharedState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/api/v1/auth/token", post(admin::mint_token))
         .route("/api/v1/auth/oidc", post(admin::exchange_oidc))
+        .route("/api/v1/auth/kubernetes", post(admin::exchange_kubernetes))
+        .route("/api/v1/auth/sign-in", get(admin::sign_in_options))
         .route("/api/v1/auth/tokens", get(admin::list_tokens).delete(admin::revoke_subject))
         .route("/api/v1/auth/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/repositories", get(admin::list_repositories))

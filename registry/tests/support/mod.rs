@@ -751,3 +751,12 @@ impl<'a> Maven<'a> {
         );
     }
 }
+
+/// The `wharf` CLI (package `wharf-cli`), which tests/run.sh builds before the tests:
+/// cargo builds a binary for its own package's tests only.
+pub fn wharf_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("wharf");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p wharf-cli` (tests/run.sh does)", bin.display());
+    bin
+}

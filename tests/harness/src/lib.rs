@@ -43,12 +43,18 @@ pub const TEST_FIELD_MANAGER: &str = "wharf-test";
 /// How long the apiserver may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// People the apiserver knows by a static token (as a cluster's OIDC or webhook
+/// authenticator would know them), each with their groups: `(user name, groups)`.
+pub const PEOPLE: [(&str, &[&str]); 2] = [("alice", &["platform-team"]), ("bob", &["developers"])];
+
 /// A running kube-apiserver with its etcd.
 pub struct ControlPlane {
     server: String,
     /// The folder of the binaries (kubectl among them).
     bin: PathBuf,
     admin_token: String,
+    /// The token of each of [`PEOPLE`], in that order.
+    people_tokens: Vec<String>,
     dir: PathBuf,
     /// Closing this pipe stops the supervisor's processes.
     supervisor_stdin: Mutex<Option<ChildStdin>>,
@@ -72,10 +78,12 @@ impl ControlPlane {
         let bin = binaries()?;
         let dir = tempfile::Builder::new().prefix("wharf-control-plane-").tempdir()?.keep();
         let admin_token = random_token();
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{admin_token},wharf-test-admin,wharf-test-admin,\"system:masters\"\n"),
-        )?;
+        let people_tokens: Vec<String> = PEOPLE.iter().map(|_| random_token()).collect();
+        let mut tokens = format!("{admin_token},wharf-test-admin,wharf-test-admin,\"system:masters\"\n");
+        for ((name, groups), token) in PEOPLE.iter().zip(&people_tokens) {
+            tokens.push_str(&format!("{token},{name},{name}-uid,\"{}\"\n", groups.join(",")));
+        }
+        std::fs::write(dir.join("tokens.csv"), tokens)?;
         run(Command::new("openssl").args(["genrsa", "-out"]).arg(dir.join("sa.key")).arg("2048"))?;
         run(Command::new("openssl")
             .args(["rsa", "-pubout", "-in"])
@@ -130,6 +138,7 @@ impl ControlPlane {
             server: format!("https://127.0.0.1:{apiserver}"),
             bin,
             admin_token,
+            people_tokens,
             dir,
             supervisor_stdin: Mutex::new(supervisor_stdin),
             supervisor: Mutex::new(supervisor),
@@ -199,6 +208,13 @@ impl ControlPlane {
     /// The cluster-admin kubeconfig, written to a file for child processes.
     pub fn admin_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         self.write_kubeconfig("admin", &self.admin_token)
+    }
+
+    /// A kubeconfig for `name`, one of [`PEOPLE`], holding their token: what a person's
+    /// own kubeconfig holds. They may do nothing in the cluster unless a test grants it.
+    pub fn person_kubeconfig(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let position = PEOPLE.iter().position(|(person, _)| *person == name).context("not one of PEOPLE")?;
+        self.write_kubeconfig(&format!("person-{name}"), &self.people_tokens[position])
     }
 
     /// A client with cluster-admin rights (the `system:masters` group).

@@ -116,6 +116,29 @@ async fn domains() {
         "  storage: {memory: {}}\n  tokens:\n    trustedIssuers: [{issuer: \"https://ci.example\", audiences: []}]\n",
     );
     rejects(&client, &no_audience, "audiences").await;
+    let people = |name: &str, people: &str| {
+        domain(
+            name,
+            &format!(
+                "  storage: {{memory: {{}}}}\n  tokens:\n    kubernetesUsers: true\n    trustedIssuers:\n\
+                 \x20   - {{issuer: \"https://idp.example\", audiences: [wharf-cli], people: {people}}}\n"
+            ),
+        )
+    };
+    accepts(
+        &client,
+        &people("idp", "{usernameClaim: email, groupsClaim: groups, prefix: \"idp:\", clientID: wharf-cli}"),
+    )
+    .await;
+    rejects(
+        &client,
+        &people("idp-client", "{usernameClaim: email, prefix: \"idp:\", clientID: another}"),
+        "people.clientID must be one of the issuer's audiences",
+    )
+    .await;
+    rejects(&client, &people("idp-system", "{usernameClaim: sub, prefix: \"system:\"}"), "`system:` names belong")
+        .await;
+    rejects(&client, &people("idp-prefix", "{usernameClaim: sub}"), "prefix").await;
     for ttl in ["15m", "12h", "900", "0d1h"] {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
             .await;
@@ -187,6 +210,18 @@ async fn repositories() {
         "Anonymous may read, never publish",
     )
     .await;
+    accepts(
+        &client,
+        &repository(
+            "people",
+            "  access: {read: [{kind: Group, name: developers}], publish: [{kind: User, name: alice}]}\n",
+        ),
+    )
+    .await;
+    for kind in ["User", "Group"] {
+        let yaml = repository("nobody", &format!("  access: {{read: [{{kind: {kind}}}]}}\n"));
+        rejects(&client, &yaml, "Namespace, User and Group need name").await;
+    }
     rejects(
         &client,
         &repository("sa", "  access: {read: [{kind: ServiceAccount, name: bot}]}\n"),
