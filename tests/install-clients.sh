@@ -112,6 +112,23 @@ else
     echo "install-clients: installed $NUGET_CLIENT into $NUGET_DIR"
 fi
 
+# pnpm and Yarn (Berry), which `wharf login --tool npm|yarn` is tested with,
+# from the npm registry into folders keyed by version.
+install_npm_client() { # package@version folder binary
+    local dir="$TOOLS_DIR/$2"
+    if [ -f "$dir/.installed" ] && [ "$(cat "$dir/.installed")" = "$1" ] && [ -x "$dir/node_modules/.bin/$3" ]; then
+        echo "install-clients: $1 already in $dir"
+    else
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-audit --no-fund --loglevel error "$1" >/dev/null
+        echo "$1" > "$dir/.installed"
+        echo "install-clients: installed $1 into $dir"
+    fi
+}
+install_npm_client "pnpm@12.25.1" pnpm pnpm
+install_npm_client "@yarnpkg/cli-dist@4.18.1" yarn yarn
+
 # The go command sends credentials only over https, so the Go tests put a
 # TLS terminator (our own, in tests/tls-terminator, standard library only)
 # in front of the registry. Built once per Go version and source.

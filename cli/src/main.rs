@@ -116,6 +116,7 @@ impl TargetArgs {
             registry: self.registry.trim_end_matches('/').to_owned(),
             repository: self.repository.clone(),
             name: self.name.clone(),
+            proxies: Vec::new(),
         }
     }
 }
@@ -169,6 +170,25 @@ async fn token(target: &Target, args: &TokenArgs) -> anyhow::Result<String> {
     reply.get("token").and_then(Value::as_str).map(str::to_owned).context("the registry's answer has no token")
 }
 
+/// The formats whose public packages the repository serves through its chain, as the
+/// registry lists it for the token's holder.
+async fn proxies(target: &Target, token: &str) -> anyhow::Result<Vec<String>> {
+    let url = format!("{}/api/v1/repositories", target.registry);
+    let response = reqwest::Client::new().get(&url).bearer_auth(token).send().await;
+    let response = response.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let listing: Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", listing["error"].as_str().unwrap_or("no reason given"));
+    }
+    let repositories = listing["repositories"].as_array().cloned().unwrap_or_default();
+    let repository = repositories
+        .iter()
+        .find(|r| r["name"] == target.repository.as_str())
+        .with_context(|| format!("the token cannot read repository {}, or it does not exist", target.repository))?;
+    Ok(repository["proxies"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect())
+}
+
 fn apply(tool: Tool, target: &Target, token: Option<&str>, dry_run: bool) -> anyhow::Result<()> {
     let homes = Homes::from_environment()?;
     let changes = tools::changes(tool, target, &homes, token, |path: &PathBuf| std::fs::read_to_string(path).ok())?;
@@ -204,9 +224,14 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Login { tool, target, token: args, dry_run } => {
-            let target = target.target();
+            let mut target = target.target();
             let token = token(&target, &args).await?;
-            apply(tool, &target, Some(&token), dry_run)
+            target.proxies = proxies(&target, &token).await?;
+            apply(tool, &target, Some(&token), dry_run)?;
+            if let Some(hint) = tools::next_step(tool, &target) {
+                eprintln!("{hint}");
+            }
+            Ok(())
         }
         Command::Logout { tool, target, dry_run } => apply(tool, &target.target(), None, dry_run),
         Command::Token { target, token: args } => {

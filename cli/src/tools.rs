@@ -12,7 +12,16 @@ use anyhow::{Context, bail};
 pub enum Tool {
     /// npm and pnpm: the user's `~/.npmrc` (read by both; pnpm expands no
     /// variables in a project's `.npmrc`, so the token goes here).
+    #[value(alias = "pnpm")]
     Npm,
+    /// Yarn 2 and later (Berry): the user's `~/.yarnrc.yml`.
+    Yarn,
+    /// Maven: the user's `~/.m2/settings.xml` (a server with the token, a profile with
+    /// the repository, and a mirror of Maven Central when the repository proxies it).
+    Mvn,
+    /// NuGet: the user `NuGet.Config` of the dotnet CLI and of nuget.exe (a package
+    /// source with its credentials).
+    Nuget,
     /// pip: the user's `pip.conf` (`index-url` with the token).
     Pip,
     /// twine: `~/.pypirc`, a repository named after the registry.
@@ -32,6 +41,15 @@ pub struct Target {
     pub repository: String,
     /// The name the registry gets in the clients' configurations.
     pub name: String,
+    /// The formats whose public packages the repository serves through its chain: a
+    /// client of such a format gets it as its mirror of the public index.
+    pub proxies: Vec<String>,
+}
+
+impl Target {
+    fn proxies(&self, format: &str) -> bool {
+        self.proxies.iter().any(|proxied| proxied == format)
+    }
 }
 
 /// One file's new contents.
@@ -88,6 +106,28 @@ impl Target {
         index.split_once("://").map_or(index.clone(), |(_, rest)| rest.to_owned())
     }
 
+    fn maven_url(&self) -> String {
+        format!("{}/maven/{}/", self.registry, self.repository)
+    }
+
+    fn nuget_url(&self) -> String {
+        format!("{}/nuget/{}/v3/index.json", self.registry, self.repository)
+    }
+
+    /// The registry's host name, without port.
+    fn host(&self) -> String {
+        let rest = self.registry.split_once("://").map_or(self.registry.as_str(), |(_, rest)| rest);
+        let authority = rest.split('/').next().unwrap_or_default();
+        match authority.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default().to_owned(),
+            None => authority.split(':').next().unwrap_or_default().to_owned(),
+        }
+    }
+
+    fn is_http(&self) -> bool {
+        self.registry.starts_with("http://")
+    }
+
     fn cargo_index(&self) -> String {
         format!("sparse+{}/cargo/{}/index/", self.registry, self.repository)
     }
@@ -121,12 +161,39 @@ pub fn changes(
         })?],
         Tool::Twine => vec![change(homes.home.join(".pypirc"), &|text| Ok(pypirc(text, target, token)))?],
         Tool::Uv => vec![change(homes.xdg_config.join("uv/uv.toml"), &|text| uv_toml(text, target, token))?],
+        Tool::Yarn => vec![change(homes.home.join(".yarnrc.yml"), &|text| Ok(yarnrc(text, target, token)))?],
+        Tool::Mvn => {
+            vec![change(homes.home.join(".m2/settings.xml"), &|text| Ok(maven_settings(text, target, token)))?]
+        }
+        // dotnet reads ~/.nuget/NuGet; nuget.exe on Mono reads the XDG folder.
+        Tool::Nuget => vec![
+            change(homes.home.join(".nuget/NuGet/NuGet.Config"), &|text| Ok(nuget_config(text, target, token)))?,
+            change(homes.xdg_config.join("NuGet/NuGet.Config"), &|text| Ok(nuget_config(text, target, token)))?,
+        ],
         Tool::Cargo => vec![
             change(homes.cargo.join("config.toml"), &|text| cargo_config(text, target, token.is_some()))?,
             change(homes.cargo.join("credentials.toml"), &|text| cargo_credentials(text, target, token))?,
         ],
     };
     Ok(changes.into_iter().flatten().collect())
+}
+
+/// What to type next, for a client whose publishing the written files cannot set up alone.
+pub fn next_step(tool: Tool, target: &Target) -> Option<String> {
+    match tool {
+        Tool::Mvn => Some(format!(
+            "deploy with: mvn deploy -DaltDeploymentRepository={}::{} (or a distributionManagement repository with id {})",
+            target.name,
+            target.maven_url(),
+            target.name
+        )),
+        Tool::Nuget => {
+            Some(format!("push with: nuget push PACKAGE.nupkg -Source {} (or dotnet nuget push)", target.name))
+        }
+        Tool::Twine => Some(format!("upload with: twine upload -r {} dist/*", target.name)),
+        Tool::Cargo => Some(format!("publish with: cargo publish --registry {}", target.name)),
+        Tool::Npm | Tool::Yarn | Tool::Pip | Tool::Uv => None,
+    }
 }
 
 /// `~/.npmrc`: `registry=` pointing at the repository and the token under
@@ -289,10 +356,218 @@ fn uv_toml(text: &str, target: &Target, token: Option<&str>) -> anyhow::Result<S
     Ok(document.to_string())
 }
 
+/// The keys of `~/.yarnrc.yml` a login sets: the registry, its token, auth on reads (a
+/// private repository answers 401 otherwise), http allowed for its host when it is http,
+/// and Yarn's own release-age gate off (the registry decides release age for what it
+/// proxies, with its cooldown, and a package published in-house minutes ago must install).
+const YARN_KEYS: [&str; 5] =
+    ["npmRegistryServer", "npmAuthToken", "npmAlwaysAuth", "unsafeHttpWhitelist", "npmMinimalAgeGate"];
+
+/// `~/.yarnrc.yml`: our settings in a block between marker comments, any earlier value of
+/// those keys taken out (Yarn refuses a key given twice); logout removes the block.
+fn yarnrc(text: &str, target: &Target, token: Option<&str>) -> String {
+    let (begin, end) = markers("#", "", &target.name);
+    let mut kept: Vec<String> = Vec::new();
+    let mut in_ours = false;
+    let mut in_replaced_key = false;
+    for line in text.lines() {
+        if line.trim() == begin {
+            in_ours = true;
+            continue;
+        }
+        if in_ours {
+            in_ours = line.trim() != end;
+            continue;
+        }
+        // A replaced key's value may continue on indented lines (a list).
+        let top_level_key =
+            (!line.starts_with([' ', '\t', '-', '#'])).then(|| line.split(':').next().unwrap_or("").trim());
+        if let Some(key) = top_level_key.filter(|key| !key.is_empty()) {
+            in_replaced_key = token.is_some() && YARN_KEYS.contains(&key);
+        }
+        if !in_replaced_key {
+            kept.push(line.to_owned());
+        }
+    }
+    if let Some(token) = token {
+        kept.push(begin);
+        kept.push(format!("npmRegistryServer: \"{}\"", target.npm_url()));
+        kept.push(format!("npmAuthToken: \"{token}\""));
+        kept.push("npmAlwaysAuth: true".to_owned());
+        if target.is_http() {
+            kept.push(format!("unsafeHttpWhitelist: [\"{}\"]", target.host()));
+        }
+        kept.push("npmMinimalAgeGate: 0".to_owned());
+        kept.push(end);
+    }
+    join_lines(&kept)
+}
+
+/// The comment lines that open and close what `login` wrote for registry `name`.
+fn markers(open: &str, close: &str, name: &str) -> (String, String) {
+    (format!("{open} wharf login: {name}{close}"), format!("{open} end of wharf login: {name}{close}"))
+}
+
+/// `text` without the blocks between `begin` and `end` (each on a line of its own, or
+/// inline), and without the line breaks those leave empty.
+fn without_blocks(text: &str, begin: &str, end: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(begin) {
+        let Some(stop) = rest[start..].find(end).map(|at| start + at + end.len()) else { break };
+        let before = &rest[..start];
+        // A block alone on its lines goes with its indentation and line break.
+        let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+        let alone = before[line_start..].trim().is_empty() && rest[stop..].starts_with('\n');
+        if alone {
+            out.push_str(&before[..line_start]);
+            rest = &rest[stop + 1..];
+        } else {
+            out.push_str(before);
+            rest = &rest[stop..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An XML configuration file with, for each `(container, entry)`, `entry` added to the
+/// root's `container` element between marker comments (or, when the file has no such
+/// container, the container itself between them); earlier blocks of ours are taken out
+/// first. Everything else in the file is kept as it is.
+fn xml_with_entries(text: &str, root: &str, name: &str, entries: &[(&str, String)]) -> String {
+    let (begin, end) = markers("<!--", " -->", name);
+    let mut text = without_blocks(text, &begin, &end);
+    if entries.is_empty() {
+        return text;
+    }
+    if !text.contains(&format!("<{root}")) {
+        text = format!("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<{root}>\n</{root}>\n");
+    } else if let Some(at) = text.find(&format!("<{root}/>")).or_else(|| text.find(&format!("<{root} />"))) {
+        let width = text[at..].find("/>").map_or(0, |i| i + 2);
+        text.replace_range(at..at + width, &format!("<{root}>\n</{root}>"));
+    }
+    for (container, entry) in entries {
+        let closing = format!("</{container}>");
+        let block = format!("{begin}{entry}{end}");
+        match text.find(&closing) {
+            Some(at) => text.insert_str(at, &format!("  {block}\n  ")),
+            None => {
+                let at = text.rfind(&format!("</{root}>")).unwrap_or(text.len());
+                text.insert_str(at, &format!("  {begin}<{container}>{entry}</{container}>{end}\n"));
+            }
+        }
+    }
+    text
+}
+
+fn xml_escape(value: &str) -> String {
+    value.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// `~/.m2/settings.xml`: a server named after the registry holding the token, an active
+/// profile adding the repository (releases and snapshots, for dependencies and plugins),
+/// and, when the repository proxies Maven Central, a mirror of it (so nothing goes around
+/// the registry). Deploy with `-DaltDeploymentRepository={name}::{url}` or a
+/// `distributionManagement` naming the same id.
+fn maven_settings(text: &str, target: &Target, token: Option<&str>) -> String {
+    let name = xml_escape(&target.name);
+    let url = xml_escape(&target.maven_url());
+    let entries = match token {
+        None => Vec::new(),
+        Some(token) => {
+            let repository = |element: &str| {
+                format!(
+                    "<{element}><id>{name}</id><url>{url}</url><releases><enabled>true</enabled></releases>\
+                     <snapshots><enabled>true</enabled></snapshots></{element}>"
+                )
+            };
+            let mut entries = vec![
+                (
+                    "servers",
+                    format!(
+                        "<server><id>{name}</id><username>token</username><password>{}</password></server>",
+                        xml_escape(token)
+                    ),
+                ),
+                (
+                    "profiles",
+                    format!(
+                        "<profile><id>{name}</id><repositories>{}</repositories><pluginRepositories>{}</pluginRepositories></profile>",
+                        repository("repository"),
+                        repository("pluginRepository")
+                    ),
+                ),
+                ("activeProfiles", format!("<activeProfile>{name}</activeProfile>")),
+            ];
+            if target.proxies("maven") {
+                entries.push((
+                    "mirrors",
+                    format!("<mirror><id>{name}</id><mirrorOf>central</mirrorOf><url>{url}</url></mirror>"),
+                ));
+            }
+            entries
+        }
+    };
+    xml_with_entries(text, "settings", &target.name, &entries)
+}
+
+/// A user `NuGet.Config`: a package source named after the registry and its credentials
+/// (the token as a clear-text password: NuGet encrypts passwords only on Windows).
+fn nuget_config(text: &str, target: &Target, token: Option<&str>) -> String {
+    let name = xml_escape(&target.name);
+    let entries = match token {
+        None => Vec::new(),
+        Some(token) => {
+            let insecure = if target.is_http() { " allowInsecureConnections=\"true\"" } else { "" };
+            vec![
+                (
+                    "packageSources",
+                    format!(
+                        "<add key=\"{name}\" value=\"{}\" protocolVersion=\"3\"{insecure} />",
+                        xml_escape(&target.nuget_url())
+                    ),
+                ),
+                (
+                    "packageSourceCredentials",
+                    format!(
+                        "<{name}><add key=\"Username\" value=\"token\" /><add key=\"ClearTextPassword\" value=\"{}\" /></{name}>",
+                        xml_escape(token)
+                    ),
+                ),
+            ]
+        }
+    };
+    xml_with_entries(text, "configuration", &target.name, &entries)
+}
+
 /// `$CARGO_HOME/config.toml`: `[registries.{name}]` with the sparse index
-/// and the plain token provider; logout removes the table.
+/// and the plain token provider, and, when the repository proxies the public
+/// index, crates.io replaced by it (`[source.crates-io] replace-with`);
+/// logout removes both (the replacement only if it is ours).
 fn cargo_config(text: &str, target: &Target, login: bool) -> anyhow::Result<String> {
     let mut document: toml_edit::DocumentMut = text.parse().context("not valid TOML")?;
+    let sources = document.entry("source").or_insert(toml_edit::table());
+    let Some(sources) = sources.as_table_mut() else { bail!("its `source` is not a table") };
+    sources.set_implicit(true);
+    let replaced_by_us = sources
+        .get("crates-io")
+        .and_then(|crates_io| crates_io.get("replace-with"))
+        .and_then(|with| with.as_str())
+        .is_some_and(|with| with == target.name);
+    if login && target.proxies("cargo") {
+        let crates_io = sources.entry("crates-io").or_insert(toml_edit::table());
+        let Some(crates_io) = crates_io.as_table_mut() else { bail!("its `source.crates-io` is not a table") };
+        crates_io["replace-with"] = toml_edit::value(target.name.as_str());
+    } else if replaced_by_us && let Some(crates_io) = sources.get_mut("crates-io").and_then(|t| t.as_table_mut()) {
+        crates_io.remove("replace-with");
+        if crates_io.is_empty() {
+            sources.remove("crates-io");
+        }
+    }
+    if sources.is_empty() {
+        document.remove("source");
+    }
     let registries = document.entry("registries").or_insert(toml_edit::table());
     let Some(registries) = registries.as_table_mut() else { bail!("its `registries` is not a table") };
     registries.set_implicit(true);
@@ -332,13 +607,18 @@ mod tests {
     use super::*;
 
     fn target() -> Target {
-        Target { registry: "http://127.0.0.1:8080".into(), repository: "main".into(), name: "wharf".into() }
+        Target {
+            registry: "http://127.0.0.1:8080".into(),
+            repository: "main".into(),
+            name: "wharf".into(),
+            proxies: Vec::new(),
+        }
     }
 
     #[test]
     fn logout_writes_no_file_that_was_not_there_and_login_writes_the_missing() {
         let homes = Homes { home: "/h".into(), xdg_config: "/h/.config".into(), cargo: "/h/.cargo".into() };
-        for tool in [Tool::Npm, Tool::Pip, Tool::Twine, Tool::Uv, Tool::Cargo] {
+        for tool in [Tool::Npm, Tool::Yarn, Tool::Mvn, Tool::Nuget, Tool::Pip, Tool::Twine, Tool::Uv, Tool::Cargo] {
             assert!(changes(tool, &target(), &homes, None, |_| None).unwrap().is_empty(), "{tool:?}");
             assert!(!changes(tool, &target(), &homes, Some("T"), |_| None).unwrap().is_empty(), "{tool:?}");
         }
@@ -411,6 +691,51 @@ mod tests {
     }
 
     #[test]
+    fn yarnrc_replaces_the_keys_it_sets_and_logout_removes_its_block() {
+        let before = "enableTelemetry: false\nnpmRegistryServer: \"https://other.example\"\nunsafeHttpWhitelist:\n  - intranet\nnodeLinker: node-modules\n";
+        let after = yarnrc(before, &target(), Some("T"));
+        assert_eq!(
+            after,
+            "enableTelemetry: false\nnodeLinker: node-modules\n# wharf login: wharf\nnpmRegistryServer: \"http://127.0.0.1:8080/npm/main/\"\n\
+             npmAuthToken: \"T\"\nnpmAlwaysAuth: true\nunsafeHttpWhitelist: [\"127.0.0.1\"]\nnpmMinimalAgeGate: 0\n# end of wharf login: wharf\n"
+        );
+        assert_eq!(yarnrc(&after, &target(), Some("T")), after, "logging in twice changes nothing");
+        assert_eq!(yarnrc(&after, &target(), None), "enableTelemetry: false\nnodeLinker: node-modules\n");
+    }
+
+    #[test]
+    fn xml_files_get_marked_entries_and_keep_the_rest() {
+        let proxy = Target { proxies: vec!["maven".into()], ..target() };
+        let empty = maven_settings("", &proxy, Some("T"));
+        assert!(
+            empty.contains("<servers><server><id>wharf</id><username>token</username><password>T</password>"),
+            "{empty}"
+        );
+        assert!(empty.contains("<mirrorOf>central</mirrorOf><url>http://127.0.0.1:8080/maven/main/</url>"), "{empty}");
+        assert_eq!(
+            maven_settings(&empty, &proxy, None),
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<settings>\n</settings>\n"
+        );
+        let mine =
+            "<settings>\n  <!-- mine -->\n  <servers>\n    <server><id>corp</id></server>\n  </servers>\n</settings>\n";
+        let after = maven_settings(mine, &target(), Some("T"));
+        assert!(
+            after.contains("<server><id>corp</id></server>\n    <!-- wharf login: wharf --><server><id>wharf</id>"),
+            "{after}"
+        );
+        assert!(!after.contains("<mirrors>"), "no mirror for a repository that proxies nothing: {after}");
+        assert_eq!(maven_settings(&after, &target(), Some("T")), after, "logging in twice changes nothing");
+        assert_eq!(maven_settings(&after, &target(), None), mine);
+        let nuget = nuget_config("<?xml version=\"1.0\"?>\n<configuration />\n", &target(), Some("a&b"));
+        assert!(nuget.contains("<add key=\"wharf\" value=\"http://127.0.0.1:8080/nuget/main/v3/index.json\" protocolVersion=\"3\" allowInsecureConnections=\"true\" />"), "{nuget}");
+        assert!(nuget.contains("<add key=\"ClearTextPassword\" value=\"a&amp;b\" />"), "{nuget}");
+        assert_eq!(
+            nuget_config(&nuget, &target(), None),
+            "<?xml version=\"1.0\"?>\n<configuration>\n</configuration>\n"
+        );
+    }
+
+    #[test]
     fn cargo_files_keep_comments_and_other_registries() {
         let config = "# mine\n[net]\nretry = 2\n\n[registries.other]\nindex = \"sparse+https://o/\"\n";
         let after = cargo_config(config, &target(), true).unwrap();
@@ -422,5 +747,11 @@ mod tests {
         let credentials = cargo_credentials("", &target(), Some("T")).unwrap();
         assert_eq!(credentials, "[registries.wharf]\ntoken = \"T\"\n");
         assert!(cargo_config("registries = 1", &target(), true).is_err());
+        let proxy = Target { proxies: vec!["cargo".into()], ..target() };
+        let replaced = cargo_config(config, &proxy, true).unwrap();
+        assert!(replaced.contains("[source.crates-io]\nreplace-with = \"wharf\""), "{replaced}");
+        assert_eq!(cargo_config(&replaced, &proxy, false).unwrap(), config, "logout restores the file");
+        let theirs = "[source.crates-io]\nreplace-with = \"vendored\"\n";
+        assert_eq!(cargo_config(theirs, &target(), false).unwrap(), theirs, "a replacement not ours stays");
     }
 }

@@ -300,6 +300,22 @@ async fn people_exchange_their_kubeconfig_token_for_what_user_and_group_subjects
     let token = String::from_utf8(reader.stdout).unwrap().trim().to_owned();
     let packument = server.url("/npm/web/from-kubectl");
     assert_eq!(http_request("GET", &packument, &[("authorization", &format!("Bearer {token}"))], "").unwrap(), 200);
+    // The same as a kubectl plugin: `kubectl wharf …` runs `kubectl-wharf` from PATH.
+    let plugins = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(wharf_bin(), plugins.path().join("kubectl-wharf")).unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(plugins.path().to_path_buf()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let mut kubectl = plane.kubectl().unwrap();
+    kubectl
+        .args(["wharf", "token", "--kubeconfig", "--permission", "read", "--registry", &server.base])
+        .args(["--repository", "web"])
+        .env("PATH", path)
+        .env("KUBECONFIG", plane.person_kubeconfig("bob").unwrap());
+    let plugin = run_ok(&mut kubectl);
+    let token = String::from_utf8(plugin.stdout).unwrap().trim().to_owned();
+    assert_eq!(http_request("GET", &packument, &[("authorization", &format!("Bearer {token}"))], "").unwrap(), 200);
     let publisher = wharf_as("bob", &["token"]);
     assert!(text(&publisher).contains("bob may not publish on repository web"), "{}", text(&publisher));
 

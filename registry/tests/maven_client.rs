@@ -55,6 +55,21 @@ async fn status(server: &TestServer, token: &str, package: &str, version: &str) 
     body["status"].as_str().unwrap().to_owned()
 }
 
+/// `app/`: a project using `com.acme:lib:1.0` and `com.acme:tool:2.0-SNAPSHOT`.
+fn consumer_project(ws: &Workspace) {
+    let consumer = CONSUMER_POM
+        .replace("@GROUP@", "com.acme")
+        .replace("@RELEASE_ARTIFACT@", "lib")
+        .replace("@RELEASE_VERSION@", "1.0")
+        .replace("@SNAPSHOT_ARTIFACT@", "tool")
+        .replace("@SNAPSHOT_VERSION@", "2.0-SNAPSHOT");
+    ws.write("app/pom.xml", &consumer);
+    ws.write(
+        "app/src/main/java/com/acme/app/App.java",
+        "package com.acme.app;\n\npublic class App {\n    public static String describe() { return com.acme.lib.Greeting.name() + com.acme.tool.Build.name(); }\n}\n",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn maven_deploy_snapshots_immutability_and_resolution() {
     let server = TestServer::start_with(Some(CONFIG), &[]);
@@ -96,17 +111,7 @@ async fn maven_deploy_snapshots_immutability_and_resolution() {
 
     // A second project, with a local repository of its own, resolves both
     // through the challenge: the original release and the newest build.
-    let consumer = CONSUMER_POM
-        .replace("@GROUP@", "com.acme")
-        .replace("@RELEASE_ARTIFACT@", "lib")
-        .replace("@RELEASE_VERSION@", "1.0")
-        .replace("@SNAPSHOT_ARTIFACT@", "tool")
-        .replace("@SNAPSHOT_VERSION@", "2.0-SNAPSHOT");
-    ws.write("app/pom.xml", &consumer);
-    ws.write(
-        "app/src/main/java/com/acme/app/App.java",
-        "package com.acme.app;\n\npublic class App {\n    public static String describe() { return com.acme.lib.Greeting.name() + com.acme.tool.Build.name(); }\n}\n",
-    );
+    consumer_project(&ws);
     run_ok(maven.command("app", "consumer-m2").args(["-U", "package"]));
     assert!(ws.path("app/target/consumer-1.0.jar").exists());
     let resolved = ws.path("consumer-m2/com/acme");
@@ -296,4 +301,43 @@ async fn maven_resolves_through_the_chain_and_keeps_working_without_the_upstream
     project(&offline);
     run_ok(offline_maven.command("app", "offline-m2").args(["package"]));
     assert_eq!(read(offline.path("offline-m2/com/acme/greeter/1.0/greeter-1.0.jar")), public_jar);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maven_deploys_and_resolves_after_wharf_login() {
+    let server = TestServer::start_with(Some(CONFIG), &[]);
+    let ws = Workspace::new();
+    ws.write(
+        "home/.m2/settings.xml",
+        "<settings>\n  <!-- my own settings -->\n  <offline>false</offline>\n</settings>\n",
+    );
+    let login = run_ok(
+        ws.command(wharf_bin(), ".")
+            .args(["login", "--tool", "mvn", "--registry", &server.base, "--repository", "private"])
+            .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN),
+    );
+    assert!(
+        text(&login).contains("-DaltDeploymentRepository=wharf::"),
+        "the login says how to deploy: {}",
+        text(&login)
+    );
+    let maven = Maven::with_user_settings(&ws, &server, "private");
+    maven.library("lib", "lib", "1.0", "Greeting", "hello");
+    run_ok(&mut maven.deploy("lib"));
+    maven.library("tool", "tool", "2.0-SNAPSHOT", "Build", "one");
+    run_ok(&mut maven.deploy("tool"));
+    consumer_project(&ws);
+    run_ok(maven.command("app", "consumer-m2").arg("package"));
+    assert!(ws.path("consumer-m2/com/acme/lib/1.0/lib-1.0.jar").exists());
+
+    let logout = ws
+        .command(wharf_bin(), ".")
+        .args(["logout", "--tool", "mvn", "--registry", &server.base, "--repository", "private"])
+        .output()
+        .unwrap();
+    assert!(logout.status.success());
+    assert_eq!(
+        std::fs::read_to_string(ws.path("home/.m2/settings.xml")).unwrap(),
+        "<settings>\n  <!-- my own settings -->\n  <offline>false</offline>\n</settings>\n"
+    );
 }

@@ -39,13 +39,7 @@ fn chain_config(base: &str) -> String {
 }
 
 fn nuget_exe() -> PathBuf {
-    let dir = std::env::var_os("WHARF_TEST_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
-        .unwrap();
-    let exe = dir.join("nuget/node_modules/nuget-exe/nuget-5.8.0.exe");
-    assert!(exe.exists(), "the NuGet client is missing from {}: run tests/install-clients.sh", exe.display());
-    exe
+    test_tool("nuget/node_modules/nuget-exe/nuget-5.8.0.exe")
 }
 
 /// `mono nuget.exe …` with its caches and configuration in the workspace.
@@ -378,4 +372,35 @@ async fn nuget_installs_through_the_chain_and_keeps_working_without_the_upstream
         "-NonInteractive",
     ]));
     assert_eq!(installed(&offline, "pkgs", "Public.Lib", "2.0.0"), "public lib");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nuget_pushes_and_installs_after_wharf_login() {
+    let server = TestServer::start_with(Some(PRIVATE_CONFIG), &[]);
+    let ws = Workspace::new();
+    let wharf = |verb: &str| {
+        let mut command = ws.command(wharf_bin(), ".");
+        command.args([verb, "--tool", "nuget", "--registry", &server.base, "--repository", "dotnet"]);
+        command.env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN);
+        command
+    };
+    run_ok(&mut wharf("login"));
+    // nuget.exe on Mono reads the XDG user file; the dotnet CLI's has the same source.
+    let written = std::fs::read_to_string(ws.path("home/.config/NuGet/NuGet.Config")).unwrap();
+    assert_eq!(std::fs::read_to_string(ws.path("home/.nuget/NuGet/NuGet.Config")).unwrap(), written);
+
+    // Pushed by source name with the stored credentials (no API key), then installed.
+    let package = pack(&ws, "Acme.LoggedIn", "1.0.0", "logged in", &[]);
+    let pushed = run(nuget(&ws, ".").arg("push").arg(&package).args(["-Source", "wharf", "-NonInteractive"]));
+    assert!(pushed.status.success() && text(&pushed).contains("Created"), "{}", text(&pushed));
+    run_ok(nuget(&ws, ".").args(["install", "Acme.LoggedIn", "-Version", "1.0.0", "-Source", "wharf"]).args([
+        "-OutputDirectory",
+        "packages",
+        "-NonInteractive",
+    ]));
+    assert_eq!(installed(&ws, "packages", "Acme.LoggedIn", "1.0.0"), "logged in");
+
+    run_ok(&mut wharf("logout"));
+    let after = std::fs::read_to_string(ws.path("home/.config/NuGet/NuGet.Config")).unwrap();
+    assert!(!after.contains("wharf") && !after.contains("ClearTextPassword"), "{after}");
 }

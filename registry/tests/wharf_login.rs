@@ -47,6 +47,31 @@ async fn every_tool_works_after_one_login() {
     run_ok(ws.command("npm", "app").args(["install", "--no-audit", "logged-in@1.0.0"]));
     assert_eq!(read(&ws, "app/node_modules/logged-in/index.js"), "module.exports = 'via wharf login';\n");
 
+    // pnpm reads the same user file (`--tool pnpm` is the same login).
+    ws.write(
+        "pnpm-app/package.json",
+        &serde_json::json!({"name": "pnpm-app", "version": "0.0.0", "private": true}).to_string(),
+    );
+    run_ok(ws.command(test_tool("pnpm/node_modules/.bin/pnpm"), "pnpm-app").args(["add", "logged-in@1.0.0"]));
+    assert_eq!(read(&ws, "pnpm-app/node_modules/logged-in/index.js"), "module.exports = 'via wharf login';\n");
+
+    // Yarn (Berry): ~/.yarnrc.yml; a package published a minute ago installs (Yarn's own
+    // age gate would hold it back a day), over http to this host only.
+    ws.write("home/.yarnrc.yml", "enableTelemetry: false\n");
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "yarn"]));
+    assert!(read(&ws, "home/.yarnrc.yml").starts_with("enableTelemetry: false\n"));
+    ws.write(
+        "yarn-app/package.json",
+        &serde_json::json!({"name": "yarn-app", "version": "0.0.0", "private": true, "dependencies": {"logged-in": "1.0.0"}})
+            .to_string(),
+    );
+    let yarn = test_tool("yarn/node_modules/.bin/yarn");
+    run_ok(ws.command(&yarn, "yarn-app").arg("install"));
+    let required = run_ok(ws.command(&yarn, "yarn-app").args(["node", "-e", "console.log(require('logged-in'))"]));
+    assert_eq!(String::from_utf8_lossy(&required.stdout).trim(), "via wharf login");
+    run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "yarn"]));
+    assert_eq!(read(&ws, "home/.yarnrc.yml"), "enableTelemetry: false\n");
+
     // twine: ~/.pypirc, then `twine upload -r wharf`.
     let tools = python_tools();
     run_ok(&mut wharf(&ws, &server, &["login", "--tool", "twine"]));
@@ -122,4 +147,70 @@ async fn every_tool_works_after_one_login() {
     refused.env("WHARF_ADMIN_TOKEN", "wrong");
     let output = run(&mut refused);
     assert!(!output.status.success() && text(&output).contains("401"), "{}", text(&output));
+}
+
+/// A Domain whose repository `main` (private) proxies the public crates
+/// index at `public` (a second registry on loopback playing it).
+fn proxy_config(public: &TestServer) -> String {
+    format!(
+        r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {{name: acme}}
+spec:
+  storage: {{filesystem: {{path: "{{data}}"}}}}
+  externalConnections:
+    - {{name: public-crates, format: cargo, url: "{}/cargo/public/index"}}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: main}}
+spec:
+  domainRef: {{name: acme}}
+  externalConnection: public-crates
+"#,
+        public.base
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cargo_login_to_a_proxy_repository_replaces_the_public_index() {
+    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
+    let server = TestServer::start_with(Some(&proxy_config(&public)), &[]);
+    let publisher = Workspace::new();
+    publisher.write(
+        "home/.cargo/config.toml",
+        &format!("[registries.public]\nindex = \"sparse+{}\"\n", public.url("/cargo/public/index/")),
+    );
+    publisher.write(
+        "lib/Cargo.toml",
+        "[package]\nname = \"public-answer\"\nversion = \"1.0.0\"\nedition = \"2021\"\ndescription = \"test\"\nlicense = \"MIT\"\n",
+    );
+    publisher.write("lib/src/lib.rs", "pub fn answer() -> u32 {\n    42\n}\n");
+    let publish_token = public.token(&["public"], &["publish"]).await;
+    let mut publish = isolated_cargo(&publisher, "lib");
+    publish
+        .args(["publish", "--registry", "public", "--allow-dirty"])
+        .env("CARGO_REGISTRIES_PUBLIC_TOKEN", publish_token);
+    run_ok(&mut publish);
+
+    // The login sees that `main` proxies crates and makes it crates.io's replacement: a
+    // project naming no registry builds through the private repository.
+    let ws = Workspace::new();
+    run_ok(&mut wharf(&ws, &server, &["login", "--tool", "cargo", "--permission", "read"]));
+    let config = read(&ws, "home/.cargo/config.toml");
+    assert!(config.contains("[source.crates-io]\nreplace-with = \"wharf\""), "{config}");
+    ws.write(
+        "app/Cargo.toml",
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\npublic-answer = \"1\"\n",
+    );
+    ws.write("app/src/main.rs", "fn main() {\n    println!(\"answer={}\", public_answer::answer());\n}\n");
+    // https goes to a closed port: nothing but the registry can be reached.
+    let mut build = isolated_cargo(&ws, "app");
+    build.args(["run", "--quiet"]).env("https_proxy", "http://127.0.0.1:9").env("HTTPS_PROXY", "http://127.0.0.1:9");
+    let output = run_ok(&mut build);
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "answer=42");
+
+    run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "cargo"]));
+    assert_eq!(read(&ws, "home/.cargo/config.toml"), "", "logout takes out the replacement too");
 }

@@ -383,10 +383,17 @@ pub async fn list_repositories(State(state): State<SharedState>, headers: Header
         .filter(|r| principal.may(r, Permission::Read))
         .map(|r| {
             let name = r.metadata.name.as_deref().unwrap_or_default();
+            // The formats whose public packages reach clients through this Repository's chain
+            // (`wharf login` makes such a Repository the client's mirror of the public index).
+            let chain = wharf_core::policy::resolution_order(&state.packages.config, name);
+            let mut proxies: Vec<&str> = chain.externals.iter().map(|hop| hop.connection.format.as_str()).collect();
+            proxies.sort_unstable();
+            proxies.dedup();
             json!({
                 "name": name,
                 "description": r.spec.description,
                 "anonymousRead": r.allows_anonymous_read(),
+                "proxies": proxies,
                 "endpoints": {
                     "npm": format!("/npm/{name}/"),
                     "pypi": format!("/pypi/{name}/simple/"),

@@ -677,6 +677,8 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub struct Maven<'a> {
     ws: &'a Workspace,
     url: String,
+    /// The settings file given with `-s`; the user's (`~/.m2/settings.xml`) when `None`.
+    settings: Option<PathBuf>,
 }
 
 impl<'a> Maven<'a> {
@@ -710,7 +712,19 @@ impl<'a> Maven<'a> {
         );
         // The machine's global settings could name other mirrors.
         ws.write("global-settings.xml", "<settings/>\n");
-        Maven { ws, url }
+        Maven { ws, url, settings: Some(ws.path("settings.xml")) }
+    }
+
+    /// Maven with the user's own settings (what `wharf login --tool mvn` wrote) for `repo`.
+    /// Maven Central is mirrored to a closed port, so a build cannot reach the internet:
+    /// the plugins come from the cached local repository.
+    pub fn with_user_settings(ws: &'a Workspace, server: &TestServer, repo: &str) -> Self {
+        ws.write(
+            "global-settings.xml",
+            "<settings><mirrors><mirror><id>offline</id><mirrorOf>central</mirrorOf>\
+             <url>http://127.0.0.1:9/</url></mirror></mirrors></settings>\n",
+        );
+        Maven { ws, url: server.url(&format!("/maven/{repo}/")), settings: None }
     }
 
     /// `mvn` in `dir` with its own local repository `local` (a copy of
@@ -725,8 +739,11 @@ impl<'a> Maven<'a> {
             .env("MAVEN_SKIP_RC", "1")
             .env("MAVEN_OPTS", format!("-Duser.home={}", self.ws.path("home").display()))
             .env_remove("MAVEN_ARGS")
-            .args(["-B", "-ntp", "-Dstyle.color=never", "-s"])
-            .arg(self.ws.path("settings.xml"))
+            .args(["-B", "-ntp", "-Dstyle.color=never"]);
+        if let Some(settings) = &self.settings {
+            command.arg("-s").arg(settings);
+        }
+        command
             .arg("-gs")
             .arg(self.ws.path("global-settings.xml"))
             .arg(format!("-Dmaven.repo.local={}", local.display()));
@@ -759,4 +776,16 @@ pub fn wharf_bin() -> PathBuf {
     let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("wharf");
     assert!(bin.exists(), "{} is missing: build it with `cargo build -p wharf-cli` (tests/run.sh does)", bin.display());
     bin
+}
+
+/// A client `tests/install-clients.sh` installed under the test tools folder, by its path
+/// there.
+pub fn test_tool(path: &str) -> PathBuf {
+    let dir = std::env::var_os("WHARF_TEST_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
+        .unwrap();
+    let tool = dir.join(path);
+    assert!(tool.exists(), "{} is missing: run tests/install-clients.sh", tool.display());
+    tool
 }
