@@ -82,6 +82,21 @@ else
     echo "install-clients: installed $S3_SERVER into $TOOLS_DIR/venv"
 fi
 
+# Poetry, which `wharf login --tool poetry` is tested with, in a venv of its
+# own (its dependencies would pin the other clients' otherwise).
+POETRY="poetry==2.5.1"
+POETRY_DIR="$TOOLS_DIR/poetry"
+if [ -f "$POETRY_DIR/.installed" ] && [ "$(cat "$POETRY_DIR/.installed")" = "$POETRY" ] \
+    && [ -x "$POETRY_DIR/bin/poetry" ]; then
+    echo "install-clients: $POETRY already in $POETRY_DIR"
+else
+    rm -rf "$POETRY_DIR"
+    python3 -m venv "$POETRY_DIR"
+    PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$POETRY_DIR/bin/pip" install --quiet --disable-pip-version-check "$POETRY"
+    echo "$POETRY" > "$POETRY_DIR/.installed"
+    echo "install-clients: installed $POETRY into $POETRY_DIR"
+fi
+
 # The Azure Blob Storage emulator the Azure storage test starts: Azurite, from
 # the npm registry, into its own folder keyed by version.
 AZURITE="azurite@3.37.0"

@@ -74,6 +74,10 @@ struct TargetArgs {
     /// The name the registry gets in the clients' files (cargo's `--registry`, twine's `-r`).
     #[arg(long, default_value = "wharf")]
     name: String,
+    /// Go: module path patterns published in the repository (such as `corp.example/*`),
+    /// which the go command must not look up in the public checksum database.
+    #[arg(long, value_delimiter = ',')]
+    private_modules: Vec<String>,
 }
 
 #[derive(Args)]
@@ -111,13 +115,41 @@ struct TokenArgs {
 }
 
 impl TargetArgs {
+    /// The target, with what `tool` needs to know of the machine.
+    fn target_for(&self, tool: Tool) -> Target {
+        let mut target = self.target();
+        if tool == Tool::Go {
+            target.go_fallback = go_proxy_in_use();
+        }
+        target
+    }
+
     fn target(&self) -> Target {
         Target {
             registry: self.registry.trim_end_matches('/').to_owned(),
             repository: self.repository.clone(),
             name: self.name.clone(),
             proxies: Vec::new(),
+            go_fallback: String::new(),
+            private_modules: self.private_modules.clone(),
         }
+    }
+}
+
+/// The `GOPROXY` the go command uses without its env file (its own default, unless the
+/// environment sets one), or `direct` without a go command.
+fn go_proxy_in_use() -> String {
+    let output = std::process::Command::new("go")
+        .args(["env", "GOPROXY"])
+        .env("GOENV", "off")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            let value = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if value.is_empty() { "direct".to_owned() } else { value }
+        }
+        _ => "direct".to_owned(),
     }
 }
 
@@ -224,7 +256,7 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Login { tool, target, token: args, dry_run } => {
-            let mut target = target.target();
+            let mut target = target.target_for(tool);
             let token = token(&target, &args).await?;
             target.proxies = proxies(&target, &token).await?;
             apply(tool, &target, Some(&token), dry_run)?;
@@ -233,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Logout { tool, target, dry_run } => apply(tool, &target.target(), None, dry_run),
+        Command::Logout { tool, target, dry_run } => apply(tool, &target.target_for(tool), None, dry_run),
         Command::Token { target, token: args } => {
             println!("{}", token(&target.target(), &args).await?);
             Ok(())

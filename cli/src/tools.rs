@@ -22,10 +22,16 @@ pub enum Tool {
     /// NuGet: the user `NuGet.Config` of the dotnet CLI and of nuget.exe (a package
     /// source with its credentials).
     Nuget,
+    /// The go command: the user's go env file (`go env -w`: `GOPROXY` and `GONOSUMDB`)
+    /// and `~/.netrc` (the token, which the go command sends only over https).
+    Go,
     /// pip: the user's `pip.conf` (`index-url` with the token).
     Pip,
     /// twine: `~/.pypirc`, a repository named after the registry.
     Twine,
+    /// Poetry: its user `config.toml` (a repository named after the registry, to publish
+    /// to) and `auth.toml` (its token, used for a project source of the same name).
+    Poetry,
     /// uv: the user `uv.toml`, an `[[index]]` named after the registry (the default
     /// index, with its publish URL).
     Uv,
@@ -44,6 +50,13 @@ pub struct Target {
     /// The formats whose public packages the repository serves through its chain: a
     /// client of such a format gets it as its mirror of the public index.
     pub proxies: Vec<String>,
+    /// Go: the go command's `GOPROXY` without its env file (its default, or the
+    /// environment's): what follows the repository when the file sets none, for modules
+    /// the repository does not have (unless it proxies Go modules).
+    pub go_fallback: String,
+    /// Go: module path patterns published in the repository, which the public checksum
+    /// database does not know (`GONOSUMDB`).
+    pub private_modules: Vec<String>,
 }
 
 impl Target {
@@ -106,6 +119,10 @@ impl Target {
         index.split_once("://").map_or(index.clone(), |(_, rest)| rest.to_owned())
     }
 
+    fn go_proxy(&self) -> String {
+        format!("{}/go/{}", self.registry, self.repository)
+    }
+
     fn maven_url(&self) -> String {
         format!("{}/maven/{}/", self.registry, self.repository)
     }
@@ -114,10 +131,15 @@ impl Target {
         format!("{}/nuget/{}/v3/index.json", self.registry, self.repository)
     }
 
+    /// The registry's host and port, as its URL gives them.
+    fn authority(&self) -> &str {
+        let rest = self.registry.split_once("://").map_or(self.registry.as_str(), |(_, rest)| rest);
+        rest.split('/').next().unwrap_or_default()
+    }
+
     /// The registry's host name, without port.
     fn host(&self) -> String {
-        let rest = self.registry.split_once("://").map_or(self.registry.as_str(), |(_, rest)| rest);
-        let authority = rest.split('/').next().unwrap_or_default();
+        let authority = self.authority();
         match authority.strip_prefix('[') {
             Some(bracketed) => bracketed.split(']').next().unwrap_or_default().to_owned(),
             None => authority.split(':').next().unwrap_or_default().to_owned(),
@@ -170,6 +192,20 @@ pub fn changes(
             change(homes.home.join(".nuget/NuGet/NuGet.Config"), &|text| Ok(nuget_config(text, target, token)))?,
             change(homes.xdg_config.join("NuGet/NuGet.Config"), &|text| Ok(nuget_config(text, target, token)))?,
         ],
+        Tool::Poetry => vec![
+            change(homes.xdg_config.join("pypoetry/config.toml"), &|text| {
+                let url = token.map(|_| target.pypi_upload_url());
+                toml_table_set(text, &["repositories", &target.name], &[("url", url.as_deref())])
+            })?,
+            change(homes.xdg_config.join("pypoetry/auth.toml"), &|text| {
+                let user = token.map(|_| "__token__");
+                toml_table_set(text, &["http-basic", &target.name], &[("username", user), ("password", token)])
+            })?,
+        ],
+        Tool::Go => vec![
+            change(homes.xdg_config.join("go/env"), &|text| Ok(go_env(text, target, token.is_some())))?,
+            change(homes.home.join(".netrc"), &|text| Ok(netrc(text, target, token)))?,
+        ],
         Tool::Cargo => vec![
             change(homes.cargo.join("config.toml"), &|text| cargo_config(text, target, token.is_some()))?,
             change(homes.cargo.join("credentials.toml"), &|text| cargo_credentials(text, target, token))?,
@@ -191,8 +227,22 @@ pub fn next_step(tool: Tool, target: &Target) -> Option<String> {
             Some(format!("push with: nuget push PACKAGE.nupkg -Source {} (or dotnet nuget push)", target.name))
         }
         Tool::Twine => Some(format!("upload with: twine upload -r {} dist/*", target.name)),
+        Tool::Poetry => Some(format!(
+            "publish with: poetry publish -r {name}; install through it with: poetry source add --priority=primary {name} {}",
+            target.pypi_index_url(None),
+            name = target.name
+        )),
         Tool::Cargo => Some(format!("publish with: cargo publish --registry {}", target.name)),
-        Tool::Npm | Tool::Yarn | Tool::Pip | Tool::Uv => None,
+        Tool::Go if target.is_http() => Some(
+            "the go command sends credentials only over https: serve the registry over https, or read anonymously"
+                .to_owned(),
+        ),
+        Tool::Go if target.private_modules.is_empty() => Some(
+            "name the module paths published here with --private-modules, or the go command checks them in the \
+             public checksum database, which does not know them"
+                .to_owned(),
+        ),
+        Tool::Npm | Tool::Yarn | Tool::Pip | Tool::Uv | Tool::Go => None,
     }
 }
 
@@ -541,6 +591,141 @@ fn nuget_config(text: &str, target: &Target, token: Option<&str>) -> String {
     xml_with_entries(text, "configuration", &target.name, &entries)
 }
 
+/// The go env file (`go env -w` writes it): `GOPROXY` with the repository first (alone
+/// when it proxies Go modules, else before what was in use), and `GONOSUMDB` with the
+/// private module patterns added. Not `GOPRIVATE`: that would also send those modules
+/// around the proxy. Logout takes the repository out of `GOPROXY`.
+fn go_env(text: &str, target: &Target, login: bool) -> String {
+    let ours = target.go_proxy();
+    let value = |key: &str| text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).map(str::to_owned);
+    let list = |value: &str| -> Vec<String> {
+        value.split([',', '|']).map(str::trim).filter(|entry| !entry.is_empty()).map(str::to_owned).collect()
+    };
+    let without_ours = |value: &str| -> String {
+        // `,` and `|` both separate entries; keep the separators of the rest.
+        let mut entries: Vec<&str> = Vec::new();
+        let mut separators: Vec<char> = Vec::new();
+        let mut start = 0;
+        for (at, c) in value.char_indices().filter(|(_, c)| *c == ',' || *c == '|') {
+            entries.push(&value[start..at]);
+            separators.push(c);
+            start = at + 1;
+        }
+        entries.push(&value[start..]);
+        let mut out = String::new();
+        for (position, entry) in entries.iter().enumerate() {
+            if entry.trim() == ours || entry.trim().is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(separators.get(position.saturating_sub(1)).copied().unwrap_or(','));
+            }
+            out.push_str(entry.trim());
+        }
+        out
+    };
+    let proxy = match (login, value("GOPROXY")) {
+        (true, _) if target.proxies("go") => Some(ours.clone()),
+        (true, current) => {
+            let rest = without_ours(current.as_deref().unwrap_or(&target.go_fallback));
+            let rest = if rest.is_empty() { "direct".to_owned() } else { rest };
+            Some(format!("{ours},{rest}"))
+        }
+        // What login put after ours when the file set nothing is the go command's own
+        // default: with ours gone, the line has nothing left to say.
+        (false, Some(current)) => {
+            Some(without_ours(&current)).filter(|rest| !rest.is_empty() && *rest != target.go_fallback)
+        }
+        (false, None) => None,
+    };
+    let mut private = list(&value("GONOSUMDB").unwrap_or_default());
+    if login {
+        for pattern in &target.private_modules {
+            if !private.contains(pattern) {
+                private.push(pattern.clone());
+            }
+        }
+    }
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with("GOPROXY=") && !line.starts_with("GONOSUMDB="))
+        .map(str::to_owned)
+        .collect();
+    if let Some(proxy) = proxy {
+        lines.push(format!("GOPROXY={proxy}"));
+    }
+    if !private.is_empty() {
+        lines.push(format!("GONOSUMDB={}", private.join(",")));
+    }
+    join_lines(&lines)
+}
+
+/// `~/.netrc`: an entry for the registry with the token (`login token`); other entries
+/// kept. The machine is the host and, when the URL has one, the port: the go command
+/// matches it so. One token per host and port. Logout removes the entry if it is ours.
+fn netrc(text: &str, target: &Target, token: Option<&str>) -> String {
+    let host = target.authority();
+    let mut lines: Vec<String> = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if matches!(first, "machine" | "default" | "macdef") {
+            let entry_host = if first == "machine" { words.next().unwrap_or_default() } else { "" };
+            let rest: Vec<&str> = line.split_whitespace().collect();
+            let ours = rest.windows(2).any(|pair| pair == ["login", "token"]);
+            skipping = first == "machine" && entry_host == host && (token.is_some() || ours);
+        }
+        if !skipping {
+            lines.push(line.to_owned());
+        }
+    }
+    if let Some(token) = token {
+        lines.push(format!("machine {host} login token password {token}"));
+    }
+    join_lines(&lines)
+}
+
+/// A TOML file with the table at `path` holding `values` (a `None` value, or every value
+/// `None`, takes the table out); other tables and comments kept. Tables left empty above
+/// it go too.
+fn toml_table_set(text: &str, path: &[&str], values: &[(&str, Option<&str>)]) -> anyhow::Result<String> {
+    let mut document: toml_edit::DocumentMut = text.parse().context("not valid TOML")?;
+    let Some((name, parents)) = path.split_last() else { return Ok(text.to_owned()) };
+    let mut table = document.as_table_mut();
+    for parent in parents {
+        let item = table.entry(parent).or_insert(toml_edit::table());
+        let Some(inner) = item.as_table_mut() else { bail!("its `{parent}` is not a table") };
+        inner.set_implicit(true);
+        table = inner;
+    }
+    if values.iter().all(|(_, value)| value.is_none()) {
+        table.remove(name);
+    } else {
+        let mut entry = toml_edit::Table::new();
+        for (key, value) in values {
+            if let Some(value) = value {
+                entry[*key] = toml_edit::value(*value);
+            }
+        }
+        table.insert(name, toml_edit::Item::Table(entry));
+    }
+    // Parents left empty by a removal are removed too, innermost first.
+    for depth in (1..=parents.len()).rev() {
+        let mut table = document.as_table_mut();
+        for parent in &parents[..depth - 1] {
+            match table.get_mut(parent).and_then(|item| item.as_table_mut()) {
+                Some(inner) => table = inner,
+                None => return Ok(document.to_string()),
+            }
+        }
+        if table.get(parents[depth - 1]).and_then(|item| item.as_table()).is_some_and(|t| t.is_empty()) {
+            table.remove(parents[depth - 1]);
+        }
+    }
+    Ok(document.to_string())
+}
+
 /// `$CARGO_HOME/config.toml`: `[registries.{name}]` with the sparse index
 /// and the plain token provider, and, when the repository proxies the public
 /// index, crates.io replaced by it (`[source.crates-io] replace-with`);
@@ -612,13 +797,26 @@ mod tests {
             repository: "main".into(),
             name: "wharf".into(),
             proxies: Vec::new(),
+            go_fallback: "direct".into(),
+            private_modules: Vec::new(),
         }
     }
 
     #[test]
     fn logout_writes_no_file_that_was_not_there_and_login_writes_the_missing() {
         let homes = Homes { home: "/h".into(), xdg_config: "/h/.config".into(), cargo: "/h/.cargo".into() };
-        for tool in [Tool::Npm, Tool::Yarn, Tool::Mvn, Tool::Nuget, Tool::Pip, Tool::Twine, Tool::Uv, Tool::Cargo] {
+        for tool in [
+            Tool::Npm,
+            Tool::Yarn,
+            Tool::Mvn,
+            Tool::Nuget,
+            Tool::Go,
+            Tool::Pip,
+            Tool::Twine,
+            Tool::Poetry,
+            Tool::Uv,
+            Tool::Cargo,
+        ] {
             assert!(changes(tool, &target(), &homes, None, |_| None).unwrap().is_empty(), "{tool:?}");
             assert!(!changes(tool, &target(), &homes, Some("T"), |_| None).unwrap().is_empty(), "{tool:?}");
         }
@@ -732,6 +930,63 @@ mod tests {
         assert_eq!(
             nuget_config(&nuget, &target(), None),
             "<?xml version=\"1.0\"?>\n<configuration>\n</configuration>\n"
+        );
+    }
+
+    #[test]
+    fn go_env_puts_the_repository_first_and_logout_takes_it_out() {
+        let private = Target { private_modules: vec!["corp.example/*".into()], ..target() };
+        let before = "GOFLAGS=-mod=mod\nGOPROXY=https://mirror.example|direct\nGONOSUMDB=other.example\n";
+        let after = go_env(before, &private, true);
+        assert_eq!(
+            after,
+            "GOFLAGS=-mod=mod\nGOPROXY=http://127.0.0.1:8080/go/main,https://mirror.example|direct\nGONOSUMDB=other.example,corp.example/*\n"
+        );
+        assert_eq!(go_env(&after, &private, true), after, "logging in twice changes nothing");
+        assert_eq!(
+            go_env(&after, &private, false),
+            "GOFLAGS=-mod=mod\nGOPROXY=https://mirror.example|direct\nGONOSUMDB=other.example,corp.example/*\n"
+        );
+        let fresh = go_env("", &target(), true);
+        assert_eq!(fresh, "GOPROXY=http://127.0.0.1:8080/go/main,direct\n");
+        assert_eq!(go_env(&fresh, &target(), false), "");
+        let proxy = Target { proxies: vec!["go".into()], ..target() };
+        assert_eq!(go_env(before, &proxy, true).lines().nth(1), Some("GOPROXY=http://127.0.0.1:8080/go/main"));
+    }
+
+    #[test]
+    fn netrc_holds_one_entry_for_the_host() {
+        let before =
+            "machine other.example\n  login me\n  password secret\nmachine 127.0.0.1:8080 login old password x\n";
+        let after = netrc(before, &target(), Some("T"));
+        assert_eq!(
+            after,
+            "machine other.example\n  login me\n  password secret\nmachine 127.0.0.1:8080 login token password T\n"
+        );
+        assert_eq!(netrc(&after, &target(), None), "machine other.example\n  login me\n  password secret\n");
+        let theirs = "machine 127.0.0.1:8080 login me password mine\n";
+        assert_eq!(netrc(theirs, &target(), None), theirs, "logout leaves an entry it did not write");
+    }
+
+    #[test]
+    fn toml_tables_are_set_and_removed_with_their_empty_parents() {
+        let before = "# mine\n[repositories.other]\nurl = \"https://o/\"\n";
+        let after = toml_table_set(before, &["repositories", "wharf"], &[("url", Some("http://w/"))]).unwrap();
+        assert_eq!(
+            after,
+            "# mine\n[repositories.other]\nurl = \"https://o/\"\n\n[repositories.wharf]\nurl = \"http://w/\"\n"
+        );
+        assert_eq!(
+            toml_table_set(&after, &["repositories", "wharf"], &[("url", None)]).unwrap().trim_end(),
+            before.trim_end()
+        );
+        let alone =
+            toml_table_set("", &["http-basic", "wharf"], &[("username", Some("__token__")), ("password", Some("T"))]);
+        let alone = alone.unwrap();
+        assert_eq!(alone, "[http-basic.wharf]\nusername = \"__token__\"\npassword = \"T\"\n");
+        assert_eq!(
+            toml_table_set(&alone, &["http-basic", "wharf"], &[("username", None), ("password", None)]).unwrap(),
+            ""
         );
     }
 

@@ -246,3 +246,51 @@ async fn go_private_repository_needs_credentials() {
         .unwrap();
     assert_eq!(refused.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn go_builds_from_a_private_repository_after_wharf_login() {
+    let server = TestServer::start_with(Some(PRIVATE_CONFIG), &[]);
+    let publisher = server.token(&["private"], &["publish"]).await;
+    publish(&server, "private", GREET, "v1.0.0", module_zip(GREET, "v1.0.0", "", &greet_code("v1.0.0")), &publisher)
+        .await;
+    let tls = TlsTerminator::start(server.port);
+    let registry = format!("https://127.0.0.1:{}", tls.port);
+    let ws = Workspace::new();
+    ws.write("home/.config/go/env", "GOFLAGS=-modcacherw\n");
+    let wharf = |verb: &str| {
+        let mut command = ws.command(wharf_bin(), ".");
+        command
+            .args([verb, "--tool", "go", "--registry", &registry, "--repository", "private"])
+            .args(["--private-modules", "example.internal/*"])
+            .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SSL_CERT_FILE", &tls.certificate);
+        command
+    };
+    run_ok(&mut wharf("login"));
+
+    // The go command with nothing but its user files (no GO* variable but the caches'):
+    // GOPROXY, GONOSUMDB and the token in ~/.netrc are what login wrote.
+    let go_as_user = |dir: &str| {
+        let mut command = go(&ws, dir, "unused");
+        for key in ["GOENV", "GOPROXY", "GOSUMDB", "GONOSUMDB", "GOFLAGS"] {
+            command.env_remove(key);
+        }
+        command.env("SSL_CERT_FILE", &tls.certificate);
+        command
+    };
+    let proxy = run_ok(go_as_user(".").args(["env", "GOPROXY", "GONOSUMDB"]));
+    let proxy = String::from_utf8_lossy(&proxy.stdout).into_owned();
+    assert!(proxy.starts_with(&format!("{registry}/go/private,")), "{proxy}");
+    assert!(proxy.contains("example.internal/*"), "{proxy}");
+    consumer(&ws, "app");
+    run_ok(go_as_user("app").args(["get", &format!("{GREET}@v1.0.0")]));
+    let built = run_ok(go_as_user("app").args(["run", "."]));
+    assert_eq!(text(&built).trim(), "hello from v1.0.0");
+
+    run_ok(&mut wharf("logout"));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("home/.config/go/env")).unwrap(),
+        "GOFLAGS=-modcacherw\nGONOSUMDB=example.internal/*\n"
+    );
+    assert_eq!(std::fs::read_to_string(ws.path("home/.netrc")).unwrap(), "");
+}

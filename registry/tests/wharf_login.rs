@@ -214,3 +214,54 @@ async fn cargo_login_to_a_proxy_repository_replaces_the_public_index() {
     run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "cargo"]));
     assert_eq!(read(&ws, "home/.cargo/config.toml"), "", "logout takes out the replacement too");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poetry_publishes_and_installs_after_wharf_login() {
+    // Private: the install, too, needs the token login stored.
+    let private = "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {name: acme}\n\
+                   spec: {storage: {filesystem: {path: \"{data}\"}}}\n---\napiVersion: wharf.dev/v1alpha1\n\
+                   kind: Repository\nmetadata: {name: main}\nspec: {domainRef: {name: acme}}\n";
+    let server = TestServer::start_with(Some(private), &[]);
+    assert_eq!(http_status(&server.url("/pypi/main/simple/")).unwrap(), 401);
+    let ws = Workspace::new();
+    let poetry = |dir: &str| {
+        let mut command = ws.command(test_tool("poetry/bin/poetry"), dir);
+        // No desktop keyring here: Poetry reads the token from auth.toml.
+        command
+            .env("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+            .env("POETRY_VIRTUALENVS_IN_PROJECT", "true")
+            .env("POETRY_NO_INTERACTION", "1");
+        command
+    };
+    let login = run_ok(&mut wharf(&ws, &server, &["login", "--tool", "poetry"]));
+    assert!(text(&login).contains("poetry source add --priority=primary wharf"), "{}", text(&login));
+
+    ws.write(
+        "lib/pyproject.toml",
+        "[project]\nname = \"poetry-answer\"\nversion = \"1.0.0\"\ndescription = \"test\"\nrequires-python = \">=3.9\"\n\
+         authors = [{name = \"Acme\"}]\n\n[tool.poetry]\npackages = [{include = \"poetry_answer\"}]\n\n\
+         [build-system]\nrequires = [\"poetry-core>=2.0\"]\nbuild-backend = \"poetry.core.masonry.api\"\n",
+    );
+    ws.write("lib/poetry_answer/__init__.py", "ANSWER = 42\n");
+    run_ok(poetry("lib").arg("build"));
+    run_ok(poetry("lib").args(["publish", "-r", "wharf"]));
+
+    // A project whose one source is the repository: Poetry finds the token by its name.
+    ws.write(
+        "app/pyproject.toml",
+        &format!(
+            "[project]\nname = \"app\"\nversion = \"0.1.0\"\nrequires-python = \">=3.9\"\ndependencies = [\"poetry-answer==1.0.0\"]\n\n\
+             [tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"wharf\"\nurl = \"{}\"\npriority = \"primary\"\n",
+            server.url("/pypi/main/simple/")
+        ),
+    );
+    run_ok(poetry("app").arg("install"));
+    let imported = run_ok(
+        ws.command(ws.path("app/.venv/bin/python"), "app")
+            .args(["-c", "import poetry_answer; print(poetry_answer.ANSWER)"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&imported.stdout).trim(), "42");
+
+    run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "poetry"]));
+    assert_eq!(read(&ws, "home/.config/pypoetry/auth.toml"), "");
+}
