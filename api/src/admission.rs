@@ -78,6 +78,12 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec",
+            rule: "!has(self.encryption)".into(),
+            message: crate::domain::ENCRYPTION_NOT_ENFORCED,
+        },
+        Rule {
+            kind: "Domain",
             path: "spec.tokens.trustedIssuers[]",
             rule: "!has(self.people) || !has(self.people.clientID) || self.people.clientID in self.audiences".into(),
             message: "people.clientID must be one of the issuer's audiences, or its ID tokens would be refused",

@@ -439,8 +439,8 @@ impl Checker<'_> {
         if let Some(filesystem) = &storage.filesystem {
             self.required(about, "spec.storage.filesystem.path", &filesystem.path);
         }
-        if let Some(encryption) = &spec.encryption {
-            self.secret(about, "spec.encryption.keySecretRef", Some(&encryption.key_secret_ref));
+        if spec.encryption.is_some() {
+            self.report(about, "spec.encryption", crate::domain::ENCRYPTION_NOT_ENFORCED.to_owned());
         }
 
         let mut connection_names: HashMap<&str, usize> = HashMap::new();
@@ -1422,6 +1422,18 @@ spec:
         let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
         assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
         assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
+    }
+
+    #[test]
+    fn encryption_is_refused_until_it_is_enforced() {
+        let error = load(&format!("{DOMAIN}  encryption: {{keySecretRef: {{name: acme-kek}}}}\n")).unwrap_err();
+        assert_eq!(
+            messages(&error),
+            [format!(
+                "test.yaml: document 1 (Domain acme): spec.encryption: {}",
+                crate::domain::ENCRYPTION_NOT_ENFORCED
+            )]
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub const TOKEN_TTL_CEILING: Duration = Duration::from_secs(12 * 60 * 60);
 pub struct DomainSpec {
     /// Where packages are stored. Exactly one backend must be set.
     pub storage: StorageSpec,
-    /// Encryption at rest. When omitted, the operator generates a key per Domain.
+    /// Encryption at rest by the registry, with a key of your own: not enforced yet, so
+    /// refused (admission and the configuration loader say so). Until it is, use the object
+    /// store's own encryption at rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionSpec>,
     /// The external registries Repositories of this Domain may connect to, by name.
@@ -235,7 +237,13 @@ pub struct FilesystemStorage {
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStorage {}
 
-/// Encryption at rest.
+/// Why `spec.encryption` is refused, in admission and in the loader alike: a Domain that
+/// names a key must not look encrypted while its packages are stored in the clear.
+pub const ENCRYPTION_NOT_ENFORCED: &str = "spec.encryption is not enforced yet: the registry does not encrypt \
+     packages itself, so a key named here would protect nothing; remove it, and use the object store's encryption \
+     at rest (S3 SSE-S3 or SSE-KMS, GCS and Azure encrypt by default) until Wharf encrypts";
+
+/// Encryption at rest (not enforced yet; see [`ENCRYPTION_NOT_ENFORCED`]).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EncryptionSpec {

@@ -210,16 +210,15 @@ pub fn repository_endpoints(domain: &Domain, repository: &str) -> BTreeMap<Strin
     served.into_iter().map(|(format, url)| (format.as_str().to_owned(), url)).collect()
 }
 
-/// Names of every Secret the configuration refers to (storage credentials, encryption key,
-/// external connection credentials), sorted and without repeats.
+/// Names of every Secret the configuration refers to (storage credentials, external
+/// connection credentials), sorted and without repeats.
 pub fn referenced_secrets(config: &DomainConfig) -> BTreeSet<String> {
     let spec = &config.domain.spec;
     let storage = &spec.storage;
-    let references: [Option<&SecretRef>; 4] = [
+    let references: [Option<&SecretRef>; 3] = [
         storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()),
         storage.gcs.as_ref().and_then(|gcs| gcs.credentials_secret_ref.as_ref()),
         storage.azure.as_ref().and_then(|azure| azure.credentials_secret_ref.as_ref()),
-        spec.encryption.as_ref().map(|encryption| &encryption.key_secret_ref),
     ];
     references
         .into_iter()
@@ -533,9 +532,8 @@ metadata: {name: acme, namespace: wharf-system}
 spec:
   storage:
     s3: {bucket: wharf-acme, endpoint: "http://127.0.0.1:9000", credentialsSecretRef: {name: acme-s3}}
-  encryption: {keySecretRef: {name: acme-kek, key: key}}
   externalConnections:
-    - {name: npm-public, format: npm, url: "http://127.0.0.1:9/", credentialsSecretRef: {name: acme-s3}}
+    - {name: npm-public, format: npm, url: "http://127.0.0.1:9/", credentialsSecretRef: {name: acme-npm}}
   registry: {replicas: 2, service: {port: 80}}
 ---
 apiVersion: wharf.dev/v1alpha1
@@ -695,16 +693,16 @@ spec:
             .collect();
         assert_eq!(
             mounted,
-            [("/var/run/wharf/secrets/acme-kek", Some(true)), ("/var/run/wharf/secrets/acme-s3", Some(true))],
+            [("/var/run/wharf/secrets/acme-npm", Some(true)), ("/var/run/wharf/secrets/acme-s3", Some(true))],
             "each referenced Secret once, read-only"
         );
         assert!(mounts.iter().any(|mount| mount.mount_path == "/tmp"));
         assert!(mounts.iter().any(|mount| mount.mount_path == DATA_DIR));
 
         let checksum = &template.metadata.unwrap().annotations.unwrap()[SECRETS_CHECKSUM_ANNOTATION];
-        let (_, without_encryption) =
-            self::children(&WORLD.replace("  encryption: {keySecretRef: {name: acme-kek, key: key}}\n", ""));
-        let other = &without_encryption.deployment.spec.template.metadata.unwrap().annotations.unwrap()
+        let (_, without_npm_credentials) =
+            self::children(&WORLD.replace(", credentialsSecretRef: {name: acme-npm}}", "}"));
+        let other = &without_npm_credentials.deployment.spec.template.metadata.unwrap().annotations.unwrap()
             [SECRETS_CHECKSUM_ANNOTATION];
         assert_ne!(checksum, other, "the set of Secrets changes the pod template");
         assert!(!checksum.contains("acme"), "a digest, not the names themselves");

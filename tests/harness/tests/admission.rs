@@ -116,6 +116,8 @@ async fn domains() {
         "  storage: {memory: {}}\n  tokens:\n    trustedIssuers: [{issuer: \"https://ci.example\", audiences: []}]\n",
     );
     rejects(&client, &no_audience, "audiences").await;
+    let encrypted = domain("encrypted", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-kek}}\n");
+    rejects(&client, &encrypted, "spec.encryption is not enforced yet").await;
     let people = |name: &str, people: &str| {
         domain(
             name,
