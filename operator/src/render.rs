@@ -39,9 +39,10 @@ pub const CONTAINER_PORT: i32 = 8080;
 pub const DEFAULT_SERVICE_PORT: i32 = 8080;
 /// Size requested for a filesystem Domain's volume (the Domain has no field for it yet).
 pub const DATA_VOLUME_SIZE: &str = "10Gi";
-/// Annotation on the pod template: changes when the set of mounted Secrets changes, so the
-/// pods restart to mount the new set. Names only: values never leave the Secrets.
-pub const SECRETS_CHECKSUM_ANNOTATION: &str = "wharf.dev/secret-names-checksum";
+/// Annotation on the pod template: a digest of every secret value the pods use
+/// ([`SecretValues::digest`]), so a rotated signing key or credential rolls every replica
+/// onto the new value together. A digest: values never leave the Secrets.
+pub const SECRETS_CHECKSUM_ANNOTATION: &str = "wharf.dev/secrets-checksum";
 /// User and group the registry runs as (not root; any non-zero id works).
 const RUN_AS: i64 = 65532;
 
@@ -109,13 +110,39 @@ pub struct RegistrySettings {
     pub image: String,
 }
 
-/// Secret values the operator generated once and keeps (read back on every reconcile).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GeneratedSecrets {
+/// The secret values the registry pods get: those the operator generated once and keeps
+/// (read back on every reconcile), and the contents of the Secrets the Domain names. Their
+/// digest is in the pod template, so a changed value rolls every replica onto it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretValues {
     /// The token signing key (`WHARF_TOKEN_SIGNING_KEY`).
     pub signing_key: String,
     /// The bootstrap admin token (`WHARF_ADMIN_TOKEN`).
     pub admin_token: String,
+    /// Each Secret the Domain names ([`referenced_secrets`]): its keys and values.
+    pub referenced: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+impl SecretValues {
+    /// A digest of every value (and of which Secrets and keys hold them): what the pod
+    /// template carries instead of the values themselves.
+    pub fn digest(&self) -> String {
+        let mut digest = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            digest.update((bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        field(self.signing_key.as_bytes());
+        field(self.admin_token.as_bytes());
+        for (name, data) in &self.referenced {
+            field(name.as_bytes());
+            for (key, value) in data {
+                field(key.as_bytes());
+                field(value);
+            }
+        }
+        hex::encode(digest.finalize())
+    }
 }
 
 /// Everything a Domain owns. Destructured without `..` where it is applied, so a new child
@@ -232,7 +259,7 @@ pub fn referenced_secrets(config: &DomainConfig) -> BTreeSet<String> {
 pub fn render(
     domain: &Domain,
     config: &DomainConfig,
-    secrets: &GeneratedSecrets,
+    secrets: &SecretValues,
     settings: &RegistrySettings,
 ) -> Result<Children, RenderError> {
     let namespace = domain.metadata.namespace.clone().unwrap_or_default();
@@ -321,7 +348,7 @@ pub fn render(
         status: None,
     });
 
-    let deployment = deployment(domain, config, &names, &owner, settings);
+    let deployment = deployment(domain, config, &names, &owner, settings, &secrets.digest());
     let service_spec = domain.spec.registry.as_ref().and_then(|registry| registry.service.as_ref());
     let service = Service {
         metadata: metadata(&names.registry),
@@ -374,6 +401,7 @@ fn deployment(
     names: &ChildNames,
     owner: &OwnerReference,
     settings: &RegistrySettings,
+    checksum: &str,
 ) -> Deployment {
     let namespace = domain.metadata.namespace.clone().unwrap_or_default();
     let name = domain.metadata.name.clone().unwrap_or_default();
@@ -413,7 +441,6 @@ fn deployment(
             ..VolumeMount::default()
         });
     }
-    let checksum = hex::encode(Sha256::digest(secret_names.iter().cloned().collect::<Vec<_>>().join("\n")));
 
     let env_from_secret = |variable: &str, secret: &str, key: &str| EnvVar {
         name: variable.to_owned(),
@@ -491,7 +518,7 @@ fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(SECRETS_CHECKSUM_ANNOTATION.to_owned(), checksum)])),
+                    annotations: Some(BTreeMap::from([(SECRETS_CHECKSUM_ANNOTATION.to_owned(), checksum.to_owned())])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -548,8 +575,8 @@ spec:
         RegistrySettings { image: "wharf-registry:test".to_owned() }
     }
 
-    fn secrets() -> GeneratedSecrets {
-        GeneratedSecrets { signing_key: "k".repeat(32), admin_token: "admin".to_owned() }
+    fn secrets() -> SecretValues {
+        SecretValues { signing_key: "k".repeat(32), admin_token: "admin".to_owned(), referenced: BTreeMap::new() }
     }
 
     fn children(yaml: &str) -> (Domain, Children) {
@@ -700,12 +727,18 @@ spec:
         assert!(mounts.iter().any(|mount| mount.mount_path == DATA_DIR));
 
         let checksum = &template.metadata.unwrap().annotations.unwrap()[SECRETS_CHECKSUM_ANNOTATION];
-        let (_, without_npm_credentials) =
-            self::children(&WORLD.replace(", credentialsSecretRef: {name: acme-npm}}", "}"));
-        let other = &without_npm_credentials.deployment.spec.template.metadata.unwrap().annotations.unwrap()
-            [SECRETS_CHECKSUM_ANNOTATION];
-        assert_ne!(checksum, other, "the set of Secrets changes the pod template");
-        assert!(!checksum.contains("acme"), "a digest, not the names themselves");
+        assert_eq!(*checksum, secrets().digest());
+        // Any value changing changes the digest: a rotated key or credential rolls the pods.
+        let mut rotated = secrets();
+        rotated.signing_key = "r".repeat(32);
+        assert_ne!(rotated.digest(), secrets().digest(), "a new signing key");
+        let mut credentials = secrets();
+        credentials.referenced.insert("acme-s3".into(), BTreeMap::from([("secretAccessKey".into(), b"one".to_vec())]));
+        let mut changed = credentials.clone();
+        changed.referenced.get_mut("acme-s3").unwrap().insert("secretAccessKey".into(), b"two".to_vec());
+        assert_ne!(credentials.digest(), changed.digest(), "a rotated storage credential");
+        assert_ne!(credentials.digest(), secrets().digest(), "another set of Secrets");
+        assert!(!checksum.contains('k'.to_string().repeat(8).as_str()), "a digest, not the values themselves");
     }
 
     #[test]

@@ -298,6 +298,60 @@ spec:
     })
     .await
     .unwrap();
+    // A rollout is Ready only when complete: one pod of the new template and the old ones
+    // still serving (a crash-looping ReplicaSet) is not Ready; past the progress deadline it
+    // is Stalled, with the Deployment controller's reason.
+    let deployment = deployments.get("wharf-acme").await.unwrap();
+    let generation = deployment.metadata.generation;
+    let rollout = |updated: i32, deadline_passed: bool| {
+        let conditions = if deadline_passed {
+            serde_json::json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                "message": "ReplicaSet \"wharf-acme-new\" has timed out progressing."}])
+        } else {
+            serde_json::json!([])
+        };
+        serde_json::json!({"status": {"observedGeneration": generation, "replicas": 3, "updatedReplicas": updated,
+                                      "readyReplicas": 2, "availableReplicas": 2, "conditions": conditions}})
+    };
+    deployments.patch_status("wharf-acme", &PatchParams::default(), &Patch::Merge(rollout(1, false))).await.unwrap();
+    eventually(WAIT, "a rollout in progress reported", || async {
+        let domain = domains.get("acme").await.map_err(|e| e.to_string())?;
+        let (ready, reason, message, _) = ready_of(&domain.status.ok_or("no status")?.conditions).ok_or("no Ready")?;
+        let reported = ready == "False"
+            && reason == "DeploymentNotAvailable"
+            && message.contains("1 of 2 registry pods updated")
+            && message.contains("older template");
+        if reported { Ok(()) } else { Err(format!("{ready} {reason}: {message}")) }
+    })
+    .await
+    .unwrap();
+    deployments.patch_status("wharf-acme", &PatchParams::default(), &Patch::Merge(rollout(1, true))).await.unwrap();
+    let domain = wait_domain(&client, ns, "acme", "ProgressDeadlineExceeded").await;
+    assert!(find_condition(&domain.status.unwrap().conditions, "Stalled").is_some_and(|c| c.status == "True"));
+    ControlPlane::shared().await.mark_available(ns, "wharf-acme").await.unwrap();
+    wait_domain(&client, ns, "acme", "Available").await;
+
+    // A new signing key (the Secret deleted: the operator makes a new one) rolls the pods:
+    // the template's digest of the secret values changes, so every replica gets the new key
+    // together.
+    let template_digest = |deployment: &Deployment| {
+        deployment.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["wharf.dev/secrets-checksum"]
+            .clone()
+    };
+    let before = template_digest(&deployments.get("wharf-acme").await.unwrap());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let old_key = secrets.get("wharf-acme-signing-key").await.unwrap().data.unwrap()["key"].clone();
+    secrets.delete("wharf-acme-signing-key", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "a new signing key, and the pod template following it", || async {
+        let secret = secrets.get("wharf-acme-signing-key").await.map_err(|e| e.to_string())?;
+        if secret.data.unwrap_or_default().get("key") == Some(&old_key) {
+            return Err("the old key".to_owned());
+        }
+        let after = template_digest(&deployments.get("wharf-acme").await.map_err(|e| e.to_string())?);
+        if after != before { Ok(()) } else { Err("the template still carries the old digest".to_owned()) }
+    })
+    .await
+    .unwrap();
 }
 
 /// Fails if any object in `namespace` that the operator manages changes within `window`.

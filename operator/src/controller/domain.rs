@@ -20,7 +20,7 @@ use super::{
 };
 use crate::conditions::{Outcome, conditions};
 use crate::render::{
-    self, ADMIN_TOKEN_KEY, CONFIG_KEY, ChildNames, Children, FIELD_MANAGER, GeneratedSecrets, SIGNING_KEY_KEY,
+    self, ADMIN_TOKEN_KEY, CONFIG_KEY, ChildNames, Children, FIELD_MANAGER, SIGNING_KEY_KEY, SecretValues,
 };
 use crate::resolve::{Rejection, Verdict, resolve};
 
@@ -68,7 +68,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         finish(ctx, domain, &previous, &outcome).await?;
         return Ok(Action::requeue(RESYNC));
     };
-    let missing = missing_secrets(&ctx.client, &namespace, config).await?;
+    let (referenced, missing) = read_secrets(&ctx.client, &namespace, config).await?;
     if !missing.is_empty() {
         let outcome = Outcome::stalled(
             "SecretNotFound",
@@ -80,9 +80,10 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         finish(ctx, domain, &previous, &outcome).await?;
         return Ok(Action::requeue(SECRET_RETRY));
     }
-    let secrets = GeneratedSecrets {
+    let secrets = SecretValues {
         signing_key: kept_or_generated(&ctx.client, &namespace, &names.signing_key, SIGNING_KEY_KEY).await?,
         admin_token: kept_or_generated(&ctx.client, &namespace, &names.admin_token, ADMIN_TOKEN_KEY).await?,
+        referenced,
     };
 
     // Build.
@@ -145,9 +146,6 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
 
     // Status, from what was applied.
     let replicas = render::replicas(domain);
-    let available = deployment.status.as_ref().and_then(|status| status.available_replicas).unwrap_or(0);
-    let observed = deployment.status.as_ref().and_then(|status| status.observed_generation).unwrap_or(0);
-    let current = observed >= deployment.metadata.generation.unwrap_or(0);
     let refused = resolution
         .repositories
         .values()
@@ -170,16 +168,8 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
                 names.data_volume_claim
             ),
         )
-    } else if current && (available >= 1 || replicas == 0) {
-        Outcome::ready("Available", summary)
     } else {
-        Outcome::reconciling(
-            "DeploymentNotAvailable",
-            format!(
-                "waiting for Deployment {namespace}/{}: {available} of {replicas} registry pods available; {summary}",
-                names.registry
-            ),
-        )
+        crate::conditions::rollout(&deployment, replicas, &format!("{namespace}/{}", names.registry), &summary)
     };
     let status = DomainStatus {
         conditions: conditions(&previous.conditions, &outcome, generation, &now()),
@@ -203,22 +193,35 @@ async fn finish(ctx: &Context, domain: &Domain, previous: &DomainStatus, outcome
     Ok(())
 }
 
-/// Names of the Secrets the configuration refers to that do not exist.
-async fn missing_secrets(client: &Client, namespace: &str, config: &DomainConfig) -> Result<Vec<String>, Error> {
+/// The contents of the Secrets the configuration refers to, and the names of those that do
+/// not exist. Read on every reconcile, so a rotated credential reaches the pod template's
+/// digest at the latest on the next resync.
+async fn read_secrets(
+    client: &Client,
+    namespace: &str,
+    config: &DomainConfig,
+) -> Result<(ReferencedSecrets, Vec<String>), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut contents = ReferencedSecrets::new();
     let mut missing = Vec::new();
     for name in render::referenced_secrets(config) {
-        let found = api.get_metadata_opt(&name).await.map_err(|source| Error::Read {
+        let found = api.get_opt(&name).await.map_err(|source| Error::Read {
             kind: "Secret",
             name: format!("{namespace}/{name}"),
             source,
         })?;
-        if found.is_none() {
-            missing.push(name);
+        match found {
+            Some(secret) => {
+                let data = secret.data.unwrap_or_default().into_iter().map(|(key, value)| (key, value.0)).collect();
+                contents.insert(name, data);
+            }
+            None => missing.push(name),
         }
     }
-    Ok(missing)
+    Ok((contents, missing))
 }
+
+type ReferencedSecrets = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<u8>>>;
 
 /// The value the operator generated earlier for `key` of Secret `name`, or a new one.
 /// Never regenerated: replicas and clients rely on it staying.
