@@ -79,6 +79,15 @@ fn rules() -> Vec<Rule> {
         Rule {
             kind: "Domain",
             path: "spec",
+            rule: "!has(self.storage.filesystem) || !has(self.registry) || !has(self.registry.replicas) \
+                   || self.registry.replicas <= 1"
+                .into(),
+            message: "filesystem storage lives on one ReadWriteOnce volume, which one registry pod can use: set \
+                      registry.replicas to 1, or use object storage (s3, gcs, azure) for more replicas",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec",
             rule: "!has(self.encryption)".into(),
             message: crate::domain::ENCRYPTION_NOT_ENFORCED,
         },

@@ -551,6 +551,11 @@ pub struct RegistryDeploymentSpec {
     /// Compute resources of the registry container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// The registry image for this Domain, overriding the operator's default
+    /// (`WHARF_REGISTRY_IMAGE`), so Domains can be upgraded one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
+    pub image: Option<String>,
 }
 
 /// The Service in front of the registry pods.
@@ -559,6 +564,7 @@ pub struct RegistryDeploymentSpec {
 pub struct ServiceSpec {
     /// Service type: ClusterIP (default), NodePort or LoadBalancer.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ClusterIP", "NodePort", "LoadBalancer"]))]
     pub type_: Option<String>,
     /// Service port. Defaults to 8080.
     #[serde(default, skip_serializing_if = "Option::is_none")]

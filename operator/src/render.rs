@@ -461,7 +461,14 @@ fn deployment(
     };
     let container = Container {
         name: "registry".to_owned(),
-        image: Some(settings.image.clone()),
+        image: Some(
+            domain
+                .spec
+                .registry
+                .as_ref()
+                .and_then(|registry| registry.image.clone())
+                .unwrap_or_else(|| settings.image.clone()),
+        ),
         args: Some(vec![
             "serve".to_owned(),
             "--config-map".to_owned(),
@@ -689,6 +696,12 @@ spec:
         let pod = template.spec.unwrap();
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some("wharf-registry:test"));
+        // A Domain pinned to its own image is upgraded on its own schedule.
+        let (_, pinned) = self::children(
+            &WORLD.replace("registry: {replicas: 2,", "registry: {image: \"wharf-registry:1.2.3\", replicas: 2,"),
+        );
+        let pinned_image = pinned.deployment.spec.template.spec.unwrap().containers[0].image.clone();
+        assert_eq!(pinned_image.as_deref(), Some("wharf-registry:1.2.3"));
         assert_eq!(
             container.args.as_deref().unwrap(),
             [

@@ -116,6 +116,24 @@ async fn domains() {
         "  storage: {memory: {}}\n  tokens:\n    trustedIssuers: [{issuer: \"https://ci.example\", audiences: []}]\n",
     );
     rejects(&client, &no_audience, "audiences").await;
+    let two_on_a_volume = domain("volume", "  storage: {filesystem: {path: /data}}\n  registry: {replicas: 2}\n");
+    rejects(&client, &two_on_a_volume, "filesystem storage lives on one ReadWriteOnce volume").await;
+    accepts(&client, &domain("one-on-a-volume", "  storage: {filesystem: {path: /data}}\n  registry: {replicas: 1}\n"))
+        .await;
+    accepts(
+        &client,
+        &domain(
+            "many-on-s3",
+            "  storage: {s3: {bucket: b}}\n  registry: {replicas: 3, image: \"registry.example/wharf:1.2\"}\n",
+        ),
+    )
+    .await;
+    rejects(
+        &client,
+        &domain("svc", "  storage: {memory: {}}\n  registry: {service: {type: ExternalName}}\n"),
+        "Unsupported value",
+    )
+    .await;
     let encrypted = domain("encrypted", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-kek}}\n");
     rejects(&client, &encrypted, "spec.encryption is not enforced yet").await;
     let people = |name: &str, people: &str| {
