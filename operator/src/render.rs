@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    SleepAction, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -37,6 +38,15 @@ pub const DATA_DIR: &str = "/var/lib/wharf";
 pub const CONTAINER_PORT: i32 = 8080;
 /// Service port when the Domain names none.
 pub const DEFAULT_SERVICE_PORT: i32 = 8080;
+/// What a registry container requests when the Domain sets no `resources`: enough to be
+/// scheduled honestly; no limits, which would cut a large upload's buffers.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+/// See [`DEFAULT_CPU_REQUEST`].
+pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
+/// How long a stopping pod keeps serving before SIGTERM, while the Service drops it.
+pub const PRE_STOP_SECONDS: i64 = 5;
+/// How long a stopping pod may take to drain its requests after SIGTERM.
+pub const TERMINATION_GRACE_SECONDS: i64 = 120;
 /// Size requested for a filesystem Domain's volume (the Domain has no field for it yet).
 pub const DATA_VOLUME_SIZE: &str = "10Gi";
 /// Annotation on the pod template: a digest of every secret value the pods use
@@ -492,7 +502,25 @@ fn deployment(
         }]),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
-        resources: domain.spec.registry.as_ref().and_then(|registry| registry.resources.clone()),
+        resources: Some(domain.spec.registry.as_ref().and_then(|registry| registry.resources.clone()).unwrap_or_else(
+            || ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_owned(), Quantity(DEFAULT_CPU_REQUEST.to_owned())),
+                    ("memory".to_owned(), Quantity(DEFAULT_MEMORY_REQUEST.to_owned())),
+                ])),
+                ..ResourceRequirements::default()
+            },
+        )),
+        // The Service stops sending new requests a moment after the pod is marked for
+        // deletion; until then the registry keeps accepting them (no shell in the image:
+        // the kubelet's own sleep).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: PRE_STOP_SECONDS }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -543,6 +571,24 @@ fn deployment(
                     }),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    // Uploads in flight when SIGTERM comes are let finish (the registry
+                    // drains): a 1 GiB publish needs more than the default 30 s.
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    topology_spread_constraints: (replicas(domain) >= 2).then(|| {
+                        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+                            .map(|key| TopologySpreadConstraint {
+                                max_skew: 1,
+                                topology_key: key.to_owned(),
+                                // A preference: one node or zone still runs every replica.
+                                when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                                label_selector: Some(LabelSelector {
+                                    match_labels: Some(selector_labels(&name)),
+                                    match_expressions: None,
+                                }),
+                                ..TopologySpreadConstraint::default()
+                            })
+                            .to_vec()
+                    }),
                     ..PodSpec::default()
                 }),
             },
@@ -696,6 +742,15 @@ spec:
         let pod = template.spec.unwrap();
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some("wharf-registry:test"));
+        let requests = container.resources.as_ref().unwrap().requests.clone().unwrap();
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("100m", "128Mi"));
+        assert!(container.resources.as_ref().unwrap().limits.is_none(), "no limit cuts an upload");
+        let pre_stop = container.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        assert_eq!(pre_stop.sleep.as_ref().unwrap().seconds, PRE_STOP_SECONDS);
+        assert_eq!(pod.termination_grace_period_seconds, Some(TERMINATION_GRACE_SECONDS));
+        let spread: Vec<_> =
+            pod.topology_spread_constraints.as_ref().unwrap().iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(spread, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], "two replicas spread");
         // A Domain pinned to its own image is upgraded on its own schedule.
         let (_, pinned) = self::children(
             &WORLD.replace("registry: {replicas: 2,", "registry: {image: \"wharf-registry:1.2.3\", replicas: 2,"),
@@ -767,6 +822,8 @@ spec:
         assert_eq!(claim.metadata.name.as_deref(), Some("wharf-acme-data"));
         assert_eq!(claim.spec.unwrap().access_modes.unwrap(), ["ReadWriteOnce"]);
         assert!(children.disruption_budget.is_none(), "one replica: a budget would block drains");
+        let pod = children.deployment.spec.template.spec.as_ref().unwrap();
+        assert!(pod.topology_spread_constraints.is_none(), "one replica has nothing to spread");
         let spec = children.deployment.spec;
         assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
         let pod = spec.template.spec.unwrap();
