@@ -176,11 +176,7 @@ pub fn changes(
     };
     let changes = match tool {
         Tool::Npm => vec![change(homes.home.join(".npmrc"), &|text| Ok(npmrc(text, target, token)))?],
-        Tool::Pip => vec![change(homes.xdg_config.join("pip/pip.conf"), &|text| {
-            let value = token.map(|token| target.pypi_index_url(Some(token)));
-            let ours = |value: &str| value.ends_with(&target.pypi_index_host_path());
-            Ok(ini_set(text, "global", "index-url", value.as_deref(), ours))
-        })?],
+        Tool::Pip => vec![change(homes.xdg_config.join("pip/pip.conf"), &|text| Ok(pip_conf(text, target, token)))?],
         Tool::Twine => vec![change(homes.home.join(".pypirc"), &|text| Ok(pypirc(text, target, token)))?],
         Tool::Uv => vec![change(homes.xdg_config.join("uv/uv.toml"), &|text| uv_toml(text, target, token))?],
         Tool::Yarn => vec![change(homes.home.join(".yarnrc.yml"), &|text| Ok(yarnrc(text, target, token)))?],
@@ -322,6 +318,45 @@ fn ini_set(text: &str, section: &str, key: &str, value: Option<&str>, ours: impl
         lines.push(format!("{key} = {value}"));
     }
     join_lines(&lines)
+}
+
+/// The user `pip.conf`: `[global] index-url` with the token. An index the user had is
+/// kept in a comment and put back by logout (added as an extra index instead, it would let
+/// a public package shadow an internal one).
+fn pip_conf(text: &str, target: &Target, token: Option<&str>) -> String {
+    const KEPT: &str = "# index-url before wharf login: ";
+    let ours = |value: &str| value.ends_with(&target.pypi_index_host_path());
+    let current = text
+        .lines()
+        .skip_while(|line| line.trim() != "[global]")
+        .skip(1)
+        .take_while(|line| !line.trim().starts_with('['))
+        .find_map(|line| {
+            let (key, value) = line.split_once(['=', ':'])?;
+            (key.trim() == "index-url").then(|| value.trim().to_owned())
+        });
+    let kept = text.lines().find_map(|line| line.strip_prefix(KEPT)).map(str::to_owned);
+    let without_kept: String =
+        text.lines().filter(|line| !line.starts_with(KEPT)).map(|line| format!("{line}\n")).collect();
+    match token {
+        Some(token) => {
+            let value = target.pypi_index_url(Some(token));
+            let mut text = ini_set(&without_kept, "global", "index-url", Some(&value), ours);
+            let previous = current.filter(|value| !ours(value)).or(kept);
+            if let Some(previous) = previous {
+                text.push_str(&format!("{KEPT}{previous}\n"));
+            }
+            text
+        }
+        // Ours gives way to the kept index, in its place; an index the user set since is
+        // theirs, and the kept one is stale.
+        None => match kept {
+            Some(previous) if current.as_deref().is_some_and(ours) => {
+                ini_set(&without_kept, "global", "index-url", Some(&previous), ours)
+            }
+            _ => ini_set(&without_kept, "global", "index-url", None, ours),
+        },
+    }
 }
 
 /// `~/.pypirc`: a repository section named after the registry, listed in
@@ -852,6 +887,20 @@ mod tests {
             "[install]\ntimeout = 60\n[global]\ntrusted-host = x\n"
         );
         assert_eq!(ini_set(&set, "global", "index-url", None, |_| false), set, "a value not ours stays");
+    }
+
+    #[test]
+    fn pip_keeps_the_users_index_and_logout_puts_it_back() {
+        let before = "[global]\nindex-url = https://mirror.example/simple/\ntimeout = 60\n";
+        let after = pip_conf(before, &target(), Some("T"));
+        assert_eq!(
+            after,
+            "[global]\nindex-url = http://__token__:T@127.0.0.1:8080/pypi/main/simple/\ntimeout = 60\n\
+             # index-url before wharf login: https://mirror.example/simple/\n"
+        );
+        assert_eq!(pip_conf(&after, &target(), Some("T")), after, "logging in twice changes nothing");
+        assert_eq!(pip_conf(&after, &target(), None), before);
+        assert_eq!(pip_conf(&pip_conf("", &target(), Some("T")), &target(), None), "[global]\n");
     }
 
     #[test]

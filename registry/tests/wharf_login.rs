@@ -80,15 +80,21 @@ async fn every_tool_works_after_one_login() {
     write_wheel(&wheel, "logged-in", "1.0.0", "VIA = 'wharf login'\n");
     run_ok(ws.command(venv_bin(&tools, "twine"), ".").args(["upload", "--non-interactive", "-r", "wharf"]).arg(&wheel));
 
-    // pip: the user's pip.conf (the workspace's pip ignores config files unless told otherwise).
+    // pip: the user's pip.conf (the workspace's pip ignores config files unless told
+    // otherwise), whose own index (a closed port: pip would fail through it) is kept aside
+    // and put back by logout.
+    let own_pip_conf = "[global]\nindex-url = http://127.0.0.1:9/simple/\n";
+    ws.write("home/.config/pip/pip.conf", own_pip_conf);
     let dry = run_ok(&mut wharf(&ws, &server, &["login", "--tool", "pip", "--dry-run"]));
     assert!(String::from_utf8_lossy(&dry.stdout).contains("index-url = http://__token__:"), "{}", text(&dry));
-    assert!(!ws.path("home/.config/pip/pip.conf").exists(), "--dry-run wrote the file");
+    assert_eq!(read(&ws, "home/.config/pip/pip.conf"), own_pip_conf, "--dry-run wrote the file");
     run_ok(&mut wharf(&ws, &server, &["login", "--tool", "pip"]));
     let mut pip = ws.command(venv_bin(&tools, "pip"), ".");
     pip.env_remove("PIP_CONFIG_FILE").args(["download", "--no-deps", "-d", "downloads", "logged-in==1.0.0"]);
     run_ok(&mut pip);
     assert!(ws.path("downloads/logged_in-1.0.0-py3-none-any.whl").exists());
+    run_ok(&mut wharf(&ws, &server, &["logout", "--tool", "pip"]));
+    assert_eq!(read(&ws, "home/.config/pip/pip.conf"), own_pip_conf);
 
     // uv: the user uv.toml's default index (the workspace's uv ignores config files unless told).
     run_ok(&mut wharf(&ws, &server, &["login", "--tool", "uv"]));
