@@ -1483,6 +1483,15 @@ spec:
             "unverified email"
         );
         assert!(mapping.person(&claims(serde_json::json!({"email": "", "email_verified": true}))).is_none());
+        let bare = crate::PeopleClaims {
+            username_claim: "preferred_username".into(),
+            prefix: String::new(),
+            ..mapping.clone()
+        };
+        let impostor = serde_json::json!({"preferred_username": "system:serviceaccount:ci:bot"});
+        assert!(bare.person(&claims(impostor)).is_none(), "a system: name is never a person's");
+        let groups = serde_json::json!({"preferred_username": "eve", "groups": ["system:masters", "dev"]});
+        assert_eq!(bare.person(&claims(groups)).unwrap().groups, ["dev"], "nor a system: group");
         let web = config.repository("web").unwrap();
         assert!(web.spec.access.read[0].includes_person(&alice));
         assert!(!web.spec.access.publish[0].includes_person(&alice), "User alice is the cluster's, not idp:alice");

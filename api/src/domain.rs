@@ -483,11 +483,18 @@ impl PeopleClaims {
     }
 
     /// The person an ID token's verified `claims` name, if they name one: the user name
-    /// claim is a non-empty string (and an `email` one is verified); groups are read from
-    /// the groups claim when it is a string or a list of strings.
+    /// claim is a non-empty string (and an `email` one is verified), and the prefixed name is
+    /// not a `system:` one; groups are read from the groups claim when it is a string or a
+    /// list of strings (`system:` ones left out: they are the cluster's).
     pub fn person(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<crate::Person> {
         use serde_json::Value;
         let username = claims.get(&self.username_claim)?.as_str().filter(|name| !name.is_empty())?;
+        let username = format!("{}{username}", self.prefix);
+        // Kubernetes' own names (ServiceAccounts, nodes) are never a person's, whatever a
+        // provider with an empty prefix lets its users call themselves.
+        if username.starts_with("system:") {
+            return None;
+        }
         if self.username_claim == "email" && claims.get("email_verified") != Some(&Value::Bool(true)) {
             return None;
         }
@@ -497,8 +504,13 @@ impl PeopleClaims {
             _ => Vec::new(),
         };
         Some(crate::Person {
-            username: format!("{}{username}", self.prefix),
-            groups: groups.iter().filter(|g| !g.is_empty()).map(|group| format!("{}{group}", self.prefix)).collect(),
+            username,
+            groups: groups
+                .iter()
+                .filter(|group| !group.is_empty())
+                .map(|group| format!("{}{group}", self.prefix))
+                .filter(|group| !group.starts_with("system:"))
+                .collect(),
         })
     }
 }
