@@ -87,6 +87,18 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec.registry.podLabels",
+            rule: "self.all(label, !label.startsWith('app.kubernetes.io/'))".into(),
+            message: "app.kubernetes.io/ labels are the operator's (its selector uses them)",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.env[]",
+            rule: "!self.name.startsWith('WHARF_')".into(),
+            message: "WHARF_ variables are the operator's",
+        },
+        Rule {
+            kind: "Domain",
             path: "spec",
             rule: "!has(self.encryption)".into(),
             message: crate::domain::ENCRYPTION_NOT_ENFORCED,
@@ -203,6 +215,8 @@ const BOUNDS: &[(&str, &str, &str, u64)] = &[
     ("Domain", "spec.externalConnections", "maxItems", 100),
     ("Domain", "spec.externalConnections[].url", "maxLength", 2048),
     ("Domain", "spec.tokens.trustedIssuers[].audiences", "maxItems", 32),
+    ("Domain", "spec.registry.podLabels", "maxProperties", 64),
+    ("Domain", "spec.registry.env", "maxItems", 64),
     ("Domain", "spec.tokens.trustedIssuers[].audiences[]", "maxLength", 512),
     ("Repository", "spec.access.read", "maxItems", 100),
     ("Repository", "spec.access.publish", "maxItems", 100),

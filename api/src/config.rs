@@ -601,6 +601,29 @@ impl Checker<'_> {
                     format!("{replicas} replicas; the count cannot be negative"),
                 );
             }
+            for label in registry.pod_labels.keys().filter(|label| label.starts_with("app.kubernetes.io/")) {
+                self.report(
+                    about,
+                    "spec.registry.podLabels",
+                    format!("{label}: app.kubernetes.io/ labels are the operator's (its selector uses them)"),
+                );
+            }
+            for variable in registry.env.iter().filter(|variable| variable.name.starts_with("WHARF_")) {
+                self.report(
+                    about,
+                    "spec.registry.env",
+                    format!("{}: WHARF_ variables are the operator's", variable.name),
+                );
+            }
+            if let Some(seconds) = registry.termination_grace_period_seconds
+                && !(0..=3600).contains(&seconds)
+            {
+                self.report(
+                    about,
+                    "spec.registry.terminationGracePeriodSeconds",
+                    format!("{seconds} is outside 0 to 3600"),
+                );
+            }
             if let Some(service) = &registry.service {
                 if let Some(port) = service.port
                     && !(1..=65535).contains(&port)
@@ -1422,6 +1445,21 @@ spec:
         let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
         assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
         assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
+    }
+
+    #[test]
+    fn pod_settings_leave_the_operators_labels_and_variables_alone() {
+        let registry = "  registry: {podLabels: {app.kubernetes.io/name: x, team: web}, env: [{name: WHARF_ADMIN_TOKEN, value: x}, \
+                        {name: HTTPS_PROXY, value: p}], terminationGracePeriodSeconds: 7200}\n";
+        let error = load(&format!("{DOMAIN}{registry}")).unwrap_err();
+        assert_eq!(
+            messages(&error),
+            [
+                "test.yaml: document 1 (Domain acme): spec.registry.podLabels: app.kubernetes.io/name: app.kubernetes.io/ labels are the operator's (its selector uses them)",
+                "test.yaml: document 1 (Domain acme): spec.registry.env: WHARF_ADMIN_TOKEN: WHARF_ variables are the operator's",
+                "test.yaml: document 1 (Domain acme): spec.registry.terminationGracePeriodSeconds: 7200 is outside 0 to 3600",
+            ]
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The `Domain` resource: storage, encryption, external connections, token limits and
 //! registry deployment settings of one registry. Pure data, no I/O.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -568,6 +569,44 @@ pub struct RegistryDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512), regex(pattern = r"^[^\s]+$"))]
     pub image: Option<String>,
+    /// Node labels the registry pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the registry pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Scheduling affinity of the registry pods (they spread over nodes and zones from 2
+    /// replicas by themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// The PriorityClass of the registry pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the registry image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Extra labels on the registry pods (the operator's own `app.kubernetes.io/` labels
+    /// cannot be replaced).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Extra annotations on the registry pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Annotations on the registry's ServiceAccount: cloud workload identity for object
+    /// storage without static keys (`eks.amazonaws.com/role-arn`,
+    /// `iam.gke.io/gcp-service-account`, `azure.workload.identity/client-id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_account_annotations: BTreeMap<String, String>,
+    /// Extra environment of the registry container, such as `HTTPS_PROXY` and `NO_PROXY`
+    /// for reaching external connections through a proxy (`WHARF_` names are the
+    /// operator's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// How long a stopping pod may take to finish its requests in flight (uploads
+    /// included) after SIGTERM; 120 s when unset, at most an hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// The Service in front of the registry pods.

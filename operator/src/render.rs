@@ -304,7 +304,12 @@ pub fn render(
         data: Some(BTreeMap::from([(key.to_owned(), k8s_openapi::ByteString(value.as_bytes().to_vec()))])),
         ..Secret::default()
     };
-    let service_account = ServiceAccount { metadata: metadata(&names.registry), ..ServiceAccount::default() };
+    let registry_settings = domain.spec.registry.clone().unwrap_or_default();
+    let mut service_account_metadata = metadata(&names.registry);
+    if !registry_settings.service_account_annotations.is_empty() {
+        service_account_metadata.annotations = Some(registry_settings.service_account_annotations.clone());
+    }
+    let service_account = ServiceAccount { metadata: service_account_metadata, ..ServiceAccount::default() };
     let role = Role {
         metadata: metadata(&names.registry),
         rules: Some(vec![PolicyRule {
@@ -415,6 +420,7 @@ fn deployment(
 ) -> Deployment {
     let namespace = domain.metadata.namespace.clone().unwrap_or_default();
     let name = domain.metadata.name.clone().unwrap_or_default();
+    let settings_of_pod = domain.spec.registry.clone().unwrap_or_default();
     let filesystem = config.domain.spec.storage.filesystem.as_ref();
     let data_dir = filesystem.map_or(DATA_DIR, |filesystem| filesystem.path.as_str());
 
@@ -471,14 +477,7 @@ fn deployment(
     };
     let container = Container {
         name: "registry".to_owned(),
-        image: Some(
-            domain
-                .spec
-                .registry
-                .as_ref()
-                .and_then(|registry| registry.image.clone())
-                .unwrap_or_else(|| settings.image.clone()),
-        ),
+        image: Some(settings_of_pod.image.clone().unwrap_or_else(|| settings.image.clone())),
         args: Some(vec![
             "serve".to_owned(),
             "--config-map".to_owned(),
@@ -490,10 +489,15 @@ fn deployment(
             "--secrets-dir".to_owned(),
             SECRETS_DIR.to_owned(),
         ]),
-        env: Some(vec![
-            env_from_secret("WHARF_TOKEN_SIGNING_KEY", &names.signing_key, SIGNING_KEY_KEY),
-            env_from_secret("WHARF_ADMIN_TOKEN", &names.admin_token, ADMIN_TOKEN_KEY),
-        ]),
+        env: Some(
+            [
+                env_from_secret("WHARF_TOKEN_SIGNING_KEY", &names.signing_key, SIGNING_KEY_KEY),
+                env_from_secret("WHARF_ADMIN_TOKEN", &names.admin_token, ADMIN_TOKEN_KEY),
+            ]
+            .into_iter()
+            .chain(settings_of_pod.env.iter().cloned())
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_owned()),
             container_port: CONTAINER_PORT,
@@ -502,15 +506,13 @@ fn deployment(
         }]),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
-        resources: Some(domain.spec.registry.as_ref().and_then(|registry| registry.resources.clone()).unwrap_or_else(
-            || ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_owned(), Quantity(DEFAULT_CPU_REQUEST.to_owned())),
-                    ("memory".to_owned(), Quantity(DEFAULT_MEMORY_REQUEST.to_owned())),
-                ])),
-                ..ResourceRequirements::default()
-            },
-        )),
+        resources: Some(settings_of_pod.resources.clone().unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity(DEFAULT_CPU_REQUEST.to_owned())),
+                ("memory".to_owned(), Quantity(DEFAULT_MEMORY_REQUEST.to_owned())),
+            ])),
+            ..ResourceRequirements::default()
+        })),
         // The Service stops sending new requests a moment after the pod is marked for
         // deletion; until then the registry keeps accepting them (no shell in the image:
         // the kubelet's own sleep).
@@ -533,8 +535,12 @@ fn deployment(
         ..Container::default()
     };
 
-    let mut pod_labels = labels(&name);
+    // The Domain's labels first: the operator's own (the selector's) win.
+    let mut pod_labels = settings_of_pod.pod_labels.clone();
+    pod_labels.extend(labels(&name));
     pod_labels.extend(selector_labels(&name));
+    let mut pod_annotations = settings_of_pod.pod_annotations.clone();
+    pod_annotations.insert(SECRETS_CHECKSUM_ANNOTATION.to_owned(), checksum.to_owned());
     Deployment {
         metadata: ObjectMeta {
             name: Some(names.registry.clone()),
@@ -553,7 +559,7 @@ fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(SECRETS_CHECKSUM_ANNOTATION.to_owned(), checksum.to_owned())])),
+                    annotations: Some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -573,7 +579,16 @@ fn deployment(
                     volumes: Some(volumes),
                     // Uploads in flight when SIGTERM comes are let finish (the registry
                     // drains): a 1 GiB publish needs more than the default 30 s.
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    termination_grace_period_seconds: Some(
+                        settings_of_pod.termination_grace_period_seconds.unwrap_or(TERMINATION_GRACE_SECONDS),
+                    ),
+                    node_selector: (!settings_of_pod.node_selector.is_empty())
+                        .then(|| settings_of_pod.node_selector.clone()),
+                    tolerations: (!settings_of_pod.tolerations.is_empty()).then(|| settings_of_pod.tolerations.clone()),
+                    affinity: settings_of_pod.affinity.clone(),
+                    priority_class_name: settings_of_pod.priority_class_name.clone(),
+                    image_pull_secrets: (!settings_of_pod.image_pull_secrets.is_empty())
+                        .then(|| settings_of_pod.image_pull_secrets.clone()),
                     topology_spread_constraints: (replicas(domain) >= 2).then(|| {
                         ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
                             .map(|key| TopologySpreadConstraint {
@@ -751,6 +766,29 @@ spec:
         let spread: Vec<_> =
             pod.topology_spread_constraints.as_ref().unwrap().iter().map(|c| c.topology_key.as_str()).collect();
         assert_eq!(spread, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], "two replicas spread");
+        // The Domain's pod settings reach the pod; the operator's labels and variables stay.
+        let settings = "registry: {nodeSelector: {pool: registry}, tolerations: [{key: dedicated, operator: Exists}], \
+             priorityClassName: high, imagePullSecrets: [{name: pull}], podLabels: {team: platform}, \
+             podAnnotations: {note: kept}, serviceAccountAnnotations: {eks.amazonaws.com/role-arn: arn}, \
+             env: [{name: HTTPS_PROXY, value: \"http://proxy:3128\"}], terminationGracePeriodSeconds: 600, \
+             affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 1, preference: {matchExpressions: [{key: ssd, operator: Exists}]}}]}}, ";
+        let (_, set) = self::children(&WORLD.replace("registry: {", settings));
+        let set_pod = set.deployment.spec.template.spec.clone().unwrap();
+        assert_eq!(set_pod.node_selector.unwrap()["pool"], "registry");
+        assert_eq!(set_pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(set_pod.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(set_pod.image_pull_secrets.unwrap()[0].name, "pull");
+        assert!(set_pod.affinity.unwrap().node_affinity.is_some());
+        assert_eq!(set_pod.termination_grace_period_seconds, Some(600));
+        let set_env: Vec<String> = set_pod.containers[0].env.clone().unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(set_env, ["WHARF_TOKEN_SIGNING_KEY", "WHARF_ADMIN_TOKEN", "HTTPS_PROXY"]);
+        let set_meta = set.deployment.spec.template.metadata.clone().unwrap();
+        assert_eq!(set_meta.labels.as_ref().unwrap()["team"], "platform");
+        assert_eq!(set_meta.labels.as_ref().unwrap()["app.kubernetes.io/name"], "wharf-registry");
+        assert_eq!(set_meta.annotations.as_ref().unwrap()["note"], "kept");
+        assert!(set_meta.annotations.as_ref().unwrap().contains_key(SECRETS_CHECKSUM_ANNOTATION));
+        let account_annotations = set.service_account.metadata.annotations.unwrap();
+        assert_eq!(account_annotations["eks.amazonaws.com/role-arn"], "arn");
         // A Domain pinned to its own image is upgraded on its own schedule.
         let (_, pinned) = self::children(
             &WORLD.replace("registry: {replicas: 2,", "registry: {image: \"wharf-registry:1.2.3\", replicas: 2,"),

@@ -134,6 +134,26 @@ async fn domains() {
         "Unsupported value",
     )
     .await;
+    let pods =
+        |name: &str, settings: &str| domain(name, &format!("  storage: {{memory: {{}}}}\n  registry: {settings}\n"));
+    accepts(
+        &client,
+        &pods(
+            "pods",
+            "{nodeSelector: {pool: registry}, tolerations: [{key: dedicated, operator: Exists}], \
+        podLabels: {team: platform}, serviceAccountAnnotations: {eks.amazonaws.com/role-arn: arn}, \
+        env: [{name: HTTPS_PROXY, value: \"http://proxy:3128\"}], terminationGracePeriodSeconds: 600}",
+        ),
+    )
+    .await;
+    rejects(&client, &pods("own-label", "{podLabels: {app.kubernetes.io/name: x}}"), "labels are the operator's").await;
+    rejects(
+        &client,
+        &pods("own-env", "{env: [{name: WHARF_ADMIN_TOKEN, value: x}]}"),
+        "WHARF_ variables are the operator's",
+    )
+    .await;
+    rejects(&client, &pods("long-grace", "{terminationGracePeriodSeconds: 7200}"), "3600").await;
     let encrypted = domain("encrypted", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-kek}}\n");
     rejects(&client, &encrypted, "spec.encryption is not enforced yet").await;
     let people = |name: &str, people: &str| {
