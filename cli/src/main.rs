@@ -106,8 +106,9 @@ struct TokenArgs {
     /// An environment variable holding the admin token, which mints a registry token.
     #[arg(long, value_name = "VAR", default_value = "WHARF_ADMIN_TOKEN")]
     admin_token_env: String,
-    /// What the token may do: read, publish (repeat for both).
-    #[arg(long = "permission", default_values_t = vec!["read".to_owned(), "publish".to_owned()])]
+    /// What the token may do: read, publish (repeat for both). Without it: publish where
+    /// the identity may, else read.
+    #[arg(long = "permission")]
     permissions: Vec<String>,
     /// Lifetime in seconds (the registry caps it at its Domain's tokens.maxTTL).
     #[arg(long)]
@@ -158,37 +159,72 @@ fn env_var(name: &str) -> anyhow::Result<String> {
     Ok(value.trim().to_owned())
 }
 
-/// A registry token from the first source the arguments give.
+/// How the token is asked for: what the registry is sent, and where.
+enum Credential {
+    /// An OIDC ID token (a CI job's, or a person's from signing in).
+    IdToken(String),
+    /// A person's Kubernetes token.
+    Kubernetes(String),
+    /// The admin token, which mints any token.
+    Admin(String),
+}
+
+/// A registry token from the first source the arguments give. Without `--permission`, it
+/// may publish where the identity may, and only read where it may only read.
 async fn token(target: &Target, args: &TokenArgs) -> anyhow::Result<String> {
     if let Some(name) = &args.token_env {
         return env_var(name);
     }
+    let credential = match &args.id_token_env {
+        Some(name) => Credential::IdToken(env_var(name)?),
+        None if args.sign_in => {
+            Credential::IdToken(identity::sign_in(&target.registry, args.issuer.as_deref(), !args.no_browser).await?)
+        }
+        None if args.kubeconfig => Credential::Kubernetes(identity::kubeconfig_token(args.kube_context.as_deref())?),
+        None => Credential::Admin(env_var(&args.admin_token_env).context(
+            "no credential to get a token with: pass --sign-in, --kubeconfig, --token-env or --id-token-env, or \
+             set the admin token",
+        )?),
+    };
+    if !args.permissions.is_empty() {
+        return ask(target, args, &credential, &args.permissions).await?.map_err(refused);
+    }
+    let both = ["read".to_owned(), "publish".to_owned()];
+    match ask(target, args, &credential, &both).await? {
+        Err((status, reason)) if status == reqwest::StatusCode::FORBIDDEN && reason.contains("may not publish") => {
+            eprintln!("{reason}: the token reads only");
+            ask(target, args, &credential, &["read".to_owned()]).await?.map_err(refused)
+        }
+        answer => answer.map_err(refused),
+    }
+}
+
+fn refused((status, reason): (reqwest::StatusCode, String)) -> anyhow::Error {
+    anyhow::anyhow!("the registry refused the token: {status}: {reason}")
+}
+
+/// The registry's answer to a token request for `permissions`: the token, or its refusal.
+async fn ask(
+    target: &Target,
+    args: &TokenArgs,
+    credential: &Credential,
+    permissions: &[String],
+) -> anyhow::Result<Result<String, (reqwest::StatusCode, String)>> {
     let client = reqwest::Client::new();
-    let mut body = json!({"repositories": [target.repository], "permissions": args.permissions});
+    let mut body = json!({"repositories": [target.repository], "permissions": permissions});
     if let Some(ttl) = args.ttl_seconds {
         body["ttlSeconds"] = json!(ttl);
     }
-    let id_token = match &args.id_token_env {
-        Some(name) => Some(env_var(name)?),
-        None if args.sign_in => {
-            Some(identity::sign_in(&target.registry, args.issuer.as_deref(), !args.no_browser).await?)
-        }
-        None => None,
-    };
-    let request = match id_token {
-        Some(id_token) => {
+    let request = match credential {
+        Credential::IdToken(id_token) => {
             body["idToken"] = json!(id_token);
             client.post(format!("{}/api/v1/auth/oidc", target.registry)).json(&body)
         }
-        None if args.kubeconfig => {
-            body["token"] = json!(identity::kubeconfig_token(args.kube_context.as_deref())?);
+        Credential::Kubernetes(token) => {
+            body["token"] = json!(token);
             client.post(format!("{}/api/v1/auth/kubernetes", target.registry)).json(&body)
         }
-        None => {
-            let admin = env_var(&args.admin_token_env).context(
-                "no credential to get a token with: pass --sign-in, --kubeconfig, --token-env or --id-token-env, or \
-                 set the admin token",
-            )?;
+        Credential::Admin(admin) => {
             client.post(format!("{}/api/v1/auth/token", target.registry)).bearer_auth(admin).json(&body)
         }
     };
@@ -196,10 +232,11 @@ async fn token(target: &Target, args: &TokenArgs) -> anyhow::Result<String> {
     let status = response.status();
     let reply: Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
-        let reason = reply.get("error").and_then(Value::as_str).unwrap_or("no reason given");
-        bail!("the registry refused the token: {status}: {reason}");
+        let reason = reply.get("error").and_then(Value::as_str).unwrap_or("no reason given").to_owned();
+        return Ok(Err((status, reason)));
     }
-    reply.get("token").and_then(Value::as_str).map(str::to_owned).context("the registry's answer has no token")
+    let token = reply.get("token").and_then(Value::as_str).map(str::to_owned);
+    Ok(Ok(token.context("the registry's answer has no token")?))
 }
 
 /// The formats whose public packages the repository serves through its chain, as the

@@ -316,7 +316,13 @@ async fn people_exchange_their_kubeconfig_token_for_what_user_and_group_subjects
     let plugin = run_ok(&mut kubectl);
     let token = String::from_utf8(plugin.stdout).unwrap().trim().to_owned();
     assert_eq!(http_request("GET", &packument, &[("authorization", &format!("Bearer {token}"))], "").unwrap(), 200);
-    let publisher = wharf_as("bob", &["token"]);
+    let default = wharf_as("bob", &["token"]);
+    assert!(
+        default.status.success()
+            && text(&default).contains("bob may not publish on repository web: the token reads only")
+    );
+    let publisher = wharf_as("bob", &["token", "--permission", "publish"]);
+    assert!(!publisher.status.success());
     assert!(text(&publisher).contains("bob may not publish on repository web"), "{}", text(&publisher));
 
     // Not people: a ServiceAccount's token, a token the apiserver does not know.

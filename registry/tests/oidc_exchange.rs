@@ -477,7 +477,16 @@ async fn people_sign_in_with_wharf_login_and_are_named_by_user_and_group_subject
     let packument = server.url("/npm/web/signed-in");
     let auth = format!("Bearer {token}");
     assert_eq!(http_request("GET", &packument, &[("authorization", &auth)], "").unwrap(), 200);
-    let publisher = signed_in(&ws, &provider, &[&["token"][..], &target].concat(), "bob", bob).await;
+    // Without --permission he gets what he may: a read token, and says why.
+    let default = signed_in(&ws, &provider, &[&["token"][..], &target].concat(), "bob", bob.clone()).await;
+    assert!(default.status.success(), "{}", text(&default));
+    assert!(
+        text(&default).contains("idp:bob@example.com may not publish on repository web: the token reads only"),
+        "{}",
+        text(&default)
+    );
+    let publish_token = [&["token", "--permission", "publish"][..], &target].concat();
+    let publisher = signed_in(&ws, &provider, &publish_token, "bob", bob).await;
     assert!(!publisher.status.success());
     assert!(text(&publisher).contains("idp:bob@example.com may not publish on repository web"), "{}", text(&publisher));
 
