@@ -174,3 +174,46 @@ async fn a_consented_chain_serves_the_upstream_to_the_downstream_readers_only() 
     assert_eq!(&through_app.body[..], &tarball[..]);
     assert_eq!(app.get("/npm/priv/secret/-/secret-1.0.0.tgz", None).await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// The identity endpoints, anonymously and with another repository's token: the listing
+/// names only readable repositories (and what their chains proxy), the exchanges answer a
+/// private repository and a missing one alike, and the sign-in options name no repository.
+#[tokio::test]
+async fn identity_endpoints_reveal_nothing_to_outsiders() {
+    let app = tenants().await;
+    let pub_reader = app.token(&["pub"], &["read"]).await;
+    let post = |uri: &'static str, token: Option<String>, body: Value| {
+        let mut request = axum::http::Request::post(uri).header(axum::http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        app.send(request.body(axum::body::Body::from(body.to_string())).unwrap())
+    };
+    for token in [None, Some(pub_reader.clone())] {
+        let listed: Value = app.get("/api/v1/repositories", token.as_deref()).await.json();
+        let names: Vec<&str> =
+            listed["repositories"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(names, ["pub"]);
+        assert_eq!(listed["repositories"][0]["proxies"], serde_json::json!(["npm"]));
+
+        let exchange =
+            |repo: &str| serde_json::json!({"idToken": "not.a.token", "repositories": [repo], "permissions": ["read"]});
+        let private = post("/api/v1/auth/oidc", token.clone(), exchange("priv2")).await;
+        let missing = post("/api/v1/auth/oidc", token.clone(), exchange("ghost")).await;
+        assert_eq!((private.status, missing.status), (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED));
+        assert_eq!(without(&private, "priv2"), without(&missing, "ghost"));
+        let kubernetes =
+            |repo: &str| serde_json::json!({"token": "t", "repositories": [repo], "permissions": ["read"]});
+        let private = post("/api/v1/auth/kubernetes", token.clone(), kubernetes("priv2")).await;
+        let missing = post("/api/v1/auth/kubernetes", token.clone(), kubernetes("ghost")).await;
+        assert_eq!((private.status, missing.status), (StatusCode::FORBIDDEN, StatusCode::FORBIDDEN));
+        assert_eq!(without(&private, "priv2"), without(&missing, "ghost"));
+        assert!(private.text().contains("kubernetesUsers"), "{}", private.text());
+
+        let options = app.get("/api/v1/auth/sign-in", token.as_deref()).await;
+        assert_eq!(options.json(), serde_json::json!({"providers": [], "kubernetesUsers": false}));
+        // Tokens are the admin's business.
+        let expected = if token.is_some() { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+        assert_eq!(app.get("/api/v1/auth/tokens", token.as_deref()).await.status, expected);
+    }
+}
