@@ -14,18 +14,25 @@ use wharf_test_harness::{ControlPlane, apply_yaml, eventually};
 
 const NAMESPACE: &str = "cluster-mode";
 
-fn config_map(store: &str, anonymous_read: bool, extra: &str) -> String {
-    let read = if anonymous_read { "[{kind: Anonymous}]" } else { "[]" };
+/// The ConfigMap the operator renders for Domain `acme` in `namespace` (filesystem storage
+/// at `store`, `domain_extra` added to its spec) and its one Repository `repo`, whose spec
+/// ends with `repository_extra`.
+fn acme_config_map(namespace: &str, store: &str, domain_extra: &str, repo: &str, repository_extra: &str) -> String {
     let yaml = format!(
-        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: acme, namespace: {NAMESPACE}}}\n\
-         spec:\n  storage: {{filesystem: {{path: {store}}}}}\n---\n\
-         apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: main, namespace: {NAMESPACE}}}\n\
-         spec:\n  domainRef: {{name: acme}}\n  access: {{read: {read}}}\n{extra}"
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: acme, namespace: {namespace}}}\n\
+         spec:\n  storage: {{filesystem: {{path: {store}}}}}\n{domain_extra}---\n\
+         apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: {repo}, namespace: {namespace}}}\n\
+         spec:\n  domainRef: {{name: acme}}\n{repository_extra}"
     );
     let data = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "wharf-acme-config", "namespace": NAMESPACE},
+        "metadata": {"name": "wharf-acme-config", "namespace": namespace},
         "data": {"wharf.yaml": yaml}});
     serde_json::to_string(&data).unwrap()
+}
+
+fn config_map(store: &str, anonymous_read: bool, extra: &str) -> String {
+    let read = if anonymous_read { "[{kind: Anonymous}]" } else { "[]" };
+    acme_config_map(NAMESPACE, store, "", "main", &format!("  access: {{read: {read}}}\n{extra}"))
 }
 
 /// What the operator grants the registry in `namespace`: read its own ConfigMap, nothing else.
@@ -128,16 +135,10 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     wharf_test_harness::ensure_namespace(&admin, NS).await.unwrap();
     // Every ServiceAccount of team-a reads, team-a/release-bot publishes; team-b nothing.
     let config = |read: &str| {
-        let yaml = format!(
-            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: acme, namespace: {NS}}}\n\
-             spec:\n  storage: {{filesystem: {{path: {store}}}}}\n---\n\
-             apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {NS}}}\n\
-             spec:\n  domainRef: {{name: acme}}\n  access:\n    read: {read}\n    \
-             publish: [{{kind: ServiceAccount, namespace: team-a, name: release-bot}}]\n"
+        let access = format!(
+            "  access:\n    read: {read}\n    publish: [{{kind: ServiceAccount, namespace: team-a, name: release-bot}}]\n"
         );
-        let data = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "wharf-acme-config", "namespace": NS}, "data": {"wharf.yaml": yaml}});
-        serde_json::to_string(&data).unwrap()
+        acme_config_map(NS, &store, "", "web", &access)
     };
     apply_yaml(&admin, &config("[{kind: Namespace, name: team-a}]"), None).await.unwrap();
     apply_yaml(&admin, &reviewer_rbac(NS), None).await.unwrap();
@@ -256,15 +257,8 @@ async fn people_exchange_their_kubeconfig_token_for_what_user_and_group_subjects
         } else {
             "read: [{kind: Anonymous}]"
         };
-        let yaml = format!(
-            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: acme, namespace: {NS}}}\n\
-             spec:\n  storage: {{filesystem: {{path: {store}}}}}\n  tokens: {{kubernetesUsers: {kubernetes_users}}}\n---\n\
-             apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {NS}}}\n\
-             spec:\n  domainRef: {{name: acme}}\n  access:\n    {access}\n"
-        );
-        let data = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "wharf-acme-config", "namespace": NS}, "data": {"wharf.yaml": yaml}});
-        serde_json::to_string(&data).unwrap()
+        let tokens = format!("  tokens: {{kubernetesUsers: {kubernetes_users}}}\n");
+        acme_config_map(NS, &store, &tokens, "web", &format!("  access:\n    {access}\n"))
     };
     apply_yaml(&admin, &config(true), None).await.unwrap();
     apply_yaml(&admin, &reviewer_rbac(NS), None).await.unwrap();

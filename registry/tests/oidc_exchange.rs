@@ -302,15 +302,7 @@ async fn ci_publishes_with_an_id_token_and_only_where_access_allows() {
     let listing = reqwest::get(server.url("/pypi/web/simple/ci-built/")).await.unwrap().text().await.unwrap();
     assert!(listing.contains("ci_built-1.0.0-py3-none-any.whl"), "{listing}");
     // The token is the pipeline's, listed under its issuer and subject.
-    let tokens: Value = reqwest::Client::new()
-        .get(server.url("/api/v1/auth/tokens"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens = server.live_tokens(None).await;
     assert_eq!(tokens["tokens"][0]["subject"], format!("{}#{subject}", provider.issuer));
 
     // Not another CI repository's job, nor a job on a tag.
@@ -457,15 +449,7 @@ async fn people_sign_in_with_wharf_login_and_are_named_by_user_and_group_subject
     let whoami = run(ws.command("npm", "pkg").args(["whoami"]));
     assert_eq!(String::from_utf8_lossy(&whoami.stdout).trim(), "idp:alice@example.com");
     // Her token is listed, and revocable, under her name.
-    let tokens: Value = reqwest::Client::new()
-        .get(server.url("/api/v1/auth/tokens?subject=idp:alice@example.com"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens = server.live_tokens(Some("idp:alice@example.com")).await;
     assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1, "{tokens}");
 
     // Bob is a developer: his group reads, and he may not publish.

@@ -225,6 +225,19 @@ impl TestServer {
 
 impl TestServer {
     /// Sends SIGTERM, as Kubernetes does before stopping a pod.
+    /// The live registry tokens the admin API lists, those of `subject` when given.
+    pub async fn live_tokens(&self, subject: Option<&str>) -> serde_json::Value {
+        let query = subject.map(|subject| format!("?subject={subject}")).unwrap_or_default();
+        let response = reqwest::Client::new()
+            .get(self.url(&format!("/api/v1/auth/tokens{query}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
     pub fn terminate(&self) {
         let pid = self.child.id().to_string();
         run_ok(Command::new("kill").args(["-TERM", &pid]));
