@@ -99,9 +99,9 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
-            path: "spec",
-            rule: "!has(self.encryption)".into(),
-            message: crate::domain::ENCRYPTION_NOT_ENFORCED,
+            path: "spec.encryption",
+            rule: "!has(self.keySecretRef.key)".into(),
+            message: crate::domain::ENCRYPTION_KEY_NAMED,
         },
         Rule {
             kind: "Domain",

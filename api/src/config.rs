@@ -439,8 +439,11 @@ impl Checker<'_> {
         if let Some(filesystem) = &storage.filesystem {
             self.required(about, "spec.storage.filesystem.path", &filesystem.path);
         }
-        if spec.encryption.is_some() {
-            self.report(about, "spec.encryption", crate::domain::ENCRYPTION_NOT_ENFORCED.to_owned());
+        if let Some(encryption) = &spec.encryption {
+            self.secret(about, "spec.encryption.keySecretRef", Some(&encryption.key_secret_ref));
+            if encryption.key_secret_ref.key.is_some() {
+                self.report(about, "spec.encryption.keySecretRef.key", crate::domain::ENCRYPTION_KEY_NAMED.to_owned());
+            }
         }
 
         let mut connection_names: HashMap<&str, usize> = HashMap::new();
@@ -1463,13 +1466,16 @@ spec:
     }
 
     #[test]
-    fn encryption_is_refused_until_it_is_enforced() {
-        let error = load(&format!("{DOMAIN}  encryption: {{keySecretRef: {{name: acme-kek}}}}\n")).unwrap_err();
+    fn encryption_names_a_secret_and_not_one_of_its_keys() {
+        let config = load(&format!("{DOMAIN}  encryption: {{keySecretRef: {{name: acme-keys}}}}\n")).unwrap();
+        assert_eq!(config.domain.spec.encryption.unwrap().key_secret_ref.name, "acme-keys");
+        let error =
+            load(&format!("{DOMAIN}  encryption: {{keySecretRef: {{name: acme-keys, key: k1}}}}\n")).unwrap_err();
         assert_eq!(
             messages(&error),
             [format!(
-                "test.yaml: document 1 (Domain acme): spec.encryption: {}",
-                crate::domain::ENCRYPTION_NOT_ENFORCED
+                "test.yaml: document 1 (Domain acme): spec.encryption.keySecretRef.key: {}",
+                crate::domain::ENCRYPTION_KEY_NAMED
             )]
         );
     }

@@ -44,9 +44,10 @@ pub const TOKEN_TTL_CEILING: Duration = Duration::from_secs(12 * 60 * 60);
 pub struct DomainSpec {
     /// Where packages are stored. Exactly one backend must be set.
     pub storage: StorageSpec,
-    /// Encryption at rest by the registry, with a key of your own: not enforced yet, so
-    /// refused (admission and the configuration loader say so). Until it is, use the object
-    /// store's own encryption at rest.
+    /// Encryption at rest by the registry, with keys of your own: every object (packages,
+    /// records, indexes, tokens) is encrypted before it reaches storage. Only for a Domain
+    /// whose storage is empty (or already encrypted by Wharf); without it, data is stored as
+    /// the store keeps it (use the store's own encryption at rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionSpec>,
     /// The external registries Repositories of this Domain may connect to, by name.
@@ -238,17 +239,19 @@ pub struct FilesystemStorage {
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStorage {}
 
-/// Why `spec.encryption` is refused, in admission and in the loader alike: a Domain that
-/// names a key must not look encrypted while its packages are stored in the clear.
-pub const ENCRYPTION_NOT_ENFORCED: &str = "spec.encryption is not enforced yet: the registry does not encrypt \
-     packages itself, so a key named here would protect nothing; remove it, and use the object store's encryption \
-     at rest (S3 SSE-S3 or SSE-KMS, GCS and Azure encrypt by default) until Wharf encrypts";
+/// Why `spec.encryption.keySecretRef.key` is refused: the Secret holds several keys.
+pub const ENCRYPTION_KEY_NAMED: &str = "name the Secret only: its entries are the keys, and its `current` entry \
+     names the one that seals new data";
 
-/// Encryption at rest (not enforced yet; see [`ENCRYPTION_NOT_ENFORCED`]).
+/// Encryption at rest by the registry (envelope encryption: a data key per object, wrapped
+/// by the Domain's current key).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EncryptionSpec {
-    /// Secret holding the Domain's key-encryption key.
+    /// Secret holding the Domain's keys: every entry but `current` is a key (32 random
+    /// bytes in base64, `openssl rand -base64 32`), and `current` names the one that seals
+    /// new data. To rotate, add a key and name it `current`; remove an old key only after
+    /// `wharf-registry storage rekey` has finished. Name the Secret only (no `key`).
     pub key_secret_ref: SecretRef,
 }
 

@@ -247,22 +247,26 @@ pub fn repository_endpoints(domain: &Domain, repository: &str) -> BTreeMap<Strin
     served.into_iter().map(|(format, url)| (format.as_str().to_owned(), url)).collect()
 }
 
-/// Names of every Secret the configuration refers to (storage credentials, external
-/// connection credentials), sorted and without repeats.
+/// Names of every Secret the configuration refers to (storage credentials, encryption keys,
+/// external connection credentials), sorted and without repeats.
 pub fn referenced_secrets(config: &DomainConfig) -> BTreeSet<String> {
-    let spec = &config.domain.spec;
+    secrets_named_by(&config.domain.spec).map(str::to_owned).collect()
+}
+
+/// The Secrets a Domain's spec names: storage and connection credentials, encryption keys.
+pub fn secrets_named_by(spec: &wharf_api::DomainSpec) -> impl Iterator<Item = &str> {
     let storage = &spec.storage;
-    let references: [Option<&SecretRef>; 3] = [
+    let references: [Option<&SecretRef>; 4] = [
         storage.s3.as_ref().and_then(|s3| s3.credentials_secret_ref.as_ref()),
         storage.gcs.as_ref().and_then(|gcs| gcs.credentials_secret_ref.as_ref()),
         storage.azure.as_ref().and_then(|azure| azure.credentials_secret_ref.as_ref()),
+        spec.encryption.as_ref().map(|encryption| &encryption.key_secret_ref),
     ];
     references
         .into_iter()
         .flatten()
         .chain(spec.external_connections.iter().filter_map(|connection| connection.credentials_secret_ref.as_ref()))
-        .map(|reference| reference.name.clone())
-        .collect()
+        .map(|reference| reference.name.as_str())
 }
 
 /// Renders every child of `domain` from its validated configuration.

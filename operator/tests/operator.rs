@@ -469,6 +469,74 @@ async fn invalid_objects_are_stalled_with_a_reason_a_person_can_act_on() {
     wait_repository(&client, "it-invalid-stranger", "stranger", "DomainNotReady", false).await;
 }
 
+/// A Domain that encrypts: its key Secret is read as the registry reads it, so a Secret
+/// without a usable current key stops the rollout with a message, and a good one is
+/// mounted into the pods, its contents part of the template's checksum (a rotation rolls).
+#[tokio::test]
+async fn encryption_keys_are_checked_mounted_and_rolled() {
+    let client = operator().await;
+    let ns = "it-sealed";
+    ensure_namespace(&client, ns).await.unwrap();
+    let domain = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: sealed, namespace: {ns}}}\nspec:\n  storage: {{memory: {{}}}}\n  encryption: {{keySecretRef: {{name: sealed-keys}}}}\n"
+    );
+    apply_yaml(&client, &domain, None).await.unwrap();
+    wait_domain(&client, ns, "sealed", "SecretNotFound").await;
+    let key = |byte: u8| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    };
+    let secret = |current: &str, keys: &[(&str, String)]| {
+        let entries: String = keys.iter().map(|(id, value)| format!("  {id}: \"{value}\"\n")).collect();
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: sealed-keys, namespace: {ns}}}\nstringData:\n  current: {current}\n{entries}"
+        )
+    };
+    apply_yaml(&client, &secret("k2", &[("k1", key(1))]), None).await.unwrap();
+    let stalled = wait_domain(&client, ns, "sealed", "EncryptionKeysInvalid").await;
+    let ready = ready_of(&stalled.status.unwrap().conditions).unwrap();
+    assert!(ready.2.contains("names key \"k2\"") && ready.2.contains("sealed-keys"), "{ready:?}");
+
+    apply_yaml(&client, &secret("k1", &[("k1", key(1))]), None).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let checksum = |deployment: &Deployment| {
+        deployment
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("wharf.dev/secrets-checksum").cloned())
+    };
+    let first = eventually(WAIT, "the Deployment mounts the key Secret", || async {
+        let deployment = deployments.get("wharf-sealed").await.map_err(|e| e.to_string())?;
+        let pod = deployment.spec.template.spec.as_ref().ok_or("no pod spec")?;
+        let mounted = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|mount| mount.mount_path == "/var/run/wharf/secrets/sealed-keys");
+        if mounted {
+            checksum(&deployment).ok_or_else(|| "no checksum".to_owned())
+        } else {
+            Err("not mounted".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    // Rotation: a new current key changes the template, so the pods roll onto it.
+    apply_yaml(&client, &secret("k2", &[("k1", key(1)), ("k2", key(2))]), None).await.unwrap();
+    eventually(WAIT, "a rotated key rolls the pods", || async {
+        let deployment = deployments.get("wharf-sealed").await.map_err(|e| e.to_string())?;
+        match checksum(&deployment) {
+            Some(now) if now != first => Ok(()),
+            other => Err(format!("checksum {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// The attack from the field, on a real apiserver: a team names another team's private
 /// Repository as the upstream of its anonymously readable one. Refused until the private
 /// Repository consents, here by a namespace selector.

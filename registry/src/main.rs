@@ -29,10 +29,22 @@ enum Command {
     /// Serve the registry. Without --config: Domain `default` with one
     /// Repository `main`, stored under --data.
     Serve(ServeArgs),
+    /// Maintain the Domain's storage.
+    #[command(subcommand)]
+    Storage(StorageCommand),
 }
 
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Re-wrap every object's data key under the Domain's current encryption key, without
+    /// rewriting data, so older keys can be removed from the key Secret. Safe on a live
+    /// registry, and to interrupt and run again.
+    Rekey(DomainArgs),
+}
+
+/// Which Domain, and where its Secrets are.
 #[derive(clap::Args)]
-struct ServeArgs {
+struct DomainArgs {
     /// A file or folder of Wharf resources (Domain, Repository, UpstreamPolicy YAML).
     #[arg(long, env = "WHARF_CONFIG", conflicts_with = "config_map")]
     config: Option<PathBuf>,
@@ -40,6 +52,39 @@ struct ServeArgs {
     /// for the Domain, watched so changes apply within seconds without a restart.
     #[arg(long, env = "WHARF_CONFIG_MAP")]
     config_map: Option<String>,
+    /// Data folder of the embedded default configuration [default: ./wharf-data]; in cluster
+    /// mode, where a filesystem Domain's volume is mounted (the operator passes the Domain's
+    /// path; without it, the Domain's path is used as written).
+    #[arg(long, env = "WHARF_DATA")]
+    data: Option<String>,
+    /// Folder of Secrets, laid out like a Secret volume (`DIR/{secret}/{key}`), that the
+    /// configuration's `credentialsSecretRef`s and `keySecretRef`s name. Default:
+    /// `<data>/secrets`.
+    #[arg(long, env = "WHARF_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
+}
+
+impl DomainArgs {
+    fn secrets(&self) -> SecretsDir {
+        SecretsDir::new(
+            self.secrets_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(self.data.as_deref().unwrap_or(DEFAULT_DATA)).join("secrets")),
+        )
+    }
+
+    /// The Domain's storage, opened as the registry opens it.
+    fn open_storage(&self, config: &DomainConfig) -> anyhow::Result<wharf_storage::Storage> {
+        // The operator mounts a filesystem Domain's volume at --data.
+        let mounted_at = self.config_map.as_ref().and(self.data.as_deref());
+        wharf_storage::backends::open_domain_storage(config, &self.secrets(), mounted_at)
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    domain: DomainArgs,
     /// Cluster mode: the audience a pod's projected ServiceAccount token must be issued for
     /// to be accepted as a credential (checked with the apiserver's TokenReview API).
     #[arg(long, env = "WHARF_TOKEN_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
@@ -47,19 +92,14 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Data folder of the embedded default configuration [default: ./wharf-data]; in cluster
-    /// mode, where a filesystem Domain's volume is mounted (the operator passes the Domain's
-    /// path; without it, the Domain's path is used as written).
-    #[arg(long, env = "WHARF_DATA")]
-    data: Option<String>,
+    /// How often the Domain's encryption keys are read again from their Secret, so a
+    /// rotated key seals new data (a Secret volume follows its Secret within a minute or
+    /// so). A duration: 10s, 1m.
+    #[arg(long, env = "WHARF_KEY_REFRESH_INTERVAL", default_value = "10s", value_parser = timeout)]
+    key_refresh_interval: Duration,
     /// Log format.
     #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Folder of Secrets, laid out like a Secret volume (`DIR/{secret}/{key}`), that the
-    /// configuration's `credentialsSecretRef`s and `keySecretRef`s name. Default:
-    /// `<data>/secrets`.
-    #[arg(long, env = "WHARF_SECRETS_DIR")]
-    secrets_dir: Option<PathBuf>,
     /// Largest artifact accepted in one upload, in bytes.
     #[arg(long, env = "WHARF_MAX_UPLOAD_BYTES", default_value_t = Limits::default().max_upload_bytes)]
     max_upload_bytes: u64,
@@ -124,30 +164,75 @@ fn timeout(text: &str) -> Result<Duration, String> {
 const DEFAULT_DATA: &str = "./wharf-data";
 
 fn main() -> anyhow::Result<()> {
-    let Cli { command: Command::Serve(args) } = Cli::parse();
-    logging::init(args.log_format);
-    tokio::runtime::Builder::new_multi_thread()
+    let command = Cli::parse().command;
+    logging::init(match &command {
+        Command::Serve(args) => args.log_format,
+        Command::Storage(_) => LogFormat::Text,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("failed to start the async runtime")?
-        .block_on(serve(args))
+        .context("failed to start the async runtime")?;
+    match command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Storage(StorageCommand::Rekey(args)) => runtime.block_on(rekey(args)),
+    }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let (config, source) = match (&args.config, &args.config_map) {
+/// The Domain's configuration, and in cluster mode where it came from.
+async fn load_config(
+    args: &DomainArgs,
+) -> anyhow::Result<(DomainConfig, Option<(ConfigMapSource, Option<String>, kube::Client)>)> {
+    match (&args.config, &args.config_map) {
         (_, Some(reference)) => {
             // In-cluster configuration, or KUBECONFIG.
             let client = kube::Client::try_default().await.context("failed to configure the Kubernetes client")?;
             let source = ConfigMapSource::new(client.clone(), reference)?;
             let (config, revision) = source.load().await?;
-            let reviewer = TokenReviewer::new(client, &args.token_audience);
-            (config, Some((source, revision, reviewer)))
+            Ok((config, Some((source, revision, client))))
         }
-        (Some(path), None) => (DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?, None),
-        (None, None) => (DomainConfig::embedded_default(args.data.as_deref().unwrap_or(DEFAULT_DATA)), None),
+        (Some(path), None) => Ok((DomainConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?, None)),
+        (None, None) => Ok((DomainConfig::embedded_default(args.data.as_deref().unwrap_or(DEFAULT_DATA)), None)),
+    }
+}
+
+async fn rekey(args: DomainArgs) -> anyhow::Result<()> {
+    let (config, _) = load_config(&args).await?;
+    let domain = config.domain_name().to_owned();
+    let storage = args.open_storage(&config)?;
+    let Some(encryption) = storage.encryption() else {
+        anyhow::bail!(
+            "Domain {domain:?} is not encrypted by the registry (it has no spec.encryption): nothing to rekey"
+        )
     };
+    if !storage.is_exclusive() {
+        storage.verify_conditional_writes().await.context("storage cannot hold a Wharf Domain")?;
+    }
+    let report = encryption
+        .rekey(|progress| {
+            eprintln!("{} objects examined, {} re-wrapped so far", progress.examined, progress.rewrapped);
+        })
+        .await
+        .with_context(|| format!("rekey of Domain {domain:?} stopped; run it again to go on"))?;
+    if let Some(why) = encryption.unavailable() {
+        anyhow::bail!("the encryption keys cannot be used: {why}");
+    }
+    let current = encryption.current_key_id().unwrap_or_default();
+    println!(
+        "Domain {domain:?}: every object opens with key {current:?} ({} re-wrapped now, {} already current); keys \
+         other than {current:?} may be removed from the key Secret",
+        report.rewrapped, report.current
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, source) = load_config(&args.domain).await?;
     let (source, token_review) = match source {
-        Some((source, revision, reviewer)) => (Some((source, revision)), Some(Arc::new(reviewer))),
+        Some((source, revision, client)) => {
+            let reviewer = TokenReviewer::new(client, &args.token_audience);
+            (Some((source, revision)), Some(Arc::new(reviewer)))
+        }
         None => (None, None),
     };
     let (admin_token, generated) = match std::env::var("WHARF_ADMIN_TOKEN") {
@@ -155,11 +240,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => (hex::encode(rand::random::<[u8; 24]>()), true),
     };
     let signing_key = std::env::var("WHARF_TOKEN_SIGNING_KEY").ok().filter(|k| !k.is_empty()).map(String::into_bytes);
-    let secrets = SecretsDir::new(
-        args.secrets_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(args.data.as_deref().unwrap_or(DEFAULT_DATA)).join("secrets")),
-    );
+    let secrets = args.domain.secrets();
     let options = ServeOptions {
         listen: args.listen,
         secrets,
@@ -173,10 +254,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             file_window: std::time::Duration::from_secs(args.upstream_file_window_seconds),
         },
         token_review,
+        key_refresh: args.key_refresh_interval,
     };
-    // The operator mounts a filesystem Domain's volume at --data.
-    let mounted_at = args.config_map.as_ref().and(args.data.as_deref());
-    let storage = wharf_storage::backends::open_domain_storage(&config, &options.secrets, mounted_at)?;
+    let storage = args.domain.open_storage(&config)?;
     let connection_limits = ConnectionLimits {
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,

@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub upstream: wharf_upstream::UpstreamOptions,
     /// Checks Kubernetes ServiceAccount tokens (cluster mode).
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
+    /// How often the encryption keys are read again (a rotated key Secret).
+    pub key_refresh: std::time::Duration,
 }
 
 /// Builds the shared state the router serves from.
@@ -57,6 +59,24 @@ pub async fn build_state(
             }
             Err(error) => return Err(error).context("storage cannot hold a Wharf Domain"),
         }
+    }
+    storage.check_encryption().await.context("storage does not match the Domain's encryption")?;
+    if let Some(encryption) = storage.encryption() {
+        if let Some(why) = encryption.unavailable() {
+            anyhow::bail!("the encryption keys cannot be used: {why}");
+        }
+        tracing::info!(current = encryption.current_key_id().unwrap_or_default(), "encrypting with the Domain's keys");
+        let encryption = Arc::downgrade(encryption);
+        let interval = options.key_refresh;
+        tokio::spawn(async move {
+            // Picks up a rotated key Secret (a Secret volume follows its Secret within a
+            // minute or so); a change that does not open the data makes /readyz fail.
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(encryption) = encryption.upgrade() else { return };
+                encryption.refresh().await;
+            }
+        });
     }
     if config.domain.spec.kubernetes_users() && options.token_review.is_none() {
         anyhow::bail!(
@@ -121,7 +141,7 @@ pub enum ReloadError {
         new: String,
     },
     /// Storage is opened once at start-up.
-    #[error("the Domain's storage changed; storage changes take effect when the registry restarts")]
+    #[error("the Domain's storage or encryption changed; such changes take effect when the registry restarts")]
     StorageChanged,
     /// An external connection's credentials could not be read.
     #[error(transparent)]
@@ -154,7 +174,9 @@ impl LiveServer {
                 new: config.domain_name().to_owned(),
             });
         }
-        if config.domain.spec.storage != old.packages.config.domain.spec.storage {
+        if config.domain.spec.storage != old.packages.config.domain.spec.storage
+            || config.domain.spec.encryption != old.packages.config.domain.spec.encryption
+        {
             return Err(ReloadError::StorageChanged);
         }
         let credentials = wharf_upstream::resolve_credentials(&config, secrets)?;
@@ -265,6 +287,7 @@ mod tests {
         let careless = Storage::new(Arc::new(IgnoresPreconditions::default()));
         let config = wharf_api::DomainConfig::embedded_default("unused");
         let options = super::ServeOptions {
+            key_refresh: std::time::Duration::from_secs(10),
             upstream: Default::default(),
             listen: ([127, 0, 0, 1], 0).into(),
             secrets: wharf_storage::secrets::SecretsDir::new("unused"),

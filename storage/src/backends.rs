@@ -20,6 +20,7 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use wharf_api::{AzureStorage, GcsStorage, S3Storage, SecretRef, StorageSpec};
 
 use crate::Storage;
+use crate::encryption::EncryptedStore;
 use crate::secrets::{SecretError, SecretsDir};
 
 /// Keys of the Secret an S3 `credentialsSecretRef` names.
@@ -126,8 +127,14 @@ pub fn open_domain_storage(
     if let (Some(filesystem), Some(mounted_at)) = (spec.filesystem.as_mut(), mounted_at) {
         mounted_at.clone_into(&mut filesystem.path);
     }
-    open_storage(&spec, secrets)
-        .with_context(|| format!("failed to open the storage of Domain {:?}", config.domain_name()))
+    let storage = open_storage(&spec, secrets)
+        .with_context(|| format!("failed to open the storage of Domain {:?}", config.domain_name()))?;
+    Ok(match &config.domain.spec.encryption {
+        Some(encryption) => storage.with_encryption(|inner| {
+            EncryptedStore::from_secret(inner, secrets.clone(), encryption.key_secret_ref.name.clone())
+        }),
+        None => storage,
+    })
 }
 
 /// Creates the data folder readable by its owner alone (0700): it holds the

@@ -12,6 +12,7 @@
 //! repositories/{repo}/{format}/{name}/versions/{v}/record.json          create-once version record
 //! repositories/{repo}/{format}/{name}/versions/{v}/assets/{file}.json   create-once asset record
 //! keys/token-signing                                        generated token signing key
+//! encryption/canary, encryption/rewrapped/…                 with encryption (see [`encryption`])
 //! probes/conditional-write/{uuid}                           start-up check that create-once holds (deleted)
 //! ```
 //!
@@ -21,6 +22,7 @@
 //! compare-and-swap is built from `PutMode::Create` of numbered revisions.
 
 pub mod backends;
+pub mod encryption;
 pub mod secrets;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -42,6 +44,8 @@ use object_store::{
 };
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
+
+use crate::encryption::EncryptedStore;
 
 /// Part size for multipart uploads: S3's minimum, and small enough that a
 /// streaming upload holds at most a few parts in memory.
@@ -91,6 +95,14 @@ pub enum StorageError {
          {limit} it may have; use shorter names"
     )]
     KeyTooLong { key: String, bytes: usize, limit: usize },
+    #[error("the encryption keys cannot be used: {why}")]
+    Encryption { why: String },
+    #[error(
+        "storage holds data the registry encrypted (it has {}), but the Domain names no encryption key: set \
+         spec.encryption.keySecretRef to the Secret with its keys",
+        encryption::canary_key()
+    )]
+    EncryptedWithoutKeys,
     #[error("failed to restrict {path} to its owner (mode 0600)")]
     Permissions {
         path: String,
@@ -206,6 +218,8 @@ pub struct Storage {
     /// The folder a local filesystem store keeps its objects in, so the
     /// files holding secrets can be restricted to their owner.
     local_folder: Option<Arc<std::path::PathBuf>>,
+    /// Set when everything is encrypted by the registry: `store` is this.
+    encryption: Option<Arc<EncryptedStore>>,
 }
 
 #[derive(Debug, Default)]
@@ -348,6 +362,39 @@ impl Storage {
             conditional_writes_verified: Arc::new(AtomicBool::new(false)),
             small_blobs: Default::default(),
             local_folder: None,
+            encryption: None,
+        }
+    }
+
+    /// Encrypts everything from now on with the store `encrypt` builds around this one
+    /// (see [`encryption`]).
+    pub fn with_encryption(self, encrypt: impl FnOnce(Arc<dyn ObjectStore>) -> EncryptedStore) -> Self {
+        let encrypted = Arc::new(encrypt(self.store.clone()));
+        Storage { store: encrypted.clone(), encryption: Some(encrypted), ..self }
+    }
+
+    /// The encryption layer, when the registry encrypts.
+    pub fn encryption(&self) -> Option<&Arc<EncryptedStore>> {
+        self.encryption.as_ref()
+    }
+
+    /// Checks at start-up that the data matches the configuration: with encryption, reads
+    /// the keys and checks them against the data (failures leave the store unready, see
+    /// [`Self::check`]); without, refuses a store the registry encrypted before.
+    pub async fn check_encryption(&self) -> Result<(), StorageError> {
+        match &self.encryption {
+            Some(encryption) => {
+                encryption.refresh().await;
+                Ok(())
+            }
+            None => {
+                let canary = encryption::canary_key();
+                match self.store.head(&canary).await {
+                    Ok(_) => Err(StorageError::EncryptedWithoutKeys),
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(StorageError::store("look up", &canary, e)),
+                }
+            }
         }
     }
 
@@ -689,22 +736,24 @@ impl Storage {
     /// with it, anyone can mint an admin token.
     pub async fn token_signing_key(&self) -> Result<Vec<u8>, StorageError> {
         let key = keys::token_signing_key();
-        let bytes = match self.read_bytes(&key).await? {
-            Some(bytes) => bytes.to_vec(),
+        let (bytes, created) = match self.read_bytes(&key).await? {
+            Some(bytes) => (bytes.to_vec(), false),
             None => {
                 let generated: [u8; 32] = rand::random();
                 let options = PutOptions { mode: PutMode::Create, ..Default::default() };
                 match self.store.put_opts(&key, PutPayload::from(generated.to_vec()), options).await {
-                    Ok(_) => generated.to_vec(),
+                    Ok(_) => (generated.to_vec(), true),
                     Err(object_store::Error::AlreadyExists { .. }) => {
-                        self.read_bytes(&key).await?.map(|b| b.to_vec()).unwrap_or_else(|| generated.to_vec())
+                        let kept = self.read_bytes(&key).await?.map(|b| b.to_vec());
+                        (kept.unwrap_or_else(|| generated.to_vec()), false)
                     }
                     Err(e) => return Err(StorageError::store("create", &key, e)),
                 }
             }
         };
         if let Some(folder) = &self.local_folder {
-            restrict_to_owner(&folder.join(key.as_ref()))?;
+            // A key created just now was never open to anyone: tighten it quietly.
+            restrict_to_owner(&folder.join(key.as_ref()), !created)?;
         }
         Ok(bytes)
     }
@@ -714,6 +763,9 @@ impl Storage {
     pub async fn check(&self) -> Result<(), StorageError> {
         let seconds = READINESS_TIMEOUT.as_secs();
         tokio::time::timeout(READINESS_TIMEOUT, async {
+            if let Some(why) = self.encryption.as_ref().and_then(|encryption| encryption.unavailable()) {
+                return Err(StorageError::Encryption { why });
+            }
             if !self.exclusive && !self.conditional_writes_verified.load(Ordering::Relaxed) {
                 return self.verify_conditional_writes().await;
             }
@@ -735,13 +787,15 @@ impl Storage {
     pub async fn verify_conditional_writes(&self) -> Result<(), StorageError> {
         let key = keys::conditional_write_probe(&uuid::Uuid::new_v4().to_string());
         let create = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.store
+        // The probe holds nothing worth encrypting, and runs before the keys are checked.
+        let store = self.encryption.as_ref().map_or(&self.store, |encryption| encryption.inner());
+        store
             .put_opts(&key, PutPayload::from_static(b"first"), create.clone())
             .await
             .map_err(|e| StorageError::store("create", &key, e))?;
-        let second = self.store.put_opts(&key, PutPayload::from_static(b"second"), create).await;
+        let second = store.put_opts(&key, PutPayload::from_static(b"second"), create).await;
         // Best effort: a leftover probe is a few bytes under probes/.
-        let _ = self.store.delete(&key).await;
+        let _ = store.delete(&key).await;
         match second {
             Err(object_store::Error::AlreadyExists { .. }) => {
                 self.conditional_writes_verified.store(true, Ordering::Relaxed);
@@ -938,13 +992,13 @@ impl std::io::Seek for SyncBlobReader {
 
 /// Makes a secret's file readable and writable by its owner alone (0600),
 /// saying so when it was open to others before.
-fn restrict_to_owner(path: &std::path::Path) -> Result<(), StorageError> {
+fn restrict_to_owner(path: &std::path::Path, warn: bool) -> Result<(), StorageError> {
     use std::os::unix::fs::PermissionsExt;
     let failed = |source| StorageError::Permissions { path: path.display().to_string(), source };
     let mode = std::fs::metadata(path).map_err(failed)?.permissions().mode() & 0o777;
     if mode != 0o600 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
-        if mode & 0o077 != 0 {
+        if warn && mode & 0o077 != 0 {
             tracing::warn!(
                 file = %path.display(),
                 was = format!("{mode:o}"),
@@ -956,7 +1010,7 @@ fn restrict_to_owner(path: &std::path::Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-async fn file_stream(
+pub(crate) async fn file_stream(
     file: std::fs::File,
     range: Range<u64>,
 ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, StorageError> {

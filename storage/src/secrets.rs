@@ -83,6 +83,32 @@ impl SecretsDir {
         }
     }
 
+    /// The keys Secret `name` holds (its files, without the `..data` links of a Secret
+    /// volume), sorted.
+    pub fn entries(&self, name: &str) -> Result<Vec<String>, SecretError> {
+        if !is_path_segment(name) {
+            return Err(SecretError::InvalidReference { name: name.to_owned(), key: String::new() });
+        }
+        let path = self.root.join(name);
+        let unreadable =
+            |source| SecretError::Unreadable { name: name.to_owned(), key: String::new(), path: path.clone(), source };
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&path).map_err(unreadable)? {
+            let entry = entry.map_err(unreadable)?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if !file.starts_with('.') && is_path_segment(&file) && entry.path().is_file() {
+                entries.push(file);
+            }
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Reads key `key` of Secret `name`.
+    pub fn read_entry(&self, name: &str, key: &str) -> Result<String, SecretError> {
+        self.read_key(name, key)
+    }
+
     fn read_key(&self, name: &str, key: &str) -> Result<String, SecretError> {
         if !is_path_segment(name) || !is_path_segment(key) {
             return Err(SecretError::InvalidReference { name: name.to_owned(), key: key.to_owned() });

@@ -80,6 +80,11 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         finish(ctx, domain, &previous, &outcome).await?;
         return Ok(Action::requeue(SECRET_RETRY));
     }
+    if let Some(problem) = encryption_keys_problem(config, &referenced) {
+        let outcome = Outcome::stalled("EncryptionKeysInvalid", problem);
+        finish(ctx, domain, &previous, &outcome).await?;
+        return Ok(Action::requeue(SECRET_RETRY));
+    }
     let secrets = SecretValues {
         signing_key: kept_or_generated(&ctx.client, &namespace, &names.signing_key, SIGNING_KEY_KEY).await?,
         admin_token: kept_or_generated(&ctx.client, &namespace, &names.admin_token, ADMIN_TOKEN_KEY).await?,
@@ -219,6 +224,19 @@ async fn read_secrets(
         }
     }
     Ok((contents, missing))
+}
+
+/// What is wrong with the Domain's encryption key Secret, read as the registry reads it, so
+/// a Secret without a usable current key stops the rollout here rather than in every pod.
+fn encryption_keys_problem(config: &DomainConfig, referenced: &ReferencedSecrets) -> Option<String> {
+    let name = &config.domain.spec.encryption.as_ref()?.key_secret_ref.name;
+    let entries = referenced
+        .get(name)?
+        .iter()
+        .map(|(key, value)| (key.clone(), String::from_utf8_lossy(value).into_owned()))
+        .collect();
+    let problem = wharf_storage::encryption::KeyRing::from_entries(name, entries).err()?;
+    Some(format!("{problem}; fix the Secret"))
 }
 
 type ReferencedSecrets = std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<u8>>>;

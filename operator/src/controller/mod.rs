@@ -461,6 +461,23 @@ pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, 
             })
             .collect::<Vec<_>>()
     };
+    // A Secret a Domain names (storage credentials, encryption keys, connection
+    // credentials) changes what its pods must read: reconcile so the checksum rolls them.
+    let domains_of_secret = {
+        let domains = ctx.domains.clone();
+        move |secret: kube::core::PartialObjectMeta<Secret>| {
+            let (Some(namespace), Some(name)) = (secret.metadata.namespace, secret.metadata.name) else {
+                return Vec::new();
+            };
+            domains
+                .state()
+                .iter()
+                .filter(|domain| domain.metadata.namespace.as_deref() == Some(namespace.as_str()))
+                .filter(|domain| crate::render::secrets_named_by(&domain.spec).any(|named| named == name))
+                .map(|domain| ObjectRef::from_obj(domain.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
     let domains = domain_controller
         .owns_in::<ConfigMap>(&client, &scope, managed())
         .owns_in::<Secret>(&client, &scope, managed())
@@ -477,6 +494,7 @@ pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, 
         .watches_in(&client, &scope, everything(), |repository: Repository| Some(repository_domain(&repository)))
         .watches_in(&client, &scope, everything(), domains_of_policy)
         .watches(Api::<Namespace>::all(client.clone()), everything(), selector_domains)
+        .watches_metadata_in::<Secret, _>(&client, &scope, domains_of_secret)
         .shutdown_on_signal()
         .run(domain::reconcile, error_policy, ctx.clone())
         .for_each({

@@ -77,6 +77,19 @@ pub(super) trait ScopedTriggers<K: Watched>: Sized {
         Other: Watched + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         I: 'static + IntoIterator<Item = ObjectRef<K>>,
         I::IntoIter: Send;
+
+    /// [`Self::watches_in`] on the metadata of `Other` only: for kinds whose contents the
+    /// operator must not hold in memory or pass around (Secrets).
+    fn watches_metadata_in<Other, I>(
+        self,
+        client: &Client,
+        scope: &WatchScope,
+        mapper: impl Fn(PartialObjectMeta<Other>) -> I + Sync + Send + 'static,
+    ) -> Self
+    where
+        Other: Watched + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        I: 'static + IntoIterator<Item = ObjectRef<K>>,
+        I::IntoIter: Send;
 }
 
 impl<K: Watched> ScopedTriggers<K> for Controller<K> {
@@ -119,6 +132,31 @@ impl<K: Watched> ScopedTriggers<K> for Controller<K> {
                 self.watches_stream(futures::stream::select_all(streams), mapper)
             }
         }
+    }
+
+    fn watches_metadata_in<Other, I>(
+        self,
+        client: &Client,
+        scope: &WatchScope,
+        mapper: impl Fn(PartialObjectMeta<Other>) -> I + Sync + Send + 'static,
+    ) -> Self
+    where
+        Other: Watched + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        I: 'static + IntoIterator<Item = ObjectRef<K>>,
+        I::IntoIter: Send,
+    {
+        // `Api<PartialObjectMeta<_>>` asks the apiserver for metadata only.
+        let apis = match scope {
+            WatchScope::All => vec![Api::<PartialObjectMeta<Other>>::all(client.clone())],
+            WatchScope::Namespaces(namespaces) => namespaces
+                .iter()
+                .map(|namespace| Api::<PartialObjectMeta<Other>>::namespaced(client.clone(), namespace))
+                .collect(),
+        };
+        let streams = apis
+            .into_iter()
+            .map(|api| watcher(api, watcher::Config::default()).default_backoff().touched_objects().boxed());
+        self.watches_stream(futures::stream::select_all(streams), mapper)
     }
 }
 

@@ -228,6 +228,11 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<SharedState>) -> Response {
     match state.packages.registry.storage().check().await {
         Ok(()) => "ready".into_response(),
+        Err(error @ wharf_storage::StorageError::Encryption { .. }) => {
+            tracing::warn!(error = %error_chain(&error), "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "the encryption keys cannot be used; the registry's log says why")
+                .into_response()
+        }
         Err(error) => {
             tracing::warn!(error = %error_chain(&error), "storage is not reachable");
             (StatusCode::SERVICE_UNAVAILABLE, "storage is not reachable").into_response()

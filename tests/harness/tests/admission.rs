@@ -154,8 +154,11 @@ async fn domains() {
     )
     .await;
     rejects(&client, &pods("long-grace", "{terminationGracePeriodSeconds: 7200}"), "3600").await;
-    let encrypted = domain("encrypted", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-kek}}\n");
-    rejects(&client, &encrypted, "spec.encryption is not enforced yet").await;
+    let encrypted = domain("encrypted", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-keys}}\n");
+    accepts(&client, &encrypted).await;
+    let one_key =
+        domain("one-key", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-keys, key: k1}}\n");
+    rejects(&client, &one_key, "name the Secret only").await;
     let people = |name: &str, people: &str| {
         domain(
             name,
