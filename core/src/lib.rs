@@ -13,6 +13,7 @@
 
 pub mod adapter;
 pub mod chain;
+pub mod collect;
 pub mod explain;
 pub mod model;
 pub mod policy;
@@ -36,6 +37,8 @@ pub use publish::{Declared, Digest, Placement, Publication};
 
 use wharf_storage::{BlobBody, BlobDigests, BodyError, Created, StagedBlob, Storage, StorageError, keys};
 
+/// The key of a deleted version's tombstone record that says who deleted it, when.
+const DELETED: &str = "deleted";
 /// How often one index write retries after losing a compare-and-swap.
 const MAX_INDEX_ATTEMPTS: u32 = 200;
 /// Packages whose index stays cached in memory, per process.
@@ -294,12 +297,12 @@ impl Registry {
             Created::Created => (record, PublishOutcome::Created, None),
             Created::AlreadyExists(existing) => {
                 let conflict = (!same_assets(&existing.assets, &record.assets)).then(|| {
-                    CoreError::Conflict(format!(
-                        "{} {}@{} was already published with different contents",
-                        id.format.as_str(),
-                        display_name,
-                        new.version
-                    ))
+                    let why = if existing.metadata.get(DELETED).is_some() {
+                        "was deleted by an administrator, and its number may not be used again"
+                    } else {
+                        "was already published with different contents"
+                    };
+                    CoreError::Conflict(format!("{} {}@{} {why}", id.format.as_str(), display_name, new.version))
                 });
                 (existing, PublishOutcome::AlreadyPublished, conflict)
             }
@@ -645,7 +648,8 @@ impl Registry {
         .await
     }
 
-    /// Changes a version's status, optionally only from `expected`.
+    /// Changes a version's status, optionally only from `expected`, on behalf of `by`
+    /// (kept in the index's status changes).
     pub async fn set_status(
         &self,
         repo: &str,
@@ -653,6 +657,7 @@ impl Registry {
         version: &str,
         expected: Option<VersionStatus>,
         status: VersionStatus,
+        by: &str,
     ) -> Result<(), CoreError> {
         self.update_existing(repo, id, |index| {
             let entry = index
@@ -679,14 +684,70 @@ impl Registry {
             entry.status = status;
             entry.withdrawn = false;
             if status == VersionStatus::Disposed {
-                // The blobs stay until garbage collection finds them
-                // unreferenced across the Domain.
+                // The blobs go when the collector finds nothing else in the Domain
+                // naming them; the entry stays as the tombstone.
                 entry.assets.clear();
             }
             index.tags.retain(|_, v| v != version || status.is_listed());
+            let changes = index.status_changes.entry(version.to_owned()).or_default();
+            changes.push(StatusChange { status, by: by.to_owned(), at: Utc::now() });
+            let excess = changes.len().saturating_sub(STATUS_CHANGES_KEPT);
+            changes.drain(..excess);
             Ok(true)
         })
         .await
+    }
+
+    /// Deletes a version for good (a takedown), on behalf of `by`: its metadata, records
+    /// and tags go, and its bytes once the collector finds nothing else naming them. With
+    /// `allow_reuse` nothing of it is left and its number may be published again;
+    /// otherwise a tombstone (Disposed, who and when, no metadata) keeps the number taken.
+    pub async fn delete_version(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        version: &str,
+        allow_reuse: bool,
+        by: &str,
+    ) -> Result<(), CoreError> {
+        self.update_existing(repo, id, |index| {
+            if !index.versions.contains_key(version) {
+                return Err(CoreError::NotFound(format!("version {version} not found")));
+            }
+            index.tags.retain(|_, tagged| tagged != version);
+            if allow_reuse {
+                index.versions.remove(version);
+                index.status_changes.remove(version);
+            } else if let Some(entry) = index.versions.get_mut(version) {
+                entry.status = VersionStatus::Disposed;
+                entry.assets.clear();
+                entry.metadata = serde_json::json!({});
+                entry.deprecated = None;
+                entry.withdrawn = false;
+                let changes = index.status_changes.entry(version.to_owned()).or_default();
+                changes.push(StatusChange { status: VersionStatus::Disposed, by: by.to_owned(), at: Utc::now() });
+                let excess = changes.len().saturating_sub(STATUS_CHANGES_KEPT);
+                changes.drain(..excess);
+            }
+            Ok(true)
+        })
+        .await?;
+        // The records hold the metadata too: they go, and a tombstone record keeps the
+        // number taken (a publish of it then meets a record with other contents: 409).
+        let format = id.format.as_str();
+        let record = keys::version_record(repo, format, &id.name, version);
+        let folder = record.parts().take(record.parts().count() - 1).collect();
+        self.storage.purge(&folder).await?;
+        if !allow_reuse {
+            let tombstone = VersionRecord {
+                version: version.to_owned(),
+                created: Utc::now(),
+                metadata: serde_json::json!({DELETED: {"by": by, "at": Utc::now()}}),
+                assets: Vec::new(),
+            };
+            self.storage.create_json(&record, &tombstone).await?;
+        }
+        Ok(())
     }
 
     /// Points `tag` at `version`, which must be listed.
@@ -1105,6 +1166,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deleted_version_keeps_its_number_unless_reuse_was_allowed() {
+        let registry = registry();
+        let id = npm("pkg");
+        let a = blob(&registry, b"a").await;
+        registry.publish_version("main", &id, "pkg", version("1.0.0", a.clone())).await.unwrap();
+        registry.publish_version("main", &id, "pkg", version("2.0.0", blob(&registry, b"c").await)).await.unwrap();
+        registry.delete_version("main", &id, "1.0.0", false, "admin").await.unwrap();
+        let snapshot = registry.package("main", &id).await.unwrap().unwrap();
+        let tombstone = &snapshot.index.versions["1.0.0"];
+        assert_eq!((tombstone.status, tombstone.assets.len()), (VersionStatus::Disposed, 0));
+        assert_eq!(tombstone.metadata, serde_json::json!({}), "the metadata is gone too");
+        assert_eq!(snapshot.index.status_changes["1.0.0"][0].by, "admin");
+        let taken = registry.publish_version("main", &id, "pkg", version("1.0.0", a.clone())).await.unwrap_err();
+        assert!(taken.to_string().contains("deleted by an administrator"), "{taken}");
+
+        registry.delete_version("main", &id, "2.0.0", true, "admin").await.unwrap();
+        assert!(!registry.package("main", &id).await.unwrap().unwrap().index.versions.contains_key("2.0.0"));
+        let reused = registry.publish_version("main", &id, "pkg", version("2.0.0", a)).await.unwrap();
+        assert_eq!(reused, PublishOutcome::Created);
+        let missing = registry.delete_version("main", &id, "3.0.0", false, "admin").await.unwrap_err();
+        assert!(matches!(missing, CoreError::NotFound(_)), "{missing}");
+    }
+
+    #[tokio::test]
     async fn concurrent_publishes_of_one_version_have_one_winner() {
         let registry = registry();
         let id = npm("race");
@@ -1157,19 +1242,19 @@ mod tests {
         registry.publish_version("main", &id, "pkg", version("1.0.0", d.clone())).await.unwrap();
         registry.publish_version("main", &id, "pkg", version("1.1.0", d)).await.unwrap();
         let err = registry
-            .set_status("main", &id, "1.1.0", Some(VersionStatus::Unlisted), VersionStatus::Archived)
+            .set_status("main", &id, "1.1.0", Some(VersionStatus::Unlisted), VersionStatus::Archived, "test")
             .await
             .unwrap_err();
         assert!(matches!(err, CoreError::StatusMismatch { .. }));
         registry
-            .set_status("main", &id, "1.1.0", Some(VersionStatus::Published), VersionStatus::Unlisted)
+            .set_status("main", &id, "1.1.0", Some(VersionStatus::Published), VersionStatus::Unlisted, "test")
             .await
             .unwrap();
         let snapshot = registry.package("main", &id).await.unwrap().unwrap();
         assert_eq!(snapshot.index.versions["1.1.0"].status, VersionStatus::Unlisted);
         assert_eq!(snapshot.index.tags["latest"], "1.0.0", "latest moves off a hidden version");
-        registry.set_status("main", &id, "1.0.0", None, VersionStatus::Disposed).await.unwrap();
-        let err = registry.set_status("main", &id, "1.0.0", None, VersionStatus::Published).await.unwrap_err();
+        registry.set_status("main", &id, "1.0.0", None, VersionStatus::Disposed, "test").await.unwrap();
+        let err = registry.set_status("main", &id, "1.0.0", None, VersionStatus::Published, "test").await.unwrap_err();
         assert!(matches!(err, CoreError::Conflict(_)));
         let snapshot = registry.package("main", &id).await.unwrap().unwrap();
         assert!(snapshot.index.versions["1.0.0"].assets.is_empty());
@@ -1318,7 +1403,7 @@ mod tests {
         // Finishing again changes nothing; an archived version cannot be finished.
         registry.finish_version("main", &id, "1.1-b3", series).await.unwrap();
         assert_eq!(status("1.1-b3").await, VersionStatus::Published);
-        registry.set_status("main", &id, "1.0", None, VersionStatus::Archived).await.unwrap();
+        registry.set_status("main", &id, "1.0", None, VersionStatus::Archived, "test").await.unwrap();
         let err = registry.finish_version("main", &id, "1.0", series).await.unwrap_err();
         assert!(matches!(err, CoreError::Conflict(_)), "{err}");
         let err = registry.finish_version("main", &id, "9.9", series).await.unwrap_err();
@@ -1459,8 +1544,8 @@ mod tests {
         // An operator's Unlisted stays, even when the package stops
         // withdrawing that version; a withdrawal the operator confirmed
         // becomes the operator's.
-        registry.set_status("main", &id, "1.1.0", None, Unlisted).await.unwrap();
-        registry.set_status("main", &id, "1.2.0", Some(Unlisted), Unlisted).await.unwrap();
+        registry.set_status("main", &id, "1.1.0", None, Unlisted, "test").await.unwrap();
+        registry.set_status("main", &id, "1.2.0", Some(Unlisted), Unlisted, "test").await.unwrap();
         publish("1.3.0", serde_json::json!([])).await;
         assert_eq!(
             statuses().await,

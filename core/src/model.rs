@@ -68,6 +68,10 @@ impl VersionStatus {
 /// format); the read pipeline fetches it from there on first use.
 pub const UPSTREAM_URL: &str = "upstreamUrl";
 
+/// Keys in an asset's metadata that name another blob of the Domain (PyPI's core
+/// metadata file): the storage collector keeps those too.
+pub const METADATA_BLOB_KEYS: &[&str] = &["core_metadata_sha256"];
+
 /// One file of a version, pointing at a content-addressed blob.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssetRef {
@@ -78,6 +82,16 @@ pub struct AssetRef {
     /// and core-metadata digest, say).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub metadata: serde_json::Value,
+}
+
+impl AssetRef {
+    /// The blobs this file needs kept: its own bytes (when the Domain holds them) and any
+    /// its metadata names.
+    pub fn blobs(&self) -> impl Iterator<Item = &str> {
+        let own = Some(self.digests.sha256.as_str()).filter(|sha| !sha.is_empty());
+        let named = METADATA_BLOB_KEYS.iter().filter_map(|key| self.metadata.get(*key)?.as_str());
+        own.into_iter().chain(named)
+    }
 }
 
 /// The create-once record of a version: whoever creates it won the publish.
@@ -127,6 +141,23 @@ pub struct PackageIndex {
     /// created is part of the sequence (see `Registry::update_index`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_writes: Vec<String>,
+    /// Who changed each version's status and when, newest last (at most
+    /// [`STATUS_CHANGES_KEPT`] per version): a Disposed version's tombstone says who
+    /// disposed of it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub status_changes: BTreeMap<String, Vec<StatusChange>>,
+}
+
+/// How many status changes of one version an index keeps.
+pub const STATUS_CHANGES_KEPT: usize = 16;
+
+/// One change of a version's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: VersionStatus,
+    /// The principal that changed it (a token's subject, `admin`).
+    pub by: String,
+    pub at: DateTime<Utc>,
 }
 
 /// How many write ids an index revision remembers.

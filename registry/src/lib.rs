@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod collector;
 pub mod oidc;
 pub mod server;
 pub mod startup;

@@ -40,6 +40,23 @@ enum StorageCommand {
     /// rewriting data, so older keys can be removed from the key Secret. Safe on a live
     /// registry, and to interrupt and run again.
     Rekey(DomainArgs),
+    /// Free what nothing references any more: bytes of Disposed and deleted versions no
+    /// other version in the Domain names, staging leftovers, old index revisions. A running
+    /// registry does this on its own every --gc-interval; one collector runs at a time.
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    #[command(flatten)]
+    domain: DomainArgs,
+    /// Print what would be freed, free nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Free only what was left alone this long (a publish names its bytes within seconds of
+    /// storing them). A duration: 1h, 30m.
+    #[arg(long, default_value = "1h", value_parser = grace)]
+    grace: Duration,
 }
 
 /// Which Domain, and where its Secrets are.
@@ -97,6 +114,12 @@ struct ServeArgs {
     /// so). A duration: 10s, 1m.
     #[arg(long, env = "WHARF_KEY_REFRESH_INTERVAL", default_value = "10s", value_parser = timeout)]
     key_refresh_interval: Duration,
+    /// Time between runs of the storage collector (`storage gc`); replicas take turns.
+    #[arg(long, env = "WHARF_GC_INTERVAL", default_value = "6h", value_parser = timeout)]
+    gc_interval: Duration,
+    /// How long a blob must have been left alone before the collector frees it.
+    #[arg(long, env = "WHARF_GC_GRACE", default_value = "1h", value_parser = grace)]
+    gc_grace: Duration,
     /// Log format.
     #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -160,6 +183,10 @@ fn timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn grace(text: &str) -> Result<Duration, String> {
+    wharf_api::parse_duration(text).map_err(|error| error.to_string())
+}
+
 /// Where the embedded default configuration keeps its data.
 const DEFAULT_DATA: &str = "./wharf-data";
 
@@ -176,6 +203,7 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Storage(StorageCommand::Rekey(args)) => runtime.block_on(rekey(args)),
+        Command::Storage(StorageCommand::Gc(args)) => runtime.block_on(collect(args)),
     }
 }
 
@@ -226,6 +254,47 @@ async fn rekey(args: DomainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn collect(args: GcArgs) -> anyhow::Result<()> {
+    let (config, _) = load_config(&args.domain).await?;
+    let domain = config.domain_name().to_owned();
+    let storage = args.domain.open_storage(&config)?;
+    if !storage.is_exclusive() {
+        storage.verify_conditional_writes().await.context("storage cannot hold a Wharf Domain")?;
+    }
+    storage.check_encryption().await.context("storage does not match the Domain's encryption")?;
+    if let Some(why) = storage.encryption().and_then(|encryption| encryption.unavailable()) {
+        anyhow::bail!("the encryption keys cannot be used: {why}");
+    }
+    let registry = wharf_core::Registry::new(storage);
+    let holder = format!("wharf-registry storage gc/{}", std::process::id());
+    let options = wharf_core::collect::CollectOptions { grace: args.grace, dry_run: args.dry_run };
+    let report = match registry.collect(&holder, &options).await? {
+        Ok(report) => report,
+        Err(held) => {
+            anyhow::bail!("another collection of Domain {domain:?} runs ({}, until {})", held.holder, held.expires)
+        }
+    };
+    let verb = if report.dry_run { "would free" } else { "freed" };
+    for blob in &report.freed {
+        println!("{verb} blob {} ({} bytes)", blob.sha256, blob.size);
+    }
+    println!(
+        "Domain {domain:?}: {verb} {} of {} blobs ({} bytes), {} staging leftovers and {} old index revisions; {} \
+         blobs are referenced, {} too recent to judge (grace {:?}); {} packages read in {:.1} s",
+        report.freed_blobs,
+        report.blobs,
+        report.freed_bytes,
+        report.freed_uploads,
+        report.freed_revisions,
+        report.referenced_blobs,
+        report.recent_blobs,
+        args.grace,
+        report.packages,
+        report.seconds
+    );
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, source) = load_config(&args.domain).await?;
     let (source, token_review) = match source {
@@ -255,6 +324,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         token_review,
         key_refresh: args.key_refresh_interval,
+        collect: wharf_registry::collector::CollectSchedule { interval: args.gc_interval, grace: args.gc_grace },
     };
     let storage = args.domain.open_storage(&config)?;
     let connection_limits = ConnectionLimits {

@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
     /// How often the encryption keys are read again (a rotated key Secret).
     pub key_refresh: std::time::Duration,
+    /// When the storage collector runs.
+    pub collect: crate::collector::CollectSchedule,
 }
 
 /// Builds the shared state the router serves from.
@@ -99,6 +101,7 @@ pub async fn build_state(
     let tokens = TokenLedger::new(storage.clone());
     tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
     let registry = Arc::new(Registry::new(storage));
+    let collector = crate::collector::Collector::start(registry.clone(), options.collect.clone());
     Ok(Arc::new(AppState {
         packages: packages(Arc::new(config), registry, upstream, options.limits),
         signer: TokenSigner::new(key, domain),
@@ -108,6 +111,7 @@ pub async fn build_state(
         limits: options.limits,
         metrics,
         token_review: options.token_review.clone(),
+        collector,
     }))
 }
 
@@ -194,6 +198,7 @@ impl LiveServer {
             limits: old.limits,
             metrics: old.metrics.clone(),
             token_review: old.token_review.clone(),
+            collector: old.collector.clone(),
         });
         let router = server::app(state.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = (state, router);
@@ -288,6 +293,7 @@ mod tests {
         let config = wharf_api::DomainConfig::embedded_default("unused");
         let options = super::ServeOptions {
             key_refresh: std::time::Duration::from_secs(10),
+            collect: Default::default(),
             upstream: Default::default(),
             listen: ([127, 0, 0, 1], 0).into(),
             secrets: wharf_storage::secrets::SecretsDir::new("unused"),

@@ -117,12 +117,6 @@ fn fingerprints(objects: &[(String, bytes::Bytes)]) -> BTreeSet<Vec<u8>> {
     prints
 }
 
-fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
-    let mut command = ws.command("npm", dir);
-    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
-    command
-}
-
 fn publish_npm(ws: &Workspace, server: &TestServer, token: &str, version: &str) {
     let dir = format!("pkg-{version}");
     ws.write(
@@ -227,22 +221,13 @@ async fn an_encrypted_domain_serves_real_clients_stores_nothing_readable_and_rot
     assert_eq!(fingerprints(&raw_objects(&s3.endpoint).await), rotated);
 }
 
-const FILESYSTEM_CONFIG: &str = r#"apiVersion: wharf.dev/v1alpha1
-kind: Domain
-metadata: {name: acme}
-spec:
-  storage:
-    filesystem: {path: "{data}"}
-  encryption:
-    keySecretRef: {name: acme-keys}
----
-apiVersion: wharf.dev/v1alpha1
-kind: Repository
-metadata: {name: main}
-spec:
-  domainRef: {name: acme}
-  access: {read: [{kind: Anonymous}]}
-"#;
+/// The folder Domain of the other tests, encrypted.
+fn encrypted_folder_config() -> String {
+    ACME_ON_A_FOLDER.replace(
+        "    filesystem: {path: \"{data}\"}\n",
+        "    filesystem: {path: \"{data}\"}\n  encryption:\n    keySecretRef: {name: acme-keys}\n",
+    )
+}
 
 fn serve_command(data: &FsPath, secrets: &FsPath) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"));
@@ -261,7 +246,7 @@ async fn a_key_removed_before_rekey_makes_the_registry_unready_and_stops_a_new_o
     add_key(secrets.path(), "k1");
     set_current(secrets.path(), "k1");
     let data = tempfile::tempdir().unwrap();
-    let server = start(data.path(), secrets.path(), FILESYSTEM_CONFIG);
+    let server = start(data.path(), secrets.path(), &encrypted_folder_config());
     let token = server.token(&["main"], &["read", "publish"]).await;
     let client = reqwest::Client::new();
     let file = server.url("/generic/main/acme/notes/1.0.0/notes.txt");
@@ -314,7 +299,7 @@ async fn a_key_removed_before_rekey_makes_the_registry_unready_and_stops_a_new_o
     assert!(stderr.contains("Secret \"acme-keys\"") && stderr.contains("does not hold"), "{stderr}");
 
     // A Domain that was encrypted refuses to start without `encryption`.
-    let plain = FILESYSTEM_CONFIG.replace("  encryption:\n    keySecretRef: {name: acme-keys}\n", "");
+    let plain = ACME_ON_A_FOLDER;
     std::fs::write(
         data.path().join("wharf.yaml"),
         plain.replace("{data}", &data.path().join("store").display().to_string()),

@@ -37,12 +37,6 @@ fn package(workspace: &Workspace, dir: &str, name: &str, version: &str, body: &s
     workspace.write(&format!("{dir}/index.js"), body);
 }
 
-fn npm(workspace: &Workspace, dir: &str) -> std::process::Command {
-    let mut command = workspace.command("npm", dir);
-    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
-    command
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn npm_publish_install_tags_and_deprecate() {
     let server = TestServer::start();

@@ -222,12 +222,6 @@ fn replica(data: &FsPath, secrets: &FsPath, endpoint: &str) -> TestServer {
     )
 }
 
-fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
-    let mut command = ws.command("npm", dir);
-    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
-    command
-}
-
 /// npm and pip install through `server` into fresh folders of `ws`; returns
 /// what the installed npm package and Python module say.
 fn install_through(ws: &Workspace, server: &TestServer, tag: &str) -> (String, String) {

@@ -118,12 +118,6 @@ fn installed(ws: &Workspace, dir: &str, name: &str) -> String {
     std::fs::read_to_string(ws.path(&format!("{dir}/node_modules/{name}/index.js"))).unwrap()
 }
 
-fn npm(ws: &Workspace, dir: &str) -> std::process::Command {
-    let mut command = ws.command("npm", dir);
-    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
-    command
-}
-
 async fn version_status(server: &TestServer, repo: &str, format: &str, package: &str, version: &str) -> u16 {
     let package = package.replace('/', "%2F");
     let url = server.url(&format!("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}"));

@@ -360,6 +360,15 @@ impl EncryptedStore {
         }
     }
 
+    /// Forgets an object that was deleted: its cached data key and its re-wrapped one.
+    pub async fn forget(&self, location: &Path) {
+        self.deks.lock().unwrap_or_else(|e| e.into_inner()).remove(location);
+        match self.inner.delete(&rewrapped_key(location)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(key = %location, error = %e, "failed to delete a re-wrapped data key"),
+        }
+    }
+
     /// Why the keys cannot be used, when they cannot.
     pub fn unavailable(&self) -> Option<String> {
         match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {

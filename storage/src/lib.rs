@@ -228,6 +228,55 @@ struct SmallBlobs {
     blobs: HashMap<String, Bytes>,
 }
 
+impl SmallBlobs {
+    fn forget(&mut self, sha256: &str) {
+        if let Some(bytes) = self.blobs.remove(sha256) {
+            self.bytes -= bytes.len();
+        }
+    }
+}
+
+/// An object as a listing or a head shows it.
+#[derive(Clone, Debug)]
+pub struct ObjectInfo {
+    pub key: Path,
+    /// Bytes of content (without encryption's overhead).
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<object_store::ObjectMeta> for ObjectInfo {
+    fn from(meta: object_store::ObjectMeta) -> Self {
+        ObjectInfo { key: meta.location, size: meta.size, modified: meta.last_modified }
+    }
+}
+
+/// Who holds a lease, until when.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub expires: chrono::DateTime<chrono::Utc>,
+}
+
+/// A lease taken by [`Storage::acquire_lease`]; give it back with [`Lease::release`].
+#[derive(Debug)]
+pub struct Lease {
+    storage: Storage,
+    key: Path,
+    holder: String,
+}
+
+impl Lease {
+    /// Gives the lease back, if it is still this holder's.
+    pub async fn release(self) {
+        if let Ok(Some(record)) = self.storage.read_json::<LeaseRecord>(&self.key).await
+            && record.holder == self.holder
+        {
+            let _ = self.storage.delete(&self.key).await;
+        }
+    }
+}
+
 pub mod keys {
     //! The storage layout: every object key the registry uses.
     use object_store::path::{Path, PathPart};
@@ -288,6 +337,11 @@ pub mod keys {
         path(["repositories", repo, format, name, "spelling.json"])
     }
 
+    /// The folder of a package's version records.
+    pub fn package_versions(repo: &str, format: &str, name: &str) -> Path {
+        path(["repositories", repo, format, name, "versions"])
+    }
+
     pub fn version_record(repo: &str, format: &str, name: &str, version: &str) -> Path {
         path(["repositories", repo, format, name, "versions", version, "record.json"])
     }
@@ -346,6 +400,30 @@ pub mod keys {
     /// Everything a Repository holds (its packages of every format).
     pub fn repository(repo: &str) -> Path {
         path(["repositories", repo])
+    }
+
+    /// A lease one process holds at a time (`gc`: the storage collector).
+    pub fn lease(name: &str) -> Path {
+        let file = format!("{name}.json");
+        path(["leases", &file])
+    }
+
+    /// Every blob, and every upload being staged.
+    pub fn blobs() -> Path {
+        path(["blobs"])
+    }
+
+    pub fn uploads() -> Path {
+        path(["uploads"])
+    }
+
+    /// Every package index and record, and the kept upstream documents.
+    pub fn repositories() -> Path {
+        path(["repositories"])
+    }
+
+    pub fn upstream_documents() -> Path {
+        path(["upstream"])
     }
 
     pub fn conditional_write_probe(id: &str) -> Path {
@@ -718,6 +796,91 @@ impl Storage {
         }
     }
 
+    /// Every object under `prefix` (sub-folders included), streamed: for collectors that
+    /// must not hold a whole listing.
+    pub fn list_objects(&self, prefix: &Path) -> BoxStream<'static, Result<ObjectInfo, StorageError>> {
+        let scope = prefix.clone();
+        self.store
+            .list(Some(prefix))
+            .map(move |meta| match meta {
+                Ok(meta) => Ok(ObjectInfo::from(meta)),
+                Err(e) => Err(StorageError::store("list", &scope, e)),
+            })
+            .boxed()
+    }
+
+    /// The size and last change of the object at `key`, if there is one.
+    pub async fn head(&self, key: &Path) -> Result<Option<ObjectInfo>, StorageError> {
+        match self.store.head(key).await {
+            Ok(meta) => Ok(Some(ObjectInfo::from(meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store("look up", key, e)),
+        }
+    }
+
+    /// Deletes a blob (and, with encryption, its re-wrapped data key). Only a collector
+    /// that made sure nothing references it may call this.
+    pub async fn delete_blob(&self, sha256: &str) -> Result<(), StorageError> {
+        let key = keys::blob(sha256);
+        self.delete(&key).await?;
+        self.small_blobs.lock().unwrap_or_else(|e| e.into_inner()).forget(sha256);
+        if let Some(encryption) = &self.encryption {
+            encryption.forget(&key).await;
+        }
+        Ok(())
+    }
+
+    /// Takes the lease `name` for `ttl` on behalf of `holder`, unless someone else holds
+    /// it: one collector at a time per Domain, across replicas and processes. A lease
+    /// whose holder died expires; it is then taken over by a conditional update where the
+    /// store has one (so of two takers one wins), else by delete and create.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Result<Lease, LeaseRecord>, StorageError> {
+        let key = keys::lease(name);
+        let now = chrono::Utc::now();
+        let record = LeaseRecord {
+            holder: holder.to_owned(),
+            expires: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+        };
+        let lease = || Lease { storage: self.clone(), key: key.clone(), holder: holder.to_owned() };
+        for _ in 0..3 {
+            let existing = match self.create_json(&key, &record).await? {
+                Created::Created => return Ok(Ok(lease())),
+                Created::AlreadyExists(existing) => existing,
+            };
+            if existing.expires > now {
+                return Ok(Err(existing));
+            }
+            let meta = match self.store.head(&key).await {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(StorageError::store("look up", &key, e)),
+            };
+            let bytes =
+                serde_json::to_vec(&record).map_err(|source| StorageError::Decode { key: key.to_string(), source })?;
+            let update = object_store::UpdateVersion { e_tag: meta.e_tag, version: meta.version };
+            let options = PutOptions { mode: PutMode::Update(update), ..Default::default() };
+            match self.store.put_opts(&key, PutPayload::from(bytes), options).await {
+                Ok(_) => return Ok(Ok(lease())),
+                Err(object_store::Error::Precondition { .. }) => continue,
+                Err(object_store::Error::NotImplemented { .. }) => self.delete(&key).await?,
+                Err(e) => return Err(StorageError::store("take over", &key, e)),
+            }
+        }
+        match self.read_json::<LeaseRecord>(&key).await? {
+            Some(existing) => Ok(Err(existing)),
+            None => Err(StorageError::Store {
+                action: "take",
+                key: key.to_string(),
+                source: object_store::Error::Generic { store: "wharf", source: "the lease kept changing hands".into() },
+            }),
+        }
+    }
+
     /// Names of the child folders of `dir`, decoded.
     pub async fn list_children(&self, dir: &Path) -> Result<Vec<String>, StorageError> {
         let listing =
@@ -867,23 +1030,19 @@ impl StagedBlob {
         }
     }
 
-    /// Makes the bytes a content-addressed blob: moves them to
-    /// `blobs/sha256/…`, or drops them when the Domain holds those bytes
-    /// already. Call only once every check has passed.
+    /// Makes the bytes a content-addressed blob: moves them to `blobs/sha256/…`. Call
+    /// only once every check has passed. When the Domain holds these bytes already they
+    /// are moved over them all the same (same content, one object): the blob's time then
+    /// says a new reference is on its way, which the collector's grace period counts
+    /// from, so it never frees bytes a publish is about to name.
     pub async fn commit(mut self) -> Result<BlobDigests, StorageError> {
-        let store = &self.storage.store;
         let target = keys::blob(&self.digests.sha256);
-        let moved = match store.head(&target).await {
-            // Deduplicated: the Domain already holds these bytes.
-            Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => match store.rename(&self.key, &target).await {
-                Ok(()) => {
-                    self.pending = false;
-                    Ok(())
-                }
-                Err(e) => Err(StorageError::store("move upload to", &target, e)),
-            },
-            Err(e) => Err(StorageError::store("look up", &target, e)),
+        let moved = match self.storage.store.rename(&self.key, &target).await {
+            Ok(()) => {
+                self.pending = false;
+                Ok(())
+            }
+            Err(e) => Err(StorageError::store("move upload to", &target, e)),
         };
         self.delete_staged().await;
         moved.map(|()| self.digests.clone())

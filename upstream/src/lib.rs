@@ -21,7 +21,7 @@ use reqwest::header::{self, HeaderValue};
 use wharf_api::DomainConfig;
 
 use wharf_storage::secrets::{SecretError, SecretsDir};
-use wharf_storage::{BodyError, Storage, keys};
+use wharf_storage::{BodyError, Storage, StorageError, keys};
 
 /// How long one upstream request may take to answer (headers, or the whole
 /// metadata document).
@@ -322,6 +322,20 @@ struct KeptDocument {
 struct KeptBody {
     sha256: String,
     size: usize,
+}
+
+/// Hands `keep` the blob of every kept upstream document, for the storage collector: the
+/// records are this crate's, so is knowing what they reference.
+pub async fn kept_document_blobs(storage: &Storage, mut keep: impl FnMut(&str)) -> Result<(), StorageError> {
+    use futures::StreamExt;
+    let mut records = storage.list_objects(&keys::upstream_documents());
+    while let Some(record) = records.next().await {
+        let record = record?;
+        if let Some(KeptDocument { body: Some(body), .. }) = storage.read_json::<KeptDocument>(&record.key).await? {
+            keep(&body.sha256);
+        }
+    }
+    Ok(())
 }
 
 /// A metadata document and whether it is older than its TTL because the

@@ -516,7 +516,7 @@ pub struct StatusRequest {
 /// `PUT …/versions/{version}/status`: Published ↔ Unlisted ↔ Archived, or
 /// Disposed for good. Needs publish rights on the repository.
 pub async fn set_status(
-    _access: Access<Admin>,
+    access: Access<Admin>,
     Path((repo, format, package, version)): Path<(String, String, String, String)>,
     State(state): State<SharedState>,
     body: Result<Json<StatusRequest>, JsonRejection>,
@@ -530,10 +530,51 @@ pub async fn set_status(
     state
         .packages
         .registry
-        .set_status(&repo, &id, &version, request.expected_status, request.status)
+        .set_status(&repo, &id, &version, request.expected_status, request.status, access.principal.name())
         .await
         .map_err(|e| ApiError::from_core(e, STYLE))?;
+    if request.status == VersionStatus::Disposed {
+        state.collector.wake();
+    }
     Ok(Json(json!({"version": version, "status": request.status.as_str()})).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Whether the version number may be published again (default: no, a tombstone
+    /// keeps it taken).
+    #[serde(default)]
+    allow_reuse: bool,
+}
+
+/// `DELETE …/packages/{format}/{package}/versions/{version}[?allowReuse=true]`: a
+/// takedown. Administrators only: its metadata and records go at once, its bytes with
+/// the next collection (started now) when no other version in the Domain names them.
+pub async fn delete_version(
+    access: Access<Admin>,
+    Path((repo, format, package, version)): Path<(String, String, String, String)>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+    State(state): State<SharedState>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
+    if !matches!(access.principal, Principal::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "deleting a version is for administrators; to withdraw it, set its status to Disposed",
+            STYLE,
+        ));
+    }
+    let id = package_id(&format, &package)?;
+    let version = version_key(&id, &version)?;
+    let registry = &state.packages.registry;
+    registry
+        .delete_version(&repo, &id, &version, query.allow_reuse, access.principal.name())
+        .await
+        .map_err(|e| ApiError::from_core(e, STYLE))?;
+    state.collector.wake();
+    tracing::info!(%repo, package = %id.name, %version, allow_reuse = query.allow_reuse, "deleted a version");
+    Ok(Json(json!({"version": version, "deleted": true, "reusable": query.allow_reuse})).into_response())
 }
 
 /// `GET …/packages/{format}/{package}/origin`: the effective origin

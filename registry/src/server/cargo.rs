@@ -253,7 +253,7 @@ async fn change_yank(
     };
     // Compare-and-swap from the one status this operation starts from, so
     // an Archived version is never brought back by an unyank.
-    match state.packages.registry.set_status(&access.repo, &id, &key, Some(from), to).await {
+    match state.packages.registry.set_status(&access.repo, &id, &key, Some(from), to, access.principal.name()).await {
         Ok(()) => {}
         // Already where it was asked to go (a retry, or a concurrent yank).
         Err(CoreError::StatusMismatch { actual, .. }) if actual == to.as_str() => {}

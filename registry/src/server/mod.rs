@@ -69,6 +69,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Checks Kubernetes ServiceAccount tokens; in cluster mode only.
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
+    /// Frees storage nothing references any more.
+    pub collector: Arc<crate::collector::Collector>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -191,7 +193,10 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/auth/tokens", get(admin::list_tokens).delete(admin::revoke_subject))
         .route("/api/v1/auth/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/repositories", get(admin::list_repositories))
-        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", get(admin::get_version))
+        .route(
+            "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}",
+            get(admin::get_version).delete(admin::delete_version),
+        )
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",

@@ -308,7 +308,12 @@ async fn set_listed(
     } else {
         (VersionStatus::Published, VersionStatus::Unlisted)
     };
-    match state.packages.registry.set_status(&access.repo, &package, &key, Some(from), to).await {
+    match state
+        .packages
+        .registry
+        .set_status(&access.repo, &package, &key, Some(from), to, access.principal.name())
+        .await
+    {
         Ok(()) => {}
         Err(CoreError::StatusMismatch { actual, .. }) if actual == to.as_str() => {}
         Err(CoreError::StatusMismatch { actual, .. }) => {

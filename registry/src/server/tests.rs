@@ -83,6 +83,7 @@ impl TestApp {
         let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
             key_refresh: std::time::Duration::from_secs(10),
+            collect: Default::default(),
             upstream,
             listen: "127.0.0.1:0".parse().unwrap(),
             secrets: wharf_storage::secrets::SecretsDir::new("/nonexistent-secrets"),

@@ -224,7 +224,6 @@ impl TestServer {
 }
 
 impl TestServer {
-    /// Sends SIGTERM, as Kubernetes does before stopping a pod.
     /// The live registry tokens the admin API lists, those of `subject` when given.
     pub async fn live_tokens(&self, subject: Option<&str>) -> serde_json::Value {
         let query = subject.map(|subject| format!("?subject={subject}")).unwrap_or_default();
@@ -238,6 +237,7 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// Sends SIGTERM, as Kubernetes does before stopping a pod.
     pub fn terminate(&self) {
         let pid = self.child.id().to_string();
         run_ok(Command::new("kill").args(["-TERM", &pid]));
@@ -445,6 +445,29 @@ pub fn venv_bin(venv: &Path, tool: &str) -> PathBuf {
 }
 
 /// Writes an `.npmrc` pointing at a repository with a token.
+/// npm in `dir` of `workspace`, without audit, funding and progress chatter.
+pub fn npm(workspace: &Workspace, dir: &str) -> Command {
+    let mut command = workspace.command("npm", dir);
+    command.args(["--no-audit", "--no-fund", "--loglevel", "warn"]);
+    command
+}
+
+/// Domain `acme` on a local folder (`{data}`), with Repository `main` anyone may read.
+pub const ACME_ON_A_FOLDER: &str = r#"apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage:
+    filesystem: {path: "{data}"}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: main}
+spec:
+  domainRef: {name: acme}
+  access: {read: [{kind: Anonymous}]}
+"#;
+
 pub fn write_npmrc(workspace: &Workspace, dir: &str, server: &TestServer, repo: &str, token: Option<&str>) {
     let mut text = format!("registry={}/npm/{repo}/\n", server.base);
     if let Some(token) = token {

@@ -1,0 +1,460 @@
+//! The storage collector: frees what nothing in the Domain references any more —
+//! blobs of Disposed and deleted versions (unless another version, in any Repository,
+//! names the same bytes), staging leftovers under `uploads/` and index revisions left
+//! behind by pruning. Does storage I/O; one collector at a time per Domain (a lease in
+//! storage), whichever replica or process runs it.
+//!
+//! A blob is freed only when it was unreferenced throughout: it is a candidate if it
+//! was last written before the grace period began, the mark reads every package's
+//! newest index (and the records of versions an interrupted publish left unindexed,
+//! and the kept upstream documents), and the blob is looked at again just before it
+//! is deleted. A publish moves its bytes onto the blob's key even when the Domain
+//! holds them already ([`wharf_storage::StagedBlob::commit`]), so a blob a publish is
+//! about to name always looks recent; the grace period must outlast the few requests
+//! between a publish's commit and its index update (the default, an hour, does by far).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use wharf_storage::{LeaseRecord, Storage, keys};
+
+use crate::{CoreError, Registry, VersionRecord, decode_index};
+
+/// How long a blob must have been left alone before the collector may free it.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// How long one collection may hold the lease before another may take over.
+const LEASE: Duration = Duration::from_secs(3 * 3600);
+/// Blobs a dry run lists by name (it counts them all).
+const LISTED: usize = 1000;
+
+/// How a collection runs.
+#[derive(Clone, Debug)]
+pub struct CollectOptions {
+    pub grace: Duration,
+    /// Report what would be freed, free nothing.
+    pub dry_run: bool,
+}
+
+impl Default for CollectOptions {
+    fn default() -> Self {
+        CollectOptions { grace: DEFAULT_GRACE, dry_run: false }
+    }
+}
+
+/// A file the collector freed (or would free).
+#[derive(Clone, Debug, Serialize)]
+pub struct FreedBlob {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What a collection found and freed.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectReport {
+    pub dry_run: bool,
+    /// Packages whose index was read.
+    pub packages: u64,
+    pub blobs: u64,
+    /// Blobs some version, record or kept document names.
+    pub referenced_blobs: u64,
+    /// Blobs written within the grace period, left for a later run.
+    pub recent_blobs: u64,
+    pub freed_blobs: u64,
+    pub freed_bytes: u64,
+    /// Up to 1,000 of the freed blobs.
+    pub freed: Vec<FreedBlob>,
+    pub freed_uploads: u64,
+    pub freed_revisions: u64,
+    pub seconds: f64,
+}
+
+/// The referenced blobs, as raw SHA-256 (32 bytes each: 100,000 blobs take a few MiB).
+#[derive(Default)]
+struct Marks(HashSet<[u8; 32]>);
+
+impl Marks {
+    fn keep(&mut self, sha256: &str) {
+        if let Some(raw) = raw_sha256(sha256) {
+            self.0.insert(raw);
+        }
+    }
+
+    fn contains(&self, sha256: &str) -> bool {
+        raw_sha256(sha256).is_some_and(|raw| self.0.contains(&raw))
+    }
+}
+
+fn raw_sha256(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut raw = [0; 32];
+    hex::decode_to_slice(hex_digest, &mut raw).ok()?;
+    Some(raw)
+}
+
+impl Registry {
+    /// Runs one collection on behalf of `holder` (who runs it, for the lease). `Ok(Err)`
+    /// when another collection holds the lease: who, until when.
+    pub async fn collect(
+        &self,
+        holder: &str,
+        options: &CollectOptions,
+    ) -> Result<Result<CollectReport, LeaseRecord>, CoreError> {
+        let lease = match self.storage.acquire_lease("gc", holder, LEASE).await? {
+            Ok(lease) => lease,
+            Err(held) => return Ok(Err(held)),
+        };
+        let report = self.collect_holding_lease(options).await;
+        lease.release().await;
+        report.map(Ok)
+    }
+
+    async fn collect_holding_lease(&self, options: &CollectOptions) -> Result<CollectReport, CoreError> {
+        let started = std::time::Instant::now();
+        let storage = &self.storage;
+        let cutoff = Utc::now() - chrono::Duration::from_std(options.grace).unwrap_or(chrono::Duration::hours(1));
+        let mut report = CollectReport { dry_run: options.dry_run, ..Default::default() };
+
+        // Candidates first: whatever is written after this listing is not one.
+        let mut candidates = Vec::new();
+        let mut blobs = storage.list_objects(&keys::blobs());
+        while let Some(blob) = blobs.next().await {
+            let blob = blob?;
+            report.blobs += 1;
+            match blob.key.filename() {
+                Some(sha256) if blob.modified < cutoff => candidates.push((sha256.to_owned(), blob.size)),
+                _ => report.recent_blobs += 1,
+            }
+        }
+        drop(blobs);
+
+        let mut marks = Marks::default();
+        self.mark_packages(&mut marks, &mut report, cutoff, options.dry_run).await?;
+        wharf_upstream::kept_document_blobs(storage, |sha256| marks.keep(sha256)).await?;
+
+        for (sha256, size) in candidates {
+            if marks.contains(&sha256) {
+                report.referenced_blobs += 1;
+                continue;
+            }
+            // Written again since it was listed: a publish is about to name it.
+            match storage.head(&keys::blob(&sha256)).await? {
+                None => continue,
+                Some(now) if now.modified >= cutoff => {
+                    report.recent_blobs += 1;
+                    continue;
+                }
+                Some(_) => {}
+            }
+            if !options.dry_run {
+                storage.delete_blob(&sha256).await?;
+            }
+            report.freed_blobs += 1;
+            report.freed_bytes += size;
+            if report.freed.len() < LISTED {
+                report.freed.push(FreedBlob { sha256, size });
+            }
+        }
+
+        // A staged upload lives for one request; completed ones older than the grace
+        // period belong to requests that died between staging and commit.
+        let mut uploads = storage.list_objects(&keys::uploads());
+        while let Some(upload) = uploads.next().await {
+            let upload = upload?;
+            if upload.modified < cutoff {
+                if !options.dry_run {
+                    storage.delete(&upload.key).await?;
+                }
+                report.freed_uploads += 1;
+            }
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Marks every blob a package names, in every Repository and format, and frees index
+    /// revisions older than the two newest that pruning left behind.
+    async fn mark_packages(
+        &self,
+        marks: &mut Marks,
+        report: &mut CollectReport,
+        cutoff: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<(), CoreError> {
+        let storage = &self.storage;
+        for repo in storage.list_children(&keys::repositories()).await? {
+            for format in storage.list_children(&keys::repository(&repo)).await? {
+                for name in storage.list_children(&keys::packages(&repo, &format)).await? {
+                    report.packages += 1;
+                    let dir = keys::package_index(&repo, &format, &name);
+                    let index = match storage.latest_revision(&dir).await? {
+                        Some((revision, bytes)) => Some(decode_index(&dir, revision, &bytes)?),
+                        None => None,
+                    };
+                    if let Some(snapshot) = &index {
+                        for asset in snapshot.index.versions.values().flat_map(|entry| entry.assets.values()) {
+                            asset.blobs().for_each(|sha256| marks.keep(sha256));
+                        }
+                        report.freed_revisions +=
+                            free_old_revisions(storage, &dir, snapshot.revision, cutoff, dry_run).await?;
+                    }
+                    // A publish interrupted between its record and its index update is
+                    // completed by the next attempt, which needs the record's bytes.
+                    for version in storage.list_children(&keys::package_versions(&repo, &format, &name)).await? {
+                        if index.as_ref().is_some_and(|snapshot| snapshot.index.versions.contains_key(&version)) {
+                            continue;
+                        }
+                        let key = keys::version_record(&repo, &format, &name, &version);
+                        if let Some(record) = storage.read_json::<VersionRecord>(&key).await? {
+                            record.assets.iter().flat_map(|asset| asset.blobs()).for_each(|sha256| marks.keep(sha256));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Frees revisions older than `newest - 1` written before `cutoff`: strays and what a
+/// failed prune left. The two newest stay, as pruning keeps them.
+async fn free_old_revisions(
+    storage: &Storage,
+    dir: &object_store::path::Path,
+    newest: u64,
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<u64, CoreError> {
+    let mut freed = 0;
+    let mut revisions = storage.list_objects(dir);
+    while let Some(revision) = revisions.next().await {
+        let revision = revision?;
+        let number = revision.key.filename().and_then(|f| f.strip_suffix(".json")).and_then(|n| n.parse::<u64>().ok());
+        if number.is_some_and(|number| number + 1 < newest) && revision.modified < cutoff {
+            if !dry_run {
+                storage.delete(&revision.key).await?;
+            }
+            freed += 1;
+        }
+    }
+    Ok(freed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use wharf_api::PackageFormat;
+    use wharf_storage::{BlobDigests, BodyError, Created};
+
+    use super::*;
+    use crate::{NewAsset, NewVersion, PackageId, VersionStatus};
+
+    /// A registry on a local folder, whose file times a test can move back.
+    fn registry(folder: &std::path::Path) -> Arc<Registry> {
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder).unwrap().with_automatic_cleanup(true);
+        Arc::new(Registry::new(Storage::exclusive(Arc::new(store))))
+    }
+
+    /// Makes every file under `folder` look two hours old.
+    fn age(folder: &std::path::Path) {
+        let past = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+        for entry in walk(folder) {
+            std::fs::File::options().write(true).open(&entry).unwrap().set_modified(past).unwrap();
+        }
+    }
+
+    fn walk(folder: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+        }
+        files
+    }
+
+    async fn blob(registry: &Registry, bytes: &[u8]) -> BlobDigests {
+        let body = futures::stream::iter([Ok::<_, BodyError>(Bytes::copy_from_slice(bytes))]);
+        registry.stage_asset(body, 1 << 20).await.unwrap().commit().await.unwrap()
+    }
+
+    fn version(v: &str, digests: BlobDigests) -> NewVersion {
+        NewVersion {
+            version: v.into(),
+            metadata: serde_json::json!({"version": v}),
+            assets: vec![NewAsset { name: format!("pkg-{v}.tgz"), digests, metadata: Default::default() }],
+            tags: Vec::new(),
+        }
+    }
+
+    async fn exists(registry: &Registry, digests: &BlobDigests) -> bool {
+        registry.storage.head(&keys::blob(&digests.sha256)).await.unwrap().is_some()
+    }
+
+    fn now() -> CollectOptions {
+        CollectOptions { grace: Duration::ZERO, dry_run: false }
+    }
+
+    #[tokio::test]
+    async fn disposed_bytes_are_freed_once_no_version_in_the_domain_names_them() {
+        let folder = tempfile::tempdir().unwrap();
+        let registry = registry(folder.path());
+        let (web, data) = (PackageId::new(PackageFormat::Npm, "pkg"), PackageId::new(PackageFormat::Npm, "copy"));
+        let shared = blob(&registry, b"the same tarball in two repositories").await;
+        let own = blob(&registry, b"only in 2.0.0").await;
+        registry.publish_version("web", &web, "pkg", version("1.0.0", shared.clone())).await.unwrap();
+        registry.publish_version("web", &web, "pkg", version("2.0.0", own.clone())).await.unwrap();
+        registry.publish_version("data", &data, "copy", version("1.0.0", shared.clone())).await.unwrap();
+
+        registry.set_status("web", &web, "1.0.0", None, VersionStatus::Disposed, "alice").await.unwrap();
+        registry.set_status("web", &web, "2.0.0", None, VersionStatus::Disposed, "alice").await.unwrap();
+        let dry = registry.collect("test", &CollectOptions { dry_run: true, ..now() }).await.unwrap().unwrap();
+        assert_eq!((dry.freed_blobs, dry.freed_bytes), (1, own.size), "{dry:?}");
+        assert!(exists(&registry, &own).await, "a dry run frees nothing");
+
+        let report = registry.collect("test", &now()).await.unwrap().unwrap();
+        assert_eq!(report.freed_blobs, 1, "{report:?}");
+        assert_eq!(report.freed[0].sha256, own.sha256);
+        assert!(!exists(&registry, &own).await);
+        assert!(exists(&registry, &shared).await, "another repository's version still names the shared bytes");
+        // The tombstone says who disposed of the version, and when.
+        let snapshot = registry.package("web", &web).await.unwrap().unwrap();
+        assert_eq!(snapshot.index.versions["1.0.0"].status, VersionStatus::Disposed);
+        let change = snapshot.index.status_changes["1.0.0"].last().unwrap();
+        assert_eq!((change.status, change.by.as_str()), (VersionStatus::Disposed, "alice"));
+
+        registry.set_status("data", &data, "1.0.0", None, VersionStatus::Disposed, "bob").await.unwrap();
+        let report = registry.collect("test", &now()).await.unwrap().unwrap();
+        assert_eq!(report.freed_blobs, 1, "{report:?}");
+        assert!(!exists(&registry, &shared).await);
+    }
+
+    #[tokio::test]
+    async fn the_grace_period_keeps_bytes_a_publish_is_about_to_name() {
+        let folder = tempfile::tempdir().unwrap();
+        let registry = registry(folder.path());
+        let id = PackageId::new(PackageFormat::Npm, "pkg");
+        let bytes = b"published, disposed, then published again as another version";
+        let first = blob(&registry, bytes).await;
+        registry.publish_version("main", &id, "pkg", version("1.0.0", first.clone())).await.unwrap();
+        registry.set_status("main", &id, "1.0.0", None, VersionStatus::Disposed, "alice").await.unwrap();
+        age(folder.path());
+        // A new publish of the same bytes has committed them, and not yet indexed them,
+        // when a collection runs: the commit made the blob recent, so it stays.
+        let again = blob(&registry, bytes).await;
+        let report = registry.collect("test", &CollectOptions::default()).await.unwrap().unwrap();
+        assert_eq!((report.freed_blobs, report.recent_blobs), (0, 1), "{report:?}");
+        registry.publish_version("main", &id, "pkg", version("2.0.0", again.clone())).await.unwrap();
+        age(folder.path());
+        let report = registry.collect("test", &CollectOptions::default()).await.unwrap().unwrap();
+        assert_eq!((report.freed_blobs, report.referenced_blobs), (0, 1), "{report:?}");
+        assert!(exists(&registry, &again).await);
+    }
+
+    #[tokio::test]
+    async fn interrupted_publishes_leases_uploads_and_old_revisions() {
+        let folder = tempfile::tempdir().unwrap();
+        let registry = registry(folder.path());
+        let id = PackageId::new(PackageFormat::Npm, "pkg");
+        // A publish that created its record and died before its index update: the next
+        // attempt completes it from the record, so its bytes stay.
+        let interrupted = blob(&registry, b"record written, index not").await;
+        let record = VersionRecord {
+            version: "9.0.0".into(),
+            created: Utc::now(),
+            metadata: serde_json::json!({}),
+            assets: vec![crate::AssetRef {
+                name: "pkg-9.0.0.tgz".into(),
+                digests: interrupted.clone(),
+                created: Utc::now(),
+                metadata: serde_json::Value::Null,
+            }],
+        };
+        let key = keys::version_record("main", "npm", "pkg", "9.0.0");
+        assert!(matches!(registry.storage.create_json(&key, &record).await.unwrap(), Created::Created));
+        for i in 0..5 {
+            let digests = blob(&registry, format!("version {i}").as_bytes()).await;
+            registry.publish_version("main", &id, "pkg", version(&format!("1.0.{i}"), digests)).await.unwrap();
+        }
+        // A staged upload whose request died.
+        let staged = registry
+            .stage_asset(futures::stream::iter([Ok::<_, BodyError>(Bytes::from_static(b"left"))]), 1 << 20)
+            .await
+            .unwrap();
+        std::mem::forget(staged);
+
+        // One collector at a time.
+        let held = registry.storage.acquire_lease("gc", "replica-a", Duration::from_secs(60)).await.unwrap().unwrap();
+        let refused = registry.collect("replica-b", &now()).await.unwrap().unwrap_err();
+        assert_eq!(refused.holder, "replica-a");
+        held.release().await;
+
+        age(folder.path());
+        let report = registry.collect("replica-b", &CollectOptions::default()).await.unwrap().unwrap();
+        assert!(exists(&registry, &interrupted).await, "{report:?}");
+        assert_eq!((report.freed_blobs, report.freed_uploads), (0, 1), "{report:?}");
+        let revisions = registry.storage.list_files(&keys::package_index("main", "npm", "pkg")).await.unwrap();
+        assert_eq!(revisions.len(), 2, "the two newest revisions stay: {revisions:?}");
+        assert!(registry.package("main", &id).await.unwrap().unwrap().index.versions.contains_key("1.0.4"));
+    }
+
+    /// Collections racing publishes that reuse disposed bytes: no acknowledged version
+    /// ever loses its bytes, and what is unreferenced at the end is freed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn collections_racing_publishes_never_free_named_bytes() {
+        let folder = tempfile::tempdir().unwrap();
+        let registry = registry(folder.path());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let collector = {
+            let (registry, done) = (registry.clone(), done.clone());
+            tokio::spawn(async move {
+                let options = CollectOptions { grace: Duration::from_millis(300), dry_run: false };
+                let mut runs = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if registry.collect("collector", &options).await.unwrap().is_ok() {
+                        runs += 1;
+                    }
+                }
+                runs
+            })
+        };
+        let publishers = (0..4).map(|publisher| {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let id = PackageId::new(PackageFormat::Npm, format!("pkg-{publisher}"));
+                let mut kept = Vec::new();
+                for i in 0..40u32 {
+                    // Five contents shared by everyone: most publishes deduplicate onto
+                    // bytes some other version named, or a disposed one left.
+                    let digests = blob(&registry, format!("content {}", (i + publisher) % 5).as_bytes()).await;
+                    let v = format!("1.0.{i}");
+                    registry.publish_version("main", &id, "pkg", version(&v, digests.clone())).await.unwrap();
+                    if i % 2 == 0 {
+                        registry.set_status("main", &id, &v, None, VersionStatus::Disposed, "ci").await.unwrap();
+                    } else {
+                        kept.push(digests);
+                    }
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                kept
+            })
+        });
+        let kept: Vec<BlobDigests> =
+            futures::future::join_all(publishers).await.into_iter().flat_map(Result::unwrap).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = collector.await.unwrap();
+        assert!(runs > 3, "the collector ran alongside the publishes ({runs} runs)");
+        for digests in &kept {
+            let body = registry.storage.open_blob(&digests.sha256, digests.size, None).await.unwrap();
+            assert!(body.is_some(), "a Published version lost its bytes");
+        }
+        registry.collect("collector", &now()).await.unwrap().unwrap();
+        let left = walk(&folder.path().join("blobs")).len();
+        let named: HashSet<&str> = kept.iter().map(|d| d.sha256.as_str()).collect();
+        assert_eq!(left, named.len(), "only named bytes are left");
+    }
+}

@@ -1,0 +1,85 @@
+//! Runs the storage collector ([`wharf_core::collect`]) of the Domain on a schedule, and
+//! soon after a version's bytes may have become free (a dispose, a delete). Every replica
+//! keeps the schedule; the lease in storage lets one of them collect at a time, so no
+//! CronJob or leader election is needed and a registry outside a cluster collects too.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use wharf_core::Registry;
+use wharf_core::collect::CollectOptions;
+
+/// When and how the collector runs.
+#[derive(Clone, Debug)]
+pub struct CollectSchedule {
+    /// Time between scheduled runs.
+    pub interval: Duration,
+    /// How long a blob must have been left alone before it may be freed.
+    pub grace: Duration,
+}
+
+impl Default for CollectSchedule {
+    fn default() -> Self {
+        CollectSchedule { interval: Duration::from_secs(6 * 3600), grace: wharf_core::collect::DEFAULT_GRACE }
+    }
+}
+
+pub struct Collector {
+    registry: Arc<Registry>,
+    schedule: CollectSchedule,
+    /// Who collects, for the lease: the pod's (host's) name and the process.
+    holder: String,
+    wake: Arc<Notify>,
+}
+
+impl Collector {
+    /// A collector of `registry`'s storage, running on its own task until dropped.
+    pub fn start(registry: Arc<Registry>, schedule: CollectSchedule) -> Arc<Collector> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "registry".to_owned());
+        let holder = format!("{host}/{}", std::process::id());
+        let wake = Arc::new(Notify::new());
+        let interval = schedule.interval;
+        let collector = Arc::new(Collector { registry, schedule, holder, wake: wake.clone() });
+        tokio::spawn(run(Arc::downgrade(&collector), wake, interval));
+        collector
+    }
+
+    /// Asks for a run soon (a version's bytes may be free now).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn collect(&self) {
+        let options = CollectOptions { grace: self.schedule.grace, dry_run: false };
+        match self.registry.collect(&self.holder, &options).await {
+            Ok(Ok(report)) => tracing::info!(
+                freed_blobs = report.freed_blobs,
+                freed_bytes = report.freed_bytes,
+                freed_uploads = report.freed_uploads,
+                freed_revisions = report.freed_revisions,
+                blobs = report.blobs,
+                packages = report.packages,
+                seconds = report.seconds,
+                "storage collected"
+            ),
+            Ok(Err(held)) => tracing::debug!(holder = held.holder, until = %held.expires, "another collector runs"),
+            Err(error) => {
+                tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "storage collection failed")
+            }
+        }
+    }
+}
+
+/// Sleeps without holding the collector, so dropping it (a configuration that ends, a
+/// test) ends the task.
+async fn run(collector: Weak<Collector>, wake: Arc<Notify>, interval: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = wake.notified() => {}
+        }
+        let Some(collector) = collector.upgrade() else { return };
+        collector.collect().await;
+    }
+}

@@ -1,0 +1,124 @@
+//! The storage lifecycle with real clients: a Disposed version's bytes are freed by the
+//! collector (`wharf-registry storage gc`, and the registry's own runs) unless another
+//! version in the Domain names the same bytes; a version deleted for a takedown keeps its
+//! number taken (or not, on request); nothing a client can still install loses its bytes.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path as FsPath;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::*;
+
+fn blob_file(data: &FsPath, sha256: &str) -> std::path::PathBuf {
+    data.join("store/blobs/sha256").join(&sha256[..2]).join(sha256)
+}
+
+async fn sha256_of(server: &TestServer, format: &str, package: &str, version: &str) -> String {
+    let package = package.replace('/', "%2F");
+    let url = server.url(&format!("/api/v1/repositories/main/packages/{format}/{package}/versions/{version}"));
+    let response = reqwest::Client::new().get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["assets"][0]["sha256"].as_str().unwrap().to_owned()
+}
+
+async fn put_generic(server: &TestServer, token: &str, version: &str, body: &'static str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .put(server.url(&format!("/generic/main/acme/tool/{version}/tool.bin")))
+        .bearer_auth(token)
+        .header("X-Checksum-Sha256", hex::encode(Sha256::digest(body)))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+fn gc(data: &FsPath, args: &[&str]) -> String {
+    let output = run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+            .args(["storage", "gc", "--config"])
+            .arg(data.join("wharf.yaml"))
+            .args(args),
+    );
+    text(&output)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disposed_bytes_are_freed_shared_bytes_stay_and_deleted_versions_stay_taken() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(data.path(), Some(ACME_ON_A_FOLDER), &["--gc-interval", "1h"]);
+    let token = server.token(&["main"], &["read", "publish"]).await;
+    let ws = Workspace::new();
+    for version in ["1.0.0", "1.1.0"] {
+        let dir = format!("pkg-{version}");
+        ws.write(
+            &format!("{dir}/package.json"),
+            &serde_json::json!({"name": "@acme/life", "version": version, "main": "index.js"}).to_string(),
+        );
+        ws.write(&format!("{dir}/index.js"), &format!("module.exports = '{version}';\n"));
+        write_npmrc(&ws, &dir, &server, "main", Some(&token));
+        run_ok(npm(&ws, &dir).args(["publish", "--access", "public"]));
+    }
+    // Two generic versions of identical bytes: stored once.
+    for version in ["1.0.0", "1.0.1"] {
+        assert_eq!(put_generic(&server, &token, version, "the same build twice").await, 201);
+    }
+    let old_tarball = sha256_of(&server, "npm", "@acme/life", "1.0.0").await;
+    let shared = sha256_of(&server, "generic", "acme/tool", "1.0.0").await;
+    assert_eq!(sha256_of(&server, "generic", "acme/tool", "1.0.1").await, shared);
+
+    // Disposed: the registry's own collection runs at once, and keeps bytes younger than
+    // its grace period (a publish may be about to name them).
+    assert_eq!(server.set_status("main", "npm", "@acme/life", "1.0.0", "Disposed", &token).await.status(), 200);
+    assert_eq!(server.set_status("main", "generic", "acme/tool", "1.0.0", "Disposed", &token).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_lines().iter().any(|line| line.contains("storage collected")) {
+        assert!(Instant::now() < deadline, "the registry did not collect after a dispose");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(blob_file(data.path(), &old_tarball).exists(), "recent bytes stay for the grace period");
+
+    // The command: a dry run names what would go; the run frees it, and only it.
+    let dry = gc(data.path(), &["--dry-run", "--grace", "0s"]);
+    assert!(dry.contains(&format!("would free blob {old_tarball}")) && !dry.contains(&shared), "{dry}");
+    assert!(blob_file(data.path(), &old_tarball).exists());
+    let freed = gc(data.path(), &["--grace", "0s"]);
+    assert!(freed.contains("freed 1 of"), "{freed}");
+    assert!(!blob_file(data.path(), &old_tarball).exists());
+    assert!(blob_file(data.path(), &shared).exists(), "1.0.1 still names the shared bytes");
+    let shared_file = reqwest::get(server.url("/generic/main/acme/tool/1.0.1/tool.bin")).await.unwrap();
+    assert_eq!(shared_file.text().await.unwrap(), "the same build twice");
+
+    // npm installs what is left, and not the disposed version.
+    let app = "app";
+    ws.write(&format!("{app}/package.json"), r#"{"name":"app","version":"1.0.0","private":true}"#);
+    write_npmrc(&ws, app, &server, "main", None);
+    run_ok(npm(&ws, app).args(["install", "@acme/life@^1"]));
+    let installed = std::fs::read_to_string(ws.path("app/node_modules/@acme/life/index.js")).unwrap();
+    assert_eq!(installed, "module.exports = '1.1.0';\n");
+    assert!(!run(npm(&ws, app).args(["install", "@acme/life@1.0.0"])).status.success());
+
+    // A takedown: administrators only; the number stays taken unless reuse is allowed.
+    let client = reqwest::Client::new();
+    let delete = |query: &'static str, bearer: String| {
+        let url = server.url(&format!("/api/v1/repositories/main/packages/npm/@acme%2Flife/versions/1.1.0{query}"));
+        client.delete(url).bearer_auth(bearer).send()
+    };
+    let refused = delete("", token.clone()).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("administrators"));
+    assert_eq!(delete("", ADMIN_TOKEN.to_owned()).await.unwrap().status(), 200);
+    let republish = run(npm(&ws, "pkg-1.1.0").args(["publish", "--access", "public"]));
+    assert!(!republish.status.success());
+    assert!(text(&republish).contains("409"), "npm's own wording for a number taken: {}", text(&republish));
+    let generic = server.url("/api/v1/repositories/main/packages/generic/acme%2Ftool/versions/1.0.1?allowReuse=true");
+    assert_eq!(client.delete(generic).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(put_generic(&server, &token, "1.0.1", "a new build under a reused number").await, 201);
+    let freed = gc(data.path(), &["--grace", "0s"]);
+    assert!(freed.contains("freed 2 of"), "the 1.1.0 tarball and the old shared bytes: {freed}");
+    assert!(!blob_file(data.path(), &shared).exists());
+}
