@@ -913,35 +913,43 @@ fn plaintext_meta(meta: ObjectMeta) -> ObjectMeta {
     ObjectMeta { size, ..meta }
 }
 
-/// Reads the stored bytes of a get as a stream, whatever the backend returned.
-async fn sealed_stream(result: GetResult) -> object_store::Result<BoxStream<'static, object_store::Result<Bytes>>> {
+/// Segments opened per chunk handed on: 256 KiB, as unencrypted files are read.
+const SEGMENTS_PER_CHUNK: u64 = 4;
+
+type SealedReader = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// The stored bytes of a get as a reader, whatever the backend returned: a local file is
+/// read straight into the buffers segments are opened in, a stream through one copy.
+async fn sealed_reader(result: GetResult) -> object_store::Result<SealedReader> {
     match result.payload {
-        GetResultPayload::Stream(stream) => Ok(stream),
+        GetResultPayload::Stream(stream) => {
+            Ok(Box::pin(tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other))))
+        }
         GetResultPayload::File(file, path) => {
-            let range = result.range.clone();
-            crate::file_stream(file, range)
-                .await
-                .map(|stream| {
-                    stream
-                        .map_err(|source| object_store::Error::Generic {
-                            store: "LocalFileSystem",
-                            source: Box::new(source),
-                        })
-                        .boxed()
-                })
-                .map_err(|source| object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("{}: {source}", path.display()).into(),
-                })
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let failed = |source: std::io::Error| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: format!("{}: {source}", path.display()).into(),
+            };
+            let mut file = tokio::fs::File::from_std(file);
+            file.seek(std::io::SeekFrom::Start(result.range.start)).await.map_err(failed)?;
+            Ok(Box::pin(file.take(result.range.end - result.range.start)))
         }
     }
 }
 
-/// Opens segments `first..` of an object as they stream in, yielding the plaintext in
-/// `wanted` (offsets in the object's plaintext).
+fn read_failed(location: &Path, error: std::io::Error) -> object_store::Error {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        crypto_error(location, "ended before its last segment (truncated)")
+    } else {
+        object_store::Error::Generic { store: "wharf-encryption", source: Box::new(error) }
+    }
+}
+
+/// Opens segments `segment..` of an object as they are read, yielding the plaintext in
+/// `wanted` (offsets in the object's plaintext), several segments per chunk.
 struct Opening {
-    sealed: BoxStream<'static, object_store::Result<Bytes>>,
-    buffer: BytesMut,
+    sealed: SealedReader,
     location: Path,
     dek: Arc<LessSafeKey>,
     segment: u64,
@@ -952,31 +960,48 @@ struct Opening {
 
 impl Opening {
     fn into_stream(self) -> BoxStream<'static, object_store::Result<Bytes>> {
+        use tokio::io::AsyncReadExt;
         futures::stream::try_unfold(self, |mut state| async move {
-            loop {
-                if state.segment >= state.segments || state.segment * SEGMENT_BYTES as u64 >= state.wanted.end {
-                    return Ok(None);
-                }
-                let start = state.segment * SEGMENT_BYTES as u64;
-                let last = state.segment + 1 == state.segments;
-                let plain_len = (state.size - start).min(SEGMENT_BYTES as u64) as usize;
-                let need = plain_len + TAG_BYTES;
-                while state.buffer.len() < need {
-                    match state.sealed.next().await.transpose()? {
-                        Some(chunk) => state.buffer.extend_from_slice(&chunk),
-                        None => return Err(crypto_error(&state.location, "ended before its last segment (truncated)")),
-                    }
-                }
-                let sealed = state.buffer.split_to(need);
-                let plain = open_segment(&state.dek, &state.location, state.segment, last, &sealed)?;
-                state.segment += 1;
-                let from = state.wanted.start.saturating_sub(start).min(plain.len() as u64) as usize;
-                let to = (state.wanted.end - start).min(plain.len() as u64) as usize;
-                if from < to {
-                    return Ok(Some((plain.slice(from..to), state)));
-                }
+            let segment_bytes = SEGMENT_BYTES as u64;
+            if state.segment >= state.segments || state.segment * segment_bytes >= state.wanted.end {
+                return Ok(None);
             }
+            let first = state.segment;
+            let needed = (state.wanted.end - 1) / segment_bytes;
+            let count = (needed.min(state.segments - 1) - first + 1).min(SEGMENTS_PER_CHUNK);
+            let plain_start = first * segment_bytes;
+            let plain_end = ((first + count) * segment_bytes).min(state.size);
+            let sealed_len = (plain_end - plain_start) as usize + count as usize * TAG_BYTES;
+            let mut buffer = BytesMut::zeroed(sealed_len);
+            state.sealed.read_exact(&mut buffer).await.map_err(|e| read_failed(&state.location, e))?;
+            // Open each segment where it lies, then close the gaps its tags leave.
+            let mut plain_len = 0;
+            let mut at = 0;
+            for index in first..first + count {
+                let length = (sealed_len - at).min(SEALED_SEGMENT_BYTES);
+                let last = index + 1 == state.segments;
+                let opened = state
+                    .dek
+                    .open_in_place(segment_nonce(index, last), Aad::empty(), &mut buffer[at..at + length])
+                    .map_err(|_| {
+                        crypto_error(
+                            &state.location,
+                            format!("segment {index} does not open: the object is damaged, truncated or reordered"),
+                        )
+                    })?
+                    .len();
+                buffer.copy_within(at..at + opened, plain_len);
+                plain_len += opened;
+                at += length;
+            }
+            buffer.truncate(plain_len);
+            state.segment += count;
+            let plain = buffer.freeze();
+            let from = state.wanted.start.saturating_sub(plain_start).min(plain_len as u64) as usize;
+            let to = (state.wanted.end - plain_start).min(plain_len as u64) as usize;
+            Ok(Some((plain.slice(from..to.max(from)), state)))
         })
+        .try_filter(|chunk| futures::future::ready(!chunk.is_empty()))
         .boxed()
     }
 }
@@ -1056,8 +1081,7 @@ impl ObjectStore for EncryptedStore {
         let attributes = result.attributes.clone();
         let extensions = result.extensions.clone();
         let opening = Opening {
-            sealed: sealed_stream(result).await?,
-            buffer: BytesMut::new(),
+            sealed: sealed_reader(result).await?,
             location: location.clone(),
             dek,
             segment: first,
@@ -1112,25 +1136,20 @@ impl ObjectStore for EncryptedStore {
 
 impl EncryptedStore {
     async fn open_from_start(&self, location: &Path, result: GetResult) -> object_store::Result<GetResult> {
+        use tokio::io::AsyncReadExt;
         let size = plaintext_size(location, result.meta.size)?;
         let meta = ObjectMeta { size, ..result.meta.clone() };
         let attributes = result.attributes.clone();
         let extensions = result.extensions.clone();
         let e_tag = result.meta.e_tag.clone();
-        let mut sealed = sealed_stream(result).await?;
-        let mut buffer = BytesMut::new();
-        while buffer.len() < HEADER_BYTES {
-            match sealed.next().await.transpose()? {
-                Some(chunk) => buffer.extend_from_slice(&chunk),
-                None => return Err(crypto_error(location, "too short to be encrypted")),
-            }
-        }
-        let header = parse_header(location, &buffer.split_to(HEADER_BYTES))?;
+        let mut sealed = sealed_reader(result).await?;
+        let mut header = [0u8; HEADER_BYTES];
+        sealed.read_exact(&mut header).await.map_err(|e| read_failed(location, e))?;
+        let header = parse_header(location, &header)?;
         let ring = self.opening_ring(location)?;
         let dek = self.unwrap_dek(&ring, location, &header, e_tag.as_deref()).await?;
         let opening = Opening {
             sealed,
-            buffer,
             location: location.clone(),
             dek,
             segment: 0,
