@@ -217,6 +217,7 @@ def cmd_parse_wrk(args):
 ENDPOINTS = [
     ("packument", "npm abbreviated packument", 0.5, "verdaccio"),
     ("tarball", "npm tarball", 0.7, "verdaccio"),
+    ("tarballrange", "npm tarball, 64 KiB Range", 0.7, ""),
     ("simple", "PyPI simple page", 0.5, "pypiserver,devpi"),
     ("wheel", "PyPI wheel", 0.7, "pypiserver,devpi"),
     ("cargoindex", "Cargo sparse-index file", 0.5, ""),
@@ -230,6 +231,10 @@ ENDPOINTS = [
 P99_TARGET_MS = 10.0
 IDLE_RSS_TARGET_MIB = 30.0
 PUBLISH_RISE_TARGET_MIB = 32.0
+# The encrypted server (`wharfenc`) serves these; its req/s must be at least
+# this share of the plain server's.
+ENC_ENDPOINTS = ("tarball", "wheel", "tarballrange")
+ENC_RATIO_TARGET = 0.6
 
 
 def load_results(path):
@@ -311,13 +316,15 @@ def cmd_report(args):
     res = load_results(args.results)
     meta = load_meta(args.meta)
     wharf_on = meta.get("wharf", "yes") == "yes"
+    enc_on = wharf_on and meta.get("encrypted", "no") == "yes"
     out = []
     out.append("# Wharf benchmark results")
     out.append("")
     out.append("%s; wrk -t1 -c%s -d%ss --latency pinned to CPU %s, servers pinned to CPU %s; loopback only; "
-               "nginx and Wharf: median of %s interleaved rounds, peers: one round." % (
+               "%s: median of %s interleaved rounds, peers: one round." % (
         meta.get("date", time.strftime("%Y-%m-%d %H:%M:%S")), meta.get("connections", "64"),
-        meta.get("seconds", "?"), meta.get("load_cpu", "1"), meta.get("server_cpu", "0"), meta.get("rounds", "1")))
+        meta.get("seconds", "?"), meta.get("load_cpu", "1"), meta.get("server_cpu", "0"),
+        "nginx, Wharf and encrypted Wharf" if enc_on else "nginx and Wharf", meta.get("rounds", "1")))
     out.append("Seeded: npm `bench-pkg` and PyPI `bench-pkg`, %s versions each, %s random payload per artifact. "
                "nginx serves %s as static files." % (
                    meta.get("versions", "50"), fmt_size(int(meta.get("artifact_bytes", MIB))),
@@ -360,14 +367,39 @@ def cmd_report(args):
             label, fmt_rps(w), fmt_p99(w), fmt_rps(n), fmt_p99(n), ratio_s, target, p99_s,
             "<br>".join(peer_cells), " / ".join(sizes)))
     out.append("")
-    if wharf_on:
-        def mib(key):
-            v = meta.get(key)
-            try:
-                return float(v)
-            except (TypeError, ValueError):
-                return None
 
+    def mib(key):
+        v = meta.get(key)
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    big = meta.get("big_mib", "200")
+
+    def publish_lines(prefix, who):
+        """The peak-RSS rise lines of the big publishes recorded under meta keys
+        PREFIX_{pypi,npm}_*; returns (lines, all passed)."""
+        lines, passed = [], True
+        for key, label in (("pypi", "twine upload of a %s MiB wheel" % big),
+                           ("npm", "npm publish of a %s MiB tarball" % big)):
+            k = "%s_%s_" % (prefix, key)
+            rise = mib(k + "rise_mib")
+            status = meta.get(k + "status", "not run")
+            if rise is not None and status == "ok":
+                ok = rise < PUBLISH_RISE_TARGET_MIB
+                passed &= ok
+                lines.append("- Peak-RSS rise%s, %s: **%.1f MiB** (VmHWM %s → %s MiB; target < %g MiB) %s" % (
+                    who, label, rise, meta.get(k + "hwm_before_mib", "?"),
+                    meta.get(k + "hwm_after_mib", "?"), PUBLISH_RISE_TARGET_MIB, verdict(ok)))
+            else:
+                if key == "pypi" or status not in ("not run", "skipped"):
+                    passed = False
+                lines.append("- Peak-RSS rise%s, %s: %s%s" % (
+                    who, label, status, " (rise %.1f MiB)" % rise if rise is not None else ""))
+        return lines, passed
+
+    if wharf_on:
         idle0, idle1, loaded = mib("rss_start_mib"), mib("rss_idle_mib"), mib("rss_after_load_mib")
         if idle1 is not None:
             ok = idle1 <= IDLE_RSS_TARGET_MIB
@@ -379,24 +411,52 @@ def cmd_report(args):
         else:
             all_pass = False
             out.append("- Idle RSS: n/a")
-        big = meta.get("big_mib", "200")
-        for key, label in (("pypi", "twine upload of a %s MiB wheel" % big),
-                           ("npm", "npm publish of a %s MiB tarball" % big)):
-            rise = mib("publish_%s_rise_mib" % key)
-            status = meta.get("publish_%s_status" % key, "not run")
-            if rise is not None and status == "ok":
-                ok = rise < PUBLISH_RISE_TARGET_MIB
-                all_pass &= ok
-                out.append("- Peak-RSS rise, %s: **%.1f MiB** (VmHWM %s → %s MiB; target < %g MiB) %s" % (
-                    label, rise, meta.get("publish_%s_hwm_before_mib" % key, "?"),
-                    meta.get("publish_%s_hwm_after_mib" % key, "?"), PUBLISH_RISE_TARGET_MIB, verdict(ok)))
-            else:
-                if key == "pypi" or status not in ("not run", "skipped"):
-                    all_pass = False
-                out.append("- Peak-RSS rise, %s: %s%s" % (
-                    label, status, " (rise %.1f MiB)" % rise if rise is not None else ""))
+        lines, passed = publish_lines("publish", "")
+        out.extend(lines)
+        all_pass &= passed
+    if enc_on:
         out.append("")
-        out.append("Overall: **%s**" % verdict(all_pass))
+        out.append("## Encryption at rest")
+        out.append("")
+        out.append("A second Wharf from the same binary, its Domain encrypting everything it stores "
+                   "(`spec.encryption.keySecretRef`), seeded with the same npm and PyPI content, "
+                   "measured in the same rounds. The Range row asks for `%s`." % (
+                       meta.get("range", "a 64 KiB range").replace("Range: ", "")))
+        out.append("")
+        out.append("| endpoint | Wharf req/s | Wharf p99 | encrypted req/s | encrypted p99 | encrypted/plain | target | body bytes (plain / encrypted) |")
+        out.append("|---|---:|---:|---:|---:|---:|---|---|")
+        labels = {ep: label for ep, label, _, _ in ENDPOINTS}
+        for ep in ENC_ENDPOINTS:
+            w = res.get(("wharf", ep))
+            e = res.get(("wharfenc", ep))
+            if w is None and e is None:
+                # neither served it (a tarball too small for the range): the
+                # first table and the notes say why
+                continue
+            if w and e and w["rps"] and e["rps"]:
+                ratio = e["rps"] / w["rps"]
+                ok = ratio >= ENC_RATIO_TARGET and not e["bad"]
+                ratio_s = "%.2f× %s" % (ratio, verdict(ok))
+            else:
+                ok = False
+                ratio_s = "n/a"
+            all_pass &= ok
+            out.append("| %s | %s | %s | %s | %s | %s | ≥ %.1f× Wharf | %s / %s |" % (
+                labels[ep], fmt_rps(w), fmt_p99(w), fmt_rps(e), fmt_p99(e), ratio_s, ENC_RATIO_TARGET,
+                fmt_size(w["size"]) if w else "-", fmt_size(e["size"]) if e else "-"))
+        out.append("")
+        idle, loaded = mib("rss_enc_idle_mib"), mib("rss_enc_after_load_mib")
+        out.append("- Idle RSS, encrypted (for comparison, no target): %s MiB; after the load runs: %s MiB" % (
+            "%.1f" % idle if idle is not None else "n/a", "%.1f" % loaded if loaded is not None else "n/a"))
+        lines, passed = publish_lines("publish_enc", ", encrypted")
+        out.extend(lines)
+        all_pass &= passed
+    elif wharf_on:
+        out.append("")
+        out.append("Encryption at rest: not measured (BENCH_ENCRYPTED=0).")
+    if wharf_on:
+        out.append("")
+        out.append("Overall: **%s**%s" % (verdict(all_pass), " (both tables and the memory lines)" if enc_on else ""))
     notes = meta.get("notes")
     if notes:
         out.append("")

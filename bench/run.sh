@@ -28,6 +28,7 @@ BENCH_LOAD_CPU=${BENCH_LOAD_CPU:-1}
 BENCH_WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-10}
 BENCH_WHARF_LOG=${BENCH_WHARF_LOG:-warn}
 BENCH_VERDACCIO_VERSION=${BENCH_VERDACCIO_VERSION:-6.8.0}
+BENCH_ENCRYPTED=${BENCH_ENCRYPTED:-1}
 WHARF_BIN=${WHARF_BIN:-$ROOT/target/release/wharf-registry}
 
 PKG=bench-pkg
@@ -38,9 +39,15 @@ ADMIN_TOKEN=bench-admin-$RANDOM$RANDOM$RANDOM
 PEER_PASSWORD=bench-$RANDOM$RANDOM
 
 ACCEPT_ABBREV='Accept: application/vnd.npm.install-v1+json'
-# What is measured, in report order; the last three only Wharf serves.
-ENDPOINTS="packument tarball simple wheel cargoindex mavenpom goinfo nugetreg nupkg swiftreleases swiftzip"
+# What is measured, in report order; from cargoindex on only Wharf serves,
+# and tarballrange only Wharf (plain and encrypted) and nginx.
+ENDPOINTS=${BENCH_ENDPOINTS:-"packument tarball tarballrange simple wheel cargoindex mavenpom goinfo nugetreg nupkg swiftreleases swiftzip"}
 ACCEPT_HTML='Accept: text/html'
+# A 64 KiB slice from inside the tarball, not at its start: an encrypting
+# registry must start decrypting in the middle of the object.
+RANGE_START=300000
+RANGE_LEN=65536
+RANGE_HDR="Range: bytes=$RANGE_START-$((RANGE_START + RANGE_LEN - 1))"
 
 # fd 3 = the script's stderr, so messages (the cleanup's too, which may run
 # while a redirected command is in flight) always reach the terminal
@@ -253,15 +260,26 @@ twine_upload() { # URL USER PASSWORD NAME FILES...
     || { tail -n 20 "$RUN/$name.upload.log" >&2; return 1; }
 }
 
-# fetch URL OUTFILE [HEADER] : GET, fail unless 200; prints "bytes content-type"
+# fetch URL OUTFILE [HEADER] [STATUS] : GET, fail unless STATUS (200);
+# prints "bytes content-type"
 fetch() {
-  local url=$1 outfile=$2 hdr=${3:-}
+  local url=$1 outfile=$2 hdr=${3:-} want=${4:-200}
   local args=(-s --max-time 30 -o "$outfile" -w '%{http_code} %{size_download} %{content_type}')
   [ -n "$hdr" ] && args+=(-H "$hdr")
   local res
   res=$(curl "${args[@]}" "$url")
-  [ "${res%% *}" = 200 ] || { log "GET $url -> ${res%% *}"; return 1; }
+  [ "${res%% *}" = "$want" ] || { log "GET $url${hdr:+ ($hdr)} -> ${res%% *}, expected $want"; return 1; }
   echo "${res#* }"
+}
+
+# The request header wrk (and the body checks) send for an endpoint.
+header_for() {
+  case $1 in
+    packument) echo "$ACCEPT_ABBREV" ;;
+    simple) echo "$ACCEPT_HTML" ;;
+    tarballrange) echo "$RANGE_HDR" ;;
+    *) echo "" ;;
+  esac
 }
 
 declare -A URL=() # URL[server:endpoint]
@@ -311,6 +329,14 @@ seed_other_formats() {
   URL[wharf:swiftzip]=$WHARF_URL/swift/main/bench/Pkg/1.0.0.zip
 }
 
+# mint_token BASE_URL : a read+publish token for Repository `main`, minted with the admin token
+mint_token() {
+  local json
+  json=$(curl -sf --max-time 10 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
+    -d '{"repositories":["main"],"permissions":["read","publish"],"ttlSeconds":3600}' "$1/api/v1/auth/token") || return 1
+  printf '%s' "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+}
+
 # ------------------------------------------------------------------- Wharf --
 WHARF_ON=0
 [ "$BENCH_ONLY_PEERS" != 1 ] && WHARF_ON=1
@@ -324,15 +350,70 @@ if [ "$WHARF_ON" = 1 ]; then
   sleep 1
   RSS_START=$(kib_field "${PID_OF[wharf]}" VmRSS)
   meta rss_start_mib "$(mib_of_kib "$RSS_START")"
-  TOKEN_JSON=$(curl -sf --max-time 10 -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'content-type: application/json' \
-    -d '{"repositories":["main"],"permissions":["read","publish"],"ttlSeconds":3600}' "$WHARF_URL/api/v1/auth/token") \
-    || die "minting a Wharf token failed"
-  WHARF_TOKEN=$(printf '%s' "$TOKEN_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  WHARF_TOKEN=$(mint_token "$WHARF_URL") || die "minting a Wharf token failed"
   npm_publish_all "$WHARF_URL/npm/main/" "$WHARF_TOKEN" wharf || die "npm publish to Wharf failed"
   twine_upload "$WHARF_URL/pypi/main/" __token__ "$WHARF_TOKEN" wharf "${WHEEL_FILES[@]}" || die "twine upload to Wharf failed"
   URL[wharf:packument]=$WHARF_URL/npm/main/$PKG
   URL[wharf:simple]=$WHARF_URL/pypi/main/simple/$PKG/
   seed_other_formats
+fi
+
+# --------------------------------------------------------- encrypted Wharf --
+# The same binary and content as `wharf`, with encryption at rest, so the
+# ratio between the two is what sealing and opening objects costs. npm and
+# PyPI only: the artifact rows are where that cost shows.
+ENC_ON=0
+[ "$WHARF_ON" = 1 ] && [ "$BENCH_ENCRYPTED" = 1 ] && ENC_ON=1
+if [ "$ENC_ON" = 1 ]; then
+  WHARFENC_PORT=${WHARFENC_PORT:-$(free_port)}
+  WHARFENC_URL=http://127.0.0.1:$WHARFENC_PORT
+  ENC_SECRETS=$RUN/wharfenc-secrets
+  mkdir -p "$RUN/wharfenc-data" "$ENC_SECRETS/bench-keys"
+  # laid out like a Secret volume (DIR/{secret}/{key}): every entry but
+  # `current` is a key, and `current` names the one that seals new data
+  (
+    umask 077
+    printf 'k1\n' >"$ENC_SECRETS/bench-keys/current"
+    python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' >"$ENC_SECRETS/bench-keys/k1"
+  )
+  # what the embedded default configuration is (Domain `default`, Repository
+  # `main` readable anonymously, both in namespace `default`, which objects
+  # without one get), plus the key Secret
+  cat >"$RUN/wharfenc.yaml" <<EOF
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata:
+  name: default
+spec:
+  storage:
+    filesystem:
+      path: "$RUN/wharfenc-data"
+  encryption:
+    keySecretRef:
+      name: bench-keys
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata:
+  name: main
+spec:
+  domainRef:
+    name: default
+  description: Default hosted repository
+  access:
+    read:
+      - kind: Anonymous
+EOF
+  start_server wharfenc "$RUN/wharfenc.log" env WHARF_ADMIN_TOKEN="$ADMIN_TOKEN" RUST_LOG="$BENCH_WHARF_LOG" \
+    "$WHARF_BIN" serve --listen "127.0.0.1:$WHARFENC_PORT" --config "$RUN/wharfenc.yaml" --secrets-dir "$ENC_SECRETS"
+  wait_http wharfenc "$WHARFENC_URL/readyz" 60 || die "encrypted Wharf did not become ready"
+  WHARFENC_TOKEN=$(mint_token "$WHARFENC_URL") || die "minting an encrypted-Wharf token failed"
+  npm_publish_all "$WHARFENC_URL/npm/main/" "$WHARFENC_TOKEN" wharfenc || die "npm publish to encrypted Wharf failed"
+  twine_upload "$WHARFENC_URL/pypi/main/" __token__ "$WHARFENC_TOKEN" wharfenc "${WHEEL_FILES[@]}" \
+    || die "twine upload to encrypted Wharf failed"
+  # to find the tarball and wheel URLs as for `wharf`; dropped before the load
+  URL[wharfenc:packument]=$WHARFENC_URL/npm/main/$PKG
+  URL[wharfenc:simple]=$WHARFENC_URL/pypi/main/simple/$PKG/
 fi
 
 # -------------------------------------------------------------- Verdaccio --
@@ -440,6 +521,7 @@ fi
 # -------------------------------------------- resolve artifact URLs, verify --
 SERVERS=()
 [ "$WHARF_ON" = 1 ] && SERVERS+=(wharf)
+[ "$ENC_ON" = 1 ] && SERVERS+=(wharfenc)
 SERVERS+=("${ENABLED_PEERS[@]}")
 declare -A SIZE=() CTYPE=()
 for s in "${SERVERS[@]}"; do
@@ -488,22 +570,56 @@ for s in "${SERVERS[@]}"; do
     fi
   done
 done
+# The Range row: Wharf's two servers (nginx follows below); each answer must
+# be exactly that slice of the published tarball.
+TGZ_BYTES=$(stat -c %s "$FIRST_TGZ")
+for s in wharf wharfenc; do
+  [ -n "${URL[$s:tarball]:-}" ] || continue
+  if [ "$TGZ_BYTES" -lt $((RANGE_START + RANGE_LEN)) ]; then
+    note "the tarball ($TGZ_BYTES bytes) ends before the range ($RANGE_HDR): no tarballrange row; raise BENCH_ARTIFACT_BYTES"
+    break
+  fi
+  URL[$s:tarballrange]=${URL[$s:tarball]}
+  if r=$(fetch "${URL[$s:tarballrange]}" "$RUN/bodies/$s.tarballrange" "$RANGE_HDR" 206); then
+    SIZE[$s:tarballrange]=${r%% *}; CTYPE[$s:tarballrange]=${r#* }
+    if [ "${r%% *}" != "$RANGE_LEN" ]; then
+      note "$s: tarballrange answered ${r%% *} bytes, expected $RANGE_LEN"; unset "URL[$s:tarballrange]"
+    elif ! cmp -s -i "$RANGE_START:0" -n "$RANGE_LEN" "$FIRST_TGZ" "$RUN/bodies/$s.tarballrange"; then
+      note "$s: tarballrange body differs from that slice of the published file"
+    fi
+  else
+    note "$s: tarballrange GET failed"; unset "URL[$s:tarballrange]"
+  fi
+done
+# The encrypted server's metadata only led to its artifact URLs: its rows are
+# the artifacts, where encryption costs.
+unset "URL[wharfenc:packument]" "URL[wharfenc:simple]"
 
 # ------------------------------------------------------------------- nginx --
 # nginx serves, as static files, the very bytes a registry returned: Wharf's,
 # or (peers-only run) Verdaccio's packument and pypiserver's simple page.
 NGINX_DIR=$RUN/nginx
 mkdir -p "$NGINX_DIR/html" "$NGINX_DIR/tmp" "$NGINX_DIR/logs"
-declare -A NGINX_FILE=([packument]=packument [tarball]=tarball.tgz [simple]=simple.html [wheel]=wheel.whl
+declare -A NGINX_FILE=([packument]=packument [tarball]=tarball.tgz [tarballrange]=tarball-range.tgz
+  [simple]=simple.html [wheel]=wheel.whl
   [cargoindex]=bench-crate [mavenpom]=bench-lib-1.0.0.pom [goinfo]=v1.0.0.info
   [nugetreg]=nuget-registration.json [nupkg]=bench.pkg.1.0.0.nupkg [swiftreleases]=swift-releases.json
   [swiftzip]=swift-1.0.0.zip)
+# nginx answers the Range row from the whole tarball, as a registry does,
+# under its own name so that its location can differ (NGINX_EXTRA)
+declare -A NGINX_BODY=([tarballrange]=tarball)
+# On loopback (MSS about 64 KiB) a 64 KiB range plus its header is one full
+# segment and a small tail; under tcp_nopush (TCP_CORK) nginx has Nagle back
+# on, so the tail waits for the client's delayed ACK: 40 ms per response,
+# 1.5k instead of 30k req/s. The other rows keep their config.
+declare -A NGINX_EXTRA=([tarballrange]=" tcp_nopush off;")
 declare -A NGINX_SRC=()
 for ep in $ENDPOINTS; do
+  body=${NGINX_BODY[$ep]:-$ep}
   for s in wharf verdaccio pypiserver devpi; do
-    if [ -f "$RUN/bodies/$s.$ep" ] && [ -n "${URL[$s:$ep]:-}" ]; then
+    if [ -f "$RUN/bodies/$s.$body" ] && [ -n "${URL[$s:$ep]:-}" ]; then
       NGINX_SRC[$ep]=$s
-      cp "$RUN/bodies/$s.$ep" "$NGINX_DIR/html/${NGINX_FILE[$ep]}"
+      cp "$RUN/bodies/$s.$body" "$NGINX_DIR/html/${NGINX_FILE[$ep]}"
       break
     fi
   done
@@ -539,8 +655,8 @@ EOF
   for ep in $ENDPOINTS; do
     s=${NGINX_SRC[$ep]:-}
     [ -n "$s" ] || continue
-    ct=${CTYPE[$s:$ep]:-application/octet-stream}
-    printf '    location = /%s { default_type "%s"; }\n' "${NGINX_FILE[$ep]}" "$ct"
+    ct=${CTYPE[$s:${NGINX_BODY[$ep]:-$ep}]:-application/octet-stream}
+    printf '    location = /%s { default_type "%s";%s }\n' "${NGINX_FILE[$ep]}" "$ct" "${NGINX_EXTRA[$ep]:-}"
   done
   echo "  }"
   echo "}"
@@ -556,26 +672,22 @@ first_nginx_ep=$(for ep in $ENDPOINTS; do [ -n "${URL[nginx:$ep]:-}" ] && echo "
 wait_http nginx "${URL[nginx:$first_nginx_ep]}" 30 || die "nginx did not start"
 for ep in $ENDPOINTS; do
   [ -n "${URL[nginx:$ep]:-}" ] || continue
-  r=$(fetch "${URL[nginx:$ep]}" "$RUN/bodies/nginx.$ep") || die "nginx GET /${NGINX_FILE[$ep]} failed"
+  want=200; [ "$ep" = tarballrange ] && want=206
+  r=$(fetch "${URL[nginx:$ep]}" "$RUN/bodies/nginx.$ep" "$(header_for "$ep")" "$want") \
+    || die "nginx GET /${NGINX_FILE[$ep]} failed"
   SIZE[nginx:$ep]=${r%% *}
   cmp -s "$RUN/bodies/nginx.$ep" "$RUN/bodies/${NGINX_SRC[$ep]}.$ep" || die "nginx body for $ep differs from ${NGINX_SRC[$ep]}'s"
 done
 
 # ------------------------------------------------------------- idle memory --
 if [ "$WHARF_ON" = 1 ]; then
-  log "Wharf idle for ${BENCH_IDLE_WAIT}s before reading RSS"
+  log "Wharf idle for ${BENCH_IDLE_WAIT}s before reading RSS$([ "$ENC_ON" = 1 ] && echo " (both servers)")"
   sleep "$BENCH_IDLE_WAIT"
   meta rss_idle_mib "$(mib_of_kib "$(kib_field "${PID_OF[wharf]}" VmRSS)")"
+  [ "$ENC_ON" = 1 ] && meta rss_enc_idle_mib "$(mib_of_kib "$(kib_field "${PID_OF[wharfenc]}" VmRSS)")"
 fi
 
 # -------------------------------------------------------------------- load --
-header_for() {
-  case $1 in
-    packument) echo "$ACCEPT_ABBREV" ;;
-    simple) echo "$ACCEPT_HTML" ;;
-    *) echo "" ;;
-  esac
-}
 run_wrk() { # SERVER ENDPOINT
   local s=$1 ep=$2 url=${URL[$1:$2]:-} hdr args out
   [ -n "$url" ] || return 0
@@ -600,7 +712,7 @@ run_wrk() { # SERVER ENDPOINT
   printf '%s\t%s\t%s\t%s\n' "$s" "$ep" "$parsed" "${SIZE[$s:$ep]:-}" >>"$RESULTS"
   local rps p99 non2xx errs
   IFS=$'\t' read -r rps p99 non2xx errs <<<"$parsed"
-  log "$(printf '%-10s %-9s req/s=%-9s p99_ms=%-7s bad=%s' "$s" "$ep" "$rps" "$p99" $((non2xx + errs)))"
+  log "$(printf '%-10s %-12s req/s=%-9s p99_ms=%-7s bad=%s' "$s" "$ep" "$rps" "$p99" $((non2xx + errs)))"
 }
 # Anything else burning CPU (a build, say) skews every number: measure it with
 # all servers idle, before and after the load phase, and say so in the report.
@@ -631,13 +743,15 @@ check_quiet() {
 }
 check_quiet before
 log "load: wrk -t1 -c$BENCH_CONNECTIONS -d${BENCH_SECONDS}s (+${BENCH_WARMUP}s warm-up) on CPU $BENCH_LOAD_CPU, servers on CPU $BENCH_SERVER_CPU"
-# Rounds interleave nginx and Wharf, and the report takes each one's
-# median, so a burst of other work on the machine cannot decide a ratio
-# alone. The peers, far slower, run in the first round only.
+# Rounds interleave nginx and Wharf (plain and encrypted), and the report
+# takes each one's median, so a burst of other work on the machine cannot
+# decide a ratio alone. The peers, far slower, run in the first round only.
+WHARFS=wharf
+[ "$ENC_ON" = 1 ] && WHARFS="wharf wharfenc"
 for round in $(seq 1 "$BENCH_ROUNDS"); do
   log "round $round of $BENCH_ROUNDS"
-  servers="nginx wharf"
-  [ "$round" = 1 ] && servers="nginx wharf verdaccio pypiserver devpi"
+  servers="nginx $WHARFS"
+  [ "$round" = 1 ] && servers="nginx $WHARFS verdaccio pypiserver devpi"
   for ep in $ENDPOINTS; do
     for s in $servers; do
       run_wrk "$s" "$ep"
@@ -650,42 +764,50 @@ check_quiet after
 # --------------------------------------------------------- publish 200 MiB --
 # Peak RSS rise: reset VmHWM (clear_refs 5), read it, publish, read it again.
 if [ "$WHARF_ON" = 1 ]; then
-  WPID=${PID_OF[wharf]}
-  meta rss_after_load_mib "$(mib_of_kib "$(kib_field "$WPID" VmRSS)")"
+  meta rss_after_load_mib "$(mib_of_kib "$(kib_field "${PID_OF[wharf]}" VmRSS)")"
+  [ "$ENC_ON" = 1 ] && meta rss_enc_after_load_mib "$(mib_of_kib "$(kib_field "${PID_OF[wharfenc]}" VmRSS)")"
   BIG_BYTES=$((BENCH_BIG_MIB * 1024 * 1024))
-  measure_publish() { # KEY COMMAND...
-    local key=$1 before after
-    shift
-    if ! { echo 5 >"/proc/$WPID/clear_refs"; } 2>/dev/null; then
-      note "could not reset VmHWM (/proc/$WPID/clear_refs); the $key rise is measured from the earlier peak"
+  # measure_publish PID PREFIX KEY COMMAND... : meta keys PREFIX_KEY_*
+  measure_publish() {
+    local pid=$1 prefix=$2 key=$3 before after
+    shift 3
+    if ! { echo 5 >"/proc/$pid/clear_refs"; } 2>/dev/null; then
+      note "could not reset VmHWM (/proc/$pid/clear_refs); the ${prefix}_$key rise is measured from the earlier peak"
     fi
-    before=$(kib_field "$WPID" VmHWM)
-    if "$@"; then meta "publish_${key}_status" ok; else meta "publish_${key}_status" "FAIL: publish failed"; fi
-    kill -0 "$WPID" 2>/dev/null || { meta "publish_${key}_status" "FAIL: Wharf died"; return 0; }
-    after=$(kib_field "$WPID" VmHWM)
-    meta "publish_${key}_hwm_before_mib" "$(mib_of_kib "$before")"
-    meta "publish_${key}_hwm_after_mib" "$(mib_of_kib "$after")"
-    meta "publish_${key}_rise_mib" "$(mib_of_kib $((after - before)))"
-    log "publish $key ${BENCH_BIG_MIB} MiB: VmHWM $(mib_of_kib "$before") -> $(mib_of_kib "$after") MiB"
+    before=$(kib_field "$pid" VmHWM)
+    if "$@"; then meta "${prefix}_${key}_status" ok; else meta "${prefix}_${key}_status" "FAIL: publish failed"; fi
+    kill -0 "$pid" 2>/dev/null || { meta "${prefix}_${key}_status" "FAIL: Wharf (PID $pid) died"; return 0; }
+    after=$(kib_field "$pid" VmHWM)
+    meta "${prefix}_${key}_hwm_before_mib" "$(mib_of_kib "$before")"
+    meta "${prefix}_${key}_hwm_after_mib" "$(mib_of_kib "$after")"
+    meta "${prefix}_${key}_rise_mib" "$(mib_of_kib $((after - before)))"
+    log "${prefix} $key ${BENCH_BIG_MIB} MiB: VmHWM $(mib_of_kib "$before") -> $(mib_of_kib "$after") MiB"
   }
   log "generating ${BENCH_BIG_MIB} MiB wheel"
   BIG_WHL=$($GEN wheels --out "$ART/big-$BIG_BYTES" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
-  publish_big_wheel() { twine_upload "$WHARF_URL/pypi/main/" __token__ "$WHARF_TOKEN" wharf-big "$BIG_WHL"; }
-  measure_publish pypi publish_big_wheel
+  publish_big_wheel() { twine_upload "$1/pypi/main/" __token__ "$2" "$3-big" "$BIG_WHL"; } # URL TOKEN NAME
+  measure_publish "${PID_OF[wharf]}" publish pypi publish_big_wheel "$WHARF_URL" "$WHARF_TOKEN" wharf
+  if [ "$ENC_ON" = 1 ]; then
+    measure_publish "${PID_OF[wharfenc]}" publish_enc pypi publish_big_wheel "$WHARFENC_URL" "$WHARFENC_TOKEN" wharfenc
+  fi
   if [ "$BENCH_NPM_BIG" = 1 ]; then
     log "generating ${BENCH_BIG_MIB} MiB npm tarball"
     BIG_TGZ=$($GEN npm-tgz --out "$ART/big-$BIG_BYTES" --name "$PKG" --versions "$BIG_VERSION" --size "$BIG_BYTES")
-    publish_big_tgz() {
+    publish_big_tgz() { # URL TOKEN NAME
       local saved=("${NPM_FILES[@]}")
       NPM_FILES=("$BIG_TGZ")
       local rc=0
-      npm_publish_all "$WHARF_URL/npm/main/" "$WHARF_TOKEN" wharf-big || rc=$?
+      npm_publish_all "$1/npm/main/" "$2" "$3-big" || rc=$?
       NPM_FILES=("${saved[@]}")
       return $rc
     }
-    measure_publish npm publish_big_tgz
+    measure_publish "${PID_OF[wharf]}" publish npm publish_big_tgz "$WHARF_URL" "$WHARF_TOKEN" wharf
+    if [ "$ENC_ON" = 1 ]; then
+      measure_publish "${PID_OF[wharfenc]}" publish_enc npm publish_big_tgz "$WHARFENC_URL" "$WHARFENC_TOKEN" wharfenc
+    fi
   else
     meta publish_npm_status skipped
+    [ "$ENC_ON" = 1 ] && meta publish_enc_npm_status skipped
   fi
 fi
 
@@ -700,6 +822,8 @@ meta artifact_bytes "$BENCH_ARTIFACT_BYTES"
 meta server_cpu "$BENCH_SERVER_CPU"
 meta load_cpu "$BENCH_LOAD_CPU"
 meta wharf "$([ "$WHARF_ON" = 1 ] && echo yes || echo no)"
+meta encrypted "$([ "$ENC_ON" = 1 ] && echo yes || echo no)"
+meta range "$RANGE_HDR"
 for ep in $ENDPOINTS; do
   [ -n "${NGINX_SRC[$ep]:-}" ] && [ "${NGINX_SRC[$ep]}" != wharf ] && [ "$WHARF_ON" = 1 ] \
     && note "nginx serves ${NGINX_SRC[$ep]}'s $ep body (Wharf's was not available)"
