@@ -192,6 +192,14 @@ pub struct S3Storage {
     /// Allow plain HTTP to the endpoint (test servers on loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_http: Option<bool>,
+    /// SSE-KMS: the store encrypts every object the registry writes with this KMS key (id,
+    /// alias or ARN), sent with each write. The registry's credentials need
+    /// `kms:GenerateDataKey` and `kms:Decrypt` on it. Independent of `spec.encryption`
+    /// (both may be set). For GCS and Azure, set the bucket's default key (CMEK) or the
+    /// container's default encryption scope: the store then applies it to every write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
 }
 
 /// A Google Cloud Storage bucket.

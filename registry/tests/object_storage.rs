@@ -43,6 +43,7 @@ fn s3_spec(endpoint: &str, prefix: &str) -> StorageSpec {
             endpoint: Some(endpoint.into()),
             credentials_secret_ref: Some(SecretRef { name: SECRET.into(), key: None }),
             allow_http: Some(true),
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -102,6 +103,57 @@ async fn s3_storage_stages_multipart_blobs_under_the_prefix_and_deduplicates() {
     let error = storage.stage_blob(chunks(&blob, 1024 * 1024), 6 * 1024 * 1024).await.unwrap_err();
     assert!(error.to_string().contains("exceeds the limit"), "{error}");
     assert_eq!(whole_bucket.list_children(&Path::from("domains/acme")).await.unwrap(), ["blobs"]);
+}
+
+/// SSE-KMS with the Domain's key id: every object the registry writes (small records,
+/// multipart uploads, and blobs moved into place from staging) carries the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_objects_are_written_with_the_domain_kms_key() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    // moto's KMS answers on the same port; it tells services apart by the signing scope.
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/", s3.endpoint))
+        .header("X-Amz-Target", "TrentService.CreateKey")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=wharf-test-key/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    let secrets = secrets_dir();
+    let mut spec = s3_spec(&s3.endpoint, "kms");
+    spec.s3.as_mut().unwrap().kms_key_id = Some(key_id.clone());
+    let storage = open_storage(&spec, &SecretsDir::new(secrets.path())).unwrap();
+    let blob = Bytes::from(vec![7u8; 6 * 1024 * 1024]);
+    let digests =
+        storage.stage_blob(chunks(&blob, 1024 * 1024), 64 * 1024 * 1024).await.unwrap().commit().await.unwrap();
+    let record = keys::version_record("main", "npm", "sealed", "1.0.0");
+    storage.create_json(&record, &"record".to_owned()).await.unwrap();
+    for key in [format!("kms/{}", keys::blob(&digests.sha256)), format!("kms/{record}")] {
+        // Unsigned requests are anonymous to moto; it does not check signatures.
+        let head = reqwest::Client::new()
+            .head(format!("{}/{BUCKET}/{key}", s3.endpoint))
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=wharf-test-key/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "{key}");
+        let header = |name: &str| head.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert_eq!(header("x-amz-server-side-encryption"), "aws:kms", "{key}");
+        assert!(header("x-amz-server-side-encryption-aws-kms-key-id").contains(&key_id), "{key}");
+    }
+    assert_eq!(read_all(&storage, &digests.sha256, digests.size, None).await, blob);
 }
 
 #[tokio::test(flavor = "multi_thread")]

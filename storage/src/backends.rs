@@ -201,6 +201,9 @@ fn open_s3(s3: &S3Storage, secrets: &SecretsDir) -> Result<Arc<dyn ObjectStore>,
             builder = builder.with_token(token);
         }
     }
+    if let Some(kms_key_id) = non_empty(&s3.kms_key_id) {
+        builder = builder.with_sse_kms_encryption(kms_key_id);
+    }
     let store = builder.build().map_err(|source| OpenStorageError::Configure {
         backend: "s3",
         location: format!("bucket {:?}", s3.bucket),
@@ -308,6 +311,7 @@ mod tests {
                 endpoint: Some("http://127.0.0.1:9".into()),
                 credentials_secret_ref: secret,
                 allow_http: Some(true),
+                ..Default::default()
             }),
             ..Default::default()
         }
