@@ -440,6 +440,9 @@ where
                 continue;
             }
         };
+        // Responses are written whole by hyper; Nagle would hold a small tail (a 64 KiB
+        // range's last bytes) back for the client's delayed ACK, 40 ms on Linux.
+        let _ = stream.set_nodelay(true);
         let client = peer.ip().to_canonical();
         let trusted = limits.trusted_proxies.contains(client);
         match admission.admit(client, !trusted) {
