@@ -42,15 +42,19 @@ pub async fn build_state(
     storage: Storage,
     options: &ServeOptions,
 ) -> anyhow::Result<Arc<AppState>> {
+    let mut reachable = true;
     if !storage.is_exclusive() {
         // Refuse a store that would corrupt data; start on one that cannot be
         // reached yet, with /readyz answering 503 until it can.
         match storage.verify_conditional_writes().await {
             Ok(()) => {}
-            Err(error) if error.is_unreachable() => tracing::warn!(
-                error = %wharf_diagnostics::error_chain(&error),
-                "storage is not reachable; serving anyway, /readyz answers 503 until it is"
-            ),
+            Err(error) if error.is_unreachable() => {
+                reachable = false;
+                tracing::warn!(
+                    error = %wharf_diagnostics::error_chain(&error),
+                    "storage is not reachable; serving anyway, /readyz answers 503 until it is"
+                )
+            }
             Err(error) if error.is_access_denied() => {
                 let source = wharf_storage::backends::credentials_source(&config.domain.spec.storage);
                 return Err(error)
@@ -62,9 +66,17 @@ pub async fn build_state(
             Err(error) => return Err(error).context("storage cannot hold a Wharf Domain"),
         }
     }
-    storage.check_encryption().await.context("storage does not match the Domain's encryption")?;
+    // Storage that cannot be reached is checked by readiness once it answers.
+    match storage.check_encryption().await {
+        Err(error) if !error.is_unreachable() => {
+            return Err(error).context("storage does not match the Domain's encryption");
+        }
+        _ => {}
+    }
     if let Some(encryption) = storage.encryption() {
-        if let Some(why) = encryption.unavailable() {
+        if let Some(why) = encryption.unavailable()
+            && reachable
+        {
             anyhow::bail!("the encryption keys cannot be used: {why}");
         }
         tracing::info!(current = encryption.current_key_id().unwrap_or_default(), "encrypting with the Domain's keys");

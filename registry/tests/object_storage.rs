@@ -4,12 +4,15 @@
 //! credentials from a secrets folder, driven by npm, twine and pip, with a
 //! second replica on the same bucket; and the start-up failures a platform
 //! team would meet (a missing Secret, credentials the store refuses, an
-//! unreachable endpoint). Azure Blob Storage likewise, through Azurite.
+//! unreachable endpoint). Azure Blob Storage likewise, through Azurite. One storage suite
+//! (conditional creates, multipart, ranges, listings, purge, encryption, the collector)
+//! runs on both.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::path::Path as FsPath;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -685,4 +688,116 @@ async fn a_revoked_token_is_refused_by_every_replica_within_seconds() {
     assert_eq!(publish(&a, &fresh, "1.0.6").await.unwrap().status(), 201);
     let listing = b.live_tokens(Some("ci")).await;
     assert_eq!(listing["tokens"].as_array().unwrap().len(), 1, "{listing}");
+}
+
+/// The storage suite, the same on every backend: create-only probe, multipart staging
+/// with ranges and deduplication, twenty concurrent creators, compare-and-swap
+/// revisions, listings, purge, encryption by the registry and the collector. `open`
+/// opens the backend under a key prefix, once per replica.
+async fn storage_suite(open: impl Fn(&str) -> Storage) {
+    use wharf_core::collect::CollectOptions;
+    use wharf_core::{NewAsset, NewVersion, PackageId, Registry, VersionStatus};
+    use wharf_storage::encryption::{EncryptedStore, KeyRing};
+
+    let storage = open("suite");
+    storage.verify_conditional_writes().await.unwrap();
+    let blob = Bytes::from((0..12 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let digests =
+        storage.stage_blob(chunks(&blob, 1024 * 1024), 64 * 1024 * 1024).await.unwrap().commit().await.unwrap();
+    assert_eq!(read_all(&storage, &digests.sha256, digests.size, None).await, blob);
+    let middle = 5 * 1024 * 1024 - 10..5 * 1024 * 1024 + 10;
+    let range = read_all(&storage, &digests.sha256, digests.size, Some(middle.clone())).await;
+    assert_eq!(range, blob[middle.start as usize..middle.end as usize]);
+    let again = storage.stage_blob(chunks(&blob, 3 * 1024 * 1024), 64 * 1024 * 1024).await.unwrap();
+    assert_eq!(again.commit().await.unwrap(), digests);
+    assert_eq!(storage.list_children(&Path::from("blobs/sha256")).await.unwrap(), [&digests.sha256[..2]]);
+
+    let replicas: Vec<Storage> = (0..4).map(|_| open("suite")).collect();
+    let key = keys::version_record("main", "npm", "left-pad", "1.0.0");
+    let attempts = (0..20).map(|i| {
+        let (storage, key) = (replicas[i % replicas.len()].clone(), key.clone());
+        async move { storage.create_json(&key, &format!("publisher {i}")).await.unwrap() }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, Created::Created)).count(), 1, "one of twenty creators");
+    let dir = keys::package_index("main", "npm", "left-pad");
+    for revision in 1..=3u64 {
+        let attempts = (0..20).map(|i| {
+            let (storage, dir) = (replicas[i % replicas.len()].clone(), dir.clone());
+            async move { storage.create_revision(&dir, revision, Bytes::from(format!("rev {revision} by {i}"))).await }
+        });
+        let won = futures::future::join_all(attempts).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+        assert_eq!(won, 1, "revision {revision}");
+    }
+    assert_eq!(replicas[3].latest_revision(&dir).await.unwrap().unwrap().0, 3);
+    assert_eq!(storage.list_files(&dir).await.unwrap().len(), 3);
+    assert_eq!(storage.purge(&keys::repository("main")).await.unwrap(), 4);
+    assert!(storage.list_children(&keys::repository("main")).await.unwrap().is_empty());
+
+    // Encrypted by the registry: what the store holds is ciphertext; ranges still open.
+    let ring =
+        || KeyRing::new("suite-keys".into(), "k1", vec![("k1".into(), Sha256::digest(b"suite key").to_vec())]).unwrap();
+    let sealed = open("sealed").with_encryption(|inner| EncryptedStore::with_keys(inner, ring()));
+    sealed.check_encryption().await.unwrap();
+    assert_eq!(sealed.encryption().unwrap().unavailable(), None);
+    let digests =
+        sealed.stage_blob(chunks(&blob, 1024 * 1024), 64 * 1024 * 1024).await.unwrap().commit().await.unwrap();
+    assert_eq!(read_all(&sealed, &digests.sha256, digests.size, Some(middle.clone())).await, range);
+    assert_eq!(read_all(&sealed, &digests.sha256, digests.size, None).await, blob);
+    let raw = open("sealed");
+    let stored = raw.open_blob(&digests.sha256, u64::MAX, Some(0..8)).await.unwrap().unwrap();
+    let head: Vec<Bytes> = stored.stream.try_collect().await.unwrap();
+    assert_eq!(head.concat(), b"WHARFENC");
+
+    // The collector frees a disposed version's bytes and keeps a published one's.
+    let registry = Registry::new(sealed);
+    let id = PackageId::new(wharf_api::PackageFormat::Npm, "pkg");
+    let mut published = Vec::new();
+    for (version, bytes) in [("1.0.0", "first tarball"), ("1.0.1", "second tarball")] {
+        let staged = registry.stage_asset(chunks(&Bytes::from(bytes), 4), 1024).await.unwrap();
+        let digests = staged.commit().await.unwrap();
+        let asset =
+            NewAsset { name: format!("pkg-{version}.tgz"), digests: digests.clone(), metadata: Default::default() };
+        let new =
+            NewVersion { version: version.into(), metadata: serde_json::json!({}), assets: vec![asset], tags: vec![] };
+        registry.publish_version("main", &id, "pkg", new).await.unwrap();
+        published.push(digests);
+    }
+    registry.set_status("main", &id, "1.0.0", None, VersionStatus::Disposed, "suite").await.unwrap();
+    let options = CollectOptions { grace: Duration::ZERO, dry_run: false };
+    let report = registry.collect("suite", &options).await.unwrap().unwrap();
+    assert_eq!(report.freed_blobs, 2, "the disposed version's and the unnamed one: {report:?}");
+    assert!(registry.storage().head(&keys::blob(&published[0].sha256)).await.unwrap().is_none());
+    assert!(registry.storage().head(&keys::blob(&published[1].sha256)).await.unwrap().is_some());
+    assert!(registry.storage().head(&keys::blob(&digests.sha256)).await.unwrap().is_none(), "nothing named it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_storage_suite_passes_on_s3() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let secrets = secrets_dir();
+    storage_suite(|prefix| s3_storage(&s3, secrets.path(), prefix)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_storage_suite_passes_on_azure() {
+    let azurite = AzureEmulator::start();
+    azurite.create_container(BUCKET);
+    // Path-style, as Azurite serves it: the account is part of the endpoint.
+    let store = Arc::new(
+        object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(&azurite.account)
+            .with_access_key(&azurite.key)
+            .with_container_name(BUCKET)
+            .with_endpoint(format!("{}/{}", azurite.endpoint, azurite.account))
+            .with_allow_http(true)
+            .build()
+            .unwrap(),
+    );
+    storage_suite(|prefix| {
+        let scoped = object_store::prefix::PrefixStore::new(store.clone(), prefix);
+        Storage::new(Arc::new(scoped))
+    })
+    .await;
 }

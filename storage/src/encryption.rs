@@ -353,7 +353,8 @@ impl EncryptedStore {
                 }
                 let last = match &*state {
                     KeyState::Ready(old) => Some(old.clone()),
-                    KeyState::Unavailable { last, .. } => ring.or_else(|| last.clone()),
+                    // The keys that last opened the data keep serving reads.
+                    KeyState::Unavailable { last, .. } => last.clone().or(ring),
                 };
                 *state = KeyState::Unavailable { last, why };
             }

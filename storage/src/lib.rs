@@ -220,6 +220,8 @@ pub struct Storage {
     local_folder: Option<Arc<std::path::PathBuf>>,
     /// Set when everything is encrypted by the registry: `store` is this.
     encryption: Option<Arc<EncryptedStore>>,
+    /// Set once a store without encryption was seen to hold no encrypted data.
+    plaintext_verified: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -441,6 +443,7 @@ impl Storage {
             small_blobs: Default::default(),
             local_folder: None,
             encryption: None,
+            plaintext_verified: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -926,8 +929,18 @@ impl Storage {
     pub async fn check(&self) -> Result<(), StorageError> {
         let seconds = READINESS_TIMEOUT.as_secs();
         tokio::time::timeout(READINESS_TIMEOUT, async {
-            if let Some(why) = self.encryption.as_ref().and_then(|encryption| encryption.unavailable()) {
-                return Err(StorageError::Encryption { why });
+            if let Some(encryption) = &self.encryption
+                && encryption.unavailable().is_some()
+            {
+                // Keys read or storage reached since: check them again.
+                encryption.refresh().await;
+                if let Some(why) = encryption.unavailable() {
+                    return Err(StorageError::Encryption { why });
+                }
+            }
+            if self.encryption.is_none() && !self.plaintext_verified.load(Ordering::Relaxed) {
+                self.check_encryption().await?;
+                self.plaintext_verified.store(true, Ordering::Relaxed);
             }
             if !self.exclusive && !self.conditional_writes_verified.load(Ordering::Relaxed) {
                 return self.verify_conditional_writes().await;
