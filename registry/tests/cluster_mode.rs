@@ -122,7 +122,7 @@ async fn follows_its_config_map_and_keeps_the_last_good_revision() {
     apply_yaml(&admin, &config_map(&moved, false, ""), None).await.unwrap();
     wait_rejected(&server, 2.0).await;
     assert_eq!(http_status(&packument).unwrap(), 404);
-    assert!(server.log_lines().iter().any(|line| line.contains("storage changes take effect")));
+    assert!(server.log_lines().iter().any(|line| line.contains("take effect when the registry restarts")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
