@@ -831,6 +831,11 @@ impl Sealer {
     fn seal_segment(&mut self, plain: &[u8], last: bool, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(plain);
+        self.seal_tail(out, start, last);
+    }
+
+    /// Seals `out[start..]` (at most one segment of plaintext) in place and appends its tag.
+    fn seal_tail(&mut self, out: &mut Vec<u8>, start: usize, last: bool) {
         let nonce = segment_nonce(self.next_segment, last);
         if let Ok(tag) = self.dek.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[start..]) {
             out.extend_from_slice(tag.as_ref());
@@ -1032,7 +1037,13 @@ impl ObjectStore for EncryptedStore {
         let ring = self.sealing_ring(location)?;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
         let (sealer, header) = Sealer::new(&ring, None);
-        Ok(Box::new(SealingUpload { inner, sealer, header: Some(header), pending: Vec::new() }))
+        Ok(Box::new(SealingUpload {
+            inner,
+            sealer,
+            header: Some(header),
+            pending: Default::default(),
+            pending_bytes: 0,
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
@@ -1175,8 +1186,9 @@ struct SealingUpload {
     sealer: Sealer,
     /// The header, sent in front of the first part.
     header: Option<Vec<u8>>,
-    /// Plaintext not sealed yet.
-    pending: Vec<u8>,
+    /// Plaintext not sealed yet: the chunks as they came, not copied.
+    pending: std::collections::VecDeque<Bytes>,
+    pending_bytes: usize,
 }
 
 impl fmt::Debug for SealingUpload {
@@ -1186,10 +1198,40 @@ impl fmt::Debug for SealingUpload {
 }
 
 impl SealingUpload {
-    fn sealed_part(&mut self, plain: &[u8], ends: bool) -> PutPayload {
+    /// Seals the next `bytes` of pending plaintext into one part, gathering each segment
+    /// straight into the part it is sealed in; the last segment flagged when `ends`.
+    fn sealed_part(&mut self, bytes: usize, ends: bool) -> PutPayload {
         let mut out = self.header.take().unwrap_or_default();
-        out.reserve(plain.len() + (plain.len() / SEGMENT_BYTES + 2) * TAG_BYTES);
-        self.sealer.seal(plain, ends, &mut out);
+        out.reserve(bytes + (bytes / SEGMENT_BYTES + 2) * TAG_BYTES);
+        let mut remaining = bytes;
+        loop {
+            let take = remaining.min(SEGMENT_BYTES);
+            let start = out.len();
+            let mut needed = take;
+            while needed > 0 {
+                let Some(front) = self.pending.front_mut() else { break };
+                let n = needed.min(front.len());
+                out.extend_from_slice(&front[..n]);
+                bytes::Buf::advance(front, n);
+                if front.is_empty() {
+                    self.pending.pop_front();
+                }
+                needed -= n;
+            }
+            self.pending_bytes -= take;
+            remaining -= take;
+            // A segment of less than full size is the last; a body of whole segments
+            // ends with an empty last one.
+            let last = ends && remaining == 0 && take < SEGMENT_BYTES;
+            self.sealer.seal_tail(&mut out, start, last);
+            if remaining == 0 {
+                if ends && take == SEGMENT_BYTES {
+                    let start = out.len();
+                    self.sealer.seal_tail(&mut out, start, true);
+                }
+                break;
+            }
+        }
         out.into()
     }
 }
@@ -1198,14 +1240,13 @@ impl SealingUpload {
 impl MultipartUpload for SealingUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         for chunk in data.iter() {
-            self.pending.extend_from_slice(chunk);
+            self.pending_bytes += chunk.len();
+            self.pending.push_back(chunk.clone());
         }
         let mut parts = Vec::new();
         // Strictly more than a part: the end stays behind for the flagged last segment.
-        while self.pending.len() > PART_PLAINTEXT_BYTES {
-            let rest = self.pending.split_off(PART_PLAINTEXT_BYTES);
-            let plain = std::mem::replace(&mut self.pending, rest);
-            let payload = self.sealed_part(&plain, false);
+        while self.pending_bytes > PART_PLAINTEXT_BYTES {
+            let payload = self.sealed_part(PART_PLAINTEXT_BYTES, false);
             parts.push(self.inner.put_part(payload));
         }
         Box::pin(async move {
@@ -1215,8 +1256,7 @@ impl MultipartUpload for SealingUpload {
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let plain = std::mem::take(&mut self.pending);
-        let payload = self.sealed_part(&plain, true);
+        let payload = self.sealed_part(self.pending_bytes, true);
         self.inner.put_part(payload).await?;
         self.inner.complete().await
     }
