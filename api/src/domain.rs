@@ -38,6 +38,7 @@ pub const TOKEN_TTL_CEILING: Duration = Duration::from_secs(12 * 60 * 60);
     doc = "A Domain is the boundary of storage, encryption, deduplication and identity of Wharf: one registry deployment serving the Repositories attached to it.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Size", type_ = "string", json_path = ".status.usage.size"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -118,6 +119,9 @@ pub struct DomainStatus {
     /// Base URL of the registry inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// What the Domain's storage holds, as the registry's last storage collection counted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::DomainUsageStatus>,
 }
 
 /// Object storage of a Domain. Exactly one backend must be set.

@@ -38,6 +38,7 @@ pub mod duration;
 pub mod pattern;
 pub mod policy;
 pub mod repository;
+pub mod usage;
 
 pub use common::{
     API_VERSION, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, DeletionPolicy, DomainRef, GROUP, Person,

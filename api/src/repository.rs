@@ -32,6 +32,7 @@ pub const MAX_UPSTREAMS: usize = 10;
     doc = "A Repository of Wharf holds packages of every format in a Domain; it may read through other Repositories of the Domain (upstreams) and one external connection.",
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domainRef.name"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Size", type_ = "string", json_path = ".status.usage.size"),
     printcolumn(name = "Description", type_ = "string", priority = "1", json_path = ".spec.description"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -141,6 +142,10 @@ pub struct RepositoryStatus {
     /// Client endpoint per package format (`npm` → its registry URL), for copy and paste.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, String>,
+    /// What the Repository's versions hold, as the registry's last storage collection
+    /// counted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::RepositoryUsageStatus>,
 }
 
 impl Repository {

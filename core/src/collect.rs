@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use serde::Serialize;
+use wharf_api::usage::UsageReport;
 use wharf_storage::{LeaseRecord, Storage, keys};
 
 use crate::{CoreError, Registry, VersionRecord, decode_index};
@@ -45,15 +45,14 @@ impl Default for CollectOptions {
 }
 
 /// A file the collector freed (or would free).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct FreedBlob {
     pub sha256: String,
     pub size: u64,
 }
 
 /// What a collection found and freed.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default)]
 pub struct CollectReport {
     pub dry_run: bool,
     /// Packages whose index was read.
@@ -70,6 +69,8 @@ pub struct CollectReport {
     pub freed_uploads: u64,
     pub freed_revisions: u64,
     pub seconds: f64,
+    /// What the Domain holds after the collection.
+    pub usage: UsageReport,
 }
 
 /// The referenced blobs, as raw SHA-256 (32 bytes each: 100,000 blobs take a few MiB).
@@ -119,10 +120,12 @@ impl Registry {
 
         // Candidates first: whatever is written after this listing is not one.
         let mut candidates = Vec::new();
+        let mut stored_bytes = 0;
         let mut blobs = storage.list_objects(&keys::blobs());
         while let Some(blob) = blobs.next().await {
             let blob = blob?;
             report.blobs += 1;
+            stored_bytes += blob.size;
             match blob.key.filename() {
                 Some(sha256) if blob.modified < cutoff => candidates.push((sha256.to_owned(), blob.size)),
                 _ => report.recent_blobs += 1,
@@ -170,6 +173,9 @@ impl Registry {
                 report.freed_uploads += 1;
             }
         }
+        report.usage.blobs = report.blobs - report.freed_blobs;
+        report.usage.stored_bytes = stored_bytes - report.freed_bytes;
+        report.usage.measured_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -194,8 +200,14 @@ impl Registry {
                         None => None,
                     };
                     if let Some(snapshot) = &index {
-                        for asset in snapshot.index.versions.values().flat_map(|entry| entry.assets.values()) {
-                            asset.blobs().for_each(|sha256| marks.keep(sha256));
+                        let usage = report.usage.repositories.entry(repo.clone()).or_default();
+                        usage.packages += 1;
+                        for entry in snapshot.index.versions.values() {
+                            if entry.status != crate::VersionStatus::Disposed {
+                                usage.versions += 1;
+                                usage.bytes += entry.assets.values().map(|asset| asset.digests.size).sum::<u64>();
+                            }
+                            entry.assets.values().for_each(|asset| asset.blobs().for_each(|sha| marks.keep(sha)));
                         }
                         report.freed_revisions +=
                             free_old_revisions(storage, &dir, snapshot.revision, cutoff, dry_run).await?;
@@ -321,6 +333,10 @@ mod tests {
         assert_eq!(report.freed[0].sha256, own.sha256);
         assert!(!exists(&registry, &own).await);
         assert!(exists(&registry, &shared).await, "another repository's version still names the shared bytes");
+        let data_usage = &report.usage.repositories["data"];
+        assert_eq!((data_usage.packages, data_usage.versions, data_usage.bytes), (1, 1, shared.size));
+        assert_eq!(report.usage.repositories["web"].versions, 0, "Disposed versions hold nothing");
+        assert_eq!((report.usage.blobs, report.usage.stored_bytes), (1, shared.size));
         // The tombstone says who disposed of the version, and when.
         let snapshot = registry.package("web", &web).await.unwrap().unwrap();
         assert_eq!(snapshot.index.versions["1.0.0"].status, VersionStatus::Disposed);

@@ -87,6 +87,8 @@ pub struct ChildNames {
     pub admin_token: String,
     /// The volume of a filesystem Domain.
     pub data_volume_claim: String,
+    /// Where the registry reports what the Domain's storage holds.
+    pub usage_config_map: String,
     /// Cluster-scoped, so the namespace is part of the name.
     pub cluster_role_binding: String,
 }
@@ -97,6 +99,7 @@ impl ChildNames {
         ChildNames {
             registry: format!("wharf-{name}"),
             config_map: format!("wharf-{name}-config"),
+            usage_config_map: format!("wharf-{name}-usage"),
             signing_key: format!("wharf-{name}-signing-key"),
             admin_token: format!("wharf-{name}-admin-token"),
             data_volume_claim: format!("wharf-{name}-data"),
@@ -161,6 +164,9 @@ impl SecretValues {
 pub struct Children {
     /// The rendered configuration, key `wharf.yaml`.
     pub config_map: ConfigMap,
+    /// Where the registry reports usage (key `usage.json`): the operator applies it without
+    /// data, so the registry's patches are never its to revert.
+    pub usage_config_map: ConfigMap,
     /// The generated token signing key.
     pub signing_key: Secret,
     /// The generated bootstrap admin token.
@@ -301,6 +307,7 @@ pub fn render(
         data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), yaml)])),
         ..ConfigMap::default()
     };
+    let usage_config_map = ConfigMap { metadata: metadata(&names.usage_config_map), ..ConfigMap::default() };
     let secret = |child: &str, key: &str, value: &str| Secret {
         metadata: metadata(child),
         type_: Some("Opaque".to_owned()),
@@ -316,13 +323,23 @@ pub fn render(
     let service_account = ServiceAccount { metadata: service_account_metadata, ..ServiceAccount::default() };
     let role = Role {
         metadata: metadata(&names.registry),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".to_owned()]),
-            resource_names: Some(vec![names.config_map.clone()]),
-            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".to_owned()]),
+                resource_names: Some(vec![names.config_map.clone()]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..PolicyRule::default()
+            },
+            // The usage report: the one object the registry writes.
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".to_owned()]),
+                resource_names: Some(vec![names.usage_config_map.clone()]),
+                verbs: vec!["get".to_owned(), "patch".to_owned()],
+                ..PolicyRule::default()
+            },
+        ]),
     };
     let registry_subject = Subject {
         kind: "ServiceAccount".to_owned(),
@@ -401,6 +418,7 @@ pub fn render(
 
     Ok(Children {
         config_map,
+        usage_config_map,
         signing_key: secret(&names.signing_key, SIGNING_KEY_KEY, &secrets.signing_key),
         admin_token: secret(&names.admin_token, ADMIN_TOKEN_KEY, &secrets.admin_token),
         service_account,
@@ -486,6 +504,8 @@ fn deployment(
             "serve".to_owned(),
             "--config-map".to_owned(),
             format!("{namespace}/{}", names.config_map),
+            "--usage-config-map".to_owned(),
+            format!("{namespace}/{}", names.usage_config_map),
             "--listen".to_owned(),
             format!("0.0.0.0:{CONTAINER_PORT}"),
             "--data".to_owned(),
@@ -664,6 +684,7 @@ spec:
         let (_, children) = children(WORLD);
         let Children {
             config_map,
+            usage_config_map,
             signing_key,
             admin_token,
             service_account,
@@ -679,6 +700,7 @@ spec:
         let disruption_budget = disruption_budget.unwrap();
         let namespaced = [
             (&config_map.metadata, "wharf-acme-config"),
+            (&usage_config_map.metadata, "wharf-acme-usage"),
             (&signing_key.metadata, "wharf-acme-signing-key"),
             (&admin_token.metadata, "wharf-acme-admin-token"),
             (&service_account.metadata, "wharf-acme"),
@@ -700,9 +722,12 @@ spec:
         assert_eq!(cluster_role_binding.metadata.name.as_deref(), Some("wharf-wharf-system-acme-auth-delegator"));
         assert!(cluster_role_binding.metadata.owner_references.is_none(), "cluster-scoped: the finalizer deletes it");
         assert_eq!(cluster_role_binding.role_ref.name, "system:auth-delegator");
-        let rule = &role.rules.unwrap()[0];
-        assert_eq!(rule.resource_names.as_deref(), Some(&["wharf-acme-config".to_owned()][..]));
-        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        let rules = role.rules.unwrap();
+        assert_eq!(rules[0].resource_names.as_deref(), Some(&["wharf-acme-config".to_owned()][..]));
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+        assert_eq!(rules[1].resource_names.as_deref(), Some(&["wharf-acme-usage".to_owned()][..]));
+        assert_eq!(rules[1].verbs, ["get", "patch"], "the usage report is all the registry writes");
+        assert!(usage_config_map.data.is_none(), "the registry's report is not the operator's to revert");
         assert_eq!(signing_key.data.unwrap()["key"].0, "k".repeat(32).into_bytes());
         assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 80);
     }
@@ -805,6 +830,8 @@ spec:
                 "serve",
                 "--config-map",
                 "wharf-system/wharf-acme-config",
+                "--usage-config-map",
+                "wharf-system/wharf-acme-usage",
                 "--listen",
                 "0.0.0.0:8080",
                 "--data",

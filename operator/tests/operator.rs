@@ -537,6 +537,53 @@ async fn encryption_keys_are_checked_mounted_and_rolled() {
     .unwrap();
 }
 
+/// The registry reports usage in the one ConfigMap it may patch; the operator shows it in
+/// the Domain's and each Repository's status (the `Size` columns).
+#[tokio::test]
+async fn usage_the_registry_reports_shows_in_status() {
+    let client = operator().await;
+    let ns = "it-usage";
+    ensure_namespace(&client, ns).await.unwrap();
+    let objects = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: counted, namespace: {ns}}}\nspec:\n  storage: {{memory: {{}}}}\n---\n\
+         apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {ns}}}\nspec: {{domainRef: {{name: counted}}}}\n"
+    );
+    apply_yaml(&client, &objects, None).await.unwrap();
+    wait_domain(&client, ns, "counted", "DeploymentNotAvailable").await;
+
+    // As the registry's ServiceAccount: the usage ConfigMap, and nothing else.
+    let plane = ControlPlane::shared().await;
+    let kubeconfig = plane.service_account_kubeconfig(ns, "wharf-counted").await.unwrap();
+    let registry = wharf_test_harness::client_for(&std::fs::read_to_string(kubeconfig).unwrap()).await.unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(registry, ns);
+    let report = serde_json::json!({"repositories": {"web": {"packages": 2, "versions": 3, "bytes": 3 * 1024 * 1024}},
+        "blobs": 2, "storedBytes": 2 * 1024 * 1024, "measuredAt": "2026-12-06T00:00:00Z"});
+    let patch = serde_json::json!({"data": {"usage.json": report.to_string()}});
+    config_maps.patch("wharf-counted-usage", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let refused = config_maps.patch("wharf-counted-config", &PatchParams::default(), &Patch::Merge(&patch)).await;
+    assert!(refused.is_err(), "the registry may not write its configuration");
+
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    let repositories: Api<Repository> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "usage in the Domain's and the Repository's status", || async {
+        let domain = domains.get("counted").await.map_err(|e| e.to_string())?;
+        let repository = repositories.get("web").await.map_err(|e| e.to_string())?;
+        let domain_usage = domain.status.and_then(|status| status.usage).ok_or("no Domain usage")?;
+        let usage = repository.status.and_then(|status| status.usage).ok_or("no Repository usage")?;
+        if domain_usage.size == "2.0 MiB"
+            && domain_usage.logical_bytes == 3 * 1024 * 1024
+            && usage.size == "3.0 MiB"
+            && usage.counts.versions == 3
+        {
+            Ok(())
+        } else {
+            Err(format!("{domain_usage:?} {usage:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+}
+
 /// The attack from the field, on a real apiserver: a team names another team's private
 /// Repository as the upstream of its anonymously readable one. Refused until the private
 /// Repository consents, here by a namespace selector.

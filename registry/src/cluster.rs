@@ -19,6 +19,39 @@ use wharf_storage::secrets::SecretsDir;
 /// The key of the ConfigMap that holds the rendered resources.
 pub const CONFIG_KEY: &str = "wharf.yaml";
 
+/// `NAMESPACE/NAME` of a ConfigMap named on the command line (`flag` for the message).
+fn config_map_reference<'a>(flag: &str, reference: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    match reference.split_once('/').filter(|(ns, name)| !ns.is_empty() && !name.is_empty()) {
+        Some(parts) => Ok(parts),
+        None => bail!("{flag} {reference:?}: expected NAMESPACE/NAME"),
+    }
+}
+
+/// The ConfigMap the registry reports the Domain's usage in (`--usage-config-map`), for the
+/// operator to show in the Domain's and Repositories' status. The operator creates it and
+/// lets the registry patch it alone; the registry writes nothing else to the cluster.
+pub struct UsageReporter {
+    api: Api<ConfigMap>,
+    name: String,
+}
+
+impl UsageReporter {
+    pub fn new(client: Client, reference: &str) -> anyhow::Result<UsageReporter> {
+        let (namespace, name) = config_map_reference("--usage-config-map", reference)?;
+        Ok(UsageReporter { api: Api::namespaced(client, namespace), name: name.to_owned() })
+    }
+
+    /// Replaces the report; a failure is logged, the next collection reports again.
+    pub async fn report(&self, usage: &wharf_api::usage::UsageReport) {
+        let Ok(json) = serde_json::to_string(usage) else { return };
+        let patch = serde_json::json!({"data": {wharf_api::usage::USAGE_KEY: json}});
+        let params = kube::api::PatchParams::default();
+        if let Err(error) = self.api.patch(&self.name, &params, &kube::api::Patch::Merge(&patch)).await {
+            tracing::warn!(config_map = %self.name, %error, "failed to report storage usage");
+        }
+    }
+}
+
 /// A ConfigMap holding a Domain's configuration.
 pub struct ConfigMapSource {
     api: Api<ConfigMap>,
@@ -29,10 +62,7 @@ pub struct ConfigMapSource {
 impl ConfigMapSource {
     /// The ConfigMap `namespace/name`, read through `client`.
     pub fn new(client: Client, reference: &str) -> anyhow::Result<ConfigMapSource> {
-        let Some((namespace, name)) = reference.split_once('/').filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
-        else {
-            bail!("--config-map {reference:?}: expected NAMESPACE/NAME");
-        };
+        let (namespace, name) = config_map_reference("--config-map", reference)?;
         Ok(ConfigMapSource {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),

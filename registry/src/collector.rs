@@ -25,9 +25,14 @@ impl Default for CollectSchedule {
     }
 }
 
+/// How long after start the first collection runs.
+const FIRST_RUN: Duration = Duration::from_secs(10 * 60);
+
 pub struct Collector {
     registry: Arc<Registry>,
     schedule: CollectSchedule,
+    /// Where each collection's count of the Domain's storage goes (cluster mode).
+    usage: Option<Arc<crate::cluster::UsageReporter>>,
     /// Who collects, for the lease: the pod's (host's) name and the process.
     holder: String,
     wake: Arc<Notify>,
@@ -35,12 +40,16 @@ pub struct Collector {
 
 impl Collector {
     /// A collector of `registry`'s storage, running on its own task until dropped.
-    pub fn start(registry: Arc<Registry>, schedule: CollectSchedule) -> Arc<Collector> {
+    pub fn start(
+        registry: Arc<Registry>,
+        schedule: CollectSchedule,
+        usage: Option<Arc<crate::cluster::UsageReporter>>,
+    ) -> Arc<Collector> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "registry".to_owned());
         let holder = format!("{host}/{}", std::process::id());
         let wake = Arc::new(Notify::new());
         let interval = schedule.interval;
-        let collector = Arc::new(Collector { registry, schedule, holder, wake: wake.clone() });
+        let collector = Arc::new(Collector { registry, schedule, usage, holder, wake: wake.clone() });
         tokio::spawn(run(Arc::downgrade(&collector), wake, interval));
         collector
     }
@@ -53,16 +62,22 @@ impl Collector {
     async fn collect(&self) {
         let options = CollectOptions { grace: self.schedule.grace, dry_run: false };
         match self.registry.collect(&self.holder, &options).await {
-            Ok(Ok(report)) => tracing::info!(
-                freed_blobs = report.freed_blobs,
-                freed_bytes = report.freed_bytes,
-                freed_uploads = report.freed_uploads,
-                freed_revisions = report.freed_revisions,
-                blobs = report.blobs,
-                packages = report.packages,
-                seconds = report.seconds,
-                "storage collected"
-            ),
+            Ok(Ok(report)) => {
+                tracing::info!(
+                    freed_blobs = report.freed_blobs,
+                    freed_bytes = report.freed_bytes,
+                    freed_uploads = report.freed_uploads,
+                    freed_revisions = report.freed_revisions,
+                    blobs = report.blobs,
+                    packages = report.packages,
+                    stored_bytes = report.usage.stored_bytes,
+                    seconds = report.seconds,
+                    "storage collected"
+                );
+                if let Some(usage) = &self.usage {
+                    usage.report(&report.usage).await;
+                }
+            }
             Ok(Err(held)) => tracing::debug!(holder = held.holder, until = %held.expires, "another collector runs"),
             Err(error) => {
                 tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "storage collection failed")
@@ -74,11 +89,14 @@ impl Collector {
 /// Sleeps without holding the collector, so dropping it (a configuration that ends, a
 /// test) ends the task.
 async fn run(collector: Weak<Collector>, wake: Arc<Notify>, interval: Duration) {
+    // The first run comes soon after start, so usage is known early; then every interval.
+    let mut wait = interval.min(FIRST_RUN);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
             () = wake.notified() => {}
         }
+        wait = interval;
         let Some(collector) = collector.upgrade() else { return };
         collector.collect().await;
     }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wharf_api::DomainConfig;
 use wharf_diagnostics::logging::{self, LogFormat};
-use wharf_registry::cluster::ConfigMapSource;
+use wharf_registry::cluster::{ConfigMapSource, UsageReporter};
 use wharf_registry::server::Limits;
 use wharf_registry::server::connections::{self, ConnectionLimits, TrustedProxies};
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Serve the registry. Without --config: Domain `default` with one
     /// Repository `main`, stored under --data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Maintain the Domain's storage.
     #[command(subcommand)]
     Storage(StorageCommand),
@@ -102,6 +102,10 @@ impl DomainArgs {
 struct ServeArgs {
     #[command(flatten)]
     domain: DomainArgs,
+    /// Cluster mode: the ConfigMap (NAMESPACE/NAME) each storage collection reports the
+    /// Domain's usage in, for the operator's statuses.
+    #[arg(long, env = "WHARF_USAGE_CONFIG_MAP", requires = "config_map")]
+    usage_config_map: Option<String>,
     /// Cluster mode: the audience a pod's projected ServiceAccount token must be issued for
     /// to be accepted as a credential (checked with the apiserver's TokenReview API).
     #[arg(long, env = "WHARF_TOKEN_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
@@ -201,7 +205,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("failed to start the async runtime")?;
     match command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Storage(StorageCommand::Rekey(args)) => runtime.block_on(rekey(args)),
         Command::Storage(StorageCommand::Gc(args)) => runtime.block_on(collect(args)),
     }
@@ -278,6 +282,14 @@ async fn collect(args: GcArgs) -> anyhow::Result<()> {
     for blob in &report.freed {
         println!("{verb} blob {} ({} bytes)", blob.sha256, blob.size);
     }
+    for (repository, usage) in &report.usage.repositories {
+        println!(
+            "Repository {repository:?}: {} packages, {} versions, {}",
+            usage.packages,
+            usage.versions,
+            wharf_api::usage::human_size(usage.bytes)
+        );
+    }
     println!(
         "Domain {domain:?}: {verb} {} of {} blobs ({} bytes), {} staging leftovers and {} old index revisions; {} \
          blobs are referenced, {} too recent to judge (grace {:?}); {} packages read in {:.1} s",
@@ -297,12 +309,16 @@ async fn collect(args: GcArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, source) = load_config(&args.domain).await?;
-    let (source, token_review) = match source {
+    let (source, token_review, usage) = match source {
         Some((source, revision, client)) => {
+            let usage = match &args.usage_config_map {
+                Some(reference) => Some(Arc::new(UsageReporter::new(client.clone(), reference)?)),
+                None => None,
+            };
             let reviewer = TokenReviewer::new(client, &args.token_audience);
-            (Some((source, revision)), Some(Arc::new(reviewer)))
+            (Some((source, revision)), Some(Arc::new(reviewer)), usage)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let (admin_token, generated) = match std::env::var("WHARF_ADMIN_TOKEN") {
         Ok(token) if !token.is_empty() => (token, false),
@@ -325,6 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token_review,
         key_refresh: args.key_refresh_interval,
         collect: wharf_registry::collector::CollectSchedule { interval: args.gc_interval, grace: args.gc_grace },
+        usage,
     };
     let storage = args.domain.open_storage(&config)?;
     let connection_limits = ConnectionLimits {

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub key_refresh: std::time::Duration,
     /// When the storage collector runs.
     pub collect: crate::collector::CollectSchedule,
+    /// Where each collection reports usage (cluster mode).
+    pub usage: Option<Arc<crate::cluster::UsageReporter>>,
 }
 
 /// Builds the shared state the router serves from.
@@ -113,7 +115,8 @@ pub async fn build_state(
     let tokens = TokenLedger::new(storage.clone());
     tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
     let registry = Arc::new(Registry::new(storage));
-    let collector = crate::collector::Collector::start(registry.clone(), options.collect.clone());
+    let collector =
+        crate::collector::Collector::start(registry.clone(), options.collect.clone(), options.usage.clone());
     Ok(Arc::new(AppState {
         packages: packages(Arc::new(config), registry, upstream, options.limits),
         signer: TokenSigner::new(key, domain),
@@ -306,6 +309,7 @@ mod tests {
         let options = super::ServeOptions {
             key_refresh: std::time::Duration::from_secs(10),
             collect: Default::default(),
+            usage: None,
             upstream: Default::default(),
             listen: ([127, 0, 0, 1], 0).into(),
             secrets: wharf_storage::secrets::SecretsDir::new("unused"),

@@ -35,11 +35,14 @@ fn config_map(store: &str, anonymous_read: bool, extra: &str) -> String {
     acme_config_map(NAMESPACE, store, "", "main", &format!("  access: {{read: {read}}}\n{extra}"))
 }
 
-/// What the operator grants the registry in `namespace`: read its own ConfigMap, nothing else.
+/// What the operator grants the registry in `namespace`: read its own ConfigMap and patch
+/// its usage ConfigMap (which the operator creates), nothing else.
 fn config_map_reader(namespace: &str) -> String {
     format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: registry, namespace: {namespace}}}\n\
-         rules: [{{apiGroups: [\"\"], resources: [configmaps], resourceNames: [wharf-acme-config], verbs: [get, list, watch]}}]\n---\n\
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: wharf-acme-usage, namespace: {namespace}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: registry, namespace: {namespace}}}\n\
+         rules: [{{apiGroups: [\"\"], resources: [configmaps], resourceNames: [wharf-acme-config], verbs: [get, list, watch]}},\
+         {{apiGroups: [\"\"], resources: [configmaps], resourceNames: [wharf-acme-usage], verbs: [get, patch]}}]\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: registry, namespace: {namespace}}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: registry}}\n\
          subjects: [{{kind: ServiceAccount, name: registry, namespace: {namespace}}}]\n"
@@ -146,7 +149,14 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     let server = TestServer::start_in_env(
         data.path(),
         None,
-        &["--config-map", &format!("{NS}/wharf-acme-config")],
+        &[
+            "--config-map",
+            &format!("{NS}/wharf-acme-config"),
+            "--usage-config-map",
+            &format!("{NS}/wharf-acme-usage"),
+            "--gc-interval",
+            "2s",
+        ],
         &[("KUBECONFIG", kubeconfig.as_os_str())],
     );
 
@@ -180,6 +190,20 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     let installed = npm_as("consumer", &reader, &["install", "@acme/greeting"]);
     assert!(installed.status.success(), "{}", text(&installed));
     assert!(workspace.path("consumer/node_modules/@acme/greeting/index.js").exists());
+
+    // The storage collector reports what the Domain holds in the usage ConfigMap, for the
+    // operator's statuses.
+    let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(admin.clone(), NS);
+    let usage = eventually(Duration::from_secs(15), "usage reported", || async {
+        let config_map = config_maps.get("wharf-acme-usage").await.map_err(|e| e.to_string())?;
+        let json = config_map.data.and_then(|data| data.get("usage.json").cloned()).ok_or("no report yet")?;
+        let report: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        if report["repositories"]["web"]["versions"] == 1 { Ok(report) } else { Err(json) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(usage["repositories"]["web"]["packages"], 1);
+    assert!(usage["storedBytes"].as_u64().unwrap() > 0, "{usage}");
 
     // Each identity gets the answer its access and its token call for.
     let packument = server.url("/npm/web/@acme%2fgreeting");

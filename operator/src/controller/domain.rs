@@ -101,6 +101,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     // Apply. Destructured without `..`: a new child kind must be applied here.
     let Children {
         config_map,
+        usage_config_map,
         signing_key,
         admin_token,
         service_account,
@@ -121,6 +122,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     apply_cluster_role_binding(&ctx.client, &cluster_role_binding).await?;
     let configuration_after = config_map.data.as_ref().and_then(|data| data.get(CONFIG_KEY).cloned());
     apply(&ctx.client, &config_map).await?;
+    apply(&ctx.client, &usage_config_map).await?;
     if let Some(claim) = &data_volume_claim {
         apply(&ctx.client, claim).await?;
     }
@@ -180,6 +182,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         conditions: conditions(&previous.conditions, &outcome, generation, &now()),
         observed_generation: generation,
         endpoint: Some(render::domain_endpoint(domain)),
+        usage: ctx.usage_of(domain).map(|report| report.domain_status()),
     };
     write_status(&ctx.client, domain, domain.status.as_ref(), &status).await?;
     announce_transition(ctx, domain, &previous.conditions, &status.conditions).await;
@@ -192,6 +195,7 @@ async fn finish(ctx: &Context, domain: &Domain, previous: &DomainStatus, outcome
         conditions: conditions(&previous.conditions, outcome, domain.metadata.generation, &now()),
         observed_generation: domain.metadata.generation,
         endpoint: previous.endpoint.clone(),
+        usage: previous.usage.clone(),
     };
     write_status(&ctx.client, domain, domain.status.as_ref(), &status).await?;
     announce_transition(ctx, domain, &previous.conditions, &status.conditions).await;

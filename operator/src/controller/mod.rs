@@ -208,6 +208,15 @@ impl Context {
 
     /// The Repositories the stored rendered configuration of `domain` serves, or `None` when
     /// there is none yet.
+    /// The registry's last usage report for `domain`, from its usage ConfigMap.
+    fn usage_of(&self, domain: &Domain) -> Option<wharf_api::usage::UsageReport> {
+        let names = crate::render::ChildNames::of(domain);
+        let namespace = domain.namespace().unwrap_or_default();
+        let config_map = self.config_maps.get(&ObjectRef::new(&names.usage_config_map).within(&namespace))?;
+        let json = config_map.data.as_ref()?.get(wharf_api::usage::USAGE_KEY)?;
+        serde_json::from_str(json).ok()
+    }
+
     fn served_repositories(&self, domain: &Domain) -> Option<Arc<BTreeSet<ObjectKey>>> {
         let names = crate::render::ChildNames::of(domain);
         let namespace = domain.namespace().unwrap_or_default();
@@ -529,7 +538,10 @@ pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, 
         move |config_map: ConfigMap| {
             let namespace = config_map.namespace().unwrap_or_default();
             let name = config_map.name_any();
-            let Some(domain) = name.strip_prefix("wharf-").and_then(|rest| rest.strip_suffix("-config")) else {
+            let Some(domain) = name
+                .strip_prefix("wharf-")
+                .and_then(|rest| rest.strip_suffix("-config").or_else(|| rest.strip_suffix("-usage")))
+            else {
                 return Vec::new();
             };
             let mut target = Domain::new(domain, wharf_api::DomainSpec::new(wharf_api::StorageSpec::default()));

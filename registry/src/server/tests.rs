@@ -84,6 +84,7 @@ impl TestApp {
         let options = ServeOptions {
             key_refresh: std::time::Duration::from_secs(10),
             collect: Default::default(),
+            usage: None,
             upstream,
             listen: "127.0.0.1:0".parse().unwrap(),
             secrets: wharf_storage::secrets::SecretsDir::new("/nonexistent-secrets"),
