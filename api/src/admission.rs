@@ -143,6 +143,18 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Repository",
+            path: "spec.cleanup[]",
+            rule: "has(self.olderThan) || has(self.keepNewest)".into(),
+            message: crate::repository::CLEANUP_RULE_NEEDS_A_LIMIT,
+        },
+        Rule {
+            kind: "Repository",
+            path: "spec.cleanup",
+            rule: "self.all(r, self.exists_one(s, s.name == r.name))".into(),
+            message: "each cleanup rule needs a name of its own",
+        },
+        Rule {
+            kind: "Repository",
             path: "spec.upstreams",
             rule: "self.all(u, self.exists_one(v, v.name == u.name))".into(),
             message: "each upstream may be listed once",
@@ -218,6 +230,8 @@ const BOUNDS: &[(&str, &str, &str, u64)] = &[
     ("Domain", "spec.registry.podLabels", "maxProperties", 64),
     ("Domain", "spec.registry.env", "maxItems", 64),
     ("Domain", "spec.tokens.trustedIssuers[].audiences[]", "maxLength", 512),
+    ("Repository", "spec.cleanup[].packages[]", "maxLength", 512),
+    ("Repository", "spec.cleanup[].olderThan", "maxLength", 32),
     ("Repository", "spec.access.read", "maxItems", 100),
     ("Repository", "spec.access.publish", "maxItems", 100),
     ("Repository", "spec.access.read[].name", "maxLength", 253),

@@ -734,6 +734,29 @@ impl Checker<'_> {
                 );
             }
 
+            for (position, rule) in spec.cleanup.iter().enumerate() {
+                let path = format!("spec.cleanup[{position}]");
+                if let Err(message) = check_dns_label(&rule.name) {
+                    self.report(about, &format!("{path}.name"), message);
+                }
+                if spec.cleanup[..position].iter().any(|earlier| earlier.name == rule.name) {
+                    self.report(about, &format!("{path}.name"), format!("`{}` is used by an earlier rule", rule.name));
+                }
+                for (index, pattern) in rule.packages.iter().enumerate() {
+                    if let Err(error) = crate::pattern::PackagePattern::parse(pattern) {
+                        self.report(about, &format!("{path}.packages[{index}]"), error.to_string());
+                    }
+                }
+                if let Some(older_than) = &rule.older_than
+                    && let Err(error) = crate::duration::parse_duration(older_than)
+                {
+                    self.report(about, &format!("{path}.olderThan"), error.to_string());
+                }
+                if rule.older_than.is_none() && rule.keep_newest.is_none() {
+                    self.report(about, &path, CLEANUP_RULE_NEEDS_A_LIMIT.to_owned());
+                }
+            }
+
             for (position, grant) in spec.allowed_downstreams.iter().enumerate() {
                 let path = format!("spec.allowedDownstreams[{position}]");
                 if grant.namespace_selector.is_some() {
@@ -1049,6 +1072,8 @@ impl Checker<'_> {
         }
     }
 }
+
+use crate::repository::CLEANUP_RULE_NEEDS_A_LIMIT;
 
 /// Whether `text` is an http(s) origin and nothing more: scheme, host, optional port.
 fn is_bare_origin(text: &str) -> bool {
@@ -1463,6 +1488,29 @@ spec:
                 "test.yaml: document 1 (Domain acme): spec.registry.terminationGracePeriodSeconds: 7200 is outside 0 to 3600",
             ]
         );
+    }
+
+    #[test]
+    fn cleanup_rules_are_checked() {
+        let repository = |cleanup: &str| {
+            format!(
+                "{DOMAIN}---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web}}\n\
+                 spec:\n  domainRef: {{name: acme}}\n  cleanup: {cleanup}\n"
+            )
+        };
+        let config =
+            load(&repository("[{name: old, packages: [\"/npm/acme/*\"], origin: Cached, olderThan: 90d}]")).unwrap();
+        assert_eq!(config.repository("web").unwrap().spec.cleanup[0].older_than.as_deref(), Some("90d"));
+        let error = load(&repository(
+            "[{name: a, keepNewest: 1}, {name: a, packages: [\"npm/x\"], olderThan: soon}, {name: b, origin: Cached}]",
+        ))
+        .unwrap_err();
+        let messages = messages(&error);
+        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert!(messages[0].contains("spec.cleanup[1].name: `a` is used by an earlier rule"), "{messages:?}");
+        assert!(messages[1].contains("spec.cleanup[1].packages[0]"), "{messages:?}");
+        assert!(messages[2].contains("spec.cleanup[1].olderThan"), "{messages:?}");
+        assert!(messages[3].contains(crate::repository::CLEANUP_RULE_NEEDS_A_LIMIT), "{messages:?}");
     }
 
     #[test]

@@ -60,7 +60,10 @@ pub use policy::{
     PolicyRule, Restriction, RestrictionMode, TargetKind, TargetRef, UpstreamPolicy, UpstreamPolicySpec,
     UpstreamPolicyStatus,
 };
-pub use repository::{AccessSpec, DownstreamGrant, MAX_UPSTREAMS, Repository, RepositorySpec, RepositoryStatus};
+pub use repository::{
+    AccessSpec, CleanupOrigin, CleanupRule, DownstreamGrant, MAX_UPSTREAMS, Repository, RepositorySpec,
+    RepositoryStatus,
+};
 
 /// The CustomResourceDefinitions of every Wharf resource, for `wharf-operator crd` and the
 /// checked-in `crds/` folder.

@@ -66,6 +66,55 @@ pub struct RepositorySpec {
     /// Delete.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Rules that dispose of versions nobody should need any more, applied by each run of
+    /// the registry's storage collector (`wharf-registry storage gc --dry-run` previews
+    /// them). A version goes when any rule selects it; its bytes go when nothing else in
+    /// the Domain names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub cleanup: Vec<CleanupRule>,
+}
+
+/// Why a cleanup rule without `olderThan` or `keepNewest` is refused: it would dispose of
+/// every version it covers.
+pub const CLEANUP_RULE_NEEDS_A_LIMIT: &str = "a cleanup rule needs olderThan or keepNewest (or both): without either it would dispose of every version it covers";
+
+/// One cleanup rule: every condition it sets must hold for a version to be disposed of.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupRule {
+    /// The rule's name; a version it disposes of says `cleanup/NAME` disposed of it.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Packages the rule covers, as UpstreamPolicy patterns (`/npm/acme/*`, `/pypi//requests`,
+    /// `/*`); every package when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub packages: Vec<String>,
+    /// Versions cached from an upstream (`Cached`), published here (`Published`), or both
+    /// (`Any`, the default).
+    #[serde(default)]
+    pub origin: CleanupOrigin,
+    /// Only versions published (or fetched) longer ago than this: `90d`, `12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than: Option<String>,
+    /// Never the newest N versions of each package (newest by publish time, Disposed ones
+    /// not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub keep_newest: Option<u32>,
+}
+
+/// Which versions a cleanup rule looks at.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CleanupOrigin {
+    /// Cached and published alike.
+    #[default]
+    Any,
+    /// Versions fetched through an external connection.
+    Cached,
+    /// Versions published to this Domain.
+    Published,
 }
 
 impl RepositorySpec {
@@ -80,6 +129,7 @@ impl RepositorySpec {
             external_connection: None,
             access: AccessSpec::default(),
             deletion_policy: DeletionPolicy::default(),
+            cleanup: Vec::new(),
         }
     }
 }

@@ -66,7 +66,7 @@ async fn main() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = kib("VmHWM:");
     let started = Instant::now();
-    let options = CollectOptions { grace: Duration::ZERO, dry_run: false };
+    let options = CollectOptions { grace: Duration::ZERO, ..Default::default() };
     let report = registry.collect("bench", &options).await.unwrap().unwrap();
     let seconds = started.elapsed().as_secs_f64();
     let after = kib("VmHWM:");

@@ -13,15 +13,16 @@
 //! about to name always looks recent; the grace period must outlast the few requests
 //! between a publish's commit and its index update (the default, an hour, does by far).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use wharf_api::usage::UsageReport;
+use wharf_api::{CleanupOrigin, CleanupRule, PackageFormat, PackagePattern};
 use wharf_storage::{LeaseRecord, Storage, keys};
 
-use crate::{CoreError, Registry, VersionRecord, decode_index};
+use crate::{CoreError, PackageId, PackageIndex, Registry, VersionRecord, VersionStatus, decode_index};
 
 /// How long a blob must have been left alone before the collector may free it.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
@@ -34,14 +35,26 @@ const LISTED: usize = 1000;
 #[derive(Clone, Debug)]
 pub struct CollectOptions {
     pub grace: Duration,
-    /// Report what would be freed, free nothing.
+    /// Report what would be disposed of and freed, change nothing.
     pub dry_run: bool,
+    /// Each Repository's cleanup rules, by Repository name.
+    pub cleanup: BTreeMap<String, Vec<CleanupRule>>,
 }
 
 impl Default for CollectOptions {
     fn default() -> Self {
-        CollectOptions { grace: DEFAULT_GRACE, dry_run: false }
+        CollectOptions { grace: DEFAULT_GRACE, dry_run: false, cleanup: BTreeMap::new() }
     }
+}
+
+/// A version a cleanup rule disposed of (or would).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisposedVersion {
+    pub repository: String,
+    pub format: String,
+    pub package: String,
+    pub version: String,
+    pub rule: String,
 }
 
 /// A file the collector freed (or would free).
@@ -68,6 +81,9 @@ pub struct CollectReport {
     pub freed: Vec<FreedBlob>,
     pub freed_uploads: u64,
     pub freed_revisions: u64,
+    /// Versions cleanup rules disposed of, and up to 1,000 of them.
+    pub disposed_versions: u64,
+    pub disposed: Vec<DisposedVersion>,
     pub seconds: f64,
     /// What the Domain holds after the collection.
     pub usage: UsageReport,
@@ -134,7 +150,7 @@ impl Registry {
         drop(blobs);
 
         let mut marks = Marks::default();
-        self.mark_packages(&mut marks, &mut report, cutoff, options.dry_run).await?;
+        self.mark_packages(&mut marks, &mut report, cutoff, options).await?;
         wharf_upstream::kept_document_blobs(storage, |sha256| marks.keep(sha256)).await?;
 
         for (sha256, size) in candidates {
@@ -187,8 +203,9 @@ impl Registry {
         marks: &mut Marks,
         report: &mut CollectReport,
         cutoff: DateTime<Utc>,
-        dry_run: bool,
+        options: &CollectOptions,
     ) -> Result<(), CoreError> {
+        let dry_run = options.dry_run;
         let storage = &self.storage;
         for repo in storage.list_children(&keys::repositories()).await? {
             for format in storage.list_children(&keys::repository(&repo)).await? {
@@ -199,10 +216,20 @@ impl Registry {
                         Some((revision, bytes)) => Some(decode_index(&dir, revision, &bytes)?),
                         None => None,
                     };
+                    let disposed = match (&index, options.cleanup.get(&repo), format.parse::<PackageFormat>()) {
+                        (Some(snapshot), Some(rules), Ok(parsed)) => {
+                            let id = PackageId::new(parsed, name.clone());
+                            self.apply_cleanup(&repo, &id, &snapshot.index, rules, dry_run, report).await?
+                        }
+                        _ => BTreeSet::new(),
+                    };
                     if let Some(snapshot) = &index {
                         let usage = report.usage.repositories.entry(repo.clone()).or_default();
                         usage.packages += 1;
-                        for entry in snapshot.index.versions.values() {
+                        for (version, entry) in &snapshot.index.versions {
+                            if disposed.contains(version) {
+                                continue;
+                            }
                             if entry.status != crate::VersionStatus::Disposed {
                                 usage.versions += 1;
                                 usage.bytes += entry.assets.values().map(|asset| asset.digests.size).sum::<u64>();
@@ -228,6 +255,93 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+impl Registry {
+    /// Disposes of what `rules` select in one package (or, in a dry run, only says so);
+    /// the versions disposed of, whose files then count as named by nothing.
+    async fn apply_cleanup(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        index: &PackageIndex,
+        rules: &[CleanupRule],
+        dry_run: bool,
+        report: &mut CollectReport,
+    ) -> Result<BTreeSet<String>, CoreError> {
+        let mut disposed = BTreeSet::new();
+        for (version, rule) in expired_versions(index, id, rules, Utc::now()) {
+            if !dry_run {
+                let current = index.versions.get(&version).map(|entry| entry.status);
+                let by = format!("cleanup/{rule}");
+                match self.set_status(repo, id, &version, current, VersionStatus::Disposed, &by).await {
+                    Ok(()) => {}
+                    // Changed since it was read (by a person, or another run): leave it.
+                    Err(CoreError::StatusMismatch { .. } | CoreError::Conflict(_)) => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+            report.disposed_versions += 1;
+            if report.disposed.len() < LISTED {
+                report.disposed.push(DisposedVersion {
+                    repository: repo.to_owned(),
+                    format: id.format.as_str().to_owned(),
+                    package: index.display_name.clone(),
+                    version: version.clone(),
+                    rule,
+                });
+            }
+            disposed.insert(version);
+        }
+        Ok(disposed)
+    }
+}
+
+/// The versions of a package `rules` select, with the rule that selects each: the first
+/// rule whose every condition holds. Versions a tag points at (npm's `latest`) and
+/// unfinished uploads are never selected.
+pub fn expired_versions(
+    index: &PackageIndex,
+    id: &PackageId,
+    rules: &[CleanupRule],
+    now: DateTime<Utc>,
+) -> Vec<(String, String)> {
+    let (namespace, name) = crate::policy::coordinates(id);
+    let mut live: Vec<(&String, &crate::VersionEntry)> = index
+        .versions
+        .iter()
+        .filter(|(_, entry)| !matches!(entry.status, VersionStatus::Disposed | VersionStatus::Unfinished))
+        .collect();
+    live.sort_by(|a, b| b.1.created.cmp(&a.1.created).then_with(|| b.0.cmp(a.0)));
+    let mut selected: Vec<(String, String)> = Vec::new();
+    for rule in rules {
+        let covered = rule.packages.is_empty()
+            || rule
+                .packages
+                .iter()
+                .filter_map(|text| PackagePattern::parse(text).ok())
+                .any(|pattern| pattern.matches(id.format, &namespace, &name));
+        let older_than = rule.older_than.as_deref().map(wharf_api::parse_duration);
+        if !covered || matches!(older_than, Some(Err(_))) || (older_than.is_none() && rule.keep_newest.is_none()) {
+            continue;
+        }
+        let cutoff =
+            older_than.and_then(Result::ok).map(|age| now - chrono::Duration::from_std(age).unwrap_or_default());
+        let of_origin = live.iter().filter(|(_, entry)| match rule.origin {
+            CleanupOrigin::Any => true,
+            CleanupOrigin::Cached => entry.fetched_from.is_some(),
+            CleanupOrigin::Published => entry.fetched_from.is_none(),
+        });
+        for (rank, (version, entry)) in of_origin.enumerate() {
+            let kept = rule.keep_newest.is_some_and(|newest| rank < newest as usize);
+            let young = cutoff.is_some_and(|cutoff| entry.created > cutoff);
+            let tagged = index.tags.values().any(|tagged| tagged == *version);
+            if !kept && !young && !tagged && !selected.iter().any(|(chosen, _)| chosen == *version) {
+                selected.push(((*version).clone(), rule.name.clone()));
+            }
+        }
+    }
+    selected
 }
 
 /// Frees revisions older than `newest - 1` written before `cutoff`: strays and what a
@@ -308,7 +422,7 @@ mod tests {
     }
 
     fn now() -> CollectOptions {
-        CollectOptions { grace: Duration::ZERO, dry_run: false }
+        CollectOptions { grace: Duration::ZERO, ..Default::default() }
     }
 
     #[tokio::test]
@@ -418,6 +532,59 @@ mod tests {
         assert!(registry.package("main", &id).await.unwrap().unwrap().index.versions.contains_key("1.0.4"));
     }
 
+    #[test]
+    fn cleanup_rules_select_by_pattern_origin_age_and_rank_and_spare_tagged_versions() {
+        use crate::VersionEntry;
+        let now = Utc::now();
+        let entry = |days: i64, cached: bool| VersionEntry {
+            status: VersionStatus::Published,
+            created: now - chrono::Duration::days(days),
+            metadata: serde_json::json!({}),
+            assets: Default::default(),
+            deprecated: None,
+            withdrawn: false,
+            fetched_from: cached.then(|| "npmjs".to_owned()),
+        };
+        let mut index = PackageIndex::default();
+        for (version, days, cached) in
+            [("1.0.0", 400, true), ("1.1.0", 200, true), ("1.2.0", 100, false), ("1.3.0", 5, true), ("2.0.0", 1, true)]
+        {
+            index.versions.insert(version.into(), entry(days, cached));
+        }
+        index.versions.get_mut("1.1.0").unwrap().status = VersionStatus::Disposed;
+        index.tags.insert("legacy".into(), "1.0.0".into());
+        let id = PackageId::new(PackageFormat::Npm, "@acme/tools");
+        let rule = |name: &str, packages: &[&str], origin, older_than: Option<&str>, keep_newest| CleanupRule {
+            name: name.into(),
+            packages: packages.iter().map(|p| (*p).to_owned()).collect(),
+            origin,
+            older_than: older_than.map(Into::into),
+            keep_newest,
+        };
+        let names = |rules: &[CleanupRule]| {
+            expired_versions(&index, &id, rules, now)
+                .into_iter()
+                .map(|(v, rule)| format!("{v}:{rule}"))
+                .collect::<Vec<_>>()
+        };
+        // Cached and older than 30 days: 1.0.0 is tagged, 1.1.0 Disposed already, 1.2.0 published here.
+        assert!(names(&[rule("old", &[], CleanupOrigin::Cached, Some("30d"), None)]).is_empty());
+        assert_eq!(names(&[rule("old", &[], CleanupOrigin::Any, Some("30d"), None)]), ["1.2.0:old"]);
+        // The newest two of every origin stay; of the cached ones, the newest one.
+        assert_eq!(names(&[rule("two", &[], CleanupOrigin::Any, None, Some(2))]), ["1.2.0:two"]);
+        assert_eq!(names(&[rule("one", &["/npm/acme/*"], CleanupOrigin::Cached, None, Some(1))]), ["1.3.0:one"]);
+        assert!(names(&[rule("other", &["/npm/other/*"], CleanupOrigin::Any, None, Some(0))]).is_empty());
+        // Both conditions must hold; the first rule that selects a version names it.
+        assert!(names(&[rule("both", &[], CleanupOrigin::Any, Some("150d"), Some(1))]).is_empty());
+        assert_eq!(
+            names(&[
+                rule("a", &[], CleanupOrigin::Published, None, Some(0)),
+                rule("b", &[], CleanupOrigin::Any, None, Some(1))
+            ]),
+            ["1.2.0:a", "1.3.0:b"]
+        );
+    }
+
     /// Collections racing publishes that reuse disposed bytes: no acknowledged version
     /// ever loses its bytes, and what is unreferenced at the end is freed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -428,7 +595,7 @@ mod tests {
         let collector = {
             let (registry, done) = (registry.clone(), done.clone());
             tokio::spawn(async move {
-                let options = CollectOptions { grace: Duration::from_millis(300), dry_run: false };
+                let options = CollectOptions { grace: Duration::from_millis(300), ..Default::default() };
                 let mut runs = 0;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     if registry.collect("collector", &options).await.unwrap().is_ok() {

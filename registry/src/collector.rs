@@ -3,10 +3,12 @@
 //! keeps the schedule; the lease in storage lets one of them collect at a time, so no
 //! CronJob or leader election is needed and a registry outside a cluster collects too.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use wharf_api::{CleanupRule, DomainConfig};
 use wharf_core::Registry;
 use wharf_core::collect::CollectOptions;
 
@@ -25,12 +27,24 @@ impl Default for CollectSchedule {
     }
 }
 
+/// Each Repository's cleanup rules in `config`, by name.
+pub fn cleanup_rules(config: &DomainConfig) -> BTreeMap<String, Vec<CleanupRule>> {
+    config
+        .repositories
+        .iter()
+        .filter(|repository| !repository.spec.cleanup.is_empty())
+        .map(|repository| (repository.name().to_owned(), repository.spec.cleanup.clone()))
+        .collect()
+}
+
 /// How long after start the first collection runs.
 const FIRST_RUN: Duration = Duration::from_secs(10 * 60);
 
 pub struct Collector {
     registry: Arc<Registry>,
     schedule: CollectSchedule,
+    /// The cleanup rules of the configuration being served, by Repository.
+    cleanup: std::sync::RwLock<BTreeMap<String, Vec<CleanupRule>>>,
     /// Where each collection's count of the Domain's storage goes (cluster mode).
     usage: Option<Arc<crate::cluster::UsageReporter>>,
     /// Who collects, for the lease: the pod's (host's) name and the process.
@@ -49,9 +63,15 @@ impl Collector {
         let holder = format!("{host}/{}", std::process::id());
         let wake = Arc::new(Notify::new());
         let interval = schedule.interval;
-        let collector = Arc::new(Collector { registry, schedule, usage, holder, wake: wake.clone() });
+        let collector =
+            Arc::new(Collector { registry, schedule, cleanup: Default::default(), usage, holder, wake: wake.clone() });
         tokio::spawn(run(Arc::downgrade(&collector), wake, interval));
         collector
+    }
+
+    /// Applies the cleanup rules of `config` from the next run on.
+    pub fn set_cleanup(&self, config: &DomainConfig) {
+        *self.cleanup.write().unwrap_or_else(|e| e.into_inner()) = cleanup_rules(config);
     }
 
     /// Asks for a run soon (a version's bytes may be free now).
@@ -60,7 +80,8 @@ impl Collector {
     }
 
     async fn collect(&self) {
-        let options = CollectOptions { grace: self.schedule.grace, dry_run: false };
+        let cleanup = self.cleanup.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let options = CollectOptions { grace: self.schedule.grace, dry_run: false, cleanup };
         match self.registry.collect(&self.holder, &options).await {
             Ok(Ok(report)) => {
                 tracing::info!(
@@ -68,6 +89,7 @@ impl Collector {
                     freed_bytes = report.freed_bytes,
                     freed_uploads = report.freed_uploads,
                     freed_revisions = report.freed_revisions,
+                    disposed_versions = report.disposed_versions,
                     blobs = report.blobs,
                     packages = report.packages,
                     stored_bytes = report.usage.stored_bytes,

@@ -271,13 +271,29 @@ async fn collect(args: GcArgs) -> anyhow::Result<()> {
     }
     let registry = wharf_core::Registry::new(storage);
     let holder = format!("wharf-registry storage gc/{}", std::process::id());
-    let options = wharf_core::collect::CollectOptions { grace: args.grace, dry_run: args.dry_run };
+    let mut cleanup = wharf_registry::collector::cleanup_rules(&config);
+    if registry.storage().is_exclusive() && !args.dry_run && !cleanup.is_empty() {
+        // A registry serving this folder trusts that it alone changes the package indexes.
+        eprintln!(
+            "note: cleanup rules on a local folder are carried out by the registry's own collections (a running \
+             registry would not see another process dispose of versions); this run frees bytes only"
+        );
+        cleanup.clear();
+    }
+    let options = wharf_core::collect::CollectOptions { grace: args.grace, dry_run: args.dry_run, cleanup };
     let report = match registry.collect(&holder, &options).await? {
         Ok(report) => report,
         Err(held) => {
             anyhow::bail!("another collection of Domain {domain:?} runs ({}, until {})", held.holder, held.expires)
         }
     };
+    let dispose = if report.dry_run { "would dispose of" } else { "disposed of" };
+    for version in &report.disposed {
+        println!(
+            "{dispose} {} {} {} in Repository {:?} (rule {})",
+            version.format, version.package, version.version, version.repository, version.rule
+        );
+    }
     let verb = if report.dry_run { "would free" } else { "freed" };
     for blob in &report.freed {
         println!("{verb} blob {} ({} bytes)", blob.sha256, blob.size);

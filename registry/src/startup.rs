@@ -117,6 +117,7 @@ pub async fn build_state(
     let registry = Arc::new(Registry::new(storage));
     let collector =
         crate::collector::Collector::start(registry.clone(), options.collect.clone(), options.usage.clone());
+    collector.set_cleanup(&config);
     Ok(Arc::new(AppState {
         packages: packages(Arc::new(config), registry, upstream, options.limits),
         signer: TokenSigner::new(key, domain),
@@ -200,6 +201,7 @@ impl LiveServer {
         }
         let credentials = wharf_upstream::resolve_credentials(&config, secrets)?;
         old.packages.upstream.replace_credentials(credentials);
+        old.collector.set_cleanup(&config);
         // Views through chains belong to the configuration they were built under: new
         // pipelines, over the same core and client.
         let packages =

@@ -764,7 +764,7 @@ async fn storage_suite(open: impl Fn(&str) -> Storage) {
         published.push(digests);
     }
     registry.set_status("main", &id, "1.0.0", None, VersionStatus::Disposed, "suite").await.unwrap();
-    let options = CollectOptions { grace: Duration::ZERO, dry_run: false };
+    let options = CollectOptions { grace: Duration::ZERO, ..Default::default() };
     let report = registry.collect("suite", &options).await.unwrap().unwrap();
     assert_eq!(report.freed_blobs, 2, "the disposed version's and the unnamed one: {report:?}");
     assert!(registry.storage().head(&keys::blob(&published[0].sha256)).await.unwrap().is_none());

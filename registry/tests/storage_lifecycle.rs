@@ -47,6 +47,84 @@ fn gc(data: &FsPath, args: &[&str]) -> String {
     text(&output)
 }
 
+/// Publishes `name@version` with npm from its own folder, `pkg-{version}`.
+fn publish_npm(ws: &Workspace, server: &TestServer, token: &str, name: &str, version: &str) {
+    let dir = format!("pkg-{version}");
+    ws.write(
+        &format!("{dir}/package.json"),
+        &serde_json::json!({"name": name, "version": version, "main": "index.js"}).to_string(),
+    );
+    ws.write(&format!("{dir}/index.js"), &format!("module.exports = '{version}';\n"));
+    write_npmrc(ws, &dir, server, "main", Some(token));
+    run_ok(npm(ws, &dir).args(["publish", "--access", "public"]));
+}
+
+/// A Repository's cleanup rule: previewed by `storage gc --dry-run`, carried out by the
+/// collection, the newest version (and whatever a tag points at) kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_rules_dispose_what_they_select_after_a_preview() {
+    let data = tempfile::tempdir().unwrap();
+    let config =
+        format!("{ACME_ON_A_FOLDER}  cleanup: [{{name: keep-newest, packages: [\"/npm/acme/*\"], keepNewest: 1}}]\n");
+    let server = TestServer::start_in(data.path(), Some(&config), &["--gc-interval", "1h"]);
+    let token = server.token(&["main"], &["read", "publish"]).await;
+    let ws = Workspace::new();
+    for version in ["1.0.0", "1.1.0", "1.2.0"] {
+        publish_npm(&ws, &server, &token, "@acme/tidy", version);
+    }
+    let oldest = sha256_of(&server, "npm", "@acme/tidy", "1.0.0").await;
+
+    let preview = gc(data.path(), &["--dry-run", "--grace", "0s"]);
+    for version in ["1.0.0", "1.1.0"] {
+        let line = format!("would dispose of npm @acme/tidy {version} in Repository \"main\" (rule keep-newest)");
+        assert!(preview.contains(&line), "{preview}");
+    }
+    assert!(!preview.contains("1.2.0"), "{preview}");
+    assert!(preview.contains("would free 2 of 3 blobs"), "{preview}");
+    let status = |version: &'static str| {
+        let url = server.url(&format!("/api/v1/repositories/main/packages/npm/@acme%2Ftidy/versions/{version}"));
+        async move {
+            let response = reqwest::Client::new().get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["status"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(status("1.0.0").await, "Published", "a preview changes nothing");
+
+    // The registry's own collection carries the rules out; a dispose starts one at once.
+    let put = reqwest::Client::new()
+        .put(server.url("/generic/main/acme/scratch/1.0.0/scratch.txt"))
+        .bearer_auth(&token)
+        .header("X-Checksum-Sha256", hex::encode(Sha256::digest("scratch")))
+        .body("scratch")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    assert_eq!(server.set_status("main", "generic", "acme/scratch", "1.0.0", "Disposed", &token).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status("1.1.0").await != "Disposed" {
+        assert!(Instant::now() < deadline, "the registry did not carry out its cleanup rules");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (status("1.0.0").await, status("1.1.0").await, status("1.2.0").await),
+        ("Disposed".to_owned(), "Disposed".to_owned(), "Published".to_owned())
+    );
+    // Younger than the registry's grace period, the bytes stay for the command to free.
+    assert!(blob_file(data.path(), &oldest).exists());
+    let freed = gc(data.path(), &["--grace", "0s"]);
+    assert!(freed.contains("freed 3 of"), "two tarballs and the scratch file: {freed}");
+    assert!(!blob_file(data.path(), &oldest).exists());
+    ws.write("app/package.json", r#"{"name":"app","version":"1.0.0","private":true}"#);
+    write_npmrc(&ws, "app", &server, "main", None);
+    run_ok(npm(&ws, "app").args(["install", "@acme/tidy@^1"]));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("app/node_modules/@acme/tidy/index.js")).unwrap(),
+        "module.exports = '1.2.0';\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn disposed_bytes_are_freed_shared_bytes_stay_and_deleted_versions_stay_taken() {
     let data = tempfile::tempdir().unwrap();
@@ -54,14 +132,7 @@ async fn disposed_bytes_are_freed_shared_bytes_stay_and_deleted_versions_stay_ta
     let token = server.token(&["main"], &["read", "publish"]).await;
     let ws = Workspace::new();
     for version in ["1.0.0", "1.1.0"] {
-        let dir = format!("pkg-{version}");
-        ws.write(
-            &format!("{dir}/package.json"),
-            &serde_json::json!({"name": "@acme/life", "version": version, "main": "index.js"}).to_string(),
-        );
-        ws.write(&format!("{dir}/index.js"), &format!("module.exports = '{version}';\n"));
-        write_npmrc(&ws, &dir, &server, "main", Some(&token));
-        run_ok(npm(&ws, &dir).args(["publish", "--access", "public"]));
+        publish_npm(&ws, &server, &token, "@acme/life", version);
     }
     // Two generic versions of identical bytes: stored once.
     for version in ["1.0.0", "1.0.1"] {

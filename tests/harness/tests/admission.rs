@@ -159,6 +159,20 @@ async fn domains() {
     let one_key =
         domain("one-key", "  storage: {memory: {}}\n  encryption: {keySecretRef: {name: acme-keys, key: k1}}\n");
     rejects(&client, &one_key, "name the Secret only").await;
+    accepts(&client, &repository("tidy", "  cleanup: [{name: old, origin: Cached, olderThan: 90d, keepNewest: 5}]\n"))
+        .await;
+    rejects(
+        &client,
+        &repository("limitless", "  cleanup: [{name: all, packages: [\"/*\"]}]\n"),
+        "needs olderThan or keepNewest",
+    )
+    .await;
+    rejects(
+        &client,
+        &repository("twice", "  cleanup: [{name: a, keepNewest: 1}, {name: a, olderThan: 1d}]\n"),
+        "a name of its own",
+    )
+    .await;
     let people = |name: &str, people: &str| {
         domain(
             name,
