@@ -310,6 +310,7 @@ impl EncryptedStore {
     }
 
     /// Replaces the fixed key ring (tests of rotation).
+    #[cfg(test)]
     pub fn set_keys(&self, ring: KeyRing) {
         if let KeySource::Fixed(fixed) = &self.source {
             *fixed.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
@@ -496,17 +497,8 @@ impl EncryptedStore {
                 return Ok(dek.key.clone());
             }
         }
-        let aad = header.wrap_aad(location);
-        let dek = match ring.keys.get(&header.fingerprint) {
-            Some(kek) => unwrap_with(&kek.key, &header.wrap_nonce, &header.wrapped, &aad),
-            None => match self.read_rewrap(location).await? {
-                Some(rewrap) if rewrap.object_id == header.object_id => match ring.keys.get(&rewrap.fingerprint) {
-                    Some(kek) => unwrap_with(&kek.key, &rewrap.nonce, &rewrap.wrapped, &aad),
-                    None => Err(self.missing_key(location, &rewrap.fingerprint)),
-                },
-                _ => Err(self.missing_key(location, &header.fingerprint)),
-            },
-        }?;
+        let dek = self.unwrap_dek_bytes(ring, location, header).await?;
+        let dek = aes_key(&dek).ok_or_else(|| crypto_error(location, "its data key has the wrong length"))?;
         let dek = Arc::new(dek);
         self.remember(location, header.object_id, e_tag.map(str::to_owned), dek.clone());
         Ok(dek)
@@ -699,19 +691,6 @@ impl EncryptedStore {
         dek.copy_from_slice(opened);
         Ok(dek)
     }
-}
-
-fn unwrap_with(
-    kek: &LessSafeKey,
-    nonce: &[u8; NONCE_LEN],
-    wrapped: &[u8],
-    aad: &[u8],
-) -> object_store::Result<LessSafeKey> {
-    let mut buffer = wrapped.to_vec();
-    let opened = kek
-        .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buffer)
-        .map_err(|_| crypto_error(&Path::from(""), "a data key does not open (tampered, or moved from another key)"))?;
-    aes_key(opened).ok_or_else(|| crypto_error(&Path::from(""), "a data key has the wrong length"))
 }
 
 /// A parsed object header.

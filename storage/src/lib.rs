@@ -1182,7 +1182,7 @@ fn restrict_to_owner(path: &std::path::Path, warn: bool) -> Result<(), StorageEr
     Ok(())
 }
 
-pub(crate) async fn file_stream(
+async fn file_stream(
     file: std::fs::File,
     range: Range<u64>,
 ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, StorageError> {

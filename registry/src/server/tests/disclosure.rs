@@ -101,6 +101,32 @@ async fn missing_and_private_repositories_answer_alike() {
             assert_eq!(without(&private, "priv2"), without(&missing, "ghost"), "{path}");
         }
     }
+    // The version changes a publisher or an administrator makes (a status, a takedown):
+    // anonymous, another repository's reader and its publisher get the same answers for a
+    // private and a missing repository, and change nothing.
+    let pub_publisher = app.token(&["pub"], &["read", "publish"]).await;
+    for (method, path) in [
+        ("DELETE", "/api/v1/repositories/{repo}/packages/npm/x/versions/1.0.0"),
+        ("PUT", "/api/v1/repositories/{repo}/packages/npm/x/versions/1.0.0/status"),
+    ] {
+        for token in [None, Some(pub_reader.as_str()), Some(pub_publisher.as_str())] {
+            let send = |repo: &str| {
+                let mut request = axum::http::Request::builder()
+                    .method(method)
+                    .uri(path.replace("{repo}", repo))
+                    .header(axum::http::header::CONTENT_TYPE, "application/json");
+                if let Some(token) = token {
+                    request = request.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
+                }
+                app.send(request.body(axum::body::Body::from(r#"{"status":"Disposed"}"#)).unwrap())
+            };
+            let (private, missing) = (send("priv2").await, send("ghost").await);
+            let expected = if token.is_some() { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+            assert_eq!((private.status, missing.status), (expected, expected), "{method} {path}");
+            assert_eq!(without(&private, "priv2"), without(&missing, "ghost"), "{method} {path}");
+        }
+    }
+
     // The list of repositories shows only readable ones.
     let listed = app.get("/api/v1/repositories", None).await.text();
     assert!(listed.contains("\"pub\"") && !listed.contains("priv2"), "{listed}");
