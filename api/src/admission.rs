@@ -144,7 +144,7 @@ fn rules() -> Vec<Rule> {
         Rule {
             kind: "Repository",
             path: "spec.cleanup[]",
-            rule: "has(self.olderThan) || has(self.keepNewest)".into(),
+            rule: "has(self.olderThan) || has(self.keepNewest) || has(self.notDownloadedFor)".into(),
             message: crate::repository::CLEANUP_RULE_NEEDS_A_LIMIT,
         },
         Rule {
@@ -232,6 +232,7 @@ const BOUNDS: &[(&str, &str, &str, u64)] = &[
     ("Domain", "spec.tokens.trustedIssuers[].audiences[]", "maxLength", 512),
     ("Repository", "spec.cleanup[].packages[]", "maxLength", 512),
     ("Repository", "spec.cleanup[].olderThan", "maxLength", 32),
+    ("Repository", "spec.cleanup[].notDownloadedFor", "maxLength", 32),
     ("Repository", "spec.access.read", "maxItems", 100),
     ("Repository", "spec.access.publish", "maxItems", 100),
     ("Repository", "spec.access.read[].name", "maxLength", 253),

@@ -752,7 +752,24 @@ impl Checker<'_> {
                 {
                     self.report(about, &format!("{path}.olderThan"), error.to_string());
                 }
-                if rule.older_than.is_none() && rule.keep_newest.is_none() {
+                if let Some(unused) = &rule.not_downloaded_for {
+                    match crate::duration::parse_duration(unused) {
+                        Err(error) => self.report(about, &format!("{path}.notDownloadedFor"), error.to_string()),
+                        Ok(unused) if unused.as_secs() > crate::repository::NOT_DOWNLOADED_FOR_LIMIT_DAYS * 86_400 => {
+                            self.report(
+                                about,
+                                &format!("{path}.notDownloadedFor"),
+                                format!(
+                                    "at most {}d: downloads are remembered for {} days",
+                                    crate::repository::NOT_DOWNLOADED_FOR_LIMIT_DAYS,
+                                    crate::repository::DOWNLOADS_KEPT_DAYS
+                                ),
+                            )
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                if rule.older_than.is_none() && rule.keep_newest.is_none() && rule.not_downloaded_for.is_none() {
                     self.report(about, &path, CLEANUP_RULE_NEEDS_A_LIMIT.to_owned());
                 }
             }
@@ -1502,15 +1519,17 @@ spec:
             load(&repository("[{name: old, packages: [\"/npm/acme/*\"], origin: Cached, olderThan: 90d}]")).unwrap();
         assert_eq!(config.repository("web").unwrap().spec.cleanup[0].older_than.as_deref(), Some("90d"));
         let error = load(&repository(
-            "[{name: a, keepNewest: 1}, {name: a, packages: [\"npm/x\"], olderThan: soon}, {name: b, origin: Cached}]",
+            "[{name: a, keepNewest: 1}, {name: a, packages: [\"npm/x\"], olderThan: soon}, {name: b, origin: Cached}, \
+             {name: c, notDownloadedFor: 400d}]",
         ))
         .unwrap_err();
         let messages = messages(&error);
-        assert_eq!(messages.len(), 4, "{messages:?}");
+        assert_eq!(messages.len(), 5, "{messages:?}");
         assert!(messages[0].contains("spec.cleanup[1].name: `a` is used by an earlier rule"), "{messages:?}");
         assert!(messages[1].contains("spec.cleanup[1].packages[0]"), "{messages:?}");
         assert!(messages[2].contains("spec.cleanup[1].olderThan"), "{messages:?}");
         assert!(messages[3].contains(crate::repository::CLEANUP_RULE_NEEDS_A_LIMIT), "{messages:?}");
+        assert!(messages[4].contains("spec.cleanup[3].notDownloadedFor: at most 365d"), "{messages:?}");
     }
 
     #[test]

@@ -75,9 +75,14 @@ pub struct RepositorySpec {
     pub cleanup: Vec<CleanupRule>,
 }
 
-/// Why a cleanup rule without `olderThan` or `keepNewest` is refused: it would dispose of
-/// every version it covers.
-pub const CLEANUP_RULE_NEEDS_A_LIMIT: &str = "a cleanup rule needs olderThan or keepNewest (or both): without either it would dispose of every version it covers";
+/// Why a cleanup rule without `olderThan`, `notDownloadedFor` or `keepNewest` is refused: it
+/// would dispose of every version it covers.
+pub const CLEANUP_RULE_NEEDS_A_LIMIT: &str = "a cleanup rule needs olderThan, notDownloadedFor or keepNewest: without any of them it would dispose of every version it covers";
+
+/// The longest `notDownloadedFor`: downloads are remembered for [`DOWNLOADS_KEPT_DAYS`] days.
+pub const NOT_DOWNLOADED_FOR_LIMIT_DAYS: u64 = 365;
+/// How long the registry keeps its record of which versions were downloaded on a day.
+pub const DOWNLOADS_KEPT_DAYS: u64 = 400;
 
 /// One cleanup rule: every condition it sets must hold for a version to be disposed of.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -98,6 +103,12 @@ pub struct CleanupRule {
     /// Only versions published (or fetched) longer ago than this: `90d`, `12h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub older_than: Option<String>,
+    /// Only versions nobody downloaded (through any Repository of the Domain) for this long,
+    /// at most `365d`. A version counts as downloaded when it was published or fetched, and
+    /// when the registry started recording downloads; so a new rule, or a new registry,
+    /// disposes of nothing by this condition until it has watched for that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_downloaded_for: Option<String>,
     /// Never the newest N versions of each package (newest by publish time, Disposed ones
     /// not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -499,7 +499,7 @@ impl Packages {
     /// fetching it from the external connection first when the Domain does
     /// not hold it yet. Concurrent requests for one file make one upstream
     /// fetch; the copy is kept in `repo` and in the Repository holding the
-    /// connection.
+    /// connection. Asking counts as a download of the version (cleanup rules).
     pub async fn stored_asset(
         &self,
         repo: &str,
@@ -514,6 +514,7 @@ impl Packages {
             return Err(CoreError::NotFound(format!("{} {version} is {}", id.name, entry.status.as_str())));
         }
         let asset = entry.assets.get(asset_name).ok_or_else(missing)?;
+        self.registry.record_download(id, version);
         let Some(url) = asset.metadata.get(UPSTREAM_URL).and_then(|u| u.as_str()) else {
             return Ok(asset.digests.clone());
         };
@@ -580,6 +581,7 @@ impl Packages {
     ) -> Result<BlobDigests, CoreError> {
         let missing = || CoreError::NotFound(format!("{file_name} not found"));
         let entry = view.index().versions.get(version).filter(|e| e.status.is_installable()).ok_or_else(missing)?;
+        self.registry.record_download(id, version);
         if let Some(asset) = entry.assets.get(file_name) {
             return Ok(asset.digests.clone());
         }

@@ -22,6 +22,7 @@ use wharf_api::usage::UsageReport;
 use wharf_api::{CleanupOrigin, CleanupRule, PackageFormat, PackagePattern};
 use wharf_storage::{LeaseRecord, Storage, keys};
 
+use crate::downloads::RecentDownloads;
 use crate::{CoreError, PackageId, PackageIndex, Registry, VersionRecord, VersionStatus, decode_index};
 
 /// How long a blob must have been left alone before the collector may free it.
@@ -81,6 +82,8 @@ pub struct CollectReport {
     pub freed: Vec<FreedBlob>,
     pub freed_uploads: u64,
     pub freed_revisions: u64,
+    /// Days of download records older than any cleanup rule looks back.
+    pub freed_download_days: u64,
     /// Versions cleanup rules disposed of, and up to 1,000 of them.
     pub disposed_versions: u64,
     pub disposed: Vec<DisposedVersion>,
@@ -119,6 +122,11 @@ impl Registry {
         holder: &str,
         options: &CollectOptions,
     ) -> Result<Result<CollectReport, LeaseRecord>, CoreError> {
+        // This process's downloads count in this run; other replicas' since their last
+        // flush (minutes) do not, which a window of days does not notice.
+        if let Err(error) = self.flush_downloads().await {
+            tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "downloads could not be recorded");
+        }
         let lease = match self.storage.acquire_lease("gc", holder, LEASE).await? {
             Ok(lease) => lease,
             Err(held) => return Ok(Err(held)),
@@ -150,7 +158,12 @@ impl Registry {
         drop(blobs);
 
         let mut marks = Marks::default();
-        self.mark_packages(&mut marks, &mut report, cutoff, options).await?;
+        let downloads = match longest_unused_window(&options.cleanup) {
+            Some(window) => RecentDownloads::read(storage, (Utc::now() - window).date_naive()).await?,
+            None => RecentDownloads::default(),
+        };
+        self.mark_packages(&mut marks, &mut report, cutoff, options, &downloads).await?;
+        report.freed_download_days = RecentDownloads::forget_old_days(storage, Utc::now(), options.dry_run).await?;
         wharf_upstream::kept_document_blobs(storage, |sha256| marks.keep(sha256)).await?;
 
         for (sha256, size) in candidates {
@@ -204,6 +217,7 @@ impl Registry {
         report: &mut CollectReport,
         cutoff: DateTime<Utc>,
         options: &CollectOptions,
+        downloads: &RecentDownloads,
     ) -> Result<(), CoreError> {
         let dry_run = options.dry_run;
         let storage = &self.storage;
@@ -219,7 +233,8 @@ impl Registry {
                     let disposed = match (&index, options.cleanup.get(&repo), format.parse::<PackageFormat>()) {
                         (Some(snapshot), Some(rules), Ok(parsed)) => {
                             let id = PackageId::new(parsed, name.clone());
-                            self.apply_cleanup(&repo, &id, &snapshot.index, rules, dry_run, report).await?
+                            let cleanup = Cleanup { rules, downloads, dry_run };
+                            self.apply_cleanup(&repo, &id, &snapshot.index, &cleanup, report).await?
                         }
                         _ => BTreeSet::new(),
                     };
@@ -265,13 +280,12 @@ impl Registry {
         repo: &str,
         id: &PackageId,
         index: &PackageIndex,
-        rules: &[CleanupRule],
-        dry_run: bool,
+        cleanup: &Cleanup<'_>,
         report: &mut CollectReport,
     ) -> Result<BTreeSet<String>, CoreError> {
         let mut disposed = BTreeSet::new();
-        for (version, rule) in expired_versions(index, id, rules, Utc::now()) {
-            if !dry_run {
+        for (version, rule) in expired_versions(index, id, cleanup.rules, cleanup.downloads, Utc::now()) {
+            if !cleanup.dry_run {
                 let current = index.versions.get(&version).map(|entry| entry.status);
                 let by = format!("cleanup/{rule}");
                 match self.set_status(repo, id, &version, current, VersionStatus::Disposed, &by).await {
@@ -304,6 +318,7 @@ pub fn expired_versions(
     index: &PackageIndex,
     id: &PackageId,
     rules: &[CleanupRule],
+    downloads: &RecentDownloads,
     now: DateTime<Utc>,
 ) -> Vec<(String, String)> {
     let (namespace, name) = crate::policy::coordinates(id);
@@ -322,11 +337,14 @@ pub fn expired_versions(
                 .filter_map(|text| PackagePattern::parse(text).ok())
                 .any(|pattern| pattern.matches(id.format, &namespace, &name));
         let older_than = rule.older_than.as_deref().map(wharf_api::parse_duration);
-        if !covered || matches!(older_than, Some(Err(_))) || (older_than.is_none() && rule.keep_newest.is_none()) {
+        let unused_for = rule.not_downloaded_for.as_deref().map(wharf_api::parse_duration);
+        let limitless = older_than.is_none() && unused_for.is_none() && rule.keep_newest.is_none();
+        if !covered || matches!(older_than, Some(Err(_))) || matches!(unused_for, Some(Err(_))) || limitless {
             continue;
         }
-        let cutoff =
-            older_than.and_then(Result::ok).map(|age| now - chrono::Duration::from_std(age).unwrap_or_default());
+        let before = |age: std::time::Duration| now - chrono::Duration::from_std(age).unwrap_or_default();
+        let cutoff = older_than.and_then(Result::ok).map(before);
+        let unused_cutoff = unused_for.and_then(Result::ok).map(before);
         let of_origin = live.iter().filter(|(_, entry)| match rule.origin {
             CleanupOrigin::Any => true,
             CleanupOrigin::Cached => entry.fetched_from.is_some(),
@@ -335,13 +353,32 @@ pub fn expired_versions(
         for (rank, (version, entry)) in of_origin.enumerate() {
             let kept = rule.keep_newest.is_some_and(|newest| rank < newest as usize);
             let young = cutoff.is_some_and(|cutoff| entry.created > cutoff);
+            let used = unused_cutoff.is_some_and(|cutoff| !downloads.unused_since(id, version, entry.created, cutoff));
             let tagged = index.tags.values().any(|tagged| tagged == *version);
-            if !kept && !young && !tagged && !selected.iter().any(|(chosen, _)| chosen == *version) {
+            if !kept && !young && !used && !tagged && !selected.iter().any(|(chosen, _)| chosen == *version) {
                 selected.push(((*version).clone(), rule.name.clone()));
             }
         }
     }
     selected
+}
+
+/// How one package's cleanup runs.
+struct Cleanup<'a> {
+    rules: &'a [CleanupRule],
+    downloads: &'a RecentDownloads,
+    dry_run: bool,
+}
+
+/// How far back the download record is read: the longest `notDownloadedFor` of any rule.
+fn longest_unused_window(cleanup: &BTreeMap<String, Vec<CleanupRule>>) -> Option<chrono::Duration> {
+    cleanup
+        .values()
+        .flatten()
+        .filter_map(|rule| rule.not_downloaded_for.as_deref())
+        .filter_map(|text| wharf_api::parse_duration(text).ok())
+        .filter_map(|window| chrono::Duration::from_std(window).ok())
+        .max()
 }
 
 /// Frees revisions older than `newest - 1` written before `cutoff`: strays and what a
@@ -559,10 +596,11 @@ mod tests {
             packages: packages.iter().map(|p| (*p).to_owned()).collect(),
             origin,
             older_than: older_than.map(Into::into),
+            not_downloaded_for: None,
             keep_newest,
         };
         let names = |rules: &[CleanupRule]| {
-            expired_versions(&index, &id, rules, now)
+            expired_versions(&index, &id, rules, &RecentDownloads::default(), now)
                 .into_iter()
                 .map(|(v, rule)| format!("{v}:{rule}"))
                 .collect::<Vec<_>>()
@@ -583,6 +621,48 @@ mod tests {
             ]),
             ["1.2.0:a", "1.3.0:b"]
         );
+    }
+
+    #[test]
+    fn not_downloaded_for_spares_what_was_downloaded_within_the_window_and_waits_for_a_full_record() {
+        use crate::VersionEntry;
+        let now = Utc::now();
+        let days_ago = |days: i64| now - chrono::Duration::days(days);
+        let mut index = PackageIndex::default();
+        for (version, age) in [("1.0.0", 300), ("1.1.0", 200), ("1.2.0", 100), ("1.3.0", 10)] {
+            let entry = VersionEntry {
+                status: VersionStatus::Published,
+                created: days_ago(age),
+                metadata: serde_json::json!({}),
+                assets: Default::default(),
+                deprecated: None,
+                withdrawn: false,
+                fetched_from: None,
+            };
+            index.versions.insert(version.into(), entry);
+        }
+        let id = PackageId::new(PackageFormat::Pypi, "requests");
+        let unused = |window: &str| CleanupRule {
+            name: "unused".into(),
+            not_downloaded_for: Some(window.into()),
+            ..CleanupRule::default()
+        };
+        let mut downloads = RecentDownloads::recorded_since(days_ago(365));
+        downloads.note(&id, "1.0.0", days_ago(400).date_naive());
+        downloads.note(&id, "1.1.0", days_ago(20).date_naive());
+        let names = |rules: &[CleanupRule], downloads: &RecentDownloads| {
+            expired_versions(&index, &id, rules, downloads, now).into_iter().map(|(v, _)| v).collect::<Vec<_>>()
+        };
+        // 1.0.0 was last downloaded before the window, 1.2.0 never; 1.1.0 lately; 1.3.0 is young.
+        assert_eq!(names(&[unused("90d")], &downloads), ["1.2.0", "1.0.0"]);
+        assert_eq!(names(&[unused("15d")], &downloads), ["1.2.0", "1.1.0", "1.0.0"]);
+        // With other conditions, all must hold.
+        let kept = CleanupRule { keep_newest: Some(3), ..unused("90d") };
+        assert_eq!(names(&[kept], &downloads), ["1.0.0"]);
+        // A record begun within the window cannot tell: nothing goes by it.
+        let fresh = RecentDownloads::recorded_since(days_ago(30));
+        assert!(names(&[unused("90d")], &fresh).is_empty());
+        assert!(names(&[unused("90d")], &RecentDownloads::default()).is_empty());
     }
 
     /// Collections racing publishes that reuse disposed bytes: no acknowledged version

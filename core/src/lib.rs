@@ -14,6 +14,7 @@
 pub mod adapter;
 pub mod chain;
 pub mod collect;
+pub mod downloads;
 pub mod explain;
 pub mod model;
 pub mod policy;
@@ -191,6 +192,7 @@ pub struct Registry {
     packages: Mutex<HashMap<CacheKey, Arc<CachedPackage>>>,
     /// Origin records seen; they are create-once, so never stale.
     origins: Mutex<HashMap<PackageId, PackageOrigin>>,
+    downloads: downloads::DownloadLog,
     epoch: Instant,
 }
 
@@ -200,6 +202,7 @@ impl Registry {
             storage,
             packages: Mutex::new(HashMap::new()),
             origins: Mutex::new(HashMap::new()),
+            downloads: downloads::DownloadLog::default(),
             epoch: Instant::now(),
         }
     }
@@ -211,6 +214,16 @@ impl Registry {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// Notes that a file of `version` was served (see [`downloads`]).
+    pub fn record_download(&self, id: &PackageId, version: &str) {
+        self.downloads.record(id, version);
+    }
+
+    /// Writes the downloads noted since the last flush.
+    pub async fn flush_downloads(&self) -> Result<(), CoreError> {
+        self.downloads.flush(&self.storage).await
     }
 
     /// Streams an upload into staging (see [`Storage::stage_blob`]): the

@@ -89,6 +89,7 @@ impl Collector {
                     freed_bytes = report.freed_bytes,
                     freed_uploads = report.freed_uploads,
                     freed_revisions = report.freed_revisions,
+                    freed_download_days = report.freed_download_days,
                     disposed_versions = report.disposed_versions,
                     blobs = report.blobs,
                     packages = report.packages,

@@ -118,6 +118,10 @@ struct ServeArgs {
     /// so). A duration: 10s, 1m.
     #[arg(long, env = "WHARF_KEY_REFRESH_INTERVAL", default_value = "10s", value_parser = timeout)]
     key_refresh_interval: Duration,
+    /// How often each replica writes which versions were downloaded since it last did, for
+    /// cleanup rules' notDownloadedFor (one storage write each time, whatever the traffic).
+    #[arg(long, env = "WHARF_DOWNLOADS_FLUSH_INTERVAL", default_value = "5m", value_parser = timeout)]
+    downloads_flush_interval: Duration,
     /// Time between runs of the storage collector (`storage gc`); replicas take turns.
     #[arg(long, env = "WHARF_GC_INTERVAL", default_value = "6h", value_parser = timeout)]
     gc_interval: Duration,
@@ -307,13 +311,14 @@ async fn collect(args: GcArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "Domain {domain:?}: {verb} {} of {} blobs ({} bytes), {} staging leftovers and {} old index revisions; {} \
-         blobs are referenced, {} too recent to judge (grace {:?}); {} packages read in {:.1} s",
+        "Domain {domain:?}: {verb} {} of {} blobs ({} bytes), {} staging leftovers, {} old index revisions and {} \
+         days of download records; {} blobs are referenced, {} too recent to judge (grace {:?}); {} packages read in {:.1} s",
         report.freed_blobs,
         report.blobs,
         report.freed_bytes,
         report.freed_uploads,
         report.freed_revisions,
+        report.freed_download_days,
         report.referenced_blobs,
         report.recent_blobs,
         args.grace,
@@ -356,6 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         token_review,
         key_refresh: args.key_refresh_interval,
+        downloads_flush: args.downloads_flush_interval,
         collect: wharf_registry::collector::CollectSchedule { interval: args.gc_interval, grace: args.gc_grace },
         usage,
     };
@@ -383,6 +389,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies = %connection_limits.trusted_proxies,
         "serving"
     );
-    startup::serve(listener, live, connection_limits).await;
+    startup::serve(listener, live.clone(), connection_limits).await;
+    if let Err(error) = live.state().packages.registry.flush_downloads().await {
+        tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "the last downloads could not be recorded");
+    }
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub key_refresh: std::time::Duration,
     /// When the storage collector runs.
     pub collect: crate::collector::CollectSchedule,
+    /// How often the downloads noted in memory are written (cleanup rules read them).
+    pub downloads_flush: std::time::Duration,
     /// Where each collection reports usage (cluster mode).
     pub usage: Option<Arc<crate::cluster::UsageReporter>>,
 }
@@ -115,6 +117,7 @@ pub async fn build_state(
     let tokens = TokenLedger::new(storage.clone());
     tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
     let registry = Arc::new(Registry::new(storage));
+    tokio::spawn(flush_downloads(Arc::downgrade(&registry), options.downloads_flush));
     let collector =
         crate::collector::Collector::start(registry.clone(), options.collect.clone(), options.usage.clone());
     collector.set_cleanup(&config);
@@ -129,6 +132,18 @@ pub async fn build_state(
         token_review: options.token_review.clone(),
         collector,
     }))
+}
+
+/// Writes the downloads `registry` notes every `interval`, until it is dropped.
+async fn flush_downloads(registry: std::sync::Weak<Registry>, interval: std::time::Duration) {
+    loop {
+        let Some(registry) = registry.upgrade() else { return };
+        if let Err(error) = registry.flush_downloads().await {
+            tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "downloads could not be recorded");
+        }
+        drop(registry);
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// The pipelines every format's requests go through, over one configuration revision.
@@ -310,6 +325,7 @@ mod tests {
         let config = wharf_api::DomainConfig::embedded_default("unused");
         let options = super::ServeOptions {
             key_refresh: std::time::Duration::from_secs(10),
+            downloads_flush: std::time::Duration::from_secs(300),
             collect: Default::default(),
             usage: None,
             upstream: Default::default(),

@@ -404,6 +404,22 @@ pub mod keys {
         path(["repositories", repo])
     }
 
+    /// Every day's record of downloaded versions.
+    pub fn download_days() -> Path {
+        path(["downloads", "days"])
+    }
+
+    /// What one writer (a registry process) saw downloaded on `day` (`YYYY-MM-DD`).
+    pub fn download_shard(day: &str, writer: &str) -> Path {
+        let file = format!("{writer}.json");
+        path(["downloads", "days", day, &file])
+    }
+
+    /// When the Domain's downloads began to be recorded.
+    pub fn downloads_since() -> Path {
+        path(["downloads", "since.json"])
+    }
+
     /// A lease one process holds at a time (`gc`: the storage collector).
     pub fn lease(name: &str) -> Path {
         let file = format!("{name}.json");

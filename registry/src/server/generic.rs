@@ -113,6 +113,7 @@ pub async fn get_asset(
             ));
         }
         let file = entry.assets.get(&asset).ok_or_else(missing)?;
+        state.packages.registry.record_download(&id, &version);
         blob::serve(&state.packages.registry, &file.digests, "application/octet-stream", &method, &headers, STYLE).await
     }
     .await;

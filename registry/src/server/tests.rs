@@ -83,6 +83,7 @@ impl TestApp {
         let config = wharf_api::DomainConfig::from_yaml_str("test.yaml", config).unwrap();
         let options = ServeOptions {
             key_refresh: std::time::Duration::from_secs(10),
+            downloads_flush: std::time::Duration::from_secs(300),
             collect: Default::default(),
             usage: None,
             upstream,

@@ -161,10 +161,12 @@ async fn domains() {
     rejects(&client, &one_key, "name the Secret only").await;
     accepts(&client, &repository("tidy", "  cleanup: [{name: old, origin: Cached, olderThan: 90d, keepNewest: 5}]\n"))
         .await;
+    accepts(&client, &repository("unused", "  cleanup: [{name: unused, origin: Cached, notDownloadedFor: 180d}]\n"))
+        .await;
     rejects(
         &client,
         &repository("limitless", "  cleanup: [{name: all, packages: [\"/*\"]}]\n"),
-        "needs olderThan or keepNewest",
+        "needs olderThan, notDownloadedFor or keepNewest",
     )
     .await;
     rejects(
