@@ -85,12 +85,18 @@ impl DownloadLog {
         }
     }
 
-    /// Writes what was noted since the last flush, and notes when recording began if no
-    /// process of the Domain has yet. A shard that fails to write is tried again next time.
-    pub async fn flush(&self, storage: &Storage) -> Result<(), CoreError> {
+    /// Notes when recording began, unless a process of the Domain has already: a serving
+    /// process calls this before it serves.
+    pub async fn begin(storage: &Storage) -> Result<(), CoreError> {
         if let Created::Created = storage.create_json(&keys::downloads_since(), &Since { since: Utc::now() }).await? {
             tracing::info!("recording downloads for cleanup rules from now on");
         }
+        Ok(())
+    }
+
+    /// Writes what was noted since the last flush. A shard that fails to write is tried
+    /// again next time.
+    pub async fn flush(&self, storage: &Storage) -> Result<(), CoreError> {
         let dirty: Vec<((NaiveDate, u32), StoredShard)> = {
             let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
             shards
@@ -228,6 +234,7 @@ mod tests {
             log.record_on(day("2026-11-01"), &left_pad, "1.0.0");
         }
         log.record_on(day("2026-11-02"), &left_pad, "1.1.0");
+        DownloadLog::begin(&storage).await.unwrap();
         log.flush(&storage).await.unwrap();
         let shards: Vec<_> = storage.list_objects(&keys::download_days()).collect().await;
         assert_eq!(shards.len(), 2, "one object per day for this writer: {shards:?}");

@@ -136,8 +136,13 @@ pub async fn build_state(
 
 /// Writes the downloads `registry` notes every `interval`, until it is dropped.
 async fn flush_downloads(registry: std::sync::Weak<Registry>, interval: std::time::Duration) {
+    // Retried each round until storage answers.
+    let mut begun = false;
     loop {
         let Some(registry) = registry.upgrade() else { return };
+        if !begun {
+            begun = wharf_core::downloads::DownloadLog::begin(registry.storage()).await.is_ok();
+        }
         if let Err(error) = registry.flush_downloads().await {
             tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "downloads could not be recorded");
         }

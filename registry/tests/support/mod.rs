@@ -674,6 +674,80 @@ impl Drop for AzureEmulator {
     }
 }
 
+/// A real S3-compatible server: SeaweedFS's all-in-one `weed mini` (master, volume server,
+/// filer and S3 gateway; built by `tests/seaweedfs.sh`) on free loopback ports, with one
+/// identity it checks signatures against (`wharf-test-key`) and the bucket `bucket`
+/// created at start. Keeps its data in a temporary folder; stopped on drop.
+pub struct SeaweedS3 {
+    child: Child,
+    pub endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+impl SeaweedS3 {
+    pub fn start(bucket: &str) -> SeaweedS3 {
+        let binary = std::env::var_os("WHARF_SEAWEEDFS_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let cache = std::env::var_os("HOME").map(PathBuf::from).unwrap().join(".cache/wharf/seaweedfs");
+            let built = std::fs::read_dir(&cache).ok().and_then(|mut dirs| {
+                dirs.find_map(|dir| Some(dir.ok()?.path().join("weed")).filter(|weed| weed.exists()))
+            });
+            built.expect("SeaweedFS is missing: run tests/seaweedfs.sh (tests/run.sh does it)")
+        });
+        let data = tempfile::tempdir().unwrap();
+        // Every port explicit: its defaults are fixed ports, gRPC ones 10,000 above.
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners: Vec<_> = (0..8).map(|_| free()).collect();
+        let ports: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().port().to_string()).collect();
+        drop(listeners);
+        let flags = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+        ];
+        let mut command = Command::new(binary);
+        command.args(["mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false"]);
+        command.args(["-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false"]);
+        command.arg(format!("-dir={}", data.path().display()));
+        command.arg(format!("-bucket={bucket}"));
+        for (flag, port) in flags.iter().zip(&ports) {
+            command.arg(format!("-{flag}={port}"));
+        }
+        let log = std::fs::File::create(data.path().join("weed.log")).unwrap();
+        let child = command
+            .env("AWS_ACCESS_KEY_ID", "wharf-test-key")
+            .env("AWS_SECRET_ACCESS_KEY", "wharf-test-secret")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("failed to start SeaweedFS");
+        let mut server = SeaweedS3 { child, endpoint: format!("http://127.0.0.1:{}", ports[6]), _data: data };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Anonymous requests are refused once the gateway is up and the bucket exists.
+        while http_status(&format!("{}/{bucket}", server.endpoint)).ok() != Some(403) {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(server._data.path().join("weed.log")).unwrap_or_default();
+                panic!("SeaweedFS exited before answering: {status}\n{log}");
+            }
+            assert!(Instant::now() < deadline, "SeaweedFS's S3 gateway did not answer within 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+}
+
+impl Drop for SeaweedS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The Maven project template the tests deploy (`tests/install-clients.sh`
 /// builds it once to cache every plugin it needs).
 pub const LIBRARY_POM: &str = include_str!("../maven/library.pom.xml");
