@@ -44,18 +44,27 @@ if ! command -v lua5.4 >/dev/null 2>&1 && ! command -v lua >/dev/null 2>&1; then
     fi
 fi
 
-# NuGet's own command-line client (nuget.exe, from the npm package
-# nuget-exe) runs on Mono; Debian packages Mono.
-if ! command -v mono >/dev/null 2>&1; then
+# debian_package COMMAND PACKAGE WHAT-FOR: installs PACKAGE with apt-get when COMMAND is missing.
+debian_package() {
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "install-clients: installing mono-complete with apt-get (about 80 s)"
-        apt-get install -y -qq --no-install-recommends mono-complete >/dev/null \
-            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends mono-complete >/dev/null; }
+        echo "install-clients: installing $2 with apt-get ($3)"
+        apt-get install -y -qq --no-install-recommends "$2" >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$2" >/dev/null; }
     else
-        echo "install-clients: Mono is required for the NuGet client (Debian: apt-get install mono-complete)" >&2
+        echo "install-clients: $1 is required for $3 (Debian: apt-get install $2)" >&2
         exit 1
     fi
-fi
+}
+
+# NuGet's own command-line client (nuget.exe, from the npm package
+# nuget-exe) runs on Mono (about 80 s to install).
+debian_package mono mono-complete "the NuGet client"
+# The images (images/build.sh) run under a real OCI runtime; umoci unpacks them as any
+# OCI consumer would.
+debian_package runc runc "the image tests"
+debian_package umoci umoci "the image tests"
+debian_package objcopy binutils "the image build"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
     echo "install-clients: Python clients already in $TOOLS_DIR/venv"
