@@ -16,10 +16,18 @@
 //! and `KUBECONFIG` names a kubeconfig with the same token, since the apiserver is on
 //! loopback, not at `kubernetes.default.svc`.
 //!
-//! Not a kubelet: no isolation (processes run as this user, on this machine's filesystem and
-//! network), no images (a Deployment's image is a registered binary; a Job's `command[0]` is
-//! taken to be installed on this machine's PATH), tokens are not refreshed, and there is no
-//! kubelet API, so no `kubectl logs` or `exec` ([`crate::Node::pod_log`] instead).
+//! An image registered as an OCI archive ([`Kubelet::container_image`]) runs as a container
+//! under runc instead ([`crate::oci`]): its own root file system, the pod's security context
+//! (user, read-only root, capabilities, no privilege escalation, seccomp `RuntimeDefault`),
+//! the volumes bind-mounted at their mount paths (given to the pod's user, as `fsGroup`
+//! does), and the kubeconfig mounted at `/var/run/wharf-harness`. It shares the node's
+//! network, so it listens on loopback like the processes do.
+//!
+//! Not a kubelet: a registered binary runs without isolation (as this user, on this
+//! machine's filesystem and network), a Job's `command[0]` is taken to be installed on this
+//! machine's PATH, containers share the host's network, tokens are not refreshed, the
+//! grace period before SIGKILL is 5 s whatever the pod says, and there is no kubelet API,
+//! so no `kubectl logs` or `exec` ([`crate::Node::pod_log`] instead).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -36,6 +44,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, KeyToPath, PodSpe
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
+use crate::oci::{RuntimeConfig, UnpackedImage};
 use crate::{ControlPlane, free_ports};
 
 /// How long a program may take to answer its readiness probe.
@@ -55,12 +64,13 @@ pub struct Kubelet<'a> {
     claims: Arc<ClaimFolders>,
 }
 
-/// The program an image name stands for.
+/// The program an image name stands for: a binary of this machine, or an unpacked image.
 #[derive(Clone, Debug)]
 pub(crate) struct Image {
     pub(crate) binary: PathBuf,
     pub(crate) listen: Listen,
     pub(crate) probe: String,
+    pub(crate) unpacked: Option<Arc<UnpackedImage>>,
 }
 
 /// Where the program of a container listens.
@@ -78,6 +88,8 @@ pub(crate) struct Process {
     pub(crate) log: PathBuf,
     stdin: Option<ChildStdin>,
     child: Child,
+    /// The runc container the process is, when it is one.
+    container: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -104,6 +116,10 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.signal_stop();
         let _ = self.child.wait();
+        // A container outlives a runc killed before it stopped; it goes with the process.
+        if let Some(id) = &self.container {
+            crate::oci::delete_container(id);
+        }
     }
 }
 
@@ -152,6 +168,8 @@ pub(crate) struct Launch {
     /// The port the pod template has it listen on, which Services target.
     pub(crate) container_port: Option<i32>,
     pub(crate) dir: tempfile::TempDir,
+    /// The runc container it runs as, when it is one.
+    pub(crate) container: Option<String>,
 }
 
 impl Launch {
@@ -159,7 +177,7 @@ impl Launch {
     pub(crate) fn spawn(self) -> anyhow::Result<Process> {
         let log = self.dir.path().join("pod.log");
         let (child, stdin) = spawn_supervised(self.command, &log)?;
-        Ok(Process { log, stdin, child, _dir: self.dir })
+        Ok(Process { log, stdin, child, container: self.container, _dir: self.dir })
     }
 }
 
@@ -185,8 +203,26 @@ impl<'a> Kubelet<'a> {
     /// segment before the tag or digest: `registry.example/acme/wharf-operator:0.1.0` is
     /// `wharf-operator`), listening where `listen` says, ready when `probe` answers 200.
     pub fn image(mut self, name: &str, binary: impl Into<PathBuf>, listen: Listen, probe: &str) -> Self {
-        self.images.insert(name.to_owned(), Image { binary: binary.into(), listen, probe: probe.to_owned() });
+        let image = Image { binary: binary.into(), listen, probe: probe.to_owned(), unpacked: None };
+        self.images.insert(name.to_owned(), image);
         self
+    }
+
+    /// Registers the OCI image `archive` (tagged `tag`) for images whose repository is
+    /// `name`: its containers run under runc ([`crate::oci`]).
+    pub fn container_image(
+        mut self,
+        name: &str,
+        archive: &Path,
+        tag: &str,
+        listen: Listen,
+        probe: &str,
+    ) -> anyhow::Result<Self> {
+        let unpacked = UnpackedImage::unpack_to_temporary(archive, tag)?;
+        let image =
+            Image { binary: PathBuf::new(), listen, probe: probe.to_owned(), unpacked: Some(Arc::new(unpacked)) };
+        self.images.insert(name.to_owned(), image);
+        Ok(self)
     }
 
     /// The local folder of PersistentVolumeClaim `namespace/claim`.
@@ -212,7 +248,8 @@ impl<'a> Kubelet<'a> {
         listen: Listen,
         probe: &str,
     ) -> anyhow::Result<RunningPod> {
-        self.run_image(namespace, name, &Image { binary: binary.to_owned(), listen, probe: probe.to_owned() }).await
+        let image = Image { binary: binary.to_owned(), listen, probe: probe.to_owned(), unpacked: None };
+        self.run_image(namespace, name, &image).await
     }
 
     async fn run_image(&self, namespace: &str, name: &str, image: &Image) -> anyhow::Result<RunningPod> {
@@ -244,27 +281,18 @@ impl<'a> Kubelet<'a> {
         let dir = tempfile::Builder::new().prefix("wharf-pod-").tempdir()?;
         let token = self.plane.service_account_token_for(namespace, account, None, DEFAULT_TOKEN_SECONDS).await?;
         let mounts = self.materialise_volumes(client, namespace, pod, container, &token, dir.path()).await?;
+        let mut environment = environment(client, namespace, pod_name, pod, container).await?;
+        if let Entrypoint::Image(Image { unpacked: Some(unpacked), listen, .. }) = entrypoint {
+            let pod = Pod { namespace, name: pod_name, spec: pod, container, account, token: &token, proxy };
+            return self.launch_container(&pod, unpacked, *listen, mounts, environment, dir);
+        }
         let rewrite = |value: &str| rewrite_paths(value, &mounts);
 
         let mut args: Vec<String> = container.args.iter().flatten().map(|arg| rewrite(arg)).collect();
-        let mut environment = environment(client, namespace, pod_name, pod, container).await?;
         let (program, port, container_port) = match entrypoint {
             Entrypoint::Image(image) => {
                 let [port] = free_ports()?;
-                let address = format!("127.0.0.1:{port}");
-                let original = match image.listen {
-                    Listen::Flag(flag) => set_flag(&mut args, flag, &address),
-                    Listen::Env(variable) => {
-                        let entry = environment.iter_mut().find(|(key, _)| key == variable);
-                        match entry {
-                            Some((_, value)) => Some(std::mem::replace(value, address)),
-                            None => {
-                                environment.push((variable.to_owned(), address));
-                                None
-                            }
-                        }
-                    }
-                };
+                let original = listen_at(image.listen, &mut args, &mut environment, format!("127.0.0.1:{port}"));
                 let container_port = original.as_deref().and_then(port_of);
                 (image.binary.clone(), Some(port), container_port)
             }
@@ -291,21 +319,74 @@ impl<'a> Kubelet<'a> {
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, self.plane.kubeconfig_yaml(&format!("{namespace}-{account}"), &token))?;
         command.env("KUBECONFIG", &kubeconfig);
-        if let Some(proxy) = proxy {
-            let url = format!("http://127.0.0.1:{proxy}");
-            // npm, pip and curl read either case; the apiserver stays direct.
-            for key in ["http_proxy", "HTTP_PROXY"] {
-                command.env(key, &url);
-            }
-            for key in ["no_proxy", "NO_PROXY"] {
-                command.env(key, "127.0.0.1,localhost");
-            }
+        for (key, value) in proxy_environment(proxy) {
+            command.env(key, value);
         }
         // A container starts in its image's working directory; here the pod's folder stands
         // in for it, so relative writes stay inside.
         let working_dir = container.working_dir.as_deref().map(rewrite);
         command.current_dir(working_dir.map_or_else(|| dir.path().to_owned(), PathBuf::from));
-        Ok(Launch { command, port, container_port, dir })
+        Ok(Launch { command, port, container_port, dir, container: None })
+    }
+
+    /// [`Kubelet::launch`] for an unpacked image: `runc run` of a bundle whose configuration
+    /// is the image's with the pod's security context, its volumes mounted where the pod
+    /// mounts them, and the kubeconfig at `/var/run/wharf-harness`.
+    fn launch_container(
+        &self,
+        pod: &Pod<'_>,
+        unpacked: &UnpackedImage,
+        listen: Listen,
+        mounts: BTreeMap<String, PathBuf>,
+        mut environment: Vec<(String, String)>,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Launch> {
+        let container = pod.container;
+        let [port] = free_ports()?;
+        let mut args: Vec<String> = container.args.clone().unwrap_or_default();
+        let original = listen_at(listen, &mut args, &mut environment, format!("127.0.0.1:{port}"));
+        // The container's command replaces the image's entrypoint, its args the image's
+        // command; these images' entrypoint is their binary alone.
+        let image_args = unpacked.config()?["process"]["args"].clone();
+        let entrypoint = image_args[0].as_str().context("the image has no entrypoint")?.to_owned();
+        let command = container.command.clone().unwrap_or_else(|| vec![entrypoint]);
+        let mut runtime = RuntimeConfig::new(unpacked, &[command, args].concat())?;
+        runtime.secure(pod.spec, container);
+        let (uid, gid) = runtime.user();
+
+        let read_only: BTreeMap<&str, bool> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|mount| (mount.mount_path.trim_end_matches('/'), mount.read_only.unwrap_or(false)))
+            .collect();
+        for (path, folder) in &mounts {
+            crate::oci::give_to(folder, uid, gid)?;
+            let read_only = read_only.get(path.as_str()).copied().unwrap_or(path == SERVICE_ACCOUNT_MOUNT);
+            runtime.bind(folder, path, read_only);
+        }
+        // The apiserver is on loopback, not at kubernetes.default.svc: a kubeconfig says so.
+        let harness = dir.path().join("harness");
+        std::fs::create_dir_all(&harness)?;
+        std::fs::copy(self.plane.ca_certificate(), harness.join("ca.crt"))?;
+        let user = format!("{}-{}", pod.namespace, pod.account);
+        let kubeconfig =
+            self.plane.kubeconfig_yaml_with_ca(&user, pod.token, Path::new(HARNESS_MOUNT).join("ca.crt").as_path());
+        std::fs::write(harness.join("kubeconfig"), kubeconfig)?;
+        crate::oci::give_to(&harness, uid, gid)?;
+        runtime.bind(&harness, HARNESS_MOUNT, true);
+        runtime.env("KUBECONFIG", &format!("{HARNESS_MOUNT}/kubeconfig"));
+        for (key, value) in environment.iter().map(|(k, v)| (k.as_str(), v.clone())).chain(proxy_environment(pod.proxy))
+        {
+            runtime.env(key, &value);
+        }
+        let bundle = dir.path().join("bundle");
+        runtime.write(&bundle)?;
+        let id = format!("wharf-{}-{}-{port}", pod.namespace, pod.name);
+        let mut command = Command::new(crate::oci::tool("runc")?);
+        command.args(["run", "--bundle"]).arg(&bundle).arg(&id).current_dir(dir.path());
+        let container_port = original.as_deref().and_then(port_of);
+        Ok(Launch { command, port: Some(port), container_port, dir, container: Some(id) })
     }
 
     /// Materialises the volumes `container` mounts (and the ServiceAccount token unless the
@@ -509,6 +590,50 @@ impl ControlPlane {
     pub async fn mark_available(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
         mark_available(&self.admin_client().await?, namespace, name, None).await
     }
+}
+
+/// Where a container finds the harness's kubeconfig and the apiserver's certificate.
+const HARNESS_MOUNT: &str = "/var/run/wharf-harness";
+
+/// The pod a container belongs to, as [`Kubelet::launch_container`] needs it.
+struct Pod<'b> {
+    namespace: &'b str,
+    name: &'b str,
+    spec: &'b PodSpec,
+    container: &'b Container,
+    account: &'b str,
+    token: &'b str,
+    /// The node's Service proxy.
+    proxy: Option<u16>,
+}
+
+/// Moves where a program listens to `address`, by flag or environment variable; returns
+/// where it listened before.
+fn listen_at(
+    listen: Listen,
+    args: &mut Vec<String>,
+    environment: &mut Vec<(String, String)>,
+    address: String,
+) -> Option<String> {
+    match listen {
+        Listen::Flag(flag) => set_flag(args, flag, &address),
+        Listen::Env(variable) => match environment.iter_mut().find(|(key, _)| key == variable) {
+            Some((_, value)) => Some(std::mem::replace(value, address)),
+            None => {
+                environment.push((variable.to_owned(), address));
+                None
+            }
+        },
+    }
+}
+
+/// The node's Service proxy for npm, pip and curl (they read either case); the apiserver
+/// stays direct.
+fn proxy_environment(proxy: Option<u16>) -> Vec<(&'static str, String)> {
+    let Some(proxy) = proxy else { return Vec::new() };
+    let url = format!("http://127.0.0.1:{proxy}");
+    let direct = "127.0.0.1,localhost".to_owned();
+    vec![("http_proxy", url.clone()), ("HTTP_PROXY", url), ("no_proxy", direct.clone()), ("NO_PROXY", direct)]
 }
 
 /// Resolves a container's environment as the kubelet does.

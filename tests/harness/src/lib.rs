@@ -17,6 +17,7 @@
 
 mod kubelet;
 mod node;
+pub mod oci;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -189,12 +190,18 @@ impl ControlPlane {
     /// A kubeconfig for a bearer token against this apiserver, trusting the certificate the
     /// apiserver generated for itself.
     pub fn kubeconfig_yaml(&self, user: &str, token: &str) -> String {
+        self.kubeconfig_yaml_with_ca(user, token, &self.ca_certificate())
+    }
+
+    /// [`ControlPlane::kubeconfig_yaml`] naming the apiserver's certificate at `ca` (where a
+    /// container sees it).
+    pub fn kubeconfig_yaml_with_ca(&self, user: &str, token: &str, ca: &Path) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: wharf-test\n  cluster:\n    server: {server}\n    \
              certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}\n  \
              context:\n    cluster: wharf-test\n    user: {user}\ncurrent-context: {user}\n",
             server = self.server,
-            ca = self.dir.join("certs/apiserver.crt").display(),
+            ca = ca.display(),
         )
     }
 

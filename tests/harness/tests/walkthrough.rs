@@ -3,7 +3,9 @@
 //! at the apiserver's version) on the PATH and the cluster-admin kubeconfig, against the real
 //! control plane. The harness's stand-in node runs what those commands create (the operator
 //! from the chart, the registry the operator renders, the example's Jobs), so a README that
-//! drifts from the charts, the examples or the code fails here.
+//! drifts from the charts, the examples or the code fails here. The operator and the registry
+//! run as containers of the images `images/build.sh` builds from the suite's binaries, under
+//! runc with the security contexts the chart and the operator give their pods.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use wharf_test_harness::oci::build_images;
 use wharf_test_harness::{ControlPlane, Kubelet, Listen, Node, helm_binary, workspace_binary};
 
 fn root() -> PathBuf {
@@ -58,13 +61,16 @@ async fn the_readme_walkthrough_installs_a_package_from_a_pod() {
     let helm = helm_binary().unwrap();
     let plane = ControlPlane::shared().await;
     let kubectl = PathBuf::from(plane.kubectl().unwrap().get_program());
-    let node = Kubelet::new(plane, workspace_binary("wharf-registry").unwrap())
-        .image(
-            "wharf-operator",
-            workspace_binary("wharf-operator").unwrap(),
-            Listen::Env("WHARF_METRICS_ADDR"),
-            "/healthz",
-        )
+    let images = tempfile::tempdir().unwrap();
+    let registry = workspace_binary("wharf-registry").unwrap();
+    workspace_binary("wharf-operator").unwrap();
+    let built = build_images(registry.parent().unwrap(), images.path()).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    let node = Kubelet::new(plane, &registry)
+        .container_image("wharf-registry", &built[0].archive, version, Listen::Flag("--listen"), "/readyz")
+        .unwrap()
+        .container_image("wharf-operator", &built[1].archive, version, Listen::Env("WHARF_METRICS_ADDR"), "/healthz")
+        .unwrap()
         .start_node()
         .await
         .unwrap();
