@@ -5,8 +5,8 @@
 # helm the chart tests run (tests/helm.sh; cached by version), Argo CD's Lua
 # sandbox for the health check tests (tests/argocd-lua.sh) and the OpenID
 # provider the OIDC tests run (tests/oidc-provider.sh: Ory Hydra, cached by
-# version) and the S3 server the storage tests run (tests/seaweedfs.sh:
-# SeaweedFS, cached by version), builds the `wharf` CLI the login tests drive (cargo builds a
+# version), the S3 server the storage tests run (tests/seaweedfs.sh:
+# SeaweedFS) and kube-score (tests/kube-score.sh), both cached by version, builds the `wharf` CLI the login tests drive (cargo builds a
 # binary for the tests of its own package only), then runs every test of the
 # workspace.
 # Extra arguments go to `cargo test`.
@@ -23,5 +23,7 @@ WHARF_HYDRA_BIN="$(tests/oidc-provider.sh | tail -n 1)"
 export WHARF_HYDRA_BIN
 WHARF_SEAWEEDFS_BIN="$(tests/seaweedfs.sh | tail -n 1)"
 export WHARF_SEAWEEDFS_BIN
+WHARF_KUBE_SCORE_BIN="$(tests/kube-score.sh | tail -n 1)"
+export WHARF_KUBE_SCORE_BIN
 cargo build -p wharf-cli --locked
 cargo test --workspace --locked "$@"

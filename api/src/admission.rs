@@ -79,11 +79,42 @@ fn rules() -> Vec<Rule> {
         Rule {
             kind: "Domain",
             path: "spec",
-            rule: "!has(self.storage.filesystem) || !has(self.registry) || !has(self.registry.replicas) \
-                   || self.registry.replicas <= 1"
+            rule: "!has(self.storage.filesystem) || !has(self.registry) || ((!has(self.registry.replicas) \
+                   || self.registry.replicas <= 1) && (!has(self.registry.autoscaling) \
+                   || self.registry.autoscaling.maxReplicas <= 1))"
                 .into(),
             message: "filesystem storage lives on one ReadWriteOnce volume, which one registry pod can use: set \
                       registry.replicas to 1, or use object storage (s3, gcs, azure) for more replicas",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry",
+            rule: "!has(self.replicas) || !has(self.autoscaling)".into(),
+            message: crate::domain::REPLICAS_OR_AUTOSCALING,
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.autoscaling",
+            rule: "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas".into(),
+            message: "minReplicas cannot exceed maxReplicas",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec",
+            rule: "!has(self.registry) || !has(self.registry.dataVolume) || has(self.storage.filesystem)".into(),
+            message: crate::domain::DATA_VOLUME_NEEDS_FILESYSTEM,
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.dataVolume.size",
+            rule: "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))".into(),
+            message: "size must be a positive Kubernetes quantity, such as 50Gi",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.dataVolume.storageClassName",
+            rule: "self == oldSelf".into(),
+            message: "a claim's storage class is fixed once it exists: create a new Domain to move to another class",
         },
         Rule {
             kind: "Domain",

@@ -604,6 +604,48 @@ impl Checker<'_> {
                     format!("{replicas} replicas; the count cannot be negative"),
                 );
             }
+            if registry.replicas.is_some() && registry.autoscaling.is_some() {
+                self.report(about, "spec.registry", crate::domain::REPLICAS_OR_AUTOSCALING.to_owned());
+            }
+            if let Some(autoscaling) = &registry.autoscaling {
+                let bounds = [
+                    ("minReplicas", autoscaling.min_replicas),
+                    ("maxReplicas", Some(autoscaling.max_replicas)),
+                    ("targetCPUUtilizationPercentage", autoscaling.target_cpu_utilization_percentage),
+                ];
+                for (field, value) in bounds {
+                    if let Some(value) = value
+                        && !(1..=100).contains(&value)
+                    {
+                        self.report(
+                            about,
+                            &format!("spec.registry.autoscaling.{field}"),
+                            format!("{value} is outside 1 to 100"),
+                        );
+                    }
+                }
+                if autoscaling.min_replicas() > autoscaling.max_replicas {
+                    self.report(about, "spec.registry.autoscaling", "minReplicas cannot exceed maxReplicas".to_owned());
+                }
+            }
+            if let Some(volume) = &registry.data_volume {
+                if spec.storage.filesystem.is_none() {
+                    self.report(
+                        about,
+                        "spec.registry.dataVolume",
+                        crate::domain::DATA_VOLUME_NEEDS_FILESYSTEM.to_owned(),
+                    );
+                }
+                if let Some(size) = &volume.size
+                    && !is_positive_quantity(size)
+                {
+                    self.report(
+                        about,
+                        "spec.registry.dataVolume.size",
+                        format!("{size:?} is not a positive Kubernetes quantity, such as 50Gi"),
+                    );
+                }
+            }
             for label in registry.pod_labels.keys().filter(|label| label.starts_with("app.kubernetes.io/")) {
                 self.report(
                     about,
@@ -1415,6 +1457,18 @@ fn assemble(documents: Vec<Document>, mut problems: Vec<Problem>) -> Result<Doma
     DomainConfig { domain, repositories, policies }.validate_with_origins(&origins)
 }
 
+/// Whether `text` is a Kubernetes quantity above zero in the forms a volume size takes:
+/// digits, an optional fraction, an optional binary or decimal suffix (`50Gi`, `1.5T`).
+fn is_positive_quantity(text: &str) -> bool {
+    let number = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"]
+        .iter()
+        .find_map(|suffix| text.strip_suffix(suffix))
+        .unwrap_or(text);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && digits(fraction) && number.bytes().any(|b| (b'1'..=b'9').contains(&b))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1490,6 +1544,28 @@ spec:
         let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
         assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
         assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
+    }
+
+    #[test]
+    fn autoscaling_and_the_data_volume_are_checked() {
+        let fine = "  registry: {autoscaling: {maxReplicas: 5}}\n";
+        let config = load(&format!("{DOMAIN}{fine}")).unwrap();
+        assert_eq!(config.domain.spec.registry.unwrap().autoscaling.unwrap().min_replicas(), 2);
+        let registry = "  registry: {replicas: 2, autoscaling: {minReplicas: 4, maxReplicas: 3, \
+                        targetCPUUtilizationPercentage: 150}, dataVolume: {size: 10Q}}\n";
+        let error = load(&format!("{DOMAIN}{registry}")).unwrap_err();
+        let messages = messages(&error);
+        assert_eq!(messages.len(), 5, "{messages:?}");
+        assert!(messages[0].ends_with(crate::domain::REPLICAS_OR_AUTOSCALING), "{messages:?}");
+        assert!(messages[1].contains("targetCPUUtilizationPercentage: 150 is outside 1 to 100"), "{messages:?}");
+        assert!(messages[2].contains("minReplicas cannot exceed maxReplicas"), "{messages:?}");
+        assert!(messages[3].ends_with(crate::domain::DATA_VOLUME_NEEDS_FILESYSTEM), "{messages:?}");
+        assert!(messages[4].contains("\"10Q\" is not a positive Kubernetes quantity"), "{messages:?}");
+        for (size, positive) in
+            [("50Gi", true), ("1.5T", true), ("100", true), ("0Gi", false), ("Gi", false), ("-1", false)]
+        {
+            assert_eq!(super::is_positive_quantity(size), positive, "{size}");
+        }
     }
 
     #[test]

@@ -622,6 +622,68 @@ pub struct RegistryDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Scales the registry pods on CPU with a HorizontalPodAutoscaler instead of a fixed
+    /// `replicas` (set one or the other): the operator renders the autoscaler and leaves
+    /// the Deployment's replica count to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<RegistryAutoscaling>,
+    /// The PersistentVolumeClaim of filesystem storage (only with `storage.filesystem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolumeSpec>,
+}
+
+/// Why `replicas` and `autoscaling` cannot both be set.
+pub const REPLICAS_OR_AUTOSCALING: &str =
+    "set registry.replicas or registry.autoscaling, not both: with an autoscaler, it sets the number of pods";
+/// Why a data volume needs filesystem storage.
+pub const DATA_VOLUME_NEEDS_FILESYSTEM: &str =
+    "registry.dataVolume sizes the volume of filesystem storage; this Domain's storage is not a filesystem";
+
+/// A HorizontalPodAutoscaler for the registry pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAutoscaling {
+    /// Fewest pods; 2 when unset (one pod would leave nothing serving during a rollout or
+    /// a node drain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: Option<i32>,
+    /// Most pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the pods' CPU request, the autoscaler keeps them at;
+    /// 70 when unset.
+    #[serde(rename = "targetCPUUtilizationPercentage", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+impl RegistryAutoscaling {
+    /// `minReplicas` when unset.
+    pub const DEFAULT_MIN_REPLICAS: i32 = 2;
+    /// `targetCPUUtilizationPercentage` when unset.
+    pub const DEFAULT_TARGET_CPU: i32 = 70;
+
+    /// The fewest pods the autoscaler keeps.
+    pub fn min_replicas(&self) -> i32 {
+        self.min_replicas.unwrap_or(Self::DEFAULT_MIN_REPLICAS)
+    }
+}
+
+/// The volume of filesystem storage.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeSpec {
+    /// Size requested, a Kubernetes quantity (`50Gi`); 10Gi when unset. It can grow where
+    /// the storage class allows expansion, never shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub size: Option<String>,
+    /// Storage class of the claim; the cluster's default when unset. Fixed once the claim
+    /// exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
 }
 
 /// The Service in front of the registry pods.

@@ -584,6 +584,110 @@ async fn usage_the_registry_reports_shows_in_status() {
     .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
 }
 
+/// An autoscaled Domain: the operator renders the HorizontalPodAutoscaler and leaves the
+/// Deployment's replica count to it, so what the autoscaler sets survives reconciles; a
+/// filesystem Domain's claim takes its size and storage class from `registry.dataVolume`.
+#[tokio::test]
+async fn an_autoscaler_keeps_its_replica_count_and_the_data_volume_is_sized() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let client = operator().await;
+    let ns = "it-autoscaling";
+    ensure_namespace(&client, ns).await.unwrap();
+    let domain = |registry: &str| {
+        format!(
+            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: scaled, namespace: {ns}}}\nspec:\n  \
+             storage: {{memory: {{}}}}\n  registry: {registry}\n"
+        )
+    };
+    // Three fixed pods first: turning the autoscaler on must not drop them to one.
+    apply_yaml(&client, &domain("{replicas: 3}"), None).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "three replicas", || async {
+        let replicas = deployments.get("wharf-scaled").await.map_err(|e| e.to_string())?.spec.replicas;
+        if replicas == Some(3) { Ok(()) } else { Err(format!("{replicas:?}")) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    let autoscaled = serde_json::json!({"spec": {"registry": {"replicas": null,
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60}}}});
+    domains.patch("scaled", &PatchParams::default(), &Patch::Merge(&autoscaled)).await.unwrap();
+    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let autoscaler = eventually(WAIT, "the HorizontalPodAutoscaler", || async {
+        autoscalers.get("wharf-scaled").await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let spec = autoscaler.spec;
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 6));
+    assert_eq!(spec.scale_target_ref.name, "wharf-scaled");
+    let metrics = spec.metrics.unwrap();
+    assert_eq!(metrics[0].resource.as_ref().unwrap().target.average_utilization, Some(60));
+    let owned_by_operator = |deployment: &Deployment| {
+        deployment.metadata.managed_fields.iter().flatten().any(|entry| {
+            entry.manager.as_deref() == Some("wharf-operator")
+                && entry.fields_v1.as_ref().is_some_and(|fields| fields.0["f:spec"].get("f:replicas").is_some())
+        })
+    };
+    let deployment = deployments.get("wharf-scaled").await.unwrap();
+    assert!(!owned_by_operator(&deployment), "replicas are the autoscaler's");
+    assert_eq!(deployment.spec.replicas, Some(3), "handing over to the autoscaler keeps the pods running");
+
+    // The autoscaler scales (as the controller does, through the scale subresource); a
+    // reconcile of a changed Domain leaves its count alone.
+    let scale = serde_json::json!({"spec": {"replicas": 5}});
+    let as_autoscaler =
+        PatchParams { field_manager: Some("horizontal-pod-autoscaler".to_owned()), ..PatchParams::default() };
+    deployments.patch_scale("wharf-scaled", &as_autoscaler, &Patch::Merge(&scale)).await.unwrap();
+    let relabel = serde_json::json!({"spec": {"registry": {"podLabels": {"team": "platform"}}}});
+    domains.patch("scaled", &PatchParams::default(), &Patch::Merge(&relabel)).await.unwrap();
+    eventually(WAIT, "the new pod template applied", || async {
+        let deployment = deployments.get("wharf-scaled").await.map_err(|e| e.to_string())?;
+        let labels = deployment.spec.template.metadata.and_then(|metadata| metadata.labels).unwrap_or_default();
+        if labels.get("team").map(String::as_str) == Some("platform") { Ok(()) } else { Err("not yet".to_owned()) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    assert_eq!(deployments.get("wharf-scaled").await.unwrap().spec.replicas, Some(5), "the autoscaler's count stays");
+
+    // Back to a fixed count: the autoscaler goes, the operator sets replicas again.
+    let fixed = serde_json::json!({"spec": {"registry": {"autoscaling": null, "replicas": 3}}});
+    domains.patch("scaled", &PatchParams::default(), &Patch::Merge(&fixed)).await.unwrap();
+    eventually(WAIT, "a fixed count of 3, no autoscaler", || async {
+        let replicas = deployments.get("wharf-scaled").await.map_err(|e| e.to_string())?.spec.replicas;
+        let gone = autoscalers.get_opt("wharf-scaled").await.map_err(|e| e.to_string())?.is_none();
+        if replicas == Some(3) && gone { Ok(()) } else { Err(format!("{replicas:?}, autoscaler gone: {gone}")) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+
+    // Both at once, or a data volume without filesystem storage, is refused at admission.
+    let both = apply_yaml(&client, &domain("{replicas: 2, autoscaling: {maxReplicas: 3}}"), None).await;
+    assert!(format!("{:?}", both.unwrap_err()).contains("not both"));
+    let volume = apply_yaml(&client, &domain("{dataVolume: {size: 5Gi}}"), None).await;
+    assert!(format!("{:?}", volume.unwrap_err()).contains("filesystem"));
+
+    let sized = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: sized, namespace: {ns}}}\nspec:\n  \
+         storage: {{filesystem: {{path: /var/lib/wharf}}}}\n  \
+         registry: {{dataVolume: {{size: 50Gi, storageClassName: fast-ssd}}}}\n"
+    );
+    apply_yaml(&client, &sized, None).await.unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claim = eventually(WAIT, "the data volume claim", || async {
+        let claims = claims.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        claims.items.into_iter().next().ok_or_else(|| "no claim".to_owned())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let spec = claim.spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast-ssd"));
+    assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "50Gi");
+    let moved = serde_json::json!({"spec": {"registry": {"dataVolume": {"storageClassName": "slow-hdd"}}}});
+    let refused = domains.patch("sized", &PatchParams::default(), &Patch::Merge(&moved)).await;
+    assert!(format!("{:?}", refused.unwrap_err()).contains("fixed once it exists"));
+}
+
 /// The attack from the field, on a real apiserver: a team names another team's private
 /// Repository as the upstream of its anonymously readable one. Refused until the private
 /// Repository consents, here by a namespace selector.

@@ -76,12 +76,17 @@ one by one.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [list, watch, create, patch, delete]
+# get: whether the operator still holds a replica count it hands to an autoscaler.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Removed when replicas drop below 2.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
+# Removed when registry.autoscaling is.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]

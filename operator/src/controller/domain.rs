@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
@@ -112,6 +113,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         deployment,
         service,
         disruption_budget,
+        autoscaler,
     } = children;
     // Secrets, identity and access before the Deployment, so new pods find them.
     apply(&ctx.client, &signing_key).await?;
@@ -126,6 +128,9 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     if let Some(claim) = &data_volume_claim {
         apply(&ctx.client, claim).await?;
     }
+    if render::autoscaling(domain).is_some() {
+        hand_replicas_to_the_autoscaler(&ctx.client, &namespace, &names.registry).await?;
+    }
     let deployment = apply(&ctx.client, &deployment).await?;
     apply(&ctx.client, &service).await?;
     match &disruption_budget {
@@ -133,6 +138,12 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
             apply(&ctx.client, budget).await?;
         }
         None => delete_if_present::<PodDisruptionBudget>(&ctx.client, &namespace, &names.registry).await?,
+    }
+    match &autoscaler {
+        Some(autoscaler) => {
+            apply(&ctx.client, autoscaler).await?;
+        }
+        None => delete_if_present::<HorizontalPodAutoscaler>(&ctx.client, &namespace, &names.registry).await?,
     }
 
     if configuration_before.is_some() && configuration_before != configuration_after {
@@ -151,8 +162,11 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
 
-    // Status, from what was applied.
-    let replicas = render::replicas(domain);
+    // Status, from what was applied: the autoscaler's count when it sets one.
+    let replicas = match render::autoscaling(domain) {
+        Some(autoscaling) => deployment.spec.replicas.unwrap_or(autoscaling.min_replicas()),
+        None => render::replicas(domain),
+    };
     let refused = resolution
         .repositories
         .values()
@@ -188,6 +202,29 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     announce_transition(ctx, domain, &previous.conditions, &status.conditions).await;
     Ok(Action::requeue(RESYNC))
 }
+
+/// Before the operator stops applying `spec.replicas` (an autoscaler sets it from now on), a
+/// second field manager applies the current count: the field then outlives the operator's
+/// ownership, where it would otherwise fall back to one pod until the autoscaler acts. The
+/// autoscaler's own updates take the field over from there.
+async fn hand_replicas_to_the_autoscaler(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), namespace);
+    let failed = |source| Error::Apply { kind: "Deployment", name: format!("{namespace}/{name}"), source };
+    let Some(live) = api.get_opt(name).await.map_err(failed)? else { return Ok(()) };
+    let operator_owns_replicas = live.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(render::FIELD_MANAGER)
+            && entry.fields_v1.as_ref().is_some_and(|fields| fields.0["f:spec"].get("f:replicas").is_some())
+    });
+    let Some(replicas) = live.spec.replicas.filter(|_| operator_owns_replicas) else { return Ok(()) };
+    let handover = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}});
+    api.patch(name, &PatchParams::apply(REPLICAS_HANDOVER_MANAGER), &Patch::Apply(handover)).await.map_err(failed)?;
+    Ok(())
+}
+
+/// The field manager that holds a Deployment's replica count between the operator and an
+/// autoscaler.
+const REPLICAS_HANDOVER_MANAGER: &str = "wharf-operator-replicas-handover";
 
 /// Writes the status of a Domain that could not be rendered.
 async fn finish(ctx: &Context, domain: &Domain, previous: &DomainStatus, outcome: &Outcome) -> Result<(), Error> {

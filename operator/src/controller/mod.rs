@@ -331,6 +331,7 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "Deployment" => "Deployment",
         "Service" => "Service",
         "PodDisruptionBudget" => "PodDisruptionBudget",
+        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
         "Domain" => "Domain",
         "Repository" => "Repository",
         "UpstreamPolicy" => "UpstreamPolicy",
@@ -416,6 +417,7 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// reconciles in `metrics`.
 pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, metrics: Arc<crate::metrics::Metrics>) {
     use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
@@ -497,6 +499,7 @@ pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, 
         .owns_in::<Deployment>(&client, &scope, managed())
         .owns_in::<Service>(&client, &scope, managed())
         .owns_in::<PodDisruptionBudget>(&client, &scope, managed())
+        .owns_in::<HorizontalPodAutoscaler>(&client, &scope, managed())
         // ClusterRoleBindings and Namespaces are cluster-scoped: watched cluster-wide in every
         // scope, as the cluster-scoped part of the operator's RBAC allows.
         .watches(Api::<ClusterRoleBinding>::all(client.clone()), managed(), domain_of_binding)
