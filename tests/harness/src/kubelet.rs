@@ -25,9 +25,10 @@
 //!
 //! Not a kubelet: a registered binary runs without isolation (as this user, on this
 //! machine's filesystem and network), a Job's `command[0]` is taken to be installed on this
-//! machine's PATH, containers share the host's network, tokens are not refreshed, the
-//! grace period before SIGKILL is 5 s whatever the pod says, and there is no kubelet API,
-//! so no `kubectl logs` or `exec` ([`crate::Node::pod_log`] instead).
+//! machine's PATH, containers share the host's network, tokens are not refreshed, probes
+//! other than readiness at start are not run, and there is no kubelet API, so no
+//! `kubectl logs` or `exec` ([`crate::Node::pod_log`] instead). Stopping is the kubelet's:
+//! SIGTERM, then SIGKILL after the pod's `terminationGracePeriodSeconds`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -170,13 +171,16 @@ pub(crate) struct Launch {
     pub(crate) dir: tempfile::TempDir,
     /// The runc container it runs as, when it is one.
     pub(crate) container: Option<String>,
+    /// How long it may take to stop after SIGTERM before SIGKILL (the pod's
+    /// `terminationGracePeriodSeconds`, 30 s by default as in Kubernetes).
+    pub(crate) grace: Duration,
 }
 
 impl Launch {
     /// Starts it, its output going to `pod.log` in its folder.
     pub(crate) fn spawn(self) -> anyhow::Result<Process> {
         let log = self.dir.path().join("pod.log");
-        let (child, stdin) = spawn_supervised(self.command, &log)?;
+        let (child, stdin) = spawn_supervised(self.command, &log, self.grace)?;
         Ok(Process { log, stdin, child, container: self.container, _dir: self.dir })
     }
 }
@@ -326,7 +330,7 @@ impl<'a> Kubelet<'a> {
         // in for it, so relative writes stay inside.
         let working_dir = container.working_dir.as_deref().map(rewrite);
         command.current_dir(working_dir.map_or_else(|| dir.path().to_owned(), PathBuf::from));
-        Ok(Launch { command, port, container_port, dir, container: None })
+        Ok(Launch { command, port, container_port, dir, container: None, grace: grace_period(pod) })
     }
 
     /// [`Kubelet::launch`] for an unpacked image: `runc run` of a bundle whose configuration
@@ -386,7 +390,8 @@ impl<'a> Kubelet<'a> {
         let mut command = Command::new(crate::oci::tool("runc")?);
         command.args(["run", "--bundle"]).arg(&bundle).arg(&id).current_dir(dir.path());
         let container_port = original.as_deref().and_then(port_of);
-        Ok(Launch { command, port: Some(port), container_port, dir, container: Some(id) })
+        let grace = grace_period(pod.spec);
+        Ok(Launch { command, port: Some(port), container_port, dir, container: Some(id), grace })
     }
 
     /// Materialises the volumes `container` mounts (and the ServiceAccount token unless the
@@ -763,21 +768,32 @@ fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) -> Option<String> {
     }
 }
 
+/// The pod's grace period after SIGTERM.
+fn grace_period(pod: &PodSpec) -> Duration {
+    Duration::from_secs(pod.termination_grace_period_seconds.unwrap_or(30).max(0) as u64)
+}
+
 /// Starts `command` under a shell that stops it when our end of its stdin closes, so it
-/// cannot outlive the test process.
-pub(crate) fn spawn_supervised(command: Command, log: &Path) -> anyhow::Result<(Child, Option<ChildStdin>)> {
+/// cannot outlive the test process: SIGTERM, then SIGKILL once `grace` has passed.
+pub(crate) fn spawn_supervised(
+    command: Command,
+    log: &Path,
+    grace: Duration,
+) -> anyhow::Result<(Child, Option<ChildStdin>)> {
     let log_file = std::fs::File::create(log)?;
     let mut supervisor = Command::new("sh");
+    let tenths = (grace.as_millis() / 100).to_string();
     supervisor
         .args([
             "-c",
-            "exec 3<&0; \"$@\" </dev/null 3<&- & child=$!; \
+            "grace=$1; shift; exec 3<&0; \"$@\" </dev/null 3<&- & child=$!; \
              (cat <&3 >/dev/null; kill $child 2>/dev/null; \
-              i=0; while kill -0 $child 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+              i=0; while kill -0 $child 2>/dev/null && [ $i -lt $grace ]; do sleep 0.1; i=$((i+1)); done; \
               kill -9 $child 2>/dev/null) & watcher=$!; \
              wait $child; status=$?; kill $watcher 2>/dev/null; exit $status",
             "sh",
         ])
+        .arg(tenths)
         .arg(command.get_program())
         .args(command.get_args())
         .stdin(Stdio::piped())
