@@ -790,7 +790,10 @@ spec:
         let report = String::from_utf8_lossy(&output.stdout);
         let critical: Vec<&str> = report.lines().filter(|line| line.starts_with("[CRITICAL]")).collect();
         assert!(critical.is_empty(), "kube-score finds:\n{}", critical.join("\n"));
-        assert!(report.contains("[OK] wharf-acme/wharf-system apps/v1/Deployment"), "kube-score scored nothing:\n{report}");
+        assert!(
+            report.contains("[OK] wharf-acme/wharf-system apps/v1/Deployment"),
+            "kube-score scored nothing:\n{report}"
+        );
     }
 
     #[test]
