@@ -64,6 +64,7 @@ debian_package mono mono-complete "the NuGet client"
 # OCI consumer would.
 debian_package runc runc "the image tests"
 debian_package umoci umoci "the image tests"
+debian_package podman podman "the image tests (podman load)"
 debian_package objcopy binutils "the image build"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then

@@ -3,7 +3,8 @@
 //! the operator gives registry pods — the image's non-root user, a read-only root file
 //! system, no capabilities, no privilege escalation, seccomp `RuntimeDefault` — with the
 //! data volume mounted; stopped with SIGTERM. The build is reproducible: two builds of one
-//! tree give the same digests. (The README walkthrough runs both images as the node's pods.)
+//! tree give the same digests, and podman loads the archives as they are. (The README
+//! walkthrough runs both images as the node's pods.)
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -102,6 +103,29 @@ fn images_are_reproducible_small_and_run_under_runc_with_a_restricted_context() 
         assert_eq!((&first.digest, first.layer_bytes), (&second.digest, second.layer_bytes), "a build is reproducible");
         assert_eq!(std::fs::read(&first.archive).unwrap(), std::fs::read(&second.archive).unwrap());
         assert!(first.layer_bytes < 64 << 20, "{first:?}");
+    }
+
+    // podman (containers/image, as Podman, Buildah and CRI-O read images) loads each archive
+    // under its name, with the image's user, entrypoint and labels.
+    let storage = work.path().join("podman");
+    let podman = |args: &[&str]| {
+        output(
+            Command::new(tool("podman").unwrap())
+                .arg("--root")
+                .arg(storage.join("root"))
+                .arg("--runroot")
+                .arg(storage.join("run"))
+                .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+                .args(args),
+        )
+    };
+    for image in &built {
+        let loaded = podman(&["load", "--quiet", "--input", image.archive.to_str().unwrap()]);
+        assert!(loaded.contains(&image.reference), "{loaded}");
+        let format = "{{.Config.User}} {{.Config.Entrypoint}} {{index .Labels \"org.opencontainers.image.version\"}}";
+        let inspected = podman(&["image", "inspect", &image.reference, "--format", format]);
+        let name = image.reference.split(':').next().unwrap();
+        assert_eq!(inspected.trim(), format!("65532:65532 [/usr/local/bin/{name}] {version}"));
     }
 
     // The registry: its image's user and entrypoint, the pod's restrictions, its volume.
