@@ -110,6 +110,11 @@ struct ServeArgs {
     /// to be accepted as a credential (checked with the apiserver's TokenReview API).
     #[arg(long, env = "WHARF_TOKEN_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
     token_audience: String,
+    /// Cluster mode: TokenReviews asked of the apiserver per second at most (twice that in a
+    /// burst); new tokens past it are answered 503 until the bucket refills, so made-up
+    /// tokens cannot become a stream of reviews.
+    #[arg(long, env = "WHARF_TOKEN_REVIEWS_PER_SECOND", default_value_t = wharf_registry::token_review::DEFAULT_REVIEWS_PER_SECOND)]
+    token_reviews_per_second: u32,
     /// Address to listen on.
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -336,7 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Some(reference) => Some(Arc::new(UsageReporter::new(client.clone(), reference)?)),
                 None => None,
             };
-            let reviewer = TokenReviewer::new(client, &args.token_audience);
+            let reviewer = TokenReviewer::new(client, &args.token_audience, args.token_reviews_per_second);
             (Some((source, revision)), Some(Arc::new(reviewer)), usage)
         }
         None => (None, None, None),

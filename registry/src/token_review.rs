@@ -32,6 +32,11 @@ const ACCEPTED_TTL: Duration = Duration::from_secs(60);
 const REJECTED_TTL: Duration = Duration::from_secs(10);
 /// Tokens remembered at most; past it, expired answers go, then everything.
 const MAX_ENTRIES: usize = 4096;
+/// Reviews asked of the apiserver per second by default, and twice that in a burst. Every
+/// new token is a review (anyone can send a made-up one), so without a bound a client could
+/// turn the registry into a stream of reviews against the apiserver; past it, a review is
+/// answered "cannot be checked now" (503) until the bucket refills.
+pub const DEFAULT_REVIEWS_PER_SECOND: u32 = 50;
 
 /// Why a ServiceAccount token was not taken.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,13 +63,48 @@ pub struct TokenReviewer {
     api: Api<TokenReview>,
     audience: String,
     answers: Mutex<HashMap<[u8; 32], Arc<OnceCell<Answer>>>>,
+    reviews: Mutex<Bucket>,
+}
+
+/// A token bucket: `rate` a second, up to `burst` at once.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    left: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(per_second: u32, now: Instant) -> Bucket {
+        let rate = f64::from(per_second.max(1));
+        Bucket { rate, burst: 2.0 * rate, left: 2.0 * rate, refilled: now }
+    }
+
+    /// Takes one, if there is one at `now`.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.left = (self.left + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.left >= 1.0 {
+            self.left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl TokenReviewer {
     /// A reviewer asking through `client` (which needs `create` on `tokenreviews`, as the
     /// `system:auth-delegator` ClusterRole grants) for tokens of `audience`.
-    pub fn new(client: kube::Client, audience: impl Into<String>) -> TokenReviewer {
-        TokenReviewer { api: Api::all(client), audience: audience.into(), answers: Mutex::new(HashMap::new()) }
+    pub fn new(client: kube::Client, audience: impl Into<String>, reviews_per_second: u32) -> TokenReviewer {
+        TokenReviewer {
+            api: Api::all(client),
+            audience: audience.into(),
+            answers: Mutex::new(HashMap::new()),
+            reviews: Mutex::new(Bucket::new(reviews_per_second, Instant::now())),
+        }
     }
 
     /// Who `token` belongs to. Concurrent calls with one token share one review.
@@ -142,6 +182,9 @@ impl TokenReviewer {
     /// Who the apiserver says `token` is, and the audiences it was accepted for; asked for
     /// `audience`, or the apiserver's own when `None`.
     async fn authenticated(&self, token: &str, audience: Option<&str>) -> Result<(UserInfo, Vec<String>), ReviewError> {
+        if !self.reviews.lock().unwrap_or_else(PoisonError::into_inner).take(Instant::now()) {
+            return Err(ReviewError::Unavailable("too many token reviews at once; retry in a moment".to_owned()));
+        }
         let review = TokenReview {
             spec: TokenReviewSpec { token: token.to_owned(), audiences: audience.map(|a| vec![a.to_owned()]) },
             ..Default::default()
@@ -230,6 +273,20 @@ mod tests {
         for not_a_person in ["system:serviceaccount:ci:bot", "system:node:n1", "system:anonymous", ""] {
             assert!(person(not_a_person.into(), Vec::new()).is_err(), "{not_a_person}");
         }
+    }
+
+    #[test]
+    fn reviews_are_bounded_by_a_bucket_that_refills() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(2, start);
+        assert_eq!((0..10).filter(|_| bucket.take(start)).count(), 4, "a burst of twice the rate");
+        assert!(!bucket.take(start + Duration::from_millis(100)));
+        assert!(bucket.take(start + Duration::from_millis(600)), "half a second refills one");
+        assert_eq!(
+            (0..10).filter(|_| bucket.take(start + Duration::from_secs(60))).count(),
+            4,
+            "never above the burst"
+        );
     }
 
     #[test]

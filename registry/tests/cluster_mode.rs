@@ -14,6 +14,24 @@ use wharf_test_harness::{ControlPlane, apply_yaml, eventually};
 
 const NAMESPACE: &str = "cluster-mode";
 
+/// A namespace of the shared control plane, and a data folder for a registry's store.
+struct Namespace {
+    plane: &'static ControlPlane,
+    admin: kube::Client,
+    data: tempfile::TempDir,
+    /// The store's path in `data`.
+    store: String,
+}
+
+async fn namespace(name: &str) -> Namespace {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("store").display().to_string();
+    wharf_test_harness::ensure_namespace(&admin, name).await.unwrap();
+    Namespace { plane, admin, data, store }
+}
+
 /// The ConfigMap the operator renders for Domain `acme` in `namespace` (filesystem storage
 /// at `store`, `domain_extra` added to its spec) and its one Repository `repo`, whose spec
 /// ends with `repository_extra`.
@@ -83,11 +101,7 @@ async fn wait_rejected(server: &TestServer, count: f64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn follows_its_config_map_and_keeps_the_last_good_revision() {
-    let plane = ControlPlane::shared().await;
-    let admin = plane.admin_client().await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let store = data.path().join("store").display().to_string();
-    wharf_test_harness::ensure_namespace(&admin, NAMESPACE).await.unwrap();
+    let Namespace { plane, admin, data, store } = namespace(NAMESPACE).await;
     apply_yaml(&admin, &config_map(&store, false, ""), None).await.unwrap();
     apply_yaml(&admin, &config_map_reader(NAMESPACE), None).await.unwrap();
     let kubeconfig = plane.service_account_kubeconfig(NAMESPACE, "registry").await.unwrap();
@@ -131,11 +145,7 @@ async fn follows_its_config_map_and_keeps_the_last_good_revision() {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     const NS: &str = "k8s-identity";
-    let plane = ControlPlane::shared().await;
-    let admin = plane.admin_client().await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let store = data.path().join("store").display().to_string();
-    wharf_test_harness::ensure_namespace(&admin, NS).await.unwrap();
+    let Namespace { plane, admin, data, store } = namespace(NS).await;
     // Every ServiceAccount of team-a reads, team-a/release-bot publishes; team-b nothing.
     let config = |read: &str| {
         let access = format!(
@@ -268,11 +278,7 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
 #[tokio::test(flavor = "multi_thread")]
 async fn people_exchange_their_kubeconfig_token_for_what_user_and_group_subjects_grant() {
     const NS: &str = "k8s-people";
-    let plane = ControlPlane::shared().await;
-    let admin = plane.admin_client().await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let store = data.path().join("store").display().to_string();
-    wharf_test_harness::ensure_namespace(&admin, NS).await.unwrap();
+    let Namespace { plane, admin, data, store } = namespace(NS).await;
     // Alice publishes; the developers group (bob's) reads. Without kubernetesUsers, User
     // and Group subjects would name no one (the loader refuses them), so anyone reads.
     let config = |kubernetes_users: bool| {
@@ -368,6 +374,52 @@ async fn people_exchange_their_kubeconfig_token_for_what_user_and_group_subjects
             let (status, body) = answer.await;
             if status == 403 && body.contains("kubernetesUsers") { Ok(()) } else { Err(format!("{status} {body}")) }
         }
+    })
+    .await
+    .unwrap();
+}
+
+/// Made-up tokens cost the apiserver a TokenReview each, so the registry bounds how many it
+/// asks for: a flood of them is answered 503 past the bound (never 200), and a real token
+/// works again once the bucket refills.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_made_up_tokens_is_bounded_in_reviews() {
+    const NS: &str = "k8s-flood";
+    let Namespace { plane, admin, data, store } = namespace(NS).await;
+    let access = "  access:\n    read: [{kind: Namespace, name: team-a}]\n";
+    apply_yaml(&admin, &acme_config_map(NS, &store, "", "web", access), None).await.unwrap();
+    apply_yaml(&admin, &reviewer_rbac(NS), None).await.unwrap();
+    let kubeconfig = plane.service_account_kubeconfig(NS, "registry").await.unwrap();
+    let server = TestServer::start_in_env(
+        data.path(),
+        None,
+        &["--config-map", &format!("{NS}/wharf-acme-config"), "--token-reviews-per-second", "2"],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    );
+    // RS256 headers, as a ServiceAccount token has, and nonsense after them.
+    let forged = |i: usize| format!("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.forged-signature-{i}");
+    let client = reqwest::Client::new();
+    let url = server.url("/npm/web/left-pad");
+    let attempts = (0..30).map(|i| client.get(&url).bearer_auth(forged(i)).send());
+    let mut statuses: Vec<u16> = Vec::new();
+    let mut throttled = String::new();
+    for response in futures::future::join_all(attempts).await {
+        let response = response.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 503 {
+            throttled = response.text().await.unwrap();
+        }
+    }
+    assert!(statuses.iter().all(|status| [401, 503].contains(status)), "{statuses:?}");
+    let refused = statuses.iter().filter(|status| **status == 503).count();
+    assert!(refused >= 16, "at most 4 reviews and 2 a second: {statuses:?}");
+    assert!(throttled.contains("too many token reviews"), "{throttled}");
+
+    let reader = plane.service_account_token_for("team-a", "builder", Some("wharf.dev"), 3600).await.unwrap();
+    eventually(Duration::from_secs(10), "a real token once the bucket refills", || async {
+        let status = client.get(&url).bearer_auth(&reader).send().await.map_err(|e| e.to_string())?.status();
+        // The package does not exist: 404 means the token was taken.
+        if status == 404 { Ok(()) } else { Err(status.to_string()) }
     })
     .await
     .unwrap();
