@@ -82,7 +82,7 @@ pub struct CollectReport {
     pub freed: Vec<FreedBlob>,
     pub freed_uploads: u64,
     pub freed_revisions: u64,
-    /// Days of download records older than any cleanup rule looks back.
+    /// Days of download records past the 400 the Domain keeps.
     pub freed_download_days: u64,
     /// Versions cleanup rules disposed of, and up to 1,000 of them.
     pub disposed_versions: u64,

@@ -358,11 +358,20 @@ impl<'a> Kubelet<'a> {
         runtime.secure(pod.spec, container);
         let (uid, gid) = runtime.user();
 
+        // Secret, ConfigMap and projected volumes are read-only whatever the mount says.
+        let always_read_only = |name: &str| {
+            pod.spec.volumes.iter().flatten().find(|volume| volume.name == name).is_some_and(|volume| {
+                volume.secret.is_some() || volume.config_map.is_some() || volume.projected.is_some()
+            })
+        };
         let read_only: BTreeMap<&str, bool> = container
             .volume_mounts
             .iter()
             .flatten()
-            .map(|mount| (mount.mount_path.trim_end_matches('/'), mount.read_only.unwrap_or(false)))
+            .map(|mount| {
+                let read_only = mount.read_only.unwrap_or(false) || always_read_only(&mount.name);
+                (mount.mount_path.trim_end_matches('/'), read_only)
+            })
             .collect();
         for (path, folder) in &mounts {
             crate::oci::give_to(folder, uid, gid)?;
