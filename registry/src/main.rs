@@ -335,6 +335,14 @@ async fn collect(args: GcArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, source) = load_config(&args.domain).await?;
+    if source.is_none() && config.domain.spec.registry.is_some() {
+        anyhow::bail!(
+            "Domain {:?}: spec.registry sets up the registry pods the operator runs (replicas, image, resources, \
+             autoscaling, dataVolume, …); a registry started from a file is this one process and would ignore it: \
+             remove spec.registry, or apply the Domain to a cluster",
+            config.domain_name()
+        );
+    }
     let (source, token_review, usage) = match source {
         Some((source, revision, client)) => {
             let usage = match &args.usage_config_map {

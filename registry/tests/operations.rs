@@ -114,6 +114,17 @@ fn async_stream(
     })
 }
 
+/// What `serve --config path` says on stderr as it refuses to start.
+fn start_up_refused(path: &std::path::Path) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn configuration_errors_name_file_document_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,14 +134,20 @@ fn configuration_errors_name_file_document_and_field() {
         "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {name: acme}\nspec:\n  storage: {memory: {}}\n---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: web}\nspec:\n  domainRef: {name: acme}\n  upstreams: [{nam: x}]\n",
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = start_up_refused(&path);
     assert!(stderr.contains("broken.yaml"), "{stderr}");
     assert!(stderr.contains("document 2"), "{stderr}");
     assert!(stderr.contains("spec.upstreams[0]"), "{stderr}");
+}
+
+/// Pod settings in a file a registry is started from would be ignored: refused, saying why.
+#[test]
+fn pod_settings_are_refused_outside_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wharf.yaml");
+    let domain =
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {name: acme}\nspec:\n  storage: {memory: {}}\n";
+    std::fs::write(&path, format!("{domain}  registry: {{autoscaling: {{maxReplicas: 4}}}}\n")).unwrap();
+    let stderr = start_up_refused(&path);
+    assert!(stderr.contains("spec.registry sets up the registry pods the operator runs"), "{stderr}");
 }
