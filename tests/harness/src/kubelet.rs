@@ -347,13 +347,18 @@ impl<'a> Kubelet<'a> {
     ) -> anyhow::Result<Launch> {
         let container = pod.container;
         let [port] = free_ports()?;
-        let mut args: Vec<String> = container.args.clone().unwrap_or_default();
-        let original = listen_at(listen, &mut args, &mut environment, format!("127.0.0.1:{port}"));
         // The container's command replaces the image's entrypoint, its args the image's
-        // command; these images' entrypoint is their binary alone.
-        let image_args = unpacked.config()?["process"]["args"].clone();
-        let entrypoint = image_args[0].as_str().context("the image has no entrypoint")?.to_owned();
-        let command = container.command.clone().unwrap_or_else(|| vec![entrypoint]);
+        // command (kept when neither is given); these images' entrypoint is their binary
+        // alone, the rest of what umoci derived is their command.
+        let image_args: Vec<String> = serde_json::from_value(unpacked.config()?["process"]["args"].clone())?;
+        let (entrypoint, image_command) = image_args.split_first().context("the image has no entrypoint")?;
+        let mut args = match (&container.command, &container.args) {
+            (_, Some(args)) => args.clone(),
+            (None, None) => image_command.to_vec(),
+            (Some(_), None) => Vec::new(),
+        };
+        let original = listen_at(listen, &mut args, &mut environment, format!("127.0.0.1:{port}"));
+        let command = container.command.clone().unwrap_or_else(|| vec![entrypoint.clone()]);
         let mut runtime = RuntimeConfig::new(unpacked, &[command, args].concat())?;
         runtime.secure(pod.spec, container);
         let (uid, gid) = runtime.user();
