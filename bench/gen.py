@@ -298,6 +298,10 @@ def fmt_p99(r):
     return "%.2f ms" % r["p99"]
 
 
+def fmt_mib(mib):
+    return "%.1f" % mib if mib is not None else "n/a"
+
+
 def fmt_size(n):
     if n is None:
         return "?"
@@ -406,8 +410,7 @@ def cmd_report(args):
             all_pass &= ok
             out.append("- Idle RSS (after seeding, idle): **%.1f MiB** (target ≤ %g MiB) %s; right after start: %s MiB; after the load runs: %s MiB" % (
                 idle1, IDLE_RSS_TARGET_MIB, verdict(ok),
-                "%.1f" % idle0 if idle0 is not None else "n/a",
-                "%.1f" % loaded if loaded is not None else "n/a"))
+                fmt_mib(idle0), fmt_mib(loaded)))
         else:
             all_pass = False
             out.append("- Idle RSS: n/a")
@@ -447,7 +450,7 @@ def cmd_report(args):
         out.append("")
         idle, loaded = mib("rss_enc_idle_mib"), mib("rss_enc_after_load_mib")
         out.append("- Idle RSS, encrypted (for comparison, no target): %s MiB; after the load runs: %s MiB" % (
-            "%.1f" % idle if idle is not None else "n/a", "%.1f" % loaded if loaded is not None else "n/a"))
+            fmt_mib(idle), fmt_mib(loaded)))
         lines, passed = publish_lines("publish_enc", ", encrypted")
         out.extend(lines)
         all_pass &= passed

@@ -45,6 +45,11 @@ trap 'rm -rf "$debs"' EXIT
 versions=()
 for package in libc6 libgcc-s1 gcc-12-base ca-certificates; do
     candidate="$(apt-cache policy "$package" | awk '$1 == "Candidate:" {print $2}')"
+    if [[ -z "$candidate" || "$candidate" == "(none)" ]] && [[ "$(id -u)" == 0 ]]; then
+        # A fresh machine may have no package lists yet.
+        apt-get update -qq >&2
+        candidate="$(apt-cache policy "$package" | awk '$1 == "Candidate:" {print $2}')"
+    fi
     [[ -n "$candidate" && "$candidate" != "(none)" ]] || { echo "images/build.sh: apt knows no $package (apt-get update?)" >&2; exit 1; }
     file="$cache/$(echo "${package}_${candidate}" | tr ':~' '__').deb"
     if [[ ! -s "$file" ]]; then
