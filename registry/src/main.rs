@@ -55,8 +55,12 @@ struct GcArgs {
     dry_run: bool,
     /// Free only what was left alone this long (a publish names its bytes within seconds of
     /// storing them). A duration: 1h, 30m.
-    #[arg(long, default_value = "1h", value_parser = grace)]
+    #[arg(long, default_value = "1h", value_parser = duration)]
     grace: Duration,
+    /// How long to wait for a collection already running (a registry's own, every few
+    /// hours and after each dispose) to end before giving up. A duration: 2m, 0s.
+    #[arg(long, default_value = "2m", value_parser = duration)]
+    wait: Duration,
 }
 
 /// Which Domain, and where its Secrets are.
@@ -131,7 +135,7 @@ struct ServeArgs {
     #[arg(long, env = "WHARF_GC_INTERVAL", default_value = "6h", value_parser = timeout)]
     gc_interval: Duration,
     /// How long a blob must have been left alone before the collector frees it.
-    #[arg(long, env = "WHARF_GC_GRACE", default_value = "1h", value_parser = grace)]
+    #[arg(long, env = "WHARF_GC_GRACE", default_value = "1h", value_parser = duration)]
     gc_grace: Duration,
     /// Log format.
     #[arg(long, env = "WHARF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -196,7 +200,7 @@ fn timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn grace(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, String> {
     wharf_api::parse_duration(text).map_err(|error| error.to_string())
 }
 
@@ -290,10 +294,24 @@ async fn collect(args: GcArgs) -> anyhow::Result<()> {
         cleanup.clear();
     }
     let options = wharf_core::collect::CollectOptions { grace: args.grace, dry_run: args.dry_run, cleanup };
-    let report = match registry.collect(&holder, &options).await? {
-        Ok(report) => report,
-        Err(held) => {
-            anyhow::bail!("another collection of Domain {domain:?} runs ({}, until {})", held.holder, held.expires)
+    let give_up = std::time::Instant::now() + args.wait;
+    let mut waiting = false;
+    let report = loop {
+        match registry.collect(&holder, &options).await? {
+            Ok(report) => break report,
+            Err(held) if std::time::Instant::now() < give_up => {
+                if !waiting {
+                    eprintln!("waiting for the collection {} runs to end (at most {:?})", held.holder, args.wait);
+                    waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(held) => anyhow::bail!(
+                "another collection of Domain {domain:?} runs ({}, lease until {}); waited {:?} (--wait)",
+                held.holder,
+                held.expires,
+                args.wait
+            ),
         }
     };
     let dispose = if report.dry_run { "would dispose of" } else { "disposed of" };

@@ -158,6 +158,18 @@ async fn disposed_bytes_are_freed_shared_bytes_stay_and_deleted_versions_stay_ta
     let dry = gc(data.path(), &["--dry-run", "--grace", "0s"]);
     assert!(dry.contains(&format!("would free blob {old_tarball}")) && !dry.contains(&shared), "{dry}");
     assert!(blob_file(data.path(), &old_tarball).exists());
+    // One collection at a time: the command waits for one running (here, a lease whose
+    // holder stopped without giving it back) and gives up after --wait.
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let lease = serde_json::json!({"holder": "registry-0/7", "expires": expires});
+    std::fs::create_dir_all(data.path().join("store/leases")).unwrap();
+    std::fs::write(data.path().join("store/leases/gc.json"), lease.to_string()).unwrap();
+    let refused = run(std::process::Command::new(env!("CARGO_BIN_EXE_wharf-registry"))
+        .args(["storage", "gc", "--config"])
+        .arg(data.path().join("wharf.yaml"))
+        .args(["--grace", "0s", "--wait", "0s"]));
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("registry-0/7") && text(&refused).contains("--wait"), "{}", text(&refused));
     let freed = gc(data.path(), &["--grace", "0s"]);
     assert!(freed.contains("freed 1 of"), "{freed}");
     assert!(!blob_file(data.path(), &old_tarball).exists());
