@@ -154,27 +154,12 @@ install_npm_client() { # package@version folder binary
 install_npm_client "pnpm@12.25.1" pnpm pnpm
 install_npm_client "@yarnpkg/cli-dist@4.18.1" yarn yarn
 
-# The go command sends credentials only over https, so the Go tests put a
-# TLS terminator (our own, in tests/tls-terminator, standard library only)
-# in front of the registry. Built once per Go version and source.
+# The Go tests need a go command that reads GOPROXY credentials and module zips as 1.21 does.
 GO_VERSION="$(go env GOVERSION)"
 case "$GO_VERSION" in
     go1.[0-9]|go1.[0-9].*|go1.1[0-9]|go1.1[0-9].*|go1.20|go1.20.*)
         echo "install-clients: the Go tests need Go 1.21 or newer, found $GO_VERSION" >&2; exit 1 ;;
 esac
-SOURCE_KEY="$(cat "$SOURCE_DIR/tls-terminator/go.mod" "$SOURCE_DIR/tls-terminator/main.go" | sha256sum | cut -c1-16)"
-TERMINATOR="$TOOLS_DIR/tls-terminator-$GO_VERSION-$SOURCE_KEY"
-if [ -x "$TERMINATOR" ]; then
-    echo "install-clients: TLS terminator already in $TERMINATOR"
-else
-    mkdir -p "$TOOLS_DIR"
-    (cd "$SOURCE_DIR/tls-terminator" &&
-        GOFLAGS= GOWORK=off GOPROXY=off GOTOOLCHAIN=local GOCACHE="$TOOLS_DIR/go-build-cache" \
-            go build -trimpath -o "$TERMINATOR.partial" . )
-    mv "$TERMINATOR.partial" "$TERMINATOR"
-    echo "install-clients: built $TERMINATOR"
-fi
-ln -sfn "$TERMINATOR" "$TOOLS_DIR/tls-terminator"
 
 # Maven: the tests run mvn without the network (every repository is
 # mirrored to the Wharf under test), so the plugins their builds use are

@@ -12,6 +12,7 @@ use wharf_diagnostics::logging::{self, LogFormat};
 use wharf_registry::cluster::{ConfigMapSource, UsageReporter};
 use wharf_registry::server::Limits;
 use wharf_registry::server::connections::{self, ConnectionLimits, TrustedProxies};
+use wharf_registry::server::tls::{ReloadingCertificate, TlsFiles};
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
 use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
 use wharf_storage::secrets::SecretsDir;
@@ -122,6 +123,17 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain, e.g. a mounted
+    /// kubernetes.io/tls Secret's tls.crt. Read again when it changes, so a renewed
+    /// certificate is served without a restart. Needs --tls-key.
+    #[arg(long, env = "WHARF_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WHARF_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// How often --tls-cert and --tls-key are checked for changes. A duration: 10s, 1m.
+    #[arg(long, env = "WHARF_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = timeout)]
+    tls_reload_interval: Duration,
     /// How often the Domain's encryption keys are read again from their Secret, so a
     /// rotated key seals new data (a Secret volume follows its Secret within a minute or
     /// so). A duration: 10s, 1m.
@@ -404,23 +416,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_client: args.max_connections_per_client as usize,
         trusted_proxies: TrustedProxies::parse(args.trusted_proxies.iter().map(String::as_str))?,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => {
+            let files = TlsFiles { certificate: certificate.clone(), key: key.clone() };
+            let certificate = ReloadingCertificate::load(files).context("cannot serve HTTPS")?;
+            tokio::spawn(certificate.clone().watch(args.tls_reload_interval));
+            Some(certificate.acceptor())
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("failed to listen on {}", options.listen))?;
     let listen = listener.local_addr().context("failed to read the bound address")?;
-    println!("{}", startup::banner(&config, listen, &options.admin_token, generated));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("{}", startup::banner(&config, scheme, listen, &options.admin_token, generated));
     let live = LiveServer::new(startup::build_state(config, storage, &options).await?);
     if let Some((source, revision)) = source {
         tokio::spawn(source.watch(live.clone(), revision, options.secrets.clone()));
     }
     tracing::info!(
         %listen,
+        %scheme,
         max_connections = connection_limits.max_connections,
         max_connections_per_client = connection_limits.max_connections_per_client,
         trusted_proxies = %connection_limits.trusted_proxies,
         "serving"
     );
-    startup::serve(listener, live.clone(), connection_limits).await;
+    startup::serve(listener, live.clone(), connection_limits, tls).await;
     if let Err(error) = live.state().packages.registry.flush_downloads().await {
         tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "the last downloads could not be recorded");
     }

@@ -245,12 +245,17 @@ impl LiveServer {
 
 /// Serves until SIGINT or SIGTERM within `limits` (see [`server::connections`]); requests
 /// in flight (uploads included) are allowed to finish first.
-pub async fn serve(listener: tokio::net::TcpListener, live: Arc<LiveServer>, limits: ConnectionLimits) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    live: Arc<LiveServer>,
+    limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let service = tower::service_fn(move |request: axum::extract::Request| {
         let router = live.router();
         async move { router.oneshot(request).await }
     });
-    server::connections::serve(listener, limits, service, shutdown_signal()).await;
+    server::connections::serve(listener, limits, tls, service, shutdown_signal()).await;
 }
 
 async fn shutdown_signal() {
@@ -274,8 +279,14 @@ async fn shutdown_signal() {
 }
 
 /// What a newcomer needs to point clients at the registry.
-pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, token_generated: bool) -> String {
-    let base = format!("http://{listen}");
+pub fn banner(
+    config: &DomainConfig,
+    scheme: &str,
+    listen: SocketAddr,
+    admin_token: &str,
+    token_generated: bool,
+) -> String {
+    let base = format!("{scheme}://{listen}");
     let mut text = format!("Wharf registry for Domain {:?} listening on {base}\n", config.domain_name());
     for repo in &config.repositories {
         let name = repo.metadata.name.as_deref().unwrap_or_default();
@@ -297,13 +308,20 @@ pub fn banner(config: &DomainConfig, listen: SocketAddr, admin_token: &str, toke
             "  nuget: nuget sources add -Name wharf -Source {base}/nuget/{name}/v3/index.json -Username token -Password \"$WHARF_TOKEN\" -StorePasswordInClearText\n"
         ));
         text.push_str("         nuget push PACKAGE.nupkg -Source wharf -ApiKey \"$WHARF_TOKEN\"\n");
-        text.push_str(&format!("  swift: swift package-registry set --allow-insecure-http {base}/swift/{name} (login and publish need https)\n"));
+        if scheme == "https" {
+            text.push_str(&format!("  swift: swift package-registry set {base}/swift/{name}\n"));
+        } else {
+            text.push_str(&format!(
+                "  swift: swift package-registry set --allow-insecure-http {base}/swift/{name} (login and publish need https)\n"
+            ));
+        }
         if repo.allows_anonymous_read() {
             text.push_str(&format!("  go:   GOPROXY={base}/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"));
         } else {
             // The go command sends a GOPROXY URL's credentials only over https.
+            let host = if scheme == "https" { listen.to_string() } else { "TLS-HOST".to_owned() };
             text.push_str(&format!(
-                "  go:   GOPROXY=https://token:$WHARF_TOKEN@TLS-HOST/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"
+                "  go:   GOPROXY=https://token:$WHARF_TOKEN@{host}/go/{name} GONOSUMDB=MODULE-PREFIX go get MODULE\n"
             ));
         }
     }

@@ -4,7 +4,7 @@
 //! `GOPROXY`; the `h1:` lines go writes to go.sum match what the registry
 //! serves; retracted versions are skipped; a private repository needs the
 //! token in the `GOPROXY` URL, which the go command sends only over https
-//! (a TLS terminator from `tests/install-clients.sh` provides it).
+//! (the registry serves it itself, `--tls-cert`).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -53,7 +53,8 @@ fn greet_code(version: &str) -> String {
 
 async fn publish(server: &TestServer, repo: &str, path: &str, version: &str, zip: Vec<u8>, token: &str) {
     let escaped = wharf_formats::go::escape(path);
-    let response = reqwest::Client::new()
+    let response = server
+        .client
         .put(server.url(&format!("/go/{repo}/{escaped}/@v/{version}.zip")))
         .bearer_auth(token)
         .body(zip)
@@ -202,7 +203,8 @@ async fn go_get_build_verify_and_skip_retracted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_private_repository_needs_credentials() {
-    let server = TestServer::start_with(Some(PRIVATE_CONFIG), &[]);
+    let ca = TestCa::new();
+    let server = TestServer::start_tls(Some(PRIVATE_CONFIG), &ca, &[]);
     let publisher = server.token(&["private"], &["publish"]).await;
     let reader = server.token(&["private"], &["read"]).await;
     let path = "example.internal/secret";
@@ -211,24 +213,22 @@ async fn go_private_repository_needs_credentials() {
     let ws = Workspace::new();
 
     let download_args = ["mod", "download", "-json", "example.internal/secret@v0.1.0"];
-    let anonymous = run(go(&ws, ".", &proxy_url(&server, "private")).args(download_args));
-    assert!(!anonymous.status.success());
-    assert!(text(&anonymous).contains("401 authentication required"), "{}", text(&anonymous));
     // The go command keeps credentials off plain http, whatever the host.
     let over_http = format!("http://gopher:{reader}@127.0.0.1:{}/go/private", server.port);
     let refused = run(go(&ws, ".", &over_http).args(download_args));
     assert!(text(&refused).contains("refusing to pass credentials to insecure URL"), "{}", text(&refused));
 
-    // Over https it sends the URL's user information as Basic credentials.
-    let tls = TlsTerminator::start(server.port);
+    // Over the registry's own https it sends the URL's user information as Basic
+    // credentials.
     let over_https = |token: Option<&str>| {
         let userinfo = token.map(|t| format!("gopher:{t}@")).unwrap_or_default();
-        let mut command = go(&ws, ".", &format!("https://{userinfo}127.0.0.1:{}/go/private", tls.port));
-        command.env("SSL_CERT_FILE", &tls.certificate);
+        let mut command = go(&ws, ".", &format!("https://{userinfo}127.0.0.1:{}/go/private", server.port));
+        command.env("SSL_CERT_FILE", &ca.authority);
         command
     };
     let anonymous = run(over_https(None).args(["list", "-m", "-versions", path]));
-    assert!(text(&anonymous).contains("401 authentication required"), "{}", text(&anonymous));
+    let refusal = text(&anonymous);
+    assert!(refusal.contains("401") && refusal.contains("authentication required for repository private"), "{refusal}");
     let versions = run_ok(over_https(Some(&reader)).args(["list", "-m", "-versions", path]));
     assert_eq!(String::from_utf8_lossy(&versions.stdout).trim(), format!("{path} v0.1.0"));
     let download = run_ok(over_https(Some(&reader)).args(download_args));
@@ -237,7 +237,8 @@ async fn go_private_repository_needs_credentials() {
     assert_eq!(info["Sum"], zip_hash(&zip));
 
     // A read token cannot publish.
-    let refused = reqwest::Client::new()
+    let refused = server
+        .client
         .put(server.url(&format!("/go/private/{path}/@v/v0.2.0.zip")))
         .bearer_auth(&reader)
         .body(module_zip(path, "v0.2.0", "", "package secret\n"))
@@ -249,12 +250,12 @@ async fn go_private_repository_needs_credentials() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn go_builds_from_a_private_repository_after_wharf_login() {
-    let server = TestServer::start_with(Some(PRIVATE_CONFIG), &[]);
+    let ca = TestCa::new();
+    let server = TestServer::start_tls(Some(PRIVATE_CONFIG), &ca, &[]);
     let publisher = server.token(&["private"], &["publish"]).await;
     publish(&server, "private", GREET, "v1.0.0", module_zip(GREET, "v1.0.0", "", &greet_code("v1.0.0")), &publisher)
         .await;
-    let tls = TlsTerminator::start(server.port);
-    let registry = format!("https://127.0.0.1:{}", tls.port);
+    let registry = server.base.clone();
     let ws = Workspace::new();
     ws.write("home/.config/go/env", "GOFLAGS=-modcacherw\n");
     let wharf = |verb: &str| {
@@ -263,7 +264,7 @@ async fn go_builds_from_a_private_repository_after_wharf_login() {
             .args([verb, "--tool", "go", "--registry", &registry, "--repository", "private"])
             .args(["--private-modules", "example.internal/*"])
             .env("WHARF_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SSL_CERT_FILE", &tls.certificate);
+            .env("SSL_CERT_FILE", &ca.authority);
         command
     };
     run_ok(&mut wharf("login"));
@@ -275,7 +276,7 @@ async fn go_builds_from_a_private_repository_after_wharf_login() {
         for key in ["GOENV", "GOPROXY", "GOSUMDB", "GONOSUMDB", "GOFLAGS"] {
             command.env_remove(key);
         }
-        command.env("SSL_CERT_FILE", &tls.certificate);
+        command.env("SSL_CERT_FILE", &ca.authority);
         command
     };
     let proxy = run_ok(go_as_user(".").args(["env", "GOPROXY", "GONOSUMDB"]));

@@ -431,7 +431,8 @@ async fn publish_go_module(public: &TestServer, module: &str, answer: u32) {
         .unwrap();
     let zip = zip.finish().unwrap().into_inner();
     let escaped = wharf_formats::go::escape(module);
-    let published = reqwest::Client::new()
+    let published = public
+        .client
         .put(public.url(&format!("/go/public/{escaped}/@v/v1.0.0.zip")))
         .bearer_auth(&token)
         .body(zip)
@@ -481,22 +482,21 @@ async fn go_builds_through_the_chain_and_keeps_working_without_the_upstream() {
     assert_eq!(printed.lines().last(), Some("42"), "{printed}");
 }
 
-/// An https external connection: Wharf verifies the upstream's certificate
-/// against its trust store (`SSL_CERT_FILE` here, the test authority), and
-/// `go` builds a module fetched over it; an upstream whose certificate it
-/// cannot verify is refused with a 502 naming the connection. (Go, because
-/// its upstream file URLs follow the connection URL; the loopback npm
-/// registry behind the TCP-level terminator would write http tarball URLs.)
+/// An https external connection (another Wharf serving its own TLS): Wharf
+/// verifies the upstream's certificate against its trust store (`SSL_CERT_FILE`
+/// here, the test authority), and `go` builds a module fetched over it; an
+/// upstream whose certificate it cannot verify is refused with a 502 naming the
+/// connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn go_builds_through_an_https_external_connection() {
     const MODULE: &str = "example.internal/tls/answer";
-    let public = TestServer::start_with(Some(PUBLIC_CONFIG), &[]);
-    let tls = TlsTerminator::start(public.port);
+    let ca = TestCa::new();
+    let public = TestServer::start_tls(Some(PUBLIC_CONFIG), &ca, &[]);
     publish_go_module(&public, MODULE, 43).await;
 
-    let config = chain_config_at(&format!("https://127.0.0.1:{}", tls.port), "");
+    let config = chain_config_at(&public.base, "");
     let data = tempfile::tempdir().unwrap();
-    let trust = [("SSL_CERT_FILE", tls.certificate.as_os_str())];
+    let trust = [("SSL_CERT_FILE", ca.authority.as_os_str())];
     let wharf = TestServer::start_in_env(data.path(), Some(&config), &[], &trust);
     let proxy = format!("http://127.0.0.1:{}/go/app", wharf.port);
     let client = Workspace::new();

@@ -1,6 +1,6 @@
-//! Accepting TCP connections and serving HTTP/1.1 on them within bounds, so that
-//! nobody can hold the registry's file descriptors: at most so many connections in
-//! all and from one client address (the rest are answered `503` with `Retry-After`
+//! Accepting TCP connections and serving HTTP on them (HTTP/1.1, and HTTP/2 when TLS
+//! negotiates it) within bounds, so that nobody can hold the registry's file
+//! descriptors: at most so many connections in all and from one client address (the rest are answered `503` with `Retry-After`
 //! and closed), a request head must arrive within the header timeout, and a
 //! connection with no request in flight is closed after the idle timeout, as is one
 //! whose client takes none of a response for as long. Bodies are otherwise not
@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// How long a refused client may take to send its request head (to tell a health
@@ -348,6 +349,11 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
+/// A connection's byte stream: a socket, or TLS over one.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A socket that reports bytes read, so a request head's clock starts with its first byte.
 struct TrackedStream {
     inner: TcpStream,
@@ -404,11 +410,16 @@ impl AsyncWrite for TrackedStream {
     }
 }
 
-/// Serves `service` on `listener` within `limits` until `shutdown` resolves; then stops
-/// accepting, lets requests in flight finish (uploads included) and returns once every
+/// Serves `service` on `listener` within `limits` (over TLS when `tls` is given) until
+/// `shutdown` resolves; then stops accepting, lets requests in flight finish (uploads included) and returns once every
 /// connection has closed.
-pub async fn serve<S>(listener: TcpListener, limits: ConnectionLimits, service: S, shutdown: impl Future<Output = ()>)
-where
+pub async fn serve<S>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -447,16 +458,16 @@ where
         let trusted = limits.trusted_proxies.contains(client);
         match admission.admit(client, !trusted) {
             Ok(admitted) => {
-                let (limits, service, stopping) = (limits.clone(), service.clone(), stopping.clone());
+                let (limits, service, stopping, tls) = (limits.clone(), service.clone(), stopping.clone(), tls.clone());
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, trusted, &limits, service, stopping).await;
+                    serve_connection(stream, peer, trusted, &limits, tls, service, stopping).await;
                     drop(admitted);
                 });
             }
             Err(refusal) => {
                 refused.count(client, refusal);
                 let reading = refusals.clone().try_acquire_owned().ok();
-                tokio::spawn(refuse(stream, client, refusal, reading));
+                tokio::spawn(refuse(stream, tls.clone(), client, refusal, reading));
             }
         }
     }
@@ -508,6 +519,7 @@ async fn serve_connection<S>(
     peer: SocketAddr,
     trusted: bool,
     limits: &ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     service: S,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -515,7 +527,33 @@ async fn serve_connection<S>(
     S::Future: Send + 'static,
 {
     let activity = Activity::new();
-    let io = TokioIo::new(TrackedStream { inner: stream, activity: activity.clone() });
+    let secure = tls.is_some();
+    let stream = TrackedStream { inner: stream, activity: activity.clone() };
+    // The handshake is part of the first request head's time: a client that starts one
+    // and stalls holds a connection no longer than one that sends half a head.
+    let (io, http2): (Box<dyn Io>, bool) = match tls {
+        None => (Box::new(stream), false),
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                handshake = acceptor.accept(stream) => handshake,
+                _ = activity.expired(limits) => {
+                    tracing::debug!(%peer, "closed: no TLS handshake in time");
+                    return;
+                }
+            };
+            match handshake {
+                Ok(stream) => {
+                    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    (Box::new(stream), http2)
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "closed: TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
+    let io = TokioIo::new(io);
     let requests = activity.clone();
     let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
         requests.request_started();
@@ -525,6 +563,7 @@ async fn serve_connection<S>(
                 request.headers_mut().remove(name);
             }
         }
+        complete_origin(&mut request, secure);
         request.extensions_mut().insert(ConnectInfo(peer));
         let (service, activity) = (service.clone(), requests.clone());
         // The request is in flight until its response body is sent (or dropped). If the
@@ -534,7 +573,9 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, activity }))
         }
     });
-    let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, handler);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder = if http2 { builder.http2_only() } else { builder.http1_only() };
+    let connection = builder.serve_connection(io, handler);
     let mut connection = std::pin::pin!(connection);
     let mut draining = *stopping.borrow();
     if draining {
@@ -566,11 +607,41 @@ async fn serve_connection<S>(
     }
 }
 
+/// Gives every request what absolute links are made of in the headers the handlers read:
+/// HTTP/2 names the host in the URI's authority, not in `Host`, and a connection we
+/// terminate TLS on is https unless a trusted proxy said what its client used.
+fn complete_origin(request: &mut Request<Body>, secure: bool) {
+    use axum::http::{HeaderValue, header};
+    if !request.headers().contains_key(header::HOST)
+        && let Some(host) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    if secure && !request.headers().contains_key("x-forwarded-proto") {
+        request.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    }
+}
+
 /// Answers a connection over a limit: `200 ok` to a health probe (the registry is alive,
 /// restarting it would not help), else `503` with `Retry-After` and why. The request head
 /// is read first, within a second, when a reading slot is free: closing a socket with
 /// unread data resets it, and the client would see the reset instead of the answer.
-async fn refuse(mut stream: TcpStream, client: IpAddr, refusal: Refusal, reading: Option<OwnedSemaphorePermit>) {
+async fn refuse(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    client: IpAddr,
+    refusal: Refusal,
+    reading: Option<OwnedSemaphorePermit>,
+) {
+    let mut stream: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        // Without a slot to read in, a TLS client cannot be answered at all.
+        Some(_) if reading.is_none() => return,
+        Some(acceptor) => match tokio::time::timeout(REFUSAL_READ_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Box::new(stream),
+            _ => return,
+        },
+    };
     let mut head = Vec::new();
     if reading.is_some() {
         let _ = tokio::time::timeout(REFUSAL_READ_TIMEOUT, read_head(&mut stream, &mut head)).await;
@@ -600,7 +671,7 @@ async fn refuse(mut stream: TcpStream, client: IpAddr, refusal: Refusal, reading
 }
 
 /// Reads until the end of a request head, at most 4 KiB.
-async fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) {
+async fn read_head(stream: &mut (impl AsyncRead + Unpin), head: &mut Vec<u8>) {
     let mut buffer = [0u8; 1024];
     while head.len() < 4096 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match stream.read(&mut buffer).await {

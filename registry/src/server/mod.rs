@@ -19,6 +19,7 @@ mod nuget;
 mod pypi;
 mod staging;
 mod swift;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -83,12 +83,24 @@ pub struct TestServer {
     /// The data folder, when the server owns it.
     _data: Option<tempfile::TempDir>,
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// A client that trusts the server's certificate when it serves HTTPS.
+    pub client: reqwest::Client,
 }
 
 impl TestServer {
     /// The embedded default configuration (Domain `default`, Repository `main`).
     pub fn start() -> TestServer {
         Self::start_with(None, &[])
+    }
+
+    /// [`TestServer::start_with`] serving HTTPS with `ca`'s certificate.
+    pub fn start_tls(config: Option<&str>, ca: &TestCa, extra_args: &[&str]) -> TestServer {
+        let mut args = ca.serve_args();
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_with(config, &args);
+        server.client = ca.client();
+        server
     }
 
     /// A configuration given as YAML text; `{data}` in it is replaced by
@@ -165,18 +177,36 @@ impl TestServer {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        TestServer { child, base, port, _data: None, logs }
+        TestServer { child, base, port, _data: None, logs, client: reqwest::Client::new() }
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_status(&format!("{}/readyz", self.base)).ok() == Some(200) {
+            if self.readyz_status() == Some(200) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("wharf-registry never became ready");
+    }
+
+    /// `/readyz`'s status, over plain HTTP or (trusting any certificate) HTTPS.
+    fn readyz_status(&self) -> Option<u16> {
+        let url = format!("{}/readyz", self.base);
+        if !url.starts_with("https://") {
+            return http_status(&url).ok();
+        }
+        // From a thread of its own: tests call this from inside their runtime.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let client = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build().unwrap();
+                Some(client.get(url).send().await.ok()?.status().as_u16())
+            })
+        })
+        .join()
+        .unwrap()
     }
 
     pub fn log_lines(&self) -> Vec<String> {
@@ -189,7 +219,7 @@ impl TestServer {
 
     /// Mints a token through the management API.
     pub async fn token(&self, repositories: &[&str], permissions: &[&str]) -> String {
-        let response = reqwest::Client::new()
+        let response = self.client
             .post(self.url("/api/v1/auth/token"))
             .bearer_auth(ADMIN_TOKEN)
             .json(&serde_json::json!({"repositories": repositories, "permissions": permissions, "ttlSeconds": 3600, "subject": "ci-bot"}))
@@ -211,7 +241,7 @@ impl TestServer {
         token: &str,
     ) -> reqwest::Response {
         let package = package.replace('/', "%2f");
-        reqwest::Client::new()
+        self.client
             .put(
                 self.url(&format!("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status")),
             )
@@ -227,7 +257,8 @@ impl TestServer {
     /// The live registry tokens the admin API lists, those of `subject` when given.
     pub async fn live_tokens(&self, subject: Option<&str>) -> serde_json::Value {
         let query = subject.map(|subject| format!("?subject={subject}")).unwrap_or_default();
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .get(self.url(&format!("/api/v1/auth/tokens{query}")))
             .bearer_auth(ADMIN_TOKEN)
             .send()
@@ -478,52 +509,68 @@ pub fn write_npmrc(workspace: &Workspace, dir: &str, server: &TestServer, repo: 
     file.write_all(text.as_bytes()).unwrap();
 }
 
-/// A TLS terminator in front of the registry (built by
-/// `tests/install-clients.sh`), with a certificate from its own throw-away authority;
-/// stopped on drop.
-pub struct TlsTerminator {
-    child: Child,
-    pub port: u16,
-    /// The PEM of the authority that issued its certificate, for `SSL_CERT_FILE`.
+/// A throw-away certificate authority, and the server certificate it issued for
+/// `127.0.0.1` and `localhost`, as PEM files: the registry serves them
+/// (`--tls-cert`, `--tls-key`) and clients trust the authority (`SSL_CERT_FILE`, npm's
+/// `cafile`, `PIP_CERT`, `CARGO_HTTP_CAINFO`).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The authority's certificate.
+    pub authority: PathBuf,
     pub certificate: PathBuf,
+    pub key: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl TlsTerminator {
-    pub fn start(backend_port: u16) -> TlsTerminator {
-        let tools = std::env::var_os("WHARF_TEST_TOOLS")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wharf/test-tools")))
-            .unwrap();
-        let binary = tools.join("tls-terminator");
-        assert!(
-            binary.exists(),
-            "the TLS terminator is missing from {}: run tests/install-clients.sh (tests/run.sh does it)",
-            tools.display()
-        );
+impl TestCa {
+    pub fn new() -> TestCa {
         let dir = tempfile::tempdir().unwrap();
-        let certificate = dir.path().join("certificate.pem");
-        let mut child = Command::new(binary)
-            .arg("-backend")
-            .arg(format!("127.0.0.1:{backend_port}"))
-            .arg("-cert-out")
-            .arg(&certificate)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().expect("the TLS terminator exited before listening").unwrap();
-        let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-        std::thread::spawn(move || for _ in lines {});
-        TlsTerminator { child, port, certificate, _dir: dir }
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Wharf test authority");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let authority = dir.path().join("authority.pem");
+        std::fs::write(&authority, params.self_signed(&key).unwrap().pem()).unwrap();
+        let ca = TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            authority,
+            certificate: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+            _dir: dir,
+        };
+        ca.issue();
+        ca
     }
-}
 
-impl Drop for TlsTerminator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Issues a new server certificate and key over the old files (a renewal); returns the
+    /// certificate's DER, to tell which one a server presents.
+    pub fn issue(&self) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        // Python's ssl verifies strictly (VERIFY_X509_STRICT): it wants the issuer named.
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(&self.key, key.serialize_pem()).unwrap();
+        std::fs::write(&self.certificate, certificate.pem()).unwrap();
+        certificate.der().to_vec()
+    }
+
+    /// `wharf-registry serve` arguments that serve this certificate, checked every second.
+    pub fn serve_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        ["--tls-cert".to_owned(), path(&self.certificate), "--tls-key".to_owned(), path(&self.key)]
+            .into_iter()
+            .chain(["--tls-reload-interval".to_owned(), "1s".to_owned()])
+            .collect()
+    }
+
+    /// An HTTP client that trusts this authority (and only it) and reports the peer's
+    /// certificate.
+    pub fn client(&self) -> reqwest::Client {
+        let authority = reqwest::Certificate::from_pem(&std::fs::read(&self.authority).unwrap()).unwrap();
+        reqwest::Client::builder().tls_certs_only([authority]).tls_info(true).build().unwrap()
     }
 }
 

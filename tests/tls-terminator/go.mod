@@ -1,3 +1,0 @@
-module wharf.test/tls-terminator
-
-go 1.21
