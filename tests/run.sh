@@ -6,7 +6,9 @@
 # sandbox for the health check tests (tests/argocd-lua.sh) and the OpenID
 # provider the OIDC tests run (tests/oidc-provider.sh: Ory Hydra, cached by
 # version), the S3 server the storage tests run (tests/seaweedfs.sh:
-# SeaweedFS) and kube-score (tests/kube-score.sh), both cached by version, builds the `wharf` CLI the login tests drive (cargo builds a
+# SeaweedFS) and kube-score (tests/kube-score.sh), both cached by version, gathers the
+# Gateway API, cert-manager and Prometheus Operator CRDs from their Go modules
+# (tests/third-party-crds.sh), builds the `wharf` CLI the login tests drive (cargo builds a
 # binary for the tests of its own package only), then runs every test of the
 # workspace.
 # Extra arguments go to `cargo test`.
@@ -25,5 +27,7 @@ WHARF_SEAWEEDFS_BIN="$(tests/seaweedfs.sh | tail -n 1)"
 export WHARF_SEAWEEDFS_BIN
 WHARF_KUBE_SCORE_BIN="$(tests/kube-score.sh | tail -n 1)"
 export WHARF_KUBE_SCORE_BIN
+WHARF_THIRD_PARTY_CRDS="$(tests/third-party-crds.sh | tail -n 1)"
+export WHARF_THIRD_PARTY_CRDS
 cargo build -p wharf-cli --locked
 cargo test --workspace --locked "$@"

@@ -106,6 +106,18 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec.registry.tls",
+            rule: "has(self.secretName) != has(self.issuerRef)".into(),
+            message: crate::domain::TLS_SECRET_OR_ISSUER,
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.tls",
+            rule: "!has(self.dnsNames) || has(self.issuerRef)".into(),
+            message: crate::domain::TLS_DNS_NAMES_NEED_ISSUER,
+        },
+        Rule {
+            kind: "Domain",
             path: "spec.registry.dataVolume.size",
             rule: "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))".into(),
             message: "size must be a positive Kubernetes quantity, such as 50Gi",

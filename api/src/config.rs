@@ -628,6 +628,18 @@ impl Checker<'_> {
                     self.report(about, "spec.registry.autoscaling", "minReplicas cannot exceed maxReplicas".to_owned());
                 }
             }
+            if let Some(tls) = &registry.tls {
+                if tls.secret_name.is_some() == tls.issuer_ref.is_some() {
+                    self.report(about, "spec.registry.tls", crate::domain::TLS_SECRET_OR_ISSUER.to_owned());
+                }
+                if !tls.dns_names.is_empty() && tls.issuer_ref.is_none() {
+                    self.report(
+                        about,
+                        "spec.registry.tls.dnsNames",
+                        crate::domain::TLS_DNS_NAMES_NEED_ISSUER.to_owned(),
+                    );
+                }
+            }
             if let Some(volume) = &registry.data_volume {
                 if spec.storage.filesystem.is_none() {
                     self.report(
@@ -1544,6 +1556,23 @@ spec:
         let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
         assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
         assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
+    }
+
+    #[test]
+    fn tls_names_one_source_of_its_certificate() {
+        let secret = "  registry: {tls: {secretName: acme-tls}}\n";
+        assert!(load(&format!("{DOMAIN}{secret}")).is_ok());
+        let issuer =
+            "  registry: {tls: {issuerRef: {name: ca, kind: ClusterIssuer}, dnsNames: [wharf.acme.example]}}\n";
+        assert!(load(&format!("{DOMAIN}{issuer}")).is_ok());
+        for (registry, message) in [
+            ("  registry: {tls: {}}\n", crate::domain::TLS_SECRET_OR_ISSUER),
+            ("  registry: {tls: {secretName: a, issuerRef: {name: ca}}}\n", crate::domain::TLS_SECRET_OR_ISSUER),
+            ("  registry: {tls: {secretName: a, dnsNames: [x.example]}}\n", crate::domain::TLS_DNS_NAMES_NEED_ISSUER),
+        ] {
+            let messages = messages(&load(&format!("{DOMAIN}{registry}")).unwrap_err());
+            assert!(messages.len() == 1 && messages[0].ends_with(message), "{registry}: {messages:?}");
+        }
     }
 
     #[test]

@@ -630,6 +630,54 @@ pub struct RegistryDeploymentSpec {
     /// The PersistentVolumeClaim of filesystem storage (only with `storage.filesystem`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<DataVolumeSpec>,
+    /// HTTPS served by the registry pods themselves (HTTP/2 and HTTP/1.1), from a TLS
+    /// Secret or a certificate cert-manager issues. The Service then speaks only https,
+    /// and `status.endpoints` say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RegistryTls>,
+}
+
+/// Why a TLS block names one source of its certificate.
+pub const TLS_SECRET_OR_ISSUER: &str = "set registry.tls.secretName (a kubernetes.io/tls Secret) or registry.tls.issuerRef (cert-manager issues one), \
+     exactly one";
+/// Why `dnsNames` needs an issuer.
+pub const TLS_DNS_NAMES_NEED_ISSUER: &str = "registry.tls.dnsNames are the names cert-manager's certificate is \
+     issued for; with secretName, the Secret's certificate names what it names";
+
+/// Where the registry's certificate comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryTls {
+    /// A `kubernetes.io/tls` Secret in the Domain's namespace (keys `tls.crt`, `tls.key`).
+    /// A renewed certificate is served within a minute or so, without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// cert-manager issues the certificate: the operator renders a `Certificate` for the
+    /// Service's in-cluster names and `dnsNames`, kept in Secret `wharf-DOMAIN-tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerReference>,
+    /// More names the certificate is for, such as the external host name (with `issuerRef`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub dns_names: Vec<String>,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerReference {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the Domain's namespace, the default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Issuer", "ClusterIssuer"]))]
+    pub kind: Option<String>,
+    /// The issuer's API group; `cert-manager.io` when unset (external issuers have their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
 }
 
 /// Why `replicas` and `autoscaling` cannot both be set.

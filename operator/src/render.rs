@@ -38,6 +38,8 @@ pub const ADMIN_TOKEN_KEY: &str = "token";
 pub const SECRETS_DIR: &str = "/var/run/wharf/secrets";
 /// Data folder of the registry when storage is not a local folder.
 pub const DATA_DIR: &str = "/var/lib/wharf";
+/// Where the registry's TLS Secret is mounted, with `registry.tls`.
+pub const TLS_DIR: &str = "/var/run/wharf/tls";
 /// Port the registry container listens on; the Service maps its own port to it.
 pub const CONTAINER_PORT: i32 = 8080;
 /// Service port when the Domain names none.
@@ -95,6 +97,8 @@ pub struct ChildNames {
     pub usage_config_map: String,
     /// Cluster-scoped, so the namespace is part of the name.
     pub cluster_role_binding: String,
+    /// The Secret cert-manager keeps the registry's certificate in (`registry.tls.issuerRef`).
+    pub issued_tls_secret: String,
 }
 
 impl ChildNames {
@@ -108,6 +112,7 @@ impl ChildNames {
             admin_token: format!("wharf-{name}-admin-token"),
             data_volume_claim: format!("wharf-{name}-data"),
             cluster_role_binding: format!("wharf-{namespace}-{name}-auth-delegator"),
+            issued_tls_secret: format!("wharf-{name}-tls"),
         }
     }
 
@@ -193,6 +198,42 @@ pub struct Children {
     pub disruption_budget: Option<PodDisruptionBudget>,
     /// Scales the registry pods, with `registry.autoscaling`.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// cert-manager's `Certificate` for the registry, with `registry.tls.issuerRef`.
+    pub certificate: Option<serde_json::Value>,
+}
+
+/// The API of cert-manager's `Certificate`s.
+pub fn certificate_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "cert-manager.io".to_owned(),
+        version: "v1".to_owned(),
+        api_version: "cert-manager.io/v1".to_owned(),
+        kind: "Certificate".to_owned(),
+        plural: "certificates".to_owned(),
+    }
+}
+
+/// The Domain's `registry.tls`, when its registry serves HTTPS.
+pub fn tls(domain: &Domain) -> Option<&wharf_api::domain::RegistryTls> {
+    domain.spec.registry.as_ref().and_then(|registry| registry.tls.as_ref())
+}
+
+/// The Secret the registry's certificate is read from, with `registry.tls`.
+pub fn tls_secret(domain: &Domain) -> Option<String> {
+    let tls = tls(domain)?;
+    Some(tls.secret_name.clone().unwrap_or_else(|| ChildNames::of(domain).issued_tls_secret))
+}
+
+/// The names the Service answers to in the cluster, short to fully qualified.
+fn service_dns_names(domain: &Domain) -> Vec<String> {
+    let service = ChildNames::of(domain).registry;
+    let namespace = domain.metadata.namespace.as_deref().unwrap_or_default();
+    vec![
+        service.clone(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
 }
 
 /// Why the children could not be rendered.
@@ -249,7 +290,8 @@ pub fn service_port(domain: &Domain) -> i32 {
 pub fn domain_endpoint(domain: &Domain) -> String {
     let names = ChildNames::of(domain);
     let namespace = domain.metadata.namespace.as_deref().unwrap_or_default();
-    format!("http://{}.{namespace}.svc:{}", names.registry, service_port(domain))
+    let scheme = if tls(domain).is_some() { "https" } else { "http" };
+    format!("{scheme}://{}.{namespace}.svc:{}", names.registry, service_port(domain))
 }
 
 /// The client endpoint of a Repository for every format the registry serves, as each client
@@ -416,10 +458,11 @@ pub fn render(
             ),
             selector: Some(selector_labels(&name)),
             ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
+                name: Some(port_name(domain).to_owned()),
                 port: service_port(domain),
-                target_port: Some(IntOrString::String("http".to_owned())),
+                target_port: Some(IntOrString::String(port_name(domain).to_owned())),
                 protocol: Some("TCP".to_owned()),
+                app_protocol: Some(port_name(domain).to_owned()),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()
@@ -468,6 +511,29 @@ pub fn render(
         status: None,
     });
 
+    let issued = tls(domain).and_then(|tls| tls.issuer_ref.as_ref().map(|issuer| (tls, issuer)));
+    let certificate = issued.map(|(tls, issuer)| {
+        let mut dns_names = service_dns_names(domain);
+        dns_names.extend(tls.dns_names.iter().cloned());
+        serde_json::json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": metadata(&names.registry),
+            "spec": {
+                "secretName": names.issued_tls_secret,
+                "dnsNames": dns_names,
+                "issuerRef": {
+                    "name": issuer.name,
+                    "kind": issuer.kind.as_deref().unwrap_or("Issuer"),
+                    "group": issuer.group.as_deref().unwrap_or("cert-manager.io"),
+                },
+                "usages": ["server auth", "digital signature"],
+                // A renewal gets a new key, so a leaked key ages out with its certificate.
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            },
+        })
+    });
+
     Ok(Children {
         config_map,
         usage_config_map,
@@ -482,7 +548,13 @@ pub fn render(
         service,
         disruption_budget,
         autoscaler,
+        certificate,
     })
+}
+
+/// The name of the registry's port: what it speaks.
+fn port_name(domain: &Domain) -> &'static str {
+    if tls(domain).is_some() { "https" } else { "http" }
 }
 
 fn deployment(
@@ -533,6 +605,30 @@ fn deployment(
         });
     }
 
+    let mut tls_env = Vec::new();
+    if let Some(secret) = tls_secret(domain) {
+        // Not in the pod template's checksum: a renewed certificate is read again by the
+        // running pods, no rollout.
+        volumes.push(Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource { secret_name: Some(secret), ..SecretVolumeSource::default() }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        for (variable, key) in [("WHARF_TLS_CERT", "tls.crt"), ("WHARF_TLS_KEY", "tls.key")] {
+            tls_env.push(EnvVar {
+                name: variable.to_owned(),
+                value: Some(format!("{TLS_DIR}/{key}")),
+                value_from: None,
+            });
+        }
+    }
+
     let env_from_secret = |variable: &str, secret: &str, key: &str| EnvVar {
         name: variable.to_owned(),
         value: None,
@@ -541,10 +637,12 @@ fn deployment(
             ..EnvVarSource::default()
         }),
     };
+    let port = port_name(domain);
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("http".to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            scheme: Some(port.to_uppercase()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(10),
@@ -572,11 +670,12 @@ fn deployment(
                 env_from_secret("WHARF_ADMIN_TOKEN", &names.admin_token, ADMIN_TOKEN_KEY),
             ]
             .into_iter()
+            .chain(tls_env)
             .chain(settings_of_pod.env.iter().cloned())
             .collect(),
         ),
         ports: Some(vec![ContainerPort {
-            name: Some("http".to_owned()),
+            name: Some(port.to_owned()),
             container_port: CONTAINER_PORT,
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
@@ -813,8 +912,10 @@ spec:
             service,
             disruption_budget,
             autoscaler,
+            certificate,
         } = children;
         assert!(data_volume_claim.is_none(), "object storage needs no volume");
+        assert!(certificate.is_none(), "plain http needs no certificate");
         assert!(autoscaler.is_none(), "a fixed number of replicas needs no autoscaler");
         let disruption_budget = disruption_budget.unwrap();
         let namespaced = [

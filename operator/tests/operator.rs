@@ -991,3 +991,115 @@ async fn npm_through_the_registry_the_operator_rendered() {
     });
     eprintln!("access change enforced {took:?} after the Repository was patched");
 }
+
+/// `registry.tls`: with `issuerRef` the operator renders cert-manager's `Certificate` (admitted
+/// by cert-manager's own CRD) for the Service's names and `dnsNames`, and the pods read the
+/// Secret it fills; the Certificate goes when the Domain names a Secret of its own instead;
+/// without cert-manager, or with a Secret that does not exist, the Domain says so.
+#[tokio::test]
+async fn tls_comes_from_a_cert_manager_certificate_or_a_secret() {
+    use kube::core::DynamicObject;
+    use wharf_operator::render::certificate_resource;
+    let client = operator().await;
+    let ns = "it-tls";
+    ensure_namespace(&client, ns).await.unwrap();
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    let touch = |n: u32| {
+        let patch = serde_json::json!({"metadata": {"annotations": {"test.wharf.dev/touch": n.to_string()}}});
+        let domains = domains.clone();
+        async move { domains.patch("secure", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap() }
+    };
+    let issued = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: secure, namespace: {ns}}}\nspec:\n  \
+         storage: {{memory: {{}}}}\n  registry:\n    service: {{port: 443}}\n    \
+         tls: {{issuerRef: {{name: acme-ca, kind: ClusterIssuer}}, dnsNames: [wharf.acme.example]}}\n"
+    );
+    // Probably no cert-manager yet: this binary's other tests never install it.
+    let certificates: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &certificate_resource());
+    if certificates.list(&ListParams::default()).await.is_err() {
+        apply_yaml(&client, &issued, None).await.unwrap();
+        let domain = wait_domain(&client, ns, "secure", "CertificateNotIssuable").await;
+        let message = ready_of(&domain.status.unwrap().conditions).unwrap().2;
+        assert!(message.contains("install cert-manager"), "{message}");
+    }
+    wharf_test_harness::install_third_party_crds(&client, &["cert-manager.io_certificates.yaml"]).await.unwrap();
+    apply_yaml(&client, &issued, None).await.unwrap();
+    touch(1).await;
+    let certificate = eventually(WAIT, "the Certificate", || async {
+        certificates.get("wharf-secure").await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let spec = &certificate.data["spec"];
+    assert_eq!(spec["secretName"], "wharf-secure-tls");
+    let names: Vec<&str> = spec["dnsNames"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "wharf-secure",
+            "wharf-secure.it-tls",
+            "wharf-secure.it-tls.svc",
+            "wharf-secure.it-tls.svc.cluster.local",
+            "wharf.acme.example"
+        ]
+    );
+    assert_eq!(
+        spec["issuerRef"],
+        serde_json::json!({"name": "acme-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    let uid = domains.get("secure").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(certificate.metadata.owner_references.unwrap()[0].uid, uid, "deleted with the Domain");
+
+    // The pods read the issued Secret and speak https: probes, Service, endpoint.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let tls_secret_of = |deployment: &Deployment| {
+        let spec = deployment.spec.template.spec.as_ref()?;
+        let volume = spec.volumes.as_ref()?.iter().find(|volume| volume.name == "tls")?;
+        volume.secret.as_ref()?.secret_name.clone()
+    };
+    let deployment = eventually(WAIT, "the Deployment mounting the issued Secret", || async {
+        let deployment = deployments.get("wharf-secure").await.map_err(|e| e.to_string())?;
+        let secret = tls_secret_of(&deployment);
+        if secret.as_deref() == Some("wharf-secure-tls") { Ok(deployment) } else { Err(format!("{secret:?}")) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let container = &deployment.spec.template.spec.unwrap().containers[0];
+    let probe = container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
+    let env: BTreeMap<_, _> =
+        container.env.iter().flatten().map(|var| (var.name.as_str(), var.value.clone().unwrap_or_default())).collect();
+    assert_eq!(env["WHARF_TLS_CERT"], "/var/run/wharf/tls/tls.crt");
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let port = &services.get("wharf-secure").await.unwrap().spec.unwrap().ports.unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.app_protocol.as_deref(), port.port), (Some("https"), Some("https"), 443));
+    let endpoint = eventually(WAIT, "an https endpoint", || async {
+        let endpoint = domains.get("secure").await.map_err(|e| e.to_string())?.status.and_then(|s| s.endpoint);
+        endpoint.filter(|e| e.starts_with("https://")).ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoint, "https://wharf-secure.it-tls.svc:443");
+
+    // A Secret of the Domain's own instead: the Certificate goes; until the Secret exists,
+    // the Domain says which one it waits for.
+    let own = serde_json::json!({"spec": {"registry": {"tls": {"issuerRef": null, "dnsNames": null, "secretName": "acme-tls"}}}});
+    domains.patch("secure", &PatchParams::default(), &Patch::Merge(&own)).await.unwrap();
+    let domain = wait_domain(&client, ns, "secure", "SecretNotFound").await;
+    let message = ready_of(&domain.status.unwrap().conditions).unwrap().2;
+    assert!(message.contains("acme-tls") && message.contains("kubernetes.io/tls"), "{message}");
+    assert!(certificates.get_opt("wharf-secure").await.unwrap().is_none(), "the Certificate is deleted");
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: acme-tls, namespace: {ns}}}\ntype: kubernetes.io/tls\n\
+         stringData: {{tls.crt: not-checked-here, tls.key: not-checked-here}}\n"
+    );
+    apply_yaml(&client, &secret, None).await.unwrap();
+    touch(2).await;
+    eventually(WAIT, "the Deployment mounting Secret acme-tls", || async {
+        let deployment = deployments.get("wharf-secure").await.map_err(|e| e.to_string())?;
+        let secret = tls_secret_of(&deployment);
+        if secret.as_deref() == Some("acme-tls") { Ok(()) } else { Err(format!("{secret:?}")) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+}

@@ -88,6 +88,11 @@ one by one.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list, watch, create, patch, delete]
+# cert-manager's Certificate for a registry with registry.tls.issuerRef; removed when
+# the Domain stops asking for one.
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [list, watch, create, patch]

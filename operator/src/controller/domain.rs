@@ -114,6 +114,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         service,
         disruption_budget,
         autoscaler,
+        certificate,
     } = children;
     // Secrets, identity and access before the Deployment, so new pods find them.
     apply(&ctx.client, &signing_key).await?;
@@ -127,6 +128,26 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     apply(&ctx.client, &usage_config_map).await?;
     if let Some(claim) = &data_volume_claim {
         apply(&ctx.client, claim).await?;
+    }
+    if let Some(problem) = apply_certificate(&ctx.client, domain, &names, certificate.as_ref()).await? {
+        finish(ctx, domain, &previous, &Outcome::stalled("CertificateNotIssuable", problem)).await?;
+        return Ok(Action::requeue(SECRET_RETRY));
+    }
+    if let Some(secret) = render::tls(domain).and_then(|tls| tls.secret_name.as_ref()) {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        let found = secrets.get_metadata_opt(secret).await.map_err(|source| Error::Read {
+            kind: "Secret",
+            name: format!("{namespace}/{secret}"),
+            source,
+        })?;
+        if found.is_none() {
+            let problem = format!(
+                "registry.tls.secretName names Secret {secret}, which does not exist in namespace {namespace}; create \
+                 it (type kubernetes.io/tls, keys tls.crt and tls.key) or let cert-manager issue one (registry.tls.issuerRef)"
+            );
+            finish(ctx, domain, &previous, &Outcome::stalled("SecretNotFound", problem)).await?;
+            return Ok(Action::requeue(SECRET_RETRY));
+        }
     }
     if render::autoscaling(domain).is_some() {
         hand_replicas_to_the_autoscaler(&ctx.client, &namespace, &names.registry).await?;
@@ -220,6 +241,40 @@ async fn hand_replicas_to_the_autoscaler(client: &Client, namespace: &str, name:
         "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}});
     api.patch(name, &PatchParams::apply(REPLICAS_HANDOVER_MANAGER), &Patch::Apply(handover)).await.map_err(failed)?;
     Ok(())
+}
+
+/// Applies cert-manager's `Certificate` for the registry, or deletes one a Domain no longer
+/// asks for. `Ok(Some)` says why it cannot be: the cluster has no cert-manager.
+async fn apply_certificate(
+    client: &Client,
+    domain: &Domain,
+    names: &ChildNames,
+    certificate: Option<&serde_json::Value>,
+) -> Result<Option<String>, Error> {
+    let namespace = domain.namespace().unwrap_or_default();
+    let resource = render::certificate_resource();
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let name = format!("{namespace}/{}", names.registry);
+    let Some(certificate) = certificate else {
+        // Also when cert-manager is not installed: nothing to delete then.
+        return match api.delete(&names.registry, &DeleteParams::default()).await {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+            Err(source) => Err(Error::Delete { kind: "Certificate", name, source }),
+        };
+    };
+    match api
+        .patch(&names.registry, &PatchParams::apply(render::FIELD_MANAGER).force(), &Patch::Apply(certificate))
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Some(
+            "registry.tls.issuerRef asks cert-manager for the certificate, and this cluster serves no \
+             certificates.cert-manager.io/v1: install cert-manager, or name a TLS Secret in registry.tls.secretName"
+                .to_owned(),
+        )),
+        Err(source) => Err(Error::Apply { kind: "Certificate", name, source }),
+    }
 }
 
 /// The field manager that holds a Deployment's replica count between the operator and an

@@ -335,6 +335,34 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Installs third-party CustomResourceDefinitions by file name (`cert-manager.io_certificates.yaml`)
+/// from the folder `tests/third-party-crds.sh` gathers from their projects' Go modules
+/// (`WHARF_THIRD_PARTY_CRDS`, or the script's cache), and waits until each kind is served.
+pub async fn install_third_party_crds(client: &Client, files: &[&str]) -> anyhow::Result<()> {
+    let folder = cached_build("WHARF_THIRD_PARTY_CRDS", "third-party-crds.sh")?;
+    for file in files {
+        let path = folder.join(file);
+        let yaml = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        for crd in apply_yaml(client, &yaml, None).await? {
+            let spec = crd.data.get("spec").context("a CRD without spec")?;
+            let group = spec["group"].as_str().context("a CRD without spec.group")?.to_owned();
+            let plural = spec["names"]["plural"].as_str().context("a CRD without spec.names.plural")?.to_owned();
+            let version = spec["versions"]
+                .as_array()
+                .and_then(|versions| versions.iter().find(|version| version["served"] == true))
+                .and_then(|version| version["name"].as_str())
+                .context("a CRD without a served version")?
+                .to_owned();
+            eventually(Duration::from_secs(30), &format!("{plural}.{group} is served"), || async {
+                let request = get(&format!("/apis/{group}/{version}/{plural}?limit=1")).map_err(|e| e.to_string())?;
+                client.request_text(request).await.map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Server-side applies every document of `yaml` (field manager [`TEST_FIELD_MANAGER`],
 /// forcing conflicts), in `default_namespace` where a namespaced document names none.
 /// Returns the applied objects as the apiserver stored them.

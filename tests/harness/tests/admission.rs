@@ -202,6 +202,15 @@ async fn domains() {
         accepts(&client, &domain("ttl", &format!("  storage: {{memory: {{}}}}\n  tokens: {{maxTTL: \"{ttl}\"}}\n")))
             .await;
     }
+    let tls =
+        |name: &str, block: &str| domain(name, &format!("  storage: {{memory: {{}}}}\n  registry: {{tls: {block}}}\n"));
+    accepts(&client, &tls("tls-secret", "{secretName: acme-tls}")).await;
+    accepts(&client, &tls("tls-issuer", "{issuerRef: {name: ca, kind: ClusterIssuer}, dnsNames: [wharf.example]}"))
+        .await;
+    rejects(&client, &tls("tls-none", "{}"), "exactly one").await;
+    rejects(&client, &tls("tls-both", "{secretName: a, issuerRef: {name: ca}}"), "exactly one").await;
+    rejects(&client, &tls("tls-names", "{secretName: a, dnsNames: [x.example]}"), "dnsNames are the names").await;
+    rejects(&client, &tls("tls-kind", "{issuerRef: {name: ca, kind: Vault}}"), "Unsupported value").await;
     let exactly_one = "set exactly one storage backend";
     rejects(&client, &domain("none", "  storage: {}\n"), exactly_one).await;
     rejects(&client, &domain("two", "  storage: {memory: {}, filesystem: {path: /data}}\n"), exactly_one).await;
