@@ -1,6 +1,6 @@
 //! The operator against a real kube-apiserver and etcd (the test harness): CRDs installed,
 //! `wharf-operator run` as a child process under exactly `operator/rbac/cluster-role.yaml`
-//! (as ServiceAccount wharf-system/wharf-operator), Wharf objects applied, children,
+//! and its guard policy (as ServiceAccount wharf-system/wharf-operator), Wharf objects applied, children,
 //! status, events, drift, invalid objects and deletion checked. Does I/O (processes,
 //! network on loopback).
 //!
@@ -44,7 +44,7 @@ async fn operator() -> Client {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             install_crds(&admin).await.unwrap();
             ensure_namespace(&admin, "wharf-system").await.unwrap();
-            for file in ["cluster-role.yaml", "service-account.yaml"] {
+            for file in ["cluster-role.yaml", "service-account.yaml", "cluster-role-binding-guard.yaml"] {
                 let yaml = std::fs::read_to_string(root.join("operator/rbac").join(file)).unwrap();
                 apply_yaml(&admin, &yaml, None).await.unwrap();
             }
@@ -1102,4 +1102,43 @@ async fn tls_comes_from_a_cert_manager_certificate_or_a_secret() {
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+}
+
+/// The operator's ClusterRole grants create, patch and delete on ClusterRoleBindings, which
+/// RBAC cannot limit by name; the guard policy limits them to the registries' own bindings:
+/// as the operator, another binding can be neither deleted, nor changed, nor made, while the
+/// Domains' bindings come and go (the other tests).
+#[tokio::test]
+async fn the_operator_cannot_touch_cluster_role_bindings_it_does_not_make() {
+    let admin = operator().await;
+    let plane = wharf_test_harness::ControlPlane::shared().await;
+    let as_operator = plane.service_account_client("wharf-system", "wharf-operator").await.unwrap();
+    let binding = |name: &str, role: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {name}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: \"{role}\"}}\n\
+             subjects: [{{kind: ServiceAccount, name: someone, namespace: elsewhere}}]\n"
+        )
+    };
+    // An administrator's bindings, one even named like the operator's.
+    apply_yaml(&admin, &binding("platform-auth-delegator", "system:auth-delegator"), None).await.unwrap();
+    apply_yaml(&admin, &binding("wharf-it-lookalike-auth-delegator", "view"), None).await.unwrap();
+    let bindings: Api<ClusterRoleBinding> = Api::all(as_operator.clone());
+    for name in ["platform-auth-delegator", "wharf-it-lookalike-auth-delegator"] {
+        let refused = bindings.delete(name, &DeleteParams::default()).await.unwrap_err();
+        let kube::Error::Api(status) = refused else { panic!("{refused:?}") };
+        assert_eq!(status.code, 403, "{status:?}");
+        assert!(status.message.contains("manages only the ClusterRoleBindings it makes for registries"), "{status:?}");
+        assert!(status.message.contains(name), "{status:?}");
+    }
+    let changed = serde_json::json!({"subjects": [{"kind": "ServiceAccount", "name": "registry", "namespace": "x"}]});
+    let refused = bindings.patch("platform-auth-delegator", &PatchParams::default(), &Patch::Merge(&changed)).await;
+    assert!(format!("{refused:?}").contains("manages only"), "{refused:?}");
+    let made = apply_yaml(&as_operator, &binding("grant-everyone-auth-delegator", "system:auth-delegator"), None).await;
+    assert!(format!("{made:?}").contains("manages only"), "{made:?}");
+    let admins: Api<ClusterRoleBinding> = Api::all(admin);
+    for name in ["platform-auth-delegator", "wharf-it-lookalike-auth-delegator"] {
+        assert!(admins.get_opt(name).await.unwrap().is_some(), "{name} is still there");
+        admins.delete(name, &DeleteParams::default()).await.unwrap();
+    }
 }

@@ -100,6 +100,8 @@ async fn install(plane: &ControlPlane) -> (Client, PathBuf) {
     }
     let rbac = root().join("operator/rbac/watch-namespaces");
     apply_yaml(&admin, &std::fs::read_to_string(rbac.join("cluster.yaml")).unwrap(), None).await.unwrap();
+    let guard = root().join("operator/rbac/cluster-role-binding-guard.yaml");
+    apply_yaml(&admin, &std::fs::read_to_string(guard).unwrap(), None).await.unwrap();
     let namespace_rbac = std::fs::read_to_string(rbac.join("namespace.yaml")).unwrap();
     for namespace in WATCHED {
         apply_yaml(&admin, &namespace_rbac, Some(namespace)).await.unwrap();

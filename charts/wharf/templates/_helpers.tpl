@@ -41,7 +41,9 @@ one by one.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
-# Cluster-scoped, so no owner reference: the Domain's finalizer deletes it.
+# Cluster-scoped, so no owner reference: the Domain's finalizer deletes it. RBAC cannot
+# narrow these verbs by name; cluster-role-binding-guard.yaml narrows them to the registries'
+# own bindings.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [clusterrolebindings]
   verbs: [list, watch, create, patch, delete]

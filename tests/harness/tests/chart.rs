@@ -226,6 +226,22 @@ fn cluster_role_is_the_operators() {
     assert_eq!(operator_env(&rendered, "WHARF_WATCH_NAMESPACES"), "");
     let roles: Vec<&Value> = rendered.iter().filter(|document| document["kind"] == "Role").collect();
     assert_eq!(roles.len(), 1, "only the leader-election Role: {roles:?}");
+
+    // The guard on ClusterRoleBindings is the tested one, for the release's ServiceAccount.
+    let policy = |documents: &[Value]| {
+        documents.iter().find(|document| document["kind"] == "ValidatingAdmissionPolicy").unwrap()["spec"].clone()
+    };
+    let guard = std::fs::read_to_string(root().join("operator/rbac/cluster-role-binding-guard.yaml")).unwrap();
+    let (chart_policy, tested_policy) = (policy(&rendered), policy(&documents(&guard)));
+    for field in ["failurePolicy", "matchConstraints", "variables", "validations"] {
+        assert_eq!(chart_policy[field], tested_policy[field], "{field} of the chart's guard policy");
+    }
+    assert_eq!(
+        chart_policy["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:wharf-system:wharf'"
+    );
+    let binding = rendered.iter().find(|document| document["kind"] == "ValidatingAdmissionPolicyBinding").unwrap();
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
 }
 
 #[test]
