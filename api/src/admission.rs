@@ -37,6 +37,12 @@ fn duration_between(min_seconds: u64, max_seconds: u64) -> String {
     format!("{seconds} >= {min_seconds} && {seconds} <= {max_seconds}")
 }
 
+/// A network source: kind CIDR with a range, or InCluster without one.
+const NETWORK_SOURCE_RULE: &str =
+    "self.kind == 'CIDR' ? (has(self.cidr) && (isCIDR(self.cidr) || isIP(self.cidr))) : !has(self.cidr)";
+const NETWORK_SOURCE_MESSAGE: &str = "kind CIDR names a range in cidr (192.168.10.0/24, 2001:db8::/48, or an address); \
+     kind InCluster takes none (the Domain's network.clusterCIDRs say what is inside)";
+
 fn rules() -> Vec<Rule> {
     let mut rules = vec![
         Rule {
@@ -103,6 +109,12 @@ fn rules() -> Vec<Rule> {
             path: "spec",
             rule: "!has(self.registry) || !has(self.registry.dataVolume) || has(self.storage.filesystem)".into(),
             message: crate::domain::DATA_VOLUME_NEEDS_FILESYSTEM,
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.network.clusterCIDRs[]",
+            rule: "isCIDR(self) || isIP(self)".into(),
+            message: "a cluster range is a CIDR (10.244.0.0/16, fd00:10:244::/56) or an address",
         },
         Rule {
             kind: "Domain",
@@ -183,6 +195,18 @@ fn rules() -> Vec<Rule> {
             path: "",
             rule: "!has(self.spec.upstreams) || !self.spec.upstreams.exists(u, u.name == self.metadata.name)".into(),
             message: "a Repository cannot be its own upstream",
+        },
+        Rule {
+            kind: "Repository",
+            path: "spec.network.read[]",
+            rule: NETWORK_SOURCE_RULE.into(),
+            message: NETWORK_SOURCE_MESSAGE,
+        },
+        Rule {
+            kind: "Repository",
+            path: "spec.network.publish[]",
+            rule: NETWORK_SOURCE_RULE.into(),
+            message: NETWORK_SOURCE_MESSAGE,
         },
         Rule {
             kind: "Repository",

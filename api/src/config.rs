@@ -594,6 +594,18 @@ impl Checker<'_> {
             }
         }
 
+        if let Some(network) = &spec.network {
+            for (position, cidr) in network.cluster_cidrs.iter().enumerate() {
+                if crate::repository::parse_cidr(cidr).is_none() {
+                    self.report(
+                        about,
+                        &format!("spec.network.clusterCIDRs[{position}]"),
+                        format!("{cidr:?} is not a CIDR (10.244.0.0/16, fd00:10:244::/56) or an address"),
+                    );
+                }
+            }
+        }
+
         if let Some(registry) = &spec.registry {
             if let Some(replicas) = registry.replicas
                 && replicas < 0
@@ -825,6 +837,17 @@ impl Checker<'_> {
                 }
                 if rule.older_than.is_none() && rule.keep_newest.is_none() && rule.not_downloaded_for.is_none() {
                     self.report(about, &path, CLEANUP_RULE_NEEDS_A_LIMIT.to_owned());
+                }
+            }
+
+            if let Some(network) = &spec.network {
+                for (list, sources) in [("read", &network.read), ("publish", &network.publish)] {
+                    for (position, source) in sources.iter().enumerate() {
+                        let path = format!("spec.network.{list}[{position}]");
+                        for message in network_source_problems(source, config) {
+                            self.report(about, &path, message);
+                        }
+                    }
                 }
             }
 
@@ -1481,6 +1504,31 @@ fn is_positive_quantity(text: &str) -> bool {
     digits(whole) && digits(fraction) && number.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
+/// What is wrong with one source of a Repository's `network` rules in `config`'s Domain.
+fn network_source_problems(source: &crate::repository::NetworkSource, config: &DomainConfig) -> Vec<String> {
+    use crate::repository::NetworkSourceKind;
+    let mut problems = Vec::new();
+    match (source.kind, source.cidr.as_deref()) {
+        (NetworkSourceKind::Cidr, None) => problems.push("kind CIDR names its range in cidr".to_owned()),
+        (NetworkSourceKind::Cidr, Some(cidr)) if crate::repository::parse_cidr(cidr).is_none() => {
+            problems.push(format!("{cidr:?} is not a CIDR (192.168.10.0/24, 2001:db8::/48) or an address"))
+        }
+        (NetworkSourceKind::InCluster, Some(_)) => problems
+            .push("kind InCluster takes no cidr: the Domain's network.clusterCIDRs say what is inside".to_owned()),
+        (NetworkSourceKind::InCluster, None)
+            if config.domain.spec.network.as_ref().is_none_or(|network| network.cluster_cidrs.is_empty()) =>
+        {
+            problems.push(format!(
+                "Domain {} names no network.clusterCIDRs, so InCluster would match no caller: list the cluster's \
+                 pod (and node) ranges there",
+                config.domain_name()
+            ))
+        }
+        _ => {}
+    }
+    problems
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1556,6 +1604,33 @@ spec:
         let issuer = config.domain.spec.trusted_issuer("https://token.actions.example").unwrap();
         assert_eq!(issuer.clock_skew(), std::time::Duration::from_secs(30));
         assert!(config.domain.spec.trusted_issuer("http://127.0.0.1:4444").is_none());
+    }
+
+    #[test]
+    fn network_rules_name_ranges_and_in_cluster_needs_the_clusters() {
+        let repository = "---\napiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {name: web}\nspec:\n  \
+                          domainRef: {name: acme}\n  network:\n    read: [{kind: InCluster}, {kind: CIDR, cidr: 192.168.1.0/24}]\n    \
+                          publish: [{kind: CIDR, cidr: 10.1.2.3}]\n";
+        let network = "  network: {clusterCIDRs: [10.244.0.0/16, \"fd00:10:244::/56\"]}\n";
+        let config = load(&format!("{DOMAIN}{network}{repository}")).unwrap();
+        let rules = config.repository("web").unwrap().spec.network.clone().unwrap();
+        assert_eq!(rules.publishers().len(), 1);
+        let messages = messages(&load(&format!("{DOMAIN}{repository}")).unwrap_err());
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(
+            messages[0].contains("spec.network.read[0]: Domain acme names no network.clusterCIDRs"),
+            "{messages:?}"
+        );
+        let broken = repository
+            .replace("192.168.1.0/24", "192.168.1.0/33")
+            .replace("{kind: InCluster}", "{kind: InCluster, cidr: 10.0.0.0/8}");
+        let bad_cluster =
+            "  network: {clusterCIDRs: [10.244.0.0]}\n  registry: {}\n".replace("10.244.0.0]", "10.244.0.0/99]");
+        let wrong = super::tests::messages(&load(&format!("{DOMAIN}{bad_cluster}{broken}")).unwrap_err());
+        assert_eq!(wrong.len(), 3, "{wrong:?}");
+        assert!(wrong[0].contains("spec.network.clusterCIDRs[0]: \"10.244.0.0/99\" is not a CIDR"), "{wrong:?}");
+        assert!(wrong[1].contains("spec.network.read[0]: kind InCluster takes no cidr"), "{wrong:?}");
+        assert!(wrong[2].contains("spec.network.read[1]: \"192.168.1.0/33\" is not a CIDR"), "{wrong:?}");
     }
 
     #[test]

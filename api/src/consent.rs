@@ -62,15 +62,42 @@ pub fn check(upstream: &Repository, downstream: &Repository) -> Result<(), Strin
     if grants(upstream, downstream_namespace, downstream.name()) {
         return Ok(());
     }
-    match uncovered_reader(&upstream.spec.access, &downstream.spec.access) {
-        None => Ok(()),
-        Some(subject) => Err(format!(
+    if let Some(subject) = uncovered_reader(&upstream.spec.access, &downstream.spec.access) {
+        return Err(format!(
             "{} may read this Repository but not `{}`, and `{}` does not list this Repository in spec.allowedDownstreams",
             describe(subject),
             upstream.name(),
             upstream.name(),
+        ));
+    }
+    match uncovered_network(upstream, downstream) {
+        None => Ok(()),
+        Some(from) => Err(format!(
+            "callers from {from} may read this Repository but not `{}` (its spec.network.read), and `{}` does not \
+             list this Repository in spec.allowedDownstreams",
+            upstream.name(),
+            upstream.name(),
         )),
     }
+}
+
+/// Where callers may read `downstream` from that `upstream`'s network rules keep out (a
+/// reader of `downstream` may publish to it too, so its publishers' networks count), if
+/// anywhere; `None` when the upstream's rules cover every one.
+fn uncovered_network(upstream: &Repository, downstream: &Repository) -> Option<String> {
+    let allowed = upstream.spec.network.as_ref().map(|network| network.read.as_slice()).unwrap_or_default();
+    if allowed.is_empty() {
+        return None;
+    }
+    let Some(network) = downstream.spec.network.as_ref().filter(|network| !network.read.is_empty()) else {
+        return Some("anywhere".to_owned());
+    };
+    network
+        .read
+        .iter()
+        .chain(network.publishers())
+        .find(|source| !allowed.iter().any(|outer| outer.covers(source)))
+        .map(ToString::to_string)
 }
 
 /// Whether `upstream`'s `allowedDownstreams` names the Repository `namespace/name`.
@@ -163,6 +190,31 @@ mod tests {
         assert!(check(&private, &public).is_ok());
         private.spec.allowed_downstreams = vec![DownstreamGrant::namespace("team-c")];
         assert!(check(&private, &public).is_err());
+    }
+
+    #[test]
+    fn a_downstream_reachable_from_wider_networks_needs_consent() {
+        use crate::repository::{NetworkSource, NetworkSourceKind, RepositoryNetwork};
+        let source = |cidr: Option<&str>| NetworkSource {
+            kind: if cidr.is_some() { NetworkSourceKind::Cidr } else { NetworkSourceKind::InCluster },
+            cidr: cidr.map(str::to_owned),
+        };
+        let anyone = vec![Subject::anonymous()];
+        let mut upstream = repository("b", "priv", anyone.clone());
+        upstream.spec.network =
+            Some(RepositoryNetwork { read: vec![source(None), source(Some("10.0.0.0/8"))], publish: vec![] });
+        let mut downstream = repository("a", "app", anyone);
+        let error = check(&upstream, &downstream).unwrap_err();
+        assert!(error.contains("callers from anywhere may read this Repository but not `priv`"), "{error}");
+        downstream.spec.network = Some(RepositoryNetwork { read: vec![source(Some("10.1.0.0/16"))], publish: vec![] });
+        assert_eq!(check(&upstream, &downstream), Ok(()), "a narrower range");
+        downstream.spec.network =
+            Some(RepositoryNetwork { read: vec![source(None)], publish: vec![source(Some("192.168.0.0/16"))] });
+        let error = check(&upstream, &downstream).unwrap_err();
+        assert!(error.contains("callers from CIDR 192.168.0.0/16"), "{error}");
+        upstream.spec.allowed_downstreams =
+            vec![DownstreamGrant { namespace: Some("a".into()), name: Some("app".into()), namespace_selector: None }];
+        assert_eq!(check(&upstream, &downstream), Ok(()), "consent given");
     }
 
     #[test]

@@ -64,9 +64,25 @@ pub struct DomainSpec {
     /// Settings of the registry Deployment and Service the operator creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryDeploymentSpec>,
+    /// The network the registry is in: which caller addresses are inside the cluster, for
+    /// Repositories' `network` rules of kind `InCluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<DomainNetwork>,
     /// What happens to stored packages when the Domain is deleted: Retain (default) or Delete.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// The network the registry is in.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainNetwork {
+    /// The cluster's own address ranges (pods, and nodes where traffic is translated to a
+    /// node's address), as CIDRs: callers from them are `InCluster`. Kubernetes publishes
+    /// no such list, so the platform team names it (`10.244.0.0/16`, `fd00:10:244::/56`).
+    #[serde(rename = "clusterCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub cluster_cidrs: Vec<String>,
 }
 
 impl DomainSpec {
@@ -79,6 +95,7 @@ impl DomainSpec {
             repository_namespaces: None,
             tokens: None,
             registry: None,
+            network: None,
             deletion_policy: DeletionPolicy::default(),
         }
     }

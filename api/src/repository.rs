@@ -73,6 +73,99 @@ pub struct RepositorySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub cleanup: Vec<CleanupRule>,
+    /// Where callers may reach this Repository from, by their address (a client's own, or
+    /// the one a trusted proxy reports in `X-Forwarded-For`), on top of `access`: the
+    /// managed services' endpoint policies. Anywhere when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<RepositoryNetwork>,
+}
+
+/// The networks a Repository is reachable from, for reading and for publishing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryNetwork {
+    /// Callers from any of these may read (and publish, unless `publish` is set); from
+    /// anywhere when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub read: Vec<NetworkSource>,
+    /// Callers from any of these may publish; the `read` list when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub publish: Vec<NetworkSource>,
+}
+
+/// Where callers come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSource {
+    /// `InCluster` (the Domain's `network.clusterCIDRs`) or `CIDR`.
+    pub kind: NetworkSourceKind,
+    /// The range, with kind `CIDR` (`192.168.10.0/24`, `2001:db8::/48`, or one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub cidr: Option<String>,
+}
+
+/// Kinds of [`NetworkSource`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NetworkSourceKind {
+    /// The Domain's `network.clusterCIDRs`.
+    InCluster,
+    /// The range in `cidr`.
+    #[serde(rename = "CIDR")]
+    Cidr,
+}
+
+impl std::fmt::Display for NetworkSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            NetworkSourceKind::InCluster => f.write_str("InCluster"),
+            NetworkSourceKind::Cidr => write!(f, "CIDR {}", self.cidr.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+impl RepositoryNetwork {
+    /// The sources that may publish: `publish`, or `read` when it is empty.
+    pub fn publishers(&self) -> &[NetworkSource] {
+        if self.publish.is_empty() { &self.read } else { &self.publish }
+    }
+}
+
+/// Parses a CIDR or a single address (`/32`, `/128`).
+pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    match text.parse::<ipnet::IpNet>() {
+        Ok(range) => Some(range.trunc()),
+        Err(_) => text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from),
+    }
+}
+
+impl NetworkSource {
+    /// Whether `address` is in this source, the cluster's ranges being `cluster`.
+    pub fn contains(&self, address: std::net::IpAddr, cluster: &[ipnet::IpNet]) -> bool {
+        let address = address.to_canonical();
+        match self.kind {
+            NetworkSourceKind::InCluster => cluster.iter().any(|range| range.contains(&address)),
+            NetworkSourceKind::Cidr => self.cidr.as_deref().and_then(parse_cidr).is_some_and(|r| r.contains(&address)),
+        }
+    }
+
+    /// Whether every address of `other` is in this source (conservatively: InCluster covers
+    /// only InCluster).
+    pub fn covers(&self, other: &NetworkSource) -> bool {
+        match (self.kind, other.kind) {
+            (NetworkSourceKind::InCluster, NetworkSourceKind::InCluster) => true,
+            (NetworkSourceKind::Cidr, NetworkSourceKind::Cidr) => {
+                match (self.cidr.as_deref().and_then(parse_cidr), other.cidr.as_deref().and_then(parse_cidr)) {
+                    (Some(outer), Some(inner)) => outer.contains(&inner),
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why a cleanup rule without `olderThan`, `notDownloadedFor` or `keepNewest` is refused: it
@@ -141,6 +234,7 @@ impl RepositorySpec {
             access: AccessSpec::default(),
             deletion_policy: DeletionPolicy::default(),
             cleanup: Vec::new(),
+            network: None,
         }
     }
 }

@@ -7,9 +7,10 @@
 use std::marker::PhantomData;
 
 use axum::extract::{FromRequestParts, RawPathParams};
-use axum::http::Method;
 use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
 
+use super::connections::ClientAddress;
 use super::{ApiError, AppState, ErrorStyle, SharedState};
 use crate::auth::{Permission, Principal};
 
@@ -66,6 +67,10 @@ impl<C: Client> FromRequestParts<SharedState> for Access<C> {
         let permission = C::permission(&parts.method, parts.uri.path());
         let repository = state.repository(&repo, &parts.headers, permission, C::STYLE).await?;
         let principal = state.authorize(&parts.headers, repository, permission, C::STYLE).await?;
+        let address = parts.extensions.get::<ClientAddress>().map(|client| client.0);
+        if let Some(refusal) = state.network_refusal(repository, permission, address) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, refusal, C::STYLE));
+        }
         Ok(Access { repo, principal, client: PhantomData })
     }
 }

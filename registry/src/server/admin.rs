@@ -372,15 +372,20 @@ fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenReq
     Ok(())
 }
 
-/// `GET /api/v1/repositories`: the repositories this caller may read.
-pub async fn list_repositories(State(state): State<SharedState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /api/v1/repositories`: the repositories this caller may read, from where it is.
+pub async fn list_repositories(
+    State(state): State<SharedState>,
+    client: Option<axum::Extension<super::connections::ClientAddress>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let principal = authenticate(&state, &headers, "api", STYLE).await?;
+    let address = client.map(|client| client.0.0);
     let repositories: Vec<_> = state
         .packages
         .config
         .repositories
         .iter()
-        .filter(|r| principal.may(r, Permission::Read))
+        .filter(|r| principal.may(r, Permission::Read) && state.network_refusal(r, Permission::Read, address).is_none())
         .map(|r| {
             let name = r.metadata.name.as_deref().unwrap_or_default();
             // The formats whose public packages reach clients through this Repository's chain

@@ -555,6 +555,7 @@ async fn serve_connection<S>(
     };
     let io = TokioIo::new(io);
     let requests = activity.clone();
+    let proxies = limits.trusted_proxies.clone();
     let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
         requests.request_started();
         let mut request = request.map(Body::new);
@@ -564,6 +565,8 @@ async fn serve_connection<S>(
             }
         }
         complete_origin(&mut request, secure);
+        let client = if trusted { forwarded_client(request.headers(), &proxies) } else { None };
+        request.extensions_mut().insert(ClientAddress(client.unwrap_or_else(|| peer.ip().to_canonical())));
         request.extensions_mut().insert(ConnectInfo(peer));
         let (service, activity) = (service.clone(), requests.clone());
         // The request is in flight until its response body is sent (or dropped). If the
@@ -605,6 +608,31 @@ async fn serve_connection<S>(
             }
         }
     }
+}
+
+/// The address a request comes from, for Repositories' network rules: the peer's, or when
+/// the peer is a trusted proxy, the nearest address in `X-Forwarded-For` that is not one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+/// The client a chain of trusted proxies reports: `X-Forwarded-For` read from the right
+/// (each proxy appends who connected to it), skipping the trusted proxies themselves, so a
+/// client cannot choose its address by sending the header itself.
+fn forwarded_client(headers: &axum::http::HeaderMap, proxies: &TrustedProxies) -> Option<IpAddr> {
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|hop| {
+            let hop = hop.trim();
+            hop.parse::<IpAddr>()
+                .or_else(|_| hop.parse::<SocketAddr>().map(|socket| socket.ip()))
+                .map(|address| address.to_canonical())
+        })
+        .collect::<Result<_, _>>()
+        .ok()?;
+    hops.iter().rev().find(|hop| !proxies.contains(**hop)).or(hops.first()).copied()
 }
 
 /// Gives every request what absolute links are made of in the headers the handlers read:
@@ -712,6 +740,22 @@ mod tests {
         assert!(!TrustedProxies::loopback().contains("10.0.0.1".parse().unwrap()));
         let error = TrustedProxies::parse(["10.0.0.0/33"]).unwrap_err();
         assert!(error.to_string().contains("10.0.0.0/33"), "{error}");
+    }
+
+    #[test]
+    fn the_forwarded_client_is_the_nearest_untrusted_hop() {
+        let proxies = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let client = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert("x-forwarded-for", value.parse().unwrap());
+            forwarded_client(&headers, &proxies).map(|address| address.to_string())
+        };
+        assert_eq!(client("203.0.113.9").as_deref(), Some("203.0.113.9"));
+        // A client's own header comes first: the hop the first proxy saw wins.
+        assert_eq!(client("127.0.0.1, 203.0.113.9, 10.1.1.1").as_deref(), Some("203.0.113.9"));
+        assert_eq!(client("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
+        assert_eq!(client("10.1.1.1, 10.2.2.2").as_deref(), Some("10.1.1.1"), "proxies all the way");
+        assert_eq!(client("not-an-address"), None, "a garbled header is not believed");
     }
 
     #[test]

@@ -152,6 +152,49 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Why a request from `address` may not do `permission` on `repo` under its network
+    /// rules (`spec.network`), naming the rule; `None` when it may. An unknown address (a
+    /// request that did not come over a socket) is refused where rules apply.
+    pub fn network_refusal(
+        &self,
+        repo: &Repository,
+        permission: Permission,
+        address: Option<std::net::IpAddr>,
+    ) -> Option<String> {
+        let network = repo.spec.network.as_ref()?;
+        let (sources, list, verb) = match permission {
+            Permission::Read => (network.read.as_slice(), "read", "read"),
+            Permission::Publish | Permission::Admin => {
+                (network.publishers(), if network.publish.is_empty() { "read" } else { "publish" }, "published to")
+            }
+        };
+        if sources.is_empty() {
+            return None;
+        }
+        let cluster: Vec<ipnet::IpNet> = self
+            .packages
+            .config
+            .domain
+            .spec
+            .network
+            .iter()
+            .flat_map(|network| &network.cluster_cidrs)
+            .filter_map(|cidr| wharf_api::repository::parse_cidr(cidr))
+            .collect();
+        if address.is_some_and(|address| sources.iter().any(|source| source.contains(address, &cluster))) {
+            return None;
+        }
+        let allowed: Vec<String> = sources.iter().map(ToString::to_string).collect();
+        let from = address.map_or_else(|| "an unknown address".to_owned(), |address| address.to_string());
+        Some(format!(
+            "repository {} may be {verb} only from {} (its spec.network.{list}); this request comes from {from}",
+            repo.name(),
+            allowed.join(", "),
+        ))
+    }
+}
+
 /// What someone gets who may not do `permission` on the Repository `name`, or names one that
 /// does not exist: the same answer, so it reveals nothing about the Repository.
 fn refusal(principal: &Principal, name: &str, permission: Permission, style: ErrorStyle) -> ApiError {

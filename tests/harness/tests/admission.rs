@@ -204,6 +204,17 @@ async fn domains() {
     }
     let tls =
         |name: &str, block: &str| domain(name, &format!("  storage: {{memory: {{}}}}\n  registry: {{tls: {block}}}\n"));
+    accepts(
+        &client,
+        &domain("cidrs", "  storage: {memory: {}}\n  network: {clusterCIDRs: [10.244.0.0/16, \"fd00::/56\"]}\n"),
+    )
+    .await;
+    rejects(
+        &client,
+        &domain("cidrs-bad", "  storage: {memory: {}}\n  network: {clusterCIDRs: [10.244.0.0/99]}\n"),
+        "a cluster range is a CIDR",
+    )
+    .await;
     accepts(&client, &tls("tls-secret", "{secretName: acme-tls}")).await;
     accepts(&client, &tls("tls-issuer", "{issuerRef: {name: ca, kind: ClusterIssuer}, dnsNames: [wharf.example]}"))
         .await;
@@ -267,6 +278,16 @@ async fn repositories() {
         "OIDC needs claims",
     )
     .await;
+    let network = |name: &str, rules: &str| repository(name, &format!("  network: {rules}\n"));
+    accepts(&client, &network("net", "{read: [{kind: InCluster}, {kind: CIDR, cidr: 10.0.0.0/8}], publish: [{kind: CIDR, cidr: \"2001:db8::1\"}]}")).await;
+    for rules in [
+        "{read: [{kind: CIDR}]}",
+        "{read: [{kind: CIDR, cidr: 10.0.0.0/33}]}",
+        "{publish: [{kind: InCluster, cidr: 10.0.0.0/8}]}",
+    ] {
+        rejects(&client, &network("net-bad", rules), "kind CIDR names a range in cidr").await;
+    }
+    rejects(&client, &network("net-kind", "{read: [{kind: Internet}]}"), "Unsupported value").await;
     let eleven: Vec<String> = (0..11).map(|i| format!("{{name: up{i}}}")).collect();
     rejects(&client, &repository("many", &format!("  upstreams: [{}]\n", eleven.join(", "))), "Too many").await;
     rejects(&client, &repository("loop", "  upstreams: [{name: loop}]\n"), "cannot be its own upstream").await;
