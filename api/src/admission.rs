@@ -112,6 +112,24 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec.registry.expose",
+            rule: "has(self.httpRoute) != has(self.ingress)".into(),
+            message: crate::domain::EXPOSE_ROUTE_OR_INGRESS,
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.expose.hosts[]",
+            rule: "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && size(self) <= 253".into(),
+            message: "a host is a lowercase DNS name (wharf.example.com), without scheme, port or path",
+        },
+        Rule {
+            kind: "Domain",
+            path: "spec.registry.trustedProxies[]",
+            rule: "isCIDR(self) || isIP(self)".into(),
+            message: "a trusted proxy is a CIDR (10.0.0.0/8) or an address",
+        },
+        Rule {
+            kind: "Domain",
             path: "spec.network.clusterCIDRs[]",
             rule: "isCIDR(self) || isIP(self)".into(),
             message: "a cluster range is a CIDR (10.244.0.0/16, fd00:10:244::/56) or an address",

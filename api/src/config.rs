@@ -640,6 +640,37 @@ impl Checker<'_> {
                     self.report(about, "spec.registry.autoscaling", "minReplicas cannot exceed maxReplicas".to_owned());
                 }
             }
+            if let Some(expose) = &registry.expose {
+                if expose.http_route.is_some() == expose.ingress.is_some() {
+                    self.report(about, "spec.registry.expose", crate::domain::EXPOSE_ROUTE_OR_INGRESS.to_owned());
+                }
+                for (position, host) in expose.hosts.iter().enumerate() {
+                    let label_ok = |label: &str| {
+                        !label.is_empty()
+                            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                            && !label.starts_with('-')
+                            && !label.ends_with('-')
+                    };
+                    if host.len() > 253 || !host.split('.').all(label_ok) {
+                        self.report(
+                            about,
+                            &format!("spec.registry.expose.hosts[{position}]"),
+                            format!(
+                                "{host:?} is not a lowercase DNS name (wharf.example.com), without scheme, port or path"
+                            ),
+                        );
+                    }
+                }
+            }
+            for (position, proxy) in registry.trusted_proxies.iter().enumerate() {
+                if crate::repository::parse_cidr(proxy).is_none() {
+                    self.report(
+                        about,
+                        &format!("spec.registry.trustedProxies[{position}]"),
+                        format!("{proxy:?} is not a CIDR (10.0.0.0/8) or an address"),
+                    );
+                }
+            }
             if let Some(tls) = &registry.tls {
                 if tls.secret_name.is_some() == tls.issuer_ref.is_some() {
                     self.report(about, "spec.registry.tls", crate::domain::TLS_SECRET_OR_ISSUER.to_owned());
@@ -1631,6 +1662,21 @@ spec:
         assert!(wrong[0].contains("spec.network.clusterCIDRs[0]: \"10.244.0.0/99\" is not a CIDR"), "{wrong:?}");
         assert!(wrong[1].contains("spec.network.read[0]: kind InCluster takes no cidr"), "{wrong:?}");
         assert!(wrong[2].contains("spec.network.read[1]: \"192.168.1.0/33\" is not a CIDR"), "{wrong:?}");
+    }
+
+    #[test]
+    fn exposure_names_one_way_in_and_real_hosts() {
+        let fine = "  registry:\n    trustedProxies: [10.0.0.0/8]\n    expose: {hosts: [wharf.acme.example], ingress: {className: nginx}}\n";
+        assert!(load(&format!("{DOMAIN}{fine}")).is_ok());
+        let wrong = "  registry:\n    trustedProxies: [ingress]\n    expose: {hosts: [\"https://Wharf.example\"]}\n";
+        let messages = messages(&load(&format!("{DOMAIN}{wrong}")).unwrap_err());
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].ends_with(crate::domain::EXPOSE_ROUTE_OR_INGRESS), "{messages:?}");
+        assert!(
+            messages[1].contains("expose.hosts[0]: \"https://Wharf.example\" is not a lowercase DNS name"),
+            "{messages:?}"
+        );
+        assert!(messages[2].contains("trustedProxies[0]: \"ingress\" is not a CIDR"), "{messages:?}");
     }
 
     #[test]

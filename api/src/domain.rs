@@ -652,6 +652,94 @@ pub struct RegistryDeploymentSpec {
     /// and `status.endpoints` say so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RegistryTls>,
+    /// Exposes the registry outside the cluster through a Gateway API `HTTPRoute` or an
+    /// `Ingress`, at host names its absolute links then use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<RegistryExpose>,
+    /// Proxies in front of the registry pods (the ingress controller's or the gateway's
+    /// pods), as CIDRs or addresses: their `X-Forwarded-For`, `-Host` and `-Proto` are
+    /// believed, so network rules see the real caller. Loopback only when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// Why an exposure names one way in.
+pub const EXPOSE_ROUTE_OR_INGRESS: &str =
+    "set registry.expose.httpRoute (Gateway API) or registry.expose.ingress, exactly one";
+
+/// How the registry is reached from outside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryExpose {
+    /// Host names clients outside the cluster use; the first is the one absolute links name
+    /// when a request names a host the registry does not know.
+    #[schemars(length(min = 1, max = 8))]
+    pub hosts: Vec<String>,
+    /// What clients use at those hosts: `https` (the default: the gateway or ingress
+    /// terminates TLS) or `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["https", "http"]))]
+    pub scheme: Option<String>,
+    /// A Gateway API `HTTPRoute` attached to these Gateways (listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<ExposeHttpRoute>,
+    /// An `Ingress` of this class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ExposeIngress>,
+}
+
+impl RegistryExpose {
+    /// `https` unless `scheme` says `http`.
+    pub fn scheme(&self) -> &str {
+        self.scheme.as_deref().unwrap_or("https")
+    }
+}
+
+/// The Gateways an `HTTPRoute` attaches to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposeHttpRoute {
+    /// Gateways (and listeners) to attach to; a Gateway in another namespace must allow
+    /// routes from the Domain's.
+    #[schemars(length(min = 1, max = 8))]
+    pub parent_refs: Vec<GatewayReference>,
+}
+
+/// A Gateway, or one of its listeners.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayReference {
+    /// The Gateway's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its namespace; the Domain's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// One listener of it, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+/// An `Ingress` for the registry.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposeIngress {
+    /// The IngressClass; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret with the hosts' certificate, for the ingress to
+    /// terminate TLS with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret_name: Option<String>,
+    /// Annotations for the ingress controller, over the operator's (ingress-nginx's body
+    /// size and timeouts for large uploads).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Why a TLS block names one source of its certificate.

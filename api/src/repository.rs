@@ -297,6 +297,9 @@ pub struct RepositoryStatus {
     /// Client endpoint per package format (`npm` → its registry URL), for copy and paste.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, String>,
+    /// The same, outside the cluster, when the Domain is exposed (`registry.expose`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_endpoints: BTreeMap<String, String>,
     /// What the Repository's versions hold, as the registry's last storage collection
     /// counted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,6 +17,10 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
     SleepAction, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    IngressTLS, ServiceBackendPort,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -200,6 +204,44 @@ pub struct Children {
     pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// cert-manager's `Certificate` for the registry, with `registry.tls.issuerRef`.
     pub certificate: Option<serde_json::Value>,
+    /// The Gateway API `HTTPRoute`, with `registry.expose.httpRoute`.
+    pub http_route: Option<serde_json::Value>,
+    /// The `Ingress`, with `registry.expose.ingress`.
+    pub ingress: Option<Ingress>,
+}
+
+/// The API of Gateway API's `HTTPRoute`s.
+pub fn http_route_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "gateway.networking.k8s.io".to_owned(),
+        version: "v1".to_owned(),
+        api_version: "gateway.networking.k8s.io/v1".to_owned(),
+        kind: "HTTPRoute".to_owned(),
+        plural: "httproutes".to_owned(),
+    }
+}
+
+/// The Domain's `registry.expose`, when it is reached from outside the cluster.
+pub fn expose(domain: &Domain) -> Option<&wharf_api::domain::RegistryExpose> {
+    domain.spec.registry.as_ref().and_then(|registry| registry.expose.as_ref())
+}
+
+/// The URLs the registry is reached at, for its absolute links (`--external-url`): the
+/// exposed hosts first, then the Service's names. None when the Service itself is reached
+/// from outside (NodePort, LoadBalancer) at addresses the operator cannot know, unless the
+/// Domain names its hosts.
+pub fn external_urls(domain: &Domain) -> Vec<String> {
+    let service_type = domain.spec.registry.as_ref().and_then(|r| r.service.as_ref()).and_then(|s| s.type_.as_deref());
+    let exposed = expose(domain);
+    if exposed.is_none() && matches!(service_type, Some("NodePort" | "LoadBalancer")) {
+        return Vec::new();
+    }
+    let exposed =
+        exposed.into_iter().flat_map(|expose| expose.hosts.iter().map(|host| format!("{}://{host}", expose.scheme())));
+    let scheme = if tls(domain).is_some() { "https" } else { "http" };
+    let port = service_port(domain);
+    let in_cluster = service_dns_names(domain).into_iter().map(|name| format!("{scheme}://{name}:{port}"));
+    exposed.chain(in_cluster).collect()
 }
 
 /// The API of cert-manager's `Certificate`s.
@@ -297,7 +339,17 @@ pub fn domain_endpoint(domain: &Domain) -> String {
 /// The client endpoint of a Repository for every format the registry serves, as each client
 /// wants it written.
 pub fn repository_endpoints(domain: &Domain, repository: &str) -> BTreeMap<String, String> {
-    let base = domain_endpoint(domain);
+    endpoints_at(&domain_endpoint(domain), repository)
+}
+
+/// The client endpoints of a Repository at the Domain's first exposed host, when exposed.
+pub fn repository_external_endpoints(domain: &Domain, repository: &str) -> BTreeMap<String, String> {
+    let Some(expose) = expose(domain) else { return BTreeMap::new() };
+    let Some(host) = expose.hosts.first() else { return BTreeMap::new() };
+    endpoints_at(&format!("{}://{host}", expose.scheme()), repository)
+}
+
+fn endpoints_at(base: &str, repository: &str) -> BTreeMap<String, String> {
     let served = [
         (PackageFormat::Npm, format!("{base}/npm/{repository}/")),
         (PackageFormat::Pypi, format!("{base}/pypi/{repository}/simple/")),
@@ -534,6 +586,90 @@ pub fn render(
         })
     });
 
+    let http_route = expose(domain).and_then(|expose| expose.http_route.as_ref().map(|route| (expose, route))).map(
+        |(expose, route)| {
+            let parent_refs: Vec<serde_json::Value> = route
+                .parent_refs
+                .iter()
+                .map(|parent| {
+                    let mut reference = serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": parent.name});
+                    if let Some(namespace) = &parent.namespace {
+                        reference["namespace"] = namespace.clone().into();
+                    }
+                    if let Some(section) = &parent.section_name {
+                        reference["sectionName"] = section.clone().into();
+                    }
+                    reference
+                })
+                .collect();
+            serde_json::json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": metadata(&names.registry),
+                "spec": {
+                    "parentRefs": parent_refs,
+                    "hostnames": expose.hosts,
+                    "rules": [{
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                        "backendRefs": [{"group": "", "kind": "Service", "name": names.registry, "port": service_port(domain)}],
+                        // No request timeout: a large upload or download takes as long as it takes.
+                        "timeouts": {"request": "0s"},
+                    }],
+                },
+            })
+        },
+    );
+    let ingress = expose(domain).and_then(|expose| expose.ingress.as_ref().map(|ingress| (expose, ingress))).map(
+        |(expose, spec)| {
+            let mut annotations = BTreeMap::from([
+                // ingress-nginx: no body size limit and long timeouts, streamed both ways.
+                ("nginx.ingress.kubernetes.io/proxy-body-size".to_owned(), "0".to_owned()),
+                ("nginx.ingress.kubernetes.io/proxy-read-timeout".to_owned(), "3600".to_owned()),
+                ("nginx.ingress.kubernetes.io/proxy-send-timeout".to_owned(), "3600".to_owned()),
+                ("nginx.ingress.kubernetes.io/proxy-request-buffering".to_owned(), "off".to_owned()),
+                ("nginx.ingress.kubernetes.io/proxy-buffering".to_owned(), "off".to_owned()),
+            ]);
+            if tls(domain).is_some() {
+                annotations.insert("nginx.ingress.kubernetes.io/backend-protocol".to_owned(), "HTTPS".to_owned());
+            }
+            annotations.extend(spec.annotations.clone());
+            let backend = IngressBackend {
+                service: Some(IngressServiceBackend {
+                    name: names.registry.clone(),
+                    port: Some(ServiceBackendPort { number: Some(service_port(domain)), name: None }),
+                }),
+                resource: None,
+            };
+            Ingress {
+                metadata: ObjectMeta { annotations: Some(annotations), ..metadata(&names.registry) },
+                spec: Some(IngressSpec {
+                    ingress_class_name: spec.class_name.clone(),
+                    rules: Some(
+                        expose
+                            .hosts
+                            .iter()
+                            .map(|host| IngressRule {
+                                host: Some(host.clone()),
+                                http: Some(HTTPIngressRuleValue {
+                                    paths: vec![HTTPIngressPath {
+                                        path: Some("/".to_owned()),
+                                        path_type: "Prefix".to_owned(),
+                                        backend: backend.clone(),
+                                    }],
+                                }),
+                            })
+                            .collect(),
+                    ),
+                    tls: spec.tls_secret_name.as_ref().map(|secret| {
+                        vec![IngressTLS { hosts: Some(expose.hosts.clone()), secret_name: Some(secret.clone()) }]
+                    }),
+                    default_backend: None,
+                }),
+                status: None,
+            }
+        },
+    );
+
     Ok(Children {
         config_map,
         usage_config_map,
@@ -549,6 +685,8 @@ pub fn render(
         disruption_budget,
         autoscaler,
         certificate,
+        http_route,
+        ingress,
     })
 }
 
@@ -606,6 +744,22 @@ fn deployment(
     }
 
     let mut tls_env = Vec::new();
+    let urls = external_urls(domain);
+    if !urls.is_empty() {
+        tls_env.push(EnvVar { name: "WHARF_EXTERNAL_URLS".to_owned(), value: Some(urls.join(",")), value_from: None });
+    }
+    if !settings_of_pod.trusted_proxies.is_empty() {
+        // Loopback stays trusted: a sidecar in the pod is a proxy too.
+        let proxies = ["127.0.0.0/8", "::1"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(settings_of_pod.trusted_proxies.iter().cloned());
+        tls_env.push(EnvVar {
+            name: "WHARF_TRUSTED_PROXIES".to_owned(),
+            value: Some(proxies.collect::<Vec<_>>().join(",")),
+            value_from: None,
+        });
+    }
     if let Some(secret) = tls_secret(domain) {
         // Not in the pod template's checksum: a renewed certificate is read again by the
         // running pods, no rollout.
@@ -913,7 +1067,10 @@ spec:
             disruption_budget,
             autoscaler,
             certificate,
+            http_route,
+            ingress,
         } = children;
+        assert!(http_route.is_none() && ingress.is_none(), "not exposed");
         assert!(data_volume_claim.is_none(), "object storage needs no volume");
         assert!(certificate.is_none(), "plain http needs no certificate");
         assert!(autoscaler.is_none(), "a fixed number of replicas needs no autoscaler");
@@ -1030,7 +1187,7 @@ spec:
         assert!(set_pod.affinity.unwrap().node_affinity.is_some());
         assert_eq!(set_pod.termination_grace_period_seconds, Some(600));
         let set_env: Vec<String> = set_pod.containers[0].env.clone().unwrap().into_iter().map(|e| e.name).collect();
-        assert_eq!(set_env, ["WHARF_TOKEN_SIGNING_KEY", "WHARF_ADMIN_TOKEN", "HTTPS_PROXY"]);
+        assert_eq!(set_env, ["WHARF_TOKEN_SIGNING_KEY", "WHARF_ADMIN_TOKEN", "WHARF_EXTERNAL_URLS", "HTTPS_PROXY"]);
         let set_meta = set.deployment.spec.template.metadata.clone().unwrap();
         assert_eq!(set_meta.labels.as_ref().unwrap()["team"], "platform");
         assert_eq!(set_meta.labels.as_ref().unwrap()["app.kubernetes.io/name"], "wharf-registry");

@@ -1142,3 +1142,121 @@ async fn the_operator_cannot_touch_cluster_role_bindings_it_does_not_make() {
         admins.delete(name, &DeleteParams::default()).await.unwrap();
     }
 }
+
+/// `registry.expose`: a Gateway API `HTTPRoute` (admitted by the Gateway API's own CRD) or an
+/// `Ingress` sized for large uploads, at hosts the registry's links then use and the
+/// Repositories' external endpoints name; switching from one to the other removes the first.
+#[tokio::test]
+async fn expose_renders_an_http_route_or_an_ingress() {
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::core::DynamicObject;
+    use wharf_operator::render::http_route_resource;
+    let client = operator().await;
+    let ns = "it-expose";
+    ensure_namespace(&client, ns).await.unwrap();
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    let domain = |expose: &str| {
+        format!(
+            "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: public, namespace: {ns}}}\nspec:\n  \
+             storage: {{memory: {{}}}}\n  registry:\n    trustedProxies: [10.0.0.0/8]\n    expose: {expose}\n---\n\
+             apiVersion: wharf.dev/v1alpha1\nkind: Repository\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  \
+             domainRef: {{name: public}}\n"
+        )
+    };
+    let routed = domain(
+        "{hosts: [wharf.acme.example], httpRoute: {parentRefs: [{name: edge, namespace: gateways, sectionName: https}]}}",
+    );
+    let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &http_route_resource());
+    if routes.list(&ListParams::default()).await.is_err() {
+        apply_yaml(&client, &routed, None).await.unwrap();
+        let stalled = wait_domain(&client, ns, "public", "GatewayAPIMissing").await;
+        let message = ready_of(&stalled.status.unwrap().conditions).unwrap().2;
+        assert!(message.contains("httproutes.gateway.networking.k8s.io/v1"), "{message}");
+    }
+    wharf_test_harness::install_third_party_crds(&client, &["gateway.networking.k8s.io_httproutes.yaml"])
+        .await
+        .unwrap();
+    apply_yaml(&client, &routed, None).await.unwrap();
+    let patch = serde_json::json!({"metadata": {"annotations": {"test.wharf.dev/touch": "1"}}});
+    domains.patch("public", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let route =
+        eventually(WAIT, "the HTTPRoute", || async { routes.get("wharf-public").await.map_err(|e| e.to_string()) })
+            .await
+            .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let spec = &route.data["spec"];
+    assert_eq!(spec["hostnames"], serde_json::json!(["wharf.acme.example"]));
+    assert_eq!(spec["parentRefs"][0]["namespace"], "gateways");
+    assert_eq!(spec["parentRefs"][0]["sectionName"], "https");
+    assert_eq!(spec["rules"][0]["backendRefs"][0]["name"], "wharf-public");
+    assert_eq!(spec["rules"][0]["timeouts"]["request"], "0s");
+
+    // The pods link to the exposed host first, and believe the ingress's forwarding.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let env = |deployment: &Deployment, name: &str| {
+        deployment.spec.template.spec.as_ref()?.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.clone())
+    };
+    let deployment = eventually(WAIT, "the Deployment", || async {
+        deployments.get("wharf-public").await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        env(&deployment, "WHARF_EXTERNAL_URLS").unwrap(),
+        "https://wharf.acme.example,http://wharf-public:8080,http://wharf-public.it-expose:8080,\
+         http://wharf-public.it-expose.svc:8080,http://wharf-public.it-expose.svc.cluster.local:8080"
+    );
+    assert_eq!(env(&deployment, "WHARF_TRUSTED_PROXIES").unwrap(), "127.0.0.0/8,::1,10.0.0.0/8");
+    let repositories: Api<Repository> = Api::namespaced(client.clone(), ns);
+    let external = eventually(WAIT, "external endpoints", || async {
+        let status = repositories.get("web").await.map_err(|e| e.to_string())?.status.ok_or("no status")?;
+        status.external_endpoints.get("npm").cloned().ok_or_else(|| format!("{status:?}"))
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    assert_eq!(external, "https://wharf.acme.example/npm/web/");
+
+    // An Ingress instead: the route goes.
+    let ingressed = domain(
+        "{hosts: [wharf.acme.example, registry.acme.example], ingress: {className: nginx, tlsSecretName: acme-public-tls, \
+         annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"7200\"}}}",
+    );
+    apply_yaml(&client, &ingressed, None).await.unwrap();
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    let ingress =
+        eventually(WAIT, "the Ingress", || async { ingresses.get("wharf-public").await.map_err(|e| e.to_string()) })
+            .await
+            .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let annotations = ingress.metadata.annotations.unwrap();
+    assert_eq!(annotations["nginx.ingress.kubernetes.io/proxy-body-size"], "0", "large uploads");
+    assert_eq!(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"], "7200", "the Domain's own wins");
+    let spec = ingress.spec.unwrap();
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let hosts: Vec<_> = spec.rules.unwrap().into_iter().map(|rule| rule.host.unwrap()).collect();
+    assert_eq!(hosts, ["wharf.acme.example", "registry.acme.example"]);
+    assert_eq!(spec.tls.unwrap()[0].secret_name.as_deref(), Some("acme-public-tls"));
+    eventually(WAIT, "the HTTPRoute removed", || async {
+        match routes.get_opt("wharf-public").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+
+    // Not exposed any more: the Ingress goes too.
+    let plain = serde_json::json!({"spec": {"registry": {"expose": null}}});
+    domains.patch("public", &PatchParams::default(), &Patch::Merge(&plain)).await.unwrap();
+    eventually(WAIT, "the Ingress removed", || async {
+        match ingresses.get_opt("wharf-public").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+}

@@ -11,7 +11,7 @@ use wharf_api::DomainConfig;
 use wharf_diagnostics::logging::{self, LogFormat};
 use wharf_registry::cluster::{ConfigMapSource, UsageReporter};
 use wharf_registry::server::Limits;
-use wharf_registry::server::connections::{self, ConnectionLimits, TrustedProxies};
+use wharf_registry::server::connections::{self, ConnectionLimits, ExternalUrls, TrustedProxies};
 use wharf_registry::server::tls::{ReloadingCertificate, TlsFiles};
 use wharf_registry::startup::{self, LiveServer, ServeOptions};
 use wharf_registry::token_review::{DEFAULT_AUDIENCE, TokenReviewer};
@@ -185,6 +185,13 @@ struct ServeArgs {
     #[arg(long = "trusted-proxy", env = "WHARF_TRUSTED_PROXIES", value_delimiter = ',',
           default_values_t = ["127.0.0.0/8".to_owned(), "::1".to_owned()])]
     trusted_proxies: Vec<String>,
+    /// A URL clients reach the registry at (https://wharf.example.com, the in-cluster
+    /// http://wharf-acme.wharf-system.svc:8080); repeat for more. Absolute links (npm tarball
+    /// URLs, NuGet and Swift links, cargo's dl) use the one whose host the request names,
+    /// else the first, so a client cannot point them elsewhere. Without one, links follow
+    /// the request's Host.
+    #[arg(long = "external-url", env = "WHARF_EXTERNAL_URLS", value_delimiter = ',')]
+    external_urls: Vec<String>,
     /// How old, in seconds, the last good copy of an upstream metadata document (packument,
     /// simple page, index file) may be and still be served while the upstream fails. The
     /// copy is kept in storage, so it is served across restarts. Counted from when the
@@ -415,6 +422,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections.map_or_else(connections::default_max_connections, |n| n as usize),
         max_connections_per_client: args.max_connections_per_client as usize,
         trusted_proxies: TrustedProxies::parse(args.trusted_proxies.iter().map(String::as_str))?,
+        external_urls: ExternalUrls::parse(args.external_urls.iter().map(String::as_str))?,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(certificate), Some(key)) => {
@@ -441,6 +449,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections = connection_limits.max_connections,
         max_connections_per_client = connection_limits.max_connections_per_client,
         trusted_proxies = %connection_limits.trusted_proxies,
+        external_urls = %connection_limits.external_urls,
         "serving"
     );
     startup::serve(listener, live.clone(), connection_limits, tls).await;

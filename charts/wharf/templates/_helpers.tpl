@@ -95,6 +95,14 @@ one by one.
 - apiGroups: [cert-manager.io]
   resources: [certificates]
   verbs: [create, patch, delete]
+# registry.expose: an Ingress or a Gateway API HTTPRoute; removed when the Domain stops
+# asking for one.
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [list, watch, create, patch]

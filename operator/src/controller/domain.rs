@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -115,6 +116,8 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         disruption_budget,
         autoscaler,
         certificate,
+        http_route,
+        ingress,
     } = children;
     // Secrets, identity and access before the Deployment, so new pods find them.
     apply(&ctx.client, &signing_key).await?;
@@ -128,6 +131,22 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     apply(&ctx.client, &usage_config_map).await?;
     if let Some(claim) = &data_volume_claim {
         apply(&ctx.client, claim).await?;
+    }
+    match &ingress {
+        Some(ingress) => {
+            apply(&ctx.client, ingress).await?;
+        }
+        None => delete_if_present::<Ingress>(&ctx.client, &namespace, &names.registry).await?,
+    }
+    let resource = render::http_route_resource();
+    let route = apply_dynamic(&ctx.client, &namespace, &names.registry, "HTTPRoute", &resource, http_route.as_ref());
+    if let Some(missing) = route.await? {
+        let problem = format!(
+            "registry.expose.httpRoute needs the Gateway API, and this cluster serves no {missing}: install its CRDs, \
+             or expose the registry with an ingress"
+        );
+        finish(ctx, domain, &previous, &Outcome::stalled("GatewayAPIMissing", problem)).await?;
+        return Ok(Action::requeue(SECRET_RETRY));
     }
     if let Some(problem) = apply_certificate(&ctx.client, domain, &names, certificate.as_ref()).await? {
         finish(ctx, domain, &previous, &Outcome::stalled("CertificateNotIssuable", problem)).await?;
@@ -253,27 +272,43 @@ async fn apply_certificate(
 ) -> Result<Option<String>, Error> {
     let namespace = domain.namespace().unwrap_or_default();
     let resource = render::certificate_resource();
-    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
-    let name = format!("{namespace}/{}", names.registry);
-    let Some(certificate) = certificate else {
-        // Also when cert-manager is not installed: nothing to delete then.
-        return match api.delete(&names.registry, &DeleteParams::default()).await {
+    let missing = apply_dynamic(client, &namespace, &names.registry, "Certificate", &resource, certificate).await?;
+    Ok(missing.map(|missing| {
+        format!(
+            "registry.tls.issuerRef asks cert-manager for the certificate, and this cluster serves no {missing}: \
+             install cert-manager, or name a TLS Secret in registry.tls.secretName"
+        )
+    }))
+}
+
+/// Applies `object`, a child of kind `kind` from another project's API (`resource`), or
+/// deletes the child `name` when there is none. `Ok(Some(plural.group/version))` when the
+/// cluster does not serve that API (its CRDs are not installed): nothing to delete then
+/// either.
+async fn apply_dynamic(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kind: &'static str,
+    resource: &kube::core::ApiResource,
+    object: Option<&serde_json::Value>,
+) -> Result<Option<String>, Error> {
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let label = format!("{namespace}/{name}");
+    let Some(object) = object else {
+        return match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(None),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
-            Err(source) => Err(Error::Delete { kind: "Certificate", name, source }),
+            Err(source) => Err(Error::Delete { kind, name: label, source }),
         };
     };
-    match api
-        .patch(&names.registry, &PatchParams::apply(render::FIELD_MANAGER).force(), &Patch::Apply(certificate))
-        .await
-    {
+    // An apply creates a missing object: a 404 means the kind itself is not served.
+    match api.patch(name, &PatchParams::apply(render::FIELD_MANAGER).force(), &Patch::Apply(object)).await {
         Ok(_) => Ok(None),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Some(
-            "registry.tls.issuerRef asks cert-manager for the certificate, and this cluster serves no \
-             certificates.cert-manager.io/v1: install cert-manager, or name a TLS Secret in registry.tls.secretName"
-                .to_owned(),
-        )),
-        Err(source) => Err(Error::Apply { kind: "Certificate", name, source }),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            Ok(Some(format!("{}.{}/{}", resource.plural, resource.group, resource.version)))
+        }
+        Err(source) => Err(Error::Apply { kind, name: label, source }),
     }
 }
 

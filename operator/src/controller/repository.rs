@@ -60,6 +60,7 @@ async fn apply_repository(repository: &Repository, ctx: &Context) -> Result<Acti
     let domain_ref = repository_domain(repository);
     let domain_label = format!("{}/{}", domain_ref.namespace.as_deref().unwrap_or_default(), domain_ref.name);
     let mut endpoints = BTreeMap::new();
+    let mut external_endpoints = BTreeMap::new();
     let mut usage = None;
     let outcome = match ctx.domains.get(&domain_ref) {
         None if !ctx.scope.includes(domain_ref.namespace.as_deref().unwrap_or_default()) => Outcome::stalled(
@@ -82,6 +83,7 @@ async fn apply_repository(repository: &Repository, ctx: &Context) -> Result<Acti
             Verdict::Rejected(rejection, message) => Outcome::stalled(rejection.reason(), message),
             Verdict::Admitted => {
                 endpoints = render::repository_endpoints(&domain, &repository.name_any());
+                external_endpoints = render::repository_external_endpoints(&domain, &repository.name_any());
                 usage = ctx.usage_of(&domain).map(|report| report.repository_status(&repository.name_any()));
                 let key = key_of(&repository.metadata);
                 let rendered = ctx.served_repositories(&domain).is_some_and(|served| served.contains(&key));
@@ -122,6 +124,7 @@ async fn apply_repository(repository: &Repository, ctx: &Context) -> Result<Acti
         conditions: conditions(&previous.conditions, &outcome, repository.metadata.generation, &now()),
         observed_generation: repository.metadata.generation,
         endpoints,
+        external_endpoints,
         usage,
     };
     write_status(&ctx.client, repository, repository.status.as_ref(), &status).await?;

@@ -58,6 +58,64 @@ pub struct ConnectionLimits {
     pub max_connections_per_client: usize,
     /// Peers whose `X-Forwarded-Host`/`-Proto`/`-For` and `Forwarded` headers are believed.
     pub trusted_proxies: TrustedProxies,
+    /// The URLs clients reach the registry at, for absolute links; any `Host` when empty.
+    pub external_urls: ExternalUrls,
+}
+
+/// The URLs clients reach the registry at (`--external-url`): a request's absolute links
+/// (npm tarball URLs, NuGet and Swift links, cargo's `dl`) use the one whose host it names,
+/// and the first when it names none of them, so a client cannot point links elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalUrls(Vec<(String, String)>);
+
+/// An `--external-url` that is not `http(s)://HOST[:PORT]`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid external URL {0:?}: write a scheme and a host, and a port if not the scheme's own (https://wharf.example.com, http://wharf-acme.wharf-system.svc:8080), no path"
+)]
+pub struct ExternalUrlError(String);
+
+impl ExternalUrls {
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<ExternalUrls, ExternalUrlError> {
+        let mut urls = Vec::new();
+        for value in values {
+            let invalid = || ExternalUrlError(value.to_owned());
+            let (scheme, rest) = value.trim_end_matches('/').split_once("://").ok_or_else(invalid)?;
+            let scheme = scheme.to_ascii_lowercase();
+            let valid_host = !rest.is_empty()
+                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+            if !matches!(scheme.as_str(), "http" | "https") || !valid_host {
+                return Err(invalid());
+            }
+            let default_port = if scheme == "https" { ":443" } else { ":80" };
+            let host = rest.to_ascii_lowercase();
+            let host = host.strip_suffix(default_port).unwrap_or(&host).to_owned();
+            urls.push((scheme, host));
+        }
+        Ok(ExternalUrls(urls))
+    }
+
+    /// The scheme and host a request's links are made of, given the host it names.
+    fn origin_for(&self, requested: Option<&str>) -> Option<&(String, String)> {
+        let requested = requested.map(str::to_ascii_lowercase);
+        let named = requested.as_deref().and_then(|requested| {
+            self.0.iter().find(|(scheme, host)| {
+                let default_port = if scheme == "https" { ":443" } else { ":80" };
+                requested == host || requested.strip_suffix(default_port) == Some(host.as_str())
+            })
+        });
+        named.or(self.0.first())
+    }
+}
+
+impl std::fmt::Display for ExternalUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("any Host");
+        }
+        let urls: Vec<String> = self.0.iter().map(|(scheme, host)| format!("{scheme}://{host}")).collect();
+        f.write_str(&urls.join(","))
+    }
 }
 
 /// The default connection cap: half of the soft `RLIMIT_NOFILE` after
@@ -556,6 +614,7 @@ async fn serve_connection<S>(
     let io = TokioIo::new(io);
     let requests = activity.clone();
     let proxies = limits.trusted_proxies.clone();
+    let external_urls = limits.external_urls.clone();
     let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
         requests.request_started();
         let mut request = request.map(Body::new);
@@ -564,7 +623,7 @@ async fn serve_connection<S>(
                 request.headers_mut().remove(name);
             }
         }
-        complete_origin(&mut request, secure);
+        complete_origin(&mut request, secure, &external_urls);
         let client = if trusted { forwarded_client(request.headers(), &proxies) } else { None };
         request.extensions_mut().insert(ClientAddress(client.unwrap_or_else(|| peer.ip().to_canonical())));
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -637,8 +696,9 @@ fn forwarded_client(headers: &axum::http::HeaderMap, proxies: &TrustedProxies) -
 
 /// Gives every request what absolute links are made of in the headers the handlers read:
 /// HTTP/2 names the host in the URI's authority, not in `Host`, and a connection we
-/// terminate TLS on is https unless a trusted proxy said what its client used.
-fn complete_origin(request: &mut Request<Body>, secure: bool) {
+/// terminate TLS on is https unless a trusted proxy said what its client used. With
+/// external URLs, the links' scheme and host are always one of them.
+fn complete_origin(request: &mut Request<Body>, secure: bool, external_urls: &ExternalUrls) {
     use axum::http::{HeaderValue, header};
     if !request.headers().contains_key(header::HOST)
         && let Some(host) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -648,6 +708,14 @@ fn complete_origin(request: &mut Request<Body>, secure: bool) {
     if secure && !request.headers().contains_key("x-forwarded-proto") {
         request.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("https"));
     }
+    let headers = request.headers();
+    let requested = headers.get("x-forwarded-host").or_else(|| headers.get(header::HOST)).and_then(|v| v.to_str().ok());
+    let Some((scheme, host)) = external_urls.origin_for(requested) else { return };
+    let (Ok(scheme), Ok(host)) = (HeaderValue::from_str(scheme), HeaderValue::from_str(host)) else { return };
+    let headers = request.headers_mut();
+    headers.remove("x-forwarded-host");
+    headers.insert("x-forwarded-proto", scheme);
+    headers.insert(header::HOST, host);
 }
 
 /// Answers a connection over a limit: `200 ok` to a health probe (the registry is alive,
@@ -740,6 +808,21 @@ mod tests {
         assert!(!TrustedProxies::loopback().contains("10.0.0.1".parse().unwrap()));
         let error = TrustedProxies::parse(["10.0.0.0/33"]).unwrap_err();
         assert!(error.to_string().contains("10.0.0.0/33"), "{error}");
+    }
+
+    #[test]
+    fn links_use_the_external_url_a_request_names_or_the_first() {
+        let urls = ExternalUrls::parse(["https://wharf.example.com/", "http://wharf-acme.ns.svc:8080"]).unwrap();
+        assert_eq!(urls.to_string(), "https://wharf.example.com,http://wharf-acme.ns.svc:8080");
+        let origin = |requested: Option<&str>| urls.origin_for(requested).map(|(s, h)| format!("{s}://{h}"));
+        assert_eq!(origin(Some("WHARF.example.com:443")).as_deref(), Some("https://wharf.example.com"));
+        assert_eq!(origin(Some("wharf-acme.ns.svc:8080")).as_deref(), Some("http://wharf-acme.ns.svc:8080"));
+        assert_eq!(origin(Some("evil.example")).as_deref(), Some("https://wharf.example.com"));
+        assert_eq!(origin(None).as_deref(), Some("https://wharf.example.com"));
+        assert_eq!(ExternalUrls::default().origin_for(Some("any")), None);
+        for wrong in ["wharf.example.com", "ftp://x", "https://x/path", "https://"] {
+            assert!(ExternalUrls::parse([wrong]).is_err(), "{wrong}");
+        }
     }
 
     #[test]

@@ -222,6 +222,24 @@ async fn domains() {
     rejects(&client, &tls("tls-both", "{secretName: a, issuerRef: {name: ca}}"), "exactly one").await;
     rejects(&client, &tls("tls-names", "{secretName: a, dnsNames: [x.example]}"), "dnsNames are the names").await;
     rejects(&client, &tls("tls-kind", "{issuerRef: {name: ca, kind: Vault}}"), "Unsupported value").await;
+    let expose = |name: &str, block: &str| {
+        domain(name, &format!("  storage: {{memory: {{}}}}\n  registry: {{expose: {block}}}\n"))
+    };
+    accepts(&client, &expose("exposed", "{hosts: [wharf.acme.example], ingress: {className: nginx}}")).await;
+    rejects(
+        &client,
+        &expose("exposed-both", "{hosts: [a.example], ingress: {}, httpRoute: {parentRefs: [{name: g}]}}"),
+        "exactly one",
+    )
+    .await;
+    rejects(&client, &expose("exposed-url", "{hosts: [\"https://a.example\"], ingress: {}}"), "lowercase DNS name")
+        .await;
+    rejects(
+        &client,
+        &domain("proxies", "  storage: {memory: {}}\n  registry: {trustedProxies: [ingress]}\n"),
+        "a trusted proxy is a CIDR",
+    )
+    .await;
     let exactly_one = "set exactly one storage backend";
     rejects(&client, &domain("none", "  storage: {}\n"), exactly_one).await;
     rejects(&client, &domain("two", "  storage: {memory: {}, filesystem: {path: /data}}\n"), exactly_one).await;
