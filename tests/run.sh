@@ -8,7 +8,8 @@
 # version), the S3 server the storage tests run (tests/seaweedfs.sh:
 # SeaweedFS) and kube-score (tests/kube-score.sh), both cached by version, gathers the
 # Gateway API, cert-manager and Prometheus Operator CRDs from their Go modules
-# (tests/third-party-crds.sh), builds the `wharf` CLI the login tests drive (cargo builds a
+# (tests/third-party-crds.sh) and builds promtool (tests/promtool.sh; cached by version),
+# builds the `wharf` CLI the login tests drive (cargo builds a
 # binary for the tests of its own package only), then runs every test of the
 # workspace.
 # Extra arguments go to `cargo test`.
@@ -29,5 +30,7 @@ WHARF_KUBE_SCORE_BIN="$(tests/kube-score.sh | tail -n 1)"
 export WHARF_KUBE_SCORE_BIN
 WHARF_THIRD_PARTY_CRDS="$(tests/third-party-crds.sh | tail -n 1)"
 export WHARF_THIRD_PARTY_CRDS
+WHARF_PROMTOOL_BIN="$(tests/promtool.sh | tail -n 1)"
+export WHARF_PROMTOOL_BIN
 cargo build -p wharf-cli --locked
 cargo test --workspace --locked "$@"

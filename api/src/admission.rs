@@ -124,6 +124,12 @@ fn rules() -> Vec<Rule> {
         },
         Rule {
             kind: "Domain",
+            path: "spec.registry.networkPolicy.egressTo[]",
+            rule: "isCIDR(self)".into(),
+            message: "egressTo names CIDRs (10.0.0.1/32, 192.168.0.0/16)",
+        },
+        Rule {
+            kind: "Domain",
             path: "spec.registry.trustedProxies[]",
             rule: "isCIDR(self) || isIP(self)".into(),
             message: "a trusted proxy is a CIDR (10.0.0.0/8) or an address",

@@ -662,6 +662,17 @@ impl Checker<'_> {
                     }
                 }
             }
+            for (position, cidr) in
+                registry.network_policy.iter().flat_map(|policy| policy.egress_to.iter()).enumerate()
+            {
+                if cidr.parse::<ipnet::IpNet>().is_err() {
+                    self.report(
+                        about,
+                        &format!("spec.registry.networkPolicy.egressTo[{position}]"),
+                        format!("{cidr:?} is not a CIDR (10.0.0.1/32, 192.168.0.0/16)"),
+                    );
+                }
+            }
             for (position, proxy) in registry.trusted_proxies.iter().enumerate() {
                 if crate::repository::parse_cidr(proxy).is_none() {
                     self.report(

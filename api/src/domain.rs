@@ -662,6 +662,32 @@ pub struct RegistryDeploymentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub trusted_proxies: Vec<String>,
+    /// A NetworkPolicy for the registry pods: only the namespaces the Domain admits (and
+    /// its own), the ingress's and the monitoring's may connect; with `egressTo`, the pods
+    /// reach only DNS and those addresses. Enforced by the cluster's network plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<RegistryNetworkPolicy>,
+}
+
+/// Who may reach the registry pods, and what they may reach.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryNetworkPolicy {
+    /// Namespaces of the ingress controller or gateway, whose pods may connect to the
+    /// registry's port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ingress_namespaces: Vec<String>,
+    /// Namespaces of Prometheus, whose pods may connect to the metrics port only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub monitoring_namespaces: Vec<String>,
+    /// Where the pods may connect, as CIDRs: the apiserver, object storage and the external
+    /// connections' hosts (a NetworkPolicy names addresses, not host names). DNS is always
+    /// allowed. Egress is not restricted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub egress_to: Vec<String>,
 }
 
 /// Why an exposure names one way in.

@@ -18,8 +18,9 @@ use k8s_openapi::api::core::v1::{
     SleepAction, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
-    IngressTLS, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, IPBlock, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
+    IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -46,6 +47,8 @@ pub const DATA_DIR: &str = "/var/lib/wharf";
 pub const TLS_DIR: &str = "/var/run/wharf/tls";
 /// Port the registry container listens on; the Service maps its own port to it.
 pub const CONTAINER_PORT: i32 = 8080;
+/// Port the registry serves `/metrics` on, in the container and on the Service.
+pub const METRICS_PORT: i32 = 9090;
 /// Service port when the Domain names none.
 pub const DEFAULT_SERVICE_PORT: i32 = 8080;
 /// What a registry container requests when the Domain sets no `resources`: enough to be
@@ -208,6 +211,22 @@ pub struct Children {
     pub http_route: Option<serde_json::Value>,
     /// The `Ingress`, with `registry.expose.ingress`.
     pub ingress: Option<Ingress>,
+    /// The Prometheus Operator's `ServiceMonitor` for the registry's metrics port (applied
+    /// where its CRDs are installed).
+    pub service_monitor: serde_json::Value,
+    /// Who may reach the registry pods, with `registry.networkPolicy`.
+    pub network_policy: Option<NetworkPolicy>,
+}
+
+/// The API of the Prometheus Operator's `ServiceMonitor`s.
+pub fn service_monitor_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "monitoring.coreos.com".to_owned(),
+        version: "v1".to_owned(),
+        api_version: "monitoring.coreos.com/v1".to_owned(),
+        kind: "ServiceMonitor".to_owned(),
+        plural: "servicemonitors".to_owned(),
+    }
 }
 
 /// The API of Gateway API's `HTTPRoute`s.
@@ -509,14 +528,24 @@ pub fn render(
                 service_spec.and_then(|service| service.type_.clone()).unwrap_or_else(|| "ClusterIP".to_owned()),
             ),
             selector: Some(selector_labels(&name)),
-            ports: Some(vec![ServicePort {
-                name: Some(port_name(domain).to_owned()),
-                port: service_port(domain),
-                target_port: Some(IntOrString::String(port_name(domain).to_owned())),
-                protocol: Some("TCP".to_owned()),
-                app_protocol: Some(port_name(domain).to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some(port_name(domain).to_owned()),
+                    port: service_port(domain),
+                    target_port: Some(IntOrString::String(port_name(domain).to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    app_protocol: Some(port_name(domain).to_owned()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("metrics".to_owned()),
+                    port: METRICS_PORT,
+                    target_port: Some(IntOrString::String("metrics".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    app_protocol: Some("http".to_owned()),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -670,6 +699,93 @@ pub fn render(
         },
     );
 
+    let service_monitor = serde_json::json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata(&names.registry),
+        "spec": {
+            "selector": {"matchLabels": labels(&name)},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+        },
+    });
+
+    let network_policy =
+        domain.spec.registry.as_ref().and_then(|registry| registry.network_policy.as_ref()).map(|policy| {
+            let namespace_named = |name: &str| NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), name.to_owned())])),
+                    match_expressions: None,
+                }),
+                ..NetworkPolicyPeer::default()
+            };
+            let tcp = |port: &str| NetworkPolicyPort {
+                port: Some(IntOrString::String(port.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                end_port: None,
+            };
+            // The namespaces whose Repositories the Domain admits use it, and its own.
+            let mut clients = vec![namespace_named(&namespace)];
+            match domain.spec.namespaces_from() {
+                wharf_api::NamespacesFrom::Same => {}
+                wharf_api::NamespacesFrom::All => clients.push(NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector::default()),
+                    ..NetworkPolicyPeer::default()
+                }),
+                wharf_api::NamespacesFrom::Selector => clients.push(NetworkPolicyPeer {
+                    namespace_selector: domain.spec.repository_namespaces.as_ref().and_then(|n| n.selector.clone()),
+                    ..NetworkPolicyPeer::default()
+                }),
+            }
+            clients.extend(policy.ingress_namespaces.iter().map(|name| namespace_named(name)));
+            let mut ingress =
+                vec![NetworkPolicyIngressRule { from: Some(clients), ports: Some(vec![tcp(port_name(domain))]) }];
+            if !policy.monitoring_namespaces.is_empty() {
+                ingress.push(NetworkPolicyIngressRule {
+                    from: Some(policy.monitoring_namespaces.iter().map(|name| namespace_named(name)).collect()),
+                    ports: Some(vec![tcp("metrics")]),
+                });
+            }
+            let egress = (!policy.egress_to.is_empty()).then(|| {
+                let dns = ["UDP", "TCP"].map(|protocol| NetworkPolicyPort {
+                    port: Some(IntOrString::Int(53)),
+                    protocol: Some(protocol.to_owned()),
+                    end_port: None,
+                });
+                vec![
+                    NetworkPolicyEgressRule { to: None, ports: Some(dns.to_vec()) },
+                    NetworkPolicyEgressRule {
+                        to: Some(
+                            policy
+                                .egress_to
+                                .iter()
+                                .map(|cidr| NetworkPolicyPeer {
+                                    ip_block: Some(IPBlock { cidr: cidr.clone(), except: None }),
+                                    ..NetworkPolicyPeer::default()
+                                })
+                                .collect(),
+                        ),
+                        ports: None,
+                    },
+                ]
+            });
+            let mut types = vec!["Ingress".to_owned()];
+            if egress.is_some() {
+                types.push("Egress".to_owned());
+            }
+            NetworkPolicy {
+                metadata: metadata(&names.registry),
+                spec: Some(NetworkPolicySpec {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(selector_labels(&name)),
+                        match_expressions: None,
+                    }),
+                    policy_types: Some(types),
+                    ingress: Some(ingress),
+                    egress,
+                }),
+            }
+        });
+
     Ok(Children {
         config_map,
         usage_config_map,
@@ -687,6 +803,8 @@ pub fn render(
         certificate,
         http_route,
         ingress,
+        service_monitor,
+        network_policy,
     })
 }
 
@@ -817,6 +935,8 @@ fn deployment(
             data_dir.to_owned(),
             "--secrets-dir".to_owned(),
             SECRETS_DIR.to_owned(),
+            "--metrics-listen".to_owned(),
+            format!("0.0.0.0:{METRICS_PORT}"),
         ]),
         env: Some(
             [
@@ -828,12 +948,20 @@ fn deployment(
             .chain(settings_of_pod.env.iter().cloned())
             .collect(),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some(port.to_owned()),
-            container_port: CONTAINER_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(port.to_owned()),
+                container_port: CONTAINER_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".to_owned()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
         liveness_probe: Some(probe("/healthz")),
         readiness_probe: Some(probe("/readyz")),
         resources: Some(settings_of_pod.resources.clone().unwrap_or_else(|| ResourceRequirements {
@@ -1006,6 +1134,7 @@ spec:
         documents.extend(children.disruption_budget.iter().map(document));
         documents.extend(children.autoscaler.iter().map(document));
         documents.extend(children.data_volume_claim.iter().map(document));
+        documents.extend(children.network_policy.iter().map(document));
         documents.join("\n")
     }
 
@@ -1018,7 +1147,7 @@ spec:
             home.join(".cache/wharf/kube-score/kube-score-v1.20.0/kube-score")
         });
         assert!(binary.exists(), "kube-score is missing: run tests/kube-score.sh (tests/run.sh does it)");
-        let three = WORLD.replace("replicas: 2", "replicas: 3");
+        let three = WORLD.replace("replicas: 2", "replicas: 3, networkPolicy: {ingressNamespaces: [ingress-nginx]}");
         let (_, children) = children(&three);
         let file = std::env::temp_dir().join(format!("wharf-kube-score-{}.yaml", std::process::id()));
         std::fs::write(&file, manifests(&children)).unwrap();
@@ -1026,13 +1155,9 @@ spec:
         // throttle digests and kill large uploads; requests are set); no ephemeral-storage
         // request or limit (uploads stream to storage, not to the pod's disk); the image's
         // tag is a version, pulled IfNotPresent, so a pod start does not need the image
-        // registry. Not yet: a NetworkPolicy (an opt-in of the exposure work).
-        let ignored = [
-            "container-resources",
-            "container-ephemeral-storage-request-and-limit",
-            "container-image-pull-policy",
-            "pod-networkpolicy",
-        ];
+        // registry. The NetworkPolicy is opt-in (registry.networkPolicy), set here.
+        let ignored =
+            ["container-resources", "container-ephemeral-storage-request-and-limit", "container-image-pull-policy"];
         let output = std::process::Command::new(&binary)
             .args(["score", "--output-format", "ci"])
             .args(ignored.iter().flat_map(|test| ["--ignore-test", test]))
@@ -1069,7 +1194,11 @@ spec:
             certificate,
             http_route,
             ingress,
+            service_monitor,
+            network_policy,
         } = children;
+        assert!(network_policy.is_none(), "not asked for");
+        assert_eq!(service_monitor["spec"]["endpoints"][0]["port"], "metrics");
         assert!(http_route.is_none() && ingress.is_none(), "not exposed");
         assert!(data_volume_claim.is_none(), "object storage needs no volume");
         assert!(certificate.is_none(), "plain http needs no certificate");
@@ -1214,7 +1343,9 @@ spec:
                 "--data",
                 DATA_DIR,
                 "--secrets-dir",
-                SECRETS_DIR
+                SECRETS_DIR,
+                "--metrics-listen",
+                "0.0.0.0:9090"
             ]
         );
         let env = container.env.as_ref().unwrap();

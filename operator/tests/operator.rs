@@ -1260,3 +1260,78 @@ async fn expose_renders_an_http_route_or_an_ingress() {
     .await
     .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
 }
+
+/// `registry.networkPolicy`: the real apiserver admits the NetworkPolicy, which lets in the
+/// namespaces the Domain admits, its own and the ingress's to the registry's port, the
+/// monitoring's to the metrics port only, and with `egressTo` lets out DNS and those ranges.
+#[tokio::test]
+async fn a_network_policy_admits_the_domains_namespaces_ingress_and_monitoring() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let client = operator().await;
+    let ns = "it-netpol";
+    ensure_namespace(&client, ns).await.unwrap();
+    let domain = format!(
+        "apiVersion: wharf.dev/v1alpha1\nkind: Domain\nmetadata: {{name: fenced, namespace: {ns}}}\nspec:\n  \
+         storage: {{memory: {{}}}}\n  repositoryNamespaces: {{from: Selector, selector: {{matchLabels: {{team: web}}}}}}\n  \
+         registry:\n    networkPolicy: {{ingressNamespaces: [ingress-nginx], monitoringNamespaces: [monitoring], \
+         egressTo: [10.96.0.1/32, 192.168.50.0/24]}}\n"
+    );
+    apply_yaml(&client, &domain, None).await.unwrap();
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let policy = eventually(WAIT, "the NetworkPolicy", || async {
+        policies.get("wharf-fenced").await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    let spec = serde_json::to_value(policy.spec.unwrap()).unwrap();
+    assert_eq!(spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "fenced");
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    let clients = &spec["ingress"][0];
+    assert_eq!(clients["ports"], serde_json::json!([{"port": "http", "protocol": "TCP"}]));
+    let from: Vec<String> =
+        clients["from"].as_array().unwrap().iter().map(|peer| peer["namespaceSelector"].to_string()).collect();
+    assert_eq!(
+        from,
+        [
+            format!(r#"{{"matchLabels":{{"kubernetes.io/metadata.name":"{ns}"}}}}"#),
+            r#"{"matchLabels":{"team":"web"}}"#.to_owned(),
+            r#"{"matchLabels":{"kubernetes.io/metadata.name":"ingress-nginx"}}"#.to_owned(),
+        ]
+    );
+    assert_eq!(spec["ingress"][1]["ports"], serde_json::json!([{"port": "metrics", "protocol": "TCP"}]));
+    assert_eq!(spec["egress"][0]["ports"][0]["port"], 53);
+    assert_eq!(spec["egress"][1]["to"][1]["ipBlock"]["cidr"], "192.168.50.0/24");
+
+    // Where the Prometheus Operator is installed, the registry's metrics port is scraped.
+    let monitors = wharf_operator::render::service_monitor_resource();
+    wharf_test_harness::install_third_party_crds(&client, &["monitoring.coreos.com_servicemonitors.yaml"])
+        .await
+        .unwrap();
+    let touch = serde_json::json!({"metadata": {"annotations": {"test.wharf.dev/touch": "1"}}});
+    Api::<Domain>::namespaced(client.clone(), ns)
+        .patch("fenced", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    let monitors: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), ns, &monitors);
+    let monitor = eventually(WAIT, "the ServiceMonitor", || async {
+        monitors.get("wharf-fenced").await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    assert_eq!(monitor.data["spec"]["endpoints"][0]["port"], "metrics");
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let ports = services.get("wharf-fenced").await.unwrap().spec.unwrap().ports.unwrap();
+    assert_eq!((ports[1].name.as_deref(), ports[1].port), (Some("metrics"), 9090));
+
+    let domains: Api<Domain> = Api::namespaced(client.clone(), ns);
+    let off = serde_json::json!({"spec": {"registry": {"networkPolicy": null}}});
+    domains.patch("fenced", &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    eventually(WAIT, "the NetworkPolicy removed", || async {
+        match policies.get_opt("wharf-fenced").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+}

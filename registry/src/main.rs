@@ -131,6 +131,10 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "WHARF_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve /metrics (and /healthz, /readyz) on this address instead of --listen, e.g.
+    /// 0.0.0.0:9090: Prometheus scrapes it, clients and ingresses never see it.
+    #[arg(long, env = "WHARF_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often --tls-cert and --tls-key are checked for changes. A duration: 10s, 1m.
     #[arg(long, env = "WHARF_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = timeout)]
     tls_reload_interval: Duration,
@@ -452,7 +456,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         external_urls = %connection_limits.external_urls,
         "serving"
     );
-    startup::serve(listener, live.clone(), connection_limits, tls).await;
+    if let Some(address) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("failed to listen on {address} (--metrics-listen)"))?;
+        tracing::info!(listen = %address, "serving metrics");
+        let live = live.clone();
+        tokio::spawn(async move {
+            if let Err(error) = startup::serve_metrics(metrics, live).await {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        });
+    }
+    startup::serve(listener, live.clone(), connection_limits, tls, args.metrics_listen.is_some()).await;
     if let Err(error) = live.state().packages.registry.flush_downloads().await {
         tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "the last downloads could not be recorded");
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
 use axum::Router;
+use axum::response::IntoResponse;
 use tower::ServiceExt;
 use wharf_api::DomainConfig;
 
@@ -113,6 +114,7 @@ pub async fn build_state(
             .with_storage(storage.clone())
             .with_options(options.upstream.clone()),
     );
+    upstream.count_from_zero(config.domain.spec.external_connections.iter().map(|connection| connection.name.as_str()));
     let metrics = Arc::new(Metrics::new(upstream.requests()));
     let tokens = TokenLedger::new(storage.clone());
     tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
@@ -250,12 +252,38 @@ pub async fn serve(
     live: Arc<LiveServer>,
     limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics_elsewhere: bool,
 ) {
     let service = tower::service_fn(move |request: axum::extract::Request| {
         let router = live.router();
-        async move { router.oneshot(request).await }
+        async move {
+            if metrics_elsewhere && request.uri().path() == "/metrics" {
+                let moved = "metrics are served on the metrics port (--metrics-listen)\n";
+                return Ok((axum::http::StatusCode::NOT_FOUND, moved).into_response());
+            }
+            router.oneshot(request).await
+        }
     });
     server::connections::serve(listener, limits, tls, service, shutdown_signal()).await;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on a listener of their own (`--metrics-listen`),
+/// so metrics stay off the port clients, ingresses and other tenants reach, and probes and
+/// scrapes are not held to the clients' connection limits.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, live: Arc<LiveServer>) -> std::io::Result<()> {
+    // A fallback, not routes: the registry's own router then matches the path, so the
+    // request metrics label it as they would on the main port.
+    let forward = move |request: axum::extract::Request| {
+        let router = live.router();
+        async move {
+            if !matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz") {
+                return (axum::http::StatusCode::NOT_FOUND, "the metrics port serves /metrics, /healthz and /readyz\n")
+                    .into_response();
+            }
+            router.oneshot(request).await.into_response()
+        }
+    };
+    axum::serve(listener, axum::Router::new().fallback(forward)).await
 }
 
 async fn shutdown_signal() {

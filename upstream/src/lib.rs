@@ -544,6 +544,17 @@ impl UpstreamClient {
         self.requests.clone()
     }
 
+    /// Starts at zero the counts alerts watch (failures, stale answers) for `connections`,
+    /// so `increase()` sees the first one.
+    pub fn count_from_zero<'a>(&self, connections: impl IntoIterator<Item = &'a str>) {
+        for connection in connections {
+            for (kind, outcome) in [("metadata", "failed"), ("artifact", "failed"), ("metadata", "served_stale")] {
+                let _ =
+                    self.requests.get_or_create(&UpstreamLabels { connection: connection.to_owned(), kind, outcome });
+            }
+        }
+    }
+
     fn count(&self, connection: &str, kind: &'static str, outcome: &'static str) {
         self.requests.get_or_create(&UpstreamLabels { connection: connection.to_owned(), kind, outcome }).inc();
     }
@@ -664,6 +675,7 @@ impl UpstreamClient {
                         fetched = %cached.fetched,
                         "serving stale upstream metadata"
                     );
+                    self.count(connection, "metadata", "served_stale");
                     Ok(document(&cached, true))
                 }
                 Some(cached) => {

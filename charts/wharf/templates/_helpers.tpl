@@ -95,14 +95,18 @@ one by one.
 - apiGroups: [cert-manager.io]
   resources: [certificates]
   verbs: [create, patch, delete]
-# registry.expose: an Ingress or a Gateway API HTTPRoute; removed when the Domain stops
-# asking for one.
+# registry.expose: an Ingress or a Gateway API HTTPRoute, and registry.networkPolicy;
+# removed when the Domain stops asking for them.
 - apiGroups: [networking.k8s.io]
-  resources: [ingresses]
+  resources: [ingresses, networkpolicies]
   verbs: [create, patch, delete]
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [create, patch, delete]
+# Each registry's ServiceMonitor, where the Prometheus Operator is installed.
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [list, watch, create, patch]

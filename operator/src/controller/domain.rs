@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -118,6 +118,8 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         certificate,
         http_route,
         ingress,
+        service_monitor,
+        network_policy,
     } = children;
     // Secrets, identity and access before the Deployment, so new pods find them.
     apply(&ctx.client, &signing_key).await?;
@@ -138,6 +140,12 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         }
         None => delete_if_present::<Ingress>(&ctx.client, &namespace, &names.registry).await?,
     }
+    match &network_policy {
+        Some(policy) => {
+            apply(&ctx.client, policy).await?;
+        }
+        None => delete_if_present::<NetworkPolicy>(&ctx.client, &namespace, &names.registry).await?,
+    }
     let resource = render::http_route_resource();
     let route = apply_dynamic(&ctx.client, &namespace, &names.registry, "HTTPRoute", &resource, http_route.as_ref());
     if let Some(missing) = route.await? {
@@ -148,6 +156,10 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         finish(ctx, domain, &previous, &Outcome::stalled("GatewayAPIMissing", problem)).await?;
         return Ok(Action::requeue(SECRET_RETRY));
     }
+    // Only where the Prometheus Operator is installed: monitoring is never required.
+    let monitors = render::service_monitor_resource();
+    apply_dynamic(&ctx.client, &namespace, &names.registry, "ServiceMonitor", &monitors, Some(&service_monitor))
+        .await?;
     if let Some(problem) = apply_certificate(&ctx.client, domain, &names, certificate.as_ref()).await? {
         finish(ctx, domain, &previous, &Outcome::stalled("CertificateNotIssuable", problem)).await?;
         return Ok(Action::requeue(SECRET_RETRY));

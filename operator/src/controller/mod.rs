@@ -443,6 +443,15 @@ pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, 
         failures: Mutex::new(HashMap::new()),
         served: Mutex::new(HashMap::new()),
     });
+    metrics.watch_domains(ctx.domains.clone());
+    metrics.set_ready(false);
+    {
+        let (ctx, metrics) = (ctx.clone(), metrics.clone());
+        tokio::spawn(async move {
+            ctx.caches_ready().await;
+            metrics.set_ready(true);
+        });
+    }
 
     // Domain: its children (deleted or edited ones come back), the Repositories and
     // policies it renders, and namespace labels when it admits by selector.

@@ -89,7 +89,7 @@ impl Metrics {
         registry.register("http_response_bytes", "Declared response body bytes, by route", bytes_out.clone());
         registry.register(
             "upstream_requests",
-            "Requests to external connections by connection, kind (metadata, artifact) and outcome",
+            "Requests to external connections by connection, kind (metadata, artifact) and outcome (fetched, not_modified, not_found, failed; served_stale counts a failure answered with the last good copy)",
             upstream_requests,
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
@@ -104,6 +104,13 @@ impl Metrics {
             "ServiceAccount tokens sent to the apiserver's TokenReview API, by result (accepted, rejected, unavailable)",
             token_reviews.clone(),
         );
+        // Every outcome an alert watches starts at zero, so `increase()` sees the first one.
+        for result in ["applied", "rejected"] {
+            let _ = config_reloads.get_or_create(&ResultLabels { result });
+        }
+        for result in ["accepted", "rejected", "unavailable"] {
+            let _ = token_reviews.get_or_create(&ResultLabels { result });
+        }
         Metrics { registry, requests, durations, bytes_in, bytes_out, config_reloads, token_reviews }
     }
 

@@ -297,6 +297,7 @@ impl<'a> Kubelet<'a> {
             Entrypoint::Image(image) => {
                 let [port] = free_ports()?;
                 let original = listen_at(image.listen, &mut args, &mut environment, format!("127.0.0.1:{port}"));
+                rebind_metrics(&mut args)?;
                 let container_port = original.as_deref().and_then(port_of);
                 (image.binary.clone(), Some(port), container_port)
             }
@@ -358,6 +359,7 @@ impl<'a> Kubelet<'a> {
             (Some(_), None) => Vec::new(),
         };
         let original = listen_at(listen, &mut args, &mut environment, format!("127.0.0.1:{port}"));
+        rebind_metrics(&mut args)?;
         let command = container.command.clone().unwrap_or_else(|| vec![entrypoint.clone()]);
         let mut runtime = RuntimeConfig::new(unpacked, &[command, args].concat())?;
         runtime.secure(pod.spec, container);
@@ -767,6 +769,17 @@ fn port_of(address: &str) -> Option<i32> {
 
 /// Sets `flag`'s value, in `--flag value` or `--flag=value` form, adding it when absent;
 /// returns the value it replaced.
+/// Moves a `--metrics-listen` to a free loopback port: pods share this node's network, so
+/// two registries cannot both take the port their pods name.
+fn rebind_metrics(args: &mut Vec<String>) -> anyhow::Result<()> {
+    const FLAG: &str = "--metrics-listen";
+    if args.iter().any(|arg| arg == FLAG || arg.starts_with(&format!("{FLAG}="))) {
+        let [port] = free_ports()?;
+        set_flag(args, FLAG, &format!("127.0.0.1:{port}"));
+    }
+    Ok(())
+}
+
 fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) -> Option<String> {
     if let Some(index) = args.iter().position(|arg| arg == flag)
         && index + 1 < args.len()

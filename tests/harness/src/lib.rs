@@ -435,6 +435,12 @@ pub fn helm_binary() -> anyhow::Result<PathBuf> {
     cached_build("WHARF_HELM_BIN", "helm.sh")
 }
 
+/// promtool: `WHARF_PROMTOOL_BIN`, or what `tests/promtool.sh` builds from the Prometheus
+/// module (at once when cached).
+pub fn promtool_binary() -> anyhow::Result<PathBuf> {
+    cached_build("WHARF_PROMTOOL_BIN", "promtool.sh")
+}
+
 /// What the environment variable `variable` names, or the path the build script
 /// `tests/{script}` prints last.
 fn cached_build(variable: &str, script: &str) -> anyhow::Result<PathBuf> {

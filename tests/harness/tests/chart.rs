@@ -449,3 +449,80 @@ async fn crd_chart_upgrades_and_everything_is_accepted() {
         }
     }
 }
+
+/// The Prometheus Operator's objects render only where its CRDs are served (the chart never
+/// requires them) and the apiserver admits them, with those CRDs installed from the project's
+/// own module; the PrometheusRule carries exactly `files/wharf-alerts.yaml`, and the dashboard
+/// is JSON Grafana can read.
+#[tokio::test]
+async fn monitoring_renders_where_the_prometheus_operator_is_installed() {
+    let helm = Helm::new();
+    let monitoring = |document: &&Value| document["kind"] == "ServiceMonitor" || document["kind"] == "PrometheusRule";
+    let plain = documents(&helm.run(&["template", "wharf", "charts/wharf", "-n", "wharf-system"]).unwrap());
+    assert!(!plain.iter().any(|document| monitoring(&document)), "no Prometheus Operator, no monitoring objects");
+    let dashboard = plain.iter().find(|document| document["metadata"]["name"] == "wharf-dashboard").unwrap();
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let board: Value = serde_json::from_str(dashboard["data"]["wharf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(board["uid"], "wharf-registry");
+    assert!(board["panels"].as_array().unwrap().len() >= 6);
+
+    let apis = ["monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule"];
+    let mut args = vec!["template", "wharf", "charts/wharf", "-n", "wharf-system"];
+    for api in apis {
+        args.extend(["--api-versions", api]);
+    }
+    let rendered = documents(&helm.run(&args).unwrap());
+    let rule = rendered.iter().find(|document| document["kind"] == "PrometheusRule").unwrap();
+    let alerts: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root().join("charts/wharf/files/wharf-alerts.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(rule["spec"], alerts, "the PrometheusRule is the rule file promtool checks");
+    let monitor = rendered.iter().find(|document| document["kind"] == "ServiceMonitor").unwrap();
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client().await.unwrap();
+    ensure_namespace(&admin, "wharf-system").await.unwrap();
+    wharf_test_harness::install_third_party_crds(
+        &admin,
+        &["monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"],
+    )
+    .await
+    .unwrap();
+    for document in rendered.iter().filter(monitoring) {
+        dry_run_apply(&admin, document, "wharf-system").await.unwrap();
+    }
+}
+
+/// The alerts are valid Prometheus rules and fire as meant: `promtool check rules` and
+/// `promtool test rules` (tests/alerts/wharf-alerts.test.yaml), with promtool built from the
+/// Prometheus module by `tests/promtool.sh`.
+#[test]
+fn the_alerts_pass_promtool() {
+    let promtool = wharf_test_harness::promtool_binary().unwrap();
+    for args in [
+        &["check", "rules", "charts/wharf/files/wharf-alerts.yaml"][..],
+        &["test", "rules", "tests/alerts/wharf-alerts.test.yaml"][..],
+    ] {
+        let output = Command::new(&promtool).args(args).current_dir(root()).output().unwrap();
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "promtool {args:?}: {printed}");
+    }
+}
+
+/// `values.schema.json` types every value and refuses unknown keys: a misspelt value fails the
+/// install instead of being ignored.
+#[test]
+fn misspelt_and_mistyped_values_are_refused() {
+    let helm = Helm::new();
+    for (set, says) in [
+        ("leaderElecton.enabled=false", "leaderElecton"),
+        ("monitoring.serviceMonitor.intervall=1m", "intervall"),
+        ("logFormat=xml", "logFormat"),
+        ("metrics.port=70000", "port"),
+    ] {
+        let refused = helm.run(&["template", "charts/wharf", "--set", set]).unwrap_err();
+        assert!(refused.contains(says), "{set}: {refused}");
+    }
+    helm.run(&["template", "charts/wharf", "--set", "monitoring.serviceMonitor.labels.release=prometheus"]).unwrap();
+}
