@@ -1089,11 +1089,20 @@ async fn tls_comes_from_a_cert_manager_certificate_or_a_secret() {
     let message = ready_of(&domain.status.unwrap().conditions).unwrap().2;
     assert!(message.contains("acme-tls") && message.contains("kubernetes.io/tls"), "{message}");
     assert!(certificates.get_opt("wharf-secure").await.unwrap().is_none(), "the Certificate is deleted");
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: acme-tls, namespace: {ns}}}\ntype: kubernetes.io/tls\n\
-         stringData: {{tls.crt: not-checked-here, tls.key: not-checked-here}}\n"
-    );
-    apply_yaml(&client, &secret, None).await.unwrap();
+    // A real certificate for the Service's name, from a throw-away authority.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut authority = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    authority.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let authority_pem = authority.self_signed(&key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(authority, key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let names = vec!["wharf-secure.it-tls.svc".to_owned(), "127.0.0.1".to_owned()];
+    let certificate = rcgen::CertificateParams::new(names).unwrap().signed_by(&server_key, &issuer).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "acme-tls", "namespace": ns},
+        "stringData": {"tls.crt": certificate.pem(), "tls.key": server_key.serialize_pem()}});
+    secrets.patch("acme-tls", &PatchParams::apply("wharf-test"), &Patch::Apply(&secret)).await.unwrap();
     touch(2).await;
     eventually(WAIT, "the Deployment mounting Secret acme-tls", || async {
         let deployment = deployments.get("wharf-secure").await.map_err(|e| e.to_string())?;
@@ -1102,6 +1111,21 @@ async fn tls_comes_from_a_cert_manager_certificate_or_a_secret() {
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+
+    // The pod as rendered serves that certificate, found where the operator mounts it, and
+    // passes its HTTPS readiness probe.
+    let plane = ControlPlane::shared().await;
+    let kubelet =
+        wharf_test_harness::Kubelet::new(plane, wharf_test_harness::workspace_binary("wharf-registry").unwrap());
+    let registry = kubelet.run(ns, "wharf-secure").await.unwrap_or_else(|error| panic!("{error:#}"));
+    assert!(registry.url.starts_with("https://"), "{}", registry.url);
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(authority_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let ready = trusting.get(format!("{}/readyz", registry.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", registry.log_tail());
+    assert_eq!(ready.version(), reqwest::Version::HTTP_2);
 }
 
 /// The operator's ClusterRole grants create, patch and delete on ClusterRoleBindings, which

@@ -136,3 +136,42 @@ fn a_registry_asked_for_https_does_not_start_without_a_usable_certificate() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot serve HTTPS") && stderr.contains("tls.key"), "{stderr}");
 }
+
+/// SIGTERM with HTTP/2 connections open and idle: one of a client that answers (its pool
+/// keeps the connection) and one of a client that has stopped reading (it sent its preface
+/// and went quiet, so it never acknowledges the GOAWAY). The registry exits within a second
+/// or two, not after the header or idle timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_does_not_wait_for_idle_http2_connections() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new();
+    let mut server = TestServer::start_tls(Some(ACME_ON_A_FOLDER), &ca, &[]);
+    let client = ca.client();
+    let response = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&ca.authority).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut quiet = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    // The client preface and an empty SETTINGS frame, then nothing: never read again.
+    quiet.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    quiet.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    server.terminate();
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(5)));
+    assert!(status.success(), "{status:?}");
+    eprintln!("exited {:?} after SIGTERM", started.elapsed());
+    drop((client, quiet));
+}

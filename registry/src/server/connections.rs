@@ -40,6 +40,10 @@ const RETRY_AFTER_SECONDS: u64 = 5;
 /// Descriptors kept for the process itself (listener, epoll, logs, storage and
 /// upstream clients) when the connection cap is derived from `RLIMIT_NOFILE`.
 const RESERVED_DESCRIPTORS: u64 = 64;
+/// While stopping, how long a connection with nothing in flight is given to close by itself
+/// (HTTP/2 waits for the client to acknowledge its GOAWAY) before it is closed: a client that
+/// holds a connection open without reading it must not hold the shutdown.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// Upper end of the derived connection cap: each idle connection costs a task and
 /// buffers, so a huge descriptor limit is not an invitation to hold millions.
 const MAX_DERIVED_CONNECTIONS: u64 = 8192;
@@ -307,6 +311,10 @@ impl Activity {
             drop(state);
             self.changed.notify_one();
         }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.lock().in_flight == 0
     }
 
     fn request_started(&self) {
@@ -663,6 +671,12 @@ async fn serve_connection<S>(
                 draining = true;
                 if changed.is_ok() {
                     connection.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep(DRAIN_IDLE_GRACE), if draining => {
+                if activity.is_idle() {
+                    tracing::debug!(%peer, "closed: idle while the registry stops");
+                    return;
                 }
             }
         }

@@ -263,9 +263,11 @@ impl<'a> Kubelet<'a> {
         let launch = self.launch(&client, namespace, name, pod, Entrypoint::Image(image), None).await?;
         let port = launch.port.context("an image listens on a port")?;
         let mut process = launch.spawn()?;
-        wait_ready(&mut process, port, &image.probe).await?;
+        let https = probes_https(pod);
+        wait_ready(&mut process, port, &image.probe, https).await?;
         mark_available(&client, namespace, name, deployment.metadata.generation).await?;
-        Ok(RunningPod { url: format!("http://127.0.0.1:{port}"), log: process.log.clone(), process })
+        let scheme = if https { "https" } else { "http" };
+        Ok(RunningPod { url: format!("{scheme}://127.0.0.1:{port}"), log: process.log.clone(), process })
     }
 
     /// Materialises the first container of `pod` (of the Deployment or Job `pod_name` in
@@ -841,13 +843,14 @@ pub(crate) fn spawn_supervised(
 }
 
 /// Waits until `probe` answers 200 on `port`, failing if the process exits first.
-pub(crate) async fn wait_ready(process: &mut Process, port: u16, probe: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(process: &mut Process, port: u16, probe: &str, https: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if let Some(code) = process.exit_code()? {
             bail!("the program exited ({code}):\n{}", process.log_tail(30));
         }
-        if http_status(port, probe).is_ok_and(|status| status == 200) {
+        let status = if https { https_status(port, probe) } else { http_status(port, probe) };
+        if status.is_ok_and(|status| status == 200) {
             return Ok(());
         }
         if started.elapsed() > READY_TIMEOUT {
@@ -858,6 +861,27 @@ pub(crate) async fn wait_ready(process: &mut Process, port: u16, probe: &str) ->
 }
 
 /// The status code of a plain GET on loopback.
+/// The status code of a GET on loopback over HTTPS, the certificate unchecked (as the
+/// kubelet's HTTPS probes do), by curl.
+pub fn https_status(port: u16, path: &str) -> anyhow::Result<u16> {
+    let output = Command::new("curl")
+        .args(["--insecure", "--silent", "--max-time", "5", "--output", "/dev/null", "--write-out", "%{http_code}"])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .context("failed to run curl for an HTTPS probe")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+}
+
+/// Whether a pod's first container probes readiness over HTTPS (`httpGet.scheme: HTTPS`).
+pub fn probes_https(pod: &PodSpec) -> bool {
+    pod.containers
+        .first()
+        .and_then(|container| container.readiness_probe.as_ref())
+        .and_then(|probe| probe.http_get.as_ref())
+        .and_then(|get| get.scheme.as_deref())
+        == Some("HTTPS")
+}
+
 pub fn http_status(port: u16, path: &str) -> anyhow::Result<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

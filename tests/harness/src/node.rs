@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::kubelet::{Entrypoint, Image, Kubelet, Process, http_status, mark_available};
+use crate::kubelet::{Entrypoint, Image, Kubelet, Process, http_status, https_status, mark_available, probes_https};
 
 /// How often the node lists Deployments and Jobs.
 const SYNC_INTERVAL: Duration = Duration::from_millis(200);
@@ -374,6 +374,7 @@ async fn run_deployment_once(
     let (namespace, name) = key_of(&deployment.metadata);
     let result: anyhow::Result<()> = async {
         let template = deployment.spec.template.spec.as_ref().context("no pod template")?;
+        let https = probes_https(template);
         let launch = context
             .kubelet
             .launch(&context.client, &namespace, &name, template, Entrypoint::Image(image), Some(context.proxy_port))
@@ -388,7 +389,8 @@ async fn run_deployment_once(
             if let Some(code) = exit_code(pod)? {
                 bail!("the process exited with code {code} before it was ready");
             }
-            if http_status(port, &image.probe).is_ok_and(|status| status == 200) {
+            let status = if https { https_status(port, &image.probe) } else { http_status(port, &image.probe) };
+            if status.is_ok_and(|status| status == 200) {
                 break;
             }
             if started.elapsed() > READY_TIMEOUT {
