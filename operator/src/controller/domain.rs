@@ -156,10 +156,16 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
         finish(ctx, domain, &previous, &Outcome::stalled("GatewayAPIMissing", problem)).await?;
         return Ok(Action::requeue(SECRET_RETRY));
     }
-    // Only where the Prometheus Operator is installed: monitoring is never required.
+    // Only where the Prometheus Operator is installed: monitoring is never required, so a
+    // failure here (an older ClusterRole without servicemonitors) does not stop the registry.
     let monitors = render::service_monitor_resource();
-    apply_dynamic(&ctx.client, &namespace, &names.registry, "ServiceMonitor", &monitors, Some(&service_monitor))
-        .await?;
+    let monitor = Some(&service_monitor);
+    if let Err(error) =
+        apply_dynamic(&ctx.client, &namespace, &names.registry, "ServiceMonitor", &monitors, monitor).await
+    {
+        let domain = display_name(domain);
+        tracing::warn!(%domain, error = %wharf_diagnostics::error_chain(&error), "the registry's ServiceMonitor was not applied");
+    }
     if let Some(problem) = apply_certificate(&ctx.client, domain, &names, certificate.as_ref()).await? {
         finish(ctx, domain, &previous, &Outcome::stalled("CertificateNotIssuable", problem)).await?;
         return Ok(Action::requeue(SECRET_RETRY));

@@ -1,7 +1,8 @@
 //! Accepting TCP connections and serving HTTP on them (HTTP/1.1, and HTTP/2 when TLS
 //! negotiates it) within bounds, so that nobody can hold the registry's file
-//! descriptors: at most so many connections in all and from one client address (the rest are answered `503` with `Retry-After`
-//! and closed), a request head must arrive within the header timeout, and a
+//! descriptors: at most so many connections in all and from one client address (the
+//! rest are answered `503` with `Retry-After` and closed), a request head must arrive
+//! within the header timeout (the TLS handshake included), and a
 //! connection with no request in flight is closed after the idle timeout, as is one
 //! whose client takes none of a response for as long. Bodies are otherwise not
 //! timed: a large upload or download takes as long as it takes. Also
@@ -477,8 +478,8 @@ impl AsyncWrite for TrackedStream {
 }
 
 /// Serves `service` on `listener` within `limits` (over TLS when `tls` is given) until
-/// `shutdown` resolves; then stops accepting, lets requests in flight finish (uploads included) and returns once every
-/// connection has closed.
+/// `shutdown` resolves; then stops accepting, lets requests in flight finish (uploads
+/// included) and returns once every connection has closed.
 pub async fn serve<S>(
     listener: TcpListener,
     limits: ConnectionLimits,
