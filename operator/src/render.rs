@@ -861,10 +861,15 @@ fn deployment(
         });
     }
 
-    let mut tls_env = Vec::new();
+    // The operator's own variables beyond the generated Secrets: links, proxies, TLS files.
+    let mut extra_env = Vec::new();
     let urls = external_urls(domain);
     if !urls.is_empty() {
-        tls_env.push(EnvVar { name: "WHARF_EXTERNAL_URLS".to_owned(), value: Some(urls.join(",")), value_from: None });
+        extra_env.push(EnvVar {
+            name: "WHARF_EXTERNAL_URLS".to_owned(),
+            value: Some(urls.join(",")),
+            value_from: None,
+        });
     }
     if !settings_of_pod.trusted_proxies.is_empty() {
         // Loopback stays trusted: a sidecar in the pod is a proxy too.
@@ -872,7 +877,7 @@ fn deployment(
             .into_iter()
             .map(str::to_owned)
             .chain(settings_of_pod.trusted_proxies.iter().cloned());
-        tls_env.push(EnvVar {
+        extra_env.push(EnvVar {
             name: "WHARF_TRUSTED_PROXIES".to_owned(),
             value: Some(proxies.collect::<Vec<_>>().join(",")),
             value_from: None,
@@ -893,7 +898,7 @@ fn deployment(
             ..VolumeMount::default()
         });
         for (variable, key) in [("WHARF_TLS_CERT", "tls.crt"), ("WHARF_TLS_KEY", "tls.key")] {
-            tls_env.push(EnvVar {
+            extra_env.push(EnvVar {
                 name: variable.to_owned(),
                 value: Some(format!("{TLS_DIR}/{key}")),
                 value_from: None,
@@ -944,7 +949,7 @@ fn deployment(
                 env_from_secret("WHARF_ADMIN_TOKEN", &names.admin_token, ADMIN_TOKEN_KEY),
             ]
             .into_iter()
-            .chain(tls_env)
+            .chain(extra_env)
             .chain(settings_of_pod.env.iter().cloned())
             .collect(),
         ),

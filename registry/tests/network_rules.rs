@@ -71,6 +71,18 @@ async fn network_rules_admit_the_named_networks_for_read_and_publish_separately(
         "{message}"
     );
     assert_eq!(put(&from([127, 0, 0, 5]), &server, &token, "1.0.0").await.status(), 201);
+    // Without a token, or with another Repository's, the answer is the usual refusal, from
+    // any address: the rules are not shown to whoever may not publish anyway.
+    let other = server.token(&["open"], &["read", "publish"]).await;
+    for address in [[127, 0, 0, 1], [127, 0, 0, 5]] {
+        let refused = put(&from(address), &server, &other, "1.0.1").await;
+        assert_eq!(refused.status(), 403);
+        let message = refused.text().await.unwrap();
+        assert!(message.contains("may not publish on repository web") && !message.contains("network"), "{message}");
+        let anonymous = put(&from(address), &server, "", "1.0.1").await;
+        assert_eq!(anonymous.status(), 401);
+        assert!(!anonymous.text().await.unwrap().contains("network"));
+    }
 
     // Reading: in the cluster and from 127.0.0.2, not from 127.0.0.3 or the release host.
     let file = server.url("/generic/web/acme/tool/1.0.0/tool.bin");

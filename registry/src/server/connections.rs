@@ -159,11 +159,7 @@ impl TrustedProxies {
             if value.eq_ignore_ascii_case("none") {
                 continue;
             }
-            let range = match value.parse::<IpNet>() {
-                Ok(range) => range.trunc(),
-                Err(_) => IpNet::from(value.parse::<IpAddr>().map_err(|_| TrustedProxyError(value.to_owned()))?),
-            };
-            ranges.push(range);
+            ranges.push(wharf_api::repository::parse_cidr(value).ok_or_else(|| TrustedProxyError(value.to_owned()))?);
         }
         Ok(TrustedProxies(ranges))
     }
