@@ -102,8 +102,8 @@ impl Operator {
         .unwrap()
     }
 
-    async fn healthz(&self) -> u16 {
-        let url = format!("http://127.0.0.1:{}/healthz", self.metrics_port);
+    async fn probe(&self, path: &str) -> u16 {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
         reqwest::get(&url).await.unwrap().status().as_u16()
     }
 
@@ -233,9 +233,13 @@ async fn one_replica_reconciles_and_another_takes_over_when_it_dies_stops_or_lea
             .any(|line| line.starts_with("wharf_operator_reconciles_total{kind=\"Repository\",result=\"ok\"}")),
         "{leader_metrics}"
     );
+    // Its Domain is known to the leader's metrics, not yet Ready (no pod runs here).
+    assert!(leader_metrics.contains("wharf_operator_domain_ready{namespace=\""), "{leader_metrics}");
     assert!(follower_metrics.contains("wharf_operator_leader 0"), "{follower_metrics}");
     assert!(!follower_metrics.contains("wharf_operator_reconciles_total{"), "{follower_metrics}");
-    assert_eq!((leader.healthz().await, follower.healthz().await), (200, 200));
+    assert_eq!((leader.probe("/healthz").await, follower.probe("/healthz").await), (200, 200));
+    // Ready: the leader once its caches are filled (it has reconciled), the follower as a standby.
+    assert_eq!((leader.probe("/readyz").await, follower.probe("/readyz").await), (200, 200));
 
     // SIGKILL: the Lease stays held until it expires, then the follower takes it.
     leader.signal("KILL");

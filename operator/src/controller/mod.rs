@@ -192,13 +192,24 @@ impl Context {
     /// Waits until every cache has listed once, so no reconcile mistakes "not listed yet"
     /// for "does not exist".
     async fn caches_ready(&self) {
-        // A dropped writer means the operator is shutting down; the reconcile then fails
-        // on its API calls instead.
-        let _ = self.domains.wait_until_ready().await;
-        let _ = self.repositories.wait_until_ready().await;
-        let _ = self.policies.wait_until_ready().await;
-        let _ = self.namespaces.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
+        // A store's readiness wakes only the task that polled it last (kube's DelayedInit
+        // keeps one oneshot receiver, hence one waker), so of several tasks waiting at start
+        // (reconciles of each kind, the readiness probe) the others would wait forever.
+        // Each waiter polls again every so often instead of counting on being woken.
+        loop {
+            let all = async {
+                // A dropped writer means the operator is shutting down; the reconcile then
+                // fails on its API calls instead.
+                let _ = self.domains.wait_until_ready().await;
+                let _ = self.repositories.wait_until_ready().await;
+                let _ = self.policies.wait_until_ready().await;
+                let _ = self.namespaces.wait_until_ready().await;
+                let _ = self.config_maps.wait_until_ready().await;
+            };
+            if tokio::time::timeout(CACHE_POLL, all).await.is_ok() {
+                return;
+            }
+        }
     }
 
     /// Namespace labels by name.
@@ -405,6 +416,9 @@ where
     tokio::spawn(stream.for_each(|_| futures::future::ready(())));
     reader
 }
+
+/// How often a task waiting for the caches to fill looks again.
+const CACHE_POLL: Duration = Duration::from_millis(200);
 
 /// How long a controller waits after the last event for an object before reconciling it.
 /// Reconciles read caches fed by other watches than the one that triggered them; the wait

@@ -69,7 +69,7 @@ async fn the_readme_walkthrough_installs_a_package_from_a_pod() {
     let node = Kubelet::new(plane, &registry)
         .container_image("wharf-registry", &built[0].archive, version, Listen::Flag("--listen"), "/readyz")
         .unwrap()
-        .container_image("wharf-operator", &built[1].archive, version, Listen::Env("WHARF_METRICS_ADDR"), "/healthz")
+        .container_image("wharf-operator", &built[1].archive, version, Listen::Env("WHARF_METRICS_ADDR"), "/readyz")
         .unwrap()
         .start_node()
         .await
