@@ -53,6 +53,7 @@ async fn main() {
                     deprecated: None,
                     withdrawn: false,
                     fetched_from: None,
+                    published_by: None,
                 },
             );
         }

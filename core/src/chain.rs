@@ -514,7 +514,7 @@ impl Packages {
             return Err(CoreError::NotFound(format!("{} {version} is {}", id.name, entry.status.as_str())));
         }
         let asset = entry.assets.get(asset_name).ok_or_else(missing)?;
-        self.registry.record_download(id, version);
+        self.registry.record_download(repo, id, version, asset_name);
         let Some(url) = asset.metadata.get(UPSTREAM_URL).and_then(|u| u.as_str()) else {
             return Ok(asset.digests.clone());
         };
@@ -581,7 +581,7 @@ impl Packages {
     ) -> Result<BlobDigests, CoreError> {
         let missing = || CoreError::NotFound(format!("{file_name} not found"));
         let entry = view.index().versions.get(version).filter(|e| e.status.is_installable()).ok_or_else(missing)?;
-        self.registry.record_download(id, version);
+        self.registry.record_download(repo, id, version, file_name);
         if let Some(asset) = entry.assets.get(file_name) {
             return Ok(asset.digests.clone());
         }
@@ -809,6 +809,8 @@ impl Packages {
         };
         self.registry.claim_origin(id, origin).await?;
         tracing::info!(package = %id.name, version, asset = asset.name, connection, "fetched from upstream");
+        let action = crate::activity::Action::Fetched { connection: connection.to_owned(), file: asset.name };
+        self.registry.report(action, repo, id, Some(version));
         Ok(())
     }
 }
@@ -921,6 +923,7 @@ spec:
                     deprecated: None,
                     withdrawn: false,
                     fetched_from: Some(upstream.connection().to_owned()),
+                    published_by: None,
                 };
                 index.versions.insert(version.into(), entry);
             }

@@ -540,6 +540,7 @@ mod tests {
                 created: Utc::now(),
                 metadata: serde_json::Value::Null,
             }],
+            published_by: None,
         };
         let key = keys::version_record("main", "npm", "pkg", "9.0.0");
         assert!(matches!(registry.storage.create_json(&key, &record).await.unwrap(), Created::Created));
@@ -581,6 +582,7 @@ mod tests {
             deprecated: None,
             withdrawn: false,
             fetched_from: cached.then(|| "npmjs".to_owned()),
+            published_by: None,
         };
         let mut index = PackageIndex::default();
         for (version, days, cached) in
@@ -638,6 +640,7 @@ mod tests {
                 deprecated: None,
                 withdrawn: false,
                 fetched_from: None,
+                published_by: None,
             };
             index.versions.insert(version.into(), entry);
         }

@@ -56,11 +56,17 @@ struct Since {
     since: DateTime<Utc>,
 }
 
+/// A name for the objects one process writes: host (the pod) and a random suffix, so a
+/// restarted process never overwrites what the one before it wrote.
+pub fn writer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "registry".to_owned());
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
+    format!("{host}-{:016x}", rand::random::<u64>())
+}
+
 impl Default for DownloadLog {
     fn default() -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "registry".to_owned());
-        let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
-        DownloadLog { writer: format!("{host}-{:016x}", rand::random::<u64>()), shards: Mutex::default() }
+        DownloadLog { writer: writer_name(), shards: Mutex::default() }
     }
 }
 

@@ -11,9 +11,11 @@
 //! leaves unreferenced blobs or a record not yet indexed; the next publish
 //! of the same version indexes it (see [`Registry::publish_version`]).
 
+pub mod activity;
 pub mod adapter;
 pub mod chain;
 pub mod collect;
+pub mod copy;
 pub mod downloads;
 pub mod explain;
 pub mod model;
@@ -193,6 +195,8 @@ pub struct Registry {
     /// Origin records seen; they are create-once, so never stale.
     origins: Mutex<HashMap<PackageId, PackageOrigin>>,
     downloads: downloads::DownloadLog,
+    /// Where what happens to packages is reported (the registry's audit trail).
+    activity: Arc<dyn activity::ActivitySink>,
     epoch: Instant,
 }
 
@@ -203,8 +207,25 @@ impl Registry {
             packages: Mutex::new(HashMap::new()),
             origins: Mutex::new(HashMap::new()),
             downloads: downloads::DownloadLog::default(),
+            activity: activity::unobserved(),
             epoch: Instant::now(),
         }
+    }
+
+    /// Reports what happens to packages to `sink` from now on.
+    pub fn with_activity(mut self, sink: Arc<dyn activity::ActivitySink>) -> Self {
+        self.activity = sink;
+        self
+    }
+
+    /// Reports an activity (see [`activity`]).
+    pub fn report(&self, action: activity::Action, repo: &str, id: &PackageId, version: Option<&str>) {
+        self.activity.record(activity::Activity {
+            action,
+            repository: repo.to_owned(),
+            id: id.clone(),
+            version: version.map(str::to_owned),
+        });
     }
 
     fn now(&self) -> u64 {
@@ -216,9 +237,11 @@ impl Registry {
         &self.storage
     }
 
-    /// Notes that a file of `version` was served (see [`downloads`]).
-    pub fn record_download(&self, id: &PackageId, version: &str) {
+    /// Notes that `file` of `version` was served from `repo` (see [`downloads`]), and
+    /// reports it.
+    pub fn record_download(&self, repo: &str, id: &PackageId, version: &str, file: &str) {
         self.downloads.record(id, version);
+        self.report(activity::Action::Downloaded { file: file.to_owned() }, repo, id, Some(version));
     }
 
     /// Writes the downloads noted since the last flush.
@@ -304,6 +327,7 @@ impl Registry {
                 .into_iter()
                 .map(|a| AssetRef { name: a.name, digests: a.digests, created: now, metadata: a.metadata })
                 .collect(),
+            published_by: self.activity.actor(),
         };
         let key = keys::version_record(repo, id.format.as_str(), &id.name, &new.version);
         let (record, outcome, conflict) = match self.storage.create_json(&key, &record).await? {
@@ -337,6 +361,7 @@ impl Registry {
                             deprecated: None,
                             withdrawn: false,
                             fetched_from: None,
+                            published_by: record.published_by.clone(),
                         },
                     );
                     changed = true;
@@ -529,8 +554,17 @@ impl Registry {
         };
         check_storable(id, version, [asset.name.as_str()])?;
         let format = id.format.as_str();
-        let record =
-            VersionRecord { version: version.to_owned(), created: now, metadata: version_metadata, assets: Vec::new() };
+        let published_by = match rules {
+            FileRules::Fetched { .. } => None,
+            _ => self.activity.actor(),
+        };
+        let record = VersionRecord {
+            version: version.to_owned(),
+            created: now,
+            metadata: version_metadata,
+            assets: Vec::new(),
+            published_by,
+        };
         let record =
             match self.storage.create_json(&keys::version_record(repo, format, &id.name, version), &record).await? {
                 Created::Created => record,
@@ -572,6 +606,7 @@ impl Registry {
                     deprecated: None,
                     withdrawn: false,
                     fetched_from,
+                    published_by: record.published_by.clone(),
                 });
                 let mut changed = false;
                 if !entry.assets.contains_key(&asset.name) {
@@ -672,7 +707,9 @@ impl Registry {
         status: VersionStatus,
         by: &str,
     ) -> Result<(), CoreError> {
+        let mut changed_from = None;
         self.update_existing(repo, id, |index| {
+            changed_from = None;
             let entry = index
                 .versions
                 .get_mut(version)
@@ -694,6 +731,7 @@ impl Registry {
             if entry.status == VersionStatus::Disposed {
                 return Err(CoreError::Conflict(format!("version {version} is Disposed, which is final")));
             }
+            changed_from = Some(entry.status);
             entry.status = status;
             entry.withdrawn = false;
             if status == VersionStatus::Disposed {
@@ -708,7 +746,11 @@ impl Registry {
             changes.drain(..excess);
             Ok(true)
         })
-        .await
+        .await?;
+        if let Some(from) = changed_from {
+            self.report(activity::Action::StatusChanged { from, to: status }, repo, id, Some(version));
+        }
+        Ok(())
     }
 
     /// Deletes a version for good (a takedown), on behalf of `by`: its metadata, records
@@ -757,9 +799,11 @@ impl Registry {
                 created: Utc::now(),
                 metadata: serde_json::json!({DELETED: {"by": by, "at": Utc::now()}}),
                 assets: Vec::new(),
+                published_by: None,
             };
             self.storage.create_json(&record, &tombstone).await?;
         }
+        self.report(activity::Action::Deleted { reusable: allow_reuse }, repo, id, Some(version));
         Ok(())
     }
 
@@ -1292,6 +1336,7 @@ mod tests {
                 created: Utc::now(),
                 metadata: Default::default(),
             }],
+            published_by: None,
         };
         let key = keys::version_record("main", "npm", "pkg", "1.0.0");
         assert!(matches!(registry.storage.create_json(&key, &record).await.unwrap(), Created::Created));
@@ -1311,8 +1356,13 @@ mod tests {
             created: Utc::now(),
             metadata: Default::default(),
         };
-        let record =
-            VersionRecord { version: "1.0".into(), created: Utc::now(), metadata: Default::default(), assets: vec![] };
+        let record = VersionRecord {
+            version: "1.0".into(),
+            created: Utc::now(),
+            metadata: Default::default(),
+            assets: vec![],
+            published_by: None,
+        };
         registry.storage.create_json(&keys::version_record("main", "pypi", "demo", "1.0"), &record).await.unwrap();
         registry
             .storage

@@ -101,6 +101,11 @@ pub struct VersionRecord {
     pub created: DateTime<Utc>,
     pub metadata: serde_json::Value,
     pub assets: Vec<AssetRef>,
+    /// Who published it (a token's subject, a ServiceAccount, `admin`); `None` for
+    /// versions fetched through an external connection and those published before
+    /// publishers were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
 }
 
 /// A version as listed in its package's index.
@@ -124,6 +129,9 @@ pub struct VersionEntry {
     /// for versions published to the Domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetched_from: Option<String>,
+    /// Who published it (see [`VersionRecord::published_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
 }
 
 /// The read model of a package: every version with its status, and the

@@ -611,6 +611,7 @@ spec:
             deprecated: None,
             withdrawn: false,
             fetched_from: fetched.then(|| "public-npm".into()),
+            published_by: None,
         }
     }
 

@@ -186,7 +186,12 @@ impl Packages {
         let decided_before = publication.admitted_by_first_file
             && self.registry.package(repo, id).await?.is_some_and(|p| p.index.versions.contains_key(version.as_str()));
         if !decided_before {
-            self.check_publish(repo, id, spelling, version).await?;
+            self.check_publish(repo, id, spelling, version).await.inspect_err(|error| {
+                if matches!(error, CoreError::Forbidden(_) | CoreError::Conflict(_)) {
+                    let refused = crate::activity::Action::Refused { reason: error.to_string() };
+                    self.registry.report(refused, repo, id, Some(version));
+                }
+            })?;
         }
         if publication.keeps_spelling {
             self.registry.claim_spelling(repo, id, spelling).await?;
@@ -203,6 +208,10 @@ impl Packages {
     ) -> Result<PublishOutcome, CoreError> {
         let Publication { repo, id, spelling, version, .. } = publication;
         let registry = &self.registry;
+        let placement_files: Vec<String> = match &placement {
+            Placement::Version { new, .. } => new.assets.iter().map(|a| a.name.clone()).collect(),
+            Placement::File { asset, .. } | Placement::OpenFile { asset, .. } => vec![asset.name.clone()],
+        };
         let (written, published) = match placement {
             Placement::Version { new, withdrawals: None } => {
                 (registry.publish_version(repo, id, spelling, new).await, true)
@@ -227,6 +236,8 @@ impl Packages {
         })?;
         if published && outcome == PublishOutcome::Created {
             self.record_publish(repo, id, version).await?;
+            let published = crate::activity::Action::Published { files: placement_files };
+            self.registry.report(published, repo, id, Some(version));
         }
         Ok(outcome)
     }
@@ -247,6 +258,9 @@ impl Packages {
             if snapshot.index.versions.get(version).is_some_and(|e| e.status == VersionStatus::Unfinished) {
                 self.registry.finish_version(repo, id, version, series).await?;
                 self.record_publish(repo, id, version).await?;
+                let files = snapshot.index.versions.get(version).map(|e| e.assets.keys().cloned().collect());
+                let published = crate::activity::Action::Published { files: files.unwrap_or_default() };
+                self.registry.report(published, repo, id, Some(version));
             }
         }
         Ok(())
@@ -255,7 +269,13 @@ impl Packages {
     /// Refuses a direct publish the origin controls forbid, and a version
     /// already reachable through an upstream unless the package's upstream
     /// is blocked.
-    async fn check_publish(&self, repo: &str, id: &PackageId, spelling: &str, version: &str) -> Result<(), CoreError> {
+    pub(crate) async fn check_publish(
+        &self,
+        repo: &str,
+        id: &PackageId,
+        spelling: &str,
+        version: &str,
+    ) -> Result<(), CoreError> {
         let effective = policy::evaluate(&self.config, repo, id);
         let recorded = self.registry.package_origin(id).await?;
         let verdict = policy::may_publish(&effective, recorded.as_ref(), repo);
@@ -290,7 +310,7 @@ impl Packages {
 
     /// Records that the name's first version in the Domain was published
     /// directly, unless an earlier version already decided its origin.
-    async fn record_publish(&self, repo: &str, id: &PackageId, version: &str) -> Result<(), CoreError> {
+    pub(crate) async fn record_publish(&self, repo: &str, id: &PackageId, version: &str) -> Result<(), CoreError> {
         let origin = PackageOrigin {
             kind: OriginKind::Direct,
             repository: repo.to_owned(),

@@ -983,6 +983,7 @@ pub fn upstream_index(list: &[u8], path: &str, connection: &str, module_base: &s
                 deprecated: None,
                 withdrawn: false,
                 fetched_from: Some(connection.to_owned()),
+                published_by: None,
             },
         );
     }
@@ -1262,6 +1263,7 @@ retract (
             deprecated: None,
             withdrawn: false,
             fetched_from: None,
+            published_by: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod cargo;
 pub mod generic;
 pub mod go;
 pub mod inflate;
+pub mod inventory;
 pub mod maven;
 pub mod npm;
 pub mod nuget;

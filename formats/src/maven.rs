@@ -788,6 +788,7 @@ pub fn upstream_index(document: &[u8], name: &str, connection: &str) -> Result<P
             deprecated: None,
             withdrawn: false,
             fetched_from: Some(connection.to_owned()),
+            published_by: None,
         };
         index.versions.insert(version, entry);
     }
@@ -1010,6 +1011,7 @@ mod tests {
             deprecated: None,
             withdrawn: false,
             fetched_from: None,
+            published_by: None,
         }
     }
 

@@ -469,6 +469,7 @@ pub fn upstream_index(
             deprecated: None,
             withdrawn: false,
             fetched_from: Some(connection.to_owned()),
+            published_by: None,
         });
         entry.created = entry.created.min(created);
         entry.assets.insert(filename.to_owned(), asset);

@@ -482,6 +482,7 @@ pub fn upstream_entry(
         deprecated: None,
         withdrawn: false,
         fetched_from: Some(connection.to_owned()),
+        published_by: None,
     }
 }
 
@@ -656,6 +657,7 @@ mod tests {
             deprecated: None,
             withdrawn: false,
             fetched_from: None,
+            published_by: None,
         };
         assert_eq!(manifest_for(&entry, "5.8.0").as_deref(), Some("Package@swift-5.8.swift"));
         assert_eq!(manifest_for(&entry, "6.0.0").as_deref(), Some("Package@swift-6.swift"));

@@ -3,6 +3,7 @@
 //! connections' client (`wharf-upstream`) and storage (`wharf-storage`). See
 //! ARCHITECTURE.md for a walk through one publish and one install.
 
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod collector;

@@ -147,6 +147,22 @@ struct ServeArgs {
     /// cleanup rules' notDownloadedFor (one storage write each time, whatever the traffic).
     #[arg(long, env = "WHARF_DOWNLOADS_FLUSH_INTERVAL", default_value = "5m", value_parser = timeout)]
     downloads_flush_interval: Duration,
+    /// Where audit events go as CloudEvents JSON lines: stdout (operational logs go to
+    /// stderr), a file path (appended to), or off. Storage and the webhook get them either way.
+    #[arg(long, env = "WHARF_AUDIT_LOG", default_value = "stdout")]
+    audit_log: wharf_registry::audit::AuditLog,
+    /// An HTTP(S) URL batches of audit events are POSTed to
+    /// (application/cloudevents-batch+json), retried; events are dropped, and counted in
+    /// wharf_audit_events_dropped, when it stays down.
+    #[arg(long, env = "WHARF_AUDIT_WEBHOOK")]
+    audit_webhook: Option<reqwest::Url>,
+    /// How often each replica writes the audit events it recorded to storage (one write
+    /// each time, whatever the traffic), where GET /api/v1/audit reads them.
+    #[arg(long, env = "WHARF_AUDIT_FLUSH_INTERVAL", default_value = "10s", value_parser = timeout)]
+    audit_flush_interval: Duration,
+    /// Days the Domain's storage keeps audit events.
+    #[arg(long, env = "WHARF_AUDIT_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    audit_retention_days: u32,
     /// Time between runs of the storage collector (`storage gc`); replicas take turns.
     #[arg(long, env = "WHARF_GC_INTERVAL", default_value = "6h", value_parser = timeout)]
     gc_interval: Duration,
@@ -416,6 +432,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token_review,
         key_refresh: args.key_refresh_interval,
         downloads_flush: args.downloads_flush_interval,
+        audit: wharf_registry::audit::AuditOptions {
+            log: args.audit_log.clone(),
+            webhook: args.audit_webhook.clone(),
+            flush_interval: args.audit_flush_interval,
+            retention_days: args.audit_retention_days,
+            ..Default::default()
+        },
         collect: wharf_registry::collector::CollectSchedule { interval: args.gc_interval, grace: args.gc_grace },
         usage,
     };
@@ -469,6 +492,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     startup::serve(listener, live.clone(), connection_limits, tls, args.metrics_listen.is_some()).await;
+    live.state().audit.flush().await;
     if let Err(error) = live.state().packages.registry.flush_downloads().await {
         tracing::warn!(error = %wharf_diagnostics::error_chain(&error), "the last downloads could not be recorded");
     }

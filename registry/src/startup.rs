@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub downloads_flush: std::time::Duration,
     /// Where each collection reports usage (cluster mode).
     pub usage: Option<Arc<crate::cluster::UsageReporter>>,
+    /// Where audit events go and how long storage keeps them.
+    pub audit: crate::audit::AuditOptions,
 }
 
 /// Builds the shared state the router serves from.
@@ -118,7 +120,8 @@ pub async fn build_state(
     let metrics = Arc::new(Metrics::new(upstream.requests()));
     let tokens = TokenLedger::new(storage.clone());
     tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
-    let registry = Arc::new(Registry::new(storage));
+    let audit = crate::audit::AuditTrail::start(&domain, storage.clone(), &options.audit, metrics.clone());
+    let registry = Arc::new(Registry::new(storage).with_activity(audit.clone()));
     tokio::spawn(flush_downloads(Arc::downgrade(&registry), options.downloads_flush));
     let collector =
         crate::collector::Collector::start(registry.clone(), options.collect.clone(), options.usage.clone());
@@ -133,6 +136,7 @@ pub async fn build_state(
         metrics,
         token_review: options.token_review.clone(),
         collector,
+        audit,
     }))
 }
 
@@ -238,6 +242,7 @@ impl LiveServer {
             metrics: old.metrics.clone(),
             token_review: old.token_review.clone(),
             collector: old.collector.clone(),
+            audit: old.audit.clone(),
         });
         let router = server::app(state.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = (state, router);
@@ -386,6 +391,7 @@ mod tests {
             signing_key: Some(vec![7; 32]),
             limits: Default::default(),
             token_review: None,
+            audit: crate::audit::AuditOptions { log: crate::audit::AuditLog::Off, ..Default::default() },
         };
         let refused = super::build_state(config, careless, &options).await.err().unwrap();
         let message = format!("{refused:#}");

@@ -415,6 +415,22 @@ pub mod keys {
         path(["downloads", "days", day, &file])
     }
 
+    /// Every day's audit events.
+    pub fn audit_days() -> Path {
+        path(["audit"])
+    }
+
+    /// The audit events of `day` (`YYYY-MM-DD`).
+    pub fn audit_day(day: &str) -> Path {
+        path(["audit", day])
+    }
+
+    /// The audit events one writer (a registry process) recorded in one flush.
+    pub fn audit_events(day: &str, name: &str) -> Path {
+        let file = format!("{name}.json");
+        path(["audit", day, &file])
+    }
+
     /// When the Domain's downloads began to be recorded.
     pub fn downloads_since() -> Path {
         path(["downloads", "since.json"])

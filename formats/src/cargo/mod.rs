@@ -500,6 +500,7 @@ mod tests {
             deprecated: None,
             withdrawn: false,
             fetched_from: None,
+            published_by: None,
         };
         let now = chrono::Utc::now();
         index.versions.insert("1.0.0".into(), entry(VersionStatus::Unlisted, now));

@@ -97,6 +97,7 @@ pub fn upstream_index(body: &[u8], name: &str, connection: &str, template: &str)
                 deprecated: None,
                 withdrawn: false,
                 fetched_from: Some(connection.to_owned()),
+                published_by: None,
             },
         );
     }

@@ -70,6 +70,7 @@ pub fn upstream_index(body: &[u8], name: &str, connection: &str) -> Result<Packa
                 deprecated,
                 withdrawn: false,
                 fetched_from: Some(connection.to_owned()),
+                published_by: None,
             },
         );
     }

@@ -456,6 +456,7 @@ mod tests {
                     deprecated: None,
                     withdrawn: false,
                     fetched_from: None,
+                    published_by: None,
                 },
             );
         }

@@ -262,6 +262,7 @@ pub fn upstream_index(
                 deprecated,
                 withdrawn: false,
                 fetched_from: Some(connection.to_owned()),
+                published_by: None,
             },
         );
     }

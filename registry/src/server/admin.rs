@@ -13,6 +13,7 @@ use wharf_api::PackageFormat;
 use super::access::{Access, Client};
 use super::credentials::authenticate;
 use super::{ApiError, ErrorStyle, SharedState};
+use crate::audit::EventData;
 use crate::auth::{Permission, Principal, TokenClaims};
 use wharf_core::{PackageId, VersionStatus};
 
@@ -103,7 +104,8 @@ pub async fn mint_token(
     }
     let Json(mut request) = body.map_err(|e| ApiError::bad_request(e.body_text(), STYLE))?;
     let (subject, ttl) = check_token_request(&state, &principal, &mut request)?;
-    issue(&state, subject, request, ttl).await
+    let event = if principal == Principal::Admin { "token.minted" } else { "token.exchanged" };
+    issue(&state, subject, request, ttl, event).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,8 +165,9 @@ async fn exchange_for(
         ttl_seconds: Some(ttl_seconds.unwrap_or(3600).min(max_ttl)),
         subject: None,
     };
+    crate::audit::attribute(&principal);
     let (subject, ttl) = check_token_request(state, &principal, &mut request)?;
-    issue(state, subject, request, ttl).await
+    issue(state, subject, request, ttl, "token.exchanged").await
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,8 +232,14 @@ pub async fn sign_in_options(State(state): State<SharedState>) -> Response {
     Json(json!({"providers": providers, "kubernetesUsers": spec.kubernetes_users()})).into_response()
 }
 
-/// Records and signs a token for `subject`.
-async fn issue(state: &SharedState, subject: String, request: TokenRequest, ttl: u64) -> Result<Response, ApiError> {
+/// Records and signs a token for `subject`, and audits it as `event`.
+async fn issue(
+    state: &SharedState,
+    subject: String,
+    request: TokenRequest,
+    ttl: u64,
+    event: &str,
+) -> Result<Response, ApiError> {
     let now = chrono::Utc::now().timestamp();
     let claims = TokenClaims {
         sub: subject,
@@ -246,6 +255,7 @@ async fn issue(state: &SharedState, subject: String, request: TokenRequest, ttl:
     let token = state.signer.mint(&claims);
     let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).map(|t| t.to_rfc3339());
     tracing::info!(subject = %claims.sub, repositories = ?claims.repos, permissions = ?claims.perms, ttl, "minted token");
+    state.audit.emit(event, None, token_event(&claims.jti, &claims.sub, &claims.repos, &claims.perms));
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -291,6 +301,15 @@ async fn admin_with_subject(
     Ok(query.subject.filter(|s| !s.is_empty()))
 }
 
+/// What a token event says about the token (never its secret).
+fn token_event(id: &str, subject: &str, repositories: &[String], permissions: &[Permission]) -> EventData {
+    EventData::default()
+        .detail("tokenId", id)
+        .detail("tokenSubject", subject)
+        .detail("repositories", repositories)
+        .detail("permissions", permissions)
+}
+
 fn token_json(token: &crate::tokens::IssuedToken) -> serde_json::Value {
     let time = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|t| t.to_rfc3339());
     json!({
@@ -330,6 +349,11 @@ pub async fn revoke_token(
     let revoked = state.tokens.revoke(&id, now).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let token = revoked.ok_or_else(|| ApiError::not_found(format!("no valid token has id {id}"), STYLE))?;
     tracing::info!(id = %token.id, subject = %token.subject, "revoked token");
+    state.audit.emit(
+        "token.revoked",
+        None,
+        token_event(&token.id, &token.subject, &token.repositories, &token.permissions),
+    );
     Ok(Json(json!({"revoked": [token_json(&token)]})).into_response())
 }
 
@@ -346,6 +370,10 @@ pub async fn revoke_subject(
     let now = chrono::Utc::now().timestamp();
     let revoked = state.tokens.revoke_subject(&subject, now).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     tracing::info!(%subject, count = revoked.len(), "revoked the tokens of a subject");
+    for token in &revoked {
+        let event = token_event(&token.id, &token.subject, &token.repositories, &token.permissions);
+        state.audit.emit("token.revoked", None, event);
+    }
     Ok(Json(json!({"subject": subject, "revoked": revoked.iter().map(token_json).collect::<Vec<_>>()})).into_response())
 }
 
@@ -416,7 +444,7 @@ pub async fn list_repositories(
 }
 
 /// Normalises a package name by its format's rules.
-fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
+pub(super) fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
     let format: PackageFormat =
         format.parse().map_err(|_| ApiError::bad_request(format!("unknown package format {format}"), STYLE))?;
     let name = match format {
@@ -468,46 +496,13 @@ fn package_id(format: &str, package: &str) -> Result<PackageId, ApiError> {
 }
 
 /// A version as the format keys it (NuGet's `1.0` is `1.0.0`).
-fn version_key(id: &PackageId, version: &str) -> Result<String, ApiError> {
+pub(super) fn version_key(id: &PackageId, version: &str) -> Result<String, ApiError> {
     match id.format {
         PackageFormat::Nuget => wharf_formats::nuget::parse_version(version)
             .map(|v| v.key())
             .map_err(|e| ApiError::bad_request(e.to_string(), STYLE)),
         _ => Ok(version.to_owned()),
     }
-}
-
-/// `GET …/packages/{format}/{package}/versions/{version}`.
-pub async fn get_version(
-    _access: Access<Admin>,
-    Path((repo, format, package, version)): Path<(String, String, String, String)>,
-    State(state): State<SharedState>,
-) -> Result<Response, ApiError> {
-    let id = package_id(&format, &package)?;
-    let version = version_key(&id, &version)?;
-    let snapshot = state
-        .package(&repo, &id, STYLE)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("package {package} not found"), STYLE))?;
-    let entry = snapshot
-        .index
-        .versions
-        .get(&version)
-        .ok_or_else(|| ApiError::not_found(format!("version {version} not found"), STYLE))?;
-    let assets: Vec<_> = entry
-        .assets
-        .values()
-        .map(|a| json!({"name": a.name, "size": a.digests.size, "sha256": a.digests.sha256, "created": a.created}))
-        .collect();
-    Ok(Json(json!({
-        "package": snapshot.index.display_name,
-        "version": version,
-        "status": entry.status.as_str(),
-        "created": entry.created,
-        "deprecated": entry.deprecated,
-        "assets": assets,
-    }))
-    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,12 @@ pub async fn authenticate(
     repo: &str,
     style: ErrorStyle,
 ) -> Result<Principal, ApiError> {
+    let principal = identify(state, headers, repo, style).await?;
+    crate::audit::attribute(&principal);
+    Ok(principal)
+}
+
+async fn identify(state: &AppState, headers: &HeaderMap, repo: &str, style: ErrorStyle) -> Result<Principal, ApiError> {
     let Some(token) = credential(headers) else { return Ok(Principal::Anonymous) };
     if secrets_equal(&token, &state.admin_token) {
         return Ok(Principal::Admin);

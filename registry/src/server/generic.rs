@@ -113,7 +113,7 @@ pub async fn get_asset(
             ));
         }
         let file = entry.assets.get(&asset).ok_or_else(missing)?;
-        state.packages.registry.record_download(&id, &version);
+        state.packages.registry.record_download(&access.repo, &id, &version, &asset);
         blob::serve(&state.packages.registry, &file.digests, "application/octet-stream", &method, &headers, STYLE).await
     }
     .await;

@@ -61,6 +61,18 @@ pub struct Metrics {
     bytes_out: Family<RouteLabels, Counter>,
     config_reloads: Family<ResultLabels, Counter>,
     token_reviews: Family<ResultLabels, Counter>,
+    audit_events: Family<EventLabels, Counter>,
+    audit_dropped: Family<SinkLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +123,39 @@ impl Metrics {
         for result in ["accepted", "rejected", "unavailable"] {
             let _ = token_reviews.get_or_create(&ResultLabels { result });
         }
-        Metrics { registry, requests, durations, bytes_in, bytes_out, config_reloads, token_reviews }
+        let audit_events = Family::<EventLabels, Counter>::default();
+        registry.register("audit_events", "Audit events recorded, by type", audit_events.clone());
+        let audit_dropped = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "audit_events_dropped",
+            "Audit events lost, by where (queue: the audit task fell behind; log, webhook, storage: that sink failed or its queue was full)",
+            audit_dropped.clone(),
+        );
+        for sink in ["queue", "log", "webhook", "storage"] {
+            let _ = audit_dropped.get_or_create(&SinkLabels { sink });
+        }
+        Metrics {
+            registry,
+            requests,
+            durations,
+            bytes_in,
+            bytes_out,
+            config_reloads,
+            token_reviews,
+            audit_events,
+            audit_dropped,
+        }
+    }
+
+    /// Counts an audit event taken off the queue.
+    pub fn record_audit_event(&self, kind: &str) {
+        let kind = kind.strip_prefix("dev.wharf.").unwrap_or(kind);
+        self.audit_events.get_or_create(&EventLabels { r#type: kind.to_owned() }).inc();
+    }
+
+    /// Counts audit events lost at `sink`.
+    pub fn record_audit_dropped(&self, sink: &'static str, count: u64) {
+        self.audit_dropped.get_or_create(&SinkLabels { sink }).inc_by(count);
     }
 
     /// Counts a configuration revision received while serving.

@@ -12,6 +12,7 @@ mod error;
 mod generic;
 mod go;
 mod guard;
+mod inventory;
 mod maven;
 pub mod metrics;
 mod npm;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub token_review: Option<Arc<crate::token_review::TokenReviewer>>,
     /// Frees storage nothing references any more.
     pub collector: Arc<crate::collector::Collector>,
+    /// Who did what (see [`crate::audit`]).
+    pub audit: Arc<crate::audit::AuditTrail>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -237,10 +240,15 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/auth/tokens", get(admin::list_tokens).delete(admin::revoke_subject))
         .route("/api/v1/auth/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/repositories", get(admin::list_repositories))
+        .route("/api/v1/repositories/{repo}/packages", get(inventory::list_packages))
+        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions", get(inventory::list_versions))
+        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/versions/status", post(inventory::set_statuses))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}",
-            get(admin::get_version).delete(admin::delete_version),
+            get(inventory::get_version).delete(admin::delete_version),
         )
+        .route("/api/v1/repositories/{repo}/copy", post(inventory::copy))
+        .route("/api/v1/audit", get(inventory::audit))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",
@@ -266,6 +274,7 @@ pub fn app(state: SharedState) -> Router {
         .merge(uploads)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn(crate::audit::scope))
         .layer(axum::middleware::from_fn(guard::reject_unsafe_paths))
         .with_state(state)
 }

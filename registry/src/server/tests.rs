@@ -93,6 +93,7 @@ impl TestApp {
             signing_key: Some(b"test-key".to_vec()),
             limits,
             token_review: None,
+            audit: crate::audit::AuditOptions { log: crate::audit::AuditLog::Off, ..Default::default() },
         };
         // Shared storage: readers revalidate, as replicas on object storage do.
         TestApp { router: app(build_state(config, wharf_storage::Storage::new(store), &options).await.unwrap()) }
@@ -1259,6 +1260,7 @@ async fn maven_concurrent_deploys_of_one_release_file_have_one_winner() {
 
 mod cargo;
 mod disclosure;
+mod inventory;
 mod limits;
 mod uploads;
 mod upstream;

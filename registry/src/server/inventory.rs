@@ -1,0 +1,365 @@
+//! The management API's inventory under `/api/v1/`: the packages of a Repository, their
+//! versions, one version in full, status changes in batches, copies between Repositories
+//! (promotion), and the audit trail. Errors are the management API's `{"error": …}`.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wharf_api::PackageFormat;
+use wharf_core::{PackageIndex, VersionEntry, VersionStatus};
+
+use super::access::Access;
+use super::admin::{Admin, package_id, version_key};
+use super::credentials::authenticate;
+use super::{ApiError, ErrorStyle, SharedState};
+use crate::auth::{Permission, Principal};
+
+const STYLE: ErrorStyle = ErrorStyle::Json;
+/// Packages a page holds unless the caller asks for fewer.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn bad_request(error: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(error.to_string(), STYLE)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageQuery {
+    format: Option<String>,
+    /// Names starting with this (as the format normalises them).
+    prefix: Option<String>,
+    /// `local` (a version published in the Domain) or `cached` (a version fetched
+    /// through an external connection).
+    origin: Option<String>,
+    /// Packages with a version in this status.
+    status: Option<VersionStatus>,
+    /// `nextCursor` of the page before.
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Where a package's versions came from.
+fn origin_of(index: &PackageIndex) -> &'static str {
+    let local = index.versions.values().any(|v| v.fetched_from.is_none());
+    let cached = index.versions.values().any(|v| v.fetched_from.is_some());
+    match (local, cached) {
+        (true, true) => "mixed",
+        (false, true) => "cached",
+        _ => "local",
+    }
+}
+
+/// `GET /api/v1/repositories/{repo}/packages`: the packages the Repository holds (its
+/// own and those it keeps from upstream; not what its upstreams hold), by format and
+/// name, in pages.
+pub async fn list_packages(
+    access: Access<Admin>,
+    State(state): State<SharedState>,
+    query: Result<Query<PackageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    let formats: Vec<PackageFormat> = match &query.format {
+        Some(format) => vec![format.parse().map_err(|_| bad_request(format!("unknown package format {format}")))?],
+        None => PackageFormat::ALL.to_vec(),
+    };
+    let origin = match query.origin.as_deref() {
+        None => None,
+        Some(origin @ ("local" | "cached")) => Some(origin),
+        Some(other) => return Err(bad_request(format!("origin is local or cached, not {other}"))),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let registry = &state.packages.registry;
+    let mut packages = Vec::new();
+    let mut next_cursor = None;
+    'formats: for format in formats {
+        let mut names =
+            registry.package_names(&access.repo, format).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+        names.sort_unstable();
+        for name in names {
+            let key = format!("{}/{name}", format.as_str());
+            if query.cursor.as_ref().is_some_and(|cursor| key.as_str() <= cursor.as_str())
+                || query.prefix.as_ref().is_some_and(|prefix| !name.starts_with(prefix.as_str()))
+            {
+                continue;
+            }
+            let id = wharf_core::PackageId::new(format, name);
+            let Some(snapshot) = state.package(&access.repo, &id, STYLE).await? else { continue };
+            let index = &snapshot.index;
+            let package_origin = origin_of(index);
+            if origin.is_some_and(|wanted| package_origin != wanted && package_origin != "mixed")
+                || query.status.is_some_and(|status| !index.versions.values().any(|v| v.status == status))
+            {
+                continue;
+            }
+            if packages.len() == limit {
+                next_cursor = packages
+                    .last()
+                    .and_then(|p: &Value| Some(format!("{}/{}", p["format"].as_str()?, p["name"].as_str()?)));
+                break 'formats;
+            }
+            let latest =
+                index.tags.get("latest").cloned().or_else(|| {
+                    index.listed_versions().max_by_key(|(_, v)| v.created).map(|(version, _)| version.clone())
+                });
+            let last_published = index.versions.values().filter(|v| v.fetched_from.is_none()).map(|v| v.created).max();
+            packages.push(json!({
+                "format": format.as_str(),
+                "name": id.name,
+                "displayName": index.display_name,
+                "versions": index.versions.len(),
+                "latest": latest,
+                "origin": package_origin,
+                "lastPublished": last_published,
+                "modified": index.modified,
+            }));
+        }
+    }
+    Ok(Json(json!({"repository": access.repo, "packages": packages, "nextCursor": next_cursor})).into_response())
+}
+
+/// A version as listings show it.
+fn version_summary(version: &str, entry: &VersionEntry) -> Value {
+    json!({
+        "version": version,
+        "status": entry.status.as_str(),
+        "created": entry.created,
+        "origin": if entry.fetched_from.is_some() { "cached" } else { "local" },
+        "connection": entry.fetched_from,
+        "publishedBy": entry.published_by,
+        "files": entry.assets.len(),
+    })
+}
+
+async fn held_package(
+    state: &SharedState,
+    repo: &str,
+    format: &str,
+    package: &str,
+) -> Result<(wharf_core::PackageId, std::sync::Arc<wharf_core::PackageSnapshot>), ApiError> {
+    let id = package_id(format, package)?;
+    let snapshot = state
+        .package(repo, &id, STYLE)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("repository {repo} has no {format} package {package}"), STYLE))?;
+    Ok((id, snapshot))
+}
+
+/// `GET …/packages/{format}/{package}/versions`: every version the Repository holds, with
+/// its status and origin, and the package's tags.
+pub async fn list_versions(
+    access: Access<Admin>,
+    Path((_, format, package)): Path<(String, String, String)>,
+    State(state): State<SharedState>,
+) -> Result<Response, ApiError> {
+    let (id, snapshot) = held_package(&state, &access.repo, &format, &package).await?;
+    let index = &snapshot.index;
+    let versions: Vec<Value> = index.versions.iter().map(|(v, entry)| version_summary(v, entry)).collect();
+    Ok(Json(json!({
+        "repository": access.repo,
+        "format": id.format.as_str(),
+        "name": id.name,
+        "displayName": index.display_name,
+        "tags": index.tags,
+        "versions": versions,
+    }))
+    .into_response())
+}
+
+/// `GET …/packages/{format}/{package}/versions/{version}`: one version in full: its files
+/// with every digest, origin, status and who changed it, publisher, dependencies and
+/// readme where the format keeps them, and the format's own metadata.
+pub async fn get_version(
+    access: Access<Admin>,
+    Path((_, format, package, version)): Path<(String, String, String, String)>,
+    State(state): State<SharedState>,
+) -> Result<Response, ApiError> {
+    let (id, snapshot) = held_package(&state, &access.repo, &format, &package).await?;
+    let version = version_key(&id, &version)?;
+    let index = &snapshot.index;
+    let entry = index
+        .versions
+        .get(&version)
+        .ok_or_else(|| ApiError::not_found(format!("{package} has no version {version} here"), STYLE))?;
+    let assets: Vec<Value> = entry
+        .assets
+        .values()
+        .map(|asset| {
+            let digests = &asset.digests;
+            json!({
+                "name": asset.name,
+                "size": digests.size,
+                "sha256": digests.sha256,
+                "sha512": digests.sha512,
+                "sha1": digests.sha1,
+                "md5": digests.md5,
+                "created": asset.created,
+            })
+        })
+        .collect();
+    let history: Vec<Value> = index
+        .status_changes
+        .get(&version)
+        .into_iter()
+        .flatten()
+        .map(|change| json!({"status": change.status.as_str(), "by": change.by, "at": change.at}))
+        .collect();
+    let tags: Vec<&String> = index.tags.iter().filter(|(_, v)| **v == version).map(|(tag, _)| tag).collect();
+    Ok(Json(json!({
+        "repository": access.repo,
+        "format": id.format.as_str(),
+        "package": index.display_name,
+        "version": version,
+        "status": entry.status.as_str(),
+        "statusHistory": history,
+        "created": entry.created,
+        "publishedBy": entry.published_by,
+        "origin": if entry.fetched_from.is_some() { "cached" } else { "local" },
+        "connection": entry.fetched_from,
+        "deprecated": entry.deprecated,
+        "tags": tags,
+        "assets": assets,
+        "dependencies": wharf_formats::inventory::dependencies(id.format, &entry.metadata),
+        "readme": wharf_formats::inventory::readme(id.format, &entry.metadata),
+        "metadata": entry.metadata,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusBatch {
+    versions: Vec<String>,
+    status: VersionStatus,
+    /// Change only the versions in this status now.
+    expected_status: Option<VersionStatus>,
+}
+
+/// `POST …/packages/{format}/{package}/versions/status`: one status for many versions,
+/// each changed only if it is in `expectedStatus` (when given); the answer says per
+/// version what happened. Needs publish rights on the Repository.
+pub async fn set_statuses(
+    access: Access<Admin>,
+    Path((repo, format, package)): Path<(String, String, String)>,
+    State(state): State<SharedState>,
+    body: Result<Json<StatusBatch>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(batch) = body.map_err(|e| bad_request(e.body_text()))?;
+    let StatusBatch { status, expected_status, .. } = batch;
+    if status == VersionStatus::Unfinished {
+        return Err(bad_request("a version cannot be set back to Unfinished"));
+    }
+    if batch.versions.is_empty() || batch.versions.len() > 1000 {
+        return Err(bad_request("name 1 to 1000 versions"));
+    }
+    let id = package_id(&format, &package)?;
+    let registry = &state.packages.registry;
+    let mut changed = Vec::new();
+    let mut failed = serde_json::Map::new();
+    for version in &batch.versions {
+        let key = version_key(&id, version)?;
+        match registry.set_status(&repo, &id, &key, expected_status, status, access.principal.name()).await {
+            Ok(()) => changed.push(key),
+            Err(error) => {
+                let code = match &error {
+                    wharf_core::CoreError::NotFound(_) => "NOT_FOUND",
+                    wharf_core::CoreError::StatusMismatch { .. } => "MISMATCHED_STATUS",
+                    wharf_core::CoreError::Conflict(_) => "NOT_ALLOWED",
+                    _ => return Err(ApiError::from_core(error, STYLE)),
+                };
+                failed.insert(key, json!({"code": code, "message": error.to_string()}));
+            }
+        }
+    }
+    if status == VersionStatus::Disposed && !changed.is_empty() {
+        state.collector.wake();
+    }
+    Ok(Json(json!({"status": status.as_str(), "changed": changed, "failed": failed})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyRequest {
+    /// The Repository copied from (the destination is the path's).
+    source: String,
+    format: String,
+    package: String,
+    /// The versions to copy; every version with `allVersions`.
+    #[serde(default)]
+    versions: Vec<String>,
+    #[serde(default)]
+    all_versions: bool,
+    #[serde(default)]
+    allow_overwrite: bool,
+    #[serde(default)]
+    include_from_upstream: bool,
+}
+
+/// `POST /api/v1/repositories/{repo}/copy`: copies versions of a package from `source`
+/// into this Repository (promotion). Needs read on the source and publish here; replacing
+/// a version with other contents (`allowOverwrite`) needs the admin token.
+pub async fn copy(
+    access: Access<Admin>,
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Json<CopyRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|e| bad_request(e.body_text()))?;
+    if request.versions.is_empty() != request.all_versions {
+        return Err(bad_request("name the versions to copy, or set allVersions (not both)"));
+    }
+    if request.allow_overwrite && access.principal != Principal::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "allowOverwrite replaces a published version, which is for administrators",
+            STYLE,
+        ));
+    }
+    let source = state.repository(&request.source, &headers, Permission::Read, STYLE).await?;
+    state.authorize(&headers, source, Permission::Read, STYLE).await?;
+    let id = package_id(&request.format, &request.package)?;
+    let versions: Vec<String> = request.versions.iter().map(|v| version_key(&id, v)).collect::<Result<_, _>>()?;
+    let copy = wharf_core::copy::Copy {
+        source: &request.source,
+        destination: &access.repo,
+        id: &id,
+        versions: (!request.all_versions).then_some(versions.as_slice()),
+        allow_overwrite: request.allow_overwrite,
+        include_from_upstream: request.include_from_upstream,
+        by: access.principal.name(),
+    };
+    let report = state.packages.copy(&copy).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    tracing::info!(source = %request.source, destination = %access.repo, package = %id.name, copied = report.copied.len(), "copied versions");
+    Ok(Json(report).into_response())
+}
+
+/// `GET /api/v1/audit`: recorded events (see [`crate::audit`]). Administrators see every
+/// event; others must name a `repository` they may publish to and see its events only.
+pub async fn audit(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    query: Result<Query<crate::audit::AuditQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, &headers, "api", STYLE).await?;
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    if principal != Principal::Admin {
+        let Some(name) = &query.repository else {
+            return Err(match principal {
+                Principal::Anonymous => ApiError::unauthorized("the audit trail needs a credential", "api", STYLE),
+                _ => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "name a repository you may publish to (?repository=); the whole audit trail is for administrators",
+                    STYLE,
+                ),
+            });
+        };
+        let repository = state.repository(name, &headers, Permission::Publish, STYLE).await?;
+        state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
+    }
+    let events = state.audit.query(&query).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+    Ok(Json(json!({"events": events})).into_response())
+}
