@@ -29,7 +29,7 @@ pub struct Copy<'a> {
 }
 
 /// Why a version was not copied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CopyFailure {
     /// The source has no such version.
@@ -43,7 +43,8 @@ pub enum CopyFailure {
     Skipped,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// What a copy did, version by version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyReport {
     pub copied: Vec<String>,
@@ -52,7 +53,7 @@ pub struct CopyReport {
     pub failed: BTreeMap<String, FailedCopy>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FailedCopy {
     pub code: CopyFailure,
     pub message: String,

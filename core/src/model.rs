@@ -26,7 +26,7 @@ impl PackageId {
 
 /// A version's lifecycle. Versions are immutable; only this changes, and
 /// only by compare-and-swap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum VersionStatus {
     /// Listed and installable.
     Published,

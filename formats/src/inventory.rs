@@ -7,7 +7,7 @@ use serde_json::Value;
 use wharf_api::PackageFormat;
 
 /// One dependency as the version declares it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Dependency {
     pub name: String,

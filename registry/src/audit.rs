@@ -98,7 +98,7 @@ impl Default for AuditOptions {
 }
 
 /// Who acted, as events name them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
     /// `admin`, `anonymous`, `token`, `serviceAccount`, `oidc` or `kubernetesUser`.
@@ -150,7 +150,7 @@ fn current() -> (Option<Actor>, Option<IpAddr>) {
 }
 
 /// An audit event: a CloudEvent, structured mode.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub specversion: String,
     pub id: String,
@@ -168,7 +168,7 @@ pub struct AuditEvent {
 }
 
 /// What an event says; the fields that do not apply are left out.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,8 +422,9 @@ async fn flush_periodically(store: std::sync::Weak<AuditStore>, interval: Durati
 }
 
 /// `GET /api/v1/audit`'s filters.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub repository: Option<String>,
     pub format: Option<String>,

@@ -6,12 +6,13 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use wharf_api::PackageFormat;
 
 use super::access::{Access, Client};
 use super::credentials::authenticate;
+use super::openapi::ErrorBody;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::audit::EventData;
 use crate::auth::{Permission, Principal, TokenClaims};
@@ -26,7 +27,7 @@ impl Client for Admin {
 
 const STYLE: ErrorStyle = Admin::STYLE;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
     /// Repository names, or `["*"]` for all of the Domain's.
@@ -79,6 +80,7 @@ fn check_token_request(
 /// Kubernetes ServiceAccount (cluster mode) exchanges its own token for one covering what the
 /// Repositories' `access` grants it now, for clients that keep a token in their configuration
 /// longer than a projected token lives. Tokens do not mint tokens.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest, responses((status = 201, description = "The token (shown once)", body = IssuedTokenBody), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn mint_token(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -108,7 +110,7 @@ pub async fn mint_token(
     issue(&state, subject, request, ttl, event).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OidcExchangeRequest {
     /// An ID token of an issuer the Domain trusts (`spec.tokens.trustedIssuers`).
@@ -121,6 +123,7 @@ pub struct OidcExchangeRequest {
 /// `POST /api/v1/auth/oidc`: a CI job's ID token exchanged for a registry token, for
 /// named repositories and permissions each granted now by an `OIDC` subject of the
 /// Repository's `access` that the token's claims match. No stored secret is involved.
+#[utoipa::path(post, path = "/api/v1/auth/oidc", tag = "auth", request_body = OidcExchangeRequest, security(()), responses((status = 201, description = "The token (shown once)", body = IssuedTokenBody), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn exchange_oidc(
     State(state): State<SharedState>,
     body: Result<Json<OidcExchangeRequest>, JsonRejection>,
@@ -170,7 +173,7 @@ async fn exchange_for(
     issue(state, subject, request, ttl, "token.exchanged").await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubernetesExchangeRequest {
     /// The person's own Kubernetes token, as their kubeconfig holds it.
@@ -184,6 +187,7 @@ pub struct KubernetesExchangeRequest {
 /// --kubeconfig`) exchanged for a registry token, for named repositories and permissions
 /// each granted now by a `User` or `Group` subject naming them as the apiserver does. Only
 /// where the Domain sets `spec.tokens.kubernetesUsers`.
+#[utoipa::path(post, path = "/api/v1/auth/kubernetes", tag = "auth", request_body = KubernetesExchangeRequest, security(()), responses((status = 201, description = "The token (shown once)", body = IssuedTokenBody), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn exchange_kubernetes(
     State(state): State<SharedState>,
     body: Result<Json<KubernetesExchangeRequest>, JsonRejection>,
@@ -217,19 +221,75 @@ pub async fn exchange_kubernetes(
 /// --sign-in`), each an issuer and the public client to use, and whether Kubernetes users'
 /// tokens are taken. Public: a client needs it before it has any credential, and it names
 /// nothing a sign-in page would not.
-pub async fn sign_in_options(State(state): State<SharedState>) -> Response {
+#[utoipa::path(get, path = "/api/v1/auth/sign-in", tag = "auth", responses((status = 200, body = SignInOptions)))]
+pub async fn sign_in_options(State(state): State<SharedState>) -> Json<SignInOptions> {
     let spec = &state.packages.config.domain.spec;
-    let providers: Vec<_> = spec
+    let providers = spec
         .tokens
         .iter()
         .flat_map(|tokens| &tokens.trusted_issuers)
         .filter_map(|issuer| {
             let people = issuer.people.as_ref()?;
-            let client = people.client_id.as_ref()?;
-            Some(json!({"issuer": issuer.issuer, "clientID": client, "scopes": people.sign_in_scopes()}))
+            Some(SignInProvider {
+                issuer: issuer.issuer.clone(),
+                client_id: people.client_id.clone()?,
+                scopes: people.sign_in_scopes().iter().map(ToString::to_string).collect(),
+            })
         })
         .collect();
-    Json(json!({"providers": providers, "kubernetesUsers": spec.kubernetes_users()})).into_response()
+    Json(SignInOptions { providers, kubernetes_users: spec.kubernetes_users() })
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignInOptions {
+    providers: Vec<SignInProvider>,
+    /// Whether people's own Kubernetes tokens are exchanged (`wharf login --kubeconfig`).
+    kubernetes_users: bool,
+}
+
+/// An identity provider people sign in with, and the public client to use.
+#[derive(Serialize, ToSchema)]
+pub struct SignInProvider {
+    issuer: String,
+    #[serde(rename = "clientID")]
+    client_id: String,
+    scopes: Vec<String>,
+}
+
+/// A registry token, handed out once: it is never shown again.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedTokenBody {
+    token: String,
+    expires_at: Option<String>,
+    repositories: Vec<String>,
+    permissions: Vec<Permission>,
+}
+
+/// A token as listings show it, without its secret.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    id: String,
+    subject: String,
+    repositories: Vec<String>,
+    permissions: Vec<Permission>,
+    issued_at: Option<String>,
+    expires_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RevokedTokens {
+    /// The subject whose tokens were revoked, when the request named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    revoked: Vec<TokenInfo>,
 }
 
 /// Records and signs a token for `subject`, and audits it as `event`.
@@ -256,16 +316,8 @@ async fn issue(
     let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).map(|t| t.to_rfc3339());
     tracing::info!(subject = %claims.sub, repositories = ?claims.repos, permissions = ?claims.perms, ttl, "minted token");
     state.audit.emit(event, None, token_event(&claims.jti, &claims.sub, &claims.repos, &claims.perms));
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "token": token,
-            "expiresAt": expires_at,
-            "repositories": claims.repos,
-            "permissions": claims.perms,
-        })),
-    )
-        .into_response())
+    let body = IssuedTokenBody { token, expires_at, repositories: claims.repos, permissions: claims.perms };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// The token endpoints below are the admin's: who holds a registry token
@@ -284,8 +336,9 @@ async fn require_admin(state: &SharedState, headers: &HeaderMap) -> Result<(), A
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SubjectQuery {
     subject: Option<String>,
 }
@@ -310,20 +363,21 @@ fn token_event(id: &str, subject: &str, repositories: &[String], permissions: &[
         .detail("permissions", permissions)
 }
 
-fn token_json(token: &crate::tokens::IssuedToken) -> serde_json::Value {
+fn token_json(token: &crate::tokens::IssuedToken) -> TokenInfo {
     let time = |t: i64| chrono::DateTime::from_timestamp(t, 0).map(|t| t.to_rfc3339());
-    json!({
-        "id": token.id,
-        "subject": token.subject,
-        "repositories": token.repositories,
-        "permissions": token.permissions,
-        "issuedAt": time(token.issued_at),
-        "expiresAt": time(token.expires_at),
-    })
+    TokenInfo {
+        id: token.id.clone(),
+        subject: token.subject.clone(),
+        repositories: token.repositories.clone(),
+        permissions: token.permissions.clone(),
+        issued_at: time(token.issued_at),
+        expires_at: time(token.expires_at),
+    }
 }
 
 /// `GET /api/v1/auth/tokens[?subject=]`: the registry tokens still valid
 /// (neither expired nor revoked), never their secrets.
+#[utoipa::path(get, path = "/api/v1/auth/tokens", tag = "auth", params(SubjectQuery), responses((status = 200, body = TokenList), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn list_tokens(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -334,11 +388,12 @@ pub async fn list_tokens(
         state.tokens.live(chrono::Utc::now().timestamp()).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     let tokens: Vec<_> =
         live.iter().filter(|t| subject.as_ref().is_none_or(|s| *s == t.subject)).map(token_json).collect();
-    Ok(Json(json!({"tokens": tokens})).into_response())
+    Ok(Json(TokenList { tokens }).into_response())
 }
 
 /// `DELETE /api/v1/auth/tokens/{id}`: revokes one token, on every replica
 /// within seconds.
+#[utoipa::path(delete, path = "/api/v1/auth/tokens/{id}", tag = "auth", params(("id" = String, Path, description = "The token's id")), responses((status = 200, body = RevokedTokens), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn revoke_token(
     State(state): State<SharedState>,
     Path(id): Path<String>,
@@ -354,11 +409,12 @@ pub async fn revoke_token(
         None,
         token_event(&token.id, &token.subject, &token.repositories, &token.permissions),
     );
-    Ok(Json(json!({"revoked": [token_json(&token)]})).into_response())
+    Ok(Json(RevokedTokens { subject: None, revoked: vec![token_json(&token)] }).into_response())
 }
 
 /// `DELETE /api/v1/auth/tokens?subject=`: revokes every token of a subject
 /// issued until now (tokens minted for it later are valid).
+#[utoipa::path(delete, path = "/api/v1/auth/tokens", tag = "auth", params(SubjectQuery), responses((status = 200, body = RevokedTokens), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn revoke_subject(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -374,7 +430,8 @@ pub async fn revoke_subject(
         let event = token_event(&token.id, &token.subject, &token.repositories, &token.permissions);
         state.audit.emit("token.revoked", None, event);
     }
-    Ok(Json(json!({"subject": subject, "revoked": revoked.iter().map(token_json).collect::<Vec<_>>()})).into_response())
+    let revoked = revoked.iter().map(token_json).collect();
+    Ok(Json(RevokedTokens { subject: Some(subject), revoked }).into_response())
 }
 
 /// What a ServiceAccount or an OIDC identity may exchange its token for: named
@@ -401,6 +458,7 @@ fn check_exchange(state: &SharedState, principal: &Principal, request: &TokenReq
 }
 
 /// `GET /api/v1/repositories`: the repositories this caller may read, from where it is.
+#[utoipa::path(get, path = "/api/v1/repositories", tag = "repositories", security((), ("bearer" = [])), responses((status = 200, body = RepositoryList), (status = 401, body = ErrorBody)))]
 pub async fn list_repositories(
     State(state): State<SharedState>,
     client: Option<axum::Extension<super::connections::ClientAddress>>,
@@ -422,25 +480,44 @@ pub async fn list_repositories(
             let mut proxies: Vec<&str> = chain.externals.iter().map(|hop| hop.connection.format.as_str()).collect();
             proxies.sort_unstable();
             proxies.dedup();
-            json!({
-                "name": name,
-                "description": r.spec.description,
-                "anonymousRead": r.allows_anonymous_read(),
-                "proxies": proxies,
-                "endpoints": {
-                    "npm": format!("/npm/{name}/"),
-                    "pypi": format!("/pypi/{name}/simple/"),
-                    "cargo": format!("/cargo/{name}/index/"),
-                    "go": format!("/go/{name}"),
-                    "generic": format!("/generic/{name}/"),
-                    "maven": format!("/maven/{name}/"),
-                    "nuget": format!("/nuget/{name}/v3/index.json"),
-                    "swift": format!("/swift/{name}"),
-                },
-            })
+            let endpoints = [
+                ("npm", format!("/npm/{name}/")),
+                ("pypi", format!("/pypi/{name}/simple/")),
+                ("cargo", format!("/cargo/{name}/index/")),
+                ("go", format!("/go/{name}")),
+                ("generic", format!("/generic/{name}/")),
+                ("maven", format!("/maven/{name}/")),
+                ("nuget", format!("/nuget/{name}/v3/index.json")),
+                ("swift", format!("/swift/{name}")),
+            ];
+            RepositorySummary {
+                name: name.to_owned(),
+                description: r.spec.description.clone(),
+                anonymous_read: r.allows_anonymous_read(),
+                proxies: proxies.into_iter().map(str::to_owned).collect(),
+                endpoints: endpoints.into_iter().map(|(format, path)| (format.to_owned(), path)).collect(),
+            }
         })
         .collect();
-    Ok(Json(json!({"domain": state.signer.domain(), "repositories": repositories})).into_response())
+    Ok(Json(RepositoryList { domain: state.signer.domain().to_owned(), repositories }).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RepositoryList {
+    domain: String,
+    repositories: Vec<RepositorySummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySummary {
+    name: String,
+    description: Option<String>,
+    anonymous_read: bool,
+    /// The formats whose public packages reach clients through this Repository's chain.
+    proxies: Vec<String>,
+    /// Each format's path on this registry.
+    endpoints: std::collections::BTreeMap<String, String>,
 }
 
 /// Normalises a package name by its format's rules.
@@ -505,7 +582,7 @@ pub(super) fn version_key(id: &PackageId, version: &str) -> Result<String, ApiEr
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StatusRequest {
     status: VersionStatus,
@@ -515,6 +592,7 @@ pub struct StatusRequest {
 
 /// `PUT …/versions/{version}/status`: Published ↔ Unlisted ↔ Archived, or
 /// Disposed for good. Needs publish rights on the repository.
+#[utoipa::path(put, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status", tag = "versions", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)"), ("version" = String, Path)), request_body = StatusRequest, responses((status = 200, body = StatusChanged), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Not in expectedStatus, or Disposed", body = ErrorBody)))]
 pub async fn set_status(
     access: Access<Admin>,
     Path((repo, format, package, version)): Path<(String, String, String, String)>,
@@ -536,11 +614,26 @@ pub async fn set_status(
     if request.status == VersionStatus::Disposed {
         state.collector.wake();
     }
-    Ok(Json(json!({"version": version, "status": request.status.as_str()})).into_response())
+    Ok(Json(StatusChanged { version, status: request.status }).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub struct StatusChanged {
+    version: String,
+    status: VersionStatus,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeletedVersion {
+    version: String,
+    deleted: bool,
+    /// Whether the number may be published again.
+    reusable: bool,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Whether the version number may be published again (default: no, a tombstone
     /// keeps it taken).
@@ -551,6 +644,7 @@ pub struct DeleteQuery {
 /// `DELETE …/packages/{format}/{package}/versions/{version}[?allowReuse=true]`: a
 /// takedown. Administrators only: its metadata and records go at once, its bytes with
 /// the next collection (started now) when no other version in the Domain names them.
+#[utoipa::path(delete, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", tag = "versions", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)"), ("version" = String, Path), DeleteQuery), responses((status = 200, body = DeletedVersion), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_version(
     access: Access<Admin>,
     Path((repo, format, package, version)): Path<(String, String, String, String)>,
@@ -574,11 +668,12 @@ pub async fn delete_version(
         .map_err(|e| ApiError::from_core(e, STYLE))?;
     state.collector.wake();
     tracing::info!(%repo, package = %id.name, %version, allow_reuse = query.allow_reuse, "deleted a version");
-    Ok(Json(json!({"version": version, "deleted": true, "reusable": query.allow_reuse})).into_response())
+    Ok(Json(DeletedVersion { version, deleted: true, reusable: query.allow_reuse }).into_response())
 }
 
 /// `GET …/packages/{format}/{package}/origin`: the effective origin
 /// configuration of a package in a repository and what produced each part.
+#[utoipa::path(get, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/origin", tag = "packages", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)")), security((), ("bearer" = [])), responses((status = 200, description = "The effective origin configuration and what decided each part", body = Object), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn origin(
     access: Access<Admin>,
     Path((repo, format, package)): Path<(String, String, String)>,

@@ -7,14 +7,19 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use wharf_api::PackageFormat;
 use wharf_core::{PackageIndex, VersionEntry, VersionStatus};
 
 use super::access::Access;
 use super::admin::{Admin, package_id, version_key};
 use super::credentials::authenticate;
+use super::openapi::ErrorBody;
 use super::{ApiError, ErrorStyle, SharedState};
 use crate::auth::{Permission, Principal};
 
@@ -27,8 +32,9 @@ fn bad_request(error: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(error.to_string(), STYLE)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PackageQuery {
     format: Option<String>,
     /// Names starting with this (as the format normalises them).
@@ -57,6 +63,7 @@ fn origin_of(index: &PackageIndex) -> &'static str {
 /// `GET /api/v1/repositories/{repo}/packages`: the packages the Repository holds (its
 /// own and those it keeps from upstream; not what its upstreams hold), by format and
 /// name, in pages.
+#[utoipa::path(get, path = "/api/v1/repositories/{repo}/packages", tag = "packages", params(("repo" = String, Path, description = "The Repository"), PackageQuery), security((), ("bearer" = [])), responses((status = 200, body = PackagePage), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn list_packages(
     access: Access<Admin>,
     State(state): State<SharedState>,
@@ -97,9 +104,7 @@ pub async fn list_packages(
                 continue;
             }
             if packages.len() == limit {
-                next_cursor = packages
-                    .last()
-                    .and_then(|p: &Value| Some(format!("{}/{}", p["format"].as_str()?, p["name"].as_str()?)));
+                next_cursor = packages.last().map(|p: &PackageSummary| format!("{}/{}", p.format, p.name));
                 break 'formats;
             }
             let latest =
@@ -107,32 +112,75 @@ pub async fn list_packages(
                     index.listed_versions().max_by_key(|(_, v)| v.created).map(|(version, _)| version.clone())
                 });
             let last_published = index.versions.values().filter(|v| v.fetched_from.is_none()).map(|v| v.created).max();
-            packages.push(json!({
-                "format": format.as_str(),
-                "name": id.name,
-                "displayName": index.display_name,
-                "versions": index.versions.len(),
-                "latest": latest,
-                "origin": package_origin,
-                "lastPublished": last_published,
-                "modified": index.modified,
-            }));
+            packages.push(PackageSummary {
+                format: format.as_str().to_owned(),
+                display_name: index.display_name.clone(),
+                versions: index.versions.len(),
+                latest,
+                origin: package_origin.to_owned(),
+                last_published,
+                modified: index.modified,
+                name: id.name,
+            });
         }
     }
-    Ok(Json(json!({"repository": access.repo, "packages": packages, "nextCursor": next_cursor})).into_response())
+    Ok(Json(PackagePage { repository: access.repo, packages, next_cursor }).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackagePage {
+    repository: String,
+    packages: Vec<PackageSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageSummary {
+    format: String,
+    /// As the format normalises it (the name in paths).
+    name: String,
+    /// As first published.
+    display_name: String,
+    versions: usize,
+    latest: Option<String>,
+    /// `local`, `cached` or `mixed`.
+    origin: String,
+    /// The newest version published here (not fetched).
+    last_published: Option<DateTime<Utc>>,
+    modified: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSummary {
+    version: String,
+    status: VersionStatus,
+    created: DateTime<Utc>,
+    /// `local` (published here) or `cached` (fetched through `connection`).
+    origin: String,
+    connection: Option<String>,
+    published_by: Option<String>,
+    files: usize,
 }
 
 /// A version as listings show it.
-fn version_summary(version: &str, entry: &VersionEntry) -> Value {
-    json!({
-        "version": version,
-        "status": entry.status.as_str(),
-        "created": entry.created,
-        "origin": if entry.fetched_from.is_some() { "cached" } else { "local" },
-        "connection": entry.fetched_from,
-        "publishedBy": entry.published_by,
-        "files": entry.assets.len(),
-    })
+fn version_summary(version: &str, entry: &VersionEntry) -> VersionSummary {
+    VersionSummary {
+        version: version.to_owned(),
+        status: entry.status,
+        created: entry.created,
+        origin: origin_name(entry).to_owned(),
+        connection: entry.fetched_from.clone(),
+        published_by: entry.published_by.clone(),
+        files: entry.assets.len(),
+    }
+}
+
+fn origin_name(entry: &VersionEntry) -> &'static str {
+    if entry.fetched_from.is_some() { "cached" } else { "local" }
 }
 
 async fn held_package(
@@ -151,6 +199,7 @@ async fn held_package(
 
 /// `GET …/packages/{format}/{package}/versions`: every version the Repository holds, with
 /// its status and origin, and the package's tags.
+#[utoipa::path(get, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/versions", tag = "versions", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)")), security((), ("bearer" = [])), responses((status = 200, body = VersionList), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_versions(
     access: Access<Admin>,
     Path((_, format, package)): Path<(String, String, String)>,
@@ -158,21 +207,75 @@ pub async fn list_versions(
 ) -> Result<Response, ApiError> {
     let (id, snapshot) = held_package(&state, &access.repo, &format, &package).await?;
     let index = &snapshot.index;
-    let versions: Vec<Value> = index.versions.iter().map(|(v, entry)| version_summary(v, entry)).collect();
-    Ok(Json(json!({
-        "repository": access.repo,
-        "format": id.format.as_str(),
-        "name": id.name,
-        "displayName": index.display_name,
-        "tags": index.tags,
-        "versions": versions,
-    }))
-    .into_response())
+    let versions = index.versions.iter().map(|(v, entry)| version_summary(v, entry)).collect();
+    let list = VersionList {
+        repository: access.repo,
+        format: id.format.as_str().to_owned(),
+        name: id.name,
+        display_name: index.display_name.clone(),
+        tags: index.tags.clone(),
+        versions,
+    };
+    Ok(Json(list).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionList {
+    repository: String,
+    format: String,
+    name: String,
+    display_name: String,
+    /// Named pointers to versions (npm's dist-tags).
+    tags: BTreeMap<String, String>,
+    versions: Vec<VersionSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionDetail {
+    repository: String,
+    format: String,
+    package: String,
+    version: String,
+    status: VersionStatus,
+    /// Who changed the status and when, oldest first (the last 16).
+    status_history: Vec<StatusChangeBody>,
+    created: DateTime<Utc>,
+    published_by: Option<String>,
+    origin: String,
+    connection: Option<String>,
+    deprecated: Option<String>,
+    tags: Vec<String>,
+    assets: Vec<AssetDetail>,
+    dependencies: Vec<wharf_formats::inventory::Dependency>,
+    readme: Option<String>,
+    /// The format's own description of the version, as published.
+    metadata: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusChangeBody {
+    status: VersionStatus,
+    by: String,
+    at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssetDetail {
+    name: String,
+    size: u64,
+    sha256: String,
+    sha512: String,
+    sha1: String,
+    md5: String,
+    created: DateTime<Utc>,
 }
 
 /// `GET …/packages/{format}/{package}/versions/{version}`: one version in full: its files
 /// with every digest, origin, status and who changed it, publisher, dependencies and
 /// readme where the format keeps them, and the format's own metadata.
+#[utoipa::path(get, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}", tag = "versions", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)"), ("version" = String, Path)), security((), ("bearer" = [])), responses((status = 200, body = VersionDetail), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_version(
     access: Access<Admin>,
     Path((_, format, package, version)): Path<(String, String, String, String)>,
@@ -185,52 +288,52 @@ pub async fn get_version(
         .versions
         .get(&version)
         .ok_or_else(|| ApiError::not_found(format!("{package} has no version {version} here"), STYLE))?;
-    let assets: Vec<Value> = entry
+    let assets = entry
         .assets
         .values()
         .map(|asset| {
             let digests = &asset.digests;
-            json!({
-                "name": asset.name,
-                "size": digests.size,
-                "sha256": digests.sha256,
-                "sha512": digests.sha512,
-                "sha1": digests.sha1,
-                "md5": digests.md5,
-                "created": asset.created,
-            })
+            AssetDetail {
+                name: asset.name.clone(),
+                size: digests.size,
+                sha256: digests.sha256.clone(),
+                sha512: digests.sha512.clone(),
+                sha1: digests.sha1.clone(),
+                md5: digests.md5.clone(),
+                created: asset.created,
+            }
         })
         .collect();
-    let history: Vec<Value> = index
+    let status_history = index
         .status_changes
         .get(&version)
         .into_iter()
         .flatten()
-        .map(|change| json!({"status": change.status.as_str(), "by": change.by, "at": change.at}))
+        .map(|change| StatusChangeBody { status: change.status, by: change.by.clone(), at: change.at })
         .collect();
-    let tags: Vec<&String> = index.tags.iter().filter(|(_, v)| **v == version).map(|(tag, _)| tag).collect();
-    Ok(Json(json!({
-        "repository": access.repo,
-        "format": id.format.as_str(),
-        "package": index.display_name,
-        "version": version,
-        "status": entry.status.as_str(),
-        "statusHistory": history,
-        "created": entry.created,
-        "publishedBy": entry.published_by,
-        "origin": if entry.fetched_from.is_some() { "cached" } else { "local" },
-        "connection": entry.fetched_from,
-        "deprecated": entry.deprecated,
-        "tags": tags,
-        "assets": assets,
-        "dependencies": wharf_formats::inventory::dependencies(id.format, &entry.metadata),
-        "readme": wharf_formats::inventory::readme(id.format, &entry.metadata),
-        "metadata": entry.metadata,
-    }))
-    .into_response())
+    let tags = index.tags.iter().filter(|(_, v)| **v == version).map(|(tag, _)| tag.clone()).collect();
+    let detail = VersionDetail {
+        repository: access.repo,
+        format: id.format.as_str().to_owned(),
+        package: index.display_name.clone(),
+        status: entry.status,
+        status_history,
+        created: entry.created,
+        published_by: entry.published_by.clone(),
+        origin: origin_name(entry).to_owned(),
+        connection: entry.fetched_from.clone(),
+        deprecated: entry.deprecated.clone(),
+        tags,
+        assets,
+        dependencies: wharf_formats::inventory::dependencies(id.format, &entry.metadata),
+        readme: wharf_formats::inventory::readme(id.format, &entry.metadata).map(str::to_owned),
+        metadata: entry.metadata.clone(),
+        version,
+    };
+    Ok(Json(detail).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StatusBatch {
     versions: Vec<String>,
@@ -242,6 +345,7 @@ pub struct StatusBatch {
 /// `POST …/packages/{format}/{package}/versions/status`: one status for many versions,
 /// each changed only if it is in `expectedStatus` (when given); the answer says per
 /// version what happened. Needs publish rights on the Repository.
+#[utoipa::path(post, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/status", tag = "versions", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)")), request_body = StatusBatch, responses((status = 200, body = StatusBatchResult), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn set_statuses(
     access: Access<Admin>,
     Path((repo, format, package)): Path<(String, String, String)>,
@@ -259,7 +363,7 @@ pub async fn set_statuses(
     let id = package_id(&format, &package)?;
     let registry = &state.packages.registry;
     let mut changed = Vec::new();
-    let mut failed = serde_json::Map::new();
+    let mut failed = BTreeMap::new();
     for version in &batch.versions {
         let key = version_key(&id, version)?;
         match registry.set_status(&repo, &id, &key, expected_status, status, access.principal.name()).await {
@@ -271,17 +375,32 @@ pub async fn set_statuses(
                     wharf_core::CoreError::Conflict(_) => "NOT_ALLOWED",
                     _ => return Err(ApiError::from_core(error, STYLE)),
                 };
-                failed.insert(key, json!({"code": code, "message": error.to_string()}));
+                failed.insert(key, FailedChange { code: code.to_owned(), message: error.to_string() });
             }
         }
     }
     if status == VersionStatus::Disposed && !changed.is_empty() {
         state.collector.wake();
     }
-    Ok(Json(json!({"status": status.as_str(), "changed": changed, "failed": failed})).into_response())
+    Ok(Json(StatusBatchResult { status, changed, failed }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Serialize, ToSchema)]
+pub struct StatusBatchResult {
+    status: VersionStatus,
+    changed: Vec<String>,
+    /// Per version: `NOT_FOUND`, `MISMATCHED_STATUS` (not in `expectedStatus`) or
+    /// `NOT_ALLOWED` (Disposed is final).
+    failed: BTreeMap<String, FailedChange>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FailedChange {
+    code: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CopyRequest {
     /// The Repository copied from (the destination is the path's).
@@ -302,6 +421,7 @@ pub struct CopyRequest {
 /// `POST /api/v1/repositories/{repo}/copy`: copies versions of a package from `source`
 /// into this Repository (promotion). Needs read on the source and publish here; replacing
 /// a version with other contents (`allowOverwrite`) needs the admin token.
+#[utoipa::path(post, path = "/api/v1/repositories/{repo}/copy", tag = "versions", params(("repo" = String, Path, description = "The destination Repository")), request_body = CopyRequest, responses((status = 200, body = wharf_core::copy::CopyReport), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn copy(
     access: Access<Admin>,
     State(state): State<SharedState>,
@@ -339,6 +459,7 @@ pub async fn copy(
 
 /// `GET /api/v1/audit`: recorded events (see [`crate::audit`]). Administrators see every
 /// event; others must name a `repository` they may publish to and see its events only.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(crate::audit::AuditQuery), responses((status = 200, body = AuditEvents), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn audit(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -361,5 +482,11 @@ pub async fn audit(
         state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
     }
     let events = state.audit.query(&query).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
-    Ok(Json(json!({"events": events})).into_response())
+    Ok(Json(AuditEvents { events }).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvents {
+    /// Oldest first.
+    events: Vec<crate::audit::AuditEvent>,
 }

@@ -17,6 +17,7 @@ mod maven;
 pub mod metrics;
 mod npm;
 mod nuget;
+pub mod openapi;
 mod pypi;
 mod staging;
 mod swift;
@@ -249,6 +250,7 @@ pub fn app(state: SharedState) -> Router {
         )
         .route("/api/v1/repositories/{repo}/copy", post(inventory::copy))
         .route("/api/v1/audit", get(inventory::audit))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",

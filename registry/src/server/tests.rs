@@ -1262,6 +1262,7 @@ mod cargo;
 mod disclosure;
 mod inventory;
 mod limits;
+mod openapi;
 mod uploads;
 mod upstream;
 

@@ -42,7 +42,7 @@ spec:
       publish: Block
 "#;
 
-async fn app() -> TestApp {
+pub(super) async fn promotion_app() -> TestApp {
     TestApp::with_config(PROMOTION, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await
 }
 
@@ -64,7 +64,7 @@ impl TestApp {
         reply.json()["token"].as_str().unwrap().to_owned()
     }
 
-    async fn publish_npm(&self, repo: &str, token: &str, name: &str, version: &str) {
+    pub(super) async fn publish_npm(&self, repo: &str, token: &str, name: &str, version: &str) {
         let body = publish_body(name, version, &tarball(name, version, version.as_bytes()));
         let reply = self.put_json(&format!("/npm/{repo}/{name}"), token, &body).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
@@ -88,7 +88,7 @@ impl TestApp {
 
 #[tokio::test]
 async fn packages_and_versions_are_listed_and_shown_in_full() {
-    let app = app().await;
+    let app = promotion_app().await;
     let alice = app.token_for("alice", &["dev"], &["publish"]).await;
     for name in ["app-a", "app-b", "lib-c"] {
         app.publish_npm("dev", &alice, name, "1.0.0").await;
@@ -151,7 +151,7 @@ async fn packages_and_versions_are_listed_and_shown_in_full() {
 
 #[tokio::test]
 async fn statuses_change_in_batches_each_from_its_expected_status() {
-    let app = app().await;
+    let app = promotion_app().await;
     let alice = app.token_for("alice", &["dev"], &["publish"]).await;
     for version in ["1.0.0", "1.1.0", "1.2.0"] {
         app.publish_npm("dev", &alice, "app", version).await;
@@ -177,7 +177,7 @@ async fn statuses_change_in_batches_each_from_its_expected_status() {
 
 #[tokio::test]
 async fn versions_are_copied_under_the_destinations_rules_and_audited() {
-    let app = app().await;
+    let app = promotion_app().await;
     let ci = app.token_for("ci", &["dev"], &["publish"]).await;
     app.publish_npm("dev", &ci, "app", "1.0.0").await;
     app.publish_npm("dev", &ci, "app", "2.0.0").await;
