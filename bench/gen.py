@@ -235,6 +235,10 @@ PUBLISH_RISE_TARGET_MIB = 32.0
 # this share of the plain server's.
 ENC_ENDPOINTS = ("tarball", "wheel", "tarballrange")
 ENC_RATIO_TARGET = 0.6
+# Wharf recording audit events (`wharf`) against the same binary with `--no-audit`
+# (`wharfnoaudit`): recording downloads may cost at most 5 %.
+AUDIT_ENDPOINTS = ("packument", "tarball")
+AUDIT_RATIO_TARGET = 0.95
 
 
 def load_results(path):
@@ -457,6 +461,28 @@ def cmd_report(args):
     elif wharf_on:
         out.append("")
         out.append("Encryption at rest: not measured (BENCH_ENCRYPTED=0).")
+    if wharf_on and meta.get("audit_compared", "no") == "yes":
+        out.append("")
+        out.append("## Audit trail")
+        out.append("")
+        out.append("A third Wharf from the same binary with `--no-audit`, seeded with the same npm content, "
+                   "measured in the same rounds: the first Wharf records every download as an audit event "
+                   "(on its standard output, a file here, and in its storage record).")
+        out.append("")
+        out.append("| endpoint | audit on req/s | audit on p99 | audit off req/s | audit off p99 | on/off | target |")
+        out.append("|---|---:|---:|---:|---:|---:|---|")
+        labels = {ep: label for ep, label, _, _ in ENDPOINTS}
+        for ep in AUDIT_ENDPOINTS:
+            on, off = res.get(("wharf", ep)), res.get(("wharfnoaudit", ep))
+            if on and off and on["rps"] and off["rps"]:
+                ratio = on["rps"] / off["rps"]
+                ok = ratio >= AUDIT_RATIO_TARGET and not on["bad"]
+                ratio_s = "%.3f× %s" % (ratio, verdict(ok))
+            else:
+                ok, ratio_s = False, "n/a"
+            all_pass &= ok
+            out.append("| %s | %s | %s | %s | %s | %s | ≥ %.2f× |" % (
+                labels[ep], fmt_rps(on), fmt_p99(on), fmt_rps(off), fmt_p99(off), ratio_s, AUDIT_RATIO_TARGET))
     if wharf_on:
         out.append("")
         out.append("Overall: **%s**%s" % (verdict(all_pass), " (both tables and the memory lines)" if enc_on else ""))

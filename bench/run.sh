@@ -29,6 +29,7 @@ BENCH_WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-10}
 BENCH_WHARF_LOG=${BENCH_WHARF_LOG:-warn}
 BENCH_VERDACCIO_VERSION=${BENCH_VERDACCIO_VERSION:-6.8.0}
 BENCH_ENCRYPTED=${BENCH_ENCRYPTED:-1}
+BENCH_AUDIT=${BENCH_AUDIT:-1}
 WHARF_BIN=${WHARF_BIN:-$ROOT/target/release/wharf-registry}
 
 PKG=bench-pkg
@@ -416,6 +417,26 @@ EOF
   URL[wharfenc:simple]=$WHARFENC_URL/pypi/main/simple/$PKG/
 fi
 
+# ------------------------------------------------------ Wharf without audit --
+# The same binary and npm content as `wharf`, recording no audit events
+# (`--no-audit`), so the ratio between the two is what the audit trail costs on
+# the hot path: every download an event, on the stream (the log file here, as
+# kubelet collects standard output) and in the storage record.
+NOAUDIT_ON=0
+[ "$WHARF_ON" = 1 ] && [ "$BENCH_AUDIT" = 1 ] && NOAUDIT_ON=1
+if [ "$NOAUDIT_ON" = 1 ]; then
+  WHARFNOAUDIT_PORT=${WHARFNOAUDIT_PORT:-$(free_port)}
+  WHARFNOAUDIT_URL=http://127.0.0.1:$WHARFNOAUDIT_PORT
+  mkdir -p "$RUN/wharfnoaudit-data"
+  start_server wharfnoaudit "$RUN/wharfnoaudit.log" env WHARF_ADMIN_TOKEN="$ADMIN_TOKEN" RUST_LOG="$BENCH_WHARF_LOG" \
+    "$WHARF_BIN" serve --listen "127.0.0.1:$WHARFNOAUDIT_PORT" --data "$RUN/wharfnoaudit-data" --no-audit
+  wait_http wharfnoaudit "$WHARFNOAUDIT_URL/readyz" 60 || die "Wharf without audit did not become ready"
+  WHARFNOAUDIT_TOKEN=$(mint_token "$WHARFNOAUDIT_URL") || die "minting a token of Wharf without audit failed"
+  npm_publish_all "$WHARFNOAUDIT_URL/npm/main/" "$WHARFNOAUDIT_TOKEN" wharfnoaudit \
+    || die "npm publish to Wharf without audit failed"
+  URL[wharfnoaudit:packument]=$WHARFNOAUDIT_URL/npm/main/$PKG
+fi
+
 # -------------------------------------------------------------- Verdaccio --
 PEERS_ON=0
 [ "$BENCH_SKIP_PEERS" != 1 ] && PEERS_ON=1
@@ -522,6 +543,7 @@ fi
 SERVERS=()
 [ "$WHARF_ON" = 1 ] && SERVERS+=(wharf)
 [ "$ENC_ON" = 1 ] && SERVERS+=(wharfenc)
+[ "$NOAUDIT_ON" = 1 ] && SERVERS+=(wharfnoaudit)
 SERVERS+=("${ENABLED_PEERS[@]}")
 declare -A SIZE=() CTYPE=()
 for s in "${SERVERS[@]}"; do
@@ -748,6 +770,7 @@ log "load: wrk -t1 -c$BENCH_CONNECTIONS -d${BENCH_SECONDS}s (+${BENCH_WARMUP}s w
 # decide a ratio alone. The peers, far slower, run in the first round only.
 WHARFS=wharf
 [ "$ENC_ON" = 1 ] && WHARFS="wharf wharfenc"
+[ "$NOAUDIT_ON" = 1 ] && WHARFS="$WHARFS wharfnoaudit"
 for round in $(seq 1 "$BENCH_ROUNDS"); do
   log "round $round of $BENCH_ROUNDS"
   servers="nginx $WHARFS"
@@ -823,6 +846,7 @@ meta server_cpu "$BENCH_SERVER_CPU"
 meta load_cpu "$BENCH_LOAD_CPU"
 meta wharf "$([ "$WHARF_ON" = 1 ] && echo yes || echo no)"
 meta encrypted "$([ "$ENC_ON" = 1 ] && echo yes || echo no)"
+meta audit_compared "$([ "$NOAUDIT_ON" = 1 ] && echo yes || echo no)"
 meta range "$RANGE_HDR"
 for ep in $ENDPOINTS; do
   [ -n "${NGINX_SRC[$ep]:-}" ] && [ "${NGINX_SRC[$ep]}" != wharf ] && [ "$WHARF_ON" = 1 ] \

@@ -522,6 +522,17 @@ impl Checker<'_> {
             }
         }
 
+        if let Some(audit) = &spec.audit {
+            if let Some(url) = &audit.webhook_url
+                && !crate::common::is_http_url(url)
+            {
+                self.report(about, "spec.audit.webhookURL", format!("`{url}` is not an http(s) URL"));
+            }
+            if audit.retention_days.is_some_and(|days| !(1..=3650).contains(&days)) {
+                self.report(about, "spec.audit.retentionDays", "keep events 1 to 3650 days".to_owned());
+            }
+        }
+
         let issuers = spec.tokens.as_ref().map(|tokens| tokens.trusted_issuers.as_slice()).unwrap_or_default();
         for (position, issuer) in issuers.iter().enumerate() {
             let path = format!("spec.tokens.trustedIssuers[{position}]");
@@ -1600,6 +1611,29 @@ spec:
 
     fn messages(error: &ConfigError) -> Vec<String> {
         error.problems().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_audit_webhook_is_an_http_url_and_retention_is_bounded() {
+        let text = r#"
+apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage: {memory: {}}
+  audit: {webhookURL: "ftp://siem.example/intake", retentionDays: 0}
+"#;
+        let error = load(text).unwrap_err();
+        assert_eq!(
+            messages(&error),
+            [
+                "test.yaml: document 1 (Domain acme): spec.audit.webhookURL: `ftp://siem.example/intake` is not an http(s) URL",
+                "test.yaml: document 1 (Domain acme): spec.audit.retentionDays: keep events 1 to 3650 days",
+            ]
+        );
+        let good = text.replace("ftp://siem.example/intake", "https://siem.example/intake").replace(": 0}", ": 30}");
+        let config = load(&good).unwrap();
+        assert_eq!(config.domain.spec.audit.unwrap().retention_days, Some(30));
     }
 
     #[test]

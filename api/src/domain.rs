@@ -68,9 +68,30 @@ pub struct DomainSpec {
     /// Repositories' `network` rules of kind `InCluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<DomainNetwork>,
+    /// Where the registry's audit events go besides its standard output and the Domain's
+    /// storage, and how long storage keeps them. Changes apply without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSpec>,
     /// What happens to stored packages when the Domain is deleted: Retain (default) or Delete.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// The audit trail: every publish, status change, copy, deletion, download, policy refusal
+/// and token mint, exchange and revocation, with who did it and from where.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// An http(s) URL batches of events (CloudEvents, `application/cloudevents-batch+json`)
+    /// are POSTed to, each retried a few times; while it stays down events are dropped and
+    /// counted (`wharf_audit_events_dropped_total{sink="webhook"}`), never requests held.
+    #[serde(rename = "webhookURL", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = "^https?://"), length(max = 2048))]
+    pub webhook_url: Option<String>,
+    /// Days the Domain's storage keeps events for `GET /api/v1/audit` (default 90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub retention_days: Option<u32>,
 }
 
 /// The network the registry is in.
@@ -96,6 +117,7 @@ impl DomainSpec {
             tokens: None,
             registry: None,
             network: None,
+            audit: None,
             deletion_policy: DeletionPolicy::default(),
         }
     }

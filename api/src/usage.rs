@@ -35,6 +35,10 @@ pub struct RepositoryUsage {
     /// Bytes their files take, each file counted once per version naming it (files shared
     /// with other versions or Repositories are stored once: see the Domain's usage).
     pub bytes: u64,
+    /// When the newest version published here (not fetched from upstream) was published
+    /// (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_published: Option<String>,
 }
 
 /// A Repository's usage in its status.
@@ -116,7 +120,10 @@ mod tests {
     #[test]
     fn statuses_come_from_the_report() {
         let report = UsageReport {
-            repositories: BTreeMap::from([("web".into(), RepositoryUsage { packages: 2, versions: 3, bytes: 3072 })]),
+            repositories: BTreeMap::from([(
+                "web".into(),
+                RepositoryUsage { packages: 2, versions: 3, bytes: 3072, ..Default::default() },
+            )]),
             blobs: 2,
             stored_bytes: 2048,
             measured_at: "2026-12-06T00:00:00Z".into(),

@@ -5,6 +5,9 @@
 //! wharf login --tool npm --registry https://wharf.example --repository web
 //! wharf logout --tool npm --registry https://wharf.example --repository web
 //! wharf token --registry https://wharf.example --repository web
+//! wharf packages list --registry https://wharf.example --repository web
+//! wharf versions copy --registry https://wharf.example --from dev --to prod --format npm --package app --version 1.2.0
+//! wharf audit --registry https://wharf.example --repository prod --type package.downloaded
 //! ```
 //!
 //! The token comes from, in this order: `--token-env` (a registry token
@@ -16,6 +19,7 @@
 //! mints one at `/api/v1/auth/token`).
 
 mod identity;
+mod manage;
 mod tools;
 
 use std::path::PathBuf;
@@ -26,7 +30,11 @@ use serde_json::{Value, json};
 use tools::{Homes, Target, Tool};
 
 #[derive(Parser)]
-#[command(name = "wharf", version, about = "Configures package clients for a Wharf repository")]
+#[command(
+    name = "wharf",
+    version,
+    about = "Configures package clients for a Wharf repository, and manages its packages"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,6 +70,14 @@ enum Command {
         #[command(flatten)]
         token: TokenArgs,
     },
+    /// Lists and shows packages (the token in --token-env, WHARF_TOKEN by default).
+    #[command(subcommand)]
+    Packages(manage::PackagesCommand),
+    /// Copies versions between repositories, sets their status, deletes them.
+    #[command(subcommand)]
+    Versions(manage::VersionsCommand),
+    /// Who published, changed, copied, pulled or was refused what.
+    Audit(manage::AuditArgs),
 }
 
 #[derive(Args)]
@@ -307,5 +323,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", token(&target.target(), &args).await?);
             Ok(())
         }
+        Command::Packages(command) => manage::packages(command).await,
+        Command::Versions(command) => manage::versions(command).await,
+        Command::Audit(args) => manage::audit(args).await,
     }
 }

@@ -248,6 +248,13 @@ impl Registry {
                             if entry.status != crate::VersionStatus::Disposed {
                                 usage.versions += 1;
                                 usage.bytes += entry.assets.values().map(|asset| asset.digests.size).sum::<u64>();
+                                if entry.fetched_from.is_none() {
+                                    let published = entry.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                                    // RFC 3339 in UTC with whole seconds sorts as time does.
+                                    if usage.last_published.as_ref().is_none_or(|last| *last < published) {
+                                        usage.last_published = Some(published);
+                                    }
+                                }
                             }
                             entry.assets.values().for_each(|asset| asset.blobs().for_each(|sha| marks.keep(sha)));
                         }
@@ -486,6 +493,7 @@ mod tests {
         assert!(exists(&registry, &shared).await, "another repository's version still names the shared bytes");
         let data_usage = &report.usage.repositories["data"];
         assert_eq!((data_usage.packages, data_usage.versions, data_usage.bytes), (1, 1, shared.size));
+        assert!(data_usage.last_published.is_some(), "{data_usage:?}");
         assert_eq!(report.usage.repositories["web"].versions, 0, "Disposed versions hold nothing");
         assert_eq!((report.usage.blobs, report.usage.stored_bytes), (1, shared.size));
         // The tombstone says who disposed of the version, and when.

@@ -51,6 +51,11 @@ const WEBHOOK_LINGER: Duration = Duration::from_secs(1);
 const WEBHOOK_ATTEMPTS: u32 = 5;
 /// Stored objects whose events are kept parsed in memory for queries (they never change).
 const CACHED_OBJECTS: usize = 4096;
+/// How long the audit task gathers events before it writes them to the stream: one write
+/// for many events on a busy registry, at most this late.
+const STREAM_LINGER: Duration = Duration::from_millis(20);
+/// Events written to the stream at once at most.
+const STREAM_BATCH: usize = 1024;
 
 /// Where the audit stream goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +79,9 @@ impl std::str::FromStr for AuditLog {
 
 #[derive(Clone, Debug)]
 pub struct AuditOptions {
+    /// Whether events are recorded at all (`--no-audit` turns it off, to measure what the
+    /// trail costs).
+    pub enabled: bool,
     pub log: AuditLog,
     /// Where batches of events are POSTed (`application/cloudevents-batch+json`).
     pub webhook: Option<reqwest::Url>,
@@ -88,6 +96,7 @@ pub struct AuditOptions {
 impl Default for AuditOptions {
     fn default() -> Self {
         AuditOptions {
+            enabled: true,
             log: AuditLog::Stdout,
             webhook: None,
             flush_interval: Duration::from_secs(10),
@@ -203,30 +212,96 @@ impl EventData {
 
 /// The audit trail of one registry process.
 pub struct AuditTrail {
+    enabled: bool,
     source: String,
+    /// Event ids are this process's random prefix and a counter: unique without a random
+    /// draw per event.
+    id_prefix: u64,
+    next_id: std::sync::atomic::AtomicU64,
     queue: mpsc::Sender<AuditEvent>,
     store: Arc<AuditStore>,
     metrics: Arc<Metrics>,
+    /// The command line's settings, which the Domain's `spec.audit` overrides.
+    defaults: AuditOptions,
+    webhook: Arc<Mutex<Option<Webhook>>>,
+}
+
+/// The webhook events are delivered to now, and the queue of its delivery task.
+struct Webhook {
+    url: reqwest::Url,
+    queue: mpsc::Sender<AuditEvent>,
 }
 
 impl AuditTrail {
     /// Starts the audit task; it ends once the trail is dropped and its queue drained.
-    pub fn start(domain: &str, storage: Storage, options: &AuditOptions, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Starts the audit task with the command line's `options`, overridden by the Domain's
+    /// `spec.audit`.
+    pub fn start(
+        domain: &str,
+        storage: Storage,
+        options: &AuditOptions,
+        spec: Option<&wharf_api::domain::AuditSpec>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let (queue, events) = mpsc::channel(options.queue.max(1));
         let store = Arc::new(AuditStore::new(storage, options.retention_days));
-        let webhook = options.webhook.clone().map(|url| {
-            let (sender, batches) = mpsc::channel(options.queue.max(1));
-            tokio::spawn(deliver(url, batches, metrics.clone()));
-            sender
+        let webhook = Arc::new(Mutex::new(None));
+        if options.enabled {
+            tokio::spawn(dispatch(events, options.log.clone(), webhook.clone(), store.clone(), metrics.clone()));
+            tokio::spawn(flush_periodically(Arc::downgrade(&store), options.flush_interval));
+        }
+        let trail = Arc::new(AuditTrail {
+            enabled: options.enabled,
+            source: format!("/wharf/{domain}"),
+            id_prefix: rand::random(),
+            next_id: Default::default(),
+            queue,
+            store,
+            metrics,
+            defaults: options.clone(),
+            webhook,
         });
-        tokio::spawn(dispatch(events, options.log.clone(), webhook, store.clone(), metrics.clone()));
-        tokio::spawn(flush_periodically(Arc::downgrade(&store), options.flush_interval));
-        Arc::new(AuditTrail { source: format!("/wharf/{domain}"), queue, store, metrics })
+        trail.apply(spec);
+        trail
+    }
+
+    /// Takes the Domain's `spec.audit` (at start and on every configuration revision): a
+    /// new webhook gets the events from now on, the old one what it was given.
+    pub fn apply(&self, spec: Option<&wharf_api::domain::AuditSpec>) {
+        if !self.enabled {
+            return;
+        }
+        let days = spec.and_then(|spec| spec.retention_days).unwrap_or(self.defaults.retention_days);
+        self.store.retention_days.store(days, std::sync::atomic::Ordering::Relaxed);
+        let url = match spec.and_then(|spec| spec.webhook_url.as_deref()) {
+            Some(url) => match reqwest::Url::parse(url) {
+                Ok(url) => Some(url),
+                Err(error) => {
+                    // The configuration loader refuses such a URL; this is a second line.
+                    tracing::error!(url, %error, "spec.audit.webhookURL is not a URL; audit events go to no webhook");
+                    None
+                }
+            },
+            None => self.defaults.webhook.clone(),
+        };
+        let mut webhook = self.webhook.lock().unwrap_or_else(|e| e.into_inner());
+        if webhook.as_ref().map(|webhook| &webhook.url) == url.as_ref() {
+            return;
+        }
+        *webhook = url.map(|url| {
+            tracing::info!(%url, "audit events go to a webhook");
+            let (queue, batches) = mpsc::channel(self.defaults.queue.max(1));
+            tokio::spawn(deliver(url.clone(), batches, self.metrics.clone()));
+            Webhook { url, queue }
+        });
     }
 
     /// Records an event of `kind` (`token.minted`) with the current request's caller and
     /// address filled in where `data` does not name them.
-    pub fn emit(&self, kind: &str, subject: Option<String>, mut data: EventData) {
+    pub fn emit(&self, kind: &'static str, subject: Option<String>, mut data: EventData) {
+        if !self.enabled {
+            return;
+        }
         let (actor, client) = current();
         if data.actor.is_none() {
             data.actor = actor;
@@ -236,7 +311,7 @@ impl AuditTrail {
         }
         let event = AuditEvent {
             specversion: "1.0".to_owned(),
-            id: uuid::Uuid::new_v4().to_string(),
+            id: format!("{:016x}-{}", self.id_prefix, self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             source: self.source.clone(),
             kind: format!("dev.wharf.{kind}"),
             time: Utc::now(),
@@ -244,6 +319,7 @@ impl AuditTrail {
             datacontenttype: "application/json".to_owned(),
             data,
         };
+        self.metrics.record_audit_event(kind);
         if self.queue.try_send(event).is_err() {
             self.metrics.record_audit_dropped("queue", 1);
         }
@@ -269,6 +345,9 @@ impl AuditTrail {
 
 impl ActivitySink for AuditTrail {
     fn record(&self, activity: Activity) {
+        if !self.enabled {
+            return;
+        }
         let Activity { action, repository, id, version } = activity;
         let kind = action.name();
         let subject = Some(match &version {
@@ -303,7 +382,7 @@ impl ActivitySink for AuditTrail {
 async fn dispatch(
     mut events: mpsc::Receiver<AuditEvent>,
     log: AuditLog,
-    webhook: Option<mpsc::Sender<AuditEvent>>,
+    webhook: Arc<Mutex<Option<Webhook>>>,
     store: Arc<AuditStore>,
     metrics: Arc<Metrics>,
 ) {
@@ -319,13 +398,7 @@ async fn dispatch(
         },
     };
     let mut lines = Vec::new();
-    while let Some(first) = events.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 1024
-            && let Ok(event) = events.try_recv()
-        {
-            batch.push(event);
-        }
+    while let Some(batch) = gather(&mut events, STREAM_BATCH, STREAM_LINGER).await {
         if let Some(writer) = stream.as_mut() {
             lines.clear();
             for event in &batch {
@@ -343,12 +416,12 @@ async fn dispatch(
                 metrics.record_audit_dropped("log", batch.len() as u64);
             }
         }
-        for event in &batch {
-            metrics.record_audit_event(&event.kind);
-            if let Some(webhook) = &webhook
-                && webhook.try_send(event.clone()).is_err()
-            {
-                metrics.record_audit_dropped("webhook", 1);
+        let webhook = webhook.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|webhook| webhook.queue.clone());
+        if let Some(webhook) = &webhook {
+            for event in &batch {
+                if webhook.try_send(event.clone()).is_err() {
+                    metrics.record_audit_dropped("webhook", 1);
+                }
             }
         }
         let dropped = store.add(batch);
@@ -356,6 +429,24 @@ async fn dispatch(
             metrics.record_audit_dropped("storage", dropped);
         }
     }
+}
+
+/// The next events: waits for one, then takes more for up to `linger`, at most `max`;
+/// `None` once the queue is closed and empty.
+async fn gather(events: &mut mpsc::Receiver<AuditEvent>, max: usize, linger: Duration) -> Option<Vec<AuditEvent>> {
+    let mut batch = vec![events.recv().await?];
+    let linger = tokio::time::sleep(linger);
+    tokio::pin!(linger);
+    while batch.len() < max {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => batch.push(event),
+                None => break,
+            },
+            () = &mut linger => break,
+        }
+    }
+    Some(batch)
 }
 
 /// POSTs batches to the webhook, retrying each a few times with growing pauses.
@@ -367,19 +458,7 @@ async fn deliver(url: reqwest::Url, mut events: mpsc::Receiver<AuditEvent>, metr
             return;
         }
     };
-    while let Some(first) = events.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::sleep(WEBHOOK_LINGER);
-        tokio::pin!(linger);
-        while batch.len() < WEBHOOK_BATCH {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => batch.push(event),
-                    None => break,
-                },
-                () = &mut linger => break,
-            }
-        }
+    while let Some(batch) = gather(&mut events, WEBHOOK_BATCH, WEBHOOK_LINGER).await {
         let body = match serde_json::to_vec(&batch) {
             Ok(body) => body,
             Err(_) => continue,
@@ -469,11 +548,11 @@ struct StoredEvents {
 /// The events of a Domain kept in its storage.
 struct AuditStore {
     storage: Storage,
-    retention_days: u32,
+    retention_days: std::sync::atomic::AtomicU32,
     /// Names this process's objects (see [`wharf_core::downloads::writer_name`]).
     writer: String,
     sequence: std::sync::atomic::AtomicU64,
-    unwritten: Mutex<Vec<AuditEvent>>,
+    unwritten: Mutex<Unwritten>,
     /// Objects already read: they never change.
     read: Mutex<HashMap<String, Arc<Vec<AuditEvent>>>>,
     expired_through: Mutex<Option<NaiveDate>>,
@@ -483,7 +562,7 @@ impl AuditStore {
     fn new(storage: Storage, retention_days: u32) -> Self {
         AuditStore {
             storage,
-            retention_days,
+            retention_days: retention_days.into(),
             writer: wharf_core::downloads::writer_name(),
             sequence: Default::default(),
             unwritten: Mutex::default(),
@@ -492,24 +571,27 @@ impl AuditStore {
         }
     }
 
-    /// Keeps events for the next flush; returns how many it had to drop.
+    /// Keeps events for the next flush, downloads folded; returns how many it had to drop.
     fn add(&self, events: Vec<AuditEvent>) -> u64 {
         let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
-        let room = MAX_UNWRITTEN.saturating_sub(unwritten.len());
-        let dropped = events.len().saturating_sub(room) as u64;
-        unwritten.extend(events.into_iter().take(room));
+        let mut dropped = 0;
+        for event in events {
+            if !unwritten.fold(event) {
+                dropped += 1;
+            }
+        }
         dropped
     }
 
     /// Writes the unwritten events, one object per day they fall on; kept for the next
     /// flush when storage fails.
     async fn flush(&self) {
-        let events = std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
+        let events = std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner())).events;
         if events.is_empty() {
             return;
         }
         let mut days: BTreeMap<NaiveDate, Vec<AuditEvent>> = BTreeMap::new();
-        for event in fold_downloads(events) {
+        for event in events {
             days.entry(event.time.date_naive()).or_default().push(event);
         }
         for (day, events) in days {
@@ -529,7 +611,8 @@ impl AuditStore {
         if *self.expired_through.lock().unwrap_or_else(|e| e.into_inner()) == Some(today) {
             return;
         }
-        let oldest_kept = today - chrono::Days::new(u64::from(self.retention_days));
+        let days = self.retention_days.load(std::sync::atomic::Ordering::Relaxed);
+        let oldest_kept = today - chrono::Days::new(u64::from(days));
         let days = match self.storage.list_children(&keys::audit_days()).await {
             Ok(days) => days,
             Err(error) => {
@@ -569,8 +652,9 @@ impl AuditStore {
                 break;
             }
         }
-        let unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        found.extend(fold_downloads(unwritten).into_iter().filter(|event| query.matches(event)));
+        let unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        found.extend(unwritten.events.iter().filter(|event| query.matches(event)).cloned());
+        drop(unwritten);
         found.sort_by_key(|event| event.time);
         found.truncate(limit);
         Ok(found)
@@ -596,32 +680,45 @@ impl AuditStore {
 /// What downloads fold by: who, from where, which version (the event's subject), which file.
 type DownloadKey = (Option<Actor>, Option<String>, Option<String>, Option<String>);
 
-/// Folds downloads of the same file by the same caller from the same address into the
-/// first of them, counted; other events stay as they are, in order.
-fn fold_downloads(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
-    let mut folded: Vec<AuditEvent> = Vec::with_capacity(events.len());
-    let mut first_of: HashMap<DownloadKey, usize> = HashMap::new();
-    for event in events {
+/// The events a process has not written yet, downloads of one file by one caller from one
+/// address folded into the first of them with a count, so a busy registry holds one event
+/// per such download between flushes, not one per request.
+#[derive(Default)]
+struct Unwritten {
+    events: Vec<AuditEvent>,
+    downloads: HashMap<DownloadKey, usize>,
+}
+
+impl Unwritten {
+    /// Adds an event; false when it had no room.
+    fn fold(&mut self, event: AuditEvent) -> bool {
         if event.kind != "dev.wharf.package.downloaded" {
-            folded.push(event);
-            continue;
+            return self.push(event);
         }
         let data = &event.data;
         let file = data.details.get("file").and_then(|f| f.as_str()).map(str::to_owned);
         let key = (data.actor.clone(), data.client_address.clone(), event.subject.clone(), file);
-        match first_of.get(&key) {
+        match self.downloads.get(&key) {
             Some(&index) => {
-                let first = &mut folded[index];
+                let first = &mut self.events[index];
                 first.data.count = Some(first.data.count.unwrap_or(1) + event.data.count.unwrap_or(1));
                 first.data.last_time = Some(event.data.last_time.unwrap_or(event.time));
+                true
             }
             None => {
-                first_of.insert(key, folded.len());
-                folded.push(event);
+                self.downloads.insert(key, self.events.len());
+                self.push(event)
             }
         }
     }
-    folded
+
+    fn push(&mut self, event: AuditEvent) -> bool {
+        if self.events.len() >= MAX_UNWRITTEN {
+            return false;
+        }
+        self.events.push(event);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -654,14 +751,18 @@ mod tests {
             download("app/npm/a@1", "dev", 12),
             download("app/npm/a@1", "ci", 13),
         ];
-        let folded = fold_downloads(events);
+        let mut unwritten = Unwritten::default();
+        events.into_iter().for_each(|event| assert!(unwritten.fold(event)));
+        let folded = unwritten.events;
         assert_eq!(folded.len(), 2);
         assert_eq!(folded[0].data.count, Some(3));
         assert_eq!(folded[0].data.last_time, DateTime::from_timestamp(13, 0));
         assert_eq!(folded[1].data.count, None);
-        // Folding again (a query over folded objects and unwritten events) adds counts up.
-        let again = fold_downloads(vec![folded[0].clone(), download("app/npm/a@1", "ci", 14)]);
-        assert_eq!(again[0].data.count, Some(4));
+        // Folding a folded event again (a flush that failed gives its events back) adds
+        // the counts up.
+        let mut again = Unwritten::default();
+        assert!(again.fold(folded[0].clone()) && again.fold(download("app/npm/a@1", "ci", 14)));
+        assert_eq!(again.events[0].data.count, Some(4));
     }
 
     #[test]

@@ -147,20 +147,25 @@ struct ServeArgs {
     /// cleanup rules' notDownloadedFor (one storage write each time, whatever the traffic).
     #[arg(long, env = "WHARF_DOWNLOADS_FLUSH_INTERVAL", default_value = "5m", value_parser = timeout)]
     downloads_flush_interval: Duration,
+    /// Record no audit events at all (the trail's stream, webhook and storage record), to
+    /// measure what it costs or where another layer audits.
+    #[arg(long, env = "WHARF_NO_AUDIT")]
+    no_audit: bool,
     /// Where audit events go as CloudEvents JSON lines: stdout (operational logs go to
     /// stderr), a file path (appended to), or off. Storage and the webhook get them either way.
     #[arg(long, env = "WHARF_AUDIT_LOG", default_value = "stdout")]
     audit_log: wharf_registry::audit::AuditLog,
     /// An HTTP(S) URL batches of audit events are POSTed to
     /// (application/cloudevents-batch+json), retried; events are dropped, and counted in
-    /// wharf_audit_events_dropped, when it stays down.
+    /// wharf_audit_events_dropped, when it stays down. The Domain's spec.audit.webhookURL,
+    /// when set, takes its place.
     #[arg(long, env = "WHARF_AUDIT_WEBHOOK")]
     audit_webhook: Option<reqwest::Url>,
     /// How often each replica writes the audit events it recorded to storage (one write
     /// each time, whatever the traffic), where GET /api/v1/audit reads them.
     #[arg(long, env = "WHARF_AUDIT_FLUSH_INTERVAL", default_value = "10s", value_parser = timeout)]
     audit_flush_interval: Duration,
-    /// Days the Domain's storage keeps audit events.
+    /// Days the Domain's storage keeps audit events, unless its spec.audit.retentionDays says.
     #[arg(long, env = "WHARF_AUDIT_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
     audit_retention_days: u32,
     /// Time between runs of the storage collector (`storage gc`); replicas take turns.
@@ -433,6 +438,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         key_refresh: args.key_refresh_interval,
         downloads_flush: args.downloads_flush_interval,
         audit: wharf_registry::audit::AuditOptions {
+            enabled: !args.no_audit,
             log: args.audit_log.clone(),
             webhook: args.audit_webhook.clone(),
             flush_interval: args.audit_flush_interval,

@@ -120,7 +120,8 @@ pub async fn build_state(
     let metrics = Arc::new(Metrics::new(upstream.requests()));
     let tokens = TokenLedger::new(storage.clone());
     tokens.keep_reloading(wharf_api::TOKEN_TTL_CEILING.as_secs() as i64);
-    let audit = crate::audit::AuditTrail::start(&domain, storage.clone(), &options.audit, metrics.clone());
+    let audit_spec = config.domain.spec.audit.as_ref();
+    let audit = crate::audit::AuditTrail::start(&domain, storage.clone(), &options.audit, audit_spec, metrics.clone());
     let registry = Arc::new(Registry::new(storage).with_activity(audit.clone()));
     tokio::spawn(flush_downloads(Arc::downgrade(&registry), options.downloads_flush));
     let collector =
@@ -228,6 +229,7 @@ impl LiveServer {
         let credentials = wharf_upstream::resolve_credentials(&config, secrets)?;
         old.packages.upstream.replace_credentials(credentials);
         old.collector.set_cleanup(&config);
+        old.audit.apply(config.domain.spec.audit.as_ref());
         // Views through chains belong to the configuration they were built under: new
         // pipelines, over the same core and client.
         let packages =

@@ -298,7 +298,7 @@ async fn issue(
     subject: String,
     request: TokenRequest,
     ttl: u64,
-    event: &str,
+    event: &'static str,
 ) -> Result<Response, ApiError> {
     let now = chrono::Utc::now().timestamp();
     let claims = TokenClaims {

@@ -67,7 +67,7 @@ pub struct Metrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
-    r#type: String,
+    r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,7 +124,11 @@ impl Metrics {
             let _ = token_reviews.get_or_create(&ResultLabels { result });
         }
         let audit_events = Family::<EventLabels, Counter>::default();
-        registry.register("audit_events", "Audit events recorded, by type", audit_events.clone());
+        registry.register(
+            "audit_events",
+            "Audit events recorded, by type (package.downloaded, …)",
+            audit_events.clone(),
+        );
         let audit_dropped = Family::<SinkLabels, Counter>::default();
         registry.register(
             "audit_events_dropped",
@@ -148,9 +152,8 @@ impl Metrics {
     }
 
     /// Counts an audit event taken off the queue.
-    pub fn record_audit_event(&self, kind: &str) {
-        let kind = kind.strip_prefix("dev.wharf.").unwrap_or(kind);
-        self.audit_events.get_or_create(&EventLabels { r#type: kind.to_owned() }).inc();
+    pub fn record_audit_event(&self, kind: &'static str) {
+        self.audit_events.get_or_create(&EventLabels { r#type: kind }).inc();
     }
 
     /// Counts audit events lost at `sink`.

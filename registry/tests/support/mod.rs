@@ -83,6 +83,8 @@ pub struct TestServer {
     /// The data folder, when the server owns it.
     _data: Option<tempfile::TempDir>,
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// What the server wrote to standard output after it began listening: the audit stream.
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// A client that trusts the server's certificate when it serves HTTPS.
     pub client: reqwest::Client,
 }
@@ -175,9 +177,15 @@ impl TestServer {
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        TestServer { child, base, port, _data: None, logs, client: reqwest::Client::new() }
+        TestServer { child, base, port, _data: None, logs, stdout, client: reqwest::Client::new() }
     }
 
     fn wait_ready(&self) {
@@ -213,16 +221,27 @@ impl TestServer {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The audit stream so far: the JSON lines on standard output.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        let lines = self.stdout.lock().unwrap();
+        lines.iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// Mints a token through the management API.
+    /// Mints a token for `ci-bot` through the management API.
     pub async fn token(&self, repositories: &[&str], permissions: &[&str]) -> String {
+        self.token_for("ci-bot", repositories, permissions).await
+    }
+
+    /// Mints a token for `subject` through the management API.
+    pub async fn token_for(&self, subject: &str, repositories: &[&str], permissions: &[&str]) -> String {
         let response = self.client
             .post(self.url("/api/v1/auth/token"))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({"repositories": repositories, "permissions": permissions, "ttlSeconds": 3600, "subject": "ci-bot"}))
+            .json(&serde_json::json!({"repositories": repositories, "permissions": permissions, "ttlSeconds": 3600, "subject": subject}))
             .send()
             .await
             .unwrap();
@@ -497,6 +516,28 @@ metadata: {name: main}
 spec:
   domainRef: {name: acme}
   access: {read: [{kind: Anonymous}]}
+"#;
+
+/// Domain `acme` on a local folder (`{data}`), with private Repositories `dev` (where CI
+/// publishes) and `prod` (what builds read).
+pub const DEV_AND_PROD_ON_A_FOLDER: &str = r#"apiVersion: wharf.dev/v1alpha1
+kind: Domain
+metadata: {name: acme}
+spec:
+  storage:
+    filesystem: {path: "{data}"}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: dev}
+spec:
+  domainRef: {name: acme}
+---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {name: prod}
+spec:
+  domainRef: {name: acme}
 "#;
 
 pub fn write_npmrc(workspace: &Workspace, dir: &str, server: &TestServer, repo: &str, token: Option<&str>) {
