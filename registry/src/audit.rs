@@ -224,6 +224,8 @@ pub struct AuditTrail {
     /// The command line's settings, which the Domain's `spec.audit` overrides.
     defaults: AuditOptions,
     webhook: Arc<Mutex<Option<Webhook>>>,
+    /// Events queued and not yet with the store: a flush at shutdown waits for them.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The webhook events are delivered to now, and the queue of its delivery task.
@@ -246,8 +248,10 @@ impl AuditTrail {
         let (queue, events) = mpsc::channel(options.queue.max(1));
         let store = Arc::new(AuditStore::new(storage, options.retention_days));
         let webhook = Arc::new(Mutex::new(None));
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         if options.enabled {
-            tokio::spawn(dispatch(events, options.log.clone(), webhook.clone(), store.clone(), metrics.clone()));
+            let sinks = Sinks { webhook: webhook.clone(), store: store.clone(), in_flight: in_flight.clone() };
+            tokio::spawn(dispatch(events, options.log.clone(), sinks, metrics.clone()));
             tokio::spawn(flush_periodically(Arc::downgrade(&store), options.flush_interval));
         }
         let trail = Arc::new(AuditTrail {
@@ -260,6 +264,7 @@ impl AuditTrail {
             metrics,
             defaults: options.clone(),
             webhook,
+            in_flight,
         });
         trail.apply(spec);
         trail
@@ -320,24 +325,26 @@ impl AuditTrail {
             data,
         };
         self.metrics.record_audit_event(kind);
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.queue.try_send(event).is_err() {
+            self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             self.metrics.record_audit_dropped("queue", 1);
         }
     }
 
     /// Writes what this process has not written yet (at shutdown).
     pub async fn flush(&self) {
-        // What is still queued reaches the store first.
-        for _ in 0..50 {
-            if self.queue.capacity() == self.queue.max_capacity() {
+        // What is still queued or being written to the stream reaches the store first.
+        for _ in 0..100 {
+            if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.store.flush().await;
     }
 
-    /// Events matching `query`, oldest first, at most `query.limit`.
+    /// The newest `query.limit` events matching `query`, oldest first.
     pub async fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, wharf_storage::StorageError> {
         self.store.query(query).await
     }
@@ -379,13 +386,15 @@ impl ActivitySink for AuditTrail {
 }
 
 /// Takes events off the queue to the stream, the webhook's queue and the store.
-async fn dispatch(
-    mut events: mpsc::Receiver<AuditEvent>,
-    log: AuditLog,
+/// Where the audit task hands events on, besides the stream.
+struct Sinks {
     webhook: Arc<Mutex<Option<Webhook>>>,
     store: Arc<AuditStore>,
-    metrics: Arc<Metrics>,
-) {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn dispatch(mut events: mpsc::Receiver<AuditEvent>, log: AuditLog, sinks: Sinks, metrics: Arc<Metrics>) {
+    let Sinks { webhook, store, in_flight } = sinks;
     let mut stream: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match &log {
         AuditLog::Off => None,
         AuditLog::Stdout => Some(Box::new(tokio::io::stdout())),
@@ -424,7 +433,9 @@ async fn dispatch(
                 }
             }
         }
+        let handed_on = batch.len();
         let dropped = store.add(batch);
+        in_flight.fetch_sub(handed_on, std::sync::atomic::Ordering::SeqCst);
         if dropped > 0 {
             metrics.record_audit_dropped("storage", dropped);
         }
@@ -517,7 +528,7 @@ pub struct AuditQuery {
     /// Default: seven days ago.
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
-    /// Default 1000, at most 10,000.
+    /// The newest this many (default 1000, at most 10,000).
     pub limit: Option<usize>,
 }
 
@@ -633,9 +644,12 @@ impl AuditStore {
     }
 
     async fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, wharf_storage::StorageError> {
-        let limit = query.limit.unwrap_or(1000).min(10_000);
+        let limit = query.limit.unwrap_or(1000).clamp(1, 10_000);
         let now = Utc::now();
-        let since = query.since.unwrap_or(now - chrono::Duration::days(7));
+        // Nothing older than the retention is kept: no day before it is listed.
+        let retention = self.retention_days.load(std::sync::atomic::Ordering::Relaxed);
+        let kept_since = now - chrono::Duration::days(i64::from(retention) + 1);
+        let since = query.since.unwrap_or(now - chrono::Duration::days(7)).max(kept_since);
         let until = query.until.unwrap_or(now);
         let mut found = Vec::new();
         let mut day = since.date_naive();
@@ -656,7 +670,7 @@ impl AuditStore {
         found.extend(unwritten.events.iter().filter(|event| query.matches(event)).cloned());
         drop(unwritten);
         found.sort_by_key(|event| event.time);
-        found.truncate(limit);
+        found.drain(..found.len().saturating_sub(limit));
         Ok(found)
     }
 

@@ -283,3 +283,30 @@ async fn the_audit_query_answers_in_under_100_ms_after_10_000_downloads() {
     assert_eq!(builds.len(), 10, "who pulled it: {builds:?}");
     assert!(fastest < Duration::from_millis(100), "the audit query took {fastest:?}");
 }
+
+/// What a registry recorded right before it was stopped is in the Domain's record after
+/// it starts again: shutdown writes what the last flush had not.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_recorded_before_a_shutdown_are_kept() {
+    let data = tempfile::tempdir().unwrap();
+    let config = promotion_config();
+    let flags = ["--audit-log", "off", "--audit-flush-interval", "1h"];
+    let mut server = TestServer::start_in(data.path(), Some(&config), &flags);
+    let ci = server.token_for("ci-bot", &["dev"], &["publish"]).await;
+    let body = b"tool 1.0.0".to_vec();
+    let checksum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    let url = server.url("/generic/dev/acme/tool/1.0.0/tool.bin");
+    let put = server.client.put(url).bearer_auth(&ci).header("x-checksum-sha256", checksum).body(body);
+    assert_eq!(put.send().await.unwrap().status(), 201);
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).success());
+
+    let restarted = TestServer::start_in(data.path(), Some(&config), &flags);
+    let query = restarted.url("/api/v1/audit?type=package.published&repository=dev");
+    let answer: Value =
+        restarted.client.get(query).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{answer:#}");
+    assert_eq!(events[0]["data"]["actor"]["subject"], "ci-bot");
+    assert_eq!(events[0]["subject"], "dev/generic/acme/tool@1.0.0");
+}

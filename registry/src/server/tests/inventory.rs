@@ -259,6 +259,8 @@ async fn versions_are_copied_under_the_destinations_rules_and_audited() {
     let minted = app.audit("type=token.minted", ADMIN, 4).await;
     assert!(minted.iter().any(|e| e["data"]["tokenSubject"] == "release-bot" && e["data"]["actor"]["kind"] == "admin"));
     assert!(minted.iter().all(|e| !e.to_string().contains("eyJ")), "a token's secret is never audited");
+    let newest = app.audit("type=token.minted&limit=1", ADMIN, 1).await;
+    assert_eq!((newest.len(), &newest[0]["data"]["tokenSubject"]), (1, &json!("hotfix")), "the newest, not the oldest");
 
     // Only an administrator reads the whole trail; a Repository's publishers read its own.
     assert_eq!(app.get("/api/v1/audit", None).await.status, StatusCode::UNAUTHORIZED);
