@@ -10,6 +10,49 @@ use serde::{Deserialize, Serialize};
 /// The key of the usage ConfigMap that holds the report (JSON).
 pub const USAGE_KEY: &str = "usage.json";
 
+/// The keys of the usage ConfigMap holding each registry process's recent copies and
+/// deletions (`actions-{process}.json`, a JSON list of [`RepositoryAction`]s), which the
+/// operator announces as Events on the Repositories.
+pub const ACTIONS_KEY_PREFIX: &str = "actions-";
+
+/// A copy into a Repository, or a deletion from it: what a platform team wants to see in
+/// `kubectl describe repository` (publishes are too many; the audit trail has them).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryAction {
+    /// Unique: an Event is made once per id.
+    pub id: String,
+    /// RFC 3339.
+    pub at: String,
+    /// `Copied` or `Deleted`.
+    pub kind: String,
+    /// The Repository copied into, or deleted from.
+    pub repository: String,
+    /// The package's format (`npm`, …).
+    pub format: String,
+    /// The package's name, as the format normalises it.
+    pub package: String,
+    /// The versions copied, or the one deleted.
+    pub versions: Vec<String>,
+    /// Who did it.
+    pub by: String,
+    /// The Repository copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl RepositoryAction {
+    /// The Event's reason and note.
+    pub fn event(&self) -> (&'static str, String) {
+        let versions = self.versions.join(", ");
+        let package = format!("{} {}", self.format, self.package);
+        match &self.source {
+            Some(source) => ("VersionsCopied", format!("{} copied {package} {versions} from {source}", self.by)),
+            None => ("VersionDeleted", format!("{} deleted {package} {versions}", self.by)),
+        }
+    }
+}
+
 /// One count of the Domain's storage.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

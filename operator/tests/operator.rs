@@ -556,9 +556,14 @@ async fn usage_the_registry_reports_shows_in_status() {
     let kubeconfig = plane.service_account_kubeconfig(ns, "wharf-counted").await.unwrap();
     let registry = wharf_test_harness::client_for(&std::fs::read_to_string(kubeconfig).unwrap()).await.unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(registry, ns);
-    let report = serde_json::json!({"repositories": {"web": {"packages": 2, "versions": 3, "bytes": 3 * 1024 * 1024}},
-        "blobs": 2, "storedBytes": 2 * 1024 * 1024, "measuredAt": "2026-12-06T00:00:00Z"});
-    let patch = serde_json::json!({"data": {"usage.json": report.to_string()}});
+    let report = serde_json::json!({"repositories": {"web": {"packages": 2, "versions": 3, "bytes": 3 * 1024 * 1024,
+        "lastPublished": "2026-12-05T10:00:00Z"}}, "blobs": 2, "storedBytes": 2 * 1024 * 1024, "measuredAt": "2026-12-06T00:00:00Z"});
+    // A copy the registry reports, as it does right after one: an Event on the Repository.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let copy = serde_json::json!([{"id": "c1", "at": now, "kind": "Copied", "repository": "web", "format": "npm",
+        "package": "app", "versions": ["1.0.0", "1.1.0"], "by": "release-bot", "source": "dev"}]);
+    let patch =
+        serde_json::json!({"data": {"usage.json": report.to_string(), "actions-registry-1.json": copy.to_string()}});
     config_maps.patch("wharf-counted-usage", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let refused = config_maps.patch("wharf-counted-config", &PatchParams::default(), &Patch::Merge(&patch)).await;
     assert!(refused.is_err(), "the registry may not write its configuration");
@@ -574,6 +579,7 @@ async fn usage_the_registry_reports_shows_in_status() {
             && domain_usage.logical_bytes == 3 * 1024 * 1024
             && usage.size == "3.0 MiB"
             && usage.counts.versions == 3
+            && usage.counts.last_published.as_deref() == Some("2026-12-05T10:00:00Z")
         {
             Ok(())
         } else {
@@ -582,6 +588,27 @@ async fn usage_the_registry_reports_shows_in_status() {
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let copied = eventually(WAIT, "a VersionsCopied event on the Repository", || async {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let copied: Vec<Event> = list
+            .items
+            .into_iter()
+            .filter(|event| event.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Repository"))
+            .filter(|event| event.reason.as_deref() == Some("VersionsCopied"))
+            .collect();
+        if copied.is_empty() { Err("none yet".to_owned()) } else { Ok(copied) }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\noperator log:\n{}", operator_log()));
+    assert_eq!(copied[0].note.as_deref(), Some("release-bot copied npm app 1.0.0, 1.1.0 from dev"));
+    assert_eq!(copied[0].regarding.as_ref().and_then(|r| r.name.as_deref()), Some("web"));
+    // Announced once, however often the Domain is reconciled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let list = events.list(&ListParams::default()).await.unwrap();
+    let copies = list.items.iter().filter(|event| event.reason.as_deref() == Some("VersionsCopied")).count();
+    assert_eq!(copies, 1);
 }
 
 /// An autoscaled Domain: the operator renders the HorizontalPodAutoscaler and leaves the

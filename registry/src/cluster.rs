@@ -33,12 +33,54 @@ fn config_map_reference<'a>(flag: &str, reference: &'a str) -> anyhow::Result<(&
 pub struct UsageReporter {
     api: Api<ConfigMap>,
     name: String,
+    /// This process's key for its recent copies and deletions.
+    actions_key: String,
+    actions: tokio::sync::Mutex<std::collections::VecDeque<wharf_api::usage::RepositoryAction>>,
 }
+
+/// Copies and deletions one process keeps in its key: the operator reads them within
+/// seconds, so a few are plenty.
+const ACTIONS_KEPT: usize = 20;
+/// A key whose newest action is this old belongs to a process long gone: its next writer
+/// removes it.
+const ACTIONS_STALE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 impl UsageReporter {
     pub fn new(client: Client, reference: &str) -> anyhow::Result<UsageReporter> {
         let (namespace, name) = config_map_reference("--usage-config-map", reference)?;
-        Ok(UsageReporter { api: Api::namespaced(client, namespace), name: name.to_owned() })
+        Ok(UsageReporter {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            actions_key: format!(
+                "{}{}.json",
+                wharf_api::usage::ACTIONS_KEY_PREFIX,
+                wharf_core::downloads::writer_name()
+            ),
+            actions: Default::default(),
+        })
+    }
+
+    /// Hands a copy or deletion to the operator, which makes it an Event on the Repository;
+    /// removes keys of processes that have not written for a day. A failure is logged.
+    pub async fn report_action(&self, action: wharf_api::usage::RepositoryAction) {
+        let mut actions = self.actions.lock().await;
+        actions.push_back(action);
+        while actions.len() > ACTIONS_KEPT {
+            actions.pop_front();
+        }
+        let Ok(json) = serde_json::to_string(&*actions) else { return };
+        let mut data = serde_json::Map::new();
+        if let Ok(current) = self.api.get(&self.name).await {
+            data.extend(
+                stale_action_keys(&current, chrono::Utc::now()).into_iter().map(|key| (key, serde_json::Value::Null)),
+            );
+        }
+        data.insert(self.actions_key.clone(), serde_json::Value::String(json));
+        let patch = serde_json::json!({"data": data});
+        let params = kube::api::PatchParams::default();
+        if let Err(error) = self.api.patch(&self.name, &params, &kube::api::Patch::Merge(&patch)).await {
+            tracing::warn!(config_map = %self.name, %error, "failed to report a copy or deletion to the operator");
+        }
     }
 
     /// Replaces the report; a failure is logged, the next collection reports again.
@@ -50,6 +92,19 @@ impl UsageReporter {
             tracing::warn!(config_map = %self.name, %error, "failed to report storage usage");
         }
     }
+}
+
+/// The action keys of `config_map` whose newest action is older than [`ACTIONS_STALE`].
+fn stale_action_keys(config_map: &ConfigMap, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let data = config_map.data.iter().flatten();
+    data.filter(|(key, _)| key.starts_with(wharf_api::usage::ACTIONS_KEY_PREFIX))
+        .filter(|(_, json)| {
+            let actions: Vec<wharf_api::usage::RepositoryAction> = serde_json::from_str(json).unwrap_or_default();
+            let newest = actions.iter().filter_map(|a| chrono::DateTime::parse_from_rfc3339(&a.at).ok()).max();
+            newest.is_none_or(|newest| now.signed_duration_since(newest) > ACTIONS_STALE)
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
 }
 
 /// A ConfigMap holding a Domain's configuration.
@@ -124,5 +179,36 @@ impl ConfigMapSource {
             }
             serving = revision;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_processes_silent_for_a_day_are_stale() {
+        let action = |at: &str| {
+            serde_json::json!([{"id": "a", "at": at, "kind": "Deleted", "repository": "web", "format": "npm",
+                "package": "app", "versions": ["1.0.0"], "by": "admin"}])
+            .to_string()
+        };
+        let config_map = ConfigMap {
+            data: Some(
+                [
+                    ("usage.json".to_owned(), "{}".to_owned()),
+                    ("actions-old.json".to_owned(), action("2026-12-01T00:00:00Z")),
+                    ("actions-new.json".to_owned(), action("2026-12-06T07:00:00Z")),
+                    ("actions-garbled.json".to_owned(), "not json".to_owned()),
+                ]
+                .into(),
+            ),
+            ..ConfigMap::default()
+        };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-06T08:00:00Z").unwrap().to_utc();
+        let mut stale = stale_action_keys(&config_map, now);
+        stale.sort();
+        assert_eq!(stale, ["actions-garbled.json", "actions-old.json"]);
     }
 }

@@ -53,6 +53,14 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Hands a copy or deletion to the operator (cluster mode; elsewhere nothing to do),
+    /// without holding up the request.
+    pub fn report_action(&self, action: wharf_api::usage::RepositoryAction) {
+        if let Some(usage) = self.usage.clone() {
+            tokio::spawn(async move { usage.report_action(action).await });
+        }
+    }
+
     /// A collector of `registry`'s storage, running on its own task until dropped.
     pub fn start(
         registry: Arc<Registry>,

@@ -273,6 +273,32 @@ async fn service_account_tokens_are_credentials_as_the_repository_grants() {
     .await
     .unwrap();
     assert_eq!(status(&bot), 200, "publishers read");
+
+    // A takedown is handed to the operator in the usage ConfigMap, under this process's own
+    // key, for an Event on the Repository.
+    let takedown = server.url("/api/v1/repositories/web/packages/npm/@acme%2fgreeting/versions/1.0.0");
+    let deleted =
+        http_request("DELETE", &takedown, &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))], "").unwrap();
+    assert_eq!(deleted, 200);
+    let action = eventually(Duration::from_secs(10), "the deletion reported", || async {
+        let config_map = config_maps.get("wharf-acme-usage").await.map_err(|e| e.to_string())?;
+        let data = config_map.data.unwrap_or_default();
+        let (_, json) = data.iter().find(|(key, _)| key.starts_with("actions-")).ok_or("no actions key yet")?;
+        let actions: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        actions.into_iter().next().ok_or_else(|| json.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (&action["kind"], &action["repository"], &action["package"], &action["versions"], &action["by"]),
+        (
+            &serde_json::json!("Deleted"),
+            &serde_json::json!("web"),
+            &serde_json::json!("@acme/greeting"),
+            &serde_json::json!(["1.0.0"]),
+            &serde_json::json!("admin")
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

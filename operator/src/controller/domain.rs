@@ -258,6 +258,7 @@ async fn apply_domain(domain: &Domain, ctx: &Context) -> Result<Action, Error> {
     };
     write_status(&ctx.client, domain, domain.status.as_ref(), &status).await?;
     announce_transition(ctx, domain, &previous.conditions, &status.conditions).await;
+    ctx.announce_repository_actions(domain).await;
     Ok(Action::requeue(RESYNC))
 }
 

@@ -183,6 +183,12 @@ pub struct Context {
     /// Repositories each rendered configuration serves, by ConfigMap and its
     /// resourceVersion, so a configuration is parsed once per revision, not per Repository.
     served: Mutex<HashMap<ObjectKey, ServedRevision>>,
+    /// The copies and deletions each Domain's registry reported that are Events already,
+    /// by id.
+    announced: Mutex<HashMap<String, std::collections::HashSet<String>>>,
+    /// When this operator started: earlier copies and deletions were its predecessor's to
+    /// announce.
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 /// The Repositories one revision (resourceVersion) of a rendered configuration serves.
@@ -220,6 +226,43 @@ impl Context {
     /// The Repositories the stored rendered configuration of `domain` serves, or `None` when
     /// there is none yet.
     /// The registry's last usage report for `domain`, from its usage ConfigMap.
+    /// Makes an Event on its Repository of every copy and deletion the registry of `domain`
+    /// reported in its usage ConfigMap since this operator started, once each.
+    async fn announce_repository_actions(&self, domain: &Domain) {
+        use wharf_api::usage::{ACTIONS_KEY_PREFIX, RepositoryAction};
+        let names = crate::render::ChildNames::of(domain);
+        let namespace = domain.namespace().unwrap_or_default();
+        let Some(config_map) = self.config_maps.get(&ObjectRef::new(&names.usage_config_map).within(&namespace)) else {
+            return;
+        };
+        let reported: Vec<RepositoryAction> = config_map
+            .data
+            .iter()
+            .flatten()
+            .filter(|(key, _)| key.starts_with(ACTIONS_KEY_PREFIX))
+            .flat_map(|(_, json)| serde_json::from_str::<Vec<RepositoryAction>>(json).unwrap_or_default())
+            .filter(|action| chrono::DateTime::parse_from_rfc3339(&action.at).is_ok_and(|at| at >= self.started))
+            .collect();
+        let fresh: Vec<RepositoryAction> = {
+            let mut announced = self.announced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let ids = announced.entry(format!("{namespace}/{}", domain.name_any())).or_default();
+            // What the registry no longer lists cannot come back: the set stays as small as the list.
+            ids.retain(|id| reported.iter().any(|action| action.id == *id));
+            reported.into_iter().filter(|action| ids.insert(action.id.clone())).collect()
+        };
+        for action in fresh {
+            let repository = self
+                .repositories
+                .state()
+                .into_iter()
+                .find(|r| r.name_any() == action.repository && crate::resolve::refers_to(r, domain));
+            if let Some(repository) = repository {
+                let (reason, note) = action.event();
+                self.publish(repository.as_ref(), EventType::Normal, reason, &action.kind, note).await;
+            }
+        }
+    }
+
     fn usage_of(&self, domain: &Domain) -> Option<wharf_api::usage::UsageReport> {
         let names = crate::render::ChildNames::of(domain);
         let namespace = domain.namespace().unwrap_or_default();
@@ -456,6 +499,8 @@ pub async fn run(client: Client, settings: RegistrySettings, scope: WatchScope, 
         recorder: Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.to_owned(), instance: None }),
         failures: Mutex::new(HashMap::new()),
         served: Mutex::new(HashMap::new()),
+        announced: Mutex::default(),
+        started: chrono::Utc::now(),
     });
     metrics.watch_domains(ctx.domains.clone());
     metrics.set_ready(false);

@@ -668,6 +668,17 @@ pub async fn delete_version(
         .map_err(|e| ApiError::from_core(e, STYLE))?;
     state.collector.wake();
     tracing::info!(%repo, package = %id.name, %version, allow_reuse = query.allow_reuse, "deleted a version");
+    state.collector.report_action(wharf_api::usage::RepositoryAction {
+        id: uuid::Uuid::new_v4().to_string(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        kind: "Deleted".to_owned(),
+        repository: repo.clone(),
+        format: id.format.as_str().to_owned(),
+        package: id.name.clone(),
+        versions: vec![version.clone()],
+        by: access.principal.name().to_owned(),
+        source: None,
+    });
     Ok(Json(DeletedVersion { version, deleted: true, reusable: query.allow_reuse }).into_response())
 }
 

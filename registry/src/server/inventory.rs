@@ -453,6 +453,19 @@ pub async fn copy(
         by: access.principal.name(),
     };
     let report = state.packages.copy(&copy).await.map_err(|e| ApiError::from_core(e, STYLE))?;
+    if !report.copied.is_empty() {
+        state.collector.report_action(wharf_api::usage::RepositoryAction {
+            id: uuid::Uuid::new_v4().to_string(),
+            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            kind: "Copied".to_owned(),
+            repository: access.repo.clone(),
+            format: id.format.as_str().to_owned(),
+            package: id.name.clone(),
+            versions: report.copied.clone(),
+            by: access.principal.name().to_owned(),
+            source: Some(request.source.clone()),
+        });
+    }
     tracing::info!(source = %request.source, destination = %access.repo, package = %id.name, copied = report.copied.len(), "copied versions");
     Ok(Json(report).into_response())
 }
