@@ -18,6 +18,7 @@ use wharf_core::{PackageIndex, VersionEntry, VersionStatus};
 
 use super::access::Access;
 use super::admin::{Admin, package_id, version_key};
+use super::connections::ClientAddress;
 use super::credentials::authenticate;
 use super::openapi::ErrorBody;
 use super::{ApiError, ErrorStyle, SharedState};
@@ -27,6 +28,21 @@ const STYLE: ErrorStyle = ErrorStyle::Json;
 /// Packages a page holds unless the caller asks for fewer.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+
+/// A Repository other than the path's, named in a request, is reached under its own
+/// network rules as the path's is (by the `Access` extractor).
+fn within_network_rules(
+    state: &SharedState,
+    repository: &wharf_api::Repository,
+    permission: Permission,
+    client: Option<axum::Extension<ClientAddress>>,
+) -> Result<(), ApiError> {
+    let address = client.map(|client| client.0.0);
+    match state.network_refusal(repository, permission, address) {
+        Some(refusal) => Err(ApiError::new(StatusCode::FORBIDDEN, refusal, STYLE)),
+        None => Ok(()),
+    }
+}
 
 fn bad_request(error: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(error.to_string(), STYLE)
@@ -425,6 +441,7 @@ pub struct CopyRequest {
 pub async fn copy(
     access: Access<Admin>,
     State(state): State<SharedState>,
+    client: Option<axum::Extension<ClientAddress>>,
     headers: HeaderMap,
     body: Result<Json<CopyRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -441,6 +458,7 @@ pub async fn copy(
     }
     let source = state.repository(&request.source, &headers, Permission::Read, STYLE).await?;
     state.authorize(&headers, source, Permission::Read, STYLE).await?;
+    within_network_rules(&state, source, Permission::Read, client)?;
     let id = package_id(&request.format, &request.package)?;
     let versions: Vec<String> = request.versions.iter().map(|v| version_key(&id, v)).collect::<Result<_, _>>()?;
     let copy = wharf_core::copy::Copy {
@@ -475,6 +493,7 @@ pub async fn copy(
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(crate::audit::AuditQuery), responses((status = 200, body = AuditEvents), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
 pub async fn audit(
     State(state): State<SharedState>,
+    client: Option<axum::Extension<ClientAddress>>,
     headers: HeaderMap,
     query: Result<Query<crate::audit::AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -493,6 +512,7 @@ pub async fn audit(
         };
         let repository = state.repository(name, &headers, Permission::Publish, STYLE).await?;
         state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
+        within_network_rules(&state, repository, Permission::Publish, client)?;
     }
     let events = state.audit.query(&query).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
     Ok(Json(AuditEvents { events }).into_response())

@@ -269,3 +269,31 @@ async fn versions_are_copied_under_the_destinations_rules_and_audited() {
     assert_eq!(app.get("/api/v1/audit?repository=dev", Some(&prod_publisher)).await.status, StatusCode::FORBIDDEN);
     assert_eq!(app.get("/api/v1/audit?repository=prod&bogus=1", Some(&promoter)).await.status, StatusCode::BAD_REQUEST);
 }
+
+/// A Repository named in the body (a copy's source, the audit's repository) is reached
+/// under its own network rules, as the one in the path is.
+#[tokio::test]
+async fn a_copy_source_and_an_audited_repository_keep_their_network_rules() {
+    let config = format!(
+        "{PROMOTION}---
+apiVersion: wharf.dev/v1alpha1
+kind: Repository
+metadata: {{name: vault}}
+spec:
+  domainRef: {{name: acme}}
+  network: {{read: [{{kind: CIDR, cidr: 10.0.0.0/8}}]}}
+"
+    );
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+    let both = app.token_for("release-bot", &["vault", "prod"], &["read", "publish"]).await;
+    // Router tests come over no socket: an unknown address, outside every rule.
+    let copy = json!({"source": "vault", "format": "npm", "package": "app", "allVersions": true});
+    let refused = app.post_json("/api/v1/repositories/prod/copy", Some(&both), &copy).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    assert!(refused.text().contains("spec.network.read"), "{}", refused.text());
+    let audit = app.get("/api/v1/audit?repository=vault", Some(&both)).await;
+    assert_eq!(audit.status, StatusCode::FORBIDDEN, "{}", audit.text());
+    assert!(audit.text().contains("spec.network"), "{}", audit.text());
+    // Without rules, prod answers.
+    assert_eq!(app.get("/api/v1/audit?repository=prod", Some(&both)).await.status, StatusCode::OK);
+}
