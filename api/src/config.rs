@@ -384,6 +384,19 @@ impl Checker<'_> {
         });
     }
 
+    /// Reports each entry of the list at `field` that is neither a CIDR nor an address.
+    fn report_bad_cidrs(&mut self, about: ObjectAt, field: &str, cidrs: &[String], example: &str) {
+        for (position, cidr) in cidrs.iter().enumerate() {
+            if crate::repository::parse_cidr(cidr).is_none() {
+                self.report(
+                    about,
+                    &format!("{field}[{position}]"),
+                    format!("{cidr:?} is not a CIDR ({example}) or an address"),
+                );
+            }
+        }
+    }
+
     /// Where an object was read, for messages that point at a second object.
     fn describe_origin(&self, about: ObjectAt) -> String {
         let origin = match about {
@@ -606,15 +619,8 @@ impl Checker<'_> {
         }
 
         if let Some(network) = &spec.network {
-            for (position, cidr) in network.cluster_cidrs.iter().enumerate() {
-                if crate::repository::parse_cidr(cidr).is_none() {
-                    self.report(
-                        about,
-                        &format!("spec.network.clusterCIDRs[{position}]"),
-                        format!("{cidr:?} is not a CIDR (10.244.0.0/16, fd00:10:244::/56) or an address"),
-                    );
-                }
-            }
+            let example = "10.244.0.0/16, fd00:10:244::/56";
+            self.report_bad_cidrs(about, "spec.network.clusterCIDRs", &network.cluster_cidrs, example);
         }
 
         if let Some(registry) = &spec.registry {
@@ -684,15 +690,7 @@ impl Checker<'_> {
                     );
                 }
             }
-            for (position, proxy) in registry.trusted_proxies.iter().enumerate() {
-                if crate::repository::parse_cidr(proxy).is_none() {
-                    self.report(
-                        about,
-                        &format!("spec.registry.trustedProxies[{position}]"),
-                        format!("{proxy:?} is not a CIDR (10.0.0.0/8) or an address"),
-                    );
-                }
-            }
+            self.report_bad_cidrs(about, "spec.registry.trustedProxies", &registry.trusted_proxies, "10.0.0.0/8");
             if let Some(tls) = &registry.tls {
                 if tls.secret_name.is_some() == tls.issuer_ref.is_some() {
                     self.report(about, "spec.registry.tls", crate::domain::TLS_SECRET_OR_ISSUER.to_owned());

@@ -107,6 +107,8 @@ impl Packages {
             }
             copyable.push((version, entry));
         }
+        // Read once: each version below writes only itself there.
+        let existing = self.registry.package(destination, id).await?;
         for (version, entry) in copyable {
             // A version published here must be publishable at the destination; one fetched
             // from upstream only where no rule blocks publishing the name there.
@@ -131,7 +133,6 @@ impl Packages {
                 }
                 Err(other) => return Err(other),
             }
-            let existing = self.registry.package(destination, id).await?;
             if let Some(there) = existing.as_ref().and_then(|p| p.index.versions.get(&version)) {
                 let same = there.assets.len() == entry.assets.len()
                     && there.assets.iter().zip(&entry.assets).all(|((a, x), (b, y))| a == b && x.digests == y.digests);

@@ -64,6 +64,13 @@ impl UsageReporter {
     /// removes keys of processes that have not written for a day. A failure is logged.
     pub async fn report_action(&self, action: wharf_api::usage::RepositoryAction) {
         let mut actions = self.actions.lock().await;
+        // Its own stale actions go too: written again after another replica removed the
+        // key, they would be announced again.
+        let now = chrono::Utc::now();
+        actions.retain(|kept| {
+            chrono::DateTime::parse_from_rfc3339(&kept.at)
+                .is_ok_and(|at| now.signed_duration_since(at) <= ACTIONS_STALE)
+        });
         actions.push_back(action);
         while actions.len() > ACTIONS_KEPT {
             actions.pop_front();

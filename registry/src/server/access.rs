@@ -7,8 +7,8 @@
 use std::marker::PhantomData;
 
 use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 
 use super::connections::ClientAddress;
 use super::{ApiError, AppState, ErrorStyle, SharedState};
@@ -65,12 +65,8 @@ impl<C: Client> FromRequestParts<SharedState> for Access<C> {
             .map(|(_, value)| value.to_owned())
             .ok_or_else(|| ApiError::not_found("not found", C::STYLE))?;
         let permission = C::permission(&parts.method, parts.uri.path());
-        let repository = state.repository(&repo, &parts.headers, permission, C::STYLE).await?;
-        let principal = state.authorize(&parts.headers, repository, permission, C::STYLE).await?;
         let address = parts.extensions.get::<ClientAddress>().map(|client| client.0);
-        if let Some(refusal) = state.network_refusal(repository, permission, address) {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, refusal, C::STYLE));
-        }
+        let (_, principal) = state.authorize_named(&repo, &parts.headers, permission, address, C::STYLE).await?;
         Ok(Access { repo, principal, client: PhantomData })
     }
 }

@@ -29,21 +29,6 @@ const STYLE: ErrorStyle = ErrorStyle::Json;
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// A Repository other than the path's, named in a request, is reached under its own
-/// network rules as the path's is (by the `Access` extractor).
-fn within_network_rules(
-    state: &SharedState,
-    repository: &wharf_api::Repository,
-    permission: Permission,
-    client: Option<axum::Extension<ClientAddress>>,
-) -> Result<(), ApiError> {
-    let address = client.map(|client| client.0.0);
-    match state.network_refusal(repository, permission, address) {
-        Some(refusal) => Err(ApiError::new(StatusCode::FORBIDDEN, refusal, STYLE)),
-        None => Ok(()),
-    }
-}
-
 fn bad_request(error: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(error.to_string(), STYLE)
 }
@@ -456,9 +441,9 @@ pub async fn copy(
             STYLE,
         ));
     }
-    let source = state.repository(&request.source, &headers, Permission::Read, STYLE).await?;
-    state.authorize(&headers, source, Permission::Read, STYLE).await?;
-    within_network_rules(&state, source, Permission::Read, client)?;
+    // The source is reached as the path's Repository is: access and network rules.
+    let address = client.map(|client| client.0.0);
+    state.authorize_named(&request.source, &headers, Permission::Read, address, STYLE).await?;
     let id = package_id(&request.format, &request.package)?;
     let versions: Vec<String> = request.versions.iter().map(|v| version_key(&id, v)).collect::<Result<_, _>>()?;
     let copy = wharf_core::copy::Copy {
@@ -510,11 +495,20 @@ pub async fn audit(
                 ),
             });
         };
-        let repository = state.repository(name, &headers, Permission::Publish, STYLE).await?;
-        state.authorize(&headers, repository, Permission::Publish, STYLE).await?;
-        within_network_rules(&state, repository, Permission::Publish, client)?;
+        let address = client.map(|client| client.0.0);
+        state.authorize_named(name, &headers, Permission::Publish, address, STYLE).await?;
     }
-    let events = state.audit.query(&query).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+    let mut events = state.audit.query(&query).await.map_err(|e| ApiError::from_storage(&e, STYLE))?;
+    // A copy's event names where it came from: only to those who may read that Repository.
+    let readable = |name: &str| {
+        state.packages.config.repository(name).is_some_and(|repository| principal.may(repository, Permission::Read))
+    };
+    for event in &mut events {
+        let details = &mut event.data.details;
+        if details.get("sourceRepository").and_then(Value::as_str).is_some_and(|source| !readable(source)) {
+            details.remove("sourceRepository");
+        }
+    }
     Ok(Json(AuditEvents { events }).into_response())
 }
 

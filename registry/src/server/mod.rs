@@ -157,6 +157,26 @@ impl AppState {
 }
 
 impl AppState {
+    /// The Repository `name` and who asks, authorised for `permission` from `address`: it
+    /// exists (see [`Self::repository`]), the caller may (see [`Self::authorize`]), and its
+    /// network rules let the address (see [`Self::network_refusal`]). What the `Access`
+    /// extractor decides for the path's Repository, and handlers for one a body names.
+    pub async fn authorize_named(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        permission: Permission,
+        address: Option<std::net::IpAddr>,
+        style: ErrorStyle,
+    ) -> Result<(&Repository, Principal), ApiError> {
+        let repository = self.repository(name, headers, permission, style).await?;
+        let principal = self.authorize(headers, repository, permission, style).await?;
+        if let Some(refusal) = self.network_refusal(repository, permission, address) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, refusal, style));
+        }
+        Ok((repository, principal))
+    }
+
     /// Why a request from `address` may not do `permission` on `repo` under its network
     /// rules (`spec.network`), naming the rule; `None` when it may. An unknown address (a
     /// request that did not come over a socket) is refused where rules apply.

@@ -243,6 +243,9 @@ async fn versions_are_copied_under_the_destinations_rules_and_audited() {
     let copies = app.audit("type=package.copied&repository=prod", &promoter, 2).await;
     assert_eq!(copies[0]["data"]["actor"]["subject"], "release-bot");
     assert_eq!(copies[0]["data"]["sourceRepository"], "dev");
+    // A publisher of prod who may not read dev does not learn of it.
+    let hidden = app.audit("type=package.copied&repository=prod", &prod_publisher, 2).await;
+    assert!(hidden.iter().all(|e| e["data"].get("sourceRepository").is_none()), "{hidden:?}");
     assert_eq!(copies[0]["subject"], "prod/npm/app@1.0.0");
     assert_eq!(copies[0]["specversion"], "1.0");
     assert_eq!(copies[0]["type"], "dev.wharf.package.copied");
