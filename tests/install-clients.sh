@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the package clients the end-to-end tests drive, and the S3 server
+# Installs the package clients the end-to-end tests drive, the browser the web
+# interface tests drive (Debian's chromium and chromium-driver), and the S3 server
 # and Azure emulator the storage tests start, into a cache folder outside the
 # repository (keyed by the pinned versions), so a second run costs nothing.
 # npm comes with the machine's Node.js, cargo with the Rust toolchain that
@@ -66,6 +67,9 @@ debian_package runc runc "the image tests"
 debian_package umoci umoci "the image tests"
 debian_package podman podman "the image tests (podman load)"
 debian_package objcopy binutils "the image build"
+# The web interface is tested in a real browser, driven over WebDriver.
+debian_package chromium chromium "the web interface tests"
+debian_package chromedriver chromium-driver "the web interface tests"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PYTHON_CLIENTS" ]; then
     echo "install-clients: Python clients already in $TOOLS_DIR/venv"

@@ -240,7 +240,7 @@ impl ViewCache {
 
 /// The origin record, or what the chain's own versions imply when none was
 /// written (versions published before origins were recorded).
-fn origin_of(recorded: Option<PackageOrigin>, local: Option<&PackageIndex>) -> Option<PackageOrigin> {
+pub(crate) fn origin_of(recorded: Option<PackageOrigin>, local: Option<&PackageIndex>) -> Option<PackageOrigin> {
     recorded.or_else(|| {
         let (version, _) = local?.versions.iter().find(|(_, entry)| entry.fetched_from.is_none())?;
         Some(PackageOrigin {

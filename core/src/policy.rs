@@ -18,7 +18,7 @@ use wharf_api::{
     RestrictionMode, UpstreamPolicy, parse_duration,
 };
 
-use super::model::{OriginKind, PackageId, PackageIndex, PackageOrigin};
+use super::model::{OriginKind, PackageId, PackageIndex, PackageOrigin, VersionEntry};
 
 /// Upstream metadata is reused this long when no policy sets `metadataTTL`.
 pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(5 * 60);
@@ -75,8 +75,13 @@ pub struct EffectivePolicy {
 impl EffectivePolicy {
     /// Whether `version` of the package is blocked.
     pub fn blocks_version(&self, id: &PackageId, version: &str) -> bool {
+        self.blocking_entry(id, version).is_some()
+    }
+
+    /// The `blockedVersions` entry that blocks `version` of the package, and its rule.
+    pub fn blocking_entry(&self, id: &PackageId, version: &str) -> Option<&Decided<BlockedVersion>> {
         let (namespace, name) = coordinates(id);
-        self.blocked_versions.iter().any(|blocked| blocked.value.matches(id.format, &namespace, &name, version))
+        self.blocked_versions.iter().find(|blocked| blocked.value.matches(id.format, &namespace, &name, version))
     }
 
     /// Whether the external connection may serve the package: `None` when no
@@ -105,7 +110,7 @@ pub struct Verdict {
     pub reason: String,
 }
 
-fn rule_reason(source: Option<&RuleSource>) -> String {
+pub(crate) fn rule_reason(source: Option<&RuleSource>) -> String {
     match source {
         Some(RuleSource { policy, pattern: Some(pattern), .. }) => {
             format!("UpstreamPolicy {policy}, pattern {pattern}")
@@ -205,20 +210,48 @@ pub fn merge_external(local: Option<PackageIndex>, upstream: PackageIndex) -> Pa
     merged
 }
 
-/// Hides what the policy forbids: blocked versions wherever they come from,
-/// and versions from outside younger than `minimumReleaseAge`. Tags left
-/// pointing at nothing go, and `latest` moves to the newest version left.
+/// Why the policy hides a version from a Repository's clients.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Hiding {
+    /// A `blockedVersions` entry matches it.
+    Blocked { entry: String, source: Option<RuleSource> },
+    /// It came from outside less than `minimumReleaseAge` ago.
+    TooYoung { minimum_release_age: String, shown_from: chrono::DateTime<chrono::Utc>, source: Option<RuleSource> },
+}
+
+/// Whether, and why, the policy hides `version` (held as `entry`): blocked
+/// wherever it comes from, or from outside and younger than
+/// `minimumReleaseAge`. The one decision [`apply_policy`] takes per version.
+pub fn hiding(
+    entry: &VersionEntry,
+    id: &PackageId,
+    version: &str,
+    effective: &EffectivePolicy,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Hiding> {
+    if let Some(blocked) = effective.blocking_entry(id, version) {
+        return Some(Hiding::Blocked { entry: blocked.value.to_string(), source: blocked.source.clone() });
+    }
+    let decided = &effective.minimum_release_age;
+    let minimum = decided.value?;
+    let age = chrono::Duration::from_std(minimum).ok()?;
+    (entry.fetched_from.is_some() && now - entry.created < age).then(|| Hiding::TooYoung {
+        minimum_release_age: wharf_api::format_duration(minimum),
+        shown_from: entry.created + age,
+        source: decided.source.clone(),
+    })
+}
+
+/// Hides what the policy forbids (see [`hiding`]). Tags left pointing at
+/// nothing go, and `latest` moves to the newest version left.
 pub fn apply_policy(
     index: &mut PackageIndex,
     id: &PackageId,
     effective: &EffectivePolicy,
     now: chrono::DateTime<chrono::Utc>,
 ) {
-    let minimum_age = effective.minimum_release_age.value.and_then(|age| chrono::Duration::from_std(age).ok());
-    index.versions.retain(|version, entry| {
-        let too_young = entry.fetched_from.is_some() && minimum_age.is_some_and(|age| now - entry.created < age);
-        !too_young && !effective.blocks_version(id, version)
-    });
+    index.versions.retain(|version, entry| hiding(entry, id, version, effective, now).is_none());
     let versions = &index.versions;
     index.tags.retain(|_, version| versions.contains_key(version));
     super::repair_latest(index);

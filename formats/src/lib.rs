@@ -10,6 +10,7 @@ pub mod generic;
 pub mod go;
 pub mod inflate;
 pub mod inventory;
+pub mod markup;
 pub mod maven;
 pub mod npm;
 pub mod nuget;

@@ -12,6 +12,7 @@
 //! (`1.1-20261126.120000-1`), grouped under its base (`1.1-SNAPSHOT`) by
 //! [`snapshot_series`].
 
+use crate::markup::escape;
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
@@ -531,21 +532,6 @@ fn header(coordinates: &Coordinates) -> String {
         escape(&coordinates.group_id),
         escape(&coordinates.artifact_id)
     )
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// Maven's version order (`ComparableVersion`): numbers compare as

@@ -5,6 +5,7 @@
 //!
 //! Spec: <https://packaging.python.org/en/latest/specifications/simple-repository-api/>.
 
+use crate::markup::escape;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 use std::str::FromStr;
@@ -395,21 +396,6 @@ pub fn version_metadata(fields: &BTreeMap<String, Vec<String>>) -> Value {
         }
     }
     Value::Object(map)
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// Key of an upstream file's metadata holding where to fetch it.

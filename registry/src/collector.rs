@@ -50,6 +50,8 @@ pub struct Collector {
     /// Who collects, for the lease: the pod's (host's) name and the process.
     holder: String,
     wake: Arc<Notify>,
+    /// What the last collection this process ran counted (the web interface shows it).
+    last_usage: std::sync::Mutex<Option<Arc<wharf_api::usage::UsageReport>>>,
 }
 
 impl Collector {
@@ -71,10 +73,22 @@ impl Collector {
         let holder = format!("{host}/{}", std::process::id());
         let wake = Arc::new(Notify::new());
         let interval = schedule.interval;
-        let collector =
-            Arc::new(Collector { registry, schedule, cleanup: Default::default(), usage, holder, wake: wake.clone() });
+        let collector = Arc::new(Collector {
+            registry,
+            schedule,
+            cleanup: Default::default(),
+            usage,
+            holder,
+            wake: wake.clone(),
+            last_usage: Default::default(),
+        });
         tokio::spawn(run(Arc::downgrade(&collector), wake, interval));
         collector
+    }
+
+    /// What the last collection run by this process counted, if one ran.
+    pub fn last_usage(&self) -> Option<Arc<wharf_api::usage::UsageReport>> {
+        self.last_usage.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Applies the cleanup rules of `config` from the next run on.
@@ -108,6 +122,7 @@ impl Collector {
                 if let Some(usage) = &self.usage {
                     usage.report(&report.usage).await;
                 }
+                *self.last_usage.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(report.usage));
             }
             Ok(Err(held)) => tracing::debug!(holder = held.holder, until = %held.expires, "another collector runs"),
             Err(error) => {

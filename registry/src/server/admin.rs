@@ -217,6 +217,15 @@ pub async fn exchange_kubernetes(
     exchange_for(&state, principal, exchange.repositories, exchange.permissions, exchange.ttl_seconds).await
 }
 
+/// Whether people sign in to this Domain with an identity provider (`wharf login --sign-in`).
+pub(super) fn people_sign_in(state: &SharedState) -> bool {
+    let spec = &state.packages.config.domain.spec;
+    spec.tokens
+        .iter()
+        .flat_map(|tokens| &tokens.trusted_issuers)
+        .any(|issuer| issuer.people.as_ref().is_some_and(|people| people.client_id.is_some()))
+}
+
 /// `GET /api/v1/auth/sign-in`: the identity providers people sign in with (`wharf login
 /// --sign-in`), each an issuer and the public client to use, and whether Kubernetes users'
 /// tokens are taken. Public: a client needs it before it has any credential, and it names

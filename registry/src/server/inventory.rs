@@ -431,29 +431,57 @@ pub async fn copy(
     body: Result<Json<CopyRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| bad_request(e.body_text()))?;
+    // The source is reached as the path's Repository is: access and network rules.
+    let address = client.map(|client| client.0.0);
+    state.authorize_named(&request.source, &headers, Permission::Read, address, STYLE).await?;
+    let report = perform_copy(&state, &access.repo, &access.principal, &request).await?;
+    Ok(Json(report).into_response())
+}
+
+impl CopyRequest {
+    /// A copy of the named versions of `id` from `source`, as a person picks them (in the
+    /// web interface): fetched copies included, nothing overwritten.
+    pub(super) fn of_versions(source: &str, id: &wharf_core::PackageId, versions: Vec<String>) -> CopyRequest {
+        CopyRequest {
+            source: source.to_owned(),
+            format: id.format.as_str().to_owned(),
+            package: id.name.clone(),
+            versions,
+            all_versions: false,
+            allow_overwrite: false,
+            include_from_upstream: true,
+        }
+    }
+}
+
+/// Copies as `request` says into `destination`, for `principal`, who was authorised to
+/// read the source and publish to the destination; announces what was copied.
+pub(super) async fn perform_copy(
+    state: &SharedState,
+    destination: &str,
+    principal: &Principal,
+    request: &CopyRequest,
+) -> Result<wharf_core::copy::CopyReport, ApiError> {
     if request.versions.is_empty() != request.all_versions {
         return Err(bad_request("name the versions to copy, or set allVersions (not both)"));
     }
-    if request.allow_overwrite && access.principal != Principal::Admin {
+    if request.allow_overwrite && *principal != Principal::Admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "allowOverwrite replaces a published version, which is for administrators",
             STYLE,
         ));
     }
-    // The source is reached as the path's Repository is: access and network rules.
-    let address = client.map(|client| client.0.0);
-    state.authorize_named(&request.source, &headers, Permission::Read, address, STYLE).await?;
     let id = package_id(&request.format, &request.package)?;
     let versions: Vec<String> = request.versions.iter().map(|v| version_key(&id, v)).collect::<Result<_, _>>()?;
     let copy = wharf_core::copy::Copy {
         source: &request.source,
-        destination: &access.repo,
+        destination,
         id: &id,
         versions: (!request.all_versions).then_some(versions.as_slice()),
         allow_overwrite: request.allow_overwrite,
         include_from_upstream: request.include_from_upstream,
-        by: access.principal.name(),
+        by: principal.name(),
     };
     let report = state.packages.copy(&copy).await.map_err(|e| ApiError::from_core(e, STYLE))?;
     if !report.copied.is_empty() {
@@ -461,16 +489,16 @@ pub async fn copy(
             id: uuid::Uuid::new_v4().to_string(),
             at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             kind: "Copied".to_owned(),
-            repository: access.repo.clone(),
+            repository: destination.to_owned(),
             format: id.format.as_str().to_owned(),
             package: id.name.clone(),
             versions: report.copied.clone(),
-            by: access.principal.name().to_owned(),
+            by: principal.name().to_owned(),
             source: Some(request.source.clone()),
         });
     }
-    tracing::info!(source = %request.source, destination = %access.repo, package = %id.name, copied = report.copied.len(), "copied versions");
-    Ok(Json(report).into_response())
+    tracing::info!(source = %request.source, %destination, package = %id.name, copied = report.copied.len(), "copied versions");
+    Ok(report)
 }
 
 /// `GET /api/v1/audit`: recorded events (see [`crate::audit`]). Administrators see every

@@ -22,6 +22,7 @@ mod pypi;
 mod staging;
 mod swift;
 pub mod tls;
+mod ui;
 
 use std::sync::Arc;
 
@@ -294,6 +295,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/cargo/{repo}/api/v1/crates/{krate}/{version}/yank", delete(cargo::yank))
         .route("/cargo/{repo}/api/v1/crates/{krate}/{version}/unyank", put(cargo::unyank))
         .merge(uploads)
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(axum::middleware::from_fn(crate::audit::scope))

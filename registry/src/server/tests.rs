@@ -1263,6 +1263,7 @@ mod disclosure;
 mod inventory;
 mod limits;
 mod openapi;
+mod ui;
 mod uploads;
 mod upstream;
 

@@ -4,6 +4,8 @@
 //! also when a test fails.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

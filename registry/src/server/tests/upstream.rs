@@ -105,9 +105,9 @@ async fn origin_report_rejects_bad_input() {
 
 /// A second registry on loopback playing the public registry: repository
 /// `public`, readable by anyone.
-struct PublicRegistry {
+pub(super) struct PublicRegistry {
     app: TestApp,
-    url: String,
+    pub(super) url: String,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -127,7 +127,7 @@ spec:
 "#;
 
 impl PublicRegistry {
-    async fn start() -> PublicRegistry {
+    pub(super) async fn start() -> PublicRegistry {
         let app =
             TestApp::with_config(PUBLIC_CONFIG, Arc::new(object_store::memory::InMemory::new()), Limits::default())
                 .await;
@@ -140,7 +140,7 @@ impl PublicRegistry {
         PublicRegistry { app, url, server }
     }
 
-    async fn publish(&self, name: &str, version: &str, content: &[u8]) {
+    pub(super) async fn publish(&self, name: &str, version: &str, content: &[u8]) {
         let token = self.app.token(&["public"], &["publish"]).await;
         let body = publish_body(name, version, &tarball(name, version, content));
         let reply = self.app.put_json(&format!("/npm/public/{}", name.replacen('/', "%2f", 1)), &token, &body).await;
