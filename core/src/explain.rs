@@ -2,6 +2,7 @@
 //! management API, built from the same decisions the pipelines take
 //! ([`crate::policy`]), so the two cannot drift apart.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::policy::{self, Decided, Hiding, RuleSource, rule_reason};
-use crate::{CoreError, PackageId, PackageIndex, PackageOrigin, PackageSnapshot, Packages, VersionStatus};
+use crate::{CoreError, PackageId, PackageIndex, PackageOrigin, PackageSnapshot, Packages, VersionStatus, View};
 
 /// A restriction and the rule that set it.
 fn decided_restriction(decided: &Decided<Option<wharf_api::Restriction>>) -> Value {
@@ -76,7 +77,7 @@ impl Packages {
 /// parts (the chain, the policy, the origin, the external connection's
 /// client) and checked against the view itself, so that `served` is what
 /// clients get even where a reason could be missing.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
     pub repository: String,
@@ -94,9 +95,15 @@ pub struct Explanation {
     /// Every version any step has, newest first.
     pub versions: Vec<VersionFate>,
     /// The tags clients see.
-    pub tags: std::collections::BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
     /// Why the read failed, when it did (an unreachable upstream with nothing cached).
     pub read_error: Option<String>,
+    /// The package as clients see it (the versions' full metadata).
+    #[serde(skip)]
+    pub view: Option<View>,
+    /// The package as the Repository asked holds it itself.
+    #[serde(skip)]
+    pub here: Option<Arc<PackageSnapshot>>,
 }
 
 /// One Repository, or the external connection, a read goes through.
@@ -242,53 +249,65 @@ impl Packages {
             }
             steps.push(step);
         }
-        let (served, read_error) = match self.view(repo, id, spelling).await {
-            Ok(view) => (view.map(|view| view.index().clone()), None),
+        let (view, read_error) = match self.view(repo, id, spelling).await {
+            Ok(view) => (view, None),
             Err(error) => (None, Some(error.to_string())),
         };
+        let served = view.as_ref().map(View::index);
 
         let now = Utc::now();
-        let mut versions: Vec<VersionFate> = Vec::new();
+        // Each version once, from the first step that has it (as the merge takes it).
+        let mut fates: BTreeMap<&str, VersionFate> = BTreeMap::new();
         let found = held.iter().map(|(step, s)| (*step, &s.index)).chain(external.iter().map(|i| (steps.len() - 1, i)));
         for (step, index) in found {
             for (version, entry) in &index.versions {
-                if versions.iter().any(|fate| &fate.version == version) {
+                if fates.contains_key(version.as_str()) {
                     continue;
                 }
-                let shown = served.as_ref().and_then(|served| served.versions.get(version));
+                let shown = served.and_then(|served| served.versions.get(version));
                 let status = shown.map_or(entry.status, |shown| shown.status);
-                versions.push(VersionFate {
-                    version: version.clone(),
-                    step,
-                    status,
-                    created: entry.created,
-                    fetched_from: entry.fetched_from.clone(),
-                    published_by: entry.published_by.clone(),
-                    stored: entry.assets.values().any(|asset| !asset.digests.sha256.is_empty()),
-                    files: entry
-                        .assets
-                        .values()
-                        .map(|asset| FileFact {
-                            name: asset.name.clone(),
-                            size: asset.digests.size,
-                            sha256: asset.digests.sha256.clone(),
-                        })
-                        .collect(),
-                    served: shown.is_some(),
-                    installable: shown.is_some() && status.is_installable(),
-                    listed: shown.is_some() && status.is_listed(),
-                    hidden_by: if shown.is_some() { None } else { policy::hiding(entry, id, version, &effective, now) },
-                    excluded_in: Vec::new(),
-                });
+                fates.insert(
+                    version,
+                    VersionFate {
+                        version: version.clone(),
+                        step,
+                        status,
+                        created: entry.created,
+                        fetched_from: entry.fetched_from.clone(),
+                        published_by: entry.published_by.clone(),
+                        stored: entry.assets.values().any(|asset| !asset.digests.sha256.is_empty()),
+                        files: entry
+                            .assets
+                            .values()
+                            .map(|asset| FileFact {
+                                name: asset.name.clone(),
+                                size: asset.digests.size,
+                                sha256: asset.digests.sha256.clone(),
+                            })
+                            .collect(),
+                        served: shown.is_some(),
+                        installable: shown.is_some() && status.is_installable(),
+                        listed: shown.is_some() && status.is_listed(),
+                        hidden_by: if shown.is_some() {
+                            None
+                        } else {
+                            policy::hiding(entry, id, version, &effective, now)
+                        },
+                        excluded_in: Vec::new(),
+                    },
+                );
             }
         }
         for (name, index) in &excluded {
             for version in index.versions.keys() {
-                if let Some(fate) = versions.iter_mut().find(|fate| &fate.version == version) {
+                if let Some(fate) = fates.get_mut(version.as_str()) {
                     fate.excluded_in.push(name.clone());
                 }
             }
         }
+        let tags = served.map(|index| index.tags.clone()).unwrap_or_default();
+        let here = held.iter().find(|(step, _)| *step == 0).map(|(_, snapshot)| snapshot.clone());
+        let mut versions: Vec<VersionFate> = fates.into_values().collect();
         versions.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.version.cmp(&a.version)));
         let (namespace, name) = policy::coordinates(id);
         Ok(Explanation {
@@ -306,8 +325,10 @@ impl Packages {
                 .map(|b| BlockedEntry { entry: b.value.to_string(), source: b.source.clone() })
                 .collect(),
             versions,
-            tags: served.map(|index| index.tags).unwrap_or_default(),
+            tags,
             read_error,
+            view,
+            here,
         })
     }
 }

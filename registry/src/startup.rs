@@ -138,6 +138,7 @@ pub async fn build_state(
         token_review: options.token_review.clone(),
         collector,
         audit,
+        search_names: Arc::default(),
     }))
 }
 
@@ -245,6 +246,7 @@ impl LiveServer {
             token_review: old.token_review.clone(),
             collector: old.collector.clone(),
             audit: old.audit.clone(),
+            search_names: old.search_names.clone(),
         });
         let router = server::app(state.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = (state, router);

@@ -22,7 +22,7 @@ mod pypi;
 mod staging;
 mod swift;
 pub mod tls;
-mod ui;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -77,6 +77,8 @@ pub struct AppState {
     pub collector: Arc<crate::collector::Collector>,
     /// Who did what (see [`crate::audit`]).
     pub audit: Arc<crate::audit::AuditTrail>,
+    /// Package names the web interface's search lists, kept briefly.
+    pub search_names: Arc<ui::SearchNames>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -41,9 +41,10 @@ pub(super) async fn repositories(State(state): State<SharedState>, viewer: Viewe
     let mut repositories = Vec::new();
     for (index, repo) in viewer.readable(&state).into_iter().enumerate() {
         let name = repo.name();
+        let chain = wharf_core::policy::resolution_order(config, name);
         let mut formats = Vec::new();
         for format in PackageFormat::ALL {
-            let proxied = wharf_core::policy::resolution_order(config, name).external(format).is_some();
+            let proxied = chain.external(format).is_some();
             if proxied || !state.packages.registry.package_names(name, format).await.unwrap_or_default().is_empty() {
                 formats.push(format.as_str());
             }
@@ -107,7 +108,9 @@ pub(super) async fn repository(
     let mut packages = Vec::new();
     let mut next_page = None;
     'formats: for format in PackageFormat::ALL {
-        let mut names = match state.packages.held_names(&name, format).await {
+        // What this Repository holds itself; what its upstreams add is found by search,
+        // which shows only what a read through it serves.
+        let mut names = match state.packages.registry.package_names(&name, format).await {
             Ok(names) => names,
             Err(error) => return from_api(&state, &viewer, ApiError::from_core(error, STYLE)),
         };
@@ -237,14 +240,21 @@ pub(super) async fn search(State(state): State<SharedState>, viewer: Viewer, Que
     // format and name, with the Repositories that serve it.
     let mut found: BTreeMap<(u8, PackageFormat, String), Vec<String>> = BTreeMap::new();
     for repo in viewer.readable(&state) {
+        let chain = wharf_core::policy::resolution_order(&state.packages.config, repo.name()).repositories;
         for format in PackageFormat::ALL.into_iter().filter(|f| wanted.is_none_or(|w| w == *f)) {
-            let names = match state.packages.held_names(repo.name(), format).await {
-                Ok(names) => names,
-                Err(error) => return from_api(&state, &viewer, ApiError::from_core(error, STYLE)),
-            };
-            for name in names {
-                if let Some(rank) = rank(&name, &needle) {
-                    found.entry((rank, format, name)).or_default().push(repo.name().to_owned());
+            // Each name once per Repository read through, from any step of its chain.
+            let mut seen = std::collections::HashSet::new();
+            for step in &chain {
+                let names = match state.search_names.held_by(&state, step, format).await {
+                    Ok(names) => names,
+                    Err(error) => return from_api(&state, &viewer, ApiError::from_core(error, STYLE)),
+                };
+                for name in names.iter() {
+                    if let Some(rank) = rank(name, &needle)
+                        && seen.insert(name.clone())
+                    {
+                        found.entry((rank, format, name.clone())).or_default().push(repo.name().to_owned());
+                    }
                 }
             }
         }

@@ -15,7 +15,10 @@ mod install;
 mod package;
 mod readme;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::Router;
@@ -63,6 +66,43 @@ pub fn routes() -> Router<SharedState> {
         .route("/ui/repositories/{repo}/status/{format}/{*package}", post(changes::change_status))
         .route("/ui/repositories/{repo}/copy/{format}/{*package}", post(changes::copy))
         .layer(axum::middleware::map_response(protect))
+}
+
+/// How long search reuses a Repository's list of package names.
+const NAMES_FRESH_FOR: Duration = Duration::from_secs(10);
+
+/// Package names per Repository and format, as search lists them, each list kept for
+/// [`NAMES_FRESH_FOR`]: listing a Repository of 10,000 packages takes the storage tens of
+/// milliseconds, and a search lists every Repository the viewer may read and their
+/// upstreams. A package published meanwhile (on any replica) shows up within that time;
+/// what each hit shows is read fresh.
+#[derive(Default)]
+pub struct SearchNames(Mutex<HashMap<(String, PackageFormat), ListedNames>>);
+
+/// When a list of names was read, and the list.
+type ListedNames = (Instant, Arc<Vec<String>>);
+
+impl SearchNames {
+    /// The names of `format` that `repo` holds itself.
+    async fn held_by(
+        &self,
+        state: &SharedState,
+        repo: &str,
+        format: PackageFormat,
+    ) -> Result<Arc<Vec<String>>, wharf_core::CoreError> {
+        let key = (repo.to_owned(), format);
+        if let Some((listed, names)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && listed.elapsed() < NAMES_FRESH_FOR
+        {
+            return Ok(names.clone());
+        }
+        let names = Arc::new(state.packages.registry.package_names(repo, format).await?);
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Repositories and formats are few; a removed Repository's list goes when it is stale.
+        kept.retain(|_, (listed, _)| listed.elapsed() < NAMES_FRESH_FOR);
+        kept.insert(key, (Instant::now(), names.clone()));
+        Ok(names)
+    }
 }
 
 /// Headers every UI answer carries: no framing, no sniffing, nothing loaded from

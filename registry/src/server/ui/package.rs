@@ -43,6 +43,8 @@ struct SelectedVersion {
     readme: Option<String>,
     /// Stored in this Repository, so its status can change here.
     changeable: bool,
+    /// Its status in this Repository, which a change must find unchanged.
+    status_here: &'static str,
     /// Stored in the Domain and installable, so it can be copied to another Repository.
     copyable: bool,
     next_statuses: Vec<&'static str>,
@@ -158,15 +160,14 @@ pub(super) async fn package(
         return not_readable(&state, &viewer, &format!("Package {package} in {repo}"));
     }
     // The version shown in full: the one asked for, else `latest`, else the newest.
-    let view = state.packages.view(&repo, &id, &package).await.ok().flatten();
-    let index = view.as_ref().map(|view| view.index());
+    let index = explanation.view.as_ref().map(|view| view.index());
     let chosen = query
         .version
         .clone()
         .or_else(|| explanation.tags.get("latest").cloned())
         .or_else(|| explanation.versions.first().map(|fate| fate.version.clone()));
     let may_publish = viewer.may(&state, repository, Permission::Publish);
-    let held_here = state.packages.registry.package(&repo, &id).await.ok().flatten();
+    let held_here = &explanation.here;
     let base = viewer.origin.clone();
     let sign_in = crate::server::admin::people_sign_in(&state);
     let credential = install::credential_flag(sign_in, state.packages.config.domain.spec.kubernetes_users());
@@ -216,6 +217,7 @@ pub(super) async fn package(
                 .unwrap_or_default(),
             readme: entry.and_then(|e| wharf_formats::inventory::readme(id.format, &e.metadata)).map(readme::render),
             changeable: !next_statuses.is_empty(),
+            status_here: stored_here.map_or("", |e| e.status.as_str()),
             copyable: fate.stored && fate.status.is_installable(),
             next_statuses,
         }
