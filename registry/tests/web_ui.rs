@@ -63,6 +63,10 @@ async fn a_person_finds_a_package_sees_why_versions_are_hidden_and_installs_it()
     assert!(home.contains("app") && home.contains("Search order"), "{home}\n{}", browser.source().await);
     assert!(!home.contains("secret") && !home.contains("Where nobody"), "{home}");
     browser.screenshot("repositories.png").await;
+    // A keyboard user's first Tab reaches the link that skips to the content.
+    browser.press_tab().await;
+    let focused = browser.script("return document.activeElement.textContent;").await;
+    assert_eq!(focused, "Skip to content");
     browser.goto(&server.url("/ui/repositories/secret")).await;
     assert!(browser.text("main").await.contains("does not exist, or you may not read it"));
 
@@ -123,6 +127,19 @@ async fn a_person_finds_a_package_sees_why_versions_are_hidden_and_installs_it()
     browser.click("#change-status").await;
     browser.expect_text("main", "from Published to Unlisted").await;
     browser.screenshot("confirm-status.png").await;
+    for page in [
+        "/ui/",
+        "/ui/search?q=tools",
+        "/ui/sign-in",
+        "/ui/repositories/internal/packages/npm/@acme/tools?version=1.1.0",
+    ] {
+        browser.goto(&server.url(page)).await;
+        assert_eq!(browser.unlabelled_controls().await, Vec::<String>::new(), "{page}");
+    }
+    browser.goto(&server.url("/ui/repositories/internal/packages/npm/@acme/tools?version=1.1.0")).await;
+    browser.select("#new-status", "Unlisted").await;
+    browser.click("#change-status").await;
+    browser.expect_text("main", "from Published to Unlisted").await;
     browser.click("#confirm").await;
     browser.expect_text("#done", "Status changed to Unlisted.").await;
 

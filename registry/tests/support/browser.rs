@@ -185,6 +185,23 @@ impl Browser {
         self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []}))).await
     }
 
+    /// Presses Tab, as a keyboard user moves to the next control.
+    pub async fn press_tab(&self) {
+        let key = |kind: &str| json!({"type": kind, "value": "\u{E004}"});
+        let actions =
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [key("keyDown"), key("keyUp")]}]});
+        self.call(reqwest::Method::POST, "/actions", Some(actions)).await;
+    }
+
+    /// The form controls of the page that have no label a screen reader would read.
+    pub async fn unlabelled_controls(&self) -> Vec<String> {
+        let script = "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]\
+            .filter(e => e.labels?.length === 0 && !e.getAttribute('aria-label') && !e.textContent.trim())\
+            .map(e => e.outerHTML);";
+        let found = self.script(script).await;
+        found.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    }
+
     pub async fn resize(&self, width: u32, height: u32) {
         self.call(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
     }

@@ -250,3 +250,48 @@ async fn signed_in_viewers_see_their_repositories_and_change_statuses() {
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert!(reply.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
 }
+
+#[tokio::test]
+async fn an_upstream_the_policy_excludes_is_named_only_to_its_readers() {
+    let public = PublicRegistry::start().await;
+    let config = CHAIN_CONFIG
+        .replace("http://127.0.0.1:9/npm/public", &format!("{}/npm/public", public.url))
+        .replace(
+            "metadata: {name: internal, namespace: wharf}\nspec:\n  domainRef: {name: acme}\n  access: {read: [{kind: Anonymous}]}\n",
+            "metadata: {name: internal, namespace: wharf}\nspec:\n  domainRef: {name: acme}\n  allowedDownstreams: [{namespace: wharf, name: app}]\n",
+        )
+        .replace(
+            "  rules:\n",
+            "  rules:\n    - patterns: [\"/npm//only-store\"]\n      internalUpstream: {mode: AllowSpecificRepositories, repositories: [npm-store]}\n",
+        );
+    let app = TestApp::with_config(&config, Arc::new(object_store::memory::InMemory::new()), Limits::default()).await;
+    let internal = app.token(&["internal"], &["read", "publish"]).await;
+    let body = publish_body("only-store", "1.0.0", &tarball("only-store", "1.0.0", b"internal"));
+    assert_eq!(app.put_json("/npm/internal/only-store", &internal, &body).await.status, StatusCode::CREATED);
+
+    // Anonymous: not found through app, not in search, and the explain view does not say
+    // what the excluded Repository holds.
+    assert_eq!(app.page("/ui/repositories/app/packages/npm/only-store", None).await.status, StatusCode::NOT_FOUND);
+    let search = app.page("/ui/search?q=only-store", None).await.text();
+    assert!(!search.contains("/packages/npm/only-store"), "{search}");
+    let explain = app.page("/ui/repositories/app/explain/npm/only-store?version=1.0.0", None).await.text();
+    assert!(explain.contains("A Repository you may not read</strong> — not searched: internalUpstream excludes it, by UpstreamPolicy wharf/internal-names, pattern /npm//only-store"), "{explain}");
+    assert!(!explain.contains("It has 1 version"), "{explain}");
+    // Nor any page of the private Repository, nor a form aimed at it.
+    let anonymous = csrf(&app.page("/ui/sign-in", None).await);
+    for uri in [
+        "/ui/repositories/internal/explain/npm/only-store?version=1.0.0",
+        "/ui/repositories/internal/packages/npm/only-store",
+    ] {
+        assert_eq!(app.page(uri, None).await.status, StatusCode::NOT_FOUND, "{uri}");
+    }
+    let copy = [("csrf", anonymous.as_str()), ("version", "1.0.0"), ("destination", "app")];
+    let reply = app.form("/ui/repositories/internal/copy/npm/only-store", None, None, &copy).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+
+    // Its reader sees the Repository, what it holds and the rule that leaves it out.
+    let cookie = sign_in(&app, &internal).await;
+    let explain = app.page("/ui/repositories/app/explain/npm/only-store?version=1.0.0", Some(&cookie)).await.text();
+    assert!(explain.contains("Repository internal</strong> — not searched"), "{explain}");
+    assert!(explain.contains("It has 1 version of the package"), "{explain}");
+}

@@ -11,7 +11,7 @@ use wharf_api::Repository;
 use wharf_core::VersionStatus;
 
 use super::{
-    COOKIE, Layout, Page, SESSION_SECONDS, STYLE, Viewer, error_page, from_api, not_readable, package_href,
+    COOKIE, Layout, Page, SESSION_SECONDS, STYLE, Viewer, error_page, from_api, install, not_readable, package_href,
     package_path, segment,
 };
 use crate::auth::{Permission, Principal};
@@ -191,10 +191,32 @@ struct SignInPage {
     layout: Layout,
     base: String,
     error: Option<String>,
+    /// How `wharf token` gets a token for a person on this Domain (none: only an
+    /// administrator can mint one), and what that does.
+    credential: Option<&'static str>,
+    how: &'static str,
+}
+
+impl SignInPage {
+    fn new(state: &SharedState, viewer: &Viewer, error: Option<String>) -> SignInPage {
+        let sign_in = crate::server::admin::people_sign_in(state);
+        let kubernetes = state.packages.config.domain.spec.kubernetes_users();
+        let (credential, how) = if sign_in || kubernetes {
+            let how = if sign_in {
+                "it signs you in with the Domain's identity provider in your browser"
+            } else {
+                "it exchanges your Kubernetes credentials"
+            };
+            (Some(install::credential_flag(sign_in, kubernetes)), how)
+        } else {
+            (None, "")
+        };
+        SignInPage { layout: viewer.layout(state, ""), base: viewer.origin.clone(), error, credential, how }
+    }
 }
 
 pub(super) async fn sign_in_page(State(state): State<SharedState>, viewer: Viewer) -> Page {
-    Page::render(&SignInPage { layout: viewer.layout(&state, ""), base: viewer.origin.clone(), error: None })
+    Page::render(&SignInPage::new(&state, &viewer, None))
 }
 
 #[derive(Deserialize)]
@@ -209,11 +231,7 @@ pub(super) async fn sign_in(State(state): State<SharedState>, viewer: Viewer, Fo
     }
     let token = form.token.trim();
     let refuse = |message: String| {
-        let mut page = Page::render(&SignInPage {
-            layout: viewer.layout(&state, ""),
-            base: viewer.origin.clone(),
-            error: Some(message),
-        });
+        let mut page = Page::render(&SignInPage::new(&state, &viewer, Some(message)));
         page.status = StatusCode::UNAUTHORIZED;
         page
     };
