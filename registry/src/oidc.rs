@@ -179,6 +179,49 @@ impl OidcVerifier {
         serde_json::from_value(set).map_err(|e| unavailable(format!("{jwks_url} is not a JSON Web Key Set: {e}")))
     }
 
+    /// Where people sign in with `issuer` and where the code is redeemed: its discovery
+    /// document's `authorization_endpoint` and `token_endpoint` (each https, or loopback).
+    pub async fn sign_in_endpoints(&self, issuer: &TrustedIssuer) -> Result<(String, String), OidcError> {
+        let unavailable = |reason: String| OidcError::Unavailable { issuer: issuer.issuer.clone(), reason };
+        let url = format!("{}/.well-known/openid-configuration", issuer.issuer.trim_end_matches('/'));
+        let discovery: Value = self.get_json(&url).await.map_err(unavailable)?;
+        if discovery.get("issuer").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+            return Err(unavailable(format!("its discovery document at {url} names another issuer")));
+        }
+        let endpoint = |name: &str| {
+            let value = discovery.get(name).and_then(Value::as_str).unwrap_or_default();
+            if wharf_api::common::is_https_or_loopback(value) {
+                Ok(value.to_owned())
+            } else {
+                Err(unavailable(format!("its discovery document names {name} {value:?}, not https")))
+            }
+        };
+        Ok((endpoint("authorization_endpoint")?, endpoint("token_endpoint")?))
+    }
+
+    /// Redeems an authorization code (with its PKCE verifier, as the public client
+    /// `client_id`) at `token_endpoint` for the ID token it stands for (not yet verified).
+    pub async fn redeem(&self, issuer: &str, token_endpoint: &str, form: &[(&str, &str)]) -> Result<String, OidcError> {
+        let unavailable = |reason: String| OidcError::Unavailable { issuer: issuer.to_owned(), reason };
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let request = self.http.post(token_endpoint).header("content-type", "application/x-www-form-urlencoded");
+        let response = request.body(body).send().await;
+        let response = response.map_err(|e| unavailable(format!("{token_endpoint}: {e}")))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            let reason = body.get("error_description").or_else(|| body.get("error")).and_then(Value::as_str);
+            return Err(OidcError::Invalid(format!(
+                "the identity provider refused the sign-in ({status}): {}",
+                reason.unwrap_or("no reason given")
+            )));
+        }
+        body.get("id_token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| unavailable(format!("{token_endpoint} sent no ID token")))
+    }
+
     async fn get_json(&self, url: &str) -> Result<Value, String> {
         let response = self.http.get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
         if !response.status().is_success() {

@@ -11,6 +11,7 @@ mod support;
 
 use serde_json::json;
 use support::browser::Browser;
+use support::oidc::{Provider, people_config};
 use support::*;
 
 /// `app` reads `internal` and, through `npm-store`, the public registry; names under
@@ -154,4 +155,59 @@ async fn a_person_finds_a_package_sees_why_versions_are_hidden_and_installs_it()
     let overflow = browser.script("return document.documentElement.scrollWidth - window.innerWidth;").await;
     assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than the screen");
     browser.screenshot("package-phone.png").await;
+}
+
+/// Waits until the browser is at an address containing `needle`, and returns it.
+async fn wait_for_address(browser: &Browser, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let url = browser.url().await;
+        if url.contains(needle) {
+            return url;
+        }
+        assert!(std::time::Instant::now() < deadline, "the browser never reached {needle}; it is at {url}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_with_the_identity_provider_in_the_browser() {
+    let provider = Provider::start(3600).await;
+    let config = people_config(&provider.issuer, "wharf-web", "team");
+    let server = TestServer::start_with(Some(&config), &["--audit-log", "off"]);
+    provider.register_public_client("wharf-web", &[&server.url("/ui/sign-in/callback")]).await;
+    let ws = Workspace::new();
+    let ci = server.token_for("ci-bot", &["team"], &["read", "publish"]).await;
+    publish(&ws, &server, "team", &ci, "team-lib", "1.0.0");
+    let browser = Browser::start().await;
+
+    browser.goto(&server.url("/ui/")).await;
+    assert!(!browser.text("main").await.contains("team"), "anonymous viewers do not see team");
+    browser.goto(&server.url("/ui/sign-in")).await;
+    browser.screenshot("sign-in.png").await;
+    browser.click("a.provider").await;
+    // The provider's login and consent apps, played through its admin API.
+    let login = wait_for_address(&browser, "login_challenge=").await;
+    let challenge = support::oidc::query(&login, "login_challenge");
+    let path = format!("/admin/oauth2/auth/requests/login/accept?login_challenge={challenge}");
+    let accepted = provider.admin_json(reqwest::Method::PUT, &path, json!({"subject": "alice"})).await;
+    browser.goto(accepted["redirect_to"].as_str().unwrap()).await;
+    let consent = wait_for_address(&browser, "consent_challenge=").await;
+    let challenge = support::oidc::query(&consent, "consent_challenge");
+    let claims = json!({"email": "alice@example.com", "email_verified": true, "groups": ["developers"]});
+    let body = json!({"grant_scope": ["openid", "email", "profile"], "session": {"id_token": claims}});
+    let path = format!("/admin/oauth2/auth/requests/consent/accept?consent_challenge={challenge}");
+    let accepted = provider.admin_json(reqwest::Method::PUT, &path, body).await;
+    browser.goto(accepted["redirect_to"].as_str().unwrap()).await;
+
+    // Back at the registry, signed in as the Domain names her; her access rules apply.
+    browser.expect_text("header", "Signed in as idp:alice@example.com").await;
+    browser.expect_text("main", "team").await;
+    browser.goto(&server.url("/ui/repositories/team/packages/npm/team-lib")).await;
+    browser.expect_text("main", "Change status").await;
+    browser.screenshot("signed-in-with-provider.png").await;
+
+    // A callback that is not this browser's sign-in is refused.
+    browser.goto(&server.url("/ui/sign-in/callback?code=forged&state=forged")).await;
+    browser.expect_text("main", "No sign-in is under way in this browser").await;
 }

@@ -137,10 +137,17 @@ pub async fn exchange_oidc(
         }
         refused => ApiError::unauthorized(refused.to_string(), "api", STYLE),
     })?;
+    let principal = oidc_principal(&state, verified);
+    exchange_for(&state, principal, exchange.repositories, exchange.permissions, exchange.ttl_seconds).await
+}
+
+/// Who a verified ID token speaks for: a person (named as the issuer's `people` settings
+/// say) or a CI job (its issuer and subject).
+pub(super) fn oidc_principal(state: &SharedState, verified: crate::oidc::VerifiedIdToken) -> Principal {
     let spec = &state.packages.config.domain.spec;
     let person =
         spec.trusted_issuer(&verified.issuer).and_then(|issuer| issuer.people.as_ref()?.person(&verified.claims));
-    let principal = Principal::Oidc(crate::auth::OidcIdentity {
+    Principal::Oidc(crate::auth::OidcIdentity {
         // A person is known by name (listed and revoked as such), a CI job by issuer and subject.
         name: person
             .as_ref()
@@ -148,8 +155,7 @@ pub async fn exchange_oidc(
         issuer: verified.issuer,
         claims: verified.claims,
         person,
-    });
-    exchange_for(&state, principal, exchange.repositories, exchange.permissions, exchange.ttl_seconds).await
+    })
 }
 
 /// Mints the registry token an exchanged identity asked for, within what it is granted now;

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod browser;
+pub mod oidc;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

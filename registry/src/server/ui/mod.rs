@@ -36,8 +36,13 @@ use super::connections::ClientAddress;
 use super::{ApiError, ErrorStyle, SharedState, credentials};
 use crate::auth::{Permission, Principal};
 
-/// The cookie holding a signed-in viewer's token.
+/// The cookie holding a signed-in viewer's token: a registry token, or
+/// [`OIDC_SESSION`] and the ID token of a person signed in with an identity provider.
 const COOKIE: &str = "wharf_ui";
+/// What marks a session of a person signed in with an identity provider.
+const OIDC_SESSION: &str = "oidc:";
+/// The cookie holding a sign-in with an identity provider while it is under way.
+const PENDING_SIGN_IN: &str = "wharf_ui_sign_in";
 const STYLE: ErrorStyle = ErrorStyle::Json;
 /// Search results on a page.
 const SEARCH_PAGE: usize = 50;
@@ -59,6 +64,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/ui/search", get(browse::search))
         .route("/ui/sign-in", get(changes::sign_in_page).post(changes::sign_in))
         .route("/ui/sign-out", post(changes::sign_out))
+        .route("/ui/sign-in/oidc", get(changes::sign_in_with_provider))
+        .route("/ui/sign-in/callback", get(changes::signed_in_with_provider))
         .route("/ui/assets/{name}", get(asset))
         .route("/ui/repositories/{repo}", get(browse::repository))
         .route("/ui/repositories/{repo}/packages/{format}/{*package}", get(package::package))
@@ -141,18 +148,31 @@ impl FromRequestParts<SharedState> for Viewer {
         headers.remove(header::AUTHORIZATION);
         headers.remove("x-nuget-apikey");
         let token = cookie(&parts.headers, COOKIE);
-        if let Some(token) = &token
+        if let Some(token) = token.as_deref().filter(|token| !token.starts_with(OIDC_SESSION))
             && let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}"))
         {
             headers.insert(header::AUTHORIZATION, value);
         }
         let address = parts.extensions.get::<ClientAddress>().map(|client| client.0);
         let origin = super::origin(&parts.headers);
-        let (principal, token, refused) = match credentials::authenticate(state, &headers, "ui", STYLE).await {
+        let session = match token.as_deref().and_then(|token| token.strip_prefix(OIDC_SESSION)) {
+            // A person signed in with an identity provider: the ID token is checked on every
+            // request, as an exchange checks it, and the access rules decide what it may.
+            Some(id_token) => match state.oidc.verify(&state.packages.config.domain.spec, id_token).await {
+                Ok(verified) => {
+                    let principal = crate::server::admin::oidc_principal(state, verified);
+                    crate::audit::attribute(&principal);
+                    Ok(principal)
+                }
+                Err(error) => Err(error.to_string()),
+            },
+            None => credentials::authenticate(state, &headers, "ui", STYLE).await.map_err(|error| error.message),
+        };
+        let (principal, token, refused) = match session {
             Ok(principal) => (principal, token, None),
-            Err(error) => {
+            Err(why) => {
                 headers.remove(header::AUTHORIZATION);
-                (Principal::Anonymous, None, Some(error.message))
+                (Principal::Anonymous, None, Some(why))
             }
         };
         Ok(Viewer { principal, headers, address, token, refused, origin })
