@@ -123,10 +123,18 @@ impl TokenLedger {
         if revoked.ids.contains(&claims.jti) {
             return Err(Revocation::Token(claims.jti.clone()));
         }
-        if revoked.subjects.get(&subject_digest(&claims.sub)).is_some_and(|until| claims.iat <= *until) {
+        drop(revoked);
+        if self.subject_revoked(&claims.sub, claims.iat) {
             return Err(Revocation::Subject(claims.sub.clone()));
         }
         Ok(())
+    }
+
+    /// Whether what `subject` was given at `issued_at` is revoked: every token (and web
+    /// interface session) of a subject up to the moment it was revoked.
+    pub fn subject_revoked(&self, subject: &str, issued_at: i64) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked.subjects.get(&subject_digest(subject)).is_some_and(|until| issued_at <= *until)
     }
 
     /// The tokens still valid, oldest first; records of expired tokens are

@@ -207,6 +207,18 @@ async fn a_person_signs_in_with_the_identity_provider_in_the_browser() {
     browser.expect_text("main", "Change status").await;
     browser.screenshot("signed-in-with-provider.png").await;
 
+    // Revoking her tokens ends the session too.
+    let revoke = reqwest::Client::new()
+        .delete(server.url("/api/v1/auth/tokens?subject=idp:alice@example.com"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoke.status().is_success(), "{}", revoke.status());
+    browser.goto(&server.url("/ui/")).await;
+    browser.expect_text("body", "no longer accepted").await;
+    assert!(!browser.text("main").await.contains("team"));
+
     // A callback that is not this browser's sign-in is refused.
     browser.goto(&server.url("/ui/sign-in/callback?code=forged&state=forged")).await;
     browser.expect_text("main", "No sign-in is under way in this browser").await;

@@ -160,9 +160,15 @@ impl FromRequestParts<SharedState> for Viewer {
             // request, as an exchange checks it, and the access rules decide what it may.
             Some(id_token) => match state.oidc.verify(&state.packages.config.domain.spec, id_token).await {
                 Ok(verified) => {
+                    let issued_at = verified.claims.get("iat").and_then(|iat| iat.as_i64()).unwrap_or_default();
                     let principal = crate::server::admin::oidc_principal(state, verified);
                     crate::audit::attribute(&principal);
-                    Ok(principal)
+                    // Revoking a person's tokens (by subject) ends their sessions too.
+                    if state.tokens.subject_revoked(principal.name(), issued_at) {
+                        Err(format!("the tokens of {} were revoked", principal.name()))
+                    } else {
+                        Ok(principal)
+                    }
                 }
                 Err(error) => Err(error.to_string()),
             },
