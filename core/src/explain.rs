@@ -77,10 +77,11 @@ impl Packages {
 /// parts (the chain, the policy, the origin, the external connection's
 /// client) and checked against the view itself, so that `served` is what
 /// clients get even where a reason could be missing.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
     pub repository: String,
+    #[schema(value_type = String)]
     pub format: &'static str,
     pub package: String,
     /// The Repositories searched, in order, then the external connection.
@@ -100,17 +101,20 @@ pub struct Explanation {
     pub read_error: Option<String>,
     /// The package as clients see it (the versions' full metadata).
     #[serde(skip)]
+    #[schema(ignore)]
     pub view: Option<View>,
     /// The package as the Repository asked holds it itself.
     #[serde(skip)]
+    #[schema(ignore)]
     pub here: Option<Arc<PackageSnapshot>>,
 }
 
 /// One Repository, or the external connection, a read goes through.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     /// `repository` or `externalConnection`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// `None`: a Repository the caller may not read (its name is not shown).
     pub name: Option<String>,
@@ -125,14 +129,14 @@ pub struct Step {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FileFact {
     pub name: String,
     pub size: u64,
     pub sha256: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockedEntry {
     pub entry: String,
@@ -140,7 +144,7 @@ pub struct BlockedEntry {
 }
 
 /// One version: where the read found it and whether clients get it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionFate {
     pub version: String,

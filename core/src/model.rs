@@ -206,7 +206,7 @@ pub enum PublishOutcome {
 /// How the first version of a name reached the Domain; decides, unless a
 /// policy rule does, whether the name may be published directly or served
 /// from an external connection (dependency-confusion defence).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum OriginKind {
     /// Published directly to a Repository of the Domain: the name is reserved.
     Direct,
@@ -215,7 +215,7 @@ pub enum OriginKind {
 }
 
 /// The create-once, per-Domain record of a name's first version.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PackageOrigin {
     pub kind: OriginKind,

@@ -26,14 +26,14 @@ pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(5 * 60);
 pub const MAX_SEARCHED_REPOSITORIES: usize = 25;
 
 /// Where a policy is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum PolicyLevel {
     Repository,
     Domain,
 }
 
 /// The policy, rule and pattern that produced a setting.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleSource {
     /// `namespace/name` of the UpstreamPolicy.
@@ -211,13 +211,20 @@ pub fn merge_external(local: Option<PackageIndex>, upstream: PackageIndex) -> Pa
 }
 
 /// Why the policy hides a version from a Repository's clients.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "reason", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "reason", rename_all = "camelCase")]
 pub enum Hiding {
     /// A `blockedVersions` entry matches it.
     Blocked { entry: String, source: Option<RuleSource> },
     /// It came from outside less than `minimumReleaseAge` ago.
-    TooYoung { minimum_release_age: String, shown_from: chrono::DateTime<chrono::Utc>, source: Option<RuleSource> },
+    TooYoung {
+        #[serde(rename = "minimumReleaseAge")]
+        minimum_release_age: String,
+        /// When it is served.
+        #[serde(rename = "shownFrom")]
+        shown_from: chrono::DateTime<chrono::Utc>,
+        source: Option<RuleSource>,
+    },
 }
 
 /// Whether, and why, the policy hides `version` (held as `entry`): blocked

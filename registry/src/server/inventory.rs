@@ -401,6 +401,25 @@ pub struct FailedChange {
     message: String,
 }
 
+/// `GET …/packages/{format}/{package}/explain`: why each version of the package is or is
+/// not served to the Repository's clients: the Repositories and the external connection a
+/// read goes through and what each has, the rules that apply (cooldown, blocked versions,
+/// origin control), and per version where it comes from and what hides it. What the web
+/// interface's package and explain pages show. Repositories the caller may not read are
+/// not named.
+#[utoipa::path(get, path = "/api/v1/repositories/{repo}/packages/{format}/{package}/explain", tag = "packages", params(("repo" = String, Path, description = "The Repository"), ("format" = String, Path, description = "npm, pypi, cargo, go, maven, nuget, swift or generic"), ("package" = String, Path, description = "The package name (a Maven groupId:artifactId, a generic namespace%2Fpackage, a Swift scope.name, a Go module path with %2F)")), security((), ("bearer" = [])), responses((status = 200, body = wharf_core::explain::Explanation), (status = 400, description = "The request is malformed", body = ErrorBody), (status = 401, description = "A credential is needed", body = ErrorBody), (status = 403, description = "The credential does not allow it", body = ErrorBody)))]
+pub async fn explain(
+    access: Access<Admin>,
+    Path((_, format, package)): Path<(String, String, String)>,
+    State(state): State<SharedState>,
+) -> Result<Response, ApiError> {
+    let id = package_id(&format, &package)?;
+    let config = &state.packages.config;
+    let readable = |name: &str| config.repository(name).is_some_and(|r| access.principal.may(r, Permission::Read));
+    let explanation = state.packages.explain(&access.repo, &id, &package, readable).await;
+    Ok(Json(explanation.map_err(|e| ApiError::from_core(e, STYLE))?).into_response())
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CopyRequest {

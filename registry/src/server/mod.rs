@@ -275,6 +275,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/audit", get(inventory::audit))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/repositories/{repo}/packages/{format}/{package}/origin", get(admin::origin))
+        .route("/api/v1/repositories/{repo}/packages/{format}/{package}/explain", get(inventory::explain))
         .route(
             "/api/v1/repositories/{repo}/packages/{format}/{package}/versions/{version}/status",
             put(admin::set_status),

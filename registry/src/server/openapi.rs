@@ -43,6 +43,7 @@ pub struct ErrorBody {
         admin::set_status,
         admin::delete_version,
         admin::origin,
+        inventory::explain,
         inventory::copy,
         inventory::audit,
         document,

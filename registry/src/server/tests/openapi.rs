@@ -238,6 +238,13 @@ async fn every_endpoint_answers_as_described() {
     .await;
     let origin = "/api/v1/repositories/{repo}/packages/{format}/{package}/origin";
     check(Method::GET, "/api/v1/repositories/dev/packages/npm/app/origin".into(), origin, bot.clone(), None).await;
+    let explain = "/api/v1/repositories/{repo}/packages/{format}/{package}/explain";
+    let explained =
+        check(Method::GET, "/api/v1/repositories/dev/packages/npm/app/explain".into(), explain, bot.clone(), None)
+            .await;
+    let archived = &explained.json()["versions"][1];
+    assert_eq!((&archived["version"], &archived["installable"]), (&json!("1.0.0"), &json!(false)), "{archived}");
+    check(Method::GET, "/api/v1/repositories/dev/packages/npm/..%2Fx/explain".into(), explain, bot.clone(), None).await;
     let copy = "/api/v1/repositories/{repo}/copy";
     let promote = json!({"source": "dev", "format": "npm", "package": "app", "allVersions": true});
     let copied = check(Method::POST, "/api/v1/repositories/prod/copy".into(), copy, bot.clone(), Some(promote)).await;

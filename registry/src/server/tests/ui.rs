@@ -155,6 +155,14 @@ async fn the_explain_view_names_the_rule_that_hides_a_version() {
     let served = explain("@acme/tools", "1.0.0").await;
     assert!(served.contains("get 1.0.0: it is listed and installable"), "{served}");
 
+    // The management API answers the same question in JSON.
+    let api = app.get("/api/v1/repositories/app/packages/npm/left-pad/explain", None).await.json();
+    let fate = &api["versions"][0];
+    assert_eq!((&fate["version"], &fate["served"]), (&json!("1.0.0"), &json!(false)), "{api}");
+    assert_eq!(fate["hiddenBy"]["reason"], "tooYoung", "{api}");
+    assert_eq!(fate["hiddenBy"]["source"]["pattern"], "/*", "{api}");
+    assert_eq!(api["steps"][3]["kind"], "externalConnection", "{api}");
+
     // The package page lists hidden versions with their reason.
     let page = app.page("/ui/repositories/app/packages/npm/left-pad", None).await.text();
     assert!(page.contains("no: too new until"), "{page}");
