@@ -61,6 +61,17 @@ pub enum PackagesCommand {
         #[arg(long)]
         version: Option<String>,
     },
+    /// Says for each version whether the repository's clients get it and, if not, what
+    /// hides it (cooldown, blocked versions, origin control, an excluded upstream), and how
+    /// a read goes; with --version, for that one version, stored or not.
+    Explain {
+        #[command(flatten)]
+        api: Api,
+        #[command(flatten)]
+        package: PackageArgs,
+        #[arg(long)]
+        version: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,8 +304,75 @@ pub async fn packages(command: PackagesCommand) -> anyhow::Result<()> {
                 lines
             });
         }
+        PackagesCommand::Explain { api, package, version } => {
+            let answer = api.call(reqwest::Method::GET, api.url(&package.path(&["explain"]))?, None).await?;
+            api.print(&answer, |explanation| explained(explanation, version.as_deref()));
+        }
     }
     Ok(())
+}
+
+/// What clients get of a version, and why not, in words.
+fn fate(version: &Value) -> String {
+    let rule = |source: &Value| match (source["policy"].as_str(), source["pattern"].as_str()) {
+        (Some(policy), Some(pattern)) => format!("UpstreamPolicy {policy}, pattern {pattern}"),
+        (Some(policy), None) => format!("UpstreamPolicy {policy}"),
+        _ => "the default".to_owned(),
+    };
+    let hidden = &version["hiddenBy"];
+    match hidden["reason"].as_str() {
+        _ if version["listed"] == true => "served".to_owned(),
+        _ if version["installable"] == true => "served by exact version only (Unlisted)".to_owned(),
+        _ if version["served"] == true => format!("not installable: {}", text(&version["status"])),
+        Some("blocked") => format!("blocked by {} ({})", text(&hidden["entry"]), rule(&hidden["source"])),
+        Some("tooYoung") => format!(
+            "too new until {} (minimumReleaseAge {}, {})",
+            text(&hidden["shownFrom"]),
+            text(&hidden["minimumReleaseAge"]),
+            rule(&hidden["source"])
+        ),
+        _ => "not served".to_owned(),
+    }
+}
+
+/// The explanation as lines: the read's steps, then every version (or the one asked for).
+fn explained(explanation: &Value, version: Option<&str>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let steps: Vec<&Value> = rows(&explanation["steps"]).collect();
+    for (position, step) in steps.iter().enumerate() {
+        let name = step["name"].as_str().unwrap_or("a repository you may not read");
+        let searched = if step["searched"] == true { "searched" } else { "not searched" };
+        let count = step["versions"].as_u64().map(|n| format!(", {n} versions")).unwrap_or_default();
+        lines.push(format!(
+            "{}. {} {name}: {searched} ({}){count}",
+            position + 1,
+            text(&step["kind"]),
+            text(&step["reason"])
+        ));
+    }
+    let from = |v: &Value| {
+        let step = v["step"].as_u64().and_then(|i| steps.get(i as usize));
+        step.and_then(|s| s["name"].as_str()).unwrap_or("a repository you may not read").to_owned()
+    };
+    let versions: Vec<&Value> = rows(&explanation["versions"]).collect();
+    match version {
+        Some(wanted) => match versions.iter().find(|v| v["version"] == wanted) {
+            Some(v) => lines.push(format!("{wanted}: {} (from {})", fate(v), from(v))),
+            None => lines.push(format!("{wanted}: no step has it")),
+        },
+        None => {
+            for v in versions {
+                lines.push(format!(
+                    "{:<16} {:<11} {:<24} {}",
+                    text(&v["version"]),
+                    text(&v["status"]),
+                    from(v),
+                    fate(v)
+                ));
+            }
+        }
+    }
+    lines
 }
 
 pub async fn versions(command: VersionsCommand) -> anyhow::Result<()> {

@@ -65,6 +65,17 @@ async fn a_release_is_promoted_inspected_and_audited_from_the_command_line() {
     assert!(stdout(&unlisted).contains("1.0.0 is Unlisted"), "{}", stdout(&unlisted));
     let again = run(wharf(&ws, &server, &release, &status).args(package).args(["--expected-status", "Published"]));
     assert!(!again.status.success() && stdout(&again).contains("1.0.0 unchanged"), "{}", text(&again));
+    // Why a version is (not) served, per version and for one.
+    let explain = run_ok(wharf(&ws, &server, &release, &["packages", "explain", "--repository", "prod"]).args(package));
+    let lines = stdout(&explain);
+    assert!(lines.contains("1. repository prod: searched (the Repository asked), 1 versions"), "{lines}");
+    assert!(
+        lines.contains("1.0.0            Unlisted    prod                     served by exact version only (Unlisted)"),
+        "{lines}"
+    );
+    let one = ["packages", "explain", "--repository", "prod", "--version", "9.9.9"];
+    let missing = run_ok(wharf(&ws, &server, &release, &one).args(package));
+    assert!(stdout(&missing).contains("9.9.9: no step has it"), "{}", stdout(&missing));
 
     let delete = ["versions", "delete", "--repository", "dev", "--version", "1.1.0"];
     let not_admin = run(wharf(&ws, &server, &release, &delete).args(package));
