@@ -124,11 +124,11 @@ async fn protect(mut response: Response) -> Response {
     response
 }
 
-/// Who is looking, from the session cookie (or an `Authorization` header, as the API
-/// takes it), and from where.
+/// Who is looking, from the session cookie (the only credential pages take), and from
+/// where.
 pub struct Viewer {
     principal: Principal,
-    /// The request's headers, the session's token as its credential.
+    /// The request's headers, a registry token of the session as their credential.
     headers: HeaderMap,
     address: Option<IpAddr>,
     /// The session's token, when there is a valid one.
