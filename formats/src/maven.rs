@@ -1067,11 +1067,6 @@ mod tests {
     }
 
     #[test]
-    fn xml_escapes() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&apos;");
-    }
-
-    #[test]
     fn upstream_metadata_becomes_unstored_releases() {
         let document = br#"<?xml version="1.0" encoding="UTF-8"?>
 <metadata>

@@ -560,11 +560,6 @@ mod tests {
     }
 
     #[test]
-    fn html_escapes() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#x27;");
-    }
-
-    #[test]
     fn upstream_pages_become_unstored_versions() {
         let sha = "c".repeat(64);
         let body = json!({
