@@ -24,8 +24,8 @@ impl Packages {
     /// origin, and the verdicts for publishing here and fetching from
     /// outside. The origin record is per Domain: one made in a Repository
     /// `readable` refuses is left out, so that the answer for a private name
-    /// is the answer for a name nobody used (and names no Repository the
-    /// caller cannot see).
+    /// is the answer for a name nobody used; and no Repository the caller
+    /// cannot read is named (`null` in the chain).
     pub async fn origin_report(
         &self,
         repo: &str,
@@ -35,6 +35,9 @@ impl Packages {
         let effective = policy::evaluate(&self.config, repo, id);
         let chain = policy::resolution_order(&self.config, repo);
         let first = self.registry.package_origin(id).await?.filter(|origin| readable(&origin.repository));
+        // A Repository the caller may not read is in the chain, unnamed.
+        let named = |name: &str| readable(name).then(|| name.to_owned());
+        let searched: Vec<Option<String>> = chain.repositories.iter().map(|name| named(name)).collect();
         let blocked: Vec<_> = effective
             .blocked_versions
             .iter()
@@ -44,11 +47,11 @@ impl Packages {
             "repository": repo,
             "format": id.format.as_str(),
             "package": id.name,
-            "chain": chain.repositories,
+            "chain": searched,
             "externalConnection": chain.external(id.format).map(|hop| json!({
                 "name": hop.connection.name,
                 "url": hop.connection.url,
-                "heldBy": hop.holder,
+                "heldBy": named(&hop.holder),
             })),
             "publish": decided_restriction(&effective.publish),
             "externalUpstream": decided_restriction(&effective.external_upstream),

@@ -297,6 +297,12 @@ async fn an_upstream_the_policy_excludes_is_named_only_to_its_readers() {
     let reply = app.form("/ui/repositories/internal/copy/npm/only-store", None, None, &copy).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
 
+    // The management API's origin report leaves it unnamed as well.
+    let report = app.get("/api/v1/repositories/app/packages/npm/only-store/origin", None).await.json();
+    assert_eq!(report["chain"], json!(["app", null, "npm-store"]), "{report}");
+    let report = app.get("/api/v1/repositories/app/packages/npm/only-store/origin", Some(&internal)).await.json();
+    assert_eq!(report["chain"][1], "internal", "{report}");
+
     // Its reader sees the Repository, what it holds and the rule that leaves it out.
     let cookie = sign_in(&app, &internal).await;
     let explain = app.page("/ui/repositories/app/explain/npm/only-store?version=1.0.0", Some(&cookie)).await.text();
