@@ -262,6 +262,12 @@ impl Registry {
         Ok(self.storage.put_small_blob(bytes).await?)
     }
 
+    /// A small blob's bytes (a POM), or `None` when the Domain does not hold it. The
+    /// caller checks the size first: the whole blob is read into memory.
+    pub async fn small_blob(&self, sha256: &str) -> Result<Option<Bytes>, CoreError> {
+        Ok(self.storage.read_blob(sha256).await?)
+    }
+
     /// Opens an asset's blob (`digests.size` lets small ones come from memory).
     pub async fn open_blob(
         &self,

@@ -1,6 +1,6 @@
 //! What a version's stored metadata says beyond its files, for the management API: its
 //! dependencies and readme, where the format carries them (npm's manifest, PyPI's core
-//! metadata, Cargo's publish metadata, NuGet's `.nuspec`). Pure.
+//! metadata, Cargo's publish metadata, NuGet's `.nuspec`, a Maven POM). Pure.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -13,7 +13,8 @@ pub struct Dependency {
     pub name: String,
     /// The version requirement as written (`^1.2`, `>=2; python_version<"3.12"`, `[1.0, 2.0)`).
     pub requirement: String,
-    /// `runtime`, `dev`, `peer`, `optional`, `build`, or a NuGet target framework.
+    /// `runtime`, `dev`, `peer`, `optional`, `build`, a NuGet target framework, or a Maven
+    /// scope (`compile`, `test`, …, with `, optional`).
     pub kind: String,
 }
 
@@ -25,6 +26,80 @@ pub fn dependencies(format: PackageFormat, metadata: &Value) -> Vec<Dependency> 
         PackageFormat::Cargo => cargo(metadata),
         PackageFormat::Nuget => nuget(metadata),
         _ => Vec::new(),
+    }
+}
+
+/// Elements a POM may nest before it is refused as hostile.
+const MAX_POM_DEPTH: usize = 64;
+
+/// The dependencies a Maven POM declares in `<project><dependencies>`, as written: a
+/// version left to `<dependencyManagement>` or a parent reads `managed`, and properties
+/// stay `${…}`. The kind is the scope (`compile` when none is given), marked optional
+/// where the POM says so. A POM that does not parse gives none.
+pub fn pom_dependencies(pom: &[u8]) -> Vec<Dependency> {
+    use quick_xml::events::Event;
+    let Ok(text) = std::str::from_utf8(pom.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(pom)) else { return Vec::new() };
+    let mut reader = quick_xml::Reader::from_str(text);
+    // The open elements, outermost first, without namespace prefixes.
+    let mut open: Vec<String> = Vec::new();
+    let mut fields: Option<std::collections::BTreeMap<String, String>> = None;
+    let mut found = Vec::new();
+    let in_dependencies = |open: &[String]| open.len() == 2 && open[0] == "project" && open[1] == "dependencies";
+    loop {
+        let text = match reader.read_event() {
+            Ok(Event::Start(start)) => {
+                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+                if in_dependencies(&open) && name == "dependency" {
+                    fields = Some(Default::default());
+                }
+                open.push(name);
+                if open.len() > MAX_POM_DEPTH {
+                    return Vec::new();
+                }
+                continue;
+            }
+            Ok(Event::End(_)) => {
+                let closed = open.pop();
+                if closed.as_deref() == Some("dependency")
+                    && in_dependencies(&open)
+                    && let Some(fields) = fields.take()
+                {
+                    let field = |key: &str| fields.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+                    let scope = field("scope").unwrap_or_else(|| "compile".to_owned());
+                    let optional = field("optional").is_some_and(|v| v == "true");
+                    found.push(Dependency {
+                        name: format!(
+                            "{}:{}",
+                            field("groupId").unwrap_or_default(),
+                            field("artifactId").unwrap_or_default()
+                        ),
+                        requirement: field("version").unwrap_or_else(|| "managed".to_owned()),
+                        kind: if optional { format!("{scope}, optional") } else { scope },
+                    });
+                }
+                continue;
+            }
+            Ok(Event::Text(text)) => text.decode().map(|t| t.into_owned()).unwrap_or_default(),
+            Ok(Event::CData(data)) => data.decode().map(|t| t.into_owned()).unwrap_or_default(),
+            Ok(Event::GeneralRef(reference)) => match reference.resolve_char_ref() {
+                Ok(Some(c)) => c.to_string(),
+                _ => match reference.decode().as_deref() {
+                    Ok("amp") => "&".to_owned(),
+                    Ok("lt") => "<".to_owned(),
+                    Ok("gt") => ">".to_owned(),
+                    Ok("quot") => "\"".to_owned(),
+                    Ok("apos") => "'".to_owned(),
+                    _ => String::new(),
+                },
+            },
+            Ok(Event::Eof) => return found,
+            // A DOCTYPE could declare entities; a POM needs none.
+            Ok(Event::DocType(_)) | Err(_) => return Vec::new(),
+            Ok(_) => continue,
+        };
+        if let (Some(fields), [_, _, _, field]) = (fields.as_mut(), open.as_slice()) {
+            fields.entry(field.clone()).or_default().push_str(&text);
+        }
     }
 }
 
@@ -151,5 +226,43 @@ mod tests {
         let nuspec = json!({"dependencyGroups": [{"targetFramework": "net8.0", "dependencies": [{"id": "Newtonsoft.Json", "range": "[13.0.1, )"}]}]});
         assert_eq!(dependencies(PackageFormat::Nuget, &nuspec), [dep("Newtonsoft.Json", "[13.0.1, )", "net8.0")]);
         assert!(dependencies(PackageFormat::Maven, &nuspec).is_empty());
+    }
+
+    #[test]
+    fn a_poms_dependencies_as_written() {
+        let pom = br#"<?xml version="1.0"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <groupId>com.acme</groupId><artifactId>app</artifactId><version>1.0</version>
+  <dependencyManagement><dependencies><dependency>
+    <groupId>managed</groupId><artifactId>only</artifactId><version>9</version>
+  </dependency></dependencies></dependencyManagement>
+  <dependencies>
+    <dependency><groupId>org.apache.commons</groupId><artifactId>commons-text</artifactId><version>1.12.0</version></dependency>
+    <dependency><groupId>junit</groupId><artifactId>junit</artifactId><version>[4.13,5)</version><scope>test</scope></dependency>
+    <dependency><groupId>com.acme</groupId><artifactId>extra</artifactId><scope>runtime</scope><optional>true</optional></dependency>
+    <dependency><groupId>a&amp;b</groupId><artifactId>c</artifactId><version>${lib.version}</version></dependency>
+  </dependencies>
+  <build><plugins><plugin><dependencies><dependency><groupId>p</groupId><artifactId>q</artifactId></dependency></dependencies></plugin></plugins></build>
+</project>"#;
+        let found: Vec<(String, String, String)> =
+            pom_dependencies(pom).into_iter().map(|d| (d.name, d.requirement, d.kind)).collect();
+        let expected = [
+            ("org.apache.commons:commons-text", "1.12.0", "compile"),
+            ("junit:junit", "[4.13,5)", "test"),
+            ("com.acme:extra", "managed", "runtime, optional"),
+            ("a&b:c", "${lib.version}", "compile"),
+        ];
+        let expected: Vec<(String, String, String)> =
+            expected.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn hostile_or_broken_poms_give_none() {
+        assert!(pom_dependencies(b"<!DOCTYPE x [<!ENTITY a 'b'>]><project/>").is_empty());
+        assert!(pom_dependencies(b"<project><dependencies><dependency>").is_empty());
+        assert!(pom_dependencies(&[0xff, 0xfe]).is_empty());
+        let deep = format!("<project>{}", "<a>".repeat(100));
+        assert!(pom_dependencies(deep.as_bytes()).is_empty());
     }
 }

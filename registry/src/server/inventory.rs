@@ -273,6 +273,33 @@ pub struct AssetDetail {
     created: DateTime<Utc>,
 }
 
+/// Largest POM read to list a Maven version's dependencies.
+const MAX_POM_BYTES: u64 = 1024 * 1024;
+
+/// What a version depends on: as its stored metadata says, or for Maven as its POM (read
+/// from storage when the Domain holds it) says.
+pub(super) async fn dependencies_of(
+    state: &SharedState,
+    format: PackageFormat,
+    entry: &VersionEntry,
+) -> Vec<wharf_formats::inventory::Dependency> {
+    if format != PackageFormat::Maven {
+        return wharf_formats::inventory::dependencies(format, &entry.metadata);
+    }
+    let pom = entry.assets.values().find(|asset| {
+        asset.name.ends_with(".pom") && !asset.digests.sha256.is_empty() && asset.digests.size <= MAX_POM_BYTES
+    });
+    let Some(pom) = pom else { return Vec::new() };
+    match state.packages.registry.small_blob(&pom.digests.sha256).await {
+        Ok(Some(bytes)) => wharf_formats::inventory::pom_dependencies(&bytes),
+        Ok(None) => Vec::new(),
+        Err(error) => {
+            tracing::warn!(pom = %pom.name, %error, "a POM could not be read for its dependencies");
+            Vec::new()
+        }
+    }
+}
+
 /// `GET …/packages/{format}/{package}/versions/{version}`: one version in full: its files
 /// with every digest, origin, status and who changed it, publisher, dependencies and
 /// readme where the format keeps them, and the format's own metadata.
@@ -326,7 +353,7 @@ pub async fn get_version(
         deprecated: entry.deprecated.clone(),
         tags,
         assets,
-        dependencies: wharf_formats::inventory::dependencies(id.format, &entry.metadata),
+        dependencies: dependencies_of(&state, id.format, entry).await,
         readme: wharf_formats::inventory::readme(id.format, &entry.metadata).map(str::to_owned),
         metadata: entry.metadata.clone(),
         version,

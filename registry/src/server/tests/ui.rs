@@ -309,3 +309,27 @@ async fn an_upstream_the_policy_excludes_is_named_only_to_its_readers() {
     assert!(explain.contains("Repository internal</strong> — not searched"), "{explain}");
     assert!(explain.contains("It has 1 version of the package"), "{explain}");
 }
+
+#[tokio::test]
+async fn a_maven_versions_dependencies_come_from_its_pom() {
+    let app = TestApp::new().await;
+    let publisher = app.token(&["main"], &["publish"]).await;
+    let token = Some(publisher.as_str());
+    let pom = b"<project><groupId>com.acme</groupId><artifactId>lib</artifactId><version>1.0</version>\
+        <dependencies><dependency><groupId>org.apache.commons</groupId><artifactId>commons-text</artifactId>\
+        <version>1.12.0</version></dependency></dependencies></project>";
+    let dir = "main/com/acme/lib/1.0";
+    for (file, body) in [("lib-1.0.jar", &b"jar bytes"[..]), ("lib-1.0.pom", &pom[..])] {
+        assert_eq!(app.maven("PUT", &format!("{dir}/{file}"), token, body.to_vec()).await.status, StatusCode::CREATED);
+    }
+    let merged = "<metadata><versioning><versions><version>1.0</version></versions></versioning></metadata>";
+    let done = app.maven("PUT", "main/com/acme/lib/maven-metadata.xml", token, merged.into()).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+
+    let version = app.get("/api/v1/repositories/main/packages/maven/com.acme:lib/versions/1.0", None).await.json();
+    let expected = json!([{"name": "org.apache.commons:commons-text", "requirement": "1.12.0", "kind": "compile"}]);
+    assert_eq!(version["dependencies"], expected, "{version}");
+    let page = app.page("/ui/repositories/main/packages/maven/com.acme:lib", None).await.text();
+    assert!(page.contains("org.apache.commons:commons-text"), "{page}");
+    assert!(page.contains("&#60;artifactId&#62;lib&#60;/artifactId&#62;"), "the Maven snippet: {page}");
+}

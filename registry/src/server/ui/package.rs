@@ -172,6 +172,11 @@ pub(super) async fn package(
     let sign_in = crate::server::admin::people_sign_in(&state);
     let credential = install::credential_flag(sign_in, state.packages.config.domain.spec.kubernetes_users());
     let mut snippets = Vec::new();
+    let chosen_entry = chosen.as_deref().and_then(|version| index.and_then(|index| index.versions.get(version)));
+    let dependencies = match chosen_entry {
+        Some(entry) => crate::server::inventory::dependencies_of(&state, id.format, entry).await,
+        None => Vec::new(),
+    };
     let selected = chosen.as_deref().and_then(|version| explanation.version(version)).map(|fate| {
         let entry = index.and_then(|index| index.versions.get(&fate.version));
         let display = index.map_or(id.name.as_str(), |index| index.display_name.as_str());
@@ -212,9 +217,7 @@ pub(super) async fn package(
                         .collect()
                 })
                 .unwrap_or_default(),
-            dependencies: entry
-                .map(|e| wharf_formats::inventory::dependencies(id.format, &e.metadata))
-                .unwrap_or_default(),
+            dependencies,
             readme: entry.and_then(|e| wharf_formats::inventory::readme(id.format, &e.metadata)).map(readme::render),
             changeable: !next_statuses.is_empty(),
             status_here: stored_here.map_or("", |e| e.status.as_str()),
