@@ -2,6 +2,7 @@
 //! which `tests/install-clients.sh` installs): a chromedriver on a loopback port of its
 //! own, one session, and the few commands the web interface tests need. Both stop on drop.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,8 +36,11 @@ impl Browser {
         let driver_bin = program("WHARF_CHROMEDRIVER", "/usr/bin/chromedriver");
         let chromium = program("WHARF_CHROMIUM", "/usr/bin/chromium");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // A process group of its own: ending it ends the browser too, even when the
+        // session could not be closed.
         let driver = Command::new(driver_bin)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".to_owned()])
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -230,7 +234,8 @@ impl Drop for Browser {
                 })
                 .join()
         });
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
