@@ -50,8 +50,8 @@ pub struct PackageQuery {
     limit: Option<usize>,
 }
 
-/// Where a package's versions came from.
-fn origin_of(index: &PackageIndex) -> &'static str {
+/// Where a package's versions came from: `local`, `cached` or `mixed`.
+pub(super) fn origin_of(index: &PackageIndex) -> &'static str {
     let local = index.versions.values().any(|v| v.fetched_from.is_none());
     let cached = index.versions.values().any(|v| v.fetched_from.is_some());
     match (local, cached) {

@@ -74,6 +74,7 @@ async fn missing_and_private_repositories_answer_alike() {
     let pub_reader = app.token(&["pub"], &["read"]).await;
     let paths = [
         "/api/v1/repositories/{repo}/packages/npm/x/origin",
+        "/api/v1/repositories/{repo}/packages/npm/x/explain",
         "/api/v1/repositories/{repo}/packages/npm/x/versions/1.0.0",
         "/npm/{repo}/x",
         "/npm/{repo}/-/ping",

@@ -115,6 +115,11 @@ async fn anonymous_viewers_see_only_what_they_may_read() {
     assert!(!text.contains("<script>alert") && !text.contains("<img"), "{text}");
     assert!(text.contains("npm install @acme/tools@1.0.0"), "{text}");
 
+    // The origin filter: @acme/tools was published here, none of it cached.
+    let local = app.page("/ui/search?q=tools&origin=local", None).await.text();
+    assert!(local.contains("/packages/npm/%40acme/tools") && local.contains("published here"), "{local}");
+    let cached = app.page("/ui/search?q=tools&origin=cached", None).await.text();
+    assert!(!cached.contains("/packages/npm/%40acme/tools"), "{cached}");
     let search = app.page("/ui/search?q=tools", None).await.text();
     assert!(search.contains("/ui/repositories/app/packages/npm/%40acme/tools"), "{search}");
     assert!(!search.contains("internal<") && !search.contains(", internal"), "{search}");

@@ -45,7 +45,7 @@ pub(super) async fn repositories(State(state): State<SharedState>, viewer: Viewe
         let mut formats = Vec::new();
         for format in PackageFormat::ALL {
             let proxied = chain.external(format).is_some();
-            if proxied || !state.packages.registry.package_names(name, format).await.unwrap_or_default().is_empty() {
+            if proxied || !state.search_names.held_by(&state, name, format).await.unwrap_or_default().is_empty() {
                 formats.push(format.as_str());
             }
         }
@@ -205,13 +205,12 @@ fn rank(name: &str, query: &str) -> Option<u8> {
     }
 }
 
-/// Where a package's versions came from, as a search result says it.
-fn origin_label(index: &wharf_core::PackageIndex) -> &'static str {
-    let local = index.versions.values().any(|v| v.fetched_from.is_none());
-    let cached = index.versions.values().any(|v| v.fetched_from.is_some());
-    match (local, cached) {
-        (true, true) => "published here and cached",
-        (false, true) => "cached from upstream",
+/// Where a package's versions came from, as a search result says it (the management
+/// API's `local`, `cached` or `mixed`, in words).
+fn origin_label(origin: &str) -> &'static str {
+    match origin {
+        "mixed" => "published here and cached",
+        "cached" => "cached from upstream",
         _ => "published here",
     }
 }
@@ -290,15 +289,12 @@ pub(super) async fn search(State(state): State<SharedState>, viewer: Viewer, Que
             Ok(None) => continue,
             Err(error) => return from_api(&state, &viewer, ApiError::from_core(error, STYLE)),
         };
-        let label = origin_label(&index);
-        let keep = match origin.as_str() {
-            "local" => index.versions.values().any(|v| v.fetched_from.is_none()),
-            "cached" => index.versions.values().any(|v| v.fetched_from.is_some()),
-            _ => true,
-        };
-        if !keep {
+        let package_origin = crate::server::inventory::origin_of(&index);
+        // A package with both kinds of versions matches either filter, as in the API.
+        if !origin.is_empty() && package_origin != origin && package_origin != "mixed" {
             continue;
         }
+        let label = origin_label(package_origin);
         matched += 1;
         if matched <= skip {
             continue;

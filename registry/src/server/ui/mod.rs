@@ -78,7 +78,8 @@ pub fn routes() -> Router<SharedState> {
 /// How long search reuses a Repository's list of package names.
 const NAMES_FRESH_FOR: Duration = Duration::from_secs(10);
 
-/// Package names per Repository and format, as search lists them, each list kept for
+/// Package names per Repository and format, as search (and the Repositories page, for the
+/// formats each holds) lists them, each list kept for
 /// [`NAMES_FRESH_FOR`]: listing a Repository of 10,000 packages takes the storage tens of
 /// milliseconds, and a search lists every Repository the viewer may read and their
 /// upstreams. A package published meanwhile (on any replica) shows up within that time;
